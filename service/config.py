@@ -1,0 +1,119 @@
+"""One settings class for the whole service, read from the environment (prefix ``BACKDROP_``).
+
+Every field here has a default that runs Backdrop on one machine (local Redis, a local directory as
+object store, CPU inference).  The README lists every setting; a test keeps that table in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKDROP_", env_nested_delimiter="__", extra="ignore")
+
+    # --- data and media limits -------------------------------------------------------------
+    data_dir: Path = Field(ROOT.parent / "shared" / "data", description="Test/benchmark data folder.")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest accepted upload (video or background).")
+    max_duration_s: float = Field(600.0, description="Longest accepted video, in seconds.")
+    max_width: int = Field(3840, description="Widest accepted frame (displayed), in pixels.")
+    max_height: int = Field(3840, description="Tallest accepted frame (displayed), in pixels.")
+    max_pixels: int = Field(3840 * 2160, description="Most pixels per frame.")
+    max_frames: int = Field(36_000, description="Most frames in one video.")
+    max_background_pixels: int = Field(50_000_000, description="Most pixels in a background image.")
+
+    # --- inference ---------------------------------------------------------------------------
+    model: str = Field("rvm", description="Default model name (rvm or deeplabv3plus).")
+    model_dir: Path | None = Field(None, description="Folder holding ONNX weights; overrides the packaged ones.")
+    providers: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="ONNX Runtime providers in order of preference, intersected with those installed.",
+    )
+    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = runtime default).")
+    inter_op_threads: int = Field(1, description="ONNX Runtime inter-op threads.")
+    fp16: bool = Field(False, description="Use fp16 model variants where they exist (GPU only).")
+    batch_size: int = Field(4, description="Frames per inference batch.")
+    queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
+    decode_threads: int = Field(0, description="Decoder threads (0 = FFmpeg's choice).")
+    edge_refine: bool = Field(True, description="Refine mask edges at full resolution (guided filter).")
+
+    # --- service -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface the API binds to.")
+    port: int = Field(8000, description="Port the API binds to.")
+    api_keys: list[SecretStr] = Field(default_factory=list, description="Accepted API keys; empty = local open mode.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker and job store.")
+    queue_name: str = Field("video", description="Celery queue the jobs go to.")
+    max_queue_depth: int = Field(100, description="Queued jobs past which POST /jobs answers 503.")
+    job_ttl_s: int = Field(7 * 24 * 3600, description="How long finished jobs and their objects are kept.")
+    storage: Literal["local", "s3"] = Field("local", description="Object store kind.")
+    storage_dir: Path = Field(ROOT / "var" / "objects", description="Folder of the local object store.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (None = AWS).")
+    s3_bucket: str = Field("backdrop", description="S3 bucket.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
+    presign_ttl_s: int = Field(3600, description="Lifetime of presigned result URLs.")
+    webhook_secret: SecretStr = Field(SecretStr("local-dev-secret"), description="HMAC key for callbacks.")
+    webhook_allow_private: bool = Field(False, description="Allow callbacks to private/loopback addresses.")
+    webhook_max_attempts: int = Field(5, description="Delivery attempts per callback.")
+    webhook_backoff_s: float = Field(2.0, description="First retry delay of callbacks (doubles each time).")
+    worker_concurrency: int = Field(1, description="Jobs one worker runs at once.")
+    worker_max_tasks_per_child: int = Field(50, description="Jobs before a worker process is replaced.")
+    progress_interval_s: float = Field(0.25, description="Least time between progress writes.")
+
+    @field_validator("providers", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @property
+    def local_mode(self) -> bool:
+        """No API keys: the API is open, so it may only listen on a loopback interface."""
+        return not self.api_keys
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.local_mode and not _is_loopback(self.host):
+            raise ValueError(
+                f"an open API (no BACKDROP_API_KEYS) may only bind to loopback, not {self.host!r}; "
+                "set BACKDROP_API_KEYS or bind to 127.0.0.1"
+            )
+        if not self.local_mode and self.webhook_secret.get_secret_value() == "local-dev-secret":
+            raise ValueError("set BACKDROP_WEBHOOK_SECRET: the default secret is for local mode only")
+        if self.batch_size < 1 or self.queue_depth < 1:
+            raise ValueError("batch_size and queue_depth must be at least 1")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

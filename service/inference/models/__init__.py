@@ -1,0 +1,36 @@
+"""One explicit factory: a model name maps to its class; an unknown name raises."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from service.config import Settings
+from service.errors import UnknownModel
+from service.inference.models.base import Matte, MattingModel
+
+
+class ModelName(StrEnum):
+    RVM = "rvm"
+    DEEPLABV3PLUS = "deeplabv3plus"
+
+
+def model_class(name: str) -> type[MattingModel]:
+    try:
+        key = ModelName(name)
+    except ValueError:
+        known = ", ".join(m.value for m in ModelName)
+        raise UnknownModel(f"unknown model {name!r}; choose one of: {known}") from None
+    if key is ModelName.RVM:
+        from service.inference.models.rvm import RVM
+
+        return RVM
+    from service.inference.models.deeplab import DeepLabV3Plus
+
+    return DeepLabV3Plus
+
+
+def create_model(name: str, settings: Settings | None = None) -> MattingModel:
+    return model_class(name)(settings)
+
+
+__all__ = ["Matte", "MattingModel", "ModelName", "create_model", "model_class"]

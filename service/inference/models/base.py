@@ -1,0 +1,73 @@
+"""The matting-model contract every model family implements.
+
+A model is made once per process (``load()`` is lazy and lock-guarded) and is stateless across
+jobs: per-job memory (RVM's recurrent state) lives in the ``state`` object the caller passes back in.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.config import Settings, get_settings
+from service.inference.sessions import Session, create_session
+
+
+@dataclass
+class Matte:
+    """Model output for a batch of N frames of H×W."""
+
+    alpha: np.ndarray  # float32 (N, H, W) in [0, 1]
+    foreground: np.ndarray | None = None  # uint8 (N, H, W, 3) RGB, where the model predicts one
+
+
+class MattingModel:
+    """Template: subclasses write ``_weights()``, ``_predict()`` and optionally ``new_state()``."""
+
+    name: str = ""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self._session: Session | None = None
+        self._lock = threading.Lock()
+
+    # -- public ------------------------------------------------------------------------------
+    def load(self) -> Session:
+        """Build the ONNX session once; safe to call from several threads."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = create_session(self._weights(), self.settings)
+        return self._session
+
+    @property
+    def providers(self) -> list[str]:
+        return self.load().get_providers()
+
+    def new_state(self) -> Any:
+        """Per-job state (``None`` for models without memory)."""
+        return None
+
+    def predict(self, frames: np.ndarray, state: Any = None) -> tuple[Matte, Any]:
+        """``frames``: uint8 (N, H, W, 3) RGB.  Returns the matte at frame size and the next state."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+        self.load()
+        return self._predict(frames, state)
+
+    __call__ = predict
+
+    # -- for subclasses -----------------------------------------------------------------------
+    def _weights(self) -> Path:
+        raise NotImplementedError
+
+    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
+        raise NotImplementedError
+
+    @property
+    def session(self) -> Session:
+        return self.load()

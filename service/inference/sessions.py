@@ -1,0 +1,57 @@
+"""How an ONNX Runtime session is made: in one place, for every model.
+
+Providers come from an ordered preference list (settings) intersected with what the installed
+onnxruntime offers; the providers the session really got are read back and logged, because the
+available list lies when CUDA or TensorRT libraries are missing at load time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class Session(Protocol):
+    """The part of ``onnxruntime.InferenceSession`` the models use (a test may hand in its own)."""
+
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any]) -> list[Any]: ...
+
+    def get_inputs(self) -> list[Any]: ...
+
+    def get_outputs(self) -> list[Any]: ...
+
+    def get_providers(self) -> list[str]: ...
+
+
+def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The preferred providers that are installed, in preference order; CPU always last resort."""
+    chosen = [p for p in preferred if p in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def create_session(path: Path, settings: Settings | None = None) -> Session:
+    """An inference session for the ONNX file at ``path`` with the configured providers/threads."""
+    import onnxruntime as ort
+
+    settings = settings or get_settings()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if settings.intra_op_threads:
+        opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = settings.inter_op_threads
+    opts.log_severity_level = 3
+    providers = choose_providers(settings.providers, ort.get_available_providers())
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    got = session.get_providers()
+    log.info("onnx session %s: asked %s, got %s", path.name, providers, got)
+    if providers[0] not in got:
+        log.warning("onnx session %s fell back from %s to %s", path.name, providers[0], got[0])
+    return session
