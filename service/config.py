@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = runtime default).")
     inter_op_threads: int = Field(1, description="ONNX Runtime inter-op threads.")
+    rvm_long_side: int = Field(
+        320, description="Long side, in pixels, of RVM's low-resolution pass (sets its downsample ratio)."
+    )
     fp16: bool = Field(False, description="Use fp16 model variants where they exist (GPU only).")
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")

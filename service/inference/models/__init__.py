@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from enum import StrEnum
 
 from service.config import Settings
@@ -33,4 +34,19 @@ def create_model(name: str, settings: Settings | None = None) -> MattingModel:
     return model_class(name)(settings)
 
 
-__all__ = ["Matte", "MattingModel", "ModelName", "create_model", "model_class"]
+_cache: dict[str, MattingModel] = {}
+_cache_lock = threading.Lock()
+
+
+def get_model(name: str, settings: Settings | None = None) -> MattingModel:
+    """The process-wide instance of a model, loaded once (workers and the CLI share it)."""
+    key = model_class(name)  # raises UnknownModel first
+    with _cache_lock:
+        model = _cache.get(name)
+        if model is None:
+            model = _cache[name] = key(settings)
+    model.load()
+    return model
+
+
+__all__ = ["Matte", "MattingModel", "ModelName", "create_model", "get_model", "model_class"]

@@ -18,13 +18,14 @@ from service.inference.models.base import Matte, MattingModel
 from service.inference.weights import locate
 
 WEIGHTS = "rvm_mobilenetv3_fp32.onnx"
-#: RVM is trained to see people at 256–512 px on the long side of its low-resolution pass.
-TARGET_LONG_SIDE = 512
 
 
-def downsample_ratio(height: int, width: int) -> float:
-    """The ratio that brings the long side to about ``TARGET_LONG_SIDE`` px (never upsamples)."""
-    return float(min(1.0, TARGET_LONG_SIDE / max(height, width)))
+def downsample_ratio(height: int, width: int, long_side: int) -> float:
+    """The ratio that brings the frame's long side to ``long_side`` px (never upsamples).
+
+    RVM's authors suggest 256–512 px for its coarse pass; its full-resolution refiner restores
+    detail, and the coarse pass dominates the cost on a CPU (settings.rvm_long_side)."""
+    return float(min(1.0, long_side / max(height, width)))
 
 
 @dataclass
@@ -53,7 +54,7 @@ class RVM(MattingModel):
         state = state if state is not None else RVMState()
         if state.shape != (h, w) or not state.rec:
             state = RVMState((h, w), [np.zeros((1, 1, 1, 1), np.float32)] * 4)
-        ratio = np.array([downsample_ratio(h, w)], np.float32)
+        ratio = np.array([downsample_ratio(h, w, self.settings.rvm_long_side)], np.float32)
         alphas, fgrs = [], []
         # RVM's recurrence runs along the batch axis only inside one call when it is exported with
         # time as batch; the published ONNX treats batch as independent clips, so feed frame by frame.
