@@ -1,0 +1,310 @@
+"""Train the DeepLabv3+ / MobileNetV2 person segmenter from scratch on a CPU.
+
+Data: ``portraits/train`` only for training, ``portraits/val`` only for checkpoint selection
+(``BACKDROP_DATA_DIR`` or ``--data-dir``).  Augmentations: people pasted onto ``backgrounds/``
+photos through their (slightly feathered) masks, horizontal flips, random scale + crop, colour jitter.
+Loss: BCE + soft dice.  AdamW + one-cycle LR.  Images are decoded and resized once, into memory.
+
+Reproducible: every random draw comes from ``--seed`` (per-epoch generators, so a resumed run draws
+the same batches); the full config is logged to ``OUT/config.json``.  Resumable: ``OUT/last.pt`` is
+written every epoch, ``--resume`` continues from it; ``OUT/best.pt`` keeps the best val mIoU.
+
+mIoU here: intersection and union of the thresholded (p > 0.5) prediction with the ground truth,
+summed over all val pixels at the original image size, per class (person, background); the mean of
+the two class IoUs.  The per-image variant (mean over images of the per-image mIoU) is logged too.
+
+    .venv/bin/python -m export.train_deeplab --out runs/deeplab --epochs 60 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export.deeplab import DeepLabV3Plus
+
+log = logging.getLogger("train_deeplab")
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+def _resize_long(img: np.ndarray, long_side: int, interp: int = cv2.INTER_AREA) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = long_side / max(h, w)
+    if abs(s - 1.0) < 1e-6:
+        return img
+    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
+
+
+def load_split(root: Path, long_side: int, limit: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """RGB uint8 images and uint8 (0/255) masks resized to ``long_side`` (0 = keep)."""
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
+    if limit:
+        names = names[:limit]
+    imgs, masks = [], []
+    for n in names:
+        img = cv2.cvtColor(cv2.imread(str(root / "images" / f"{n}.jpg")), cv2.COLOR_BGR2RGB)
+        m = cv2.imread(str(root / "masks" / f"{n}.png"), cv2.IMREAD_GRAYSCALE)
+        if long_side:
+            img = _resize_long(img, long_side)
+            m = _resize_long(m, long_side, cv2.INTER_LINEAR)
+        imgs.append(img)
+        masks.append(m)
+    return imgs, masks, names
+
+
+def load_backgrounds(folder: Path, long_side: int) -> list[np.ndarray]:
+    out = []
+    for p in sorted(folder.glob("*.jpg")):
+        img = cv2.imread(str(p))
+        if img is not None:
+            out.append(cv2.cvtColor(_resize_long(img, long_side), cv2.COLOR_BGR2RGB))
+    return out
+
+
+def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    x = img.astype(np.float32)
+    x = x * rng.uniform(0.7, 1.3)  # brightness
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.7, 1.3) + mean  # contrast
+    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
+    if rng.random() < 0.05:
+        x = np.repeat(gray[..., None], 3, axis=2)
+    else:
+        x = (x - gray[..., None]) * rng.uniform(0.7, 1.3) + gray[..., None]  # saturation
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    if rng.random() < 0.5:  # hue
+        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(rng.integers(-6, 7))) % 180).astype(np.uint8)
+        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    return x
+
+
+def paste_on_background(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    h, w = img.shape[:2]
+    bh, bw = bg.shape[:2]
+    s = max(h / bh, w / bw) * rng.uniform(1.0, 1.6)
+    bg = cv2.resize(bg, (math.ceil(bw * s), math.ceil(bh * s)), interpolation=cv2.INTER_LINEAR)
+    y = int(rng.integers(0, bg.shape[0] - h + 1))
+    x = int(rng.integers(0, bg.shape[1] - w + 1))
+    bg = bg[y : y + h, x : x + w]
+    if rng.random() < 0.5:
+        bg = cv2.flip(bg, 1)
+    a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] / 255.0
+    return (img * a + bg * (1 - a)).astype(np.uint8)
+
+
+def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, int]):
+    if bgs and rng.random() < paste_p:
+        img = paste_on_background(img, mask, bgs[int(rng.integers(len(bgs)))], rng)
+    long_side = int(rng.integers(scale[0], scale[1] + 1))
+    img = _resize_long(img, long_side, cv2.INTER_LINEAR)
+    mask = _resize_long(mask, long_side, cv2.INTER_LINEAR)
+    h, w = mask.shape
+    ph, pw = max(0, crop - h), max(0, crop - w)
+    if ph or pw:  # zero padding, as at inference
+        top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
+        img = cv2.copyMakeBorder(img, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=0)
+        mask = cv2.copyMakeBorder(mask, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=0)
+        h, w = mask.shape
+    y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+    img, mask = img[y : y + crop, x : x + crop], mask[y : y + crop, x : x + crop]
+    if rng.random() < 0.5:
+        img, mask = img[:, ::-1], mask[:, ::-1]
+    img = colour_jitter(np.ascontiguousarray(img), rng)
+    return img, np.ascontiguousarray(mask)
+
+
+def make_batch(data, idx, bgs, rng, args) -> tuple[torch.Tensor, torch.Tensor]:
+    imgs, masks = data[0], data[1]
+    xs, ys = [], []
+    for i in idx:
+        x, y = augment(imgs[i], masks[i], bgs, rng, args.crop, args.paste_p, (args.scale_min, args.scale_max))
+        xs.append(x)
+        ys.append(y)
+    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
+    y = torch.from_numpy(np.stack(ys)).unsqueeze(1).float().div_(255.0)
+    return x.contiguous(), y
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+def pad16(x: np.ndarray, multiple: int = 16) -> tuple[np.ndarray, int, int]:
+    h, w = x.shape[:2]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = cv2.copyMakeBorder(x, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
+    return x, h, w
+
+
+@torch.no_grad()
+def predict_prob(model: torch.nn.Module, img: np.ndarray, long_side: int) -> np.ndarray:
+    """Probability map at the image's size, the way the service runs the model."""
+    h0, w0 = img.shape[:2]
+    small = _resize_long(img, long_side, cv2.INTER_AREA if max(h0, w0) > long_side else cv2.INTER_LINEAR)
+    padded, h, w = pad16(small)
+    x = torch.from_numpy(padded).permute(2, 0, 1)[None].float().div_(255.0)
+    prob = torch.sigmoid(model(x))[0, 0, :h, :w].numpy()
+    return cv2.resize(prob, (w0, h0), interpolation=cv2.INTER_LINEAR)
+
+
+def iou_counts(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """[inter_person, union_person, inter_bg, union_bg] for boolean maps."""
+    return np.array([(pred & gt).sum(), (pred | gt).sum(), (~pred & ~gt).sum(), (~pred | ~gt).sum()], np.int64)
+
+
+def miou_from_counts(c: np.ndarray) -> tuple[float, float, float]:
+    person = c[0] / max(c[1], 1)
+    bg = c[2] / max(c[3], 1)
+    return float((person + bg) / 2), float(person), float(bg)
+
+
+def evaluate(model: torch.nn.Module, imgs, masks, long_side: int) -> dict:
+    model.eval()
+    total = np.zeros(4, np.int64)
+    per_image = []
+    for img, m in zip(imgs, masks, strict=True):
+        pred = predict_prob(model, img, long_side) > 0.5
+        c = iou_counts(pred, m > 127)
+        total += c
+        per_image.append(miou_from_counts(c)[0])
+    miou, person, bg = miou_from_counts(total)
+    return {"miou": miou, "iou_person": person, "iou_bg": bg, "miou_per_image": float(np.mean(per_image))}
+
+
+# ------------------------------------------------------------------------------------------------
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from service.config import get_settings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default: settings.data_dir)")
+    ap.add_argument("--out", type=Path, default=Path("runs/deeplab"))
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--scale-min", type=int, default=200, help="least long side before cropping")
+    ap.add_argument("--scale-max", type=int, default=400, help="largest long side before cropping")
+    ap.add_argument("--paste-p", type=float, default=0.5, help="chance of pasting the person on a background")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=1e-2)
+    ap.add_argument("--width", type=float, default=0.5, help="MobileNetV2 width multiplier")
+    ap.add_argument("--aspp", type=int, default=128, help="ASPP / decoder channels")
+    ap.add_argument("--val-long-side", type=int, default=320, help="working size at validation (as the service)")
+    ap.add_argument("--val-every", type=int, default=2, help="validate every N epochs (every epoch in the last 25%%)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=0, help="use only N train/val images (smoke tests)")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    args = ap.parse_args(argv)
+    if args.data_dir is None:
+        args.data_dir = Path(get_settings().data_dir)
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "train.log")],
+    )
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config["torch"] = torch.__version__
+    log.info("config %s", json.dumps(config, sort_keys=True))
+    (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+    t0 = time.time()
+    portraits = args.data_dir / "portraits"
+    train = load_split(portraits / "train", args.scale_max, args.limit)
+    val_imgs, val_masks, _ = load_split(portraits / "val", 0, args.limit)
+    bgs = load_backgrounds(args.data_dir / "backgrounds", 640)
+    log.info("loaded %d train, %d val, %d backgrounds in %.1fs", len(train[0]), len(val_imgs), len(bgs), time.time() - t0)
+
+    torch.manual_seed(args.seed)
+    model = DeepLabV3Plus(args.width, args.aspp)
+    model_config = dict(model.config)
+    params = sum(p.numel() for p in model.parameters())
+    log.info("model %s: %.2f M params", model_config, params / 1e6)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
+    )
+    n = len(train[0])
+    steps = n // args.batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.epochs * steps, pct_start=0.08, div_factor=20, final_div_factor=200
+    )
+    start_epoch, best, history = 0, -1.0, []
+    last = args.out / "last.pt"
+    if args.resume and last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        log.info("resumed from %s at epoch %d (best %.4f)", last, start_epoch, best)
+
+    pool = ThreadPoolExecutor(1)
+    for epoch in range(start_epoch, args.epochs):
+        te = time.time()
+        rng = np.random.default_rng([args.seed, epoch])
+        torch.manual_seed(args.seed * 1000 + epoch)
+        order = rng.permutation(n)
+        batches = [order[i * args.batch : (i + 1) * args.batch] for i in range(steps)]
+        model.train()
+        total = 0.0
+        fut = pool.submit(make_batch, train, batches[0], bgs, rng, args)
+        for b in range(steps):
+            x, y = fut.result()
+            if b + 1 < steps:
+                fut = pool.submit(make_batch, train, batches[b + 1], bgs, rng, args)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        rec = {"epoch": epoch, "loss": total / steps, "lr": sched.get_last_lr()[0], "train_s": time.time() - te}
+        late = epoch >= int(args.epochs * 0.75)
+        if late or (epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1:
+            tv = time.time()
+            rec.update(evaluate(model, val_imgs, val_masks, args.val_long_side))
+            rec["val_s"] = time.time() - tv
+            if rec["miou"] > best:
+                best = rec["miou"]
+                torch.save({"model": model.state_dict(), "config": model_config, "epoch": epoch, "val": rec}, args.out / "best.pt")
+        history.append(rec)
+        log.info("epoch %s", json.dumps(rec))
+        ck = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+              "best": best, "history": history, "config": model_config, "args": config}
+        torch.save(ck, args.out / "last.pt.tmp")
+        (args.out / "last.pt.tmp").replace(last)
+    pool.shutdown()
+    log.info("done: best val mIoU %.4f, %.1f min", best, (time.time() - t0) / 60)
+    return {"best": best, "history": history}
+
+
+if __name__ == "__main__":
+    main()
