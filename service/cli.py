@@ -1,0 +1,85 @@
+"""The ``backdrop`` command: ``replace`` (one file, no server), ``run`` (the local stack) and
+``submit`` (a client of a running service)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from service.errors import BackdropError
+from service.media.encode import FORMATS
+
+
+def _replace(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.pipeline import ReplaceOptions, replace_background
+
+    options = ReplaceOptions.parse(
+        model=args.model, output_format=args.format, composite=args.composite, harmonize=args.harmonize,
+        edge_refine=args.edge_refine,
+    )
+    bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = replace_background(Path(args.input), args.background, Path(args.output), options, progress=progress)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(f"{args.output}: {result.frames} frames, {result.duration_s:.2f}s, {result.width}x{result.height}, "
+              f"{result.size_bytes} bytes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backdrop", description="Replace the background behind people in videos.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rep = sub.add_parser("replace", help="replace the background of one video file")
+    rep.add_argument("input", help="the input video")
+    rep.add_argument("-b", "--background", help="an image file, a video file, #RRGGBB or blur")
+    rep.add_argument("-o", "--output", required=True, help="the output file")
+    rep.add_argument("--model", default="rvm", help="rvm (default) or deeplabv3plus")
+    rep.add_argument("--format", default="mp4", choices=list(FORMATS), help="output format (default mp4)")
+    rep.add_argument("--composite", default="alpha", choices=["alpha", "poisson"], help="compositor")
+    rep.add_argument("--harmonize", type=float, default=0.0, metavar="STRENGTH",
+                     help="colour harmonisation strength, 0 (off) to 1")
+    rep.add_argument("--edge-refine", dest="edge_refine", action=argparse.BooleanOptionalAction, default=None,
+                     help="refine mask edges (default: the setting BACKDROP_EDGE_REFINE)")
+    rep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    rep.set_defaults(func=_replace)
+
+    try:
+        from service.cli_service import add_commands
+    except ImportError:  # the service extras are part of the package; this only guards partial installs
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except BackdropError as exc:
+        print(f"backdrop: error [{exc.code}]: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("backdrop: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

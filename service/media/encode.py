@@ -1,0 +1,227 @@
+"""Encode composited frames, keeping the input's timestamps, and carry its audio across.
+
+Output formats:
+
+| name          | container | video                          | what it holds                         |
+| ------------- | --------- | ------------------------------ | ------------------------------------- |
+| `mp4`         | MP4       | H.264 (libx264) yuv420p        | the person on the new background      |
+| `webm`        | WebM      | VP9 (libvpx) yuva420p          | the person with an alpha channel      |
+| `mov`         | MOV       | ProRes 4444 (prores_ks) + alpha | the person with an alpha channel     |
+| `matte`       | MP4       | H.264 yuv420p, grey            | the alpha matte itself                |
+| `greenscreen` | MP4       | H.264 yuv420p                  | the person on chroma-key green        |
+
+Audio: each input audio stream is copied packet for packet when the output container takes its
+codec, otherwise transcoded (AAC for MP4/MOV, Opus for WebM).  Audio packets are interleaved with
+the video as it is written (read from a second demuxer of the input), so nothing piles up in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from service.media.probe import VideoInfo, open_input
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    extension: str
+    content_type: str
+    container: str
+    codec: str
+    pix_fmt: str
+    alpha: bool  # frames handed to the writer are RGBA
+    audio_copy: frozenset[str]  # audio codecs this container takes as they are
+    audio_codec: str  # what anything else is transcoded to
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def even(self) -> bool:
+        """Chroma-subsampled formats need even frame sizes."""
+        return self.pix_fmt.startswith("yuv") and "420" in self.pix_fmt
+
+
+_X264 = {"preset": "veryfast", "crf": "18", "movflags": "+faststart"}
+_MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
+_MOV_AUDIO = _MP4_AUDIO | {"pcm_s16le", "pcm_s24le"}
+FORMATS: dict[str, FormatSpec] = {
+    "mp4": FormatSpec(".mp4", "video/mp4", "mp4", "libx264", "yuv420p", False, _MP4_AUDIO, "aac", _X264),
+    "webm": FormatSpec(
+        ".webm", "video/webm", "webm", "libvpx-vp9", "yuva420p", True, frozenset({"opus", "vorbis"}), "libopus",
+        {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "30", "b": "0"},
+    ),
+    "mov": FormatSpec(
+        ".mov", "video/quicktime", "mov", "prores_ks", "yuva444p10le", True, _MOV_AUDIO, "aac",
+        {"profile": "4", "alpha_bits": "16", "vendor": "apl0"},
+    ),
+    "matte": FormatSpec(".mp4", "video/mp4", "mp4", "libx264", "yuv420p", False, _MP4_AUDIO, "aac",
+                        {**_X264, "crf": "8"}),
+    "greenscreen": FormatSpec(".mp4", "video/mp4", "mp4", "libx264", "yuv420p", False, _MP4_AUDIO, "aac", _X264),
+}
+#: name -> (file extension, content type): what the API and storage need to know.
+OUTPUT_FORMATS: dict[str, tuple[str, str]] = {k: (v.extension, v.content_type) for k, v in FORMATS.items()}
+GREEN = (0, 177, 64)
+
+
+class VideoWriter:
+    """Writes frames with given timestamps (input time base) and the input's audio to ``path``."""
+
+    def __init__(self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True):
+        self.spec = FORMATS[fmt]
+        self.info = info
+        self.width = info.width + (info.width % 2 if self.spec.even else 0)
+        self.height = info.height + (info.height % 2 if self.spec.even else 0)
+        self.time_base = info.time_base
+        self._frame_ticks = max(1, round(1 / (info.fps * info.time_base)))
+        self.out = av.open(str(path), mode="w", format=self.spec.container)
+        try:
+            self.stream = self.out.add_stream(self.spec.codec, rate=info.fps)
+            ctx = self.stream.codec_context
+            ctx.width, ctx.height = self.width, self.height
+            ctx.pix_fmt = self.spec.pix_fmt
+            ctx.time_base = self.time_base
+            self.stream.time_base = self.time_base
+            opts = dict(self.spec.options)
+            if "movflags" in opts:
+                self.out.options["movflags"] = opts.pop("movflags")
+            ctx.options = opts
+            self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_audio else None
+        except BaseException:
+            self.out.close()
+            raise
+        self._last_pts: int | None = None
+
+    def write(self, frames: np.ndarray, pts: list[int]) -> None:
+        """``frames``: uint8 (N, H, W, 3) RGB, or (N, H, W, 4) RGBA for alpha formats."""
+        layout = "rgba" if self.spec.alpha else "rgb24"
+        for image, t in zip(frames, pts, strict=True):
+            image = self._pad(image)
+            frame = av.VideoFrame.from_ndarray(image, format=layout)
+            frame.pts = t
+            frame.time_base = self.time_base
+            if self.audio is not None:
+                self.audio.mux_until(float(t * self.time_base))
+            for packet in self.stream.encode(frame):
+                self.out.mux(packet)
+            self._last_pts = t
+
+    def close(self) -> None:
+        """Flush the encoder and the rest of the audio, and finish the file."""
+        try:
+            for packet in self.stream.encode(None):
+                self.out.mux(packet)
+            if self.audio is not None:
+                self.audio.finish()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        if self.audio is not None:
+            self.audio.close()
+            self.audio = None
+        if self.out is not None:
+            self.out.close()
+            self.out = None  # type: ignore[assignment]
+
+    def _pad(self, image: np.ndarray) -> np.ndarray:
+        dh, dw = self.height - image.shape[0], self.width - image.shape[1]
+        if dh or dw:
+            image = np.pad(image, ((0, dh), (0, dw), (0, 0)), mode="edge")
+        return image
+
+
+class _AudioCarrier:
+    """Copies (or transcodes) every audio stream of the input into the output, in step with video."""
+
+    def __init__(self, info: VideoInfo, out: av.container.OutputContainer, spec: FormatSpec):
+        self.input = open_input(info.path)
+        self.out = out
+        self.routes: dict[int, _Route] = {}
+        for stream in self.input.streams.audio:
+            name = stream.codec_context.name
+            if name in spec.audio_copy:
+                self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None)
+            else:
+                self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec)
+        self._packets: Iterator[av.Packet] = self.input.demux(*self.input.streams.audio)
+        self._pending: av.Packet | None = None
+        self._done = False
+
+    def mux_until(self, seconds: float) -> None:
+        """Write every audio packet that starts before ``seconds``."""
+        while not self._done:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                self._done = True
+                return
+            if packet.pts is not None and packet.time_base is not None and float(packet.pts * packet.time_base) > seconds:
+                self._pending = packet
+                return
+            self._route(packet)
+
+    def finish(self) -> None:
+        self.mux_until(float("inf"))
+        for route in self.routes.values():
+            route.flush(self.out)
+
+    def close(self) -> None:
+        self.input.close()
+
+    def _route(self, packet: av.Packet) -> None:
+        route = self.routes.get(packet.stream.index)
+        if route is None:
+            return
+        if packet.size == 0 and packet.pts is None:
+            return  # the demuxer's end-of-stream marker
+        route.carry(packet, self.out)
+
+
+@dataclass
+class _Route:
+    source: av.audio.stream.AudioStream
+    target: av.stream.Stream
+    resampler: av.AudioResampler | None
+    encoder_rate: int | None
+
+    @classmethod
+    def transcoding(cls, source: av.audio.stream.AudioStream, out: av.container.OutputContainer, codec: str) -> _Route:
+        src = source.codec_context
+        rate = 48000 if "opus" in codec else (src.sample_rate or 48000)
+        target = out.add_stream(codec, rate=rate)
+        layout = "stereo" if (src.channels or 2) >= 2 else "mono"
+        target.codec_context.layout = layout
+        fmt = "flt" if "opus" in codec else "fltp"
+        target.codec_context.format = fmt
+        target.codec_context.time_base = Fraction(1, rate)
+        return cls(source, target, av.AudioResampler(format=fmt, layout=layout, rate=rate), rate)
+
+    def carry(self, packet: av.Packet, out: av.container.OutputContainer) -> None:
+        if self.resampler is None:
+            packet.stream = self.target
+            out.mux(packet)
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            return  # one damaged audio packet is dropped, not the job
+        for frame in frames:
+            self._encode(self.resampler.resample(frame), out)
+
+    def flush(self, out: av.container.OutputContainer) -> None:
+        if self.resampler is None:
+            return
+        self._encode(self.resampler.resample(None), out)
+        for packet in self.target.encode(None):
+            out.mux(packet)
+
+    def _encode(self, frames: list[av.AudioFrame], out: av.container.OutputContainer) -> None:
+        for frame in frames:
+            frame.pts = None  # let the encoder count samples; the resampler re-times them anyway
+            for packet in self.target.encode(frame):
+                out.mux(packet)

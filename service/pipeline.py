@@ -1,0 +1,329 @@
+"""Frames in → composited frames out: the one place that joins media and inference.
+
+Three stages overlap, joined by bounded queues so memory stays flat however long the video is:
+
+    reader thread:  decode (PyAV) → batches of frames + their backgrounds
+    caller thread:  matte (ONNX) → edge refinement → harmonisation → compositing
+    writer thread:  encode (PyAV) + audio passthrough → progress callback
+
+The slowest stage sets the pace.  ``cancel`` is polled once per batch; a failure or a cancel
+anywhere stops every stage and leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.config import Settings, get_settings
+from service.errors import BackdropError, Canceled, InvalidParameter
+from service.inference.compositing import CompositorName, create_compositor
+from service.inference.models import MattingModel, get_model, model_class
+from service.media.background import BackgroundSource, ColorBackground, open_background
+from service.media.decode import iter_frames
+from service.media.encode import FORMATS, GREEN, VideoWriter
+from service.media.probe import VideoInfo, probe_video
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]
+
+
+class ReplaceOptions(BaseModel):
+    """What a caller may choose for one video (the CLI flags and the job's options)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = "rvm"
+    output_format: str = "mp4"
+    composite: str = "alpha"
+    harmonize: float = Field(0.0, ge=0.0, le=1.0)
+    edge_refine: bool | None = None  # None: settings.edge_refine
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        model_class(v)  # raises UnknownModel
+        return v
+
+    @field_validator("output_format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v not in FORMATS:
+            raise InvalidParameter(f"unknown output format {v!r}; choose one of: {', '.join(FORMATS)}")
+        return v
+
+    @field_validator("composite")
+    @classmethod
+    def _known_compositor(cls, v: str) -> str:
+        if v not in {c.value for c in CompositorName}:
+            raise InvalidParameter(f"unknown compositor {v!r}; choose alpha or poisson")
+        return v
+
+    @classmethod
+    def parse(cls, **values: Any) -> ReplaceOptions:
+        """Validate, turning pydantic's errors into our ``InvalidParameter``."""
+        from pydantic import ValidationError
+
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            cause = exc.errors()[0].get("ctx", {}).get("error")
+            if isinstance(cause, BackdropError):
+                raise cause from None
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise InvalidParameter(f"{field}: {first['msg']}") from None
+
+
+@dataclass(frozen=True)
+class ReplaceResult:
+    frames: int
+    duration_s: float
+    width: int
+    height: int
+    output_format: str
+    size_bytes: int
+    content_type: str
+
+
+@dataclass
+class _Batch:
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    pts: list[int]
+    background: np.ndarray | None
+
+
+_END = object()
+
+
+def replace_background(
+    input_path: Path,
+    background: str | None,
+    output_path: Path,
+    options: ReplaceOptions | None = None,
+    *,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    settings: Settings | None = None,
+    model: MattingModel | None = None,
+) -> ReplaceResult:
+    """Put the person in ``input_path`` on ``background`` and write ``output_path``.
+
+    ``background`` may be None only for outputs that carry no background (webm, mov, matte,
+    greenscreen).  Raises a ``BackdropError`` subclass on bad input; ``Canceled`` if ``cancel()``
+    returned True.  The output appears only when it is complete.
+    """
+    settings = settings or get_settings()
+    options = options or ReplaceOptions()
+    info = probe_video(Path(input_path), settings)
+    spec = FORMATS[options.output_format]
+    model = model or get_model(options.model, settings)
+    bg = _background_for(options.output_format, background, info, settings)
+    output_path = Path(output_path)
+    partial = output_path.with_name(f".{output_path.name}.partial")
+    try:
+        frames = _run(info, bg, partial, options, model, settings, progress, cancel)
+        os.replace(partial, output_path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        if bg is not None:
+            bg.close()
+    duration = frames.duration
+    return ReplaceResult(
+        frames=frames.count, duration_s=duration, width=info.width, height=info.height,
+        output_format=options.output_format, size_bytes=output_path.stat().st_size, content_type=spec.content_type,
+    )
+
+
+def _background_for(fmt: str, spec: str | None, info: VideoInfo, settings: Settings) -> BackgroundSource | None:
+    if fmt == "greenscreen":
+        return ColorBackground(GREEN, info.width, info.height)
+    if spec is None:
+        if fmt == "mp4":
+            raise InvalidParameter("a background is required for mp4 output (an image, a video, #RRGGBB or blur)")
+        return None
+    return open_background(spec, info.width, info.height, settings)
+
+
+@dataclass
+class _Count:
+    """Frames written so far, and the span of their timestamps."""
+
+    tick_s: float
+    frame_s: float
+    count: int = 0
+    first_pts: int | None = None
+    last_pts: int | None = None
+
+    @property
+    def duration(self) -> float:
+        if self.first_pts is None or self.last_pts is None:
+            return 0.0
+        return (self.last_pts - self.first_pts) * self.tick_s + self.frame_s
+
+
+def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings) -> Iterator[_Batch]:
+    buf: list[np.ndarray] = []
+    pts: list[int] = []
+    tb = float(info.time_base)
+
+    def flush() -> _Batch:
+        images = np.stack(buf)
+        times = [p * tb for p in pts]
+        back = None if bg is None else np.ascontiguousarray(bg.frames(images, times))
+        return _Batch(images, list(pts), back)
+
+    for frame in iter_frames(info, settings.decode_threads):
+        buf.append(frame.image)
+        pts.append(frame.pts)
+        if len(buf) == settings.batch_size:
+            yield flush()
+            buf.clear()
+            pts.clear()
+    if buf:
+        yield flush()
+
+
+class _Stage(threading.Thread):
+    """A pipeline thread that reports its exception instead of dying silently."""
+
+    def __init__(self, name: str, target: Callable[[], None], stop: threading.Event):
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.stop = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller thread
+            self.error = exc
+            self.stop.set()
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+def _run(
+    info: VideoInfo,
+    bg: BackgroundSource | None,
+    path: Path,
+    options: ReplaceOptions,
+    model: MattingModel,
+    settings: Settings,
+    progress: Progress | None,
+    cancel: Callable[[], bool] | None,
+) -> _Count:
+    spec = FORMATS[options.output_format]
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
+    composed: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
+    count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
+    writer = VideoWriter(path, options.output_format, info)
+
+    def read() -> None:
+        for batch in _batches(info, bg, settings):
+            if not _put(decoded, batch, stop):
+                return
+        _put(decoded, _END, stop)
+
+    def write() -> None:
+        last_report = 0.0
+        while True:
+            item = _get(composed, stop)
+            if item is _END:
+                return
+            frames, pts = item  # type: ignore[misc]
+            writer.write(frames, pts)
+            count.count += len(pts)
+            count.first_pts = pts[0] if count.first_pts is None else count.first_pts
+            count.last_pts = pts[-1]
+            now = time.monotonic()
+            if progress is not None and now - last_report >= settings.progress_interval_s:
+                last_report = now
+                progress(count.count, max(info.frames, count.count))
+
+    reader = _Stage("backdrop-decode", read, stop)
+    writer_thread = _Stage("backdrop-encode", write, stop)
+    reader.start()
+    writer_thread.start()
+    try:
+        state = model.new_state()
+        compositor = create_compositor(options.composite)
+        while True:
+            if cancel is not None and cancel():
+                raise Canceled("the job was canceled")
+            item = _get(decoded, stop)
+            if item is _END:
+                break
+            batch: _Batch = item  # type: ignore[assignment]
+            matte, state = model.predict(batch.images, state)
+            out = _compose(spec.alpha, options.output_format, batch, matte.alpha, matte.foreground, compositor)
+            if not _put(composed, (out, batch.pts), stop):
+                break
+        _put(composed, _END, stop)
+        writer_thread.join()
+        for stage in (reader, writer_thread):
+            if stage.error is not None:
+                raise stage.error
+        writer.close()
+        if progress is not None:
+            progress(count.count, count.count)
+        return count
+    except BaseException:
+        stop.set()
+        reader.join(timeout=30)
+        writer_thread.join(timeout=30)
+        writer.abort()
+        for stage in (reader, writer_thread):
+            if stage.error is not None and not isinstance(stage.error, Canceled):
+                raise stage.error from None
+        raise
+    finally:
+        stop.set()
+
+
+def _compose(
+    alpha_out: bool,
+    fmt: str,
+    batch: _Batch,
+    alpha: np.ndarray,
+    foreground: np.ndarray | None,
+    compositor: Callable[..., np.ndarray],
+) -> np.ndarray:
+    a8 = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if fmt == "matte":
+        return np.repeat(a8[..., None], 3, axis=-1)
+    if alpha_out:
+        fg = batch.images if foreground is None else foreground
+        return np.concatenate([fg, a8[..., None]], axis=-1)
+    assert batch.background is not None
+    return compositor(batch.images, alpha, batch.background, foreground)
