@@ -73,6 +73,28 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, description="Jobs one worker runs at once.")
     worker_max_tasks_per_child: int = Field(50, description="Jobs before a worker process is replaced.")
     progress_interval_s: float = Field(0.25, description="Least time between progress writes.")
+    upload_chunk_bytes: int = Field(1024 * 1024, description="Chunk size used to spool uploads to disk and storage.")
+    spool_dir: Path | None = Field(None, description="Folder for upload/worker temp files (None = system temp).")
+    idempotency_ttl_s: int = Field(24 * 3600, description="How long an Idempotency-Key maps to its job.")
+    jobs_page_size: int = Field(20, description="Default page size of GET /jobs (at most 100).")
+    task_time_base_s: float = Field(120.0, description="Soft time limit of a job: this base ...")
+    task_time_per_video_s: float = Field(
+        30.0, description="... plus this many seconds per second of video (hard limit = soft + 30 s)."
+    )
+    task_max_retries: int = Field(5, description="Retries of a job after transient storage errors (with backoff).")
+    job_lease_s: float = Field(
+        30.0, description="Lease a running job holds (refreshed by heartbeat); a redelivered job waits it out."
+    )
+    cancel_poll_interval_s: float = Field(0.5, description="Least time between cancel-flag checks in a worker.")
+    broker_visibility_timeout_s: int = Field(
+        7200, description="Seconds before an unacknowledged job (its worker died) is redelivered; exceed the longest job."
+    )
+    broker_restore_interval_s: int = Field(10, description="Seconds between sweeps for unacknowledged jobs to redeliver.")
+    webhook_timeout_s: float = Field(10.0, description="Timeout of one callback delivery attempt.")
+    public_base_url: str | None = Field(
+        None, description="Base URL clients reach the API at (result links in callbacks on the local store)."
+    )
+    readiness_timeout_s: float = Field(1.0, description="Timeout of each /readyz check (Redis, storage, worker ping).")
 
     @field_validator("providers", "cors_origins", mode="before")
     @classmethod

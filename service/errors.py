@@ -148,3 +148,36 @@ class StorageError(BackdropError):
 class CallbackRefused(InputError):
     code = "callback_refused"
     title = "Callback URL refused"
+
+
+class RequestInvalid(InputError):
+    """The request itself is malformed (missing field, wrong type, bad multipart body)."""
+
+    code = "validation_error"
+    title = "Request validation failed"
+
+
+class RouteNotFound(BackdropError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class MethodNotAllowed(BackdropError):
+    code = "method_not_allowed"
+    status = 405
+    title = "Method not allowed"
+
+
+class IllegalTransition(BackdropError):
+    """A job was asked to move to a state it cannot reach from its current one."""
+
+    code = "illegal_transition"
+    status = 409
+    title = "Illegal job state transition"
+
+
+class TransientStorageError(StorageError):
+    """A storage failure worth retrying (timeouts, throttling, 5xx)."""
+
+    code = "storage_unavailable"

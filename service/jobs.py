@@ -1,0 +1,405 @@
+"""Jobs: the pydantic model, its states and legal transitions, and the Redis-backed store.
+
+Keys (all under ``backdrop:``):
+  job:{id}             the job, as JSON (expires ``job_ttl_s`` after it finishes)
+  owner:{owner}        ZSET of the owner's job ids by creation time (newest first when listed)
+  queued / running     ZSETs of the ids in those states (queue depth, metrics)
+  expiry               ZSET of finished job ids by expiry time (their objects are swept then)
+  idem:{owner}:{hash}  Idempotency-Key → job id
+  cancel:{id}          the cancel flag a worker polls
+  lease:{id}           the worker token running the job (refreshed by heartbeat)
+  stats                HASH of counters (jobs entering each state, processing seconds, frames)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+from pydantic import BaseModel, Field, computed_field
+
+from service.config import Settings, get_settings
+from service.errors import IllegalTransition, JobNotFound
+
+P = "backdrop:"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+#: Legal moves.  running → running is a clean restart of a redelivered job; running → queued puts a
+#: job back to wait for a retry after a transient failure.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+def can_move(src: JobStatus, dst: JobStatus) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Progress(BaseModel):
+    frames_done: int = 0
+    frames_total: int = 0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def percent(self) -> float:
+        if self.frames_total <= 0:
+            return 0.0
+        return round(min(100.0, 100.0 * self.frames_done / self.frames_total), 1)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobResult(BaseModel):
+    key: str
+    size: int
+    duration_s: float
+    format: str
+    content_type: str
+    frames: int
+    width: int
+    height: int
+
+
+class VideoMeta(BaseModel):
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration_s: float
+    has_audio: bool = False
+
+
+class JobOptions(BaseModel):
+    model: str = "rvm"
+    output_format: str = "mp4"
+    composite: str = "alpha"
+    harmonize: float = 0.0
+
+
+class Background(BaseModel):
+    kind: str  # "file", "color" or "blur"
+    value: str | None = None  # the colour, for "color"
+    key: str | None = None  # the object key, for "file"
+    filename: str | None = None
+
+
+class Job(BaseModel):
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    owner: str = "local"
+    status: JobStatus = JobStatus.QUEUED
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress = Field(default_factory=Progress)
+    error: JobError | None = None
+    result: JobResult | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+    background: Background = Field(default_factory=lambda: Background(kind="blur"))
+    input_key: str = ""
+    input_filename: str | None = None
+    video: VideoMeta | None = None
+    callback_url: str | None = None
+    attempts: int = 0
+    time_limit_s: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def owner_of(api_key: str | None) -> str:
+    """The owner id of an API key: a short hash, never the key (``local`` in open mode)."""
+    if not api_key:
+        return "local"
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:20]
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, settings: Settings | None = None):
+        self.r = client
+        self.settings = settings or get_settings()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> JobStore:
+        settings = settings or get_settings()
+        return cls(redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5), settings)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        raw = self.r.get(P + f"job:{job_id}")
+        return Job.model_validate_json(raw) if raw else None
+
+    def get_for(self, owner: str, job_id: str) -> Job:
+        """The job if ``owner`` owns it; ``JobNotFound`` otherwise (another owner's job is not revealed)."""
+        job = self.get(job_id) if _plausible_id(job_id) else None
+        if job is None or job.owner != owner:
+            raise JobNotFound(f"no job {job_id!r}")
+        return job
+
+    def list(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[Job], int]:
+        key = P + f"owner:{owner}"
+        ids = [i.decode() for i in self.r.zrevrange(key, offset, offset + limit - 1)]
+        jobs: list[Job] = []
+        gone: list[str] = []
+        raws = self.r.mget([P + f"job:{i}" for i in ids]) if ids else []
+        for i, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                gone.append(i)
+            else:
+                jobs.append(Job.model_validate_json(raw))
+        if gone:
+            self.r.zrem(key, *gone)
+        return jobs, int(self.r.zcard(key)) - len(gone)
+
+    def queue_depth(self) -> int:
+        return int(self.r.zcard(P + "queued"))
+
+    def running_count(self) -> int:
+        return int(self.r.zcard(P + "running"))
+
+    def stats(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.r.hgetall(P + "stats").items()}
+
+    # -- creating --------------------------------------------------------------------------------
+    def idempotent_job(self, owner: str, idem_key: str) -> Job | None:
+        job_id = self.r.get(self._idem(owner, idem_key))
+        return self.get(job_id.decode()) if job_id else None
+
+    def create(self, job: Job, idem_key: str | None = None) -> tuple[Job, bool]:
+        """Store a new queued job.  With an Idempotency-Key already used, the earlier job and False."""
+        if idem_key:
+            ik = self._idem(job.owner, idem_key)
+            if not self.r.set(ik, job.id, nx=True, ex=self.settings.idempotency_ttl_s):
+                prior = self.get((self.r.get(ik) or b"").decode())
+                if prior is not None:
+                    return prior, False
+                self.r.set(ik, job.id, ex=self.settings.idempotency_ttl_s)
+        ts = job.created_at.timestamp()
+        pipe = self.r.pipeline()
+        pipe.set(P + f"job:{job.id}", job.model_dump_json())
+        pipe.zadd(P + f"owner:{job.owner}", {job.id: ts})
+        pipe.zadd(P + "queued", {job.id: ts})
+        pipe.hincrby(P + "stats", "jobs_queued", 1)
+        pipe.execute()
+        return job, True
+
+    def _idem(self, owner: str, idem_key: str) -> str:
+        return P + f"idem:{owner}:" + hashlib.sha256(idem_key.encode()).hexdigest()
+
+    # -- moving ----------------------------------------------------------------------------------
+    def transition(
+        self,
+        job_id: str,
+        to: JobStatus,
+        *,
+        mutate: Callable[[Job], None] | None = None,
+        allowed_from: frozenset[JobStatus] | None = None,
+    ) -> Job:
+        """Move a job to ``to`` atomically (WATCH/MULTI), applying ``mutate`` to it on the way."""
+        key = P + f"job:{job_id}"
+        out: dict[str, Job] = {}
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            job = Job.model_validate_json(raw)
+            src = job.status
+            if not can_move(src, to) or (allowed_from is not None and src not in allowed_from):
+                raise IllegalTransition(f"job {job_id} cannot move from {src} to {to}")
+            job.status = to
+            now = utcnow()
+            if to is JobStatus.RUNNING:
+                job.started_at = now
+            if to in TERMINAL:
+                job.finished_at = now
+            if mutate is not None:
+                mutate(job)
+            pipe.multi()
+            if to in TERMINAL:
+                ttl = self.settings.job_ttl_s
+                pipe.set(key, job.model_dump_json(), ex=ttl)
+                pipe.zadd(P + "expiry", {job.id: now.timestamp() + ttl})
+            else:
+                pipe.set(key, job.model_dump_json())
+            for state, zkey in ((JobStatus.QUEUED, "queued"), (JobStatus.RUNNING, "running")):
+                if to is state:
+                    pipe.zadd(P + zkey, {job.id: now.timestamp()})
+                else:
+                    pipe.zrem(P + zkey, job.id)
+            if src is not to:
+                pipe.hincrby(P + "stats", f"jobs_{to.value}", 1)
+            out["job"] = job
+
+        self.r.transaction(txn, key)
+        return out["job"]
+
+    def update_progress(self, job_id: str, done: int, total: int, attempt: int) -> bool:
+        """Write progress while the job runs under ``attempt``; False once it no longer does."""
+        key = P + f"job:{job_id}"
+        ok = {"v": False}
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                return
+            job = Job.model_validate_json(raw)
+            if job.status is not JobStatus.RUNNING or job.attempts != attempt:
+                return
+            job.progress = Progress(frames_done=done, frames_total=total)
+            pipe.multi()
+            pipe.set(key, job.model_dump_json())
+            ok["v"] = True
+
+        self.r.transaction(txn, key)
+        return ok["v"]
+
+    def delete(self, job: Job) -> None:
+        pipe = self.r.pipeline()
+        pipe.delete(P + f"job:{job.id}", P + f"cancel:{job.id}", P + f"lease:{job.id}")
+        pipe.zrem(P + f"owner:{job.owner}", job.id)
+        for z in ("queued", "running", "expiry"):
+            pipe.zrem(P + z, job.id)
+        pipe.execute()
+
+    # -- cancel flag and lease -------------------------------------------------------------------
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(P + f"cancel:{job_id}", b"1", ex=max(self.settings.job_ttl_s, 3600))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(P + f"cancel:{job_id}"))
+
+    def acquire_lease(self, job_id: str, token: str) -> bool:
+        return bool(self.r.set(P + f"lease:{job_id}", token, nx=True, px=int(self.settings.job_lease_s * 1000)))
+
+    _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
+        return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
+    _RELEASE = """if redis.call('get', KEYS[1]) == ARGV[1] then
+        return redis.call('del', KEYS[1]) else return 0 end"""
+
+    def renew_lease(self, job_id: str, token: str) -> bool:
+        ms = int(self.settings.job_lease_s * 1000)
+        return bool(self.r.eval(self._RENEW, 1, P + f"lease:{job_id}", token, ms))
+
+    def release_lease(self, job_id: str, token: str) -> None:
+        self.r.eval(self._RELEASE, 1, P + f"lease:{job_id}", token)
+
+    def lease_holder(self, job_id: str) -> str | None:
+        v = self.r.get(P + f"lease:{job_id}")
+        return v.decode() if v else None
+
+    # -- metrics and housekeeping ----------------------------------------------------------------
+    def record_processing(self, seconds: float, frames: int) -> None:
+        pipe = self.r.pipeline()
+        pipe.hincrbyfloat(P + "stats", "processing_seconds_sum", seconds)
+        pipe.hincrby(P + "stats", "processing_seconds_count", 1)
+        for le in PROCESSING_BUCKETS:
+            if seconds <= le:
+                pipe.hincrby(P + "stats", f"processing_seconds_bucket_{le:g}", 1)
+        pipe.hincrby(P + "stats", "frames_total", frames)
+        if seconds > 0:
+            pipe.hset(P + "stats", "last_fps", frames / seconds)
+        pipe.execute()
+
+    def expired_ids(self, now: float | None = None, limit: int = 100) -> list[str]:
+        """Pop ids of finished jobs whose TTL has passed (their objects are then deleted)."""
+        now = time.time() if now is None else now
+        ids = [i.decode() for i in self.r.zrangebyscore(P + "expiry", 0, now, start=0, num=limit)]
+        if ids:
+            self.r.zrem(P + "expiry", *ids)
+        return ids
+
+    def ping(self) -> None:
+        self.r.ping()
+
+
+PROCESSING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def _plausible_id(job_id: str) -> bool:
+    return 8 <= len(job_id) <= 64 and all(c in "0123456789abcdef-" for c in job_id)
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    return json.loads(job.model_dump_json())
+
+
+def public_dict(job: Job, result_url: str | None) -> dict[str, Any]:
+    """What a client sees of a job (the API's ``JobPublic`` and the callback body)."""
+    result = None
+    if job.result is not None and job.status is JobStatus.SUCCEEDED:
+        result = {
+            "url": result_url,
+            "size": job.result.size,
+            "duration": job.result.duration_s,
+            "format": job.result.format,
+            "content_type": job.result.content_type,
+            "frames": job.result.frames,
+            "width": job.result.width,
+            "height": job.result.height,
+        }
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "progress": {
+            "frames_done": job.progress.frames_done,
+            "frames_total": job.progress.frames_total,
+            "percent": job.progress.percent,
+        },
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "error": job.error.model_dump() if job.error else None,
+        "result": result,
+        "options": job.options.model_dump(),
+        "background": {"kind": job.background.kind, "value": job.background.value},
+        "video": job.video.model_dump() if job.video else None,
+        "callback_url": job.callback_url,
+        "attempts": job.attempts,
+    }
+
+
+def result_url(job: Job, objects: Any, settings: Settings, base_url: str | None = None) -> str | None:
+    """Presigned URL on S3; the API's own ``/jobs/{id}/result`` on the local store."""
+    if job.result is None or job.status is not JobStatus.SUCCEEDED:
+        return None
+    url = objects.presigned_url(job.result.key, settings.presign_ttl_s, f"{job.id}{_ext(job.result.key)}")
+    if url:
+        return str(url)
+    base = (base_url or settings.public_base_url or "").rstrip("/")
+    return f"{base}/jobs/{job.id}/result"
+
+
+def _ext(key: str) -> str:
+    dot = key.rfind(".")
+    return key[dot:] if dot > key.rfind("/") else ""
