@@ -7,12 +7,13 @@ object store, CPU inference).  The README lists every setting; a test keeps that
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -34,7 +35,7 @@ class Settings(BaseSettings):
     # --- inference ---------------------------------------------------------------------------
     model: str = Field("rvm", description="Default model name (rvm or deeplabv3plus).")
     model_dir: Path | None = Field(None, description="Folder holding ONNX weights; overrides the packaged ones.")
-    providers: list[str] = Field(
+    providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_PROVIDERS),
         description="ONNX Runtime providers in order of preference, intersected with those installed.",
     )
@@ -52,8 +53,8 @@ class Settings(BaseSettings):
     # --- service -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the API binds to.")
     port: int = Field(8000, description="Port the API binds to.")
-    api_keys: list[SecretStr] = Field(default_factory=list, description="Accepted API keys; empty = local open mode.")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Accepted API keys; empty = local open mode.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker and job store.")
     queue_name: str = Field("video", description="Celery queue the jobs go to.")
     max_queue_depth: int = Field(100, description="Queued jobs past which POST /jobs answers 503.")
@@ -99,14 +100,20 @@ class Settings(BaseSettings):
     @field_validator("providers", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
-        if isinstance(v, str) and not v.strip().startswith("["):
+        # env values arrive undecoded (NoDecode): "a,b" or a JSON list '["a", "b"]'
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: object) -> object:
-        if isinstance(v, str) and not v.strip().startswith("["):
+        # env values arrive undecoded (NoDecode): "a,b" or a JSON list '["a", "b"]'
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
 

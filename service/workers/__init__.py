@@ -1,0 +1,1 @@
+"""Celery app (configuration only) and the tasks that run one job each."""

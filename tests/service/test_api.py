@@ -1,0 +1,210 @@
+"""The API without a worker: every bad input gets its documented status and stable code, as
+problem+json; auth, ownership, idempotency, back-pressure, result/cancel of queued jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stack import API_KEY, OTHER_KEY, ApiServer, auth_env, base_env, data_path, settings_from
+
+
+def asl_clip() -> Path:
+    folder = data_path("videos", "asl")
+    return sorted(folder.glob("*.mkv"))[0]
+
+
+@pytest.fixture(scope="module")
+def api(redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    tmp = tmp_path_factory.mktemp("api")
+    env = base_env(f"redis://127.0.0.1:{redis_port}/60", tmp, **auth_env(), BACKDROP_MAX_UPLOAD_BYTES=str(2_000_000))
+    import redis
+
+    redis.Redis.from_url(env["BACKDROP_REDIS_URL"]).flushdb()
+    with ApiServer(settings_from(env)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("inputs")
+    mp4 = data_path("videos", "talking-head.mp4").read_bytes()
+    out = {
+        "empty": d / "empty.mp4",
+        "text": d / "notes.txt",
+        "truncated": d / "truncated.mp4",
+        "png": d / "image.png",
+        "big": d / "big.mp4",
+    }
+    out["empty"].write_bytes(b"")
+    out["text"].write_text("this is not a video\n" * 100)
+    out["truncated"].write_bytes(mp4[: int(len(mp4) * 0.3)])
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(out["png"]), np.full((48, 64, 3), 90, np.uint8))
+    out["big"].write_bytes(os.urandom(2_100_000))
+    return out
+
+
+def post(client, video: Path, **fields: str):  # type: ignore[no-untyped-def]
+    data = {"background_color": "#00ff00", **fields}
+    data = {k: v for k, v in data.items() if v is not None}
+    with open(video, "rb") as f:
+        return client.post("/jobs", files={"video": (video.name, f, "application/octet-stream")}, data=data)
+
+
+def assert_problem(r, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["code"] == code and body["status"] == status
+    assert body["type"] and body["title"] and body["detail"]
+
+
+@pytest.mark.parametrize(
+    "name,status,code",
+    [
+        ("empty", 422, "empty_file"),
+        ("text", 415, "not_a_video"),
+        ("truncated", 422, "corrupt_video"),
+        ("png", 415, "not_a_video"),
+        ("big", 413, "upload_too_large"),
+    ],
+)
+def test_bad_videos(api: ApiServer, files: dict[str, Path], name: str, status: int, code: str) -> None:
+    with api.client(API_KEY) as c:
+        assert_problem(post(c, files[name]), status, code)
+
+
+@pytest.mark.parametrize(
+    "fields,status,code",
+    [
+        ({"background_color": "#12345"}, 422, "invalid_color"),
+        ({"background_color": "red"}, 422, "invalid_color"),
+        ({"model": "nope"}, 422, "unknown_model"),
+        ({"output_format": "gif"}, 422, "invalid_parameter"),
+        ({"composite": "magic"}, 422, "invalid_parameter"),
+        ({"harmonize": "2"}, 422, "invalid_parameter"),
+        ({"surprise": "1"}, 422, "invalid_parameter"),
+        ({"background_color": None}, 422, "invalid_background"),
+        ({"background_blur": "true"}, 422, "invalid_background"),  # two backgrounds at once
+        ({"callback_url": "http://127.0.0.1:9/hook"}, 422, "callback_refused"),
+        ({"callback_url": "http://169.254.169.254/latest/meta-data"}, 422, "callback_refused"),
+    ],
+)
+def test_bad_parameters(api: ApiServer, fields: dict[str, str], status: int, code: str) -> None:
+    with api.client(API_KEY) as c:
+        assert_problem(post(c, asl_clip(), **fields), status, code)
+
+
+def test_bad_background_file(api: ApiServer, files: dict[str, Path]) -> None:
+    with api.client(API_KEY) as c, open(asl_clip(), "rb") as v, open(files["empty"], "rb") as b:
+        r = c.post("/jobs", files={"video": ("v.mkv", v), "background": ("bg.png", b)})
+    assert_problem(r, 422, "empty_file")
+
+
+def test_missing_video_and_not_multipart(api: ApiServer) -> None:
+    with api.client(API_KEY) as c:
+        assert_problem(c.post("/jobs", data={"background_color": "#000000"}), 422, "validation_error")
+        assert_problem(c.post("/jobs", json={"video": "x"}), 422, "validation_error")
+
+
+def test_auth(api: ApiServer) -> None:
+    with api.client() as c:
+        r = c.get("/jobs")
+        assert_problem(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    with api.client("wrong-key") as c:
+        assert_problem(c.get("/jobs"), 401, "unauthorized")
+        assert_problem(post(c, asl_clip()), 401, "unauthorized")
+    with api.client() as c:
+        assert c.get("/healthz").status_code == 200  # probes need no key
+
+
+def test_job_lifecycle_without_worker(api: ApiServer) -> None:
+    with api.client(API_KEY) as alice, api.client(OTHER_KEY) as bob:
+        r = post(alice, asl_clip(), model="rvm", output_format="webm", harmonize="0.5")
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert r.headers["location"] == f"/jobs/{job['id']}"
+        assert job["status"] == "queued" and job["progress"]["frames_total"] > 0
+        assert job["options"] == {"model": "rvm", "output_format": "webm", "composite": "alpha", "harmonize": 0.5}
+        assert job["video"]["width"] == 640 and job["video"]["height"] == 480
+
+        assert alice.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
+        assert_problem(bob.get(f"/jobs/{job['id']}"), 404, "job_not_found")  # another key's job
+        assert_problem(bob.delete(f"/jobs/{job['id']}"), 404, "job_not_found")
+        assert_problem(alice.get("/jobs/0123456789abcdef0123456789abcdef"), 404, "job_not_found")
+        assert_problem(alice.get(f"/jobs/{job['id']}/result"), 409, "result_not_ready")
+        listed = alice.get("/jobs", params={"limit": 5}).json()
+        assert listed["data"][0]["id"] == job["id"] and listed["count"] >= 1
+        assert all(j["id"] != job["id"] for j in bob.get("/jobs").json()["data"])
+
+        objects = Path(api.settings.storage_dir) / "jobs" / job["id"]
+        assert (objects / "input.mkv").is_file()
+        assert alice.delete(f"/jobs/{job['id']}").status_code == 204
+        assert alice.get(f"/jobs/{job['id']}").json()["status"] == "canceled"
+        assert not objects.exists()
+
+
+def test_idempotency_key(api: ApiServer) -> None:
+    with api.client(API_KEY) as c:
+        h = {"Idempotency-Key": "retry-me-1"}
+        with open(asl_clip(), "rb") as f:
+            a = c.post("/jobs", files={"video": ("a.mkv", f)}, data={"background_blur": "true"}, headers=h)
+        with open(asl_clip(), "rb") as f:
+            b = c.post("/jobs", files={"video": ("a.mkv", f)}, data={"background_blur": "true"}, headers=h)
+        assert a.status_code == b.status_code == 202
+        assert a.json()["id"] == b.json()["id"] and b.headers["idempotent-replayed"] == "true"
+        c.delete(f"/jobs/{a.json()['id']}")
+
+
+def test_problem_json_for_framework_errors(api: ApiServer) -> None:
+    with api.client(API_KEY) as c:
+        assert_problem(c.get("/nowhere"), 404, "not_found")
+        assert_problem(c.put("/jobs"), 405, "method_not_allowed")
+        assert_problem(c.get("/jobs", params={"limit": "many"}), 422, "validation_error")
+
+
+def test_metrics_and_readiness_without_worker(api: ApiServer) -> None:
+    with api.client() as c:
+        text = c.get("/metrics").text
+        assert "backdrop_queue_depth" in text and "backdrop_processing_seconds_bucket" in text
+        assert 'backdrop_jobs_total{status="queued"}' in text
+        r = c.get("/readyz")
+        assert_problem(r, 503, "not_ready")  # no worker answers
+        assert r.json()["checks"]["redis"] == "ok" and r.json()["checks"]["storage"] == "ok"
+
+
+def test_queue_full(redis_url: str, tmp_path: Path) -> None:
+    env = base_env(redis_url, tmp_path, BACKDROP_MAX_QUEUE_DEPTH="0")
+    with ApiServer(settings_from(env)) as server, server.client() as c:
+        r = post(c, asl_clip())
+        assert_problem(r, 503, "queue_full")
+        assert int(r.headers["retry-after"]) > 0
+
+
+def test_api_never_imports_inference() -> None:
+    code = (
+        "import sys, service.api.main; "
+        "bad=[m for m in sys.modules if m.startswith(('onnxruntime','service.inference','service.pipeline'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_option_vocabularies_match_the_pipeline() -> None:
+    from service.api.schemas import COMPOSITE_NAMES, MODEL_NAMES, OUTPUT_FORMAT_NAMES
+    from service.inference.compositing import CompositorName
+    from service.inference.models import ModelName
+    from service.media.encode import OUTPUT_FORMATS
+
+    assert set(MODEL_NAMES) == {m.value for m in ModelName}
+    assert set(OUTPUT_FORMAT_NAMES) == set(OUTPUT_FORMATS)
+    assert set(COMPOSITE_NAMES) == {c.value for c in CompositorName}
