@@ -191,6 +191,18 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
+def one_cycle_lr(step: int, total: int, max_lr: float, warm: float = 0.08, div: float = 20, final_div: float = 200) -> float:
+    """One-cycle LR (as torch's OneCycleLR, cosine both ways) as a pure function of the step, so a
+    run resumed with a different ``--epochs`` continues on the stretched schedule."""
+    start, end = max_lr / div, max_lr / div / final_div
+    t = step / max(total, 1)
+    if t < warm:
+        lo, hi, f = start, max_lr, t / warm
+    else:
+        lo, hi, f = max_lr, end, min(1.0, (t - warm) / (1 - warm))
+    return hi + (lo - hi) * (1 + math.cos(math.pi * f)) / 2
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from service.config import get_settings
 
@@ -253,17 +265,16 @@ def main(argv=None) -> dict:
     )
     n = len(train[0])
     steps = n // args.batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=args.epochs * steps, pct_start=0.08, div_factor=20, final_div_factor=200
-    )
+    total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
     last = args.out / "last.pt"
     if args.resume and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
+        if ck.get("total_steps", total_steps) != total_steps:
+            log.info("epochs changed on resume: the LR schedule is stretched to %d epochs", args.epochs)
         log.info("resumed from %s at epoch %d (best %.4f)", last, start_epoch, best)
 
     pool = ThreadPoolExecutor(1)
@@ -277,6 +288,9 @@ def main(argv=None) -> dict:
         total = 0.0
         fut = pool.submit(make_batch, train, batches[0], bgs, rng, args)
         for b in range(steps):
+            lr = one_cycle_lr(epoch * steps + b, total_steps, args.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
             x, y = fut.result()
             if b + 1 < steps:
                 fut = pool.submit(make_batch, train, batches[b + 1], bgs, rng, args)
@@ -284,9 +298,8 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             total += loss.item()
-        rec = {"epoch": epoch, "loss": total / steps, "lr": sched.get_last_lr()[0], "train_s": time.time() - te}
+        rec = {"epoch": epoch, "loss": total / steps, "lr": lr, "train_s": time.time() - te}
         late = epoch >= int(args.epochs * 0.75)
         if late or (epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1:
             tv = time.time()
@@ -297,7 +310,7 @@ def main(argv=None) -> dict:
                 torch.save({"model": model.state_dict(), "config": model_config, "epoch": epoch, "val": rec}, args.out / "best.pt")
         history.append(rec)
         log.info("epoch %s", json.dumps(rec))
-        ck = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+        ck = {"model": model.state_dict(), "opt": opt.state_dict(), "total_steps": total_steps, "epoch": epoch,
               "best": best, "history": history, "config": model_config, "args": config}
         torch.save(ck, args.out / "last.pt.tmp")
         (args.out / "last.pt.tmp").replace(last)
