@@ -244,7 +244,8 @@ def main(argv=None) -> dict:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config["torch"] = torch.__version__
     log.info("config %s", json.dumps(config, sort_keys=True))
-    (args.out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    name = "config.json" if not (args.resume and (args.out / "last.pt").exists()) else f"config.resume-{int(time.time())}.json"
+    (args.out / name).write_text(json.dumps(config, indent=2, sort_keys=True))
 
     t0 = time.time()
     portraits = args.data_dir / "portraits"

@@ -1,0 +1,62 @@
+"""ONNX export of a small randomly initialised DeepLabv3+: dynamic H/W, shapes, parity, fp16."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export.deeplab import DeepLabV3Plus  # noqa: E402
+from export.export_onnx import INPUT, OPSET, OUTPUT, export, ort_session, run_onnx, to_fp16  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DeepLabV3Plus(width=0.35, aspp_channels=32).eval()
+    # non-trivial BN statistics and head, so parity compares real signal
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+        model.head.weight.normal_(0, 0.5)
+    path = export(model, tmp_path_factory.mktemp("onnx") / "d.onnx", size=(96, 96))
+    return model, path
+
+
+def test_contract(exported):
+    _, path = exported
+    m = onnx.load(str(path))
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= OPSET
+    (inp,), (out,) = m.graph.input, m.graph.output
+    assert (inp.name, out.name) == (INPUT, OUTPUT)
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 96), (2, 3, 128, 80)])
+def test_two_sizes_parity(exported, shape):
+    model, path = exported
+    x = np.random.default_rng(1).random(shape, dtype=np.float32)
+    got = run_onnx(ort_session(path, threads=1), x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert got.shape == (shape[0], 1, shape[2], shape[3])
+    assert np.abs(got - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+    assert np.abs(ref).max() > 0.05  # the comparison is not between two near-zero maps
+
+
+def test_fp16(exported, tmp_path):
+    model, path = exported
+    half = to_fp16(path, tmp_path / "d16.onnx")
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    x = np.random.default_rng(2).random((1, 3, 64, 64), dtype=np.float32)
+    got = run_onnx(ort_session(half, threads=1), x)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 0.05 * max(1.0, np.abs(ref).max())

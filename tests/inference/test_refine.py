@@ -1,0 +1,97 @@
+"""EdgeRefiner on real portraits: a hard mask stays, a blurred one gets closer to the truth,
+temporal smoothing damps flicker without ghosting a moving person."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from service.inference.refine import EdgeRefiner
+from tests.conftest import data_path
+
+NAMES = 8
+
+
+def _pairs():
+    folder = data_path("portraits", "val")
+    paths = sorted((folder / "images").glob("*.jpg"))
+    out = []
+    for p in paths[:: len(paths) // NAMES][:NAMES]:
+        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        gt = (cv2.imread(str(folder / "masks" / f"{p.stem}.png"), cv2.IMREAD_GRAYSCALE) > 127).astype(np.float32)
+        out.append((img, gt))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return _pairs()
+
+
+def _band(gt: np.ndarray, r: int = 6) -> np.ndarray:
+    k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+    g = gt.astype(np.uint8)
+    return (cv2.dilate(g, k) - cv2.erode(g, k)) > 0
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_hard_mask_stays(pairs):
+    for img, gt in pairs:
+        out = EdgeRefiner()(img[None], gt[None])[0]
+        assert out.dtype == np.float32 and out.shape == gt.shape
+        assert np.abs(out - gt).max() < 1e-3
+
+
+def test_blurred_mask_improves(pairs):
+    before, after, iou_before, iou_after = [], [], [], []
+    for img, gt in pairs:
+        blurred = cv2.GaussianBlur(gt, (0, 0), 4)
+        out = EdgeRefiner()(img[None], blurred[None])[0]
+        band = _band(gt)
+        before.append(np.abs(blurred - gt)[band].mean())
+        after.append(np.abs(out - gt)[band].mean())
+        iou_before.append(_iou(blurred > 0.5, gt > 0.5))
+        iou_after.append(_iou(out > 0.5, gt > 0.5))
+    assert np.mean(after) < 0.8 * np.mean(before), (np.mean(before), np.mean(after))
+    assert np.mean(iou_after) > np.mean(iou_before) - 0.01
+
+
+def test_temporal_smoothing_reduces_flicker(pairs):
+    img, gt = pairs[0]
+    rng = np.random.default_rng(0)
+    n = 8
+    frames = np.repeat(img[None], n, axis=0)
+    soft = cv2.GaussianBlur(gt, (0, 0), 2)
+    # a flickering segmenter: the edge moves by a pixel or two, plus noise, from frame to frame
+    alphas = np.stack(
+        [np.clip(np.roll(soft, int(rng.integers(-2, 3)), axis=1) + rng.normal(0, 0.05, gt.shape), 0, 1) for _ in range(n)]
+    ).astype(np.float32)
+    out = EdgeRefiner()(frames, alphas)
+    flicker_in = np.abs(np.diff(alphas, axis=0)).mean()
+    flicker_out = np.abs(np.diff(out, axis=0)).mean()
+    assert flicker_out < 0.7 * flicker_in, (flicker_in, flicker_out)
+
+
+def test_moving_person_no_ghost(pairs):
+    img, gt = pairs[1]
+    refiner = EdgeRefiner()
+    shift = 0
+    for _ in range(6):  # the whole picture (person included) moves 12 px per frame
+        shift += 12
+        frame = np.roll(img, shift, axis=1)
+        mask = np.roll(gt, shift, axis=1)
+        out = refiner(frame[None], mask[None])[0]
+    assert _iou(out > 0.5, mask > 0.5) > 0.98
+    refiner.reset()
+    assert refiner(img[None], gt[None])[0].shape == gt.shape
+
+
+def test_rejects_bad_input():
+    with pytest.raises(ValueError):
+        EdgeRefiner()(np.zeros((1, 4, 4, 3), np.float32), np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(ValueError):
+        EdgeRefiner()(np.zeros((1, 4, 4, 3), np.uint8), np.zeros((1, 5, 4), np.float32))
