@@ -1,0 +1,124 @@
+"""Colour harmonisation: bring the person's colours toward the new scene before compositing.
+
+A tiny ONNX network (``weights/harmonizer.onnx``, model card ``weights/harmonizer.md``; trained by
+``export/harmonize_train.py``) looks at the composite and the matte at 128×128 and predicts one
+global colour transform of the person, ``y = M · x^γ + b`` (3×3 matrix, offset, per-channel gamma,
+RGB in [0, 1]).  The transform is smoothed over time (EMA on its parameters), scaled by ``strength``
+(0 = identity, 1 = full) and applied to the whole frame at full resolution through per-channel
+lookup tables for the gamma; the compositor then takes the person from the result.
+
+The ONNX session is made once per process (module-level cache behind a lock).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+
+from service.config import Settings, get_settings
+from service.errors import InvalidParameter
+from service.inference.sessions import Session, create_session
+from service.inference.weights import locate
+
+FILENAME = "harmonizer.onnx"
+SIZE = 128
+N_PARAMS = 15
+
+_LOCK = threading.Lock()
+_SESSIONS: dict[str, Session] = {}
+
+
+def get_session(settings: Settings | None = None) -> Session:
+    """The process-wide harmoniser session (created on first use)."""
+    settings = settings or get_settings()
+    path = locate(FILENAME, settings, fix="It ships with Backdrop; reinstall or set BACKDROP_MODEL_DIR.")
+    key = str(path)
+    with _LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = _SESSIONS[key] = create_session(path, settings)
+        return session
+
+
+def identity_params() -> np.ndarray:
+    p = np.zeros(N_PARAMS, np.float32)
+    p[[0, 4, 8]] = 1.0
+    return p
+
+
+def apply_params(frames: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Apply one transform ``params`` (15,) to uint8 RGB frames (..., 3) → uint8."""
+    M = params[:9].reshape(3, 3).astype(np.float32)
+    b = params[9:12].astype(np.float32)
+    gamma = np.exp(params[12:15].astype(np.float64))
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    luts = np.stack([np.maximum(levels, 1e-4) ** g for g in gamma], axis=1).astype(np.float32)  # (256, 3)
+    # y_i = Σ_j M_ij lut_j(x_j) + b_i, as 255-scaled float, done with cv2.transform (one pass)
+    lut_img = np.empty(frames.shape, np.float32)
+    for c in range(3):
+        lut_img[..., c] = luts[:, c][frames[..., c]]
+    affine = np.concatenate([M * 255.0, (b * 255.0 + 0.5)[:, None]], axis=1)
+    flat = lut_img.reshape(-1, 1, 3)
+    y = cv2.transform(flat, affine).reshape(frames.shape)
+    np.clip(y, 0.0, 255.0, out=y)
+    return y.astype(np.uint8)
+
+
+class Harmonizer:
+    """Per job: ``Harmonizer(strength)(frames, alpha, background) -> frames``; ``reset()`` at a cut.
+
+    ``smoothing`` is the EMA weight of the past transform (0 = none)."""
+
+    def __init__(self, strength: float, settings: Settings | None = None, *, smoothing: float = 0.8):
+        if not np.isfinite(strength) or not 0.0 <= strength <= 1.0:
+            raise InvalidParameter(f"harmonize strength must be in [0, 1], not {strength!r}")
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError("smoothing must be in [0, 1)")
+        self.strength = float(strength)
+        self.smoothing = smoothing
+        self._settings = settings
+        self._session: Session | None = None
+        self._state: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self._state = None
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = get_session(self._settings)
+        return self._session
+
+    def predict(self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Raw per-frame transforms (N, 15) from the network (no smoothing, full strength)."""
+        n = frames.shape[0]
+        image = np.empty((n, 3, SIZE, SIZE), np.float32)
+        mask = np.empty((n, 1, SIZE, SIZE), np.float32)
+        for i in range(n):
+            a = np.clip(np.nan_to_num(alpha[i].astype(np.float32), nan=0.0), 0.0, 1.0)
+            f = cv2.resize(frames[i], (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+            bg = cv2.resize(background[i], (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+            m = cv2.resize(a, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+            comp = bg + m[..., None] * (f - bg)
+            image[i] = (comp / 255.0).transpose(2, 0, 1)
+            mask[i, 0] = m
+        params = self.session.run(None, {"image": image, "mask": mask})[0]
+        return np.asarray(params, dtype=np.float32).reshape(n, N_PARAMS)
+
+    def __call__(self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+        if frames.ndim == 3:
+            return self(frames[None], alpha[None], background[None])[0]
+        if self.strength == 0.0:
+            return frames.copy()
+        params = self.predict(frames, alpha, background)
+        eye = identity_params()
+        out = np.empty_like(frames)
+        for i in range(frames.shape[0]):
+            p = params[i]
+            if not np.isfinite(p).all() or not (alpha[i] > 0.5).any():
+                p = eye if self._state is None else self._state  # no person: keep the last transform
+            self._state = p if self._state is None else self.smoothing * self._state + (1 - self.smoothing) * p
+            out[i] = apply_params(frames[i], eye + self.strength * (self._state - eye))
+        return out
