@@ -196,3 +196,17 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 def auth_env() -> dict[str, str]:
     return {"BACKDROP_API_KEYS": f"{API_KEY},{OTHER_KEY}", "BACKDROP_WEBHOOK_SECRET": WEBHOOK_SECRET}
+
+
+def count_frames(path: Path) -> tuple[int, int, int, bool]:
+    """(frames, width, height, has_audio) of a video, decoding every frame (proves it plays)."""
+    import av
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n, w, h = 0, 0, 0
+        for f in c.decode(s):
+            if n == 0:
+                w, h = f.width, f.height
+            n += 1
+        return n, w, h, bool(c.streams.audio)

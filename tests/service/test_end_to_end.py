@@ -18,12 +18,12 @@ from stack import (
     ApiServer,
     auth_env,
     base_env,
+    count_frames,
     data_path,
     s3_env,
     settings_from,
     wait_for,
 )
-from videoutil import read_back
 
 from service.webhooks import SIGNATURE_HEADER, verify
 
@@ -79,13 +79,10 @@ def test_end_to_end_local_store(redis_url: str, tmp_path: Path, worker_factory: 
         assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and len(r.content) == result["size"]
         out = tmp_path / "out.mp4"
         out.write_bytes(r.content)
-        back, src = read_back(out), read_back(video)
-        assert back.frames == src.frames == result["frames"]
-        assert (back.width, back.height) == (1080, 1920)
-        import av
-
-        with av.open(str(out)) as container:
-            assert container.streams.audio, "the audio track was dropped"
+        frames, width, height, audio = count_frames(out)
+        assert frames == count_frames(video)[0] == result["frames"] == 150
+        assert (width, height) == (1080, 1920)
+        assert audio, "the audio track was dropped"
         part = c.get(f"/jobs/{job['id']}/result", headers={"Range": "bytes=100-199"})
         assert part.status_code == 206 and part.content == r.content[100:200]
         assert part.headers["content-range"] == f"bytes 100-199/{result['size']}"
@@ -140,7 +137,7 @@ def test_end_to_end_s3_presigned_and_webhook(redis_url: str, tmp_path: Path, wor
             r = httpx.get(url, trust_env=False)
             assert r.status_code == 200 and len(r.content) == done["result"]["size"]
             (tmp_path / "out.webm").write_bytes(r.content)
-            assert read_back(tmp_path / "out.webm").frames == done["result"]["frames"] == job["video"]["frames"]
+            assert count_frames(tmp_path / "out.webm")[0] == done["result"]["frames"] == job["video"]["frames"]
             redirect = c.get(f"/jobs/{job['id']}/result", follow_redirects=False)
             assert redirect.status_code == 307 and redirect.headers["location"].startswith(s3_endpoint)
             keys = api.app.state.objects.list(f"jobs/{job['id']}/")
@@ -177,7 +174,7 @@ def test_worker_killed_mid_job_is_finished_by_another(redis_url: str, tmp_path: 
         assert done["attempts"] == 2
         assert objects_of(api.settings.storage_dir, job["id"]) == ["input.mkv", "output.mp4"]
         out = api.settings.storage_dir / "jobs" / job["id"] / "output.mp4"
-        assert read_back(out).frames == job["video"]["frames"] == done["result"]["frames"]
+        assert count_frames(out)[0] == job["video"]["frames"] == done["result"]["frames"]
         # the old message is not run again: the job stays as it is
         time.sleep(6)
         again = c.get(f"/jobs/{job['id']}").json()
