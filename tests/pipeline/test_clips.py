@@ -1,0 +1,121 @@
+"""Every shared clip goes through the pipeline and comes out valid: playable, same frame count,
+same timestamps (so the same duration and frame rate), upright."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import data_path
+from videoutil import frames_rgb, read_back
+
+from service.config import get_settings
+from service.pipeline import ReplaceOptions, replace_background
+
+DATA = Path(get_settings().data_dir)
+NAMED = ["talking-head.mp4", "desk.mp4", "rotated-tag-90.mp4", "walking-audio.mp4", "walking-sideways.mp4",
+         "one-by-one-person-detection.mp4"]
+CLIPS = [f"videos/{n}" for n in NAMED]
+CLIPS += sorted(f"videos/asl/{p.name}" for p in (DATA / "videos" / "asl").glob("*.mkv"))
+CLIPS += sorted(f"videos/odd/{p.name}" for p in (DATA / "videos" / "odd").glob("*.avi"))
+BACKGROUNDS = ["backgrounds/bg_1.jpg", "#2a7fff", "videos_gt/hike.mp4", "blur"]
+
+
+def test_clip_folders_are_there() -> None:
+    """The glob above found the folders (else the parametrised test below would be empty)."""
+    assert data_path("videos", "asl").is_dir() and data_path("videos", "odd").is_dir()
+    assert sum(c.startswith("videos/asl/") for c in CLIPS) >= 1
+    assert sum(c.startswith("videos/odd/") for c in CLIPS) >= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", CLIPS, ids=[c.split("/")[-1] for c in CLIPS])
+def test_clip_comes_out_valid(clip: str, tmp_path: Path) -> None:
+    src = data_path(*clip.split("/"))
+    bg = BACKGROUNDS[CLIPS.index(clip) % len(BACKGROUNDS)]
+    if clip.endswith(("rotated-tag-90.mp4", "walking-sideways.mp4")):
+        bg = "blur"  # keeps the picture close to the input, so orientation can be compared
+    background = bg if bg.startswith("#") or bg == "blur" else str(data_path(*bg.split("/")))
+    out = tmp_path / "out.mp4"
+    result = replace_background(src, background, out, ReplaceOptions())
+
+    before, after = read_back(src), read_back(out)
+    assert after.frames == before.frames == result.frames
+    assert after.rotation == 0
+    assert (after.width - before.width, after.height - before.height) in {(0, 0), (before.width % 2, before.height % 2)}
+    step = 1 / float(before.fps)
+    assert abs(after.duration_s - before.duration_s) <= step + 1e-6
+    # Every frame keeps its presentation time (variable frame rates too).
+    t0a, t0b = after.pts_s[0], before.pts_s[0]
+    drift = np.abs(np.array(after.pts_s) - t0a - (np.array(before.pts_s) - t0b))
+    assert drift.max() < 0.5 * step
+    if _regular(before.pts_s):
+        assert after.fps == before.fps
+
+
+def _regular(pts: list[float]) -> bool:
+    d = np.diff(pts)
+    return bool(len(d) and d.max() - d.min() < 1e-3)
+
+
+def test_frame_rates_are_kept_exactly(tmp_path: Path) -> None:
+    """30000/1001 stays 30000/1001 (not 30); 119/4 stays 119/4."""
+    from fractions import Fraction
+
+    for name, fps in (("desk.mp4", Fraction(30000, 1001)), ("walking-sideways.mp4", Fraction(119, 4))):
+        src = data_path("videos", name)
+        out = tmp_path / f"{name}.mp4"
+        # A cut of the clip keeps the test short; the full clips run in test_clip_comes_out_valid.
+        short = _cut(src, tmp_path / f"cut-{name}", 48)
+        replace_background(short, "#00ff00", out)
+        assert read_back(short).fps == fps
+        assert read_back(out).fps == fps
+
+
+def _cut(src: Path, dst: Path, frames: int) -> Path:
+    """Remux the first ``frames`` video packets (and the audio up to there) without re-encoding."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
+        vs = inp.streams.video[0]
+        streams = {vs.index: out.add_stream_from_template(vs)}
+        for a in inp.streams.audio:
+            streams[a.index] = out.add_stream_from_template(a)
+        n, end = 0, None
+        for p in inp.demux(*inp.streams):
+            if p.dts is None or p.stream.index not in streams:
+                continue
+            if p.stream.index == vs.index:
+                if n >= frames:
+                    end = float(p.pts * p.time_base) if end is None else end
+                    continue
+                n += 1
+            elif end is not None and float(p.pts * p.time_base) > end:
+                continue
+            p.stream = streams[p.stream.index]
+            out.mux(p)
+    return dst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rotated-tag-90.mp4", "walking-sideways.mp4"])
+def test_orientation(name: str, tmp_path: Path) -> None:
+    """A rotation tag is applied (the output is upright, untagged); pixels stored sideways with
+    no tag come out exactly as they went in."""
+    src = data_path("videos", name)
+    out = tmp_path / "out.mp4"
+    replace_background(src, "blur", out)
+    idx = {5, 60}
+    got = frames_rgb(out, idx)
+    want = frames_rgb(src, idx, upright=True)
+    for i in idx:
+        g, w = got[i].astype(np.float32), want[i].astype(np.float32)
+        assert g.shape == w.shape
+        right = np.abs(g - w).mean()
+        flipped = np.abs(g - w[::-1, ::-1]).mean()
+        assert right < 12 and right < flipped / 2, (right, flipped)
+    if name == "rotated-tag-90.mp4":
+        assert got[5].shape[:2] == (960, 540)  # stored 960×540, shown 540×960
+    else:
+        assert got[5].shape[:2] == (720, 1280)

@@ -1,0 +1,95 @@
+"""Output formats: audio passthrough, and alpha outputs that decode back to the model's alpha."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import data_path
+from videoutil import alpha_channel, audio_duration, audio_packets, read_back
+
+from service.config import get_settings
+from service.inference.models import get_model
+from service.media.decode import iter_frames
+from service.media.probe import probe_video
+from service.pipeline import ReplaceOptions, replace_background
+
+
+@pytest.mark.slow
+def test_mp4_copies_audio_packets_byte_for_byte(tmp_path: Path) -> None:
+    src = data_path("videos", "talking-head.mp4")
+    out = tmp_path / "out.mp4"
+    replace_background(src, str(data_path("backgrounds", "bg_1.jpg")), out)
+    before, after = audio_packets(src), audio_packets(out)
+    assert len(before) > 100
+    assert after == before
+
+
+@pytest.mark.slow
+def test_webm_transcodes_audio_to_opus_for_the_whole_video(tmp_path: Path) -> None:
+    src = data_path("videos", "talking-head.mp4")
+    out = tmp_path / "out.webm"
+    replace_background(src, None, out, ReplaceOptions(output_format="webm"))
+    info = probe_video(out)
+    assert [a.codec for a in info.audio] == ["opus"]
+    video = read_back(out).duration_s
+    assert abs(audio_duration(out) - video) < 0.1
+    assert read_back(out).frames == read_back(src).frames
+
+
+def test_ac3_in_avi_is_carried_into_mp4(tmp_path: Path) -> None:
+    """An AVI with AC-3: MP4 takes AC-3 as it is, so it is copied, not re-encoded."""
+    src = data_path("videos", "odd", "mpeg4-ac3.avi")
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#101010", out, ReplaceOptions(output_format="matte"))
+    assert [a.codec for a in probe_video(out).audio] == ["ac3"]
+    # AVI chunks do not line up with AC-3 frames; FFmpeg's parser re-cuts them into whole frames
+    # and drops the partial one the file starts with.  The bytes are otherwise the same.
+    before, after = b"".join(audio_packets(src)), b"".join(audio_packets(out))
+    start = before.find(after[:64])
+    assert 0 <= start < 3840  # less than one AC-3 frame (at most 3840 bytes)
+    assert after == before[start:]
+
+
+@pytest.fixture(scope="module")
+def model_alpha() -> tuple[Path, np.ndarray]:
+    """The model's own alpha for a short real clip, computed frame by frame outside the pipeline."""
+    src = data_path("videos", "asl", "bird.mkv")
+    model = get_model("rvm")
+    state = model.new_state()
+    alphas = []
+    for frame in iter_frames(probe_video(src)):
+        matte, state = model.predict(frame.image[None], state)
+        alphas.append(matte.alpha[0])
+    return src, np.stack(alphas)
+
+
+@pytest.mark.parametrize(("fmt", "tolerance"), [("matte", 0.01), ("webm", 0.03), ("mov", 0.005)])
+def test_alpha_outputs_decode_back_to_the_models_alpha(
+    fmt: str, tolerance: float, model_alpha: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    src, want = model_alpha
+    out = tmp_path / f"out.{fmt}"
+    replace_background(src, None, out, ReplaceOptions(output_format=fmt, edge_refine=False))
+    got = alpha_channel(out)
+    assert got.shape == want.shape
+    assert np.abs(got - want).mean() < tolerance
+    assert want.max() > 0.9  # the clip has a person in it: the comparison is not between two blanks
+
+
+def test_greenscreen_puts_the_person_on_green(tmp_path: Path) -> None:
+    from videoutil import frames_rgb
+
+    from service.media.encode import GREEN
+
+    src = data_path("videos", "asl", "bird.mkv")
+    out = tmp_path / "out.mp4"
+    replace_background(src, None, out, ReplaceOptions(output_format="greenscreen"))
+    frame = frames_rgb(out, {10})[10].astype(int)
+    corner = frame[:40, :40].reshape(-1, 3).mean(0)
+    assert np.abs(corner - GREEN).max() < 6
+
+
+def test_settings_data_dir_is_the_one_setting() -> None:
+    assert Path(get_settings().data_dir).name == "data"

@@ -1,0 +1,99 @@
+"""Reading videos back in tests: frame counts, timestamps, frames, alpha, audio packets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+@dataclass
+class Readback:
+    frames: int
+    width: int  # as displayed
+    height: int
+    rotation: int
+    fps: Fraction
+    pts_s: list[float]
+    duration_s: float
+
+
+def read_back(path: Path) -> Readback:
+    """Decode every frame (proving the file plays) and collect its timing."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        pts: list[float] = []
+        rotation = 0
+        w = h = 0
+        for f in c.decode(s):
+            if not pts:
+                rotation = int(round((getattr(f, "rotation", 0) or 0) / 90.0)) % 4 * 90
+                w, h = (f.height, f.width) if rotation in (90, 270) else (f.width, f.height)
+            pts.append(float(f.pts * f.time_base))
+        fps = Fraction(s.average_rate)
+    step = 1 / float(fps)
+    return Readback(len(pts), w, h, rotation, fps, pts, pts[-1] - pts[0] + step)
+
+
+def frames_rgb(path: Path, indices: set[int] | None = None, upright: bool = True) -> dict[int, np.ndarray]:
+    out: dict[int, np.ndarray] = {}
+    with av.open(str(path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if indices is None or i in indices:
+                img = f.to_ndarray(format="rgb24")
+                k = int(round((getattr(f, "rotation", 0) or 0) / 90.0)) % 4
+                out[i] = np.ascontiguousarray(np.rot90(img, k)) if upright and k else img
+            if indices is not None and i >= max(indices):
+                break
+    return out
+
+
+def alpha_channel(path: Path) -> np.ndarray:
+    """The alpha plane of every frame, float in [0, 1]: the matte video's grey, or the alpha
+    channel of VP9 (decoded with libvpx, which reads the alpha side data) and ProRes 4444."""
+    out = []
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        name = s.codec_context.name
+        if name == "vp9":
+            dec = av.CodecContext.create("libvpx-vp9", "r")
+            for p in c.demux(s):
+                for f in dec.decode(p):
+                    out.append(f.to_ndarray(format="rgba")[..., 3])
+        else:
+            for f in c.decode(s):
+                if f.format.name.startswith("yuva"):
+                    out.append(f.to_ndarray(format="rgba")[..., 3])
+                else:
+                    out.append(f.to_ndarray(format="gray"))
+    return np.stack(out).astype(np.float32) / 255.0
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return []
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+def audio_duration(path: Path) -> float:
+    with av.open(str(path)) as c:
+        a = c.streams.audio[0]
+        end = 0.0
+        start = None
+        for p in c.demux(a):
+            if p.pts is None:
+                continue
+            t = float(p.pts * p.time_base)
+            start = t if start is None else min(start, t)
+            end = max(end, float((p.pts + (p.duration or 0)) * p.time_base))
+        return end - (start or 0.0)
+
+
+def mask_frames(path: Path) -> np.ndarray:
+    """A `_mask` video of videos_gt as booleans (N, H, W)."""
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="gray") > 127 for f in c.decode(video=0)])
