@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     storage: Literal["local", "s3"] = Field("local", description="Object store kind.")
     storage_dir: Path = Field(ROOT / "var" / "objects", description="Folder of the local object store.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (None = AWS).")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint put in presigned URLs when clients reach the store by another name."
+    )
     s3_bucket: str = Field("backdrop", description="S3 bucket.")
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_access_key_id: str | None = Field(None, description="S3 access key id.")

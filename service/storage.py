@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.config import Settings, get_settings
 from service.errors import StorageError, TransientStorageError
@@ -156,14 +156,19 @@ class S3Store:
             s3={"addressing_style": "path"} if settings.s3_endpoint_url else {},
         )
         secret = settings.s3_secret_access_key.get_secret_value() if settings.s3_secret_access_key else None
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret,
-            config=cfg,
-        )
+        def client(endpoint: str | None) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=settings.s3_region,
+                aws_access_key_id=settings.s3_access_key_id,
+                aws_secret_access_key=secret,
+                config=cfg,
+            )
+
+        self.client = client(settings.s3_endpoint_url)
+        # presigned URLs are signed for the host clients use (e.g. localhost:9000 for MinIO in compose)
+        self.presign_client = client(settings.s3_public_endpoint_url) if settings.s3_public_endpoint_url else self.client
         from boto3.s3.transfer import TransferConfig
 
         self._transfer = TransferConfig(multipart_chunksize=8 * CHUNK, max_concurrency=2)
@@ -251,7 +256,7 @@ class S3Store:
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
         try:
-            return str(self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(ttl_s)))
+            return str(self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(ttl_s)))
         except Exception as e:  # noqa: BLE001
             raise self._wrap(e, f"presign {key}") from e
 
