@@ -81,9 +81,9 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(None, description="Folder for upload/worker temp files (None = system temp).")
     idempotency_ttl_s: int = Field(24 * 3600, description="How long an Idempotency-Key maps to its job.")
     jobs_page_size: int = Field(20, description="Default page size of GET /jobs (at most 100).")
-    task_time_base_s: float = Field(120.0, description="Soft time limit of a job: this base ...")
+    task_time_base_s: float = Field(120.0, description="Soft time limit of a job: this base plus task_time_per_video_s per video second.")
     task_time_per_video_s: float = Field(
-        30.0, description="... plus this many seconds per second of video (hard limit = soft + 30 s)."
+        30.0, description="Seconds of soft time limit per second of video (the hard limit is 30 s more)."
     )
     task_max_retries: int = Field(5, description="Retries of a job after transient storage errors (with backoff).")
     job_lease_s: float = Field(
