@@ -24,7 +24,7 @@ and upsampled (bilinear) to full resolution, where only cheap per-pixel arithmet
 * ``k_F = −β·D_s·p_F``,  ``k_B = (1 − β)·D_s·p_B``.
 
 The reduction factor is chosen so that the person-side decay length spans ≥ ``min_decay_px``
-low-resolution pixels (the quality limit; 4× at 720p); profiles are cut to exactly zero past ≈ 4 decay lengths and everything
+low-resolution pixels (the quality limit; 4× at 720p); profiles are cut to exactly zero past ≈ 3 decay lengths and everything
 is computed only inside the box around the person plus that margin, so the output *equals* the
 background away from the person (and equals it everywhere when alpha is all zero).
 
@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 from scipy import fft as sfft
 
-_CUTOFF = float(np.exp(-4.0))
+_CUTOFF = float(np.exp(-3.0))
 
 
 def _cupy():
@@ -80,8 +80,8 @@ class PoissonCompositor:
         self._carry_key: tuple[int, ...] | None = None
 
     # --- the DCT solver ----------------------------------------------------------------------
-    def _solve(self, rhs: np.ndarray, lams: list[float]) -> list[np.ndarray]:
-        """``(−Δ + λ)⁻¹ rhs`` for each λ, Neumann boundaries, ``rhs`` (h, w, c)."""
+    def _solve(self, rhs: np.ndarray, lams: list[float], channels: list[int]) -> list[np.ndarray]:
+        """``(−Δ + λ)⁻¹ rhs[..., :c]`` for each (λ, c), Neumann boundaries, ``rhs`` (h, w, C)."""
         h, w = rhs.shape[:2]
         ky = 2 - 2 * np.cos(np.pi * np.arange(h) / h)
         kx = 2 - 2 * np.cos(np.pi * np.arange(w) / w)
@@ -90,9 +90,15 @@ class PoissonCompositor:
             cp, cfft = self._gpu
             spec = cfft.dctn(cp.asarray(rhs), type=2, axes=(0, 1), norm="ortho")
             e = cp.asarray(eig)
-            return [cp.asnumpy(cfft.idctn(spec / (e + lam), type=2, axes=(0, 1), norm="ortho")) for lam in lams]
+            return [
+                cp.asnumpy(cfft.idctn(spec[..., :c] / (e + lam), type=2, axes=(0, 1), norm="ortho"))
+                for lam, c in zip(lams, channels, strict=True)
+            ]
         spec = sfft.dctn(rhs, type=2, axes=(0, 1), norm="ortho", workers=1)
-        return [sfft.idctn(spec / (eig + lam), type=2, axes=(0, 1), norm="ortho", workers=1) for lam in lams]
+        return [
+            sfft.idctn(spec[..., :c] / (eig + lam), type=2, axes=(0, 1), norm="ortho", workers=1)
+            for lam, c in zip(lams, channels, strict=True)
+        ]
 
     # --- one frame ---------------------------------------------------------------------------
     def _frame(self, F: np.ndarray, B: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> None:
@@ -107,7 +113,7 @@ class PoissonCompositor:
         L_f = L_b / np.sqrt(self.stiffness)  # person decay length (λ_F = stiffness·λ_B)
         beta = 1.0 / (1.0 + np.sqrt(self.stiffness))  # person's share of the step
         s = int(np.clip(np.floor(L_f / self.min_decay_px), 1, 8))  # reduction factor
-        margin = int(np.ceil(4.0 * L_b)) + 2 * s
+        margin = int(np.ceil(3.0 * L_b)) + 2 * s
 
         y0, y1 = max(by - margin, 0), min(by + bh + margin, H)
         x0, x1 = max(bx - margin, 0), min(bx + bw + margin, W)
@@ -120,8 +126,14 @@ class PoissonCompositor:
 
         # low resolution: seam density and the colour step (crop padded to a multiple of s)
         def low(img: np.ndarray) -> np.ndarray:
-            pad = cv2.copyMakeBorder(img, 0, lh * s - h, 0, lw * s - w, cv2.BORDER_REPLICATE)
-            return cv2.resize(pad, (lw, lh), interpolation=cv2.INTER_AREA).astype(np.float32)
+            hf, wf = (h // s) * s, (w // s) * s
+            if hf < 2 * s or wf < 2 * s:  # tiny: pad the full-resolution crop
+                pad = cv2.copyMakeBorder(img, 0, lh * s - h, 0, lw * s - w, cv2.BORDER_REPLICATE)
+                return cv2.resize(pad, (lw, lh), interpolation=cv2.INTER_AREA).astype(np.float32)
+            small = cv2.resize(img[:hf, :wf], (wf // s, hf // s), interpolation=cv2.INTER_AREA)
+            if small.shape[:2] != (lh, lw):  # a partial cell at the frame's edge: replicate
+                small = cv2.copyMakeBorder(small, 0, lh - small.shape[0], 0, lw - small.shape[1], cv2.BORDER_REPLICATE)
+            return small.astype(np.float32)
 
         al = low(ac)
         gx = np.zeros_like(al)
@@ -132,7 +144,7 @@ class PoissonCompositor:
         D = low(Fc) - low(Bc)
         lam_b, lam_f = 1.0 / (L_b / s) ** 2, 1.0 / (L_f / s) ** 2
         rhs = np.concatenate([dens[..., None] * D, dens[..., None]], axis=2)
-        num_b, num_f = self._solve(rhs, [lam_b, lam_f])
+        num_b, num_f = self._solve(rhs, [lam_b, lam_f], [4, 1])
         num, den = num_b[..., :3], num_b[..., 3]
 
         # temporal normalised convolution of the seam step
@@ -152,13 +164,13 @@ class PoissonCompositor:
             return np.clip((p - _CUTOFF) / (1.0 - _CUTOFF), 0.0, 1.0)
 
         p_b = profile(num_b[..., 3], lam_b)
-        p_f = profile(num_f[..., 3], lam_f)
-        # k_B (3) and k_F (3) at low resolution
-        lo = np.concatenate([((1.0 - beta) * p_b)[..., None] * Ds, (-beta * p_f)[..., None] * Ds], axis=2)
-        lo = np.ascontiguousarray(lo, dtype=np.float32)
+        p_f = profile(num_f[..., 0], lam_f)
+        # k_B and k_F − k_B at low resolution (bilinear upsampling is linear: the difference commutes)
+        lo_b = np.ascontiguousarray(((1.0 - beta) * p_b)[..., None] * Ds, dtype=np.float32)
+        lo_d = np.ascontiguousarray((-beta * p_f - (1.0 - beta) * p_b)[..., None] * Ds, dtype=np.float32)
         active = (al > 0) | (p_b > 0)
 
-        # full resolution, strip by strip (in cache): u = B + k_B + α (F + k_F − B − k_B)
+        # full resolution, strip by strip (in cache): u = B + k_B + α (F − B + k_F − k_B)
         step = s * max(1, 32 // s)
         oc = out[y0:y1, x0:x1]
         for r0 in range(0, h, step):
@@ -169,22 +181,18 @@ class PoissonCompositor:
             c0, c1 = cols[0] * s, min((cols[-1] + 1) * s, w)
             q0, q1 = max(r0 // s - 1, 0), min(-(-r1 // s) + 1, lh)
             p0, p1 = max(cols[0] - 1, 0), min(cols[-1] + 2, lw)
-            blk = lo[q0:q1, p0:p1]
-            if s > 1:
-                blk = cv2.resize(blk, ((p1 - p0) * s, (q1 - q0) * s), interpolation=cv2.INTER_LINEAR)
-            k = blk[r0 - q0 * s : r1 - q0 * s, c0 - p0 * s : c1 - p0 * s]
-            kB, kF = k[..., :3], k[..., 3:]
-            Bs = Bc[r0:r1, c0:c1].astype(np.float32)
-            t = Fc[r0:r1, c0:c1].astype(np.float32)
-            t += kF
-            t -= Bs
-            t -= kB
+            ys, xs = slice(r0 - q0 * s, r1 - q0 * s), slice(c0 - p0 * s, c1 - p0 * s)
+            size = ((p1 - p0) * s, (q1 - q0) * s)
+            kB, kD = (
+                (cv2.resize(lo[q0:q1, p0:p1], size, interpolation=cv2.INTER_LINEAR) if s > 1 else lo[q0:q1, p0:p1])[ys, xs]
+                for lo in (lo_b, lo_d)
+            )
+            Bs = Bc[r0:r1, c0:c1]
+            t = cv2.subtract(Fc[r0:r1, c0:c1], Bs, dtype=cv2.CV_32F)
+            t += kD
             t *= ac[r0:r1, c0:c1, None]
-            t += Bs
             t += kB
-            t += 0.5
-            np.clip(t, 0.0, 255.0, out=t)
-            np.copyto(oc[r0:r1, c0:c1], t, casting="unsafe")
+            np.copyto(oc[r0:r1, c0:c1], cv2.add(t, Bs, dtype=cv2.CV_8U))  # rounds and saturates
 
     @staticmethod
     def _regrid(pn, pd, pkey, key):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from conftest import data_path
 
 from service.inference import harmonize
 from service.inference.colour import heldout_perturbation, perturb_person
 from service.inference.harmonize import Harmonizer, apply_params, identity_params
-from tests.conftest import data_path
 
 
 def _pairs(n: int):
@@ -36,10 +36,10 @@ def test_undoes_known_edit_on_heldout_images():
         out = harm(edited, mask, edited)
         none.append(_mse(edited, img, region))
         ours.append(_mse(out, img, region))
-        assert np.array_equal(out[~region & (mask == 0)], apply_params(edited, harm._state)[~region & (mask == 0)])
+        assert np.array_equal(out, apply_params(edited, harm._state))  # one global transform
     # bench/harmonize.py on all 225 held-out pairs gives the full table; here: clearly better
     assert np.mean(ours) < 0.8 * np.mean(none), (np.mean(ours), np.mean(none))
-    assert sum(o < n for o, n in zip(ours, none, strict=True)) >= 11
+    assert np.median(ours) < np.median(none)
 
 
 def test_strength_zero_is_identity_and_half_is_between():
