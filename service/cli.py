@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from service.cli_service import add_commands
 from service.errors import BackdropError
 from service.media.encode import FORMATS
 
@@ -21,17 +22,20 @@ def _replace(args: argparse.Namespace) -> int:
         model=args.model, output_format=args.format, composite=args.composite, harmonize=args.harmonize,
         edge_refine=args.edge_refine,
     )
-    bar = tqdm(total=0, unit="frame", disable=args.quiet, dynamic_ncols=True)
+    bars: list[tqdm] = []  # made on the first report, so a refused input prints no empty bar
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
 
     try:
         result = replace_background(Path(args.input), args.background, Path(args.output), options, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     if not args.quiet:
         print(f"{args.output}: {result.frames} frames, {result.duration_s:.2f}s, {result.width}x{result.height}, "
               f"{result.size_bytes} bytes")
@@ -57,12 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_replace)
 
-    try:
-        from service.cli_service import add_commands
-    except ImportError:  # the service extras are part of the package; this only guards partial installs
-        pass
-    else:
-        add_commands(sub)
+    add_commands(sub)
     return parser
 
 

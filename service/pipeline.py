@@ -3,7 +3,7 @@
 Three stages overlap, joined by bounded queues so memory stays flat however long the video is:
 
     reader thread:  decode (PyAV) → batches of frames + their backgrounds
-    caller thread:  matte (ONNX) → edge refinement → harmonisation → compositing
+    caller thread:  matte (ONNX) → edge refinement → harmonisation (ONNX) → compositing
     writer thread:  encode (PyAV) + audio passthrough → progress callback
 
 The slowest stage sets the pace.  ``cancel`` is polled once per batch; a failure or a cancel
@@ -28,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.config import Settings, get_settings
 from service.errors import BackdropError, Canceled, InvalidParameter
 from service.inference.compositing import CompositorName, create_compositor
+from service.inference.harmonize import Harmonizer
 from service.inference.models import MattingModel, get_model, model_class
+from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
 from service.media.decode import iter_frames
 from service.media.encode import FORMATS, GREEN, VideoWriter
@@ -127,6 +129,8 @@ def replace_background(
     options = options or ReplaceOptions()
     info = probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
+    if options.harmonize > 0 and options.output_format != "mp4":
+        raise InvalidParameter("harmonize needs a background scene to match: use it with mp4 output")
     model = model or get_model(options.model, settings)
     bg = _background_for(options.output_format, background, info, settings)
     output_path = Path(output_path)
@@ -278,6 +282,9 @@ def _run(
     try:
         state = model.new_state()
         compositor = create_compositor(options.composite)
+        refine = settings.edge_refine if options.edge_refine is None else options.edge_refine
+        refiner = EdgeRefiner() if refine else None
+        harmonizer = Harmonizer(options.harmonize, settings) if options.harmonize > 0 else None
         while True:
             if cancel is not None and cancel():
                 raise Canceled("the job was canceled")
@@ -286,7 +293,11 @@ def _run(
                 break
             batch: _Batch = item  # type: ignore[assignment]
             matte, state = model.predict(batch.images, state)
-            out = _compose(spec.alpha, options.output_format, batch, matte.alpha, matte.foreground, compositor)
+            alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha)
+            fg = matte.foreground
+            if harmonizer is not None and batch.background is not None:
+                fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background)
+            out = _compose(spec.alpha, options.output_format, batch, alpha, fg, compositor)
             if not _put(composed, (out, batch.pts), stop):
                 break
         _put(composed, _END, stop)

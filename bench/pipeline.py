@@ -1,0 +1,130 @@
+"""End-to-end throughput of the pipeline against a naive loop and the decode+encode floor.
+
+    .venv/bin/python bench/pipeline.py [--clips desk.mp4 walking-sideways.mp4 talking-head.mp4]
+                                      [--memory-clip one-by-one-person-detection.mp4]
+
+For each clip, in one run on the same machine:
+  (a) Backdrop's pipeline (decode, inference and encode overlapped in three stages);
+  (b) a naive reference loop with the same model and encoder: decode one frame → matte → blend →
+      encode, one frame at a time, in one thread;
+  (c) decode + encode alone, no inference: the floor no pipeline can beat.
+Prints frames/s for each and the ratios (a)/(b) and (a)/(c).  Then the peak resident memory of
+one pipeline run over a long clip, measured in a child process so nothing else counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from service.config import get_settings  # noqa: E402
+from service.inference.compositing import AlphaCompositor  # noqa: E402
+from service.inference.models import get_model  # noqa: E402
+from service.media.background import open_background  # noqa: E402
+from service.media.decode import iter_frames  # noqa: E402
+from service.media.encode import VideoWriter  # noqa: E402
+from service.media.probe import probe_video  # noqa: E402
+from service.pipeline import ReplaceOptions, replace_background  # noqa: E402
+
+BACKGROUND = "#3a6ea5"
+
+
+def run_pipeline(path: Path, out: Path, refine: bool) -> int:
+    return replace_background(path, BACKGROUND, out, ReplaceOptions(edge_refine=refine)).frames
+
+
+def run_naive(path: Path, out: Path) -> int:
+    info = probe_video(path)
+    model = get_model("rvm")
+    state = model.new_state()
+    bg = open_background(BACKGROUND, info.width, info.height)
+    blend = AlphaCompositor()
+    writer = VideoWriter(out, "mp4", info, audio=False)
+    n = 0
+    for frame in iter_frames(info):
+        images = frame.image[None]
+        matte, state = model.predict(images, state)
+        composed = blend(images, matte.alpha, bg.frames(images, [0.0]), matte.foreground)
+        writer.write(composed, [frame.pts])
+        n += 1
+    writer.close()
+    return n
+
+
+def run_floor(path: Path, out: Path) -> int:
+    info = probe_video(path)
+    writer = VideoWriter(out, "mp4", info, audio=False)
+    n = 0
+    for frame in iter_frames(info):
+        writer.write(frame.image[None], [frame.pts])
+        n += 1
+    writer.close()
+    return n
+
+
+def timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    frames = fn(*args)
+    return frames / (time.perf_counter() - start)
+
+
+def peak_memory(path: Path) -> float:
+    """Peak RSS in MB of a child process that runs the pipeline over ``path``."""
+    code = (
+        "import sys, tempfile, pathlib; sys.path.insert(0, sys.argv[2]);"
+        "from service.pipeline import replace_background;"
+        "d = tempfile.mkdtemp(); replace_background(pathlib.Path(sys.argv[1]), '#3a6ea5', pathlib.Path(d) / 'o.mp4')"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    subprocess.run([sys.executable, "-c", code, str(path), root], check=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def machine() -> str:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    providers = get_model("rvm").providers
+    return f"{os.cpu_count()} cores {cpu}, onnxruntime {ort.__version__} {providers[0]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", nargs="+", default=["desk.mp4", "walking-sideways.mp4", "talking-head.mp4"])
+    parser.add_argument("--memory-clip", default="one-by-one-person-detection.mp4")
+    parser.add_argument("--no-memory", action="store_true")
+    args = parser.parse_args()
+    videos = Path(get_settings().data_dir) / "videos"
+    print(f"machine: {machine()}")
+    header = f"{'clip':<24}{'size':>11}{'(a) ours':>10}{'(a) +refine':>13}{'(b) naive':>11}{'(c) floor':>11}{'a/b':>7}{'a/c':>7}"
+    print(header)
+    print("-" * len(header))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for name in args.clips:
+            path = videos / name
+            info = probe_video(path)
+            get_model("rvm")  # loaded before timing starts
+            a = timed(run_pipeline, path, out / "a.mp4", False)
+            ar = timed(run_pipeline, path, out / "ar.mp4", True)
+            b = timed(run_naive, path, out / "b.mp4")
+            c = timed(run_floor, path, out / "c.mp4")
+            size = f"{info.width}x{info.height}"
+            print(f"{name:<24}{size:>11}{a:>10.1f}{ar:>13.1f}{b:>11.1f}{c:>11.1f}{a / b:>7.2f}{a / c:>7.2f}")
+    print("frames per second, end to end (decode → matte → composite → encode)")
+    if not args.no_memory:
+        mb = peak_memory(videos / args.memory_clip)
+        print(f"peak memory, {args.memory_clip} ({probe_video(videos / args.memory_clip).duration_s:.0f} s): {mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

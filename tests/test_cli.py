@@ -1,0 +1,42 @@
+"""`backdrop replace` as a user runs it: a real process, real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import data_path
+from videoutil import read_back
+
+BACKDROP = [sys.executable, "-m", "service.cli"]
+
+
+def test_replace_writes_the_video(tmp_path: Path) -> None:
+    src = data_path("videos", "asl", "yes.mkv")
+    out = tmp_path / "out.mp4"
+    bg = data_path("backgrounds", "bg_1.jpg")
+    proc = subprocess.run([*BACKDROP, "replace", str(src), "-b", str(bg), "-o", str(out), "--model", "rvm"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert read_back(out).frames == read_back(src).frames
+    assert "frames" in proc.stdout
+
+
+def test_errors_are_one_line_with_a_code(tmp_path: Path) -> None:
+    bad = tmp_path / "clip.mp4"
+    bad.write_text("not a video at all")
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run([*BACKDROP, "replace", str(bad), "-b", "#ffffff", "-o", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "[not_a_video]" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_bad_colour_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*BACKDROP, "replace", str(data_path("videos", "asl", "yes.mkv")), "-b", "#zzzzzz", "-o",
+         str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "[invalid_color]" in proc.stderr
