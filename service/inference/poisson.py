@@ -23,8 +23,9 @@ and upsampled (bilinear) to full resolution, where only cheap per-pixel arithmet
 * decay profiles ``p = 2√λ·(−Δ+λ)⁻¹[w]`` (= exp(−d√λ) for a straight seam), for λ_B and λ_F;
 * ``k_F = −β·D_s·p_F``,  ``k_B = (1 − β)·D_s·p_B``.
 
-The reduction factor is chosen so that the person-side decay length spans ≥ ``min_decay_px``
-low-resolution pixels (the quality limit; 4× at 720p); profiles are cut to exactly zero past ≈ 3 decay lengths and everything
+The reduction factor is chosen so that each decay length spans ≥ ``min_decay_px`` pixels of its
+grid (the quality limit): the person side on a fine grid (4× at 720p), the background side and the
+seam step on a grid twice as coarse (8× at 720p); profiles are cut to exactly zero past ≈ 3 decay lengths and everything
 is computed only inside the box around the person plus that margin, so the output *equals* the
 background away from the person (and equals it everywhere when alpha is all zero).
 
@@ -112,43 +113,54 @@ class PoissonCompositor:
         L_b = max(self.decay * H, 2.0)  # background decay length, px
         L_f = L_b / np.sqrt(self.stiffness)  # person decay length (λ_F = stiffness·λ_B)
         beta = 1.0 / (1.0 + np.sqrt(self.stiffness))  # person's share of the step
-        s = int(np.clip(np.floor(L_f / self.min_decay_px), 1, 8))  # reduction factor
-        margin = int(np.ceil(3.0 * L_b)) + 2 * s
+        s = int(np.clip(np.floor(L_f / self.min_decay_px), 1, 8))  # reduction factor (person side)
+        c = 2 if L_b / (2 * s) >= 2 * self.min_decay_px else 1  # and again for the background side
+        S = s * c
+        margin = int(np.ceil(3.0 * L_b)) + 2 * S
 
         y0, y1 = max(by - margin, 0), min(by + bh + margin, H)
         x0, x1 = max(bx - margin, 0), min(bx + bw + margin, W)
-        y0, x0 = y0 - y0 % s, x0 - x0 % s  # on the low-res grid, so the carried state lines up
+        y0, x0 = y0 - y0 % S, x0 - x0 % S  # on the low-res grid, so the carried state lines up
         h, w = y1 - y0, x1 - x0
-        lh, lw = max(-(-h // s), 2), max(-(-w // s), 2)
+        lh2, lw2 = max(-(-h // S), 2), max(-(-w // S), 2)  # coarse grid (background side)
+        lh, lw = lh2 * c, lw2 * c  # fine grid (person side), covers the crop
         Fc, Bc = F[y0:y1, x0:x1], B[y0:y1, x0:x1]
         ac = np.nan_to_num(alpha[y0:y1, x0:x1].astype(np.float32), nan=0.0)
         np.clip(ac, 0.0, 1.0, out=ac)
 
-        # low resolution: seam density and the colour step (crop padded to a multiple of s)
-        def low(img: np.ndarray) -> np.ndarray:
-            hf, wf = (h // s) * s, (w // s) * s
-            if hf < 2 * s or wf < 2 * s:  # tiny: pad the full-resolution crop
-                pad = cv2.copyMakeBorder(img, 0, lh * s - h, 0, lw * s - w, cv2.BORDER_REPLICATE)
-                return cv2.resize(pad, (lw, lh), interpolation=cv2.INTER_AREA).astype(np.float32)
-            small = cv2.resize(img[:hf, :wf], (wf // s, hf // s), interpolation=cv2.INTER_AREA)
-            if small.shape[:2] != (lh, lw):  # a partial cell at the frame's edge: replicate
-                small = cv2.copyMakeBorder(small, 0, lh - small.shape[0], 0, lw - small.shape[1], cv2.BORDER_REPLICATE)
+        def low(img: np.ndarray, f: int, n: tuple[int, int]) -> np.ndarray:
+            """``img`` area-averaged by ``f`` onto an (n) grid, partial cells replicated."""
+            hf, wf = (h // f) * f, (w // f) * f
+            if hf < f or wf < f:  # tiny: pad the full-resolution crop
+                pad = cv2.copyMakeBorder(img, 0, n[0] * f - h, 0, n[1] * f - w, cv2.BORDER_REPLICATE)
+                return cv2.resize(pad, (n[1], n[0]), interpolation=cv2.INTER_AREA).astype(np.float32)
+            small = cv2.resize(img[:hf, :wf], (wf // f, hf // f), interpolation=cv2.INTER_AREA)
+            if small.shape[:2] != n:
+                small = cv2.copyMakeBorder(small, 0, n[0] - small.shape[0], 0, n[1] - small.shape[1], cv2.BORDER_REPLICATE)
             return small.astype(np.float32)
 
-        al = low(ac)
-        gx = np.zeros_like(al)
-        gy = np.zeros_like(al)
-        gx[:, 1:-1] = 0.5 * (al[:, 2:] - al[:, :-2])
-        gy[1:-1] = 0.5 * (al[2:] - al[:-2])
-        dens = np.sqrt(gx * gx + gy * gy)  # ∫ across the seam ≈ 1 (low-res px)
-        D = low(Fc) - low(Bc)
-        lam_b, lam_f = 1.0 / (L_b / s) ** 2, 1.0 / (L_f / s) ** 2
-        rhs = np.concatenate([dens[..., None] * D, dens[..., None]], axis=2)
-        num_b, num_f = self._solve(rhs, [lam_b, lam_f], [4, 1])
+        def density(al: np.ndarray) -> np.ndarray:
+            """|∇α| on a grid: integrates to ≈ 1 across the seam, in that grid's pixels."""
+            gx = np.zeros_like(al)
+            gy = np.zeros_like(al)
+            gx[:, 1:-1] = 0.5 * (al[:, 2:] - al[:, :-2])
+            gy[1:-1] = 0.5 * (al[2:] - al[:-2])
+            return np.sqrt(gx * gx + gy * gy)
+
+        # coarse: the seam step D = F − B extended off the seam, and the background-side profile
+        al2 = low(ac, S, (lh2, lw2))
+        dens2 = density(al2)
+        D = low(Fc, S, (lh2, lw2)) - low(Bc, S, (lh2, lw2))
+        lam_b = 1.0 / (L_b / S) ** 2
+        (num_b,) = self._solve(np.concatenate([dens2[..., None] * D, dens2[..., None]], axis=2), [lam_b], [4])
         num, den = num_b[..., :3], num_b[..., 3]
+        # fine: the person-side profile
+        al = low(ac, s, (lh, lw)) if c > 1 else al2
+        lam_f = 1.0 / (L_f / s) ** 2
+        (num_f,) = self._solve(density(al)[..., None], [lam_f], [1])
+        key = (y0, x0, lh2, lw2, S)
 
         # temporal normalised convolution of the seam step
-        key = (y0, x0, lh, lw, s)
         if self._carry is not None and self.temporal > 0:
             pn, pd = self._carry
             if self._carry_key != key:  # box moved: bring the carried fields onto the new grid
@@ -165,6 +177,10 @@ class PoissonCompositor:
 
         p_b = profile(num_b[..., 3], lam_b)
         p_f = profile(num_f[..., 0], lam_f)
+        if c > 1:  # coarse → fine (exact factor: the grids' pixel centres line up)
+            up = cv2.resize(np.concatenate([Ds, p_b[..., None]], axis=2).astype(np.float32), (lw, lh),
+                            interpolation=cv2.INTER_LINEAR)
+            Ds, p_b = up[..., :3], up[..., 3]
         # k_B and k_F − k_B at low resolution (bilinear upsampling is linear: the difference commutes)
         lo_b = np.ascontiguousarray(((1.0 - beta) * p_b)[..., None] * Ds, dtype=np.float32)
         lo_d = np.ascontiguousarray((-beta * p_f - (1.0 - beta) * p_b)[..., None] * Ds, dtype=np.float32)
