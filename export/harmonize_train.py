@@ -28,7 +28,12 @@ sys.path.insert(0, str(ROOT / "export"))
 from harmonize_model import SIZE, HarmonizeNet, apply_params  # noqa: E402
 
 from service.config import get_settings  # noqa: E402
-from service.inference.colour import heldout_perturbation, perturb_person, random_perturbation  # noqa: E402
+from service.inference.colour import (  # noqa: E402
+    apply_perturbation,
+    heldout_perturbation,
+    perturb_person,
+    random_perturbation,
+)
 
 
 def load_split(split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -51,11 +56,15 @@ def load_split(split: str, cache_dir: Path) -> tuple[np.ndarray, np.ndarray, lis
     return images, masks, names
 
 
-def make_batch(images, masks, idx, perts, flips):
+def make_batch(images, masks, idx, perts, flips, scene=None):
+    """(edited composite, mask, target), NCHW tensors.  ``scene``: optional edits of the whole photo
+    (person and scene alike, so still a consistent photo) applied first: more scenes to learn from."""
     x = images[idx].astype(np.float32) / 255
     m = masks[idx].astype(np.float32) / 255
     x[flips] = x[flips, :, ::-1]
     m[flips] = m[flips, :, ::-1]
+    if scene is not None:
+        x = np.stack([apply_perturbation(x[i], scene[i]) for i in range(len(idx))])
     xp = np.stack([perturb_person(x[i], m[i], perts[i]) for i in range(len(idx))])
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return t(xp).permute(0, 3, 1, 2), t(m)[:, None], t(x).permute(0, 3, 1, 2)
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--scene-aug", type=float, default=0.0, help="range scale of whole-photo edits (0 = off)")
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
     ap.add_argument("--max-minutes", type=float, default=30.0, help="stop (and checkpoint) after this long")
     args = ap.parse_args(argv)
 
@@ -92,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     val_images, val_masks, _ = load_split("val", ROOT / "runs" / "cache")
 
     model = HarmonizeNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     ckpt = args.out / "ckpt.pt"
     step = 0
@@ -118,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         idx = rng.integers(0, len(images), args.batch)
         perts = [random_perturbation(rng) for _ in range(args.batch)]
         flips = rng.random(args.batch) < 0.5
-        xp, m, x = make_batch(images, masks, idx, perts, flips)
+        scene = [random_perturbation(rng, args.scene_aug) for _ in range(args.batch)] if args.scene_aug else None
+        xp, m, x = make_batch(images, masks, idx, perts, flips, scene)
         loss = person_mse(apply_params(xp, model(xp, m)), x, m)
         opt.zero_grad()
         loss.backward()

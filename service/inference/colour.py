@@ -136,16 +136,18 @@ def reinhard_transfer(image: np.ndarray, region: np.ndarray, reference: np.ndarr
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def random_perturbation(rng: np.random.Generator) -> dict[str, np.ndarray | float]:
+def random_perturbation(rng: np.random.Generator, scale: float = 1.0) -> dict[str, np.ndarray | float]:
     """One random colour edit: exposure ±0.6 stop, white balance (red/blue gains ×e^±0.2, green
-    tint ×e^±0.06), saturation ×0.6–1.4, contrast ×0.75–1.25 about mid-grey, gamma e^±0.35."""
-    exposure = 2.0 ** rng.uniform(-0.6, 0.6)
-    wb = np.exp([rng.uniform(-0.2, 0.2), rng.uniform(-0.06, 0.06), rng.uniform(-0.2, 0.2)])
+    tint ×e^±0.06), saturation ×0.6–1.4, contrast ×0.75–1.25 about mid-grey, gamma e^±0.35;
+    ``scale`` shrinks every range (1 = the ranges above)."""
+    exposure = 2.0 ** rng.uniform(-0.6 * scale, 0.6 * scale)
+    wb = np.exp([rng.uniform(-0.2 * scale, 0.2 * scale), rng.uniform(-0.06 * scale, 0.06 * scale),
+                 rng.uniform(-0.2 * scale, 0.2 * scale)])
     return {
         "gains": (exposure * wb).astype(np.float32),
-        "saturation": float(rng.uniform(0.6, 1.4)),
-        "contrast": float(rng.uniform(0.75, 1.25)),
-        "gamma": float(np.exp(rng.uniform(-0.35, 0.35))),
+        "saturation": float(rng.uniform(1 - 0.4 * scale, 1 + 0.4 * scale)),
+        "contrast": float(rng.uniform(1 - 0.25 * scale, 1 + 0.25 * scale)),
+        "gamma": float(np.exp(rng.uniform(-0.35 * scale, 0.35 * scale))),
     }
 
 

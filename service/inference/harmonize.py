@@ -5,7 +5,8 @@ A tiny ONNX network (``weights/harmonizer.onnx``, model card ``weights/harmonize
 global colour transform of the person, ``y = M · x^γ + b`` (3×3 matrix, offset, per-channel gamma,
 RGB in [0, 1]).  The transform is smoothed over time (EMA on its parameters), scaled by ``strength``
 (0 = identity, 1 = full) and applied to the whole frame at full resolution through per-channel
-lookup tables for the gamma; the compositor then takes the person from the result.
+lookup tables for the gamma, inside the box around the person (alpha > 0; the rest of the frame is
+returned as it was); the compositor then takes the person from the result.
 
 The ONNX session is made once per process (module-level cache behind a lock).
 """
@@ -42,6 +43,16 @@ def get_session(settings: Settings | None = None) -> Session:
         return session
 
 
+def _small(img: np.ndarray) -> np.ndarray:
+    """``img`` area-averaged to SIZE×SIZE: first by a whole factor (OpenCV's fast path; the at most
+    k − 1 edge pixels that do not fill a cell are dropped), then to SIZE."""
+    h, w = img.shape[:2]
+    k = max(1, min(h, w) // SIZE)
+    if k > 1:
+        img = cv2.resize(img[: h // k * k, : w // k * k], (w // k, h // k), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+
+
 def identity_params() -> np.ndarray:
     p = np.zeros(N_PARAMS, np.float32)
     p[[0, 4, 8]] = 1.0
@@ -54,16 +65,13 @@ def apply_params(frames: np.ndarray, params: np.ndarray) -> np.ndarray:
     b = params[9:12].astype(np.float32)
     gamma = np.exp(params[12:15].astype(np.float64))
     levels = np.arange(256, dtype=np.float64) / 255.0
-    luts = np.stack([np.maximum(levels, 1e-4) ** g for g in gamma], axis=1).astype(np.float32)  # (256, 3)
-    # y_i = Σ_j M_ij lut_j(x_j) + b_i, as 255-scaled float, done with cv2.transform (one pass)
-    lut_img = np.empty(frames.shape, np.float32)
-    for c in range(3):
-        lut_img[..., c] = luts[:, c][frames[..., c]]
+    lut = np.stack([np.maximum(levels, 1e-4) ** g for g in gamma], axis=1).astype(np.float32)  # (256, 3)
+    # y_i = Σ_j M_ij lut_j(x_j) + b_i, 255-scaled: one table look-up and one 3×4 transform (OpenCV)
+    lut_img = cv2.LUT(np.ascontiguousarray(frames).reshape(-1, 1, 3), lut.reshape(256, 1, 3))
     affine = np.concatenate([M * 255.0, (b * 255.0 + 0.5)[:, None]], axis=1)
-    flat = lut_img.reshape(-1, 1, 3)
-    y = cv2.transform(flat, affine).reshape(frames.shape)
+    y = cv2.transform(lut_img, affine)
     np.clip(y, 0.0, 255.0, out=y)
-    return y.astype(np.uint8)
+    return y.astype(np.uint8).reshape(frames.shape)
 
 
 class Harmonizer:
@@ -97,10 +105,9 @@ class Harmonizer:
         image = np.empty((n, 3, SIZE, SIZE), np.float32)
         mask = np.empty((n, 1, SIZE, SIZE), np.float32)
         for i in range(n):
-            a = np.clip(np.nan_to_num(alpha[i].astype(np.float32), nan=0.0), 0.0, 1.0)
-            f = cv2.resize(frames[i], (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
-            bg = cv2.resize(background[i], (SIZE, SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
-            m = cv2.resize(a, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+            f = _small(frames[i]).astype(np.float32)
+            bg = _small(background[i]).astype(np.float32)
+            m = np.clip(np.nan_to_num(_small(alpha[i].astype(np.float32, copy=False)), nan=0.0), 0.0, 1.0)
             comp = bg + m[..., None] * (f - bg)
             image[i] = (comp / 255.0).transpose(2, 0, 1)
             mask[i, 0] = m
@@ -120,5 +127,9 @@ class Harmonizer:
             if not np.isfinite(p).all() or not (alpha[i] > 0.5).any():
                 p = eye if self._state is None else self._state  # no person: keep the last transform
             self._state = p if self._state is None else self.smoothing * self._state + (1 - self.smoothing) * p
-            out[i] = apply_params(frames[i], eye + self.strength * (self._state - eye))
+            # only the person is taken from the result: the rest of the frame is left as it was
+            x, y, w, h = cv2.boundingRect((alpha[i] > 0).astype(np.uint8))
+            out[i] = frames[i]
+            if w and h:
+                out[i, y : y + h, x : x + w] = apply_params(frames[i, y : y + h, x : x + w], eye + self.strength * (self._state - eye))
         return out
