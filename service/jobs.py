@@ -166,9 +166,9 @@ class JobStore:
             raise JobNotFound(f"no job {job_id!r}")
         return job
 
-    def list(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[Job], int]:
+    def list_jobs(self, owner: str, offset: int = 0, limit: int = 20) -> tuple[list[Job], int]:
         key = P + f"owner:{owner}"
-        ids = [i.decode() for i in self.r.zrevrange(key, offset, offset + limit - 1)]
+        ids = [_s(i) for i in self.r.zrevrange(key, offset, offset + limit - 1)]
         jobs: list[Job] = []
         gone: list[str] = []
         raws = self.r.mget([P + f"job:{i}" for i in ids]) if ids else []
@@ -188,19 +188,19 @@ class JobStore:
         return int(self.r.zcard(P + "running"))
 
     def stats(self) -> dict[str, float]:
-        return {k.decode(): float(v) for k, v in self.r.hgetall(P + "stats").items()}
+        return {_s(k): float(v) for k, v in self.r.hgetall(P + "stats").items()}
 
     # -- creating --------------------------------------------------------------------------------
     def idempotent_job(self, owner: str, idem_key: str) -> Job | None:
         job_id = self.r.get(self._idem(owner, idem_key))
-        return self.get(job_id.decode()) if job_id else None
+        return self.get(_s(job_id)) if job_id else None
 
     def create(self, job: Job, idem_key: str | None = None) -> tuple[Job, bool]:
         """Store a new queued job.  With an Idempotency-Key already used, the earlier job and False."""
         if idem_key:
             ik = self._idem(job.owner, idem_key)
             if not self.r.set(ik, job.id, nx=True, ex=self.settings.idempotency_ttl_s):
-                prior = self.get((self.r.get(ik) or b"").decode())
+                prior = self.get(_s(self.r.get(ik) or b""))
                 if prior is not None:
                     return prior, False
                 self.r.set(ik, job.id, ex=self.settings.idempotency_ttl_s)
@@ -316,7 +316,7 @@ class JobStore:
 
     def lease_holder(self, job_id: str) -> str | None:
         v = self.r.get(P + f"lease:{job_id}")
-        return v.decode() if v else None
+        return _s(v) if v else None
 
     # -- metrics and housekeeping ----------------------------------------------------------------
     def record_processing(self, seconds: float, frames: int) -> None:
@@ -334,7 +334,7 @@ class JobStore:
     def expired_ids(self, now: float | None = None, limit: int = 100) -> list[str]:
         """Pop ids of finished jobs whose TTL has passed (their objects are then deleted)."""
         now = time.time() if now is None else now
-        ids = [i.decode() for i in self.r.zrangebyscore(P + "expiry", 0, now, start=0, num=limit)]
+        ids = [_s(i) for i in self.r.zrangebyscore(P + "expiry", 0, now, start=0, num=limit)]
         if ids:
             self.r.zrem(P + "expiry", *ids)
         return ids
@@ -344,6 +344,10 @@ class JobStore:
 
 
 PROCESSING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _plausible_id(job_id: str) -> bool:

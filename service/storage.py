@@ -32,7 +32,7 @@ class ObjectStore(Protocol):
     def get_file(self, key: str, path: Path) -> None: ...
     def size(self, key: str) -> int | None: ...
     def delete_prefix(self, prefix: str) -> int: ...
-    def list(self, prefix: str) -> list[str]: ...
+    def keys(self, prefix: str) -> list[str]: ...
     def presigned_url(self, key: str, ttl_s: int, filename: str | None = None) -> str | None: ...
     def check(self) -> None: ...
 
@@ -99,7 +99,7 @@ class LocalStore:
             return 1
         return 0
 
-    def list(self, prefix: str) -> list[str]:
+    def keys(self, prefix: str) -> list[str]:
         base = self.path(prefix.rstrip("/"))
         if not base.is_dir():
             return []
@@ -232,7 +232,7 @@ class S3Store:
         except Exception as e:  # noqa: BLE001
             raise self._wrap(e, f"head {key}") from e
 
-    def list(self, prefix: str) -> list[str]:
+    def keys(self, prefix: str) -> list[str]:
         try:
             keys: list[str] = []
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
@@ -242,7 +242,7 @@ class S3Store:
             raise self._wrap(e, f"list {prefix}") from e
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list(prefix)
+        keys = self.keys(prefix)
         try:
             for i in range(0, len(keys), 1000):
                 batch = [{"Key": k} for k in keys[i : i + 1000]]

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import python_multipart as multipart
 from python_multipart.exceptions import FormParserError
@@ -63,7 +64,7 @@ class _Parser:
         self._field: str | None = None
         self._data = bytearray()
         self._file: SpooledFile | None = None
-        self._fh: object | None = None
+        self._fh: BinaryIO | None = None
         self._parts = 0
 
     def on_part_begin(self) -> None:
@@ -109,7 +110,8 @@ class _Parser:
                 raise UploadTooLarge(
                     f"{self._file.field!r} is larger than the {self.max_file_bytes} bytes accepted"
                 )
-            self._fh.write(data[start:end])  # type: ignore[attr-defined]
+            assert self._fh is not None
+            self._fh.write(data[start:end])
         else:
             if len(self._data) + n > MAX_FIELD_BYTES:
                 raise RequestInvalid(f"field {self._field!r} is too long")
@@ -125,7 +127,7 @@ class _Parser:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()  # type: ignore[attr-defined]
+            self._fh.close()
             self._fh = None
 
 

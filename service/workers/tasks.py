@@ -191,7 +191,7 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
     objects = object_store()
     try:
         # a restart: whatever the previous attempt left behind goes first
-        for key in objects.list(job_prefix(job_id)):
+        for key in objects.keys(job_prefix(job_id)):
             if "/output" in key:
                 objects.delete_prefix(key)
         src = workdir / f"input{Path(job.input_key).suffix or '.mp4'}"

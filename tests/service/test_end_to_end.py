@@ -140,7 +140,7 @@ def test_end_to_end_s3_presigned_and_webhook(redis_url: str, tmp_path: Path, wor
             assert count_frames(tmp_path / "out.webm")[0] == done["result"]["frames"] == job["video"]["frames"]
             redirect = c.get(f"/jobs/{job['id']}/result", follow_redirects=False)
             assert redirect.status_code == 307 and redirect.headers["location"].startswith(s3_endpoint)
-            keys = api.app.state.objects.list(f"jobs/{job['id']}/")
+            keys = api.app.state.objects.keys(f"jobs/{job['id']}/")
             assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["input.mkv", "output.webm"]
 
             wait_for(lambda: len(receiver.calls) >= 2, 30, 0.2, "webhook retry")

@@ -44,14 +44,14 @@ def test_lifecycle_index_and_ttl(store: JobStore) -> None:
 def test_owner_isolation_and_listing(store: JobStore) -> None:
     ids = [store.create(Job(owner="a"))[0].id for _ in range(3)]
     store.create(Job(owner="b"))
-    jobs, total = store.list("a", 0, 2)
+    jobs, total = store.list_jobs("a", 0, 2)
     assert total == 3 and [j.id for j in jobs] == ids[::-1][:2]  # newest first
     with pytest.raises(JobNotFound):
         store.get_for("b", ids[0])
     with pytest.raises(JobNotFound):
         store.get_for("a", "../../etc/passwd")
     store.delete(jobs[0])
-    assert store.list("a", 0, 10)[1] == 2
+    assert store.list_jobs("a", 0, 10)[1] == 2
 
 
 def test_idempotency_key_returns_the_first_job(store: JobStore) -> None:

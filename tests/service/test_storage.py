@@ -22,9 +22,9 @@ def _roundtrip(store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     store.get_file("jobs/abc/input.mp4", dst)
     assert dst.read_bytes() == src.read_bytes()
     store.put_file("jobs/abc/output.mp4", src)
-    assert store.list("jobs/abc/") == ["jobs/abc/input.mp4", "jobs/abc/output.mp4"]
+    assert store.keys("jobs/abc/") == ["jobs/abc/input.mp4", "jobs/abc/output.mp4"]
     assert store.delete_prefix("jobs/abc/") == 2
-    assert store.list("jobs/abc/") == []
+    assert store.keys("jobs/abc/") == []
     store.check()
 
 

@@ -213,7 +213,7 @@ async def list_jobs(
 ) -> dict[str, Any]:
     """List the caller's jobs, newest first."""
     lim = limit or min(100, settings.jobs_page_size)
-    items, total = await run_in_threadpool(jobs.list, owner, offset, lim)
+    items, total = await run_in_threadpool(jobs.list_jobs, owner, offset, lim)
     return {"data": [_public(j, request) for j in items], "count": total, "offset": offset, "limit": lim}
 
 
