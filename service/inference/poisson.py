@@ -30,8 +30,9 @@ is computed only inside the box around the person plus that margin, so the outpu
 background away from the person (and equals it everywhere when alpha is all zero).
 
 Temporal stability: the numerator and denominator of ``D_s`` are carried between frames with an
-exponential decay (a temporal normalised convolution), which smooths the seam colour estimate
-without ghosting (the profiles come from the current matte only).  One instance per job;
+exponential decay (a temporal normalised convolution), weighted down where the carried estimate
+disagrees with the current one (motion, new content): it smooths noise in the seam colour without
+ghosting (and the profiles come from the current matte only).  One instance per job;
 ``reset()`` at a cut.  numpy/scipy on CPU; the DCT solves use CuPy when it is importable and a GPU is
 present.
 """
@@ -64,6 +65,7 @@ class PoissonCompositor:
     720p); ``stiffness`` = λ_F / λ_B; ``temporal`` the weight of the carried seam estimate.
     """
 
+    agree = 8.0  # seam-step difference (8-bit levels) beyond which the carried estimate is dropped
     min_decay_px = 1.0  # the person-side decay spans at least this many low-res pixels
 
     def __init__(self, decay: float = 0.025, stiffness: float = 16.0, temporal: float = 0.6, use_gpu: bool = True):
@@ -166,8 +168,13 @@ class PoissonCompositor:
             if self._carry_key != key:  # box moved: bring the carried fields onto the new grid
                 pn, pd = self._regrid(pn, pd, self._carry_key, key)
             if pn is not None:
-                num = num + self.temporal * pn
-                den = den + self.temporal * pd
+                # robust: carry only where the old estimate agrees with the new one (noise, not motion)
+                d_new = num / np.maximum(den, 1e-6)[..., None]
+                d_old = pn / np.maximum(pd, 1e-6)[..., None]
+                diff2 = ((d_new - d_old) ** 2).sum(axis=2)
+                wt = self.temporal * np.exp(-diff2 / (2 * self.agree**2)) * (pd > 1e-6)
+                num = num + wt[..., None] * pn
+                den = den + wt * pd
         self._carry, self._carry_key = (num.astype(np.float32), den.astype(np.float32)), key
         Ds = num / np.maximum(den, 1e-6)[..., None]
 
