@@ -160,7 +160,7 @@ class PoissonCompositor:
         al = low(ac, s, (lh, lw)) if c > 1 else al2
         lam_f = 1.0 / (L_f / s) ** 2
         (num_f,) = self._solve(density(al)[..., None], [lam_f], [1])
-        key = (y0, x0, lh2, lw2, S)
+        key = (y0, x0, lh2, lw2, S, H, W)
 
         # temporal normalised convolution of the seam step
         if self._carry is not None and self.temporal > 0:
@@ -220,9 +220,9 @@ class PoissonCompositor:
     @staticmethod
     def _regrid(pn, pd, pkey, key):
         """The carried low-res fields moved onto this frame's grid (zeros where they did not cover)."""
-        py0, px0, _, _, ps = pkey
-        y0, x0, hn, wn, s = key
-        if ps != s:
+        py0, px0, _, _, ps, pH, pW = pkey
+        y0, x0, hn, wn, s, H, W = key
+        if (ps, pH, pW) != (s, H, W):
             return None, None
         n = np.zeros((hn, wn, 3), np.float32)
         d = np.zeros((hn, wn), np.float32)
