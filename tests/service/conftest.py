@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 import redis
-from stack import Worker, _pings, free_port, redis_binary, wait_for
+
+# Test modules elsewhere do ``from conftest import data_path``; without __init__.py files, whichever
+# conftest pytest loaded last is the module named ``conftest``, so this one offers the helper too.
+from stack import (
+    Worker,
+    _pings,
+    data_path,  # noqa: F401,E402
+    free_port,
+    redis_binary,
+    wait_for,
+)
 
 _db_counter = iter(range(1, 60))
 
