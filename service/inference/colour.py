@@ -153,10 +153,10 @@ def random_perturbation(rng: np.random.Generator, scale: float = 1.0) -> dict[st
 
 def apply_perturbation(x: np.ndarray, p: dict[str, np.ndarray | float]) -> np.ndarray:
     """Apply ``p`` to float RGB in [0, 1] (..., 3): gains → saturation → contrast → clip → gamma."""
-    y = x.astype(np.float32) * np.asarray(p["gains"], dtype=np.float32)
+    y: np.ndarray = x.astype(np.float32) * np.asarray(p["gains"], dtype=np.float32)
     lum = (y @ _LUMA)[..., None]
     y = lum + np.float32(p["saturation"]) * (y - lum)
-    y = 0.5 + np.float32(p["contrast"]) * (y - 0.5)
+    y = np.float32(0.5) + np.float32(p["contrast"]) * (y - np.float32(0.5))
     np.clip(y, 0.0, 1.0, out=y)
     return np.power(y, np.float32(p["gamma"]), dtype=np.float32)
 

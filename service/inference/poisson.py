@@ -211,7 +211,7 @@ class PoissonCompositor:
                 for lo in (lo_b, lo_d)
             )
             Bs = Bc[r0:r1, c0:c1]
-            t = cv2.subtract(Fc[r0:r1, c0:c1], Bs, dtype=cv2.CV_32F)
+            t: np.ndarray = cv2.subtract(Fc[r0:r1, c0:c1], Bs, dtype=cv2.CV_32F)
             t += kD
             t *= ac[r0:r1, c0:c1, None]
             t += kB
