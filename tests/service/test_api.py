@@ -208,3 +208,13 @@ def test_option_vocabularies_match_the_pipeline() -> None:
     assert set(MODEL_NAMES) == {m.value for m in ModelName}
     assert set(OUTPUT_FORMAT_NAMES) == set(OUTPUT_FORMATS)
     assert set(COMPOSITE_NAMES) == {c.value for c in CompositorName}
+
+
+def test_cors_allow_list(redis_url: str, tmp_path: Path) -> None:
+    env = base_env(redis_url, tmp_path, BACKDROP_CORS_ORIGINS="https://app.example")
+    with ApiServer(settings_from(env)) as server, server.client() as c:
+        pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+        ok = c.options("/jobs", headers={"Origin": "https://app.example", **pre})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
+        bad = c.options("/jobs", headers={"Origin": "https://evil.example", **pre})
+        assert "access-control-allow-origin" not in bad.headers

@@ -197,3 +197,17 @@ def test_delete_mid_job_stops_the_worker(redis_url: str, tmp_path: Path, worker_
         assert objects_of(api.settings.storage_dir, job["id"]) == []
         final = c.get(f"/jobs/{job['id']}").json()
         assert final["status"] == "canceled" and final["result"] is None
+
+
+def test_time_limit_fails_the_job(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
+    env = base_env(redis_url, tmp_path, BACKDROP_TASK_TIME_BASE_S="2", BACKDROP_TASK_TIME_PER_VIDEO_S="0")
+    worker = worker_factory(env)
+    with ApiServer(settings_from(env)) as api, api.client() as c:
+        worker.wait_ready()
+        job = submit(c, asl_clip(), background_color="#000000")
+        done = poll(c, job["id"], {"succeeded", "failed"}, 60)
+        assert done["status"] == "failed" and done["error"]["code"] == "time_limit", (done, worker.log())
+        assert objects_of(api.settings.storage_dir, job["id"]) == ["input.mkv"]  # no partial output
+        # the worker survives and takes the next job
+        job2 = submit(c, asl_clip(), background_color="#000000")
+        assert poll(c, job2["id"], {"running", "failed", "succeeded"}, 30)["status"] != "queued"

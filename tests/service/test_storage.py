@@ -54,3 +54,21 @@ def test_s3_store_and_presigned_url(tmp_path: Path, s3_endpoint: str) -> None:
     assert r.status_code == 200 and r.content == b"hello result"
     with pytest.raises(StorageError):
         store.get_file("jobs/none/x", tmp_path / "none")
+
+
+def test_s3_unreachable_is_transient(tmp_path: Path) -> None:
+    from stack import free_port
+
+    from service.errors import TransientStorageError
+
+    settings = Settings(
+        storage="s3", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", s3_bucket="b", s3_access_key_id="x",
+        s3_secret_access_key="y",  # type: ignore[arg-type]
+    )
+    store = S3Store(settings)
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"a")
+    with pytest.raises(TransientStorageError):
+        store.put_file("jobs/x/input.mp4", src)
+    with pytest.raises(TransientStorageError):
+        store.check()
