@@ -191,6 +191,15 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice.mean()
 
 
+def sample_weights(names: list[str], spec: str) -> np.ndarray | None:
+    """Per-image sampling probabilities from ``prefix=weight`` pairs (None: uniform, no replacement)."""
+    if not spec:
+        return None
+    table = {k: float(v) for k, v in (item.split("=") for item in spec.split(","))}
+    w = np.array([next((v for k, v in table.items() if name.startswith(k)), 1.0) for name in names], np.float64)
+    return w / w.sum()
+
+
 def one_cycle_lr(step: int, total: int, max_lr: float, warm: float = 0.08, div: float = 20, final_div: float = 200) -> float:
     """One-cycle LR (as torch's OneCycleLR, cosine both ways) as a pure function of the step, so a
     run resumed with a different ``--epochs`` continues on the stretched schedule."""
@@ -215,6 +224,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--scale-min", type=int, default=200, help="least long side before cropping")
     ap.add_argument("--scale-max", type=int, default=400, help="largest long side before cropping")
     ap.add_argument("--paste-p", type=float, default=0.5, help="chance of pasting the person on a background")
+    ap.add_argument("--oversample", default="", help="name-prefix weights, e.g. 'sup-=3,hs-=1.5' (default: uniform)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--width", type=float, default=0.5, help="MobileNetV2 width multiplier")
@@ -265,6 +275,7 @@ def main(argv=None) -> dict:
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
     n = len(train[0])
+    weights = sample_weights(train[2], args.oversample)
     steps = n // args.batch
     total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
@@ -283,7 +294,10 @@ def main(argv=None) -> dict:
         te = time.time()
         rng = np.random.default_rng([args.seed, epoch])
         torch.manual_seed(args.seed * 1000 + epoch)
-        order = rng.permutation(n)
+        if weights is None:
+            order = rng.permutation(n)
+        else:  # oversampled prefixes: an epoch draws n images with replacement, by weight
+            order = rng.choice(n, size=n, replace=True, p=weights)
         batches = [order[i * args.batch : (i + 1) * args.batch] for i in range(steps)]
         model.train()
         total = 0.0

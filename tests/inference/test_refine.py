@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.inference.refine import EdgeRefiner
-from tests.conftest import data_path
+from conftest import data_path
 
 NAMES = 8
 
