@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import sys
 import tempfile
 import threading
@@ -81,7 +82,8 @@ def main() -> int:
     ap.add_argument("--clip", type=Path, default=None, help="input video (default: the first ASL clip)")
     ap.add_argument("--background", default="#2a5599")
     ap.add_argument("--rate", type=float, default=50.0, help="status polls per second")
-    ap.add_argument("--seconds", type=float, default=10.0, help="length of the poll-latency run")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each poll-latency run")
+    ap.add_argument("--repeat", type=int, default=2, help="service/direct pairs (medians are reported)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-service-"))
@@ -103,47 +105,74 @@ def main() -> int:
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, no GPU assumed",
         "clip": clip.name,
     }
+    from service.inference.models import get_model
+    from service.pipeline import ReplaceOptions, replace_background
+
+    def direct() -> float:
+        # the same clip through the pipeline in this process, model loaded beforehand (as in a warm worker)
+        get_model(settings.model, settings)
+        t0 = time.perf_counter()
+        replace_background(clip, args.background, tmp / "direct.mp4", ReplaceOptions(), settings=settings)
+        return time.perf_counter() - t0
+
+    def through_service(c: httpx.Client, busy_polls: dict[str, object] | None) -> dict[str, float]:
+        # one job end to end: upload → queued → running → succeeded → download
+        t0 = time.perf_counter()
+        with open(clip, "rb") as f:
+            r = c.post("/jobs", files={"video": (clip.name, f)}, data={"background_color": args.background})
+        r.raise_for_status()
+        job = r.json()
+        t_accept = time.perf_counter() - t0
+        poller = None
+        if busy_polls is not None:  # status polls at the fixed rate while the worker is busy
+            poller = threading.Thread(
+                target=lambda: busy_polls.update(poll_latency(f"{base}/jobs/{job['id']}", args.rate, args.seconds))
+            )
+            poller.start()
+        started = None
+        while job["status"] in ("queued", "running"):
+            time.sleep(0.05)
+            job = c.get(f"/jobs/{job['id']}").json()
+            if started is None and job["status"] == "running":
+                started = time.perf_counter() - t0
+        if job["status"] != "succeeded":
+            raise SystemExit(f"job failed: {job['error']}")
+        data = c.get(f"/jobs/{job['id']}/result").content
+        total = time.perf_counter() - t0
+        if poller is not None:
+            poller.join()
+        return {"end_to_end_s": total, "accept_s": t_accept, "queue_wait_s": (started or t_accept) - t_accept,
+                "frames": job["result"]["frames"], "bytes": len(data)}
+
+    runs: list[dict[str, float]] = []
+    directs: list[float] = []
+    busy: dict[str, object] = {}
     try:
         stack.start()
         if not stack.wait_ready(180):
             raise SystemExit("the stack did not become ready")
         with httpx.Client(base_url=base, timeout=120, trust_env=False) as c:
-            # one job end to end: upload → queued → running → succeeded → download
-            t0 = time.perf_counter()
-            with open(clip, "rb") as f:
-                r = c.post("/jobs", files={"video": (clip.name, f)}, data={"background_color": args.background})
-            r.raise_for_status()
-            job = r.json()
-            t_accept = time.perf_counter() - t0
-            started = None
-            while job["status"] in ("queued", "running"):
-                time.sleep(0.05)
-                job = c.get(f"/jobs/{job['id']}").json()
-                if started is None and job["status"] == "running":
-                    started = time.perf_counter() - t0
-            if job["status"] != "succeeded":
-                raise SystemExit(f"job failed: {job['error']}")
-            data = c.get(f"/jobs/{job['id']}/result").content
-            t_service = time.perf_counter() - t0
-            out["service"] = {
-                "end_to_end_s": round(t_service, 2), "accept_s": round(t_accept, 3),
-                "queue_wait_s": round((started or 0) - t_accept, 3), "frames": job["result"]["frames"],
-                "bytes": len(data),
-            }
-            # status polls while idle
-            out["poll_latency"] = poll_latency(f"{base}/jobs/{job['id']}", args.rate, args.seconds)
+            for i in range(args.repeat):  # alternate service and direct runs: the machine is shared
+                runs.append(through_service(c, busy if i == 0 else None))
+                directs.append(direct())
+            last = c.get("/jobs", params={"limit": 1}).json()["data"][0]["id"]
+            out["poll_latency_idle"] = poll_latency(f"{base}/jobs/{last}", args.rate, args.seconds)
+            out["poll_latency_busy"] = busy
     finally:
         stack.stop()
 
-    # the same clip through the pipeline directly, model loaded beforehand (as in a warm worker)
-    from service.inference.models import get_model
-    from service.pipeline import ReplaceOptions, replace_background
-
-    get_model(settings.model, settings)
-    t0 = time.perf_counter()
-    res = replace_background(clip, args.background, tmp / "direct.mp4", ReplaceOptions(), settings=settings)
-    t_direct = time.perf_counter() - t0
-    out["direct"] = {"seconds": round(t_direct, 2), "frames": res.frames, "fps": round(res.frames / t_direct, 2)}
+    med = statistics.median
+    t_service = med(r["end_to_end_s"] for r in runs)
+    t_direct = med(directs)
+    out["service"] = {
+        "end_to_end_s": round(t_service, 2),
+        "runs_s": [round(r["end_to_end_s"], 2) for r in runs],
+        "accept_s": round(med(r["accept_s"] for r in runs), 3),
+        "queue_wait_s": round(med(r["queue_wait_s"] for r in runs), 3),
+        "frames": runs[0]["frames"],
+    }
+    out["direct"] = {"seconds": round(t_direct, 2), "runs_s": [round(d, 2) for d in directs],
+                     "fps": round(runs[0]["frames"] / t_direct, 2)}
     out["overhead_ratio"] = round(t_service / t_direct, 3)
     text = json.dumps(out, indent=2)
     print(text)

@@ -76,8 +76,10 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.every):
             try:
-                if not self.store.renew_lease(self.job_id, self.token):
-                    self.lost = True
+                if not self.store.renew_lease(self.job_id, self.token) and not self.store.acquire_lease(
+                    self.job_id, self.token
+                ):
+                    self.lost = True  # it lapsed (Redis was away) and another worker took the job over
                     return
             except Exception:  # noqa: BLE001 - Redis blip: try again next beat
                 log.warning("lease renewal failed for %s", self.job_id, exc_info=True)

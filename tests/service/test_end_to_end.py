@@ -183,20 +183,36 @@ def test_worker_killed_mid_job_is_finished_by_another(redis_url: str, tmp_path: 
 
 
 def test_delete_mid_job_stops_the_worker(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
-    env = base_env(redis_url, tmp_path)
+    env = base_env(redis_url, tmp_path, BACKDROP_WEBHOOK_ALLOW_PRIVATE="true")
     worker = worker_factory(env)
-    with ApiServer(settings_from(env)) as api, api.client() as c:
-        worker.wait_ready()
-        job = submit(c, asl_clip(), background_color="#000000")
-        wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
-        t0 = time.monotonic()
-        assert c.delete(f"/jobs/{job['id']}").status_code == 204
-        assert c.get(f"/jobs/{job['id']}").json()["status"] == "canceled"
-        wait_for(lambda: "'canceled'" in worker.log(), 10, 0.1, "the worker to stop the job")
-        assert time.monotonic() - t0 < 10
-        assert objects_of(api.settings.storage_dir, job["id"]) == []
-        final = c.get(f"/jobs/{job['id']}").json()
-        assert final["status"] == "canceled" and final["result"] is None
+    receiver = Receiver()
+    try:
+        with ApiServer(settings_from(env)) as api, api.client() as c:
+            worker.wait_ready()
+            job = submit(c, asl_clip(), background_color="#000000")
+            waiting = submit(c, asl_clip(), background_blur="true", callback_url=receiver.url)
+            wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
+            # a queued job: canceled at once, objects gone, its callback says so
+            assert c.get(f"/jobs/{waiting['id']}").json()["status"] == "queued"
+            assert c.delete(f"/jobs/{waiting['id']}").status_code == 204
+            assert objects_of(api.settings.storage_dir, waiting["id"]) == []
+            # the running job: the worker stops within seconds
+            t0 = time.monotonic()
+            assert c.delete(f"/jobs/{job['id']}").status_code == 204
+            assert c.get(f"/jobs/{job['id']}").json()["status"] == "canceled"
+            wait_for(lambda: "'canceled'" in worker.log(), 10, 0.1, "the worker to stop the job")
+            assert time.monotonic() - t0 < 10
+            assert objects_of(api.settings.storage_dir, job["id"]) == []
+            final = c.get(f"/jobs/{job['id']}").json()
+            assert final["status"] == "canceled" and final["result"] is None
+            wait_for(lambda: receiver.calls, 20, 0.2, "the canceled callback")
+            # the receiver fails its first delivery; the retry carries the same job
+            wait_for(lambda: len(receiver.calls) >= 2, 20, 0.2, "the callback retry")
+            payload = json.loads(receiver.calls[1][1])
+            assert payload["id"] == waiting["id"] and payload["status"] == "canceled"
+            assert c.get(f"/jobs/{waiting['id']}").json()["status"] == "canceled"  # never ran
+    finally:
+        receiver.close()
 
 
 def test_time_limit_fails_the_job(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +26,7 @@ from service.errors import (
 )
 from service.jobs import Background, Job, JobOptions, JobStatus, VideoMeta, public_dict, result_url
 from service.storage import job_prefix
-from service.workers.celery_app import PROCESS_TASK, time_limits
+from service.workers.celery_app import PROCESS_TASK, WEBHOOK_TASK, time_limits
 
 log = logging.getLogger(__name__)
 
@@ -248,15 +250,29 @@ async def read_job_result(
 
 
 @router.delete("/{job_id}", status_code=204, responses={404: {"description": "job_not_found"}})
-async def delete_job(job_id: str, owner: ApiKeyDep, jobs: JobStoreDep, objects: ObjectStoreDep) -> Response:
+async def delete_job(
+    job_id: str, owner: ApiKeyDep, jobs: JobStoreDep, objects: ObjectStoreDep, celery: CeleryDep, settings: SettingsDep
+) -> Response:
     """Cancel a queued or running job and delete its objects; a finished job is deleted outright."""
     job = await run_in_threadpool(jobs.get_for, owner, job_id)
     if not job.terminal:
         await run_in_threadpool(jobs.request_cancel, job.id)
+        queued = frozenset({JobStatus.QUEUED})
         try:
-            await run_in_threadpool(jobs.transition, job.id, JobStatus.CANCELED)
+            canceled = await run_in_threadpool(
+                lambda: jobs.transition(job.id, JobStatus.CANCELED, allowed_from=queued)
+            )
         except IllegalTransition:
-            pass  # it finished meanwhile: its objects go below all the same
+            # running (its worker sees the flag, stops and sends the callback) or finished meanwhile
+            with contextlib.suppress(IllegalTransition):
+                await run_in_threadpool(jobs.transition, job.id, JobStatus.CANCELED)
+        else:
+            if canceled.callback_url:  # no worker will touch a job canceled while queued
+                body = json.dumps(public_dict(canceled, None), separators=(",", ":"), default=str)
+                await run_in_threadpool(
+                    lambda: celery.send_task(WEBHOOK_TASK, args=[canceled.callback_url, body, "job.canceled"],
+                                             queue=settings.queue_name)
+                )
     else:
         await run_in_threadpool(jobs.delete, job)
     await run_in_threadpool(objects.delete_prefix, job_prefix(job.id))
