@@ -54,7 +54,7 @@ def run_naive(path: Path, out: Path) -> int:
         images = frame.image[None]
         matte, state = model.predict(images, state)
         composed = blend(images, matte.alpha, bg.frames(images, [0.0]), matte.foreground)
-        writer.write(composed, [frame.pts])
+        writer.write(composed, [frame.pts], [frame.duration])
         n += 1
     writer.close()
     return n
@@ -65,7 +65,7 @@ def run_floor(path: Path, out: Path) -> int:
     writer = VideoWriter(out, "mp4", info, audio=False)
     n = 0
     for frame in iter_frames(info):
-        writer.write(frame.image[None], [frame.pts])
+        writer.write(frame.image[None], [frame.pts], [frame.duration])
         n += 1
     writer.close()
     return n

@@ -102,6 +102,7 @@ class ReplaceResult:
 class _Batch:
     images: np.ndarray  # uint8 (N, H, W, 3)
     pts: list[int]
+    durations: list[int]
     background: np.ndarray | None
 
 
@@ -181,21 +182,24 @@ class _Count:
 def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings) -> Iterator[_Batch]:
     buf: list[np.ndarray] = []
     pts: list[int] = []
+    durations: list[int] = []
     tb = float(info.time_base)
 
     def flush() -> _Batch:
         images = np.stack(buf)
         times = [p * tb for p in pts]
         back = None if bg is None else np.ascontiguousarray(bg.frames(images, times))
-        return _Batch(images, list(pts), back)
+        return _Batch(images, list(pts), list(durations), back)
 
     for frame in iter_frames(info, settings.decode_threads):
         buf.append(frame.image)
         pts.append(frame.pts)
+        durations.append(frame.duration)
         if len(buf) == settings.batch_size:
             yield flush()
             buf.clear()
             pts.clear()
+            durations.clear()
     if buf:
         yield flush()
 
@@ -265,8 +269,8 @@ def _run(
             item = _get(composed, stop)
             if item is _END:
                 return
-            frames, pts = item  # type: ignore[misc]
-            writer.write(frames, pts)
+            frames, pts, durations = item  # type: ignore[misc]
+            writer.write(frames, pts, durations)
             count.count += len(pts)
             count.first_pts = pts[0] if count.first_pts is None else count.first_pts
             count.last_pts = pts[-1]
@@ -298,7 +302,7 @@ def _run(
             if harmonizer is not None and batch.background is not None:
                 fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background)
             out = _compose(spec.alpha, options.output_format, batch, alpha, fg, compositor)
-            if not _put(composed, (out, batch.pts), stop):
+            if not _put(composed, (out, batch.pts, batch.durations), stop):
                 break
         _put(composed, _END, stop)
         writer_thread.join()

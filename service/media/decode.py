@@ -21,6 +21,7 @@ from service.media.probe import VideoInfo, open_input
 class DecodedFrame:
     image: np.ndarray  # uint8 (H, W, 3) RGB, upright
     pts: int  # in the input stream's time base, strictly increasing
+    duration: int  # how long it stays on screen, same time base (the last frame's matters for length)
 
 
 def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
@@ -45,7 +46,7 @@ def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
                 image = frame.to_ndarray(format="rgb24")
                 if k:
                     image = np.ascontiguousarray(np.rot90(image, k))
-                yield DecodedFrame(image, int(pts))
+                yield DecodedFrame(image, int(pts), int(frame.duration or step))
         except av.error.FFmpegError as exc:
             raise CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})") from None
     finally:

@@ -89,32 +89,57 @@ class VideoWriter:
             opts = dict(self.spec.options)
             if "movflags" in opts:
                 self.out.options["movflags"] = opts.pop("movflags")
+            if self.spec.container in ("mp4", "mov") and self.time_base.numerator == 1:
+                # Keep the input's timescale: the muxer would otherwise pick its own and round
+                # every timestamp and duration into it (119/4 fps came out 29.755).
+                self.out.options["video_track_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
             self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_audio else None
         except BaseException:
             self.out.close()
             raise
-        self._last_pts: int | None = None
+        self._span: tuple[int, int] | None = None  # first pts, end of the last frame
+        self._first_dts: int | None = None
+        self._held: av.Packet | None = None
 
-    def write(self, frames: np.ndarray, pts: list[int]) -> None:
-        """``frames``: uint8 (N, H, W, 3) RGB, or (N, H, W, 4) RGBA for alpha formats."""
+    def write(self, frames: np.ndarray, pts: list[int], durations: list[int] | None = None) -> None:
+        """``frames``: uint8 (N, H, W, 3) RGB, or (N, H, W, 4) RGBA for alpha formats; ``pts`` and
+        ``durations`` in the input's time base (durations keep the last frame's length exact)."""
         layout = "rgba" if self.spec.alpha else "rgb24"
-        for image, t in zip(frames, pts, strict=True):
+        durations = durations or [self._frame_ticks] * len(pts)
+        for image, t, d in zip(frames, pts, durations, strict=True):
             image = self._pad(image)
             frame = av.VideoFrame.from_ndarray(image, format=layout)
             frame.pts = t
             frame.time_base = self.time_base
+            start = t if self._span is None else min(self._span[0], t)
+            self._span = (start, max(t + d, self._span[1] if self._span else 0))
             if self.audio is not None:
                 self.audio.mux_until(float(t * self.time_base))
-            for packet in self.stream.encode(frame):
-                self.out.mux(packet)
-            self._last_pts = t
+            self._mux(self.stream.encode(frame))
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        """Mux video packets one behind: the last one is held back so ``close`` can give it the
+        duration that makes the track exactly as long as the input (encoders assume a constant
+        rate, which changes the length, and so the average rate, of variable-rate input)."""
+        for packet in packets:
+            if self._first_dts is None and packet.dts is not None:
+                self._first_dts = packet.dts
+            if self._held is not None:
+                self.out.mux(self._held)
+            self._held = packet
 
     def close(self) -> None:
         """Flush the encoder and the rest of the audio, and finish the file."""
         try:
-            for packet in self.stream.encode(None):
-                self.out.mux(packet)
+            self._mux(self.stream.encode(None))
+            last = self._held
+            if last is not None and last.dts is not None and self._first_dts is not None and self._span:
+                start, end = self._span
+                last.duration = max(1, (end - start) - (last.dts - self._first_dts))
+            if last is not None:
+                self.out.mux(last)
+                self._held = None
             if self.audio is not None:
                 self.audio.finish()
         finally:

@@ -3,6 +3,7 @@ same timestamps (so the same duration and frame rate), upright."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ NAMED = ["talking-head.mp4", "desk.mp4", "rotated-tag-90.mp4", "walking-audio.mp
 CLIPS = [f"videos/{n}" for n in NAMED]
 CLIPS += sorted(f"videos/asl/{p.name}" for p in (DATA / "videos" / "asl").glob("*.mkv"))
 CLIPS += sorted(f"videos/odd/{p.name}" for p in (DATA / "videos" / "odd").glob("*.avi"))
+EXACT_FPS = {"desk.mp4": Fraction(30000, 1001), "walking-sideways.mp4": Fraction(119, 4)}
 BACKGROUNDS = ["backgrounds/bg_1.jpg", "#2a7fff", "videos_gt/hike.mp4", "blur"]
 
 
@@ -50,52 +52,15 @@ def test_clip_comes_out_valid(clip: str, tmp_path: Path) -> None:
     t0a, t0b = after.pts_s[0], before.pts_s[0]
     drift = np.abs(np.array(after.pts_s) - t0a - (np.array(before.pts_s) - t0b))
     assert drift.max() < 0.5 * step
-    if _regular(before.pts_s):
+    if _regular(before.pts_s) or src.suffix == ".mp4":
         assert after.fps == before.fps
+    if src.name in EXACT_FPS:
+        assert after.fps == EXACT_FPS[src.name]  # e.g. 30000/1001 stays 30000/1001, not 30
 
 
 def _regular(pts: list[float]) -> bool:
     d = np.diff(pts)
     return bool(len(d) and d.max() - d.min() < 1e-3)
-
-
-def test_frame_rates_are_kept_exactly(tmp_path: Path) -> None:
-    """30000/1001 stays 30000/1001 (not 30); 119/4 stays 119/4."""
-    from fractions import Fraction
-
-    for name, fps in (("desk.mp4", Fraction(30000, 1001)), ("walking-sideways.mp4", Fraction(119, 4))):
-        src = data_path("videos", name)
-        out = tmp_path / f"{name}.mp4"
-        # A cut of the clip keeps the test short; the full clips run in test_clip_comes_out_valid.
-        short = _cut(src, tmp_path / f"cut-{name}", 48)
-        replace_background(short, "#00ff00", out)
-        assert read_back(short).fps == fps
-        assert read_back(out).fps == fps
-
-
-def _cut(src: Path, dst: Path, frames: int) -> Path:
-    """Remux the first ``frames`` video packets (and the audio up to there) without re-encoding."""
-    import av
-
-    with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
-        vs = inp.streams.video[0]
-        streams = {vs.index: out.add_stream_from_template(vs)}
-        for a in inp.streams.audio:
-            streams[a.index] = out.add_stream_from_template(a)
-        n, end = 0, None
-        for p in inp.demux(*inp.streams):
-            if p.dts is None or p.stream.index not in streams:
-                continue
-            if p.stream.index == vs.index:
-                if n >= frames:
-                    end = float(p.pts * p.time_base) if end is None else end
-                    continue
-                n += 1
-            elif end is not None and float(p.pts * p.time_base) > end:
-                continue
-            p.stream = streams[p.stream.index]
-            out.mux(p)
-    return dst
 
 
 @pytest.mark.slow
@@ -114,7 +79,9 @@ def test_orientation(name: str, tmp_path: Path) -> None:
         assert g.shape == w.shape
         right = np.abs(g - w).mean()
         flipped = np.abs(g - w[::-1, ::-1]).mean()
-        assert right < 12 and right < flipped / 2, (right, flipped)
+        # The background is blurred, so even the right orientation differs somewhat; the wrong one
+        # (turned the other way) differs several times more.
+        assert right < flipped / 3, (right, flipped)
     if name == "rotated-tag-90.mp4":
         assert got[5].shape[:2] == (960, 540)  # stored 960×540, shown 540×960
     else:
