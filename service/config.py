@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, description="Jobs one worker runs at once.")
     worker_max_tasks_per_child: int = Field(50, description="Jobs before a worker process is replaced.")
     progress_interval_s: float = Field(0.25, description="Least time between progress writes.")
-    upload_chunk_bytes: int = Field(1024 * 1024, description="Chunk size used to spool uploads to disk and storage.")
+    upload_chunk_bytes: int = Field(1024 * 1024, description="Chunk size of object copies; S3 multipart part size (at least 5 MiB).")
     spool_dir: Path | None = Field(None, description="Folder for upload/worker temp files (None = system temp).")
     idempotency_ttl_s: int = Field(24 * 3600, description="How long an Idempotency-Key maps to its job.")
     jobs_page_size: int = Field(20, description="Default page size of GET /jobs (at most 100).")

@@ -49,8 +49,9 @@ class LocalStore:
 
     kind = "local"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, chunk: int = CHUNK):
         self.root = Path(root).resolve()
+        self.chunk = max(64 * 1024, chunk)
 
     def path(self, key: str) -> Path:
         p = (self.root / _check_key(key)).resolve()
@@ -65,7 +66,7 @@ class LocalStore:
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
             try:
                 with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                    shutil.copyfileobj(src, out, CHUNK)
+                    shutil.copyfileobj(src, out, self.chunk)
                 os.replace(tmp, dest)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
@@ -80,7 +81,7 @@ class LocalStore:
             raise StorageError(f"object {key} not found", code="object_not_found")
         try:
             with open(src, "rb") as s, open(path, "wb") as d:
-                shutil.copyfileobj(s, d, CHUNK)
+                shutil.copyfileobj(s, d, self.chunk)
         except OSError as e:
             raise StorageError(f"local store read failed for {key}: {e}") from e
 
@@ -118,7 +119,7 @@ class LocalStore:
             f.seek(start)
             left = end - start + 1
             while left > 0:
-                chunk = f.read(min(CHUNK, left))
+                chunk = f.read(min(self.chunk, left))
                 if not chunk:
                     break
                 left -= len(chunk)
@@ -171,7 +172,8 @@ class S3Store:
         self.presign_client = client(settings.s3_public_endpoint_url) if settings.s3_public_endpoint_url else self.client
         from boto3.s3.transfer import TransferConfig
 
-        self._transfer = TransferConfig(multipart_chunksize=8 * CHUNK, max_concurrency=2)
+        part = max(5 * 1024 * 1024, settings.upload_chunk_bytes)  # S3's smallest multipart part
+        self._transfer = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=2)
 
     def _wrap(self, e: Exception, what: str) -> StorageError:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -271,4 +273,4 @@ def create_store(settings: Settings | None = None) -> LocalStore | S3Store:
     settings = settings or get_settings()
     if settings.storage == "s3":
         return S3Store(settings)
-    return LocalStore(settings.storage_dir)
+    return LocalStore(settings.storage_dir, settings.upload_chunk_bytes)
