@@ -79,6 +79,8 @@ def assert_problem(r, status: int, code: str) -> None:  # type: ignore[no-untype
 def test_bad_videos(api: ApiServer, files: dict[str, Path], name: str, status: int, code: str) -> None:
     with api.client(API_KEY) as c:
         assert_problem(post(c, files[name]), status, code)
+    spool = api.settings.spool_dir
+    assert spool is not None and not any(spool.glob("upload-*")), "spooled uploads left behind"
 
 
 @pytest.mark.parametrize(
@@ -218,3 +220,11 @@ def test_cors_allow_list(redis_url: str, tmp_path: Path) -> None:
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
         bad = c.options("/jobs", headers={"Origin": "https://evil.example", **pre})
         assert "access-control-allow-origin" not in bad.headers
+
+
+def test_video_over_the_limits(redis_url: str, tmp_path: Path) -> None:
+    env = base_env(redis_url, tmp_path, BACKDROP_MAX_DURATION_S="1.0")
+    with ApiServer(settings_from(env)) as server, server.client() as c:
+        assert_problem(post(c, asl_clip()), 413, "video_too_large")
+        assert not list((Path(server.settings.storage_dir)).glob("jobs/*"))  # nothing stored
+        assert not any(Path(env["BACKDROP_SPOOL_DIR"]).glob("upload-*"))  # spool cleaned up
