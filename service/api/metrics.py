@@ -31,7 +31,7 @@ class JobsCollector(Collector):
         up = GaugeMetricFamily("backdrop_job_store_up", "Whether the job store answered this scrape")
         up.add_metric([], 1)
         yield up
-        jobs = GaugeMetricFamily("backdrop_jobs", "Jobs now in each live state", labels=["status"])
+        jobs = GaugeMetricFamily("backdrop_jobs_active", "Jobs now in each live state", labels=["status"])
         jobs.add_metric(["queued"], queued)
         jobs.add_metric(["running"], running)
         yield jobs

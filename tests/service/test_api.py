@@ -228,3 +228,14 @@ def test_video_over_the_limits(redis_url: str, tmp_path: Path) -> None:
         assert_problem(post(c, asl_clip()), 413, "video_too_large")
         assert not list((Path(server.settings.storage_dir)).glob("jobs/*"))  # nothing stored
         assert not any(Path(env["BACKDROP_SPOOL_DIR"]).glob("upload-*"))  # spool cleaned up
+
+
+def test_metrics_parse_as_prometheus_text(api: ApiServer) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with api.client() as c:
+        families = list(text_string_to_metric_families(c.get("/metrics").text))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names)), names
+    assert {"backdrop_jobs_active", "backdrop_jobs", "backdrop_queue_depth", "backdrop_processing_seconds",
+            "backdrop_frames_per_second"} <= set(names)
