@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, SIZE, SIZE, generator=g)
     mask = (torch.rand(2, 1, SIZE, SIZE, generator=g) > 0.5).float()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".raw.onnx")
     torch.onnx.export(
         model, (image, mask), str(tmp), input_names=["image", "mask"], output_names=["params"],
