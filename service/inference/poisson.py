@@ -127,8 +127,8 @@ class PoissonCompositor:
         lh2, lw2 = max(-(-h // S), 2), max(-(-w // S), 2)  # coarse grid (background side)
         lh, lw = lh2 * c, lw2 * c  # fine grid (person side), covers the crop
         Fc, Bc = F[y0:y1, x0:x1], B[y0:y1, x0:x1]
-        ac = np.nan_to_num(alpha[y0:y1, x0:x1].astype(np.float32), nan=0.0)
-        np.clip(ac, 0.0, 1.0, out=ac)
+        ac = np.fmax(alpha[y0:y1, x0:x1], np.float32(0.0), dtype=np.float32)  # NaN → 0
+        np.minimum(ac, np.float32(1.0), out=ac)
 
         def low(img: np.ndarray, f: int, n: tuple[int, int]) -> np.ndarray:
             """``img`` area-averaged by ``f`` onto an (n) grid, partial cells replicated."""

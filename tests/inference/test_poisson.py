@@ -126,6 +126,10 @@ def test_person_free_and_full_frames():
     assert np.array_equal(comp(frames, np.ones((2, 90, 160), np.float32), bg), frames)
     nan = np.full((2, 90, 160), np.nan, np.float32)
     assert np.array_equal(comp(frames, nan, bg), bg)
+    holes = np.ones((2, 90, 160), np.float32)
+    holes[:, 30:60, 60:100] = np.nan  # NaN inside the matte counts as background
+    out = comp(frames, holes, bg)
+    assert np.array_equal(out[:, 5:25, 5:50], frames[:, 5:25, 5:50])  # far from the hole: the person
     tiny = np.zeros((1, 1, 1, 3), np.uint8)
     assert comp(tiny, np.ones((1, 1, 1), np.float32), tiny + 9).shape == (1, 1, 1, 3)
 
