@@ -4,7 +4,9 @@ Real DAVIS frames with their ground-truth masks (``videos_gt``), both resized to
 softened (Gaussian σ = 1.5 px) to look like a matte; real backgrounds.  All methods get the same
 frames and mattes, interleaved frame by frame (so machine load hits all alike).
 
-* ms/frame: wall time of one compositor call on one frame (our Poisson: one instance per clip).
+* ms/frame: wall time of one compositor call on one frame, best of 3 (the machine is shared: the
+  minimum is the least disturbed run); our Poisson: one instance per clip, each repeat starting
+  from the same carried state.
 * ΔE2000 person: mean CIEDE2000 between output and input over the person (alpha ≥ 0.99).
 * seam grad err: mean |∇out − g| (8-bit units, forward differences in x and y) over the seam band
   (0.05 < alpha < 0.95, dilated 2 px), g = α∇F + (1 − α)∇B: the blended gradients a seamless
@@ -16,6 +18,7 @@ frames and mattes, interleaved frame by frame (so machine load hits all alike).
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -51,6 +54,17 @@ def load_clip(name: str, n: int, stride: int = 4):
             alphas.append(np.clip(cv2.GaussianBlur(a, (0, 0), 1.5), 0, 1))
         i += 1
     return frames, alphas
+
+
+def timed(fn):
+    """``fn(frame, alpha)`` → ``(out, seconds)``."""
+
+    def go(frame, alpha):
+        t = time.perf_counter()
+        out = fn(frame, alpha)
+        return out, time.perf_counter() - t
+
+    return go
 
 
 def seamless_clone(frame: np.ndarray, alpha: np.ndarray, bg: np.ndarray) -> np.ndarray:
@@ -94,24 +108,37 @@ def main() -> None:
         alpha_c, poisson = AlphaCompositor(), PoissonCompositor()
         poisson(frames[0][None], alphas[0][None], bg[None])  # warm-up (first call: imports, plans)
         poisson.reset()
+        state = {"poisson": poisson}
+
+        def run_poisson(f, a, b=bg, st=state):
+            c = copy.deepcopy(st["poisson"])  # every repeat starts from the same carried state
+            t = time.perf_counter()
+            out = c(f[None], a[None], b[None])[0]
+            dt = time.perf_counter() - t
+            st["next"] = c
+            return out, dt
+
         run = {
-            "alpha": lambda f, a, c=alpha_c, b=bg: c(f[None], a[None], b[None])[0],
-            "poisson (ours)": lambda f, a, c=poisson, b=bg: c(f[None], a[None], b[None])[0],
-            "cv2.seamlessClone": lambda f, a, b=bg: seamless_clone(f, a, b),
+            "alpha": timed(lambda f, a, c=alpha_c, b=bg: c(f[None], a[None], b[None])[0]),
+            "poisson (ours)": run_poisson,
+            "cv2.seamlessClone": timed(lambda f, a, b=bg: seamless_clone(f, a, b)),
         }
         for f, a in zip(frames, alphas, strict=True):
             person = a >= 0.99
             for k, fn in run.items():
-                t = time.perf_counter()
-                out = fn(f, a)
-                res[k]["t"].append(time.perf_counter() - t)
+                best = np.inf
+                for _ in range(3):
+                    out, dt = fn(f, a)
+                    best = min(best, dt)
+                res[k]["t"].append(best)
                 res[k]["de"].append(mean_delta_e(out, f, person))
                 res[k]["seam"].append(seam_error(out, f, bg, a))
+            state["poisson"] = state["next"]
             n_frames += 1
     t_sc = np.median(res["cv2.seamlessClone"]["t"])
     print(f"{n_frames} real DAVIS frames ({len(CLIPS)} clips) at 1280×720, GT masks softened; "
           f"{cv2.getNumThreads()} OpenCV threads")
-    print("| method | ms/frame (median) | ms/frame (mean) | speed-up vs seamlessClone | ΔE2000 person | seam grad err |")
+    print("| method | ms/frame (median, best of 3) | ms/frame (mean) | speed-up vs seamlessClone | ΔE2000 person | seam grad err |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for k, r in res.items():
         med = np.median(r["t"])

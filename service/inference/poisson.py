@@ -108,7 +108,7 @@ class PoissonCompositor:
         """Composite one frame into ``out`` (uint8 (H, W, 3))."""
         H, W = alpha.shape
         out[...] = B
-        bx, by, bw, bh = cv2.boundingRect((alpha > 0).astype(np.uint8))
+        bx, by, bw, bh = cv2.boundingRect((alpha > 0).view(np.uint8))  # bool → uint8 view, no copy
         if bw == 0 or bh == 0:  # no person (NaN counts as zero): the background, exactly
             self._carry = None
             return
