@@ -6,9 +6,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import data_path
 
 from service.inference.refine import EdgeRefiner
-from conftest import data_path
 
 NAMES = 8
 
