@@ -34,8 +34,13 @@ def read_back(path: Path) -> Readback:
                 w, h = (f.height, f.width) if rotation in (90, 270) else (f.width, f.height)
             pts.append(float(f.pts * f.time_base))
         fps = Fraction(s.average_rate)
-    step = 1 / float(fps)
-    return Readback(len(pts), w, h, rotation, fps, pts, pts[-1] - pts[0] + step)
+        track = float(s.duration * s.time_base) if s.duration else None
+    # The track's own length where the container records it (a sparse variable-rate clip's last
+    # frame is not 1/average-rate long); else the frames' span plus one frame.
+    # Times in order: AVI labels B-frames with file-order times (1, 2, 3, 5, 4, ...); the set of
+    # times is what a clip's timing is.
+    pts.sort()
+    return Readback(len(pts), w, h, rotation, fps, pts, track or max(pts) - min(pts) + 1 / float(fps))
 
 
 def frames_rgb(path: Path, indices: set[int] | None = None, upright: bool = True) -> dict[int, np.ndarray]:

@@ -34,10 +34,11 @@ def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
             stream.codec_context.thread_count = threads
         k = info.rotation // 90
         step = _pts_step(info)
+        guess = _TimestampGuess(trust_dts=info.container == "avi")
         last_pts: int | None = None
         try:
             for frame in container.decode(stream):
-                pts = frame.pts
+                pts = guess(frame.pts, frame.dts)
                 if pts is None:
                     pts = 0 if last_pts is None else last_pts + step
                 if last_pts is not None and pts <= last_pts:
@@ -56,3 +57,30 @@ def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
 def _pts_step(info: VideoInfo) -> int:
     """One frame's duration in time-base units, for frames that come without a timestamp."""
     return max(1, round(1 / (info.fps * info.time_base)))
+
+
+class _TimestampGuess:
+    """FFmpeg's best-effort timestamp (``guess_correct_pts``): whichever of the frames' pts and
+    dts has gone backwards less often so far.
+
+    The decoder hands frames out in display order, but containers without presentation times
+    (AVI with B-frames) label them with the packets' times in file order: 1, 2, 3, 5, 4, ...
+    Their dts then run in order, and following the pts would swap frames in the output. AVI
+    stores decode times only, so there the dts is trusted from the first frame (the first swap
+    comes before any evidence of it)."""
+
+    def __init__(self, trust_dts: bool = False) -> None:
+        self.faulty_pts, self.faulty_dts = int(trust_dts), 0
+        self.last_pts: int | None = None
+        self.last_dts: int | None = None
+
+    def __call__(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
+            self.last_dts = dts
+        if pts is not None:
+            self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
+            self.last_pts = pts
+        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
+            return pts
+        return dts

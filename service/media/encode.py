@@ -66,6 +66,8 @@ FORMATS: dict[str, FormatSpec] = {
 #: name -> (file extension, content type): what the API and storage need to know.
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {k: (v.extension, v.content_type) for k, v in FORMATS.items()}
 GREEN = (0, 177, 64)
+#: How far (in frames) decode times may run ahead of the encoder's own: see ``_steady_dts``.
+_DTS_WINDOW_FRAMES = 8
 
 
 class VideoWriter:
@@ -100,6 +102,7 @@ class VideoWriter:
             raise
         self._span: tuple[int, int] | None = None  # first pts, end of the last frame
         self._first_dts: int | None = None
+        self._packets = 0
         self._held: av.Packet | None = None
 
     def write(self, frames: np.ndarray, pts: list[int], durations: list[int] | None = None) -> None:
@@ -125,9 +128,25 @@ class VideoWriter:
         for packet in packets:
             if self._first_dts is None and packet.dts is not None:
                 self._first_dts = packet.dts
+            self._steady_dts(packet)
             if self._held is not None:
                 self.out.mux(self._held)
             self._held = packet
+
+    def _steady_dts(self, packet: av.Packet) -> None:
+        """Decode timestamps on the input's nominal grid where they can be, as the input's own were.
+
+        The encoder derives decode times from presentation times, so a gap between frames (a
+        dropped frame in a constant-rate clip) turns into an uneven sample table, and MP4 readers
+        then report frames/duration (29.48) instead of the clip's rate (30000/1001). Taking the
+        smaller of the grid time and the encoder's keeps them strictly increasing and never after
+        the presentation time; the window stops a sparse variable-rate clip from decoding far
+        ahead of what is shown."""
+        if packet.dts is None or self._first_dts is None:
+            return
+        grid = self._first_dts + self._packets * self._frame_ticks
+        self._packets += 1
+        packet.dts = max(packet.dts - _DTS_WINDOW_FRAMES * self._frame_ticks, min(grid, packet.dts))
 
     def close(self) -> None:
         """Flush the encoder and the rest of the audio, and finish the file."""
@@ -136,7 +155,10 @@ class VideoWriter:
             last = self._held
             if last is not None and last.dts is not None and self._first_dts is not None and self._span:
                 start, end = self._span
-                last.duration = max(1, (end - start) - (last.dts - self._first_dts))
+                before_last = last.dts - self._first_dts
+                track = self.info.track_ticks
+                length = track if track and track > before_last else end - start
+                last.duration = max(1, length - before_last)
             if last is not None:
                 self.out.mux(last)
                 self._held = None

@@ -61,6 +61,9 @@ class VideoInfo:
     frames: int  # exact when the container records it, else estimated from duration × fps
     duration_s: float
     audio: tuple[AudioInfo, ...] = field(default_factory=tuple)
+    #: The video track's own length in ``time_base`` ticks, where the container records one (the
+    #: sum of its frame durations, which may end before the last frame's timestamp + duration).
+    track_ticks: int | None = None
 
     @property
     def width(self) -> int:
@@ -153,7 +156,7 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         info = VideoInfo(
             path=Path(path), container=container.format.name, codec=codec, coded_width=coded_w,
             coded_height=coded_h, rotation=rotation, fps=fps, time_base=time_base, frames=frames,
-            duration_s=duration, audio=audio,
+            duration_s=duration, audio=audio, track_ticks=int(stream.duration) if stream.duration else None,
         )
     finally:
         container.close()

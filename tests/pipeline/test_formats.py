@@ -93,3 +93,11 @@ def test_greenscreen_puts_the_person_on_green(tmp_path: Path) -> None:
 
 def test_settings_data_dir_is_the_one_setting() -> None:
     assert Path(get_settings().data_dir).name == "data"
+
+
+def test_avi_b_frames_keep_their_display_order() -> None:
+    """AVI labels B-frames with file-order times (1, 2, 3, 5, 4, ...); the decoder's frames, which
+    come in display order, get times that run in order with no frame skipped or doubled."""
+    info = probe_video(data_path("videos", "odd", "mpeg4-ac3.avi"))
+    pts = [f.pts for f in iter_frames(info)]
+    assert pts == list(range(pts[0], pts[0] + len(pts)))  # one tick (= one frame) apart
