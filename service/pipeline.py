@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -269,7 +269,7 @@ def _run(
             item = _get(composed, stop)
             if item is _END:
                 return
-            frames, pts, durations = item  # type: ignore[misc]
+            frames, pts, durations = cast(tuple[np.ndarray, list[int], list[int]], item)
             writer.write(frames, pts, durations)
             count.count += len(pts)
             count.first_pts = pts[0] if count.first_pts is None else count.first_pts

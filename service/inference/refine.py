@@ -119,7 +119,7 @@ class EdgeRefiner:
         unsure = ((alpha > self.sure) & (alpha < 1.0 - self.sure)).astype(np.uint8)
         if s < 1:  # any unsure full-res pixel marks its low-res pixel
             unsure = (cv2.resize(unsure, (lw, lh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-        refined = alpha
+        refined: np.ndarray = alpha
         if unsure.any():
             a, b = guided_coefficients(guide_lo, alpha_lo, self.radius, self.eps)
             if s < 1:
@@ -130,14 +130,15 @@ class EdgeRefiner:
                 q = (q - 0.5) * self.gain + 0.5
             np.clip(q, 0.0, 1.0, out=q)
             k = 2 * self.band + 1
-            weight = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(np.float32)
+            weight: np.ndarray = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(np.float32)
             weight = _box(weight, max(1, self.band // 2))
             if s < 1:
                 weight = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)
             refined = alpha + weight * (q - alpha)
 
         gray = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) * (1.0 / 255.0), (5, 5), 0)
-        if self.temporal > 0 and self._prev_alpha is not None and self._prev_alpha.shape == (h, w):
+        if (self.temporal > 0 and self._prev_alpha is not None and self._prev_gray is not None
+                and self._prev_alpha.shape == (h, w)):
             change = np.abs(gray - self._prev_gray)
             change = cv2.dilate(change, np.ones((5, 5), np.uint8))  # moving edges: a margin around them
             keep = self.temporal * np.exp(-((change / self.motion) ** 2))

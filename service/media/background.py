@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
@@ -107,11 +108,11 @@ class VideoBackground:
             count = 0
             for packet in container.demux(stream):
                 if packet.pts is not None and packet.time_base is not None:
-                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * Fraction(packet.time_base)))
                     count += 1
             if count == 0:
                 raise InvalidBackground("the background video has no frames")
-            start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+            start = _start_s(stream)
             return max(end - start, 1e-3)
         except av.error.FFmpegError as exc:
             raise InvalidBackground(f"the background video cannot be read ({exc.__class__.__name__})") from None
@@ -123,7 +124,7 @@ class VideoBackground:
         self._container = open_input(self.path)
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
-        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        start = _start_s(stream)
 
         def gen() -> Iterator[tuple[float, np.ndarray]]:
             rot = None
@@ -133,7 +134,7 @@ class VideoBackground:
                 img = frame.to_ndarray(format="rgb24")
                 if rot:
                     img = np.rot90(img, rot)
-                t = float(frame.pts * frame.time_base) - start if frame.pts is not None else 0.0
+                t = float(frame.time) - start if frame.time is not None else 0.0
                 yield t, cover(img, self.width, self.height)
 
         self._iter = gen()
@@ -161,6 +162,13 @@ class VideoBackground:
         if self._container is not None:
             self._container.close()
             self._container = None
+
+
+def _start_s(stream: av.video.stream.VideoStream) -> float:
+    """The stream's first timestamp in seconds (0 when it records none)."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
 
 
 def _read_image(path: Path, settings: Settings) -> np.ndarray | None:

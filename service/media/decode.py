@@ -44,7 +44,7 @@ def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
                 if last_pts is not None and pts <= last_pts:
                     pts = last_pts + 1  # keep the order the decoder gives; never two frames at one time
                 last_pts = pts
-                image = frame.to_ndarray(format="rgb24")
+                image: np.ndarray = frame.to_ndarray(format="rgb24")
                 if k:
                     image = np.ascontiguousarray(np.rot90(image, k))
                 yield DecodedFrame(image, int(pts), int(frame.duration or step))

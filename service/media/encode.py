@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -82,7 +83,7 @@ class VideoWriter:
         self._frame_ticks = max(1, round(1 / (info.fps * info.time_base)))
         self.out = av.open(str(path), mode="w", format=self.spec.container)
         try:
-            self.stream = self.out.add_stream(self.spec.codec, rate=info.fps)
+            self.stream = cast(av.VideoStream, self.out.add_stream(self.spec.codec, rate=info.fps))
             ctx = self.stream.codec_context
             ctx.width, ctx.height = self.width, self.height
             ctx.pix_fmt = self.spec.pix_fmt
@@ -232,7 +233,7 @@ class _AudioCarrier:
 @dataclass
 class _Route:
     source: av.audio.stream.AudioStream
-    target: av.stream.Stream
+    target: av.stream.Stream  # an AudioStream where it transcodes
     resampler: av.AudioResampler | None
     encoder_rate: int | None
 
@@ -240,7 +241,7 @@ class _Route:
     def transcoding(cls, source: av.audio.stream.AudioStream, out: av.container.OutputContainer, codec: str) -> _Route:
         src = source.codec_context
         rate = 48000 if "opus" in codec else (src.sample_rate or 48000)
-        target = out.add_stream(codec, rate=rate)
+        target = cast(av.AudioStream, out.add_stream(codec, rate=rate))
         layout = "stereo" if (src.channels or 2) >= 2 else "mono"
         target.codec_context.layout = layout
         fmt = "flt" if "opus" in codec else "fltp"
@@ -258,17 +259,17 @@ class _Route:
         except av.error.FFmpegError:
             return  # one damaged audio packet is dropped, not the job
         for frame in frames:
-            self._encode(self.resampler.resample(frame), out)
+            self._encode(self.resampler.resample(cast(av.AudioFrame, frame)), out)
 
     def flush(self, out: av.container.OutputContainer) -> None:
         if self.resampler is None:
             return
         self._encode(self.resampler.resample(None), out)
-        for packet in self.target.encode(None):
+        for packet in cast(av.AudioStream, self.target).encode(None):
             out.mux(packet)
 
     def _encode(self, frames: list[av.AudioFrame], out: av.container.OutputContainer) -> None:
         for frame in frames:
             frame.pts = None  # let the encoder count samples; the resampler re-times them anyway
-            for packet in self.target.encode(frame):
+            for packet in cast(av.AudioStream, self.target).encode(frame):
                 out.mux(packet)
