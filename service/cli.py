@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--harmonize", type=float, default=0.0, metavar="STRENGTH",
                      help="colour harmonisation strength, 0 (off) to 1")
     rep.add_argument("--edge-refine", dest="edge_refine", action=argparse.BooleanOptionalAction, default=None,
-                     help="refine mask edges (default: the setting BACKDROP_EDGE_REFINE)")
+                     help="refine mask edges (default: BACKDROP_EDGE_REFINE, else on for deeplabv3plus, off for rvm)")
     rep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_replace)
 

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = runtime default).")
     inter_op_threads: int = Field(1, description="ONNX Runtime inter-op threads.")
+    onnx_spinning: bool = Field(
+        False,
+        description="Let ONNX Runtime's idle threads spin; off, they yield the cores to decode and encode.",
+    )
     rvm_long_side: int = Field(
         320, description="Long side, in pixels, of RVM's low-resolution pass (sets its downsample ratio)."
     )
@@ -48,7 +52,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
     decode_threads: int = Field(0, description="Decoder threads (0 = FFmpeg's choice).")
-    edge_refine: bool = Field(True, description="Refine mask edges at full resolution (guided filter).")
+    edge_refine: bool | None = Field(
+        None, description="Refine mask edges at full resolution (guided filter); unset = the model's own default."
+    )
 
     # --- service -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the API binds to.")

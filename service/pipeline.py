@@ -3,8 +3,10 @@
 Three stages overlap, joined by bounded queues so memory stays flat however long the video is:
 
     reader thread:  decode (PyAV) → batches of frames + their backgrounds
-    caller thread:  matte (ONNX) → edge refinement → harmonisation (ONNX) → compositing
-    writer thread:  encode (PyAV) + audio passthrough → progress callback
+    caller thread:  matte (ONNX) → edge refinement → harmonisation (ONNX)
+    writer thread:  compositing → encode (PyAV) + audio passthrough → progress callback
+
+The model's stage is the slowest on a CPU, so everything else runs beside it, not after it.
 
 The slowest stage sets the pace.  ``cancel`` is polled once per batch; a failure or a cancel
 anywhere stops every stage and leaves no output file behind.
@@ -49,7 +51,7 @@ class ReplaceOptions(BaseModel):
     output_format: str = "mp4"
     composite: str = "alpha"
     harmonize: float = Field(0.0, ge=0.0, le=1.0)
-    edge_refine: bool | None = None  # None: settings.edge_refine
+    edge_refine: bool | None = None  # None: settings.edge_refine, else the model's default
 
     @field_validator("model")
     @classmethod
@@ -255,6 +257,7 @@ def _run(
     decoded: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
     composed: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
+    compositor = create_compositor(options.composite)
     writer = VideoWriter(path, options.output_format, info)
 
     def read() -> None:
@@ -269,8 +272,10 @@ def _run(
             item = _get(composed, stop)
             if item is _END:
                 return
-            frames, pts, durations = cast(tuple[np.ndarray, list[int], list[int]], item)
-            writer.write(frames, pts, durations)
+            batch, alpha, fg = cast(tuple[_Batch, np.ndarray, np.ndarray | None], item)
+            frames = _compose(spec.alpha, options.output_format, batch, alpha, fg, compositor)
+            pts = batch.pts
+            writer.write(frames, pts, batch.durations)
             count.count += len(pts)
             count.first_pts = pts[0] if count.first_pts is None else count.first_pts
             count.last_pts = pts[-1]
@@ -285,8 +290,7 @@ def _run(
     writer_thread.start()
     try:
         state = model.new_state()
-        compositor = create_compositor(options.composite)
-        refine = settings.edge_refine if options.edge_refine is None else options.edge_refine
+        refine = next(v for v in (options.edge_refine, settings.edge_refine, model.refine_by_default) if v is not None)
         refiner = EdgeRefiner() if refine else None
         harmonizer = Harmonizer(options.harmonize, settings) if options.harmonize > 0 else None
         while True:
@@ -301,8 +305,7 @@ def _run(
             fg = matte.foreground
             if harmonizer is not None and batch.background is not None:
                 fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background)
-            out = _compose(spec.alpha, options.output_format, batch, alpha, fg, compositor)
-            if not _put(composed, (out, batch.pts, batch.durations), stop):
+            if not _put(composed, (batch, alpha, fg), stop):
                 break
         _put(composed, _END, stop)
         writer_thread.join()

@@ -29,6 +29,9 @@ class MattingModel:
     """Template: subclasses write ``_weights()``, ``_predict()`` and optionally ``new_state()``."""
 
     name: str = ""
+    # Whether the guided-filter edge correction (service.inference.refine) runs after this model when
+    # neither the job nor the settings say: on where it pays for its cost (bench/eval_segmentation.py).
+    refine_by_default: bool = True
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or get_settings()
