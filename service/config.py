@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     fp16: bool = Field(False, description="Use fp16 model variants where they exist (GPU only).")
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
-    decode_threads: int = Field(0, description="Decoder threads (0 = FFmpeg's choice).")
+    decode_threads: int = Field(
+        0, description="Decoder threads (0 = automatic: 1 while the model runs on the CPU, else FFmpeg's choice)."
+    )
+    encode_threads: int = Field(
+        0, description="Encoder threads (0 = automatic: 1 while the model runs on the CPU, else FFmpeg's choice)."
+    )
     edge_refine: bool | None = Field(
         None, description="Refine mask edges at full resolution (guided filter); unset = the model's own default."
     )

@@ -181,7 +181,19 @@ class _Count:
         return (self.last_pts - self.first_pts) * self.tick_s + self.frame_s
 
 
-def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings) -> Iterator[_Batch]:
+def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
+    """Decoder and encoder threads for one job (0 = FFmpeg's choice).
+
+    On a CPU provider the model's session already keeps every core busy, and the decode and encode
+    stages run beside it in their own threads: codec threads of their own would only fight the
+    model's threads for the same cores (desk.mp4 on 2 cores: 15.6 → 19.3 frames/s with one each).
+    On a GPU the codecs are the bottleneck and get FFmpeg's threading."""
+    on_cpu = model.providers[0] == "CPUExecutionProvider"
+    auto = 1 if on_cpu else 0
+    return settings.decode_threads or auto, settings.encode_threads or auto
+
+
+def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int) -> Iterator[_Batch]:
     buf: list[np.ndarray] = []
     pts: list[int] = []
     durations: list[int] = []
@@ -193,7 +205,7 @@ def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings) -
         back = None if bg is None else np.ascontiguousarray(bg.frames(images, times))
         return _Batch(images, list(pts), list(durations), back)
 
-    for frame in iter_frames(info, settings.decode_threads):
+    for frame in iter_frames(info, threads):
         buf.append(frame.image)
         pts.append(frame.pts)
         durations.append(frame.duration)
@@ -258,10 +270,11 @@ def _run(
     composed: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
     compositor = create_compositor(options.composite)
-    writer = VideoWriter(path, options.output_format, info)
+    decode_threads, encode_threads = codec_threads(model, settings)
+    writer = VideoWriter(path, options.output_format, info, threads=encode_threads)
 
     def read() -> None:
-        for batch in _batches(info, bg, settings):
+        for batch in _batches(info, bg, settings, decode_threads):
             if not _put(decoded, batch, stop):
                 return
         _put(decoded, _END, stop)

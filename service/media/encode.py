@@ -74,7 +74,8 @@ _DTS_WINDOW_FRAMES = 8
 class VideoWriter:
     """Writes frames with given timestamps (input time base) and the input's audio to ``path``."""
 
-    def __init__(self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True):
+    def __init__(self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True, threads: int = 0):
+        """``threads``: encoder threads (0 = FFmpeg's choice)."""
         self.spec = FORMATS[fmt]
         self.info = info
         self.width = info.width + (info.width % 2 if self.spec.even else 0)
@@ -87,6 +88,8 @@ class VideoWriter:
             ctx = self.stream.codec_context
             ctx.width, ctx.height = self.width, self.height
             ctx.pix_fmt = self.spec.pix_fmt
+            if threads:
+                ctx.thread_count = threads
             ctx.time_base = self.time_base
             self.stream.time_base = self.time_base
             opts = dict(self.spec.options)
