@@ -181,6 +181,14 @@ class _Count:
         return (self.last_pts - self.first_pts) * self.tick_s + self.frame_s
 
 
+def edge_refine(options: ReplaceOptions, settings: Settings, model: MattingModel) -> bool:
+    """Whether edge correction runs: the job's choice, else the setting, else the model's default."""
+    for choice in (options.edge_refine, settings.edge_refine):
+        if choice is not None:
+            return choice
+    return model.refine_by_default
+
+
 def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     """Decoder and encoder threads for one job (0 = FFmpeg's choice).
 
@@ -303,8 +311,7 @@ def _run(
     writer_thread.start()
     try:
         state = model.new_state()
-        refine = next(v for v in (options.edge_refine, settings.edge_refine, model.refine_by_default) if v is not None)
-        refiner = EdgeRefiner() if refine else None
+        refiner = EdgeRefiner() if edge_refine(options, settings, model) else None
         harmonizer = Harmonizer(options.harmonize, settings) if options.harmonize > 0 else None
         while True:
             if cancel is not None and cancel():

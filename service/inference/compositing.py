@@ -34,14 +34,13 @@ class AlphaCompositor:
         # a single frame, or one background / alpha for the whole batch, broadcast like numpy would
         fgs, bgs, alphas = (x if x.ndim == nd else x[None] for x, nd in ((fg, 4), (background, 4), (alpha, 3)))
         n = max(len(fgs), len(bgs), len(alphas))
-        out = np.empty((n, *bgs.shape[1:]), np.uint8)
+        fgs, bgs, alphas = (np.broadcast_to(x, (n, *x.shape[1:])) for x in (fgs, bgs, alphas))
+        out = np.empty(bgs.shape, np.uint8)
         for i in range(n):
-            a = np.ascontiguousarray(alphas[min(i, len(alphas) - 1)], dtype=np.float32)
+            a = np.ascontiguousarray(alphas[i], dtype=np.float32)
             # one fused, multi-threaded pass per frame (4× numpy's float round trip at 720p);
             # OpenCV divides by (a + (1 − a) + 1e-5): at most 0.003 of a level off the exact blend
-            out[i] = cv2.blendLinear(
-                np.ascontiguousarray(fgs[min(i, len(fgs) - 1)]), np.ascontiguousarray(bgs[min(i, len(bgs) - 1)]), a, 1.0 - a
-            )
+            out[i] = cv2.blendLinear(np.ascontiguousarray(fgs[i]), np.ascontiguousarray(bgs[i]), a, 1.0 - a)
         return out[0] if single else out
 
 
