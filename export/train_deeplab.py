@@ -105,18 +105,23 @@ def paste_on_background(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: 
 
 
 def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, int]):
+    """``mask``: (H, W) ground truth, or (H, W, 2) ground truth + teacher alpha (moved together)."""
     if bgs and rng.random() < paste_p:
-        img = paste_on_background(img, mask, bgs[int(rng.integers(len(bgs)))], rng)
+        gt = mask if mask.ndim == 2 else mask[..., 0]
+        img = paste_on_background(img, gt, bgs[int(rng.integers(len(bgs)))], rng)
+        if mask.ndim == 3:  # the teacher saw the original background: off the person it is now wrong
+            a = cv2.GaussianBlur(gt, (3, 3), 0).astype(np.uint16)
+            mask = np.dstack([gt, (mask[..., 1].astype(np.uint16) * a // 255).astype(np.uint8)])
     long_side = int(rng.integers(scale[0], scale[1] + 1))
     img = _resize_long(img, long_side, cv2.INTER_LINEAR)
     mask = _resize_long(mask, long_side, cv2.INTER_LINEAR)
-    h, w = mask.shape
+    h, w = mask.shape[:2]
     ph, pw = max(0, crop - h), max(0, crop - w)
     if ph or pw:  # zero padding, as at inference
         top, left = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
         img = cv2.copyMakeBorder(img, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=0)
         mask = cv2.copyMakeBorder(mask, top, ph - top, left, pw - left, cv2.BORDER_CONSTANT, value=0)
-        h, w = mask.shape
+        h, w = mask.shape[:2]
     y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
     img, mask = img[y : y + crop, x : x + crop], mask[y : y + crop, x : x + crop]
     if rng.random() < 0.5:
@@ -125,16 +130,42 @@ def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, in
     return img, np.ascontiguousarray(mask)
 
 
-def make_batch(data, idx, bgs, rng, args) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(data, idx, bgs, rng, args, teacher=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, C, C) in [0, 1] and targets (N, 1, C, C), or (N, 2, C, C) with the teacher's
+    alpha as the second channel when ``teacher`` (one uint8 alpha per training image) is given."""
     imgs, masks = data[0], data[1]
     xs, ys = [], []
     for i in idx:
-        x, y = augment(imgs[i], masks[i], bgs, rng, args.crop, args.paste_p, (args.scale_min, args.scale_max))
+        m = masks[i] if teacher is None else np.dstack([masks[i], teacher[i]])
+        x, y = augment(imgs[i], m, bgs, rng, args.crop, args.paste_p, (args.scale_min, args.scale_max))
         xs.append(x)
-        ys.append(y)
+        ys.append(y if y.ndim == 3 else y[..., None])
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
-    y = torch.from_numpy(np.stack(ys)).unsqueeze(1).float().div_(255.0)
-    return x.contiguous(), y
+    y = torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(), y.contiguous()
+
+
+def teacher_alphas(imgs: list[np.ndarray], cache: Path, model_name: str = "rvm") -> list[np.ndarray]:
+    """The teacher model's alpha (uint8) for each training image, as the service computes it (one
+    frame, fresh recurrent state); cached in ``cache`` because it costs minutes on a CPU."""
+    if cache.exists():
+        with np.load(cache) as z:
+            out = [z[f"a{i}"] for i in range(len(z.files))]
+        if len(out) == len(imgs) and all(a.shape == im.shape[:2] for a, im in zip(out, imgs, strict=True)):
+            return out
+        log.info("teacher cache %s does not match the training images: recomputing", cache)
+    from service.inference.models import create_model
+
+    teacher = create_model(model_name)
+    teacher.load()
+    t0 = time.time()
+    out = []
+    for img in imgs:
+        matte, _ = teacher.predict(img[None], teacher.new_state())
+        out.append(np.clip(matte.alpha[0] * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    np.savez(cache, **{f"a{i}": a for i, a in enumerate(out)})
+    log.info("teacher %s: %d alphas in %.0fs, cached in %s", model_name, len(out), time.time() - t0, cache)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -183,12 +214,18 @@ def evaluate(model: torch.nn.Module, imgs, masks, long_side: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, kd_weight: float = 0.0) -> torch.Tensor:
+    """BCE + soft dice against the ground truth (channel 0 of ``target``); with a teacher's alpha in
+    channel 1, plus ``kd_weight`` × BCE against that soft target (pixel-wise distillation)."""
+    gt = target[:, :1]
+    bce = F.binary_cross_entropy_with_logits(logits, gt)
     p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(1, 2, 3))
-    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
-    return bce + dice.mean()
+    inter = (p * gt).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + gt.sum(dim=(1, 2, 3)) + 1)
+    loss = bce + dice.mean()
+    if kd_weight and target.shape[1] > 1:
+        loss = loss + kd_weight * F.binary_cross_entropy_with_logits(logits, target[:, 1:2])
+    return loss
 
 
 def sample_weights(names: list[str], spec: str) -> np.ndarray | None:
@@ -235,6 +272,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="use only N train/val images (smoke tests)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    ap.add_argument("--init-onnx", type=Path, default=None,
+                    help="start from the weights of this export (same --width/--aspp; see export/onnx_weights.py)")
+    ap.add_argument("--teacher", default="", help="distil from this model's alpha as well (e.g. rvm)")
+    ap.add_argument("--kd-weight", type=float, default=0.5, help="weight of the teacher's BCE term")
     args = ap.parse_args(argv)
     if args.data_dir is None:
         args.data_dir = Path(get_settings().data_dir)
@@ -260,6 +301,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     portraits = args.data_dir / "portraits"
     train = load_split(portraits / "train", args.scale_max, args.limit)
+    teacher = teacher_alphas(train[0], args.out / f"teacher-{args.teacher}-{args.scale_max}.npz", args.teacher) if args.teacher else None
     val_imgs, val_masks, _ = load_split(portraits / "val", 0, args.limit)
     bgs = load_backgrounds(args.data_dir / "backgrounds", 640)
     log.info("loaded %d train, %d val, %d backgrounds in %.1fs", len(train[0]), len(val_imgs), len(bgs), time.time() - t0)
@@ -269,6 +311,15 @@ def main(argv=None) -> dict:
     model_config = dict(model.config)
     params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M params", model_config, params / 1e6)
+    if args.init_onnx and not (args.resume and (args.out / "last.pt").exists()):
+        from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
+
+        load_onnx_weights(model, args.init_onnx)
+        rng = np.random.default_rng([args.seed, 10**6])
+        idx = rng.permutation(len(train[0]))[: 8 * args.batch]
+        recalibrate_batch_norms(model, (make_batch(train, idx[i : i + args.batch], bgs, rng, args)[0]
+                                        for i in range(0, len(idx), args.batch)))
+        log.info("initialised from %s: %s", args.init_onnx, json.dumps(evaluate(model, val_imgs, val_masks, args.val_long_side)))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW(
@@ -301,15 +352,15 @@ def main(argv=None) -> dict:
         batches = [order[i * args.batch : (i + 1) * args.batch] for i in range(steps)]
         model.train()
         total = 0.0
-        fut = pool.submit(make_batch, train, batches[0], bgs, rng, args)
+        fut = pool.submit(make_batch, train, batches[0], bgs, rng, args, teacher)
         for b in range(steps):
             lr = one_cycle_lr(epoch * steps + b, total_steps, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = fut.result()
             if b + 1 < steps:
-                fut = pool.submit(make_batch, train, batches[b + 1], bgs, rng, args)
-            loss = loss_fn(model(x), y)
+                fut = pool.submit(make_batch, train, batches[b + 1], bgs, rng, args, teacher)
+            loss = loss_fn(model(x), y, args.kd_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

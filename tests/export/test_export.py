@@ -60,3 +60,33 @@ def test_fp16(exported, tmp_path):
         ref = model(torch.from_numpy(x)).numpy()
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 0.05 * max(1.0, np.abs(ref).max())
+
+
+def test_onnx_weights_round_trip(exported):
+    """An export loaded back into a fresh model computes the same function (eval mode), and after
+    recalibrating its batch norms on images it still does, while train mode stays close to it."""
+    from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
+
+    model, path = exported
+    torch.manual_seed(1)  # different random weights: the load must overwrite every one
+    fresh = DeepLabV3Plus(width=0.35, aspp_channels=32)
+    x = torch.from_numpy(np.random.default_rng(3).random((4, 3, 64, 96), dtype=np.float32))
+    with torch.no_grad():
+        ref = model(x).numpy()
+        assert np.abs(fresh.eval()(x).numpy() - ref).max() > 0.05
+        load_onnx_weights(fresh, path)
+        assert np.abs(fresh.eval()(x).numpy() - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+        recalibrate_batch_norms(fresh, [x])
+        assert np.abs(fresh.eval()(x).numpy() - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+        # train mode normalises by the batch's statistics, which here are the calibration statistics
+        fresh.train()
+        fresh.aspp.project[1].eval()  # (dropout off: it is the one intended difference of train mode)
+        assert np.abs(fresh(x).numpy() - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+
+
+def test_onnx_weights_refuse_another_architecture(exported):
+    from export.onnx_weights import load_onnx_weights
+
+    _, path = exported
+    with pytest.raises(ValueError, match="shape"):
+        load_onnx_weights(DeepLabV3Plus(width=0.5, aspp_channels=32), path)
