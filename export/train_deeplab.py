@@ -274,6 +274,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--init-onnx", type=Path, default=None,
                     help="start from the weights of this export (same --width/--aspp; see export/onnx_weights.py)")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="end this invocation after N epochs (continue later with --resume)")
     ap.add_argument("--teacher", default="", help="distil from this model's alpha as well (e.g. rvm)")
     ap.add_argument("--kd-weight", type=float, default=0.5, help="weight of the teacher's BCE term")
     args = ap.parse_args(argv)
@@ -285,11 +287,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "train.log")],
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # the console, unless set up already
+    log.setLevel(logging.INFO)
+    file_log = logging.FileHandler(args.out / "train.log")  # every run's own log, whoever set up logging
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(file_log)
+    try:
+        return train(args)
+    finally:
+        log.removeHandler(file_log)
+        file_log.close()
+
+
+def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -311,6 +321,7 @@ def main(argv=None) -> dict:
     model_config = dict(model.config)
     params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M params", model_config, params / 1e6)
+    initial = None  # val metrics of the --init-onnx starting point
     if args.init_onnx and not (args.resume and (args.out / "last.pt").exists()):
         from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
 
@@ -319,7 +330,8 @@ def main(argv=None) -> dict:
         idx = rng.permutation(len(train[0]))[: 8 * args.batch]
         recalibrate_batch_norms(model, (make_batch(train, idx[i : i + args.batch], bgs, rng, args)[0]
                                         for i in range(0, len(idx), args.batch)))
-        log.info("initialised from %s: %s", args.init_onnx, json.dumps(evaluate(model, val_imgs, val_masks, args.val_long_side)))
+        initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
+        log.info("initialised from %s: %s", args.init_onnx, json.dumps(initial))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW(
@@ -341,7 +353,8 @@ def main(argv=None) -> dict:
         log.info("resumed from %s at epoch %d (best %.4f)", last, start_epoch, best)
 
     pool = ThreadPoolExecutor(1)
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+    for epoch in range(start_epoch, end_epoch):
         te = time.time()
         rng = np.random.default_rng([args.seed, epoch])
         torch.manual_seed(args.seed * 1000 + epoch)
@@ -382,7 +395,7 @@ def main(argv=None) -> dict:
         (args.out / "last.pt.tmp").replace(last)
     pool.shutdown()
     log.info("done: best val mIoU %.4f, %.1f min", best, (time.time() - t0) / 60)
-    return {"best": best, "history": history}
+    return {"best": best, "history": history, "initial": initial}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,82 @@
+"""The DeepLab training script on a few real portraits: a resumed run is the run it continues, the
+ONNX warm start begins where the export left off, and the teacher's alpha moves with the image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import data_path
+
+torch = pytest.importorskip("torch")
+
+from export import train_deeplab  # noqa: E402
+from export.deeplab import DeepLabV3Plus  # noqa: E402
+from export.export_onnx import export  # noqa: E402
+
+SMALL = ["--limit", "6", "--batch", "3", "--crop", "64", "--scale-min", "64", "--scale-max", "96",
+         "--width", "0.35", "--aspp", "16", "--val-long-side", "64", "--val-every", "1", "--threads", "1"]
+
+
+def _args(tmp, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_path("portraits").parent), "--out", str(tmp), *SMALL, *extra]
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_resumed_run_equals_straight_run(tmp_path):
+    straight = train_deeplab.main(_args(tmp_path / "a", "--epochs", "2"))
+    train_deeplab.main(_args(tmp_path / "b", "--epochs", "2", "--stop-after", "1"))
+    resumed = train_deeplab.main(_args(tmp_path / "b", "--epochs", "2", "--resume"))
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1]
+    a, b = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "b" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    assert straight["history"][-1]["loss"] == pytest.approx(resumed["history"][-1]["loss"], abs=1e-6)
+    assert (tmp_path / "a" / "config.json").exists() and (tmp_path / "a" / "best.pt").exists()
+
+
+def test_warm_start_from_onnx_keeps_the_exported_model(tmp_path):
+    torch.manual_seed(3)
+    model = DeepLabV3Plus(width=0.35, aspp_channels=16)
+    path = export(model, tmp_path / "init.onnx", size=(64, 64))
+    ref = train_deeplab.evaluate(model, *train_deeplab.load_split(data_path("portraits", "val"), 0, 6)[:2], 64)
+    out = train_deeplab.main(_args(tmp_path / "run", "--epochs", "1", "--init-onnx", str(path)))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"initialised from {path}" in log
+    assert out["initial"]["miou"] == pytest.approx(ref["miou"], abs=1e-3)
+
+
+def test_teacher_channel_follows_the_image_and_the_paste():
+    rng = np.random.default_rng(0)
+    h, w = 80, 60
+    img = np.full((h, w, 3), 200, np.uint8)
+    gt = np.zeros((h, w), np.uint8)
+    gt[20:60, 15:45] = 255
+    teacher = np.full((h, w), 255, np.uint8)  # the teacher calls everything person
+    bg = np.zeros((120, 120, 3), np.uint8)
+    for _ in range(20):
+        x, y = train_deeplab.augment(img, np.dstack([gt, teacher]), [bg], rng, 48, 1.0, (64, 96))
+        assert y.shape == (48, 48, 2) and x.shape == (48, 48, 3)
+        # always pasted: where the ground truth is background, the background photo (black) shows,
+        # and the teacher's target there is background too
+        off = y[..., 0] == 0
+        assert off.any()
+        assert (y[..., 1][off] <= 70).all()  # ≤ 64 one pixel off the mask (its 3×3 feather)
+        inside = cv2.erode((y[..., 0] == 255).astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        assert inside.any()
+        assert (y[..., 1][inside] >= 250).all()  # the person keeps the teacher's alpha
+
+
+def test_distillation_term():
+    logits = torch.zeros(1, 1, 4, 4)
+    gt = torch.ones(1, 1, 4, 4)
+    soft = torch.zeros(1, 1, 4, 4)
+    target = torch.cat([gt, soft], 1)
+    plain = train_deeplab.loss_fn(logits, gt)
+    assert train_deeplab.loss_fn(logits, target, 0.0) == pytest.approx(float(plain))
+    with_kd = train_deeplab.loss_fn(logits, target, 0.5)
+    assert float(with_kd) == pytest.approx(float(plain) + 0.5 * float(np.log(2)), rel=1e-5)
