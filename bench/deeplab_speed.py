@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
         update={"intra_op_threads": args.threads, "inter_op_threads": 1, "providers": ["CPUExecutionProvider"]}
     )
     model = DeepLabV3Plus(settings)
-    path = args.model or model._weights()
+    path = args.model or model.weights_path
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     opts.inter_op_num_threads = 1

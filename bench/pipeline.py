@@ -53,7 +53,7 @@ def run_naive(path: Path, out: Path) -> int:
 
     info = probe_video(path)
     model = get_model("rvm")
-    session = ort.InferenceSession(str(model._weights()), providers=model.providers)
+    session = ort.InferenceSession(str(model.weights_path), providers=model.providers)
     ratio = np.array([downsample_ratio(info.height, info.width, get_settings().rvm_long_side)], np.float32)
     rec = [np.zeros((1, 1, 1, 1), np.float32)] * 4
     bg = open_background(BACKGROUND, info.width, info.height)

@@ -48,6 +48,11 @@ class MattingModel:
         return self._session
 
     @property
+    def weights_path(self) -> Path:
+        """The ONNX file this model runs (benchmarks open their own sessions on it)."""
+        return self._weights()
+
+    @property
     def providers(self) -> list[str]:
         return self.load().get_providers()
 
