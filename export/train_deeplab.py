@@ -90,6 +90,11 @@ def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+def paste_alpha(mask: np.ndarray) -> np.ndarray:
+    """The (H, W) float32 alpha a person is pasted through: the uint8 mask, slightly feathered."""
+    return cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32) / 255.0
+
+
 def paste_on_background(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape[:2]
     bh, bw = bg.shape[:2]
@@ -100,7 +105,7 @@ def paste_on_background(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: 
     bg = bg[y : y + h, x : x + w]
     if rng.random() < 0.5:
         bg = cv2.flip(bg, 1)
-    a = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[..., None] / 255.0
+    a = paste_alpha(mask)[..., None]
     return (img * a + bg * (1 - a)).astype(np.uint8)
 
 
@@ -110,8 +115,7 @@ def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, in
         gt = mask if mask.ndim == 2 else mask[..., 0]
         img = paste_on_background(img, gt, bgs[int(rng.integers(len(bgs)))], rng)
         if mask.ndim == 3:  # the teacher saw the original background: off the person it is now wrong
-            a = cv2.GaussianBlur(gt, (3, 3), 0).astype(np.uint16)
-            mask = np.dstack([gt, (mask[..., 1].astype(np.uint16) * a // 255).astype(np.uint8)])
+            mask = np.dstack([gt, (mask[..., 1] * paste_alpha(gt)).astype(np.uint8)])
     long_side = int(rng.integers(scale[0], scale[1] + 1))
     img = _resize_long(img, long_side, cv2.INTER_LINEAR)
     mask = _resize_long(mask, long_side, cv2.INTER_LINEAR)
@@ -293,19 +297,21 @@ def main(argv=None) -> dict:
     file_log.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(file_log)
     try:
-        return train(args)
+        return fit(args)
     finally:
         log.removeHandler(file_log)
         file_log.close()
 
 
-def train(args: argparse.Namespace) -> dict:
+def fit(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config["torch"] = torch.__version__
     log.info("config %s", json.dumps(config, sort_keys=True))
-    name = "config.json" if not (args.resume and (args.out / "last.pt").exists()) else f"config.resume-{int(time.time())}.json"
+    last = args.out / "last.pt"
+    resuming = args.resume and last.exists()
+    name = f"config.resume-{int(time.time())}.json" if resuming else "config.json"
     (args.out / name).write_text(json.dumps(config, indent=2, sort_keys=True))
 
     t0 = time.time()
@@ -322,7 +328,7 @@ def train(args: argparse.Namespace) -> dict:
     params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M params", model_config, params / 1e6)
     initial = None  # val metrics of the --init-onnx starting point
-    if args.init_onnx and not (args.resume and (args.out / "last.pt").exists()):
+    if args.init_onnx and not resuming:
         from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
 
         load_onnx_weights(model, args.init_onnx)
@@ -342,8 +348,7 @@ def train(args: argparse.Namespace) -> dict:
     steps = n // args.batch
     total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
-    last = args.out / "last.pt"
-    if args.resume and last.exists():
+    if resuming:
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
