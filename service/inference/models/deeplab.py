@@ -7,7 +7,10 @@ ONNX contract (see ``export/export_onnx.py``): input ``image`` float32 (N, 3, H,
 
 Per batch: the frames' long side is resized to ``LONG_SIDE`` (aspect kept, never upsampled past
 it), zero-padded to a multiple of 16 (as in training), run once for the batch, sigmoid, cropped,
-and the probability resized back to frame size: that is the alpha.  It is a segmenter: the alpha is
+and the probability resized back to frame size: that is the alpha.  With
+``settings.deeplab_flip_average`` (the default) each frame's mirror image runs in the same batch and
+the two logit maps are averaged (flip test-time augmentation: 2× the model's work for val mIoU 0.880
+→ 0.887; the model is a small fraction of a job's time on a CPU, see the model card).  It is a segmenter: the alpha is
 soft only along edges; ``service.inference.refine.EdgeRefiner`` sharpens it against the frame.
 No state across frames.
 """
@@ -72,7 +75,13 @@ class DeepLabV3Plus(MattingModel):
         inp = self.session.get_inputs()[0]
         if "float16" in inp.type:
             x = x.astype(np.float16)
+        if self.settings.deeplab_flip_average:
+            x = np.concatenate([x, x[..., ::-1]])
         logits = self.session.run(None, {inp.name: x})[0]
+        if self.settings.deeplab_flip_average:
+            # the mirror's padding sits on the left, so flipping its logits back lines them up with
+            # the frame's (content at [0, w) in both)
+            logits = 0.5 * (logits[:n].astype(np.float32) + logits[n:, ..., ::-1].astype(np.float32))
         prob = _sigmoid(logits[:, 0, :h, :w].astype(np.float32))
         alpha = np.empty((n, height, width), np.float32)
         for i in range(n):
