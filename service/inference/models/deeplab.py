@@ -75,14 +75,15 @@ class DeepLabV3Plus(MattingModel):
         inp = self.session.get_inputs()[0]
         if "float16" in inp.type:
             x = x.astype(np.float16)
-        if self.settings.deeplab_flip_average:
+        flip = self.settings.deeplab_flip_average
+        if flip:
             x = np.concatenate([x, x[..., ::-1]])
-        logits = self.session.run(None, {inp.name: x})[0]
-        if self.settings.deeplab_flip_average:
+        logits = self.session.run(None, {inp.name: x})[0].astype(np.float32, copy=False)
+        if flip:
             # the mirror's padding sits on the left, so flipping its logits back lines them up with
             # the frame's (content at [0, w) in both)
-            logits = 0.5 * (logits[:n].astype(np.float32) + logits[n:, ..., ::-1].astype(np.float32))
-        prob = _sigmoid(logits[:, 0, :h, :w].astype(np.float32))
+            logits = 0.5 * (logits[:n] + logits[n:, ..., ::-1])
+        prob = _sigmoid(logits[:, 0, :h, :w])
         alpha = np.empty((n, height, width), np.float32)
         for i in range(n):
             alpha[i] = cv2.resize(prob[i], (width, height), interpolation=cv2.INTER_LINEAR)
