@@ -95,7 +95,8 @@ def paste_alpha(mask: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32) / 255.0
 
 
-def paste_on_background(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def paste_on_background(img: np.ndarray, alpha: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``img`` over a random crop of ``bg`` through ``alpha`` ((H, W) float in [0, 1], see ``paste_alpha``)."""
     h, w = img.shape[:2]
     bh, bw = bg.shape[:2]
     s = max(h / bh, w / bw) * rng.uniform(1.0, 1.6)
@@ -105,7 +106,7 @@ def paste_on_background(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: 
     bg = bg[y : y + h, x : x + w]
     if rng.random() < 0.5:
         bg = cv2.flip(bg, 1)
-    a = paste_alpha(mask)[..., None]
+    a = alpha[..., None]
     return (img * a + bg * (1 - a)).astype(np.uint8)
 
 
@@ -113,9 +114,10 @@ def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, in
     """``mask``: (H, W) ground truth, or (H, W, 2) ground truth + teacher alpha (moved together)."""
     if bgs and rng.random() < paste_p:
         gt = mask if mask.ndim == 2 else mask[..., 0]
-        img = paste_on_background(img, gt, bgs[int(rng.integers(len(bgs)))], rng)
+        alpha = paste_alpha(gt)
+        img = paste_on_background(img, alpha, bgs[int(rng.integers(len(bgs)))], rng)
         if mask.ndim == 3:  # the teacher saw the original background: off the person it is now wrong
-            mask = np.dstack([gt, (mask[..., 1] * paste_alpha(gt)).astype(np.uint8)])
+            mask = np.dstack([gt, (mask[..., 1] * alpha).astype(np.uint8)])
     long_side = int(rng.integers(scale[0], scale[1] + 1))
     img = _resize_long(img, long_side, cv2.INTER_LINEAR)
     mask = _resize_long(mask, long_side, cv2.INTER_LINEAR)
