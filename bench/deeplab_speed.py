@@ -2,7 +2,9 @@
 
 Two figures: the bare ONNX session on a (1, 3, 256, 256) input, and the service model
 (``DeepLabV3Plus.predict``: resize, pad, run, sigmoid, resize back) on 256×256 RGB frames in
-batches of ``--batch``; ``--threads`` intra-op threads (default 2), inter-op 1.
+batches of ``--batch``, as the settings configure it (flip average, working sizes: the defaults, or
+``BACKDROP_DEEPLAB_FLIP_AVERAGE`` / ``BACKDROP_DEEPLAB_LONG_SIDES``); ``--threads`` intra-op threads
+(default 2), inter-op 1.
 
     .venv/bin/python bench/deeplab_speed.py [--threads 2] [--seconds 10] [--batch 4] [--model PATH]
 """
@@ -58,11 +60,11 @@ def main(argv=None) -> dict:
     onnx_fps = _rate(lambda: sess.run(None, {"image": x}), 1, args.seconds)
 
     model._session = sess
-    model.long_side = 256
     frames = np.random.default_rng(0).integers(0, 256, (args.batch, 256, 256, 3), dtype=np.uint8)
     model_fps = _rate(lambda: model.predict(frames), args.batch, args.seconds)
     res = {"model": str(path), "threads": args.threads, "input": "256x256", "onnx_fps": round(onnx_fps, 1),
-           "service_model_fps": round(model_fps, 1), "batch": args.batch}
+           "service_model_fps": round(model_fps, 1), "batch": args.batch,
+           "flip_average": settings.deeplab_flip_average, "long_sides": settings.deeplab_long_sides}
     print(json.dumps(res))
     return res
 

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     deeplab_flip_average: bool = Field(
         True, description="deeplabv3plus: average the logits of each frame and its mirror image (2x the model's work; val mIoU 0.880 -> 0.887)."
     )
+    deeplab_long_sides: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [320],
+        description="deeplabv3plus: working sizes (long side, px) each frame runs at; with more than one, "
+        "their logits are averaged (multi-scale, one model pass per size).",
+    )
     edge_refine: bool | None = Field(
         None, description="Refine mask edges at full resolution (guided filter); unset = the model's own default."
     )
@@ -118,7 +123,7 @@ class Settings(BaseSettings):
     )
     readiness_timeout_s: float = Field(1.0, description="Timeout of each /readyz check (Redis, storage, worker ping).")
 
-    @field_validator("providers", "cors_origins", "api_keys", mode="before")
+    @field_validator("providers", "cors_origins", "api_keys", "deeplab_long_sides", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         # env values arrive undecoded (NoDecode): "a,b" or a JSON list '["a", "b"]'
@@ -144,6 +149,8 @@ class Settings(BaseSettings):
             raise ValueError("set BACKDROP_WEBHOOK_SECRET: the default secret is for local mode only")
         if self.batch_size < 1 or self.queue_depth < 1:
             raise ValueError("batch_size and queue_depth must be at least 1")
+        if not self.deeplab_long_sides or not all(32 <= s <= 4096 for s in self.deeplab_long_sides):
+            raise ValueError("deeplab_long_sides must list one or more sizes between 32 and 4096")
         return self
 
 

@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 from conftest import data_path
+from pydantic import ValidationError
 
-from service.config import get_settings
+from service.config import Settings, get_settings
 from service.inference.models import create_model
 from service.inference.models.deeplab import DeepLabV3Plus, working_size
 
@@ -24,8 +25,8 @@ def model() -> DeepLabV3Plus:
 
 
 def test_working_size():
-    assert working_size(480, 854) == (180, 320)
-    assert working_size(1920, 1080) == (320, 180)
+    assert working_size(480, 854, 320) == (180, 320)
+    assert working_size(1920, 1080, 256) == (256, 144)
 
 
 def _val_miou(model) -> float:
@@ -59,12 +60,39 @@ def test_flip_average_makes_the_prediction_mirror_symmetric(model):
     img = cv2.cvtColor(cv2.imread(str(sorted((data_path("portraits", "val") / "images").glob("*.jpg"))[0])), cv2.COLOR_BGR2RGB)
     img = cv2.resize(img, (320, 240), interpolation=cv2.INTER_AREA)
     frames = np.stack([img, img[:, ::-1]])
-    averaged = model.predict(frames)[0].alpha
+    one_size = {"deeplab_long_sides": [320]}
+    flipping = create_model("deeplabv3plus", model.settings.model_copy(update=one_size))
+    averaged = flipping.predict(frames)[0].alpha
     np.testing.assert_allclose(averaged[1], averaged[0][:, ::-1], atol=1e-5)
-    single = create_model("deeplabv3plus", model.settings.model_copy(update={"deeplab_flip_average": False}))
+    single = create_model("deeplabv3plus", model.settings.model_copy(update={**one_size, "deeplab_flip_average": False}))
     plain = single.predict(frames)[0].alpha
     assert np.abs(plain[1] - plain[0][:, ::-1]).max() > 0.05
     assert np.abs(plain[0] - averaged[0]).max() > 0.01
+
+
+def test_multi_scale_averages_the_logits_of_each_working_size(model):
+    """With several working sizes the alpha is the sigmoid of their mean logits, the smaller sizes'
+    resized to the largest one's grid, then resized to the frame; it is neither size alone."""
+    img = cv2.cvtColor(cv2.imread(str(sorted((data_path("portraits", "val") / "images").glob("*.jpg"))[1])), cv2.COLOR_BGR2RGB)
+    frames = img[None]
+    multi = create_model("deeplabv3plus", model.settings.model_copy(update={"deeplab_long_sides": [256, 320]}))
+    alpha = multi.predict(frames)[0].alpha[0]
+    big, small = multi.logits(frames, 320)[0], multi.logits(frames, 256)[0]
+    assert max(big.shape) == 320 and max(small.shape) == 256
+    mean = 0.5 * (big + cv2.resize(small, big.shape[::-1], interpolation=cv2.INTER_LINEAR))
+    expected = cv2.resize(1.0 / (1.0 + np.exp(-mean)), img.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(alpha, expected, atol=1e-5)
+    for side in (256, 320):
+        alone = create_model("deeplabv3plus", model.settings.model_copy(update={"deeplab_long_sides": [side]}))
+        assert np.abs(alone.predict(frames)[0].alpha[0] - alpha).max() > 0.01
+
+
+def test_long_sides_setting():
+    assert Settings(deeplab_long_sides="256, 320").deeplab_long_sides == [256, 320]
+    assert Settings(deeplab_long_sides="[288]").deeplab_long_sides == [288]
+    for bad in ("", "8", "256,100000", "big"):
+        with pytest.raises(ValidationError):
+            Settings(deeplab_long_sides=bad)
 
 
 def test_video_batch(model):

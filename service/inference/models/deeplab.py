@@ -5,14 +5,16 @@ ONNX contract (see ``export/export_onnx.py``): input ``image`` float32 (N, 3, H,
 (N, 1, H, W), person logits.  The fp16 variant (``deeplabv3plus_fp16.onnx``, used when
 ``settings.fp16`` is set and the file exists) takes and returns float16.
 
-Per batch: the frames' long side is resized to ``LONG_SIDE`` (aspect kept, never upsampled past
-it), zero-padded to a multiple of 16 (as in training), run once for the batch, sigmoid, cropped,
-and the probability resized back to frame size: that is the alpha.  With
-``settings.deeplab_flip_average`` (the default) each frame's mirror image runs in the same batch and
-the two logit maps are averaged (flip test-time augmentation: val mIoU 0.880 → 0.887 for twice the
-model's work, 127 → 67 frames/s at 256² on 2 CPU threads; model card).  It is a segmenter: the
-alpha is soft only along edges; ``service.inference.refine.EdgeRefiner`` sharpens it against the frame.
-No state across frames.
+Per batch: the frames' long side is resized to each working size of ``settings.deeplab_long_sides``
+(aspect kept), zero-padded to a multiple of 16 (as in training) and run once for the batch; with
+``settings.deeplab_flip_average`` each frame's mirror image runs in the same batch and the two logit
+maps are averaged (flip test-time augmentation); with more than one working size the sizes' logits
+are averaged on the largest one's grid (multi-scale test-time augmentation: people small in the
+frame gain from the larger size, large ones from the smaller). Then sigmoid, crop, and the
+probability resized back to frame size: that is the alpha.  Each working size costs a pass of the
+network (its pixels' worth), the flip doubles it; the model card gives the measured quality and
+speed of each choice.  It is a segmenter: the alpha is soft only along edges;
+``service.inference.refine.EdgeRefiner`` sharpens it against the frame.  No state across frames.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ from service.inference.weights import locate
 
 WEIGHTS = "deeplabv3plus.onnx"
 WEIGHTS_FP16 = "deeplabv3plus_fp16.onnx"
-LONG_SIDE = 320  # the validation working size of the training run (model card)
 MULTIPLE = 16
 FIX = "It ships in service/inference/weights (export/export_onnx.py makes it); or set BACKDROP_MODEL_DIR."
 
 
-def working_size(height: int, width: int, long_side: int = LONG_SIDE) -> tuple[int, int]:
+def working_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     """(h, w) the frame is resized to before padding: long side ``long_side``, aspect kept."""
     s = long_side / max(height, width)
     return max(1, round(height * s)), max(1, round(width * s))
@@ -46,7 +47,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 class DeepLabV3Plus(MattingModel):
     name = "deeplabv3plus"
-    long_side = LONG_SIDE
 
     def _weights(self) -> Path:
         if self.settings.fp16:
@@ -56,12 +56,13 @@ class DeepLabV3Plus(MattingModel):
                 pass
         return locate(WEIGHTS, self.settings, fix=FIX)
 
-    def preprocess(self, frames: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        """(N, 3, Hp, Wp) float32 in [0, 1], zero-padded to ×16, and the unpadded (h, w)."""
+    def preprocess(self, frames: np.ndarray, long_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """(N, 3, Hp, Wp) float32 in [0, 1] at working size ``long_side``, zero-padded to ×16, and the
+        unpadded (h, w)."""
         n, height, width, _ = frames.shape
-        h, w = working_size(height, width, self.long_side)
+        h, w = working_size(height, width, long_side)
         hp, wp = -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE
-        interp = cv2.INTER_AREA if max(height, width) > self.long_side else cv2.INTER_LINEAR
+        interp = cv2.INTER_AREA if max(height, width) > long_side else cv2.INTER_LINEAR
         batch = np.zeros((n, hp, wp, 3), np.float32)
         for i in range(n):
             small = frames[i] if (h, w) == (height, width) else cv2.resize(frames[i], (w, h), interpolation=interp)
@@ -69,21 +70,34 @@ class DeepLabV3Plus(MattingModel):
         batch *= 1.0 / 255.0
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)), (h, w)
 
-    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
-        n, height, width, _ = frames.shape
-        x, (h, w) = self.preprocess(frames)
+    def logits(self, frames: np.ndarray, long_side: int) -> np.ndarray:
+        """(N, h, w) float32 person logits at working size ``long_side`` (padding cropped off),
+        flip-averaged when ``settings.deeplab_flip_average``."""
+        n = len(frames)
+        x, (h, w) = self.preprocess(frames, long_side)
         inp = self.session.get_inputs()[0]
         if "float16" in inp.type:
             x = x.astype(np.float16)
         flip = self.settings.deeplab_flip_average
         if flip:
             x = np.concatenate([x, x[..., ::-1]])
-        logits = self.session.run(None, {inp.name: x})[0].astype(np.float32, copy=False)
+        out = self.session.run(None, {inp.name: x})[0].astype(np.float32, copy=False)
         if flip:
             # the mirror's padding sits on the left, so flipping its logits back lines them up with
             # the frame's (content at [0, w) in both)
-            logits = 0.5 * (logits[:n] + logits[n:, ..., ::-1])
-        prob = _sigmoid(logits[:, 0, :h, :w])
+            out = 0.5 * (out[:n] + out[n:, ..., ::-1])
+        return out[:, 0, :h, :w]
+
+    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
+        n, height, width, _ = frames.shape
+        sides = sorted(self.settings.deeplab_long_sides, reverse=True)
+        total = self.logits(frames, sides[0])  # the largest working size: the others are resized to it
+        h, w = total.shape[1:]
+        for side in sides[1:]:
+            small = self.logits(frames, side)
+            for i in range(n):
+                total[i] += cv2.resize(small[i], (w, h), interpolation=cv2.INTER_LINEAR)
+        prob = _sigmoid(total * (1.0 / len(sides)))
         alpha = np.empty((n, height, width), np.float32)
         for i in range(n):
             alpha[i] = cv2.resize(prob[i], (width, height), interpolation=cv2.INTER_LINEAR)
