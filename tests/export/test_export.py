@@ -90,3 +90,26 @@ def test_onnx_weights_refuse_another_architecture(exported):
     _, path = exported
     with pytest.raises(ValueError, match="shape"):
         load_onnx_weights(DeepLabV3Plus(width=0.5, aspp_channels=32), path)
+
+
+def test_fp16_clips_weights_beyond_its_range(tmp_path):
+    """A folded batch norm can give a dead channel a weight past float16's range (~6.6e4); cast, it
+    would be inf and 0 × inf = NaN. The converter clips it, so a zero input stays a zero output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.array([5e5, 2.0], np.float32).reshape(2, 1, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", [INPUT, "w"], [OUTPUT], group=2)],
+        "dead_channel",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [1, 2, 4, 4])],
+        [w],
+    )
+    src = tmp_path / "dead.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(src))
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    x[0, 1] = 0.25
+    got = run_onnx(ort_session(to_fp16(src, tmp_path / "dead16.onnx"), threads=1), x)
+    assert np.isfinite(got).all()
+    np.testing.assert_array_equal(got[0, 0], 0.0)
+    np.testing.assert_allclose(got[0, 1], 0.5)
