@@ -272,7 +272,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--width", type=float, default=0.5, help="MobileNetV2 width multiplier")
     ap.add_argument("--aspp", type=int, default=128, help="ASPP / decoder channels")
-    ap.add_argument("--val-long-side", type=int, default=320, help="working size at validation (as the service)")
+    ap.add_argument("--val-long-side", type=int, default=320, help="working size at validation, one pass without flip (checkpoint selection; the service's sizes: settings.deeplab_long_sides)")
     ap.add_argument("--val-every", type=int, default=2, help="validate every N epochs (every epoch in the last 25%%)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
