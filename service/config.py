@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,6 +17,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_WEBHOOK_SECRET = "local-dev-secret"
+#: Words that mark a value as a placeholder from an example file, never a real credential.
+PLACEHOLDER_WORDS = ("replace", "change", "example", "placeholder", "secret", "your", "xxxx", "todo")
+MIN_KEY_CHARS = 32
+TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -72,10 +78,21 @@ class Settings(BaseSettings):
     # --- service -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the API binds to.")
     port: int = Field(8000, description="Port the API binds to.")
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="Accepted API keys; empty = local open mode.")
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys as tenant:key pairs (key at least 32 characters); several keys may share a tenant.",
+    )
+    open_mode: bool = Field(
+        False,
+        description="Serve without API keys (one tenant, local); even then only loopback clients are answered. "
+        "`backdrop run` sets it when no keys are given.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for broker and job store.")
     queue_name: str = Field("video", description="Celery queue the jobs go to.")
+    light_queue_name: str = Field(
+        "light", description="Celery queue of webhook deliveries and housekeeping (served by a light thread pool)."
+    )
     max_queue_depth: int = Field(100, description="Queued jobs past which POST /jobs answers 503.")
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long finished jobs and their objects are kept.")
     storage: Literal["local", "s3"] = Field("local", description="Object store kind.")
@@ -89,7 +106,10 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(None, description="S3 access key id.")
     s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret key.")
     presign_ttl_s: int = Field(3600, description="Lifetime of presigned result URLs.")
-    webhook_secret: SecretStr = Field(SecretStr("local-dev-secret"), description="HMAC key for callbacks.")
+    webhook_secret: SecretStr = Field(
+        SecretStr(LOCAL_WEBHOOK_SECRET),
+        description="Master key from which each tenant's callback signing secret is derived (at least 32 characters with keys).",
+    )
     webhook_allow_private: bool = Field(False, description="Allow callbacks to private/loopback addresses.")
     webhook_max_attempts: int = Field(5, description="Delivery attempts per callback.")
     webhook_backoff_s: float = Field(2.0, description="First retry delay of callbacks (doubles each time).")
@@ -106,16 +126,28 @@ class Settings(BaseSettings):
     jobs_page_size: int = Field(20, description="Default page size of GET /jobs (at most 100).")
     task_time_base_s: float = Field(120.0, description="Soft time limit of a job: this base plus task_time_per_video_s per video second.")
     task_time_per_video_s: float = Field(
-        30.0, description="Seconds of soft time limit per second of video (the hard limit is 30 s more)."
+        30.0, description="Seconds of soft time limit per second of video."
+    )
+    task_time_grace_s: float = Field(
+        30.0, description="Seconds between a job's soft time limit and its hard one (the worker process is killed then)."
+    )
+    max_attempts: int = Field(
+        3, description="Times a job may start; one whose worker died that many times fails with worker_lost."
     )
     task_max_retries: int = Field(5, description="Retries of a job after transient storage errors (with backoff).")
     job_lease_s: float = Field(
         30.0, description="Lease a running job holds (refreshed by heartbeat); a redelivered job waits it out."
     )
-    cancel_poll_interval_s: float = Field(0.5, description="Least time between cancel-flag checks in a worker.")
-    broker_visibility_timeout_s: int = Field(
-        7200, description="Seconds before an unacknowledged job (its worker died) is redelivered; exceed the longest job."
+    housekeeping_interval_s: float = Field(
+        15.0, description="Seconds between runs of the lease reaper and the expiry sweeper (light worker's beat)."
     )
+    redis_retry_s: float = Field(
+        60.0, description="How long a worker retries a lost Redis connection before it gives up on a write."
+    )
+    fault_injection: Literal["", "crash", "hang"] = Field(
+        "", description="Testing only: make every job kill its worker process (crash) or ignore its soft time limit (hang)."
+    )
+    cancel_poll_interval_s: float = Field(0.5, description="Least time between cancel-flag checks in a worker.")
     broker_restore_interval_s: int = Field(10, description="Seconds between sweeps for unacknowledged jobs to redeliver.")
     webhook_timeout_s: float = Field(10.0, description="Timeout of one callback delivery attempt.")
     public_base_url: str | None = Field(
@@ -135,18 +167,45 @@ class Settings(BaseSettings):
 
     @property
     def local_mode(self) -> bool:
-        """No API keys: the API is open, so it may only listen on a loopback interface."""
+        """No API keys: the API is open (with ``open_mode``) and answers loopback clients only."""
         return not self.api_keys
+
+    @property
+    def tenant_keys(self) -> dict[str, str]:
+        """API key → tenant id (validated at start-up)."""
+        return dict(_parse_key(k.get_secret_value()) for k in self.api_keys)
+
+    def time_limits(self, duration_s: float) -> tuple[float, float]:
+        """(soft, hard) time limits of a job on a video of ``duration_s`` seconds."""
+        soft = self.task_time_base_s + self.task_time_per_video_s * max(0.0, duration_s)
+        return soft, soft + self.task_time_grace_s
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """Seconds before the broker hands an unacknowledged job to another worker: derived from the
+        longest job's hard limit, so a running job is never delivered twice.  A job whose worker died
+        is settled much sooner by the lease reaper."""
+        return int(self.time_limits(self.max_duration_s)[1]) + 600
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        if self.local_mode and not _is_loopback(self.host):
+        if self.local_mode and not is_loopback(self.host):
             raise ValueError(
                 f"an open API (no BACKDROP_API_KEYS) may only bind to loopback, not {self.host!r}; "
                 "set BACKDROP_API_KEYS or bind to 127.0.0.1"
             )
-        if not self.local_mode and self.webhook_secret.get_secret_value() == "local-dev-secret":
-            raise ValueError("set BACKDROP_WEBHOOK_SECRET: the default secret is for local mode only")
+        if not self.local_mode:
+            keys = [_parse_key(k.get_secret_value()) for k in self.api_keys]
+            if len({k for k, _ in keys}) != len(keys):
+                raise ValueError("BACKDROP_API_KEYS lists the same key twice")
+            secret = self.webhook_secret.get_secret_value()
+            if secret == LOCAL_WEBHOOK_SECRET or len(secret) < MIN_KEY_CHARS or _placeholder(secret):
+                raise ValueError(
+                    f"set BACKDROP_WEBHOOK_SECRET to a random value of at least {MIN_KEY_CHARS} characters "
+                    "(the default and placeholder values are refused)"
+                )
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         if self.batch_size < 1 or self.queue_depth < 1:
             raise ValueError("batch_size and queue_depth must be at least 1")
         if not self.deeplab_long_sides or not all(32 <= s <= 4096 for s in self.deeplab_long_sides):
@@ -154,11 +213,34 @@ class Settings(BaseSettings):
         return self
 
 
-def _is_loopback(host: str) -> bool:
+def _placeholder(value: str) -> bool:
+    low = value.lower()
+    return any(w in low for w in PLACEHOLDER_WORDS) or len(set(value)) < 8
+
+
+def _parse_key(entry: str) -> tuple[str, str]:
+    """``tenant:key`` → (key, tenant); refuses short, placeholder or malformed entries."""
+    tenant, sep, key = entry.partition(":")
+    if not sep or not TENANT_RE.match(tenant):
+        raise ValueError(
+            "each BACKDROP_API_KEYS entry is tenant:key (tenant: letters, digits, '_.-', up to 64 characters)"
+        )
+    if len(key) < MIN_KEY_CHARS or _placeholder(key) or any(c.isspace() for c in key):
+        raise ValueError(
+            f"the API key of tenant {tenant!r} is refused: use a random key of at least {MIN_KEY_CHARS} "
+            "characters (placeholders from example files are refused)"
+        )
+    return key, tenant
+
+
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        addr = ipaddress.ip_address(host)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return addr.is_loopback
     except ValueError:
         return False
 

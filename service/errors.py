@@ -125,6 +125,14 @@ class Unauthorized(BackdropError):
     title = "Unauthorized"
 
 
+class OpenModeRefused(BackdropError):
+    """Open mode (no API keys) serves loopback clients only."""
+
+    code = "open_mode_loopback_only"
+    status = 403
+    title = "Forbidden"
+
+
 class QueueFull(BackdropError):
     code = "queue_full"
     status = 503

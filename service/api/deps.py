@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 
 from service.config import Settings
 from service.errors import Unauthorized
-from service.jobs import JobStore, owner_of
+from service.jobs import JobStore
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -30,13 +30,15 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery  # type: ignore[no-any-return]
 
 
-def key_digests(settings: Settings) -> list[bytes]:
-    return [hashlib.sha256(k.get_secret_value().encode()).digest() for k in settings.api_keys]
+def key_digests(settings: Settings) -> list[tuple[bytes, str]]:
+    """(SHA-256 of the key, tenant) for every configured key."""
+    return [(hashlib.sha256(key.encode()).digest(), tenant) for key, tenant in settings.tenant_keys.items()]
 
 
 def get_owner(request: Request) -> str:
-    """The caller's owner id.  Keys are compared as SHA-256 digests, in constant time, against
-    every configured key (no early exit); in local open mode everyone is ``local``."""
+    """The caller's tenant id, which owns its jobs (so a rotated key keeps them).  Keys are compared
+    as SHA-256 digests, in constant time, against every configured key (no early exit); in open mode
+    everyone is ``local``."""
     settings: Settings = request.app.state.settings
     if settings.local_mode:
         return "local"
@@ -46,12 +48,13 @@ def get_owner(request: Request) -> str:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("send 'Authorization: Bearer <API key>'")
     digest = hashlib.sha256(token.encode()).digest()
-    ok = False
-    for known in request.app.state.key_digests:
-        ok |= hmac.compare_digest(digest, known)
-    if not ok:
+    tenant = None
+    for known, name in request.app.state.key_digests:
+        if hmac.compare_digest(digest, known):
+            tenant = name
+    if tenant is None:
         raise Unauthorized("invalid API key")
-    return owner_of(token)
+    return tenant
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import problems
 from service.api.deps import key_digests
 from service.api.metrics import JobsCollector
-from service.api.routes import health, jobs
-from service.config import Settings, get_settings
+from service.api.routes import account, health, jobs
+from service.config import Settings, get_settings, is_loopback
+from service.errors import OpenModeRefused
 from service.jobs import JobStore
 from service.storage import S3Store, create_store
 from service.workers.celery_app import create_celery
@@ -22,8 +24,29 @@ from service.workers.celery_app import create_celery
 log = logging.getLogger(__name__)
 
 
+class LoopbackOnly:
+    """In open mode (no API keys) answer loopback clients only, whatever address uvicorn was bound
+    to: the check reads the connection's peer, not a setting."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] in ("http", "websocket") and not (client and is_loopback(str(client[0]))):
+            err = OpenModeRefused("this Backdrop runs in open mode (no API keys) and answers loopback clients only")
+            await problems.from_error(err)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    if settings.local_mode and not settings.open_mode:
+        raise RuntimeError(
+            "no BACKDROP_API_KEYS: set tenant:key pairs, or BACKDROP_OPEN_MODE=true to serve loopback clients "
+            "without keys (`backdrop run` does that for you)"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,7 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = create_celery(settings)
     app.state.key_digests = key_digests(settings)
     registry = CollectorRegistry()
-    registry.register(JobsCollector(app.state.jobs, settings.queue_name))
+    registry.register(
+        JobsCollector(app.state.jobs, settings.queue_name, app.state.celery, settings.readiness_timeout_s)
+    )
     app.state.registry = registry
 
     if settings.cors_origins:
@@ -59,10 +84,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
         )
+    if settings.local_mode:
+        app.add_middleware(LoopbackOnly)
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(account.router)
     return app
 
 
-app = create_app()
+app: FastAPI  # service.api.main:app, made by __getattr__ below on first access
+
+
+def __getattr__(name: str) -> FastAPI:
+    """``service.api.main:app`` for uvicorn, made on first access (importing the module for
+    ``create_app`` must not read this process's settings)."""
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

@@ -12,10 +12,17 @@ from prometheus_client.registry import Collector
 from service.jobs import PROCESSING_BUCKETS, JobStatus, JobStore
 
 
+def count_workers(celery: Any, timeout: float) -> int:
+    """Celery workers that answer a ping within ``timeout`` (video and light workers alike)."""
+    return len(celery.control.ping(timeout=timeout) or [])
+
+
 class JobsCollector(Collector):
-    def __init__(self, store: JobStore, queue_name: str):
+    def __init__(self, store: JobStore, queue_name: str, celery: Any = None, ping_timeout: float = 0.5):
         self.store = store
         self.queue_name = queue_name
+        self.celery = celery
+        self.ping_timeout = ping_timeout
 
     def collect(self) -> Iterator[Any]:
         try:
@@ -31,6 +38,13 @@ class JobsCollector(Collector):
         up = GaugeMetricFamily("backdrop_job_store_up", "Whether the job store answered this scrape")
         up.add_metric([], 1)
         yield up
+        if self.celery is not None:
+            workers = GaugeMetricFamily("backdrop_workers", "Celery workers that answered a ping at this scrape")
+            try:
+                workers.add_metric([], count_workers(self.celery, self.ping_timeout))
+            except Exception:  # noqa: BLE001 - the broker hiccuped: report none
+                workers.add_metric([], 0)
+            yield workers
         jobs = GaugeMetricFamily("backdrop_jobs_active", "Jobs now in each live state", labels=["status"])
         jobs.add_metric(["queued"], queued)
         jobs.add_metric(["running"], running)

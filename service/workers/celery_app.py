@@ -12,6 +12,7 @@ from service.config import Settings, get_settings
 
 PROCESS_TASK = "backdrop.process_job"
 WEBHOOK_TASK = "backdrop.deliver_webhook"
+HOUSEKEEPING_TASK = "backdrop.housekeeping"
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -19,14 +20,29 @@ def create_celery(settings: Settings | None = None) -> Celery:
     app = Celery("backdrop", broker=settings.redis_url, include=["service.workers.tasks"])
     app.conf.update(
         task_default_queue=settings.queue_name,
-        task_routes={PROCESS_TASK: {"queue": settings.queue_name}, WEBHOOK_TASK: {"queue": settings.queue_name}},
+        # video jobs on their own queue (one slot per CPU/GPU worker); callbacks and housekeeping on a
+        # light queue served by a small thread pool, so they never wait behind a video or take its slot
+        task_routes={
+            PROCESS_TASK: {"queue": settings.queue_name},
+            WEBHOOK_TASK: {"queue": settings.light_queue_name},
+            HOUSEKEEPING_TASK: {"queue": settings.light_queue_name},
+        },
+        beat_schedule={
+            "housekeeping": {
+                "task": HOUSEKEEPING_TASK,
+                "schedule": settings.housekeeping_interval_s,
+                "options": {"queue": settings.light_queue_name, "expires": settings.housekeeping_interval_s},
+            }
+        },
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
         result_backend=None,
-        # one job per message, acknowledged only when done; a lost worker puts it back
+        # one job per message, acknowledged only when done.  A job whose pool process dies is
+        # acknowledged too: the lease reaper (housekeeping) puts it back, counting its attempts, so
+        # a job that kills its worker every time cannot be redelivered for ever
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        task_reject_on_worker_lost=False,
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,
@@ -52,5 +68,4 @@ app = create_celery()
 
 def time_limits(settings: Settings, duration_s: float) -> tuple[float, float]:
     """(soft, hard) time limits of a job on a video of ``duration_s`` seconds."""
-    soft = settings.task_time_base_s + settings.task_time_per_video_s * max(0.0, duration_s)
-    return soft, soft + 30.0
+    return settings.time_limits(duration_s)

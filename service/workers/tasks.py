@@ -1,9 +1,11 @@
-"""The worker's tasks: one ``process_job`` per job, and ``deliver_webhook`` for its callback.
+"""The worker's tasks: one ``process_job`` per job, ``deliver_webhook`` for its callback and the
+periodic ``housekeeping`` (lease reaper and expiry sweeper, ``service.workers.housekeeping``).
 
 A job runs under a lease in Redis that a heartbeat thread keeps alive.  A message redelivered while
 the lease is alive (its first worker is still running it) is re-queued for later; once the lease
-has lapsed (that worker died) the job restarts cleanly: a new attempt, progress reset, the previous
-attempt's output deleted, the result written under the same key (never two results).
+has lapsed (that worker died) the reaper puts the job back and it restarts cleanly: a new attempt,
+progress reset, the previous attempt's output deleted, the result written under the same key (never
+two results).  Starts are counted: after ``max_attempts`` the job fails ``worker_lost``.
 """
 
 from __future__ import annotations
@@ -12,22 +14,26 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from service.config import get_settings
+from service.config import Settings, get_settings
 from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError
 from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, public_dict, result_url
 from service.storage import create_store, job_prefix
-from service.workers.celery_app import PROCESS_TASK, WEBHOOK_TASK, app
+from service.workers import housekeeping
+from service.workers.celery_app import HOUSEKEEPING_TASK, PROCESS_TASK, WEBHOOK_TASK, app
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,8 @@ _objects: Any = None
 def job_store() -> JobStore:
     global _store
     if _store is None:
-        _store = JobStore.from_settings()
+        settings = get_settings()
+        _store = JobStore.from_settings(settings, retry_s=settings.redis_retry_s)
     return _store
 
 
@@ -112,22 +119,35 @@ def _finish_canceled(store: JobStore, job_id: str) -> None:
     _cleanup_objects(job_id)
 
 
-def _sweep_expired(store: JobStore) -> None:
-    try:
-        for jid in store.expired_ids():
-            if store.get(jid) is None:
-                _cleanup_objects(jid)
-    except Exception:  # noqa: BLE001
-        log.warning("sweep of expired jobs failed", exc_info=True)
-
-
-def _time_limit_options(job: Job) -> dict[str, Any]:
+def _time_limit_options(job: Job, settings: Settings) -> dict[str, Any]:
     if job.time_limit_s:
-        return {"soft_time_limit": job.time_limit_s, "time_limit": job.time_limit_s + 30}
+        return {"soft_time_limit": job.time_limit_s, "time_limit": job.time_limit_s + settings.task_time_grace_s}
     return {}
 
 
-@app.task(name=PROCESS_TASK, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
+def send_job(job: Job, countdown: float | None = None) -> None:
+    """Put a message for ``job`` on the video queue (the task id is the job id, so the reaper can
+    tell whether the broker still holds one)."""
+    settings = get_settings()
+    process_job.apply_async(
+        (job.id,), task_id=job.id, countdown=countdown, queue=settings.queue_name,
+        **_time_limit_options(job, settings),
+    )
+
+
+def _inject_fault(settings: Settings) -> None:
+    """Testing only (``fault_injection``): die like a decoder crash, or hang past the soft limit."""
+    if settings.fault_injection == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if settings.fault_injection == "hang":
+        while True:
+            try:
+                time.sleep(3600)
+            except SoftTimeLimitExceeded:
+                continue
+
+
+@app.task(name=PROCESS_TASK, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=False)
 def process_job(self: Any, job_id: str) -> str:
     """Run one job: fetch its inputs, replace the background, upload the result, report."""
     settings = get_settings()
@@ -142,25 +162,35 @@ def process_job(self: Any, job_id: str) -> str:
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not store.acquire_lease(job_id, token):
         # Redelivered while its first worker still holds the lease: look again later.
-        process_job.apply_async((job_id,), countdown=settings.job_lease_s, **_time_limit_options(job))
+        send_job(job, countdown=settings.job_lease_s)
         return "leased"
 
-    beat = _Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
-    beat.start()
-    workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id[:8]}-", dir=settings.spool_dir))
+    beat: _Heartbeat | None = None
+    workdir: Path | None = None
     outcome = "failed"
     t0 = time.monotonic()
     try:
+        if job.status is JobStatus.RUNNING and job.attempts >= settings.max_attempts:
+            # its worker died under it max_attempts times (the reaper usually settles this first)
+            _fail(store, job_id, "worker_lost", f"the worker running this job was lost {job.attempts} times")
+            return "failed"
+        beat = _Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
+        beat.start()
+        workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id[:8]}-", dir=settings.spool_dir))
+        hard = (job.time_limit_s or 0) + settings.task_time_grace_s
+
         def start(j: Job) -> None:
             j.attempts += 1
             j.progress.frames_done = 0
             j.progress.frames_total = j.video.frames if j.video else 0
             j.error, j.result = None, None
+            j.deadline_at = j.started_at + timedelta(seconds=hard) if j.started_at and j.time_limit_s else None
 
         try:
             job = store.transition(job_id, JobStatus.RUNNING, mutate=start)
         except IllegalTransition:
             return "skipped"  # canceled (or finished) between the checks above and now
+        _inject_fault(settings)
         attempt = job.attempts
         outcome = _run(job, attempt, workdir, store, beat, settings)
         if outcome == "succeeded":
@@ -178,12 +208,16 @@ def process_job(self: Any, job_id: str) -> str:
         _fail(store, job_id, e.code, e.message)
         return "failed"
     finally:
-        beat.stop.set()
-        store.release_lease(job_id, token)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if beat is not None:
+            beat.stop.set()
+        try:
+            store.release_lease(job_id, token)
+        except Exception:  # noqa: BLE001 - Redis is gone: the lease lapses by itself
+            log.warning("could not release the lease of %s", job_id, exc_info=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         if outcome in ("succeeded", "failed", "canceled"):
             _notify(store, job_id)
-            _sweep_expired(store)
 
 
 def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbeat, settings: Any) -> str:
@@ -212,11 +246,16 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
 
         last = {"t": 0.0, "c": 0.0, "canceled": False}
 
+        # Progress and the cancel flag are best effort: a Redis outage longer than the store's
+        # retries must not fail a job that is otherwise fine (its final state is written with retries).
         def progress(done: int, total: int) -> None:
             now = time.monotonic()
             if now - last["t"] >= settings.progress_interval_s or (total and done >= total):
                 last["t"] = now
-                store.update_progress(job_id, done, total, attempt)
+                try:
+                    store.update_progress(job_id, done, total, attempt)
+                except redis.RedisError:
+                    log.warning("progress of %s not written (Redis unavailable)", job_id)
 
         def cancel() -> bool:
             if beat.lost:
@@ -224,7 +263,10 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
             now = time.monotonic()
             if now - last["c"] >= settings.cancel_poll_interval_s:
                 last["c"] = now
-                last["canceled"] = store.cancel_requested(job_id)
+                try:
+                    last["canceled"] = store.cancel_requested(job_id)
+                except redis.RedisError:
+                    log.warning("cancel flag of %s not read (Redis unavailable)", job_id)
             return bool(last["canceled"])
 
         result = replace_background(
@@ -300,18 +342,20 @@ def _notify(store: JobStore, job_id: str) -> None:
     settings = get_settings()
     url = result_url(job, object_store(), settings)
     body = json.dumps(public_dict(job, url), separators=(",", ":"), default=str)
-    deliver_webhook.apply_async((job.callback_url, body, f"job.{job.status.value}"))
+    deliver_webhook.apply_async(
+        (job.callback_url, body, f"job.{job.status.value}", job.owner), queue=settings.light_queue_name
+    )
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True)
-def deliver_webhook(self: Any, url: str, body: str, event: str) -> str:
-    """POST a signed completion callback; retried with exponential backoff on failure."""
+def deliver_webhook(self: Any, url: str, body: str, event: str, tenant: str = "local") -> str:
+    """POST a callback signed with ``tenant``'s secret; retried with exponential backoff on failure."""
     from service.webhooks import deliver_once
 
     settings = get_settings()
     attempt = self.request.retries + 1
     try:
-        status = deliver_once(url, body.encode(), event, settings)
+        status = deliver_once(url, body.encode(), event, settings, tenant=tenant)
         if 200 <= status < 300:
             return f"delivered ({status})"
         if 400 <= status < 500 and status not in (408, 409, 425, 429):
@@ -327,3 +371,21 @@ def deliver_webhook(self: Any, url: str, body: str, event: str) -> str:
         log.warning("webhook %s gave up after %d attempts: %s", url, attempt, error)
         return "gave up"
     raise self.retry(countdown=settings.webhook_backoff_s * 2 ** (attempt - 1))
+
+
+@app.task(name=HOUSEKEEPING_TASK, acks_late=False, ignore_result=True)
+def run_housekeeping() -> dict[str, int]:
+    """The lease reaper and the expiry sweeper (``service.workers.housekeeping``), on the light
+    queue every ``housekeeping_interval_s``; one run at a time across all housekeepers."""
+    settings = get_settings()
+    store = job_store()
+    token = uuid.uuid4().hex
+    if not store.hold("housekeeping", token, max(5.0, settings.housekeeping_interval_s * 4)):
+        return {"skipped": 1}
+    try:
+        counts = housekeeping.reap(store, settings, send=send_job, notify=lambda jid: _notify(store, jid),
+                                   cleanup=_cleanup_objects)
+        counts.update(housekeeping.sweep(store, lambda jid: object_store().delete_prefix(job_prefix(jid))))
+        return counts
+    finally:
+        store.let_go("housekeeping", token)

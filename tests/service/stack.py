@@ -30,9 +30,10 @@ _spec.loader.exec_module(_root_conftest)
 data_path = _root_conftest.data_path
 
 ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "test-key-alice"
-OTHER_KEY = "test-key-bob"
-WEBHOOK_SECRET = "test-webhook-secret"
+API_KEY = "alice-7Qm2Lx9Vt4Rk8Wz3Np6Hs1Jd5Gf0Bc"  # tenant "alice"
+ROTATED_KEY = "alice-K3nV8pQ2wX7mZ5rT1yL9cH4bG6dF0s"  # a second key of tenant "alice"
+OTHER_KEY = "bob-Z8xC3vB6nM1qW4eR7tY2uI5oP9aS0d"  # tenant "bob"
+WEBHOOK_SECRET = "hooks-4Hq8Zr2Wm6Tx1Kv9Bn3Ls7Pd5Fg0Jc"
 
 
 def free_port() -> int:
@@ -103,9 +104,11 @@ def base_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
         "BACKDROP_PROGRESS_INTERVAL_S": "0.1",
         "BACKDROP_CANCEL_POLL_INTERVAL_S": "0.2",
         "BACKDROP_JOB_LEASE_S": "3",
-        "BACKDROP_BROKER_VISIBILITY_TIMEOUT_S": "3600",
         "BACKDROP_BROKER_RESTORE_INTERVAL_S": "1",
         "BACKDROP_READINESS_TIMEOUT_S": "1.0",
+        "BACKDROP_OPEN_MODE": "true",
+        "BACKDROP_LIGHT_QUEUE_NAME": "light-" + uuid.uuid4().hex[:6],
+        "BACKDROP_HOUSEKEEPING_INTERVAL_S": "1",
     }
     env.update(extra)
     return env
@@ -140,18 +143,25 @@ class ApiServer:
 class Worker:
     """``celery -A service.workers.celery_app worker`` in its own process group."""
 
-    def __init__(self, env: dict[str, str], name: str, log_path: Path):
+    def __init__(self, env: dict[str, str], name: str, log_path: Path, light: bool = False):
         self.env = make_env(env)
         self.name = name
         self.log_path = log_path
+        self.light = light
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
+        """A video worker (prefork, one slot), or with ``light`` the light worker as `backdrop run`
+        starts it: webhook deliveries on a thread pool, and the beat that runs housekeeping."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115
+        if self.light:
+            pool = ["-Q", self.env["BACKDROP_LIGHT_QUEUE_NAME"], "-P", "threads", "-c", "4", "-B",
+                    "-s", str(self.log_path.with_suffix(".beat"))]
+        else:
+            pool = ["-Q", self.env["BACKDROP_QUEUE_NAME"], "-c", "1", "-P", "prefork"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "service.workers.celery_app", "worker",
-             "-Q", self.env["BACKDROP_QUEUE_NAME"], "-c", "1", "-P", "prefork", "-n", f"{self.name}@%h",
-             "--without-gossip", "--without-mingle", "-l", "info"],
+            [sys.executable, "-m", "celery", "-A", "service.workers.celery_app", "worker", *pool,
+             "-n", f"{self.name}@%h", "--without-gossip", "--without-mingle", "-l", "info"],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         return self
@@ -195,7 +205,11 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 
 def auth_env() -> dict[str, str]:
-    return {"BACKDROP_API_KEYS": f"{API_KEY},{OTHER_KEY}", "BACKDROP_WEBHOOK_SECRET": WEBHOOK_SECRET}
+    return {
+        "BACKDROP_API_KEYS": f"alice:{API_KEY},bob:{OTHER_KEY}",
+        "BACKDROP_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "BACKDROP_OPEN_MODE": "false",
+    }
 
 
 def count_frames(path: Path) -> tuple[int, int, int, bool]:

@@ -156,7 +156,7 @@ def test_end_to_end_s3_presigned_and_webhook(redis_url: str, tmp_path: Path, wor
 
 def test_worker_killed_mid_job_is_finished_by_another(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
     env = base_env(
-        redis_url, tmp_path, BACKDROP_BROKER_VISIBILITY_TIMEOUT_S="4", BACKDROP_JOB_LEASE_S="2",
+        redis_url, tmp_path, BACKDROP_JOB_LEASE_S="2",
     )
     first = worker_factory(env, "first")
     with ApiServer(settings_from(env)) as api, api.client() as c:

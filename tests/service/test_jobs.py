@@ -7,7 +7,7 @@ import redis
 
 from service.config import Settings
 from service.errors import IllegalTransition, JobNotFound
-from service.jobs import TERMINAL, Job, JobStatus, JobStore, can_move, owner_of, public_dict
+from service.jobs import TERMINAL, Job, JobStatus, JobStore, can_move, public_dict
 
 
 @pytest.fixture
@@ -77,8 +77,6 @@ def test_lease_and_cancel_flag(store: JobStore) -> None:
 
 
 def test_public_dict_and_owner_hash() -> None:
-    assert owner_of(None) == "local"
-    assert owner_of("secret") != owner_of("secret2") and "secret" not in owner_of("secret")
     d = public_dict(Job(owner="a"), None)
     assert d["status"] == "queued" and d["progress"]["percent"] == 0.0 and d["result"] is None
     assert "owner" not in d and "input_key" not in d

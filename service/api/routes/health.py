@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import CeleryDep, JobStoreDep, ObjectStoreDep, SettingsDep
+from service.api.metrics import count_workers
 from service.api.problems import problem
 
 router = APIRouter(tags=["health"])
@@ -20,7 +21,9 @@ async def read_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _checks(jobs: Any, objects: Any, celery: Any, timeout: float) -> dict[str, str]:
+def _checks(jobs: Any, objects: Any, celery: Any, timeout: float) -> tuple[dict[str, str], int | None]:
+    """What this API process needs to serve (Redis, the object store), and how many workers answer
+    (None when that could not be asked)."""
     out: dict[str, str] = {}
     try:
         jobs.ping()
@@ -32,27 +35,28 @@ def _checks(jobs: Any, objects: Any, celery: Any, timeout: float) -> dict[str, s
         out["storage"] = "ok"
     except Exception as e:  # noqa: BLE001
         out["storage"] = f"error: {getattr(e, 'message', type(e).__name__)}"
-    if out["redis"] != "ok":
-        out["workers"] = "error: broker unreachable"
-        return out
-    try:
-        replies = celery.control.ping(timeout=timeout) or []
-        out["workers"] = f"ok ({len(replies)})" if replies else "error: no worker answered"
-    except Exception as e:  # noqa: BLE001
-        out["workers"] = f"error: {type(e).__name__}"
-    return out
+    workers = None
+    if out["redis"] == "ok":
+        try:
+            workers = count_workers(celery, timeout)
+        except Exception:  # noqa: BLE001 - reported as unknown
+            workers = None
+    return out, workers
 
 
 @router.get("/readyz", responses={503: {"description": "not_ready"}})
 async def read_readiness(
     request: Request, settings: SettingsDep, jobs: JobStoreDep, objects: ObjectStoreDep, celery: CeleryDep
 ) -> Any:
-    """Readiness: Redis, the object store and at least one Celery worker answer."""
-    checks = await run_in_threadpool(_checks, jobs, objects, celery, settings.readiness_timeout_s)
-    if all(v.startswith("ok") for v in checks.values()):
-        return {"status": "ok", "checks": checks}
-    failed = ", ".join(f"{k} ({v})" for k, v in checks.items() if not v.startswith("ok"))
-    return problem(503, "not_ready", "Service not ready", f"not ready: {failed}", request, checks=checks)
+    """Readiness of this API process: Redis and the object store answer.  The number of workers that
+    answer a ping is reported (``workers``) but is no reason to take the API out of service: jobs
+    wait in the queue while workers roll over."""
+    checks, workers = await run_in_threadpool(_checks, jobs, objects, celery, settings.readiness_timeout_s)
+    if all(v == "ok" for v in checks.values()):
+        return {"status": "ok", "checks": checks, "workers": workers}
+    failed = ", ".join(f"{k} ({v})" for k, v in checks.items() if v != "ok")
+    return problem(503, "not_ready", "Service not ready", f"not ready: {failed}", request, checks=checks,
+                   workers=workers, headers={"Retry-After": "5"})
 
 
 @router.get("/metrics", response_class=Response)

@@ -1,0 +1,119 @@
+"""Housekeeping, run on a timer (the light worker's beat), never as a side effect of another job:
+
+- the **lease reaper** settles running jobs whose lease has lapsed (their worker died, or was killed
+  at the hard time limit): back to the queue, or failed ``worker_lost`` / ``time_limit`` with their
+  callback; and re-sends queued jobs whose broker message is gone (Redis lost it, or enqueueing
+  failed half-way);
+- the **expiry sweeper** deletes the objects of jobs whose records have expired, keeping an id whose
+  deletion failed for a later sweep.
+
+Every step is idempotent and atomic per job, so two housekeepers running at once do no harm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from service.config import Settings
+from service.jobs import Job, JobStatus, JobStore
+
+log = logging.getLogger(__name__)
+
+#: kombu's Redis transport: messages wait in a list named after the queue (plus one list per
+#: priority step) and, once a worker has taken them, in this hash until they are acknowledged.
+UNACKED_KEY = "unacked"
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+#: How long an object deletion that failed waits before the sweeper tries it again.
+SWEEP_RETRY_S = 300.0
+
+
+def broker_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
+    """Task ids of the messages the broker holds for ``queues``: waiting, or taken but not yet
+    acknowledged (a worker holds retries and countdowns that way)."""
+    raws: list[Any] = []
+    for q in queues:
+        for name in (q, *(f"{q}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
+            raws.extend(client.lrange(name, 0, -1))
+    raws.extend(client.hvals(UNACKED_KEY))
+    ids: set[str] = set()
+    for raw in raws:
+        try:
+            msg = json.loads(raw)
+            if isinstance(msg, list):  # unacked entries are [message, exchange, routing_key]
+                msg = msg[0]
+            ids.add(str(msg["headers"]["id"]))
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+    return ids
+
+
+def queued_grace_s(settings: Settings) -> float:
+    """How long a queued job may go without a broker message before it is sent again: longer than
+    the moment between the API storing the job and sending its message."""
+    return max(10.0, 2 * settings.housekeeping_interval_s)
+
+
+def reap(
+    store: JobStore,
+    settings: Settings,
+    send: Callable[[Job], None],
+    notify: Callable[[str], None],
+    cleanup: Callable[[str], None],
+) -> dict[str, int]:
+    """Settle abandoned jobs (see module doc); returns counts by what was done."""
+    counts = {"requeued": 0, "failed": 0, "resent": 0, "orphans": 0}
+    for state in (JobStatus.RUNNING, JobStatus.QUEUED):
+        for jid in store.ids_in(state):
+            if store.get(jid) is None:  # the record expired: nothing will ever finish it
+                store.drop_from_index(state, jid)
+                cleanup(jid)
+                counts["orphans"] += 1
+    for jid in store.ids_in(JobStatus.RUNNING):
+        if store.lease_holder(jid):
+            continue
+        job = store.settle_abandoned(jid, settings.max_attempts)
+        if job is None:
+            continue
+        if job.status is JobStatus.QUEUED:
+            log.warning("job %s lost its worker (attempt %d); queued again", jid, job.attempts)
+            send(job)
+            counts["requeued"] += 1
+        else:
+            log.warning("job %s failed: %s", jid, job.error.code if job.error else "?")
+            notify(jid)
+            counts["failed"] += 1
+    stale = store.ids_in(JobStatus.QUEUED, before=time.time() - queued_grace_s(settings))
+    if stale:
+        present = broker_task_ids(store.r, [settings.queue_name])
+        for jid in stale:
+            job = store.get(jid)
+            if jid not in present and job is not None and job.status is JobStatus.QUEUED:
+                log.warning("queued job %s had no broker message; sent again", jid)
+                send(job)
+                counts["resent"] += 1
+    return counts
+
+
+def sweep(store: JobStore, delete_objects: Callable[[str], Any]) -> dict[str, int]:
+    """Delete the objects of expired jobs; an id whose deletion fails stays due (see module doc)."""
+    done: list[str] = []
+    failed: list[str] = []
+    for jid in store.expired_ids():
+        if store.get(jid) is not None:
+            continue  # the record outlives its expiry score (clock skew): next sweep
+        try:
+            delete_objects(jid)
+            done.append(jid)
+        except Exception:  # noqa: BLE001 - storage down: keep the id, try again later
+            log.warning("could not delete the objects of expired job %s", jid, exc_info=True)
+            failed.append(jid)
+    store.forget_expired(done)
+    store.retry_expired(failed, SWEEP_RETRY_S)
+    return {"deleted": len(done), "kept": len(failed)}
