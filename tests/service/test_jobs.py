@@ -80,3 +80,101 @@ def test_public_dict_and_owner_hash() -> None:
     d = public_dict(Job(owner="a"), None)
     assert d["status"] == "queued" and d["progress"]["percent"] == 0.0 and d["result"] is None
     assert "owner" not in d and "input_key" not in d
+
+
+def test_every_record_expires(store: JobStore) -> None:
+    """A job record has a TTL in every state, so nothing lingers if its worker and the reaper are gone."""
+    job, _ = store.create(Job(owner="a"))
+    key = f"backdrop:job:{job.id}"
+    assert 0 < store.r.ttl(key) <= 60
+    store.transition(job.id, JobStatus.RUNNING, mutate=lambda j: setattr(j, "attempts", 1))
+    assert 0 < store.r.ttl(key) <= 60
+    assert store.update_progress(job.id, 1, 10, attempt=1)
+    assert 0 < store.r.ttl(key) <= 60  # a progress write keeps it
+
+
+def _running(store: JobStore, attempts: int, deadline_in_s: float | None = None) -> Job:
+    from datetime import timedelta
+
+    from service.jobs import utcnow
+
+    job, _ = store.create(Job(owner="a"))
+
+    def start(j: Job) -> None:
+        j.attempts = attempts
+        j.deadline_at = utcnow() + timedelta(seconds=deadline_in_s) if deadline_in_s is not None else None
+
+    return store.transition(job.id, JobStatus.RUNNING, mutate=start)
+
+
+def test_settle_abandoned(store: JobStore) -> None:
+    # its worker still holds the lease: left alone
+    held = _running(store, 1)
+    assert store.acquire_lease(held.id, "w1")
+    assert store.settle_abandoned(held.id, max_attempts=3) is None
+    assert store.get(held.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    # lease lapsed, attempts left: queued again (the caller sends its message)
+    lost = _running(store, 1)
+    settled = store.settle_abandoned(lost.id, max_attempts=3)
+    assert settled is not None and settled.status is JobStatus.QUEUED and store.queue_depth() == 1
+    # lease lapsed after the last attempt: failed worker_lost
+    spent = _running(store, 3)
+    settled = store.settle_abandoned(spent.id, max_attempts=3)
+    assert settled is not None and settled.status is JobStatus.FAILED and settled.error is not None
+    assert settled.error.code == "worker_lost" and settled.finished_at is not None
+    # past its hard limit: time_limit, whatever the attempts
+    late = _running(store, 1, deadline_in_s=-1)
+    settled = store.settle_abandoned(late.id, max_attempts=3)
+    assert settled is not None and settled.error is not None and settled.error.code == "time_limit"
+    # a finished job is never touched
+    assert store.settle_abandoned(late.id, max_attempts=3) is None
+
+
+def test_sweep_keeps_ids_whose_deletion_failed(store: JobStore) -> None:
+    from service.workers.housekeeping import sweep
+
+    ok, broken, alive = "a" * 32, "b" * 32, "c" * 32
+    store.r.zadd("backdrop:expiry", {ok: 1, broken: 1, alive: 1})
+    store.r.set(f"backdrop:job:{alive}", Job(id=alive).model_dump_json())  # record still there: not yet
+    deleted: list[str] = []
+
+    def delete(jid: str) -> None:
+        if jid == broken:
+            raise OSError("storage down")
+        deleted.append(jid)
+
+    assert sweep(store, delete) == {"deleted": 1, "kept": 1}
+    assert deleted == [ok]
+    due = store.expired_ids()
+    assert due == [alive]  # ``broken`` waits for a later sweep, ``ok`` is forgotten
+    assert store.r.zscore("backdrop:expiry", broken) is not None
+
+
+def test_reaper_requeues_lost_jobs_and_resends_lost_messages(store: JobStore, redis_url: str) -> None:
+    """Against a real Celery message in the broker: a queued job whose message is there is left
+    alone; one whose message is gone is sent again; a running job without a lease is requeued."""
+    import time
+    import uuid
+
+    from service.workers.celery_app import PROCESS_TASK, create_celery
+    from service.workers.housekeeping import broker_task_ids, reap
+
+    settings = Settings(redis_url=redis_url, queue_name="video-" + uuid.uuid4().hex[:6], job_lease_s=0.5)
+    store.settings = settings
+    celery = create_celery(settings)
+    with_message, without = store.create(Job(owner="a"))[0], store.create(Job(owner="a"))[0]
+    celery.send_task(PROCESS_TASK, args=[with_message.id], task_id=with_message.id, queue=settings.queue_name)
+    assert broker_task_ids(store.r, [settings.queue_name]) == {with_message.id}
+    old = time.time() - 600  # both have waited long past the grace
+    store.r.zadd("backdrop:queued", {with_message.id: old, without.id: old})
+    lost = _running(store, 1)
+    sent: list[str] = []
+    counts = reap(store, settings, send=lambda j: sent.append(j.id), notify=lambda jid: None, cleanup=lambda jid: None)
+    assert counts["requeued"] == 1 and counts["resent"] == 1
+    assert sorted(sent) == sorted([lost.id, without.id])
+    # an index entry whose record expired is dropped, its objects cleaned
+    ghost = "d" * 32
+    store.r.zadd("backdrop:running", {ghost: old})
+    cleaned: list[str] = []
+    reap(store, settings, send=lambda j: None, notify=lambda jid: None, cleanup=cleaned.append)
+    assert cleaned == [ghost] and store.r.zscore("backdrop:running", ghost) is None

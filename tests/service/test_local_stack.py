@@ -68,3 +68,71 @@ def test_run_submit_and_stop(tmp_path: Path) -> None:
 
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after stop"
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        out.extend(int(p) for p in text)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> None:
+    """The worker's main process SIGKILLed mid-job: `backdrop run` starts it again (the API and Redis
+    stay up), the reaper puts the job back once its lease lapses, and the job succeeds."""
+    import os
+    import time
+
+    redis_port, api_port = free_port(), free_port()
+    env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port),
+                            BACKDROP_JOB_LEASE_S="3", BACKDROP_HOUSEKEEPING_INTERVAL_S="2"))
+    del env["BACKDROP_OPEN_MODE"]  # `backdrop run` sets it itself when no keys are given
+    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "service.local_stack"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{api_port}"
+    try:
+        def video_worker() -> int | None:
+            found = [p for p in _children(proc.pid) if f"-Q {env['BACKDROP_QUEUE_NAME']} " in _cmdline(p)]
+            return found[0] if found else None
+
+        def ready() -> bool:
+            try:
+                r = httpx.get(url + "/readyz", timeout=2, trust_env=False)
+                return r.status_code == 200 and (r.json().get("workers") or 0) >= 2
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 120, 0.5, "the local stack and both workers")
+        clip = sorted(data_path("videos", "asl").glob("*.mkv"))[0]
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
+            with open(clip, "rb") as f:
+                job = c.post("/jobs", files={"video": (clip.name, f)}, data={"background_color": "#336699"}).json()
+            wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
+            first = video_worker()
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_for(lambda: video_worker() not in (None, first), 30, 0.2, "the worker to be started again")
+            done = wait_for(
+                lambda: (j := c.get(f"/jobs/{job['id']}").json())["status"] in ("succeeded", "failed") and j,
+                120, 0.5, "the job to end",
+            )
+            assert done["status"] == "succeeded", ((tmp_path / "stack.log").read_text()[-3000:], done)
+            assert done["attempts"] == 2
+            assert time.monotonic() - killed_at < 90
+        assert proc.poll() is None, "the stack stopped instead of restarting its worker"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(90)
+        log.close()
+    assert code == 0, (tmp_path / "stack.log").read_text()[-3000:]
