@@ -10,17 +10,19 @@ from pathlib import Path
 
 from service.cli_service import add_commands
 from service.errors import BackdropError
-from service.media.encode import FORMATS
+from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS
 
 
 def _replace(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from service.pipeline import ReplaceOptions, replace_background
+    from service.options import Options, background_kind
+    from service.pipeline import replace_background
 
-    options = ReplaceOptions.parse(
+    # the one options model, checked with the background before any work (replace_background checks again)
+    options = Options.parse(
         model=args.model, output_format=args.format, composite=args.composite, harmonize=args.harmonize,
-        edge_refine=args.edge_refine,
+        edge_refine=args.edge_refine, background=background_kind(args.background),
     )
     bars: list[tqdm] = []  # made on the first report, so a refused input prints no empty bar
 
@@ -51,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("input", help="the input video")
     rep.add_argument("-b", "--background", help="an image file, a video file, #RRGGBB or blur")
     rep.add_argument("-o", "--output", required=True, help="the output file")
-    rep.add_argument("--model", default="rvm", help="rvm (default) or deeplabv3plus")
-    rep.add_argument("--format", default="mp4", choices=list(FORMATS), help="output format (default mp4)")
-    rep.add_argument("--composite", default="alpha", choices=["alpha", "poisson"], help="compositor")
+    rep.add_argument("--model", default="rvm", help=" or ".join(MODEL_NAMES) + " (default rvm)")
+    rep.add_argument("--format", default="mp4", choices=list(OUTPUT_FORMATS), help="output format (default mp4)")
+    rep.add_argument("--composite", default="alpha", choices=list(COMPOSITORS), help="compositor")
     rep.add_argument("--harmonize", type=float, default=0.0, metavar="STRENGTH",
-                     help="colour harmonisation strength, 0 (off) to 1")
+                     help="colour harmonisation strength, 0 (off) to 1; mp4 output only")
     rep.add_argument("--edge-refine", dest="edge_refine", action=argparse.BooleanOptionalAction, default=None,
                      help="refine mask edges (default: BACKDROP_EDGE_REFINE, else on for deeplabv3plus, off for rvm)")
     rep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -93,7 +93,15 @@ class Settings(BaseSettings):
     light_queue_name: str = Field(
         "light", description="Celery queue of webhook deliveries and housekeeping (served by a light thread pool)."
     )
-    max_queue_depth: int = Field(100, description="Queued jobs past which POST /jobs answers 503.")
+    max_queue_depth: int = Field(
+        100, description="Queued jobs (and uploads under way) past which POST /jobs answers 503 queue_full."
+    )
+    tenant_max_queued: int = Field(
+        20, description="Queued jobs (and uploads under way) one tenant may have; past it POST /jobs answers 429 quota_exceeded."
+    )
+    max_concurrent_uploads: int = Field(
+        8, description="Uploads one API process takes at once; past it POST /jobs answers 503 busy."
+    )
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long finished jobs and their objects are kept.")
     storage: Literal["local", "s3"] = Field("local", description="Object store kind.")
     storage_dir: Path = Field(ROOT / "var" / "objects", description="Folder of the local object store.")

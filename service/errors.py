@@ -116,6 +116,38 @@ class JobNotFound(BackdropError):
 class ResultNotReady(BackdropError):
     code = "result_not_ready"
     status = 409
+class IncompatibleOptions(InputError):
+    """Options that are valid one by one but not together (e.g. harmonize with webm output)."""
+
+    code = "incompatible_options"
+    title = "Incompatible options"
+
+
+class IdempotencyKeyReused(InputError):
+    """An ``Idempotency-Key`` sent again with a different request."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
+
+
+class InvalidRange(InputError):
+    code = "invalid_range"
+    status = 400
+    title = "Invalid Range header"
+
+
+class RangeNotSatisfiable(InputError):
+    """A ``Range`` past the end of the file (answered with ``Content-Range: bytes */size``)."""
+
+    code = "range_not_satisfiable"
+    status = 416
+    title = "Range not satisfiable"
+
+    def __init__(self, message: str, *, size: int):
+        super().__init__(message)
+        self.size = size
+
+
     title = "Result not ready"
 
 
@@ -133,7 +165,17 @@ class OpenModeRefused(BackdropError):
     title = "Forbidden"
 
 
-class QueueFull(BackdropError):
+class RetryLater(BackdropError):
+    """Refused for now, not for good: the answer carries ``Retry-After`` (seconds)."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFull(RetryLater):
     code = "queue_full"
     status = 503
     title = "Queue full"
@@ -163,6 +205,30 @@ class RequestInvalid(InputError):
 
     code = "validation_error"
     title = "Request validation failed"
+class QuotaExceeded(RetryLater):
+    """The caller's tenant already has ``tenant_max_queued`` jobs waiting."""
+
+    code = "quota_exceeded"
+    status = 429
+    title = "Quota exceeded"
+
+
+class Busy(RetryLater):
+    """This API process already takes ``max_concurrent_uploads`` uploads."""
+
+    code = "busy"
+    status = 503
+    title = "Busy"
+
+
+class DependencyUnavailable(RetryLater):
+    """Redis, the broker or the object store cannot be reached: nothing the caller did."""
+
+    code = "dependency_unavailable"
+    status = 503
+    title = "Dependency unavailable"
+
+
 
 
 class RouteNotFound(BackdropError):

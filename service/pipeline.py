@@ -22,71 +22,29 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.config import Settings, get_settings
-from service.errors import BackdropError, Canceled, InvalidParameter
-from service.inference.compositing import CompositorName, create_compositor
+from service.errors import Canceled
+from service.inference.compositing import create_compositor
 from service.inference.harmonize import Harmonizer
-from service.inference.models import MattingModel, get_model, model_class
+from service.inference.models import MattingModel, get_model
 from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
 from service.media.decode import iter_frames
 from service.media.encode import FORMATS, GREEN, VideoWriter
 from service.media.probe import VideoInfo, probe_video
+from service.options import Options, background_kind
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 
-class ReplaceOptions(BaseModel):
-    """What a caller may choose for one video (the CLI flags and the job's options)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = "rvm"
-    output_format: str = "mp4"
-    composite: str = "alpha"
-    harmonize: float = Field(0.0, ge=0.0, le=1.0)
-    edge_refine: bool | None = None  # None: settings.edge_refine, else the model's default
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        model_class(v)  # raises UnknownModel
-        return v
-
-    @field_validator("output_format")
-    @classmethod
-    def _known_format(cls, v: str) -> str:
-        if v not in FORMATS:
-            raise InvalidParameter(f"unknown output format {v!r}; choose one of: {', '.join(FORMATS)}")
-        return v
-
-    @field_validator("composite")
-    @classmethod
-    def _known_compositor(cls, v: str) -> str:
-        if v not in {c.value for c in CompositorName}:
-            raise InvalidParameter(f"unknown compositor {v!r}; choose alpha or poisson")
-        return v
-
-    @classmethod
-    def parse(cls, **values: Any) -> ReplaceOptions:
-        """Validate, turning pydantic's errors into our ``InvalidParameter``."""
-        from pydantic import ValidationError
-
-        try:
-            return cls(**values)
-        except ValidationError as exc:
-            cause = exc.errors()[0].get("ctx", {}).get("error")
-            if isinstance(cause, BackdropError):
-                raise cause from None
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            raise InvalidParameter(f"{field}: {first['msg']}") from None
+#: What a caller may choose for one video: the one options model, shared with the API (the CLI
+#: flags and the job's options); ``replace_background`` validates it again with the background known.
+ReplaceOptions = Options
 
 
 @dataclass(frozen=True)
@@ -125,15 +83,14 @@ def replace_background(
     """Put the person in ``input_path`` on ``background`` and write ``output_path``.
 
     ``background`` may be None only for outputs that carry no background (webm, mov, matte,
-    greenscreen).  Raises a ``BackdropError`` subclass on bad input; ``Canceled`` if ``cancel()``
-    returned True.  The output appears only when it is complete.
+    greenscreen): ``Options`` decides, with the same rules the API applied.  Raises a
+    ``BackdropError`` subclass on bad input; ``Canceled`` if ``cancel()`` returned True.  The output
+    appears only when it is complete.
     """
     settings = settings or get_settings()
-    options = options or ReplaceOptions()
+    options = (options or ReplaceOptions()).with_background(background_kind(background))
     info = probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
-    if options.harmonize > 0 and options.output_format != "mp4":
-        raise InvalidParameter("harmonize needs a background scene to match: use it with mp4 output")
     model = model or get_model(options.model, settings)
     bg = _background_for(options.output_format, background, info, settings)
     output_path = Path(output_path)
@@ -157,9 +114,7 @@ def replace_background(
 def _background_for(fmt: str, spec: str | None, info: VideoInfo, settings: Settings) -> BackgroundSource | None:
     if fmt == "greenscreen":
         return ColorBackground(GREEN, info.width, info.height)
-    if spec is None:
-        if fmt == "mp4":
-            raise InvalidParameter("a background is required for mp4 output (an image, a video, #RRGGBB or blur)")
+    if spec is None:  # Options allowed it: this output shows no background
         return None
     return open_background(spec, info.width, info.height, settings)
 

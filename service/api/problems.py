@@ -1,5 +1,7 @@
 """Every error as RFC 9457 ``application/problem+json`` with a stable ``code``: our own exception
-hierarchy, FastAPI's validation errors, Starlette's 404/405 and anything unexpected."""
+hierarchy, FastAPI's validation errors, Starlette's 404/405, a Redis outage (503
+``dependency_unavailable``: never the caller's fault, never a 500) and anything unexpected.
+Refusals that pass (503, 429) carry ``Retry-After``."""
 
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
     BackdropError,
+    DependencyUnavailable,
     MethodNotAllowed,
-    QueueFull,
+    RangeNotSatisfiable,
     RequestInvalid,
+    RetryLater,
     RouteNotFound,
     Unauthorized,
 )
@@ -24,6 +29,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "urn:backdrop:problem:"
+#: Retry-After of a 503 that names no time of its own (a dependency down, storage failing).
+DEFAULT_RETRY_AFTER_S = 5
 
 
 def problem(
@@ -41,8 +48,12 @@ def from_error(err: BackdropError, request: Request | None = None) -> JSONRespon
     headers: dict[str, str] = {}
     if isinstance(err, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="backdrop"'
-    if isinstance(err, QueueFull):
-        headers["Retry-After"] = str(getattr(err, "retry_after", 30))
+    if isinstance(err, RetryLater):
+        headers["Retry-After"] = str(err.retry_after_s)
+    elif err.status == 503:
+        headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_S)
+    if isinstance(err, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{err.size}"
     return problem(err.status, err.code, err.title, err.message, request, headers or None)
 
 
@@ -61,6 +72,12 @@ def install(app: FastAPI) -> None:
             log.warning("%s %s: %s (%s)", request.method, request.url.path, exc.message, exc.code)
         return from_error(exc, request)
 
+    @app.exception_handler(RedisError)
+    async def _redis(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("%s %s: Redis failed: %r", request.method, request.url.path, exc)
+        err = DependencyUnavailable("the job store is unavailable; retry shortly", retry_after_s=DEFAULT_RETRY_AFTER_S)
+        return from_error(err, request)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
@@ -76,7 +93,10 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else title
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no route for {request.method} {request.url.path}"
-        return problem(exc.status_code, code, title, detail, request, dict(exc.headers or {}) or None)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 503:
+            headers.setdefault("Retry-After", str(DEFAULT_RETRY_AFTER_S))
+        return problem(exc.status_code, code, title, detail, request, headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,34 +1,35 @@
 """Request and response schemas, named by role (``JobCreate``, ``JobPublic``, ``JobsPublic``).
 
-The API never imports the inference code, so the option vocabularies live here; a test keeps them
-equal to the model registry, the pipeline's compositors and the encoder's formats.
+What a job may ask for is ``service.options.Options``, the model the pipeline validates with too;
+``JobCreate`` is only the shape of the ``POST /jobs`` form around it (which background, the
+callback) and the request's fingerprint for ``Idempotency-Key``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from service.errors import InvalidBackground, InvalidColor, InvalidParameter, UnknownModel
-
-MODEL_NAMES = ("rvm", "deeplabv3plus")
-OUTPUT_FORMAT_NAMES = ("mp4", "webm", "mov", "matte", "greenscreen")
-COMPOSITE_NAMES = ("alpha", "poisson")
-COLOR_CHARS = frozenset("0123456789abcdefABCDEF")
+from service.errors import InvalidParameter
+from service.options import Options, form_background_kind
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
+#: The options a client may set through the API (``edge_refine`` stays the operator's setting).
+API_OPTION_FIELDS = ("model", "output_format", "composite", "harmonize")
+MAX_URL_CHARS = 2048
 
 
-class JobCreate(BaseModel):
-    """The text fields of ``POST /jobs`` (the files travel beside them)."""
+class JobForm(BaseModel):
+    """The form fields of ``POST /jobs`` beside the options."""
 
-    model: str = Field("rvm", description="Matting model: " + ", ".join(MODEL_NAMES))
-    output_format: str = Field("mp4", description="Output: " + ", ".join(OUTPUT_FORMAT_NAMES))
-    composite: str = Field("alpha", description="Compositor: alpha or poisson")
-    harmonize: float = Field(0.0, ge=0.0, le=1.0, description="Colour harmonisation strength, 0..1")
-    callback_url: str | None = Field(None, description="URL that gets a signed POST when the job ends")
+    callback_url: str | None = Field(
+        None, max_length=MAX_URL_CHARS, description="URL that gets a signed POST when the job ends"
+    )
     background_color: str | None = Field(None, description="Solid background, #RRGGBB")
     background_blur: bool = Field(False, description="Blur the original background instead")
 
@@ -37,42 +38,73 @@ class JobCreate(BaseModel):
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
+
+@dataclass(frozen=True)
+class JobCreate:
+    """A validated ``POST /jobs`` form: the options (background kind included) and the rest."""
+
+    options: Options
+    callback_url: str | None
+    background_color: str | None
+
     @classmethod
-    def from_form(cls, fields: dict[str, str], default_model: str) -> JobCreate:
-        """Build from form fields, picking known names only; errors carry the stable codes."""
-        known = set(cls.model_fields)
-        unknown = sorted(set(fields) - known)
+    def from_form(cls, fields: dict[str, str], has_background_file: bool, default_model: str) -> JobCreate:
+        """Validate the form fields; errors carry the stable codes (``invalid_parameter``,
+        ``invalid_background``, ``invalid_color``, ``unknown_model``, ``incompatible_options``)."""
+        unknown = sorted(set(fields) - set(API_OPTION_FIELDS) - set(JobForm.model_fields))
         if unknown:
-            raise InvalidParameter(f"unknown field(s): {', '.join(unknown)}")
-        picked = {name: fields[name] for name in known if name in fields}
-        picked.setdefault("model", default_model)
+            raise InvalidParameter(f"unknown field(s): {', '.join(u[:40] for u in unknown[:5])}")
         try:
-            job = cls.model_validate(picked)
+            form = JobForm.model_validate({k: v for k, v in fields.items() if k in JobForm.model_fields})
         except ValidationError as e:
             err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            raise InvalidParameter(f"{loc}: {err['msg']}") from None
-        if job.model not in MODEL_NAMES:
-            raise UnknownModel(f"unknown model {job.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
-        if job.output_format not in OUTPUT_FORMAT_NAMES:
-            raise InvalidParameter(
-                f"unknown output_format {job.output_format!r}; choose one of: {', '.join(OUTPUT_FORMAT_NAMES)}"
-            )
-        if job.composite not in COMPOSITE_NAMES:
-            raise InvalidParameter(f"unknown composite {job.composite!r}; choose alpha or poisson")
-        c = job.background_color
-        if c is not None and not (len(c) == 7 and c[0] == "#" and set(c[1:]) <= COLOR_CHARS):
-            raise InvalidColor(f"background_color must be #RRGGBB, not {c[:20]!r}")
-        return job
+            raise InvalidParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
+        kind = form_background_kind(has_background_file, form.background_color, form.background_blur)
+        chosen: dict[str, Any] = {k: fields[k] for k in API_OPTION_FIELDS if k in fields}
+        chosen.setdefault("model", default_model)
+        options = Options.parse(**chosen, background=kind)
+        return cls(options, form.callback_url, form.background_color if kind == "color" else None)
 
-    def background_choice(self, has_file: bool) -> str:
-        """'file', 'color' or 'blur': exactly one must be given."""
-        given = [k for k, v in (("file", has_file), ("color", self.background_color), ("blur", self.background_blur)) if v]
-        if len(given) != 1:
-            raise InvalidBackground(
-                "give exactly one background: a 'background' file, 'background_color' or 'background_blur=true'"
-            )
-        return given[0]
+    def fingerprint(self, file_sha256: dict[str, str]) -> str:
+        """SHA-256 of what this request asks for (options, background, callback and each file's
+        SHA-256): a reused ``Idempotency-Key`` must come with the same request."""
+        body = {
+            "options": self.options.model_dump(mode="json"),
+            "callback_url": self.callback_url,
+            "background_color": self.background_color,
+            "files": dict(sorted(file_sha256.items())),
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def job_form_schema() -> dict[str, Any]:
+    """The OpenAPI schema of the ``POST /jobs`` multipart body, from the same models that validate
+    it (so clients and fuzzers see the real vocabularies and bounds)."""
+    option_props = Options.model_json_schema()["properties"]
+    props: dict[str, Any] = {
+        "video": {"type": "string", "format": "binary", "description": "the video (any container FFmpeg reads)"},
+        "background": {"type": "string", "format": "binary", "description": "background image or video"},
+    }
+    for name in API_OPTION_FIELDS:
+        prop = {k: v for k, v in option_props[name].items() if k != "title"}
+        props[name] = prop
+    props["model"]["description"] += " (default: the service's setting)"
+    props["model"].pop("default", None)
+    props["callback_url"] = {
+        "type": "string", "maxLength": MAX_URL_CHARS, "description": JobForm.model_fields["callback_url"].description,
+    }
+    props["background_color"] = {
+        "type": "string", "pattern": "^#[0-9A-Fa-f]{6}$", "description": JobForm.model_fields["background_color"].description,
+    }
+    props["background_blur"] = {
+        "type": "boolean", "default": False, "description": JobForm.model_fields["background_blur"].description,
+    }
+    return {
+        "type": "object",
+        "required": ["video"],
+        "properties": props,
+        "additionalProperties": False,
+    }
 
 
 class ProgressPublic(BaseModel):

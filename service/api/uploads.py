@@ -1,28 +1,65 @@
-"""Streaming multipart parser for ``POST /jobs``.
+"""Streaming multipart parser for ``POST /jobs``, off the event loop.
 
-Each file part is written to its own temp file in chunks as the request arrives, counting bytes:
-past ``max_upload_bytes`` the upload stops at once with ``UploadTooLarge`` (413), so a huge body
-never fills memory or the disk.  Text fields are small and capped.
+Each file part is written to its own temp file in chunks as the request arrives, counting bytes and
+hashing them (SHA-256, for the idempotency fingerprint): past ``max_upload_bytes`` the upload stops
+at once with ``UploadTooLarge`` (413), so a huge body never fills memory or the disk.  Text fields
+are small and capped.
+
+The event loop only receives the body; parsing and file writes run in a worker thread, fed in
+batches of about ``FEED_BYTES``, so a slow disk or a large upload never stalls other requests.
+``UploadSlots`` caps the uploads one API process takes at once (``max_concurrent_uploads``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import anyio
 import python_multipart as multipart
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
+from starlette.concurrency import run_in_threadpool
 
-from service.errors import RequestInvalid, UploadTooLarge
+from service.errors import Busy, RequestInvalid, UploadTooLarge
 
 MAX_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 32
 FILE_FIELDS = frozenset({"video", "background"})
+#: Body bytes gathered on the event loop before one hand-over to the parsing thread.
+FEED_BYTES = 1024 * 1024
+
+
+class UploadSlots:
+    """At most ``limit`` uploads at once in this process; past it ``Busy`` (503, Retry-After).
+    Taken and given back on the event loop only, so a plain counter is enough."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.taken = 0
+
+    def take(self) -> None:
+        if self.taken >= self.limit:
+            raise Busy(f"this server already takes {self.limit} uploads at once; retry shortly", retry_after_s=2)
+        self.taken += 1
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+
+def upload_slots(state: object, limit: int) -> UploadSlots:
+    """The app's ``UploadSlots`` (made on first use, kept on ``app.state``)."""
+    slots = getattr(state, "upload_slots", None)
+    if slots is None:
+        slots = UploadSlots(limit)
+        setattr(state, "upload_slots", slots)  # noqa: B010 - Starlette's State takes attributes
+    return slots
 
 
 @dataclass
@@ -32,6 +69,11 @@ class SpooledFile:
     content_type: str
     path: Path
     size: int = 0
+    hasher: hashlib._Hash = dataclasses.field(default_factory=hashlib.sha256, repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return self.hasher.hexdigest()
 
 
 @dataclass
@@ -111,7 +153,9 @@ class _Parser:
                     f"{self._file.field!r} is larger than the {self.max_file_bytes} bytes accepted"
                 )
             assert self._fh is not None
-            self._fh.write(data[start:end])
+            chunk = data[start:end]
+            self._file.hasher.update(chunk)
+            self._fh.write(chunk)
         else:
             if len(self._data) + n > MAX_FIELD_BYTES:
                 raise RequestInvalid(f"field {self._field!r} is too long")
@@ -132,15 +176,19 @@ class _Parser:
 
 
 async def parse_multipart(
-    content_type: str, stream: AsyncIterator[bytes], *, max_file_bytes: int, spool_dir: Path | None
+    content_type: str,
+    stream: AsyncIterator[bytes],
+    *,
+    max_file_bytes: int,
+    spool_dir: Path | None,
+    tick: Callable[[], None] | None = None,
 ) -> ParsedForm:
-    """Parse a ``multipart/form-data`` body into text fields and spooled files (see module doc)."""
+    """Parse a ``multipart/form-data`` body into text fields and spooled files (see module doc).
+    ``tick`` is called in the parsing thread after each batch (it keeps a queue reservation alive)."""
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise RequestInvalid("send the job as multipart/form-data (a 'video' file and the options)")
-    if spool_dir is not None:
-        os.makedirs(spool_dir, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="upload-", dir=spool_dir))
+    workdir = await run_in_threadpool(_make_workdir, spool_dir)
     p = _Parser(workdir, max_file_bytes)
     callbacks = {
         "on_part_begin": p.on_part_begin,
@@ -151,18 +199,48 @@ async def parse_multipart(
         "on_header_end": p.on_header_end,
         "on_headers_finished": p.on_headers_finished,
     }
+
+    def feed(chunks: list[bytes], final: bool) -> None:
+        for chunk in chunks:
+            parser.write(chunk)
+        if final:
+            parser.finalize()
+        if tick is not None:
+            tick()
+
     try:
         parser = multipart.MultipartParser(params[b"boundary"], callbacks)  # type: ignore[arg-type]
+        pending: list[bytes] = []
+        size = 0
         async for chunk in stream:
             if chunk:
-                parser.write(chunk)
-        parser.finalize()
+                pending.append(chunk)
+                size += len(chunk)
+            if size >= FEED_BYTES:
+                await run_in_threadpool(feed, pending, False)
+                pending, size = [], 0
+        await run_in_threadpool(feed, pending, True)
     except FormParserError as e:
-        p.close()
-        p.form.cleanup()
+        await _discard(p)
         raise RequestInvalid(f"malformed multipart body: {e}") from e
     except BaseException:
-        p.close()
-        p.form.cleanup()
+        await _discard(p)
         raise
     return p.form
+
+
+def _make_workdir(spool_dir: Path | None) -> Path:
+    if spool_dir is not None:
+        os.makedirs(spool_dir, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="upload-", dir=spool_dir))
+
+
+async def _discard(p: _Parser) -> None:
+    """Close and delete what was spooled, even when the request is being cancelled."""
+
+    def discard() -> None:
+        p.close()
+        p.form.cleanup()
+
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(discard)

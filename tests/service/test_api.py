@@ -130,12 +130,12 @@ def test_auth(api: ApiServer) -> None:
 
 def test_job_lifecycle_without_worker(api: ApiServer) -> None:
     with api.client(API_KEY) as alice, api.client(OTHER_KEY) as bob:
-        r = post(alice, asl_clip(), model="rvm", output_format="webm", harmonize="0.5")
+        r = post(alice, asl_clip(), model="rvm", output_format="mp4", harmonize="0.5")
         assert r.status_code == 202, r.text
         job = r.json()
         assert r.headers["location"] == f"/jobs/{job['id']}"
         assert job["status"] == "queued" and job["progress"]["frames_total"] > 0
-        assert job["options"] == {"model": "rvm", "output_format": "webm", "composite": "alpha", "harmonize": 0.5}
+        assert job["options"] == {"model": "rvm", "output_format": "mp4", "composite": "alpha", "harmonize": 0.5}
         assert job["video"]["width"] == 640 and job["video"]["height"] == 480
 
         assert alice.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
@@ -179,8 +179,9 @@ def test_metrics_and_readiness_without_worker(api: ApiServer) -> None:
         assert "backdrop_queue_depth" in text and "backdrop_processing_seconds_bucket" in text
         assert 'backdrop_jobs_total{status="queued"}' in text
         r = c.get("/readyz")
-        assert_problem(r, 503, "not_ready")  # no worker answers
+        assert r.status_code == 200, r.text  # no worker answers: reported, not a reason to leave service
         assert r.json()["checks"]["redis"] == "ok" and r.json()["checks"]["storage"] == "ok"
+        assert r.json()["workers"] == 0
 
 
 def test_queue_full(redis_url: str, tmp_path: Path) -> None:
@@ -202,14 +203,15 @@ def test_api_never_imports_inference() -> None:
 
 
 def test_option_vocabularies_match_the_pipeline() -> None:
-    from service.api.schemas import COMPOSITE_NAMES, MODEL_NAMES, OUTPUT_FORMAT_NAMES
     from service.inference.compositing import CompositorName
     from service.inference.models import ModelName
-    from service.media.encode import OUTPUT_FORMATS
+    from service.media.encode import FORMATS, OUTPUT_FORMATS
+    from service.options import COMPOSITORS, MODEL_NAMES
+    from service.options import OUTPUT_FORMATS as OPTION_FORMATS
 
     assert set(MODEL_NAMES) == {m.value for m in ModelName}
-    assert set(OUTPUT_FORMAT_NAMES) == set(OUTPUT_FORMATS)
-    assert set(COMPOSITE_NAMES) == {c.value for c in CompositorName}
+    assert set(OPTION_FORMATS) == set(OUTPUT_FORMATS) == set(FORMATS)
+    assert set(COMPOSITORS) == {c.value for c in CompositorName}
 
 
 def test_cors_allow_list(redis_url: str, tmp_path: Path) -> None:
@@ -239,3 +241,105 @@ def test_metrics_parse_as_prometheus_text(api: ApiServer) -> None:
     assert len(names) == len(set(names)), names
     assert {"backdrop_jobs_active", "backdrop_jobs", "backdrop_queue_depth", "backdrop_processing_seconds",
             "backdrop_frames_per_second"} <= set(names)
+
+
+# --- one options model: what a worker would refuse is refused at POST ---------------------------
+@pytest.mark.parametrize(
+    "fields,status,code",
+    [
+        ({"output_format": "webm", "harmonize": "0.5"}, 422, "incompatible_options"),
+        ({"output_format": "greenscreen", "harmonize": "1"}, 422, "incompatible_options"),
+        ({"harmonize": "nan"}, 422, "invalid_parameter"),
+        ({"background_color": None, "output_format": "mp4"}, 422, "invalid_background"),
+    ],
+)
+def test_incompatible_options_refused_at_post(api: ApiServer, fields: dict[str, str], status: int, code: str) -> None:
+    with api.client(API_KEY) as c:
+        before = c.get("/jobs").json()["count"]
+        assert_problem(post(c, asl_clip(), **fields), status, code)
+        assert c.get("/jobs").json()["count"] == before  # nothing queued
+
+
+def test_output_without_a_background_needs_none(api: ApiServer) -> None:
+    """webm carries alpha: no background is needed (the pipeline takes none), so none is asked for."""
+    with api.client(API_KEY) as c:
+        r = post(c, asl_clip(), background_color=None, output_format="webm")
+        assert r.status_code == 202, r.text
+        assert r.json()["background"]["kind"] == "none"
+        assert c.delete(f"/jobs/{r.json()['id']}").status_code == 204
+
+
+# --- idempotency -------------------------------------------------------------------------------
+def test_idempotency_key_reused_with_another_request(api: ApiServer, files: dict[str, Path]) -> None:
+    h = {"Idempotency-Key": "reuse-me-2"}
+    clip = asl_clip()
+    other_clip = sorted(clip.parent.glob("*.mkv"))[1]
+    with api.client(API_KEY) as c:
+        with open(clip, "rb") as f:
+            first = c.post("/jobs", files={"video": ("a.mkv", f)}, data={"background_blur": "true"}, headers=h)
+        assert first.status_code == 202, first.text
+        with open(clip, "rb") as f:  # other options, same file
+            r = c.post("/jobs", files={"video": ("a.mkv", f)}, data={"background_color": "#102030"}, headers=h)
+        assert_problem(r, 422, "idempotency_key_reused")
+        with open(other_clip, "rb") as f:  # same options, another file (same name)
+            r = c.post("/jobs", files={"video": ("a.mkv", f)}, data={"background_blur": "true"}, headers=h)
+        assert_problem(r, 422, "idempotency_key_reused")
+        with open(clip, "rb") as f:  # the same request again: the same job
+            again = c.post("/jobs", files={"video": ("b.mkv", f)}, data={"background_blur": "1"}, headers=h)
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        assert again.headers["idempotent-replayed"] == "true"
+        with api.client(OTHER_KEY) as bob, open(other_clip, "rb") as f:  # keys are per tenant
+            r = bob.post("/jobs", files={"video": ("a.mkv", f)}, data={"background_blur": "true"}, headers=h)
+            assert r.status_code == 202 and r.json()["id"] != first.json()["id"]
+            bob.delete(f"/jobs/{r.json()['id']}")
+        c.delete(f"/jobs/{first.json()['id']}")
+
+
+# --- bounded listing, Range errors -------------------------------------------------------------
+def test_listing_bounds(api: ApiServer) -> None:
+    with api.client(API_KEY) as c:
+        assert_problem(c.get("/jobs", params={"offset": "100000000000000000000"}), 422, "validation_error")
+        assert_problem(c.get("/jobs", params={"offset": "-1"}), 422, "validation_error")
+        assert_problem(c.get("/jobs", params={"limit": "1000"}), 422, "validation_error")
+        r = c.get("/jobs", params={"offset": "1000000000", "limit": "100"})
+        assert r.status_code == 200 and r.json()["data"] == []
+
+
+def _succeeded_job(api: ApiServer, payload: bytes) -> str:
+    """A job of tenant alice that succeeded with ``payload`` as its output, moved through the real
+    job store and stored in the real object store (what a worker does at the end of a job)."""
+    from service.jobs import Job, JobResult, JobStatus, JobStore
+    from service.storage import create_store, job_prefix
+
+    store = JobStore.from_settings(api.settings)
+    job = Job(owner="alice")
+    store.create(job)
+    store.transition(job.id, JobStatus.RUNNING)
+    key = f"{job_prefix(job.id)}output.mp4"
+    src = Path(api.settings.spool_dir or "/tmp") / f"{job.id}.mp4"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(payload)
+    create_store(api.settings).put_file(key, src, "video/mp4")
+    src.unlink()
+
+    def done(j: Job) -> None:
+        j.result = JobResult(key=key, size=len(payload), duration_s=1.0, format="mp4", content_type="video/mp4",
+                             frames=1, width=2, height=2)
+
+    store.transition(job.id, JobStatus.SUCCEEDED, mutate=done)
+    return job.id
+
+
+def test_result_range_errors_are_problems(api: ApiServer) -> None:
+    payload = bytes(range(256)) * 4
+    job_id = _succeeded_job(api, payload)
+    with api.client(API_KEY) as c:
+        url = f"/jobs/{job_id}/result"
+        ok = c.get(url, headers={"Range": "bytes=10-19"})
+        assert ok.status_code == 206 and ok.content == payload[10:20]
+        assert c.get(url).content == payload
+        r = c.get(url, headers={"Range": "bytes=5000-"})
+        assert_problem(r, 416, "range_not_satisfiable")
+        assert r.headers["content-range"] == f"bytes */{len(payload)}"
+        for bad in ("items=0-1", "bytes=9-3", "bytes", "bytes=-"):
+            assert_problem(c.get(url, headers={"Range": bad}), 400, "invalid_range")

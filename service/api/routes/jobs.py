@@ -11,15 +11,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from redis.exceptions import RedisError
+from starlette.responses import MalformedRangeHeader
+from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfiable
 
+from service.admission import Admission, IdempotencyFingerprint, Reservation
 from service.api.deps import ApiKeyDep, CeleryDep, JobStoreDep, ObjectStoreDep, SettingsDep
-from service.api.schemas import JobCreate, JobPublic, JobsPublic
-from service.api.uploads import ParsedForm, parse_multipart
+from service.api.schemas import JobCreate, JobPublic, JobsPublic, job_form_schema
+from service.api.uploads import ParsedForm, parse_multipart, upload_slots
 from service.errors import (
-    BackdropError,
+    DependencyUnavailable,
     EmptyFile,
     IllegalTransition,
-    QueueFull,
+    InvalidRange,
+    RangeNotSatisfiable,
     RequestInvalid,
     ResultNotReady,
     UploadTooLarge,
@@ -32,26 +37,26 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
+#: Largest ``offset`` of ``GET /jobs`` (far past any real listing; keeps Redis' ranges in bounds).
+MAX_OFFSET = 1_000_000_000
 MULTIPART_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["video"],
-                    "properties": {
-                        "video": {"type": "string", "format": "binary"},
-                        "background": {"type": "string", "format": "binary", "description": "image or video"},
-                        **{
-                            name: {"type": "string", "description": f.description or ""}
-                            for name, f in JobCreate.model_fields.items()
-                        },
-                    },
-                }
+                "schema": job_form_schema(),
+                "encoding": {
+                    "video": {"contentType": "application/octet-stream"},
+                    "background": {"contentType": "application/octet-stream"},
+                },
             }
         },
-    }
+    },
+    "parameters": [
+        {"name": "Idempotency-Key", "in": "header", "required": False,
+         "schema": {"type": "string", "maxLength": 200},
+         "description": "Makes a retried POST return the same job; reused with a different request: 422"},
+    ],
 }
 
 
@@ -59,13 +64,6 @@ def _public(job: Job, request: Request) -> dict[str, Any]:
     app = request.app
     url = result_url(job, app.state.objects, app.state.settings, str(request.base_url))
     return public_dict(job, url)
-
-
-def _check_queue(jobs: Any, settings: Any) -> None:
-    if jobs.queue_depth() >= settings.max_queue_depth:
-        err = QueueFull(f"more than {settings.max_queue_depth} jobs are waiting; retry later")
-        err.retry_after = 30  # type: ignore[attr-defined]
-        raise err
 
 
 def _probe(path: Path, settings: Any) -> VideoMeta:
@@ -96,13 +94,21 @@ def _store_inputs(objects: Any, job: Job, form: ParsedForm) -> None:
         objects.put_file(job.background.key, bg.path, bg.content_type or "application/octet-stream")
 
 
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobPublic,
     openapi_extra=MULTIPART_DOC,
-    responses={413: {"description": "upload_too_large / video_too_large"}, 415: {"description": "not_a_video"},
-               422: {"description": "invalid input"}, 503: {"description": "queue_full"}},
+    responses={
+        413: {"description": "upload_too_large / video_too_large", **_PROBLEM},
+        415: {"description": "not_a_video, no_video_stream, unsupported_codec", **_PROBLEM},
+        422: {"description": "invalid input or options; idempotency_key_reused", **_PROBLEM},
+        429: {"description": "quota_exceeded (Retry-After)", **_PROBLEM},
+        503: {"description": "queue_full, busy, dependency_unavailable (Retry-After)", **_PROBLEM},
+    },
 )
 async def create_job(
     request: Request,
@@ -111,72 +117,115 @@ async def create_job(
     jobs: JobStoreDep,
     objects: ObjectStoreDep,
     celery: CeleryDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200, include_in_schema=False)] = None,
 ) -> JSONResponse:
     """Submit a video and a background; answers 202 with the queued job."""
-    if idempotency_key:
-        prior = await run_in_threadpool(jobs.idempotent_job, owner, idempotency_key)
-        if prior is not None:
-            return _accepted(prior, request, replayed=True)
-    await run_in_threadpool(_check_queue, jobs, settings)
-    limit = settings.max_upload_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > 2 * limit + 1024 * 1024:
-        raise UploadTooLarge(f"the request body ({declared} bytes) exceeds the accepted size")
-
-    form = await parse_multipart(
-        request.headers.get("content-type", ""), request.stream(), max_file_bytes=limit, spool_dir=settings.spool_dir
-    )
+    if declared and declared.isdigit() and int(declared) > 2 * settings.max_upload_bytes + 1024 * 1024:
+        raise UploadTooLarge(f"the request body ({declared[:30]} bytes) exceeds the accepted size")
+    slots = upload_slots(request.app.state, settings.max_concurrent_uploads)
+    slots.take()
     try:
+        return await _submit(request, owner, settings, jobs, objects, celery, idempotency_key)
+    finally:
+        slots.give_back()
+
+
+async def _submit(
+    request: Request, owner: str, settings: Any, jobs: Any, objects: Any, celery: Any, idempotency_key: str | None
+) -> JSONResponse:
+    """Reserve a place in the queue, take the upload, check it, store it, queue the job.  The
+    reservation is released whatever goes wrong, or becomes the queued job."""
+    prior = await run_in_threadpool(jobs.idempotent_job, owner, idempotency_key) if idempotency_key else None
+    reservation: Reservation | None = None
+    if prior is None:  # a replay adds no job: it needs no place
+        reservation = await run_in_threadpool(Admission(jobs, settings).reserve, owner)
+    form: ParsedForm | None = None
+    try:
+        form = await parse_multipart(
+            request.headers.get("content-type", ""), request.stream(), max_file_bytes=settings.max_upload_bytes,
+            spool_dir=settings.spool_dir, tick=reservation.keep_alive if reservation else None,
+        )
         if "video" not in form.files:
             raise RequestInvalid("the 'video' file field is required")
-        params = JobCreate.from_form(form.fields, settings.model)
-        kind = params.background_choice("background" in form.files)
-        if params.callback_url:
-            from service.webhooks import check_callback_url
-
-            await run_in_threadpool(check_callback_url, params.callback_url, settings)
-        video = form.files["video"]
-        if video.size == 0:
-            raise EmptyFile("the uploaded video is empty")
-        meta = await run_in_threadpool(_probe, video.path, settings)
-        job = Job(
-            owner=owner,
-            options=JobOptions(
-                model=params.model,
-                output_format=params.output_format,
-                composite=params.composite,
-                harmonize=params.harmonize,
-            ),
-            video=meta,
-            callback_url=params.callback_url,
-            input_filename=video.filename[:200] or None,
-        )
-        job.input_key = f"{job_prefix(job.id)}input{video.path.suffix or '.mp4'}"
-        if kind == "file":
-            bg = form.files["background"]
-            if bg.size == 0:
-                raise EmptyFile("the uploaded background is empty")
-            await run_in_threadpool(_validate_background, str(bg.path), settings)
-            job.background = Background(
-                kind="file", key=f"{job_prefix(job.id)}background{bg.path.suffix}", filename=bg.filename[:200] or None
-            )
-        elif kind == "color":
-            await run_in_threadpool(_validate_background, str(params.background_color), settings)
-            job.background = Background(kind="color", value=params.background_color)
-        else:
-            job.background = Background(kind="blur")
-        job.progress.frames_total = meta.frames
-        soft, hard = time_limits(settings, meta.duration_s)
-        job.time_limit_s = soft
+        params = JobCreate.from_form(form.fields, "background" in form.files, settings.model)
+        idem = IdempotencyFingerprint(jobs, settings, owner, idempotency_key) if idempotency_key else None
+        fingerprint = params.fingerprint({name: f.sha256 for name, f in form.files.items()})
+        if prior is not None and idem is not None:
+            await run_in_threadpool(idem.check, fingerprint)
+            return _accepted(prior, request, replayed=True)
+        job = await _checked_job(params, form, owner, settings)
         await run_in_threadpool(_store_inputs, objects, job, form)
+        if idem is not None:
+            await run_in_threadpool(idem.claim, fingerprint)
+        assert reservation is not None
+        await run_in_threadpool(reservation.ensure)
+        stored, created = await run_in_threadpool(jobs.create, job, idempotency_key)
+        if not created:  # a concurrent retry with the same Idempotency-Key won the race
+            await run_in_threadpool(objects.delete_prefix, job_prefix(job.id))
+            return _accepted(stored, request, replayed=True)
+        await run_in_threadpool(reservation.commit, job.id)
     finally:
-        await run_in_threadpool(form.cleanup)
+        if form is not None:
+            await run_in_threadpool(form.cleanup)
+        if reservation is not None and not reservation.done:
+            await run_in_threadpool(_release, reservation)
+    await _enqueue(job, jobs, celery, settings)
+    return _accepted(stored, request)
 
-    stored, created = await run_in_threadpool(jobs.create, job, idempotency_key)
-    if not created:  # a concurrent retry with the same Idempotency-Key won the race
-        await run_in_threadpool(objects.delete_prefix, job_prefix(job.id))
-        return _accepted(stored, request, replayed=True)
+
+async def _checked_job(params: JobCreate, form: ParsedForm, owner: str, settings: Any) -> Job:
+    """The job the request describes, once its callback, video and background passed the checks."""
+    if params.callback_url:
+        from service.webhooks import check_callback_url
+
+        await run_in_threadpool(check_callback_url, params.callback_url, settings)
+    video = form.files["video"]
+    if video.size == 0:
+        raise EmptyFile("the uploaded video is empty")
+    meta = await run_in_threadpool(_probe, video.path, settings)
+    opts = params.options
+    job = Job(
+        owner=owner,
+        options=JobOptions(
+            model=opts.model, output_format=opts.output_format, composite=opts.composite, harmonize=opts.harmonize
+        ),
+        video=meta,
+        callback_url=params.callback_url,
+        input_filename=video.filename[:200] or None,
+    )
+    job.input_key = f"{job_prefix(job.id)}input{video.path.suffix or '.mp4'}"
+    if opts.background == "file":
+        bg = form.files["background"]
+        if bg.size == 0:
+            raise EmptyFile("the uploaded background is empty")
+        await run_in_threadpool(_validate_background, str(bg.path), settings)
+        job.background = Background(
+            kind="file", key=f"{job_prefix(job.id)}background{bg.path.suffix}", filename=bg.filename[:200] or None
+        )
+    elif opts.background == "color":
+        await run_in_threadpool(_validate_background, str(params.background_color), settings)
+        job.background = Background(kind="color", value=params.background_color)
+    else:  # "blur", or "none" for an output that shows no background
+        job.background = Background(kind=str(opts.background))
+    job.progress.frames_total = meta.frames
+    job.time_limit_s, _ = time_limits(settings, meta.duration_s)
+    return job
+
+
+def _release(reservation: Reservation) -> None:
+    """Give a place back; if Redis is down the reservation simply lapses (the request's own error,
+    not this one, is what the caller should see)."""
+    try:
+        reservation.release()
+    except RedisError:
+        log.warning("could not release queue reservation %s; it lapses on its own", reservation.token)
+
+
+async def _enqueue(job: Job, jobs: Any, celery: Any, settings: Any) -> None:
+    """Send the stored job to the workers; if the broker refuses, the job fails at once (it must not
+    linger as queued) and the caller gets 503 ``dependency_unavailable``."""
+    soft, hard = time_limits(settings, job.video.duration_s if job.video else 0.0)
     try:
         await run_in_threadpool(
             lambda: celery.send_task(
@@ -184,7 +233,7 @@ async def create_job(
                 soft_time_limit=soft, time_limit=hard,
             )
         )
-    except Exception as e:  # noqa: BLE001 - the broker is down: the job must not linger as queued
+    except Exception as e:  # noqa: BLE001 - the broker is down
         log.exception("could not enqueue job %s", job.id)
 
         def mark(j: Job) -> None:
@@ -193,8 +242,7 @@ async def create_job(
             j.error = JobError(code="enqueue_failed", message="the job queue is unavailable")
 
         await run_in_threadpool(jobs.transition, job.id, JobStatus.FAILED, mutate=mark)
-        raise BackdropError("the job queue is unavailable; retry later", code="enqueue_failed") from e
-    return _accepted(stored, request)
+        raise DependencyUnavailable("the job queue is unavailable; retry later") from e
 
 
 def _accepted(job: Job, request: Request, replayed: bool = False) -> JSONResponse:
@@ -210,7 +258,7 @@ async def list_jobs(
     owner: ApiKeyDep,
     jobs: JobStoreDep,
     settings: SettingsDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int | None, Query(ge=1, le=100)] = None,
 ) -> dict[str, Any]:
     """List the caller's jobs, newest first."""
@@ -246,7 +294,25 @@ async def read_job_result(
     path = objects.path(job.result.key)
     if not path.is_file():
         raise ResultNotReady(f"the result of job {job_id} is no longer stored")
-    return FileResponse(path, media_type=job.result.content_type, filename=filename)
+    return _RangeFileResponse(path, media_type=job.result.content_type, filename=filename)
+
+
+class _RangeFileResponse(FileResponse):
+    """Starlette's ``FileResponse`` answers a bad ``Range`` with its own text/plain 400/416; here
+    they are our errors, so they come out as problem+json with a code (``invalid_range``,
+    ``range_not_satisfiable`` with ``Content-Range: bytes */size``).  Raised before anything is
+    sent, they reach the app's exception handlers."""
+
+    @classmethod
+    def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        try:
+            return super()._parse_range_header(http_range, file_size)
+        except MalformedRangeHeader as e:
+            raise InvalidRange(f"bad Range header: {e.content}") from None
+        except StarletteRangeNotSatisfiable:
+            raise RangeNotSatisfiable(
+                f"the Range starts past the end of the {file_size}-byte file", size=file_size
+            ) from None
 
 
 @router.delete("/{job_id}", status_code=204, responses={404: {"description": "job_not_found"}})
