@@ -146,7 +146,9 @@ def test_end_to_end_s3_presigned_and_webhook(redis_url: str, tmp_path: Path, wor
             wait_for(lambda: len(receiver.calls) >= 2, 30, 0.2, "webhook retry")
             (first, _, _), (second, body, sig) = receiver.calls[:2]
             assert first == 500 and second == 200
-            assert verify(WEBHOOK_SECRET, sig, body)
+            # signed with the job's tenant's own secret (the one GET /account tells it), not the master
+            tenant_secret = c.get("/account").json()["webhook_secret"]
+            assert verify(tenant_secret, sig, body) and not verify(WEBHOOK_SECRET, sig, body)
             payload = json.loads(body)
             assert payload["id"] == job["id"] and payload["status"] == "succeeded"
             assert payload["result"]["url"].startswith(s3_endpoint)
