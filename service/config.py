@@ -36,7 +36,12 @@ class Settings(BaseSettings):
     max_height: int = Field(3840, description="Tallest accepted frame (displayed), in pixels.")
     max_pixels: int = Field(3840 * 2160, description="Most pixels per frame.")
     max_frames: int = Field(36_000, description="Most frames in one video.")
-    max_background_pixels: int = Field(50_000_000, description="Most pixels in a background image.")
+    max_background_pixels: int = Field(50_000_000, description="Most pixels in a still background image.")
+    max_animated_background_pixels: int = Field(
+        1_000_000_000,
+        description="Most pixels in all frames of an animated background (GIF, APNG) together: frames × width × height "
+        "(each frame also within max_width, max_height and max_pixels).",
+    )
 
     # --- inference ---------------------------------------------------------------------------
     model: str = Field("rvm", description="Default model name (rvm or deeplabv3plus).")

@@ -77,6 +77,30 @@ class InvalidBackground(InputError):
     title = "Invalid background"
 
 
+class UnsupportedBackground(InvalidBackground):
+    """Not an image or video type accepted as a background (SVG, text, TIFF, animated WebP, ...)."""
+
+    code = "unsupported_background"
+    status = 415
+    title = "Unsupported background type"
+
+
+class CorruptBackground(InvalidBackground):
+    """A background image or video whose data is cut short or malformed."""
+
+    code = "corrupt_background"
+    title = "Corrupt or truncated background"
+
+
+class BackgroundTooLarge(InvalidBackground):
+    """A background past its limits: pixels of a still image, frame size or frames × pixels of an
+    animated one, the video limits for a background video."""
+
+    code = "background_too_large"
+    status = 413
+    title = "Background exceeds limits"
+
+
 class InvalidColor(InputError):
     code = "invalid_color"
     title = "Invalid colour"

@@ -8,7 +8,6 @@ looped to the input's length and resampled to its frame rate by timestamp.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -19,10 +18,18 @@ import cv2
 import numpy as np
 
 from service.config import Settings, get_settings
-from service.errors import BackdropError, InvalidBackground, InvalidColor
-from service.media.probe import IMAGE_FORMATS, normalise_rotation, open_input
+from service.errors import BackgroundTooLarge, CorruptBackground, InvalidBackground
+from service.media.inspect import (
+    ImageHeaderError,
+    check_image_pixels,
+    inspect_background,
+    parse_color,
+    read_image_header,
+    validate_background,
+)
+from service.media.probe import frame_rotation, limit_decoder, open_input, too_large_after_error
 
-COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+__all__ = ["BackgroundSource", "open_background", "parse_color", "validate_background"]
 
 
 class BackgroundSource(Protocol):
@@ -31,12 +38,6 @@ class BackgroundSource(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def parse_color(spec: str) -> tuple[int, int, int]:
-    if not COLOR_RE.match(spec):
-        raise InvalidColor(f"colour {spec!r} is not of the form #RRGGBB")
-    return int(spec[1:3], 16), int(spec[3:5], 16), int(spec[5:7], 16)
 
 
 def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -89,11 +90,16 @@ class BlurBackground:
 
 
 class VideoBackground:
-    """A background video, looped and resampled: for output time t it shows the frame of the
-    background that is on screen at ``t mod duration``."""
+    """A background video (or animated image), looped and resampled: for output time t it shows the
+    frame of the background that is on screen at ``t mod duration``.
 
-    def __init__(self, path: Path, width: int, height: int):
+    Its headers were checked by ``inspect_background``; as they can lie, the decoder refuses frames
+    past ``pixels`` before allocating them, and a pass over more than ``max_frames`` frames stops:
+    either fails the job with ``background_too_large``."""
+
+    def __init__(self, path: Path, width: int, height: int, pixels: int, max_frames: int):
         self.path, self.width, self.height = path, width, height
+        self.pixels, self.max_frames = pixels, max_frames
         self._container: av.container.InputContainer | None = None
         self._iter: Iterator[tuple[float, np.ndarray]] | None = None
         self._current: tuple[float, np.ndarray] | None = None
@@ -110,6 +116,7 @@ class VideoBackground:
                 if packet.pts is not None and packet.time_base is not None:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * Fraction(packet.time_base)))
                     count += 1
+                    self._check_count(count)
             if count == 0:
                 raise InvalidBackground("the background video has no frames")
             start = _start_s(stream)
@@ -124,24 +131,46 @@ class VideoBackground:
         self._container = open_input(self.path)
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
+        limit_decoder(stream, self.pixels)
         start = _start_s(stream)
 
         def gen() -> Iterator[tuple[float, np.ndarray]]:
             rot = None
-            for frame in self._container.decode(stream):  # type: ignore[union-attr]
-                if rot is None:
-                    rot = normalise_rotation(getattr(frame, "rotation", 0) or 0) // 90
-                img = frame.to_ndarray(format="rgb24")
-                if rot:
-                    img = np.rot90(img, rot)
-                t = float(frame.time) - start if frame.time is not None else 0.0
-                yield t, cover(img, self.width, self.height)
+            try:
+                frames = self._container.decode(stream)  # type: ignore[union-attr]
+                for count, frame in enumerate(frames, 1):
+                    self._check_count(count)
+                    if frame.width * frame.height > self.pixels:
+                        raise BackgroundTooLarge(
+                            f"a background frame is {frame.width}x{frame.height}, larger than its headers declare"
+                        )
+                    if rot is None:
+                        rot = frame_rotation(frame) // 90
+                    yield self._fit(frame, rot, start)
+            except av.error.FFmpegError as exc:
+                if too_large_after_error(stream, self.pixels):
+                    raise BackgroundTooLarge("a background frame is larger than its headers declare") from None
+                raise CorruptBackground(
+                    f"the background video cannot be decoded ({exc.__class__.__name__})"
+                ) from None
 
         self._iter = gen()
         self._current = next(self._iter, None)
         self._next = next(self._iter, None)
         if self._current is None:
-            raise InvalidBackground("the background video has no decodable frames")
+            raise CorruptBackground("the background video has no decodable frames")
+
+    def _check_count(self, count: int) -> None:
+        if count > self.max_frames:
+            raise BackgroundTooLarge(f"the background holds more than {self.max_frames} frames")
+
+    def _fit(self, frame: av.VideoFrame, rot: int, start: float) -> tuple[float, np.ndarray]:
+        """(time, picture upright and covering the output) of one background frame."""
+        img = frame.to_ndarray(format="rgb24")
+        if rot:
+            img = np.rot90(img, rot)
+        t = float(frame.time) - start if frame.time is not None else 0.0
+        return t, cover(img, self.width, self.height)
 
     def _at(self, t: float) -> np.ndarray:
         t = t % self.duration
@@ -156,7 +185,7 @@ class VideoBackground:
         try:
             return np.stack([self._at(t) for t in times])
         except av.error.FFmpegError as exc:
-            raise InvalidBackground(f"the background video cannot be decoded ({exc.__class__.__name__})") from None
+            raise CorruptBackground(f"the background video cannot be decoded ({exc.__class__.__name__})") from None
 
     def close(self) -> None:
         if self._container is not None:
@@ -171,33 +200,20 @@ def _start_s(stream: av.video.stream.VideoStream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _read_image(path: Path, settings: Settings) -> np.ndarray | None:
-    """The picture in ``path`` as RGB, or None when it is not an image."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
-        raise InvalidBackground("the background file is empty")
-    # Check the size from the header before decoding: a tiny file can declare a giant picture.
+def _read_image(path: Path, settings: Settings) -> np.ndarray:
+    """The still picture in ``path`` as RGB.  Its header is checked against the limit before a byte
+    of it is decoded (a 0.9 MB PNG can declare 30000×30000), and the decoded size against the
+    header."""
     try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, ValueError, OSError):
-        container = None
-    if container is not None:
-        try:
-            streams = container.streams.video
-            is_image = any(tag in container.format.name for tag in IMAGE_FORMATS)
-            if streams and is_image:
-                ctx = streams[0].codec_context
-                if ctx.width * ctx.height > settings.max_background_pixels:
-                    raise InvalidBackground(
-                        f"background image {ctx.width}x{ctx.height} exceeds {settings.max_background_pixels} pixels"
-                    )
-            elif streams:
-                return None  # a video
-        finally:
-            container.close()
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        header = read_image_header(path)
+    except ImageHeaderError as exc:
+        raise CorruptBackground(str(exc)) from None
+    check_image_pixels(header.width, header.height, settings)
+    image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        return None
+        raise CorruptBackground(f"the background {header.format.upper()} image cannot be decoded")
+    if image.shape[0] * image.shape[1] > header.width * header.height:
+        raise BackgroundTooLarge("the background image is larger than its header declares")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -210,19 +226,12 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     if spec.startswith("#"):
         return ColorBackground(parse_color(spec), width, height)
     path = Path(spec)
-    if not path.is_file():
-        raise InvalidBackground(f"background {spec!r} is not '#RRGGBB', 'blur' or an existing file")
-    image = _read_image(path, settings)
-    if image is not None:
-        return ImageBackground(image, width, height)
-    try:
-        return VideoBackground(path, width, height)
-    except BackdropError as exc:
-        if isinstance(exc, InvalidBackground):
-            raise
-        raise InvalidBackground(f"the background is neither an image nor a video: {exc.message}") from None
-
-
-def validate_background(spec: str, settings: Settings | None = None) -> None:
-    """Refuse a bad background early (the API calls this before accepting a job)."""
-    open_background(spec, 16, 16, settings).close()
+    info = inspect_background(path, settings)
+    if info.kind == "image":
+        return ImageBackground(_read_image(path, settings), width, height)
+    pixels = info.width * info.height
+    if info.kind == "animated":
+        max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)
+    else:
+        max_frames = settings.max_frames
+    return VideoBackground(path, width, height, pixels, max_frames)

@@ -3,6 +3,10 @@
 Frames are never gathered in memory; the caller batches them.  A display-rotation tag is applied
 to the pixels here, so everything downstream sees the picture the way a player shows it and the
 encoder writes it upright (with no tag).
+
+Headers can lie, and a stream may change size midway: the decoder is told to refuse (before it
+allocates) any frame past the probed size, and such a frame fails the job with ``video_too_large``;
+a frame smaller than the probed size is scaled to it, so every frame downstream has one size.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from service.errors import CorruptVideo
-from service.media.probe import VideoInfo, open_input
+from service.errors import CorruptVideo, VideoTooLarge
+from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
 
 
 @dataclass
@@ -32,6 +36,8 @@ def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads
+        pixels = info.coded_width * info.coded_height
+        limit_decoder(stream, pixels)
         k = info.rotation // 90
         step = _pts_step(info)
         guess = _TimestampGuess(trust_dts=info.container == "avi")
@@ -44,14 +50,29 @@ def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
                 if last_pts is not None and pts <= last_pts:
                     pts = last_pts + 1  # keep the order the decoder gives; never two frames at one time
                 last_pts = pts
-                image: np.ndarray = frame.to_ndarray(format="rgb24")
+                image = _image(frame, info, pixels)
                 if k:
                     image = np.ascontiguousarray(np.rot90(image, k))
                 yield DecodedFrame(image, int(pts), int(frame.duration or step))
         except av.error.FFmpegError as exc:
+            if too_large_after_error(stream, pixels):
+                raise VideoTooLarge(
+                    f"a frame after time {last_pts} is larger than the probed "
+                    f"{info.coded_width}x{info.coded_height}"
+                ) from None
             raise CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})") from None
     finally:
         container.close()
+
+
+def _image(frame: av.VideoFrame, info: VideoInfo, pixels: int) -> np.ndarray:
+    """The frame as RGB at the probed (coded) size: larger is refused, smaller is scaled up."""
+    w, h = info.coded_width, info.coded_height
+    if frame.width * frame.height > pixels:
+        raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
+    if (frame.width, frame.height) != (w, h):
+        return frame.to_ndarray(format="rgb24", width=w, height=h)
+    return frame.to_ndarray(format="rgb24")
 
 
 def _pts_step(info: VideoInfo) -> int:

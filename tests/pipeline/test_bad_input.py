@@ -93,7 +93,7 @@ def test_a_png_is_not_a_video(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("background", "code"),
     [("#12345", "invalid_color"), ("#GGGGGG", "invalid_color"), ("nonexistent.jpg", "invalid_background"),
-     ("TEXT", "invalid_background")],
+     ("TEXT", "unsupported_background")],
 )
 def test_bad_background(background: str, code: str, tmp_path: Path) -> None:
     if background == "TEXT":

@@ -67,9 +67,9 @@ def _public(job: Job, request: Request) -> dict[str, Any]:
 
 
 def _probe(path: Path, settings: Any) -> VideoMeta:
-    from service.media.probe import probe_video  # container inspection only
+    from service.media.inspect import inspect_video  # headers and packets only: nothing is decoded
 
-    info = probe_video(path, settings)
+    info = inspect_video(path, settings)
     return VideoMeta(
         width=int(info.width),
         height=int(info.height),
@@ -81,7 +81,7 @@ def _probe(path: Path, settings: Any) -> VideoMeta:
 
 
 def _validate_background(spec: str, settings: Any) -> None:
-    from service.media.background import validate_background
+    from service.media.inspect import validate_background  # headers only: nothing is decoded
 
     validate_background(spec, settings)
 

@@ -1,0 +1,660 @@
+"""What the API may know about an upload without decoding a picture.
+
+Every size, codec, duration and frame count here comes from container and image headers, and from
+demuxing packets; limits are checked before anything is decoded.  Pictures are never decoded: a
+0.9 MB PNG can declare 30000×30000 pixels (3.6 GB once decoded), and FFmpeg's own stream probing
+(``avformat_find_stream_info``) decodes frames unless told not to, so every container is opened
+with no decoder allowed (``codec_whitelist=none``).  The worker checks the same limits again as it
+decodes (``service.media.probe``, ``decode``, ``background``): headers can lie.
+
+Import-light on purpose (PyAV and the standard library; no numpy, OpenCV or ONNX Runtime): the API
+imports it.
+
+Backgrounds accepted: still PNG, JPEG, WebP, GIF and BMP images (``max_background_pixels``);
+animated GIF and APNG (each frame within the video frame limits, and frames × pixels within
+``max_animated_background_pixels``); videos in the containers ``CONTAINER_MAGIC`` lists (the video
+limits).  Everything else — SVG, TIFF, HEIC, text, animated WebP (this build's FFmpeg cannot decode
+it) — is refused with ``unsupported_background``.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import re
+import struct
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import av
+
+from service.config import Settings, get_settings
+from service.errors import (
+    BackdropError,
+    BackgroundTooLarge,
+    CorruptBackground,
+    CorruptVideo,
+    EmptyFile,
+    InvalidBackground,
+    InvalidColor,
+    NotAVideo,
+    NoVideoStream,
+    UnsupportedBackground,
+    UnsupportedCodec,
+    VideoTooLarge,
+)
+
+#: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
+IMAGE_FORMATS = ("image2", "_pipe")
+#: Demuxers that turn any text into "video" (ANSI art): a text file is not a video.
+TEXT_FORMATS = ("tty",)
+#: Leading bytes of the video containers we know: a file that starts like one but will not open is
+#: corrupt (typically truncated), not "not a video".  Old QuickTime files may start with an atom
+#: other than ``ftyp``.
+CONTAINER_MAGIC = (
+    *((4, atom) for atom in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")),  # MP4 / MOV / 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
+    (8, b"AVI "),  # AVI (RIFF)
+    (0, b"\x00\x00\x01\xba"),  # MPEG-PS
+    (0, b"FLV"),
+    (0, b"OggS"),
+)
+#: ISO-BMFF brands of still pictures (HEIF, AVIF): an ``ftyp`` box that is not a video.
+IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"heim", b"heis")
+#: A JPEG's end-of-image marker is looked for in this many bytes at the end of the file (after the
+#: scan), so that trailers some cameras append stay accepted.
+JPEG_TAIL = 1 << 20
+#: Chunks/markers walked before the picture data starts; a header longer than this is refused.
+MAX_HEADER_ITEMS = 10_000
+
+Kind = Literal["image", "animated", "video"]
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    index: int
+    codec: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    container: str
+    codec: str
+    coded_width: int
+    coded_height: int
+    rotation: int  # degrees counter-clockwise that make the picture upright (0, 90, 180, 270)
+    fps: Fraction
+    time_base: Fraction
+    frames: int  # exact when the container records it, else estimated from duration × fps
+    duration_s: float
+    audio: tuple[AudioInfo, ...] = field(default_factory=tuple)
+    #: The video track's own length in ``time_base`` ticks, where the container records one (the
+    #: sum of its frame durations, which may end before the last frame's timestamp + duration).
+    track_ticks: int | None = None
+
+    @property
+    def width(self) -> int:
+        """Displayed width (after rotation)."""
+        return self.coded_height if self.rotation in (90, 270) else self.coded_width
+
+    @property
+    def height(self) -> int:
+        return self.coded_width if self.rotation in (90, 270) else self.coded_height
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: its format, canvas size and number of frames."""
+
+    format: str  # png, jpeg, gif, webp, bmp
+    width: int
+    height: int
+    frames: int = 1
+
+
+@dataclass(frozen=True)
+class BackgroundInfo:
+    kind: Kind
+    width: int
+    height: int
+    frames: int
+
+
+class ImageHeaderError(ValueError):
+    """An image whose header is malformed or whose data is cut short."""
+
+
+# --- rotation -------------------------------------------------------------------------------------
+def normalise_rotation(degrees: float) -> int:
+    """FFmpeg's display-matrix angle (−180..180, counter-clockwise) as 0/90/180/270; an angle that
+    is not a number (FFmpeg's answer for a degenerate matrix) is no rotation."""
+    if not math.isfinite(degrees):
+        return 0
+    return int(round(degrees / 90.0)) % 4 * 90
+
+
+def rotation_from_matrix(matrix: tuple[int, ...] | list[int]) -> int:
+    """The rotation (0/90/180/270, counter-clockwise) a display matrix asks for, FFmpeg's way
+    (``av_display_rotation_get``), or 0 when the matrix is not a rotation by a multiple of 90°
+    (all zeros, a shear, a mirror, an odd angle): such metadata is ignored, not guessed at."""
+    a, b, c, d = (v / 65536.0 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    scale = math.hypot(a, c)
+    if scale == 0 or math.hypot(b, d) == 0:
+        return 0
+    angle = -math.degrees(math.atan2(b / math.hypot(b, d), a / scale))
+    k = normalise_rotation(angle)
+    r = math.radians(k)  # the matrix av_display_rotation_set(-k) writes: (cos r, -sin r, sin r, cos r)
+    want = (math.cos(r), -math.sin(r), math.sin(r), math.cos(r))
+    if any(abs(v / scale - w) > 0.01 for v, w in zip((a, b, c, d), want, strict=True)):
+        return 0
+    return k
+
+
+def mp4_display_matrix(path: Path) -> tuple[int, ...] | None:
+    """The display matrix of the first video track of an MP4/MOV, as FFmpeg computes it (the track
+    header's matrix times the movie header's), read from the boxes without decoding; None when the
+    file records none.  Only the ``moov`` box is read."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        moov = _find_box(fh, 0, size, b"moov")
+        if moov is None:
+            return None
+        movie: tuple[int, ...] = _IDENTITY
+        for kind, start, end in _boxes(fh, *moov):
+            if kind == b"mvhd":
+                movie = _matrix_at(fh, start, 36, 28) or movie
+            elif kind == b"trak" and _is_video_track(fh, start, end):
+                tkhd = _find_box(fh, start, end, b"tkhd")
+                if tkhd is None:
+                    return None
+                track = _matrix_at(fh, tkhd[0], 40, 52)
+                return _mul(track or _IDENTITY, movie)
+    return None
+
+
+_IDENTITY = (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+
+
+def _boxes(fh: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the ISO-BMFF boxes between ``start`` and ``end``."""
+    out: list[tuple[bytes, int, int]] = []
+    pos = start
+    while pos + 8 <= end and len(out) < MAX_HEADER_ITEMS:
+        fh.seek(pos)
+        head = fh.read(16)
+        size, kind = struct.unpack(">I4s", head[:8])
+        body = pos + 8
+        if size == 1 and len(head) == 16:
+            size, body = struct.unpack(">Q", head[8:16])[0], pos + 16
+        elif size == 0:
+            size = end - pos
+        if size < body - pos or pos + size > end:
+            break
+        out.append((kind, body, pos + size))
+        pos += size
+    return out
+
+
+def _find_box(fh: BinaryIO, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    return next(((s, e) for k, s, e in _boxes(fh, start, end) if k == kind), None)
+
+
+def _is_video_track(fh: BinaryIO, start: int, end: int) -> bool:
+    mdia = _find_box(fh, start, end, b"mdia")
+    hdlr = mdia and _find_box(fh, *mdia, b"hdlr")
+    if not hdlr:
+        return False
+    fh.seek(hdlr[0] + 8)
+    return fh.read(4) == b"vide"
+
+
+def _matrix_at(fh: BinaryIO, body: int, v0_offset: int, v1_offset: int) -> tuple[int, ...] | None:
+    """The 9-value matrix of an mvhd/tkhd box, whose offset depends on the box's version."""
+    fh.seek(body)
+    version = fh.read(1)
+    if not version:
+        return None
+    fh.seek(body + (v1_offset if version[0] == 1 else v0_offset))
+    raw = fh.read(36)
+    return struct.unpack(">9i", raw) if len(raw) == 36 else None
+
+
+def _mul(track: tuple[int, ...], movie: tuple[int, ...]) -> tuple[int, ...]:
+    shifts = (16, 16, 30)
+    return tuple(
+        sum((track[i * 3 + e] * movie[e * 3 + j]) >> shifts[e] for e in range(3)) for i in range(3) for j in range(3)
+    )
+
+
+# --- image headers --------------------------------------------------------------------------------
+def sniff_image(head: bytes) -> str | None:
+    """The image format the leading bytes announce, or None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "bmp"
+    return None
+
+
+def read_image_header(path: Path) -> ImageHeader:
+    """Format, size and frame count of an image from its header, after checking that its picture
+    data is there (PNG: an IDAT and an IEND; JPEG: a scan and an end-of-image marker; GIF: every
+    block complete; WebP: every chunk within the file; BMP: the rows the header promises).
+    Raises ``ImageHeaderError`` when the header is malformed or the data cut short."""
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+        kind = sniff_image(head)
+        if kind is None:
+            raise ImageHeaderError("not an image this service reads")
+        size = fh.seek(0, 2)
+        try:
+            header = _PARSERS[kind](fh, size)
+        except struct.error:
+            raise ImageHeaderError(f"the {kind.upper()} file is cut short") from None
+    if header.width <= 0 or header.height <= 0:
+        raise ImageHeaderError(f"the {kind.upper()} header declares no picture ({header.width}x{header.height})")
+    return header
+
+
+def _png(fh: BinaryIO, size: int) -> ImageHeader:
+    pos, width, height, frames = 8, 0, 0, 1
+    for _ in range(MAX_HEADER_ITEMS):
+        fh.seek(pos)
+        length, tag = struct.unpack(">I4s", fh.read(8))
+        if pos == 8 and tag != b"IHDR":
+            raise ImageHeaderError("the PNG does not start with its IHDR chunk")
+        if tag == b"IHDR":
+            width, height = struct.unpack(">II", fh.read(8))
+        elif tag == b"acTL":
+            frames = max(1, struct.unpack(">I", fh.read(4))[0])
+        elif tag == b"IDAT":
+            break
+        elif tag == b"IEND":
+            raise ImageHeaderError("the PNG has no image data (no IDAT chunk)")
+        pos += 12 + length
+        if pos > size:
+            raise ImageHeaderError("the PNG is cut short before its image data")
+    else:
+        raise ImageHeaderError("the PNG header is too long")
+    fh.seek(max(0, size - 4096))
+    if b"IEND\xaeB`\x82" not in fh.read():
+        raise ImageHeaderError("the PNG is cut short (no IEND chunk at its end)")
+    return ImageHeader("png", width, height, frames)
+
+
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic).
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg(fh: BinaryIO, size: int) -> ImageHeader:
+    pos, width, height = 2, 0, 0
+    for _ in range(MAX_HEADER_ITEMS):
+        fh.seek(pos)
+        byte = fh.read(1)
+        if byte != b"\xff":
+            raise ImageHeaderError("the JPEG is cut short or malformed before its scan")
+        marker = fh.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = fh.read(1)
+        if not marker:
+            raise ImageHeaderError("the JPEG is cut short before its scan")
+        m = marker[0]
+        if m == 0x01 or 0xD0 <= m <= 0xD8:
+            pos = fh.tell()
+            continue
+        if m == 0xD9:
+            raise ImageHeaderError("the JPEG ends before its scan")
+        segment = fh.tell()
+        (length,) = struct.unpack(">H", fh.read(2))
+        if m in _SOF:
+            height, width = struct.unpack(">xHH", fh.read(5))
+        pos = segment + length
+        if m == 0xDA:
+            break
+    else:
+        raise ImageHeaderError("the JPEG header is too long")
+    if not width:
+        raise ImageHeaderError("the JPEG has no frame header (SOF) before its scan")
+    if pos >= size:
+        raise ImageHeaderError("the JPEG is cut short: its scan holds no data")
+    start = max(pos, size - JPEG_TAIL)
+    fh.seek(start)
+    if b"\xff\xd9" not in fh.read(size - start):
+        raise ImageHeaderError("the JPEG is cut short (no end-of-image marker after its scan)")
+    return ImageHeader("jpeg", width, height)
+
+
+def _gif(fh: BinaryIO, size: int) -> ImageHeader:
+    """Walks every block (sub-blocks of at most 255 bytes) to count the frames: O(size / 255)."""
+    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        width, height, packed = struct.unpack_from("<HHB", data, 6)
+        pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+        frames = 0
+        while pos < size:
+            block = data[pos]
+            if block == 0x3B:  # trailer
+                break
+            if block == 0x2C:  # image descriptor (+ local colour table) + LZW code size
+                local = data[pos + 9]
+                pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1
+                frames += 1
+            elif block == 0x21:  # extension: label
+                pos += 2
+            else:
+                raise ImageHeaderError(f"the GIF has an unknown block 0x{block:02x}")
+            while True:  # data sub-blocks up to a zero-length one
+                if pos >= size:
+                    raise ImageHeaderError("the GIF is cut short")
+                n = data[pos]
+                pos += 1 + n
+                if n == 0:
+                    break
+        if frames == 0:
+            raise ImageHeaderError("the GIF holds no image")
+    return ImageHeader("gif", width, height, frames)
+
+
+def _webp(fh: BinaryIO, size: int) -> ImageHeader:
+    fh.seek(12)
+    pos, width, height, frames, has_image = 12, 0, 0, 0, False
+    for _ in range(1_000_000):
+        if pos + 8 > size:
+            break
+        fh.seek(pos)
+        tag, length = struct.unpack("<4sI", fh.read(8))
+        if pos + 8 + length > size:
+            raise ImageHeaderError(f"the WebP is cut short (its {tag.decode('latin-1')!r} chunk)")
+        body = fh.read(min(length, 16))
+        if tag == b"VP8X":
+            w, h = body[4:7] + b"\0", body[7:10] + b"\0"
+            width, height = struct.unpack("<I", w)[0] + 1, struct.unpack("<I", h)[0] + 1
+        elif tag == b"VP8 " and not width:
+            if body[3:6] != b"\x9d\x01\x2a":
+                raise ImageHeaderError("the WebP's VP8 frame header is malformed")
+            w, h = struct.unpack("<HH", body[6:10])
+            width, height = w & 0x3FFF, h & 0x3FFF
+        elif tag == b"VP8L" and not width:
+            (bits,) = struct.unpack("<I", body[1:5])
+            width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        has_image |= tag in (b"VP8 ", b"VP8L", b"ANMF")
+        frames += tag == b"ANMF"
+        pos += 8 + length + (length & 1)
+    if not has_image:
+        raise ImageHeaderError("the WebP holds no image")
+    return ImageHeader("webp", width, height, max(1, frames))
+
+
+def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
+    fh.seek(10)
+    offset, dib = struct.unpack("<II", fh.read(8))
+    if dib == 12:  # OS/2 BITMAPCOREHEADER
+        width, height, _, bpp = struct.unpack("<HHHH", fh.read(8))
+        compression = 0
+    else:
+        width, height, _, bpp, compression = struct.unpack("<iiHHI", fh.read(16))
+    height = abs(height)
+    need = offset + ((width * bpp + 31) // 32) * 4 * height if compression in (0, 3, 6) else offset + 1
+    if need > size:
+        raise ImageHeaderError("the BMP is cut short (fewer rows than its header declares)")
+    return ImageHeader("bmp", width, height)
+
+
+_PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp}
+
+
+# --- videos ---------------------------------------------------------------------------------------
+def looks_like_container(head: bytes) -> bool:
+    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
+        return False
+    return any(head[off : off + len(magic)] == magic for off, magic in CONTAINER_MAGIC)
+
+
+def _head(path: Path, n: int = 64) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def open_input(path: Path) -> av.container.InputContainer:
+    """Open a media file for demuxing, mapping FFmpeg's failures to our codes.
+
+    No decoder may run while FFmpeg probes the streams (``codec_whitelist=none``): sizes and codec
+    come from the headers, and a picture is decoded only when the caller decodes it, with the
+    limits it sets on its own decoder."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise NotAVideo(f"file not found: {path.name}") from None
+    if size == 0:
+        raise EmptyFile("the video file is empty (0 bytes)")
+    try:
+        return av.open(str(path), mode="r", timeout=30, container_options={"codec_whitelist": "none"})
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
+        if looks_like_container(_head(path)):
+            raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
+        raise NotAVideo("the file is not a video this service can read") from None
+
+
+def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
+    """Size (displayed), codec, frame rate, duration, frame count and audio of a video, from its
+    headers and its packets; raises the input error that fits (``not_a_video``,
+    ``no_video_stream``, ``corrupt_video``, ``unsupported_codec``, ``video_too_large``,
+    ``empty_file``).  Animated GIF and APNG with more than one frame are videos; still images are
+    not.  Nothing is decoded."""
+    settings = settings or get_settings()
+    path = Path(path)
+    animated = _animated_image(path, settings)
+    container = open_input(path)
+    try:
+        name = container.format.name
+        if name in TEXT_FORMATS:
+            raise NotAVideo("this is a text file, not a video")
+        if any(tag in name for tag in IMAGE_FORMATS):
+            raise NotAVideo(f"this is a still image ({name}), not a video")
+        if not container.streams.video:
+            raise NoVideoStream("the file has no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx is None or ctx.codec is None:
+            raise UnsupportedCodec("the video codec is not supported")
+        coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)
+        if coded_w <= 0 or coded_h <= 0:
+            raise CorruptVideo("the video's headers record no frame size")
+        matrix = mp4_display_matrix(path) if name.startswith("mov") else None
+        rotation = rotation_from_matrix(matrix) if matrix else 0
+        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not fps or fps <= 0:
+            raise CorruptVideo("the video stream has no usable frame rate")
+        fps = Fraction(fps)
+        time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+        if stream.duration:
+            duration = float(stream.duration * time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        info = VideoInfo(
+            path=path, container=name, codec=ctx.codec.name, coded_width=coded_w, coded_height=coded_h,
+            rotation=rotation, fps=fps, time_base=time_base, frames=0, duration_s=duration,
+            track_ticks=int(stream.duration) if stream.duration else None,
+            audio=tuple(
+                AudioInfo(a.index, a.codec_context.name, a.codec_context.sample_rate or 0, a.codec_context.channels or 0)
+                for a in container.streams.audio
+                if a.codec_context is not None
+            ),
+        )
+        check_limits(info, settings)  # the frame size and the declared duration, before demuxing
+        frames = count_packets(container, stream)
+        # MP4/MOV headers index every sample, so fewer packets than listed means the file was cut
+        # short.  (AVI headers count dropped frames too, Matroska lists none: no such check there.)
+        if name.startswith("mov") and stream.frames and frames < stream.frames:
+            raise CorruptVideo(
+                f"the video is truncated: the container lists {stream.frames} frames, the file holds {frames}"
+            )
+        if frames <= 0:
+            frames = max(1, math.ceil(duration * fps - 1e-6))
+        if duration <= 0:
+            duration = float(frames / fps)
+        info = replace(info, frames=frames, duration_s=duration)
+    finally:
+        container.close()
+    check_limits(info, settings)
+    return info
+
+
+def _animated_image(path: Path, settings: Settings) -> ImageHeader | None:
+    """For a file that is an image: its header when animated (and within the video limits), else
+    ``not_a_video``.  None for anything else."""
+    try:
+        if sniff_image(_head(path)) is None:
+            return None
+        header = read_image_header(path)
+    except FileNotFoundError:
+        return None  # open_input names it
+    except ImageHeaderError as exc:
+        raise CorruptVideo(f"the animated image is corrupt: {exc}") from None
+    if header.frames <= 1:
+        raise NotAVideo(f"this is a still image ({header.format}), not a video")
+    if header.format not in ("gif", "png"):
+        raise UnsupportedCodec(f"animated {header.format.upper()} cannot be decoded by this service")
+    check_frame_size(header.width, header.height, settings)
+    if header.frames > settings.max_frames:
+        raise VideoTooLarge(f"{header.frames} frames exceed the limit of {settings.max_frames}")
+    return header
+
+
+def count_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """Count the video packets of a container just opened by demuxing (no decoding: cheap).  A
+    cut-off file shows up here as a demuxer error or as fewer packets than the header promised."""
+    count = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size:
+                count += 1
+    except av.error.FFmpegError as exc:
+        raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
+    return count
+
+
+def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:
+    """Refuse a (displayed) frame size past the video limits."""
+    s = settings
+    if width > s.max_width or height > s.max_height or width * height > s.max_pixels:
+        raise error(
+            f"frame size {width}x{height} exceeds the limit ({s.max_width}x{s.max_height}, {s.max_pixels} pixels)"
+        )
+
+
+def check_limits(info: VideoInfo, settings: Settings) -> None:
+    check_frame_size(info.width, info.height, settings)
+    if info.duration_s > settings.max_duration_s:
+        raise VideoTooLarge(f"duration {info.duration_s:.1f}s exceeds the limit of {settings.max_duration_s:.0f}s")
+    if info.frames > settings.max_frames:
+        raise VideoTooLarge(f"{info.frames} frames exceed the limit of {settings.max_frames}")
+
+
+# --- backgrounds ----------------------------------------------------------------------------------
+COLOR_RE = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def parse_color(spec: str) -> tuple[int, int, int]:
+    if not COLOR_RE.match(spec):
+        raise InvalidColor(f"colour {spec!r} is not of the form #RRGGBB")
+    return int(spec[1:3], 16), int(spec[3:5], 16), int(spec[5:7], 16)
+
+
+def validate_background(spec: str, settings: Settings | None = None) -> BackgroundInfo | None:
+    """Refuse a bad background early (the API calls this before accepting a job): ``blur``, a
+    ``#RRGGBB`` colour (None for both) or a file, inspected by ``inspect_background``."""
+    spec = spec.strip()
+    if spec.lower() == "blur":
+        return None
+    if spec.startswith("#"):
+        parse_color(spec)
+        return None
+    return inspect_background(Path(spec), settings)
+
+
+def inspect_background(path: Path, settings: Settings | None = None) -> BackgroundInfo:
+    """Kind, size and frame count of a background file, from its headers; refuses unknown types
+    (``unsupported_background``), cut or malformed images (``corrupt_background``) and anything
+    past its limits (``background_too_large``).  Nothing is decoded."""
+    settings = settings or get_settings()
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidBackground(f"background {path.name!r} is not '#RRGGBB', 'blur' or an existing file")
+    head = _head(path)
+    if not head:
+        raise EmptyFile("the background file is empty")
+    if sniff_image(head):
+        try:
+            header = read_image_header(path)
+        except ImageHeaderError as exc:
+            raise CorruptBackground(str(exc)) from None
+        if header.frames <= 1:
+            check_image_pixels(header.width, header.height, settings)
+            return BackgroundInfo("image", header.width, header.height, 1)
+        if header.format == "webp":
+            raise UnsupportedBackground("animated WebP backgrounds are not supported (this build cannot decode them)")
+        check_animation(header.width, header.height, header.frames, settings)
+        info = _background_video(path, settings)
+        return BackgroundInfo("animated", header.width, header.height, max(info.frames, header.frames))
+    if looks_like_container(head):
+        info = _background_video(path, settings)
+        return BackgroundInfo("video", info.width, info.height, info.frames)
+    lead = head.lstrip().lower()
+    if lead.startswith((b"<?xml", b"<svg", b"<!doctype svg")):
+        raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF or BMP")
+    raise UnsupportedBackground(
+        "the background is not a supported type: PNG, JPEG, WebP, GIF or BMP images, or an MP4/MOV, "
+        "Matroska/WebM, AVI, MPEG-PS, FLV or Ogg video"
+    )
+
+
+def check_image_pixels(width: int, height: int, settings: Settings) -> None:
+    if width * height > settings.max_background_pixels:
+        raise BackgroundTooLarge(
+            f"background image {width}x{height} exceeds {settings.max_background_pixels} pixels"
+        )
+
+
+def check_animation(width: int, height: int, frames: int, settings: Settings) -> None:
+    """An animated background: each frame within the video frame limits, all frames together within
+    ``max_animated_background_pixels``."""
+    check_frame_size(width, height, settings, BackgroundTooLarge)
+    if frames * width * height > settings.max_animated_background_pixels:
+        raise BackgroundTooLarge(
+            f"animated background of {frames} frames of {width}x{height} exceeds "
+            f"{settings.max_animated_background_pixels} pixels in all"
+        )
+
+
+_AS_BACKGROUND: dict[type[BackdropError], type[BackdropError]] = {
+    VideoTooLarge: BackgroundTooLarge,
+    CorruptVideo: CorruptBackground,
+    EmptyFile: EmptyFile,
+}
+
+
+def _background_video(path: Path, settings: Settings) -> VideoInfo:
+    """``inspect_video`` for a background, its errors named as background errors."""
+    try:
+        return inspect_video(path, settings)
+    except BackdropError as exc:
+        cls = _AS_BACKGROUND.get(type(exc), UnsupportedBackground)
+        raise cls(f"background: {exc.message}") from None

@@ -1,0 +1,165 @@
+"""Hostile and odd inputs, made in the test.  The big pictures are written chunk by chunk with zlib
+fed one row at a time, so a 30000×30000 PNG costs the test a few MB, not the gigabytes it declares."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+def chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def zero_rows(width: int, height: int, bytes_per_pixel: int) -> bytes:
+    """The zlib stream of a black picture's scanlines (each a filter byte 0 and zeros: all zeros).
+
+    One MiB of zeros is compressed once and its output repeated: after a full flush the compressor
+    starts afresh, so each repeat is a valid run of deflate blocks.  The checksum of n zeros is
+    computed, not streamed (adler32: a = 1, b = n mod 65521)."""
+    total = height * (1 + width * bytes_per_pixel)
+    block = bytes(1 << 20)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    comp.compress(block)
+    comp.flush(zlib.Z_FULL_FLUSH)
+    unit = comp.compress(block) + comp.flush(zlib.Z_FULL_FLUSH)
+    repeats, rest = divmod(total, len(block))
+    last = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = last.compress(bytes(rest)) + last.flush(zlib.Z_FINISH)
+    return b"\x78\xda" + unit * repeats + tail + struct.pack(">I", ((total % 65521) << 16) | 1)
+
+
+def ihdr(width: int, height: int, depth: int, colour: int) -> bytes:
+    return chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
+
+
+#: (bit depth, PNG colour type, bytes per pixel)
+GREY8, RGB8, RGBA16 = (8, 0, 1), (8, 2, 3), (16, 6, 8)
+
+
+def png_bytes(width: int, height: int, kind: tuple[int, int, int] = GREY8) -> bytes:
+    depth, colour, bpp = kind
+    return PNG_SIG + ihdr(width, height, depth, colour) + chunk(b"IDAT", zero_rows(width, height, bpp)) + chunk(b"IEND", b"")
+
+
+def png(path: Path, width: int, height: int, kind: tuple[int, int, int] = GREY8) -> Path:
+    path.write_bytes(png_bytes(width, height, kind))
+    return path
+
+
+def apng(path: Path, width: int, height: int, frames: int = 2, kind: tuple[int, int, int] = GREY8) -> Path:
+    """An animated PNG: every frame black, full canvas, 10 frames a second."""
+    depth, colour, bpp = kind
+    data = zero_rows(width, height, bpp)
+    out = [PNG_SIG, ihdr(width, height, depth, colour), chunk(b"acTL", struct.pack(">II", frames, 0))]
+    seq = 0
+    for i in range(frames):
+        out.append(chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, width, height, 0, 0, 1, 10, 0, 0)))
+        seq += 1
+        if i == 0:
+            out.append(chunk(b"IDAT", data))
+        else:
+            out.append(chunk(b"fdAT", struct.pack(">I", seq) + data))
+            seq += 1
+    out.append(chunk(b"IEND", b""))
+    path.write_bytes(b"".join(out))
+    return path
+
+
+def png_in_mov(path: Path, pngs: list[bytes], width: int, height: int) -> Path:
+    """A MOV whose video track holds the given PNG pictures (muxed as they are, never decoded);
+    its header declares width×height, whatever the pictures are."""
+    with av.open(str(path), "w", format="mov") as out:
+        s = out.add_stream("png", rate=1)
+        s.width, s.height, s.pix_fmt = width, height, "rgba64be"
+        for i, data in enumerate(pngs):
+            p = av.Packet(data)
+            p.stream, p.pts, p.dts, p.time_base, p.is_keyframe = s, i, i, Fraction(1, 1), True
+            out.mux(p)
+    return path
+
+
+def frames_of(src: Path, count: int, width: int, height: int) -> list[np.ndarray]:
+    """The first ``count`` frames of a clip, as RGB at width×height."""
+    out = []
+    with av.open(str(src)) as c:
+        for f in c.decode(video=0):
+            out.append(f.to_ndarray(format="rgb24", width=width, height=height))
+            if len(out) == count:
+                break
+    return out
+
+
+def encode(path: Path, images: list[np.ndarray], codec: str, pix_fmt: str, fmt: str | None = None,
+           rate: int = 10, matrix: list[int] | None = None) -> Path:
+    h, w = images[0].shape[:2]
+    with av.open(str(path), "w", format=fmt) as out:
+        s = out.add_stream(codec, rate=rate)
+        s.width, s.height, s.pix_fmt = w, h, pix_fmt
+        if matrix is not None:
+            s.set_display_matrix(matrix)
+        for i, img in enumerate(images):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            f.pts = i
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode(None):
+            out.mux(p)
+    return path
+
+
+def gif(path: Path, images: list[np.ndarray]) -> Path:
+    return encode(path, images, "gif", "rgb8", "gif")
+
+
+def animated_webp(path: Path, images: list[np.ndarray]) -> Path:
+    return encode(path, images, "libwebp_anim", "yuva420p", "webp")
+
+
+def zero_matrix_mp4(path: Path, images: list[np.ndarray]) -> Path:
+    """An H.264 MP4 whose track header's display matrix is all zeros (FFmpeg: a NaN angle).
+    The matrix is written by PyAV when it can; else the identity matrix's bytes are zeroed."""
+    encode(path, images, "libx264", "yuv420p", "mp4", matrix=[0] * 9)
+    data = path.read_bytes()
+    identity = struct.pack(">9i", 65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+    tkhd = data.find(b"tkhd")
+    at = data.find(identity, tkhd)
+    if tkhd >= 0 and 0 <= at < tkhd + 120:
+        data = data[:at] + bytes(36) + data[at + 36 :]
+        path.write_bytes(data)
+    return path
+
+
+def mid_stream_growth(path: Path, small: int, large: int) -> Path:
+    """A raw H.264 stream whose pictures grow from small² to large² after five frames (a new SPS):
+    its header (the first SPS) declares small²."""
+    out = b""
+    for side in (small, large):
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = side, side, "yuv420p", Fraction(1, 10)
+        for i in range(5):
+            f = av.VideoFrame.from_ndarray(np.full((side, side, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts = i
+            out += b"".join(bytes(p) for p in ctx.encode(f))
+        out += b"".join(bytes(p) for p in ctx.encode(None))
+    path.write_bytes(out)
+    return path
+
+
+def jpeg_cut_after_header(src: Path, dst: Path) -> Path:
+    """A JPEG cut right after its scan header (SOS): headers complete, no picture data."""
+    data = src.read_bytes()
+    sos = data.find(b"\xff\xda")
+    length = struct.unpack(">H", data[sos + 2 : sos + 4])[0]
+    dst.write_bytes(data[: sos + 2 + length])
+    return dst
+
+
+SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="30000" height="30000"></svg>\n'

@@ -1,0 +1,266 @@
+"""Header inspection (what the API knows without decoding) and the worker's second look as it
+decodes: each hostile or odd input gets its precise code, or works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bombs
+import pytest
+from conftest import data_path
+
+from service.config import Settings
+from service.errors import BackdropError
+from service.media.inspect import (
+    inspect_background,
+    inspect_video,
+    mp4_display_matrix,
+    read_image_header,
+    rotation_from_matrix,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def code_of(fn, *args) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(BackdropError) as err:
+        fn(*args)
+    assert err.value.message
+    return err.value.code
+
+
+def small_frames(count: int = 6, size: tuple[int, int] = (96, 72)) -> list:  # type: ignore[type-arg]
+    return bombs.frames_of(data_path("videos", "asl", "bird.mkv"), count, *size)
+
+
+# --- bombs ----------------------------------------------------------------------------------------
+def test_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
+    """0.9 MB declaring 30000×30000 (FFmpeg reports it as 0×0, so the old pixel check passed)."""
+    path = bombs.png(tmp_path / "bomb.png", 30000, 30000)
+    assert path.stat().st_size < 2_000_000
+    assert read_image_header(path).width == 30000
+    assert code_of(inspect_background, path) == "background_too_large"
+    assert code_of(inspect_video, path) == "not_a_video"
+
+
+def test_16bit_rgba_png_bomb(tmp_path: Path) -> None:
+    path = bombs.png(tmp_path / "rgba16.png", 16000, 16000, bombs.RGBA16)
+    assert code_of(inspect_background, path) == "background_too_large"
+
+
+def test_animated_png_bomb(tmp_path: Path) -> None:
+    path = bombs.apng(tmp_path / "anim.png", 10000, 10000)
+    assert read_image_header(path).frames == 2
+    assert code_of(inspect_background, path) == "background_too_large"
+    assert code_of(inspect_video, path) == "video_too_large"
+
+
+def test_animation_limit_is_frames_times_pixels(tmp_path: Path) -> None:
+    path = bombs.apng(tmp_path / "anim.png", 200, 100, frames=5)
+    assert inspect_background(path).kind == "animated"
+    tight = Settings(max_animated_background_pixels=5 * 200 * 100 - 1)
+    assert code_of(inspect_background, path, tight) == "background_too_large"
+
+
+def test_png_in_mov_bomb(tmp_path: Path) -> None:
+    big = bombs.png_bytes(16000, 16000, bombs.RGBA16)
+    path = bombs.png_in_mov(tmp_path / "bomb.mov", [big], 16000, 16000)
+    assert code_of(inspect_video, path) == "video_too_large"
+    assert code_of(inspect_background, path) == "background_too_large"
+
+
+def test_inspection_decodes_nothing(tmp_path: Path) -> None:
+    """A MOV declaring 64×64 whose one picture is 3000×3000: the header is all inspection reads
+    (decoding would have found the real size)."""
+    lying = bombs.png_in_mov(tmp_path / "lying.mov", [bombs.png_bytes(3000, 3000)], 64, 64)
+    info = inspect_video(lying)
+    assert (info.width, info.height, info.frames) == (64, 64, 1)
+
+
+# --- types ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name,content",
+    [("svg", bombs.SVG), ("text", b"this is not a picture\n" * 20), ("tiff", b"II*\x00" + bytes(100)),
+     ("heic", b"\x00\x00\x00\x18ftypheic" + bytes(100))],
+)
+def test_unknown_backgrounds_are_unsupported(tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / f"bg.{name}"
+    path.write_bytes(content)
+    with pytest.raises(BackdropError) as err:
+        inspect_background(path)
+    assert (err.value.code, err.value.status) == ("unsupported_background", 415)
+
+
+def test_jpeg_cut_after_its_header(tmp_path: Path) -> None:
+    src = data_path("backgrounds", "bg_1.jpg")
+    assert inspect_background(src).kind == "image"
+    cut = bombs.jpeg_cut_after_header(src, tmp_path / "cut.jpg")
+    assert code_of(inspect_background, cut) == "corrupt_background"
+    half = tmp_path / "half.jpg"
+    half.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    assert code_of(inspect_background, half) == "corrupt_background"
+
+
+def test_png_cut_in_its_data(tmp_path: Path) -> None:
+    data = bombs.png_bytes(300, 200, bombs.RGB8)
+    assert inspect_background(bombs.png(tmp_path / "ok.png", 300, 200, bombs.RGB8)).width == 300
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) - 20])
+    assert code_of(inspect_background, cut) == "corrupt_background"
+    header_only = tmp_path / "header.png"
+    header_only.write_bytes(data[:33])
+    assert code_of(inspect_background, header_only) == "corrupt_background"
+
+
+def test_image_types_read_from_headers(tmp_path: Path) -> None:
+    import cv2
+
+    img = small_frames(1, (120, 80))[0]
+    for ext in ("bmp", "webp", "png", "jpg"):
+        path = tmp_path / f"bg.{ext}"
+        assert cv2.imwrite(str(path), img)
+        info = inspect_background(path)
+        assert (info.kind, info.width, info.height, info.frames) == ("image", 120, 80, 1), ext
+    bmp = (tmp_path / "bg.bmp").read_bytes()
+    (tmp_path / "cut.bmp").write_bytes(bmp[: len(bmp) // 2])
+    assert code_of(inspect_background, tmp_path / "cut.bmp") == "corrupt_background"
+
+
+# --- animated images as videos --------------------------------------------------------------------
+def test_animated_gif_and_apng_are_videos(tmp_path: Path) -> None:
+    frames = small_frames(6)
+    gif = bombs.gif(tmp_path / "clip.gif", frames)
+    info = inspect_video(gif)
+    assert (info.width, info.height, info.frames, info.container) == (96, 72, 6, "gif")
+    assert inspect_background(gif).kind == "animated"
+    apng = bombs.apng(tmp_path / "clip.png", 96, 72, frames=4)
+    assert inspect_video(apng).frames == 4
+    still = bombs.gif(tmp_path / "still.gif", frames[:1])
+    assert code_of(inspect_video, still) == "not_a_video"
+    assert inspect_background(still).kind == "image"
+
+
+def test_animated_webp_is_refused_precisely(tmp_path: Path) -> None:
+    """This build's FFmpeg cannot decode animated WebP: refused up front, never failed later."""
+    webp = bombs.animated_webp(tmp_path / "clip.webp", small_frames(3))
+    assert read_image_header(webp).frames == 3
+    assert code_of(inspect_video, webp) == "unsupported_codec"
+    assert code_of(inspect_background, webp) == "unsupported_background"
+
+
+# --- rotation -------------------------------------------------------------------------------------
+def test_rotation_from_display_matrices() -> None:
+    one, w = 1 << 16, 1 << 30
+    assert rotation_from_matrix((one, 0, 0, 0, one, 0, 0, 0, w)) == 0
+    assert rotation_from_matrix((0, -one, 0, one, 0, 0, 0, 0, w)) == 90
+    assert rotation_from_matrix((-one, 0, 0, 0, -one, 0, 0, 0, w)) == 180
+    assert rotation_from_matrix((0, one, 0, -one, 0, 0, 0, 0, w)) == 270
+    assert rotation_from_matrix((0,) * 9) == 0  # FFmpeg: NaN (it came out turned 270°)
+    assert rotation_from_matrix((-one, 0, 0, 0, one, 0, 0, 0, w)) == 0  # a mirror
+    assert rotation_from_matrix((one, one, 0, 0, one, 0, 0, 0, w)) == 0  # a shear
+
+
+def test_rotation_tag_read_from_the_mp4_boxes() -> None:
+    clip = data_path("videos", "rotated-tag-90.mp4")
+    assert rotation_from_matrix(mp4_display_matrix(clip) or ()) == 90
+    info = inspect_video(clip)
+    assert (info.width, info.height, info.rotation) == (540, 960, 90)
+
+
+def test_all_zero_display_matrix_is_no_rotation(tmp_path: Path) -> None:
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    path = bombs.zero_matrix_mp4(tmp_path / "zero.mp4", small_frames(4))
+    assert mp4_display_matrix(path) == (0,) * 9
+    assert inspect_video(path).rotation == 0
+    info = probe_video(path)
+    assert (info.rotation, info.width, info.height) == (0, 96, 72)
+    assert {f.image.shape for f in iter_frames(info)} == {(72, 96, 3)}
+
+
+# --- the worker's second look ---------------------------------------------------------------------
+def test_worker_refuses_a_picture_larger_than_its_header(tmp_path: Path) -> None:
+    from service.media.background import open_background
+    from service.media.probe import probe_video
+
+    def first_background_frame(spec: str) -> None:
+        import numpy as np
+
+        bg = open_background(spec, 32, 32)
+        try:
+            bg.frames(np.zeros((1, 32, 32, 3), np.uint8), [0.0])
+        finally:
+            bg.close()
+
+    lying = bombs.png_in_mov(tmp_path / "lying.mov", [bombs.png_bytes(3000, 3000)], 64, 64)
+    assert code_of(first_background_frame, str(lying)) == "background_too_large"
+    assert code_of(probe_video, lying, Settings(max_pixels=64 * 64)) == "video_too_large"
+
+
+def test_worker_refuses_mid_stream_growth(tmp_path: Path) -> None:
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    for small, large in ((64, 128), (64, 2048)):  # within the decoder's slack, and far past it
+        path = bombs.mid_stream_growth(tmp_path / f"grow{large}.h264", small, large)
+        info = probe_video(path)
+        assert (info.width, info.height) == (small, small)
+        with pytest.raises(BackdropError) as err:
+            for _ in iter_frames(info):
+                pass
+        assert err.value.code == "video_too_large"
+
+
+def test_worker_checks_a_still_header_before_decoding(tmp_path: Path) -> None:
+    from service.media.background import open_background
+
+    bomb = bombs.png(tmp_path / "bomb.png", 30000, 30000)
+    assert code_of(open_background, str(bomb), 32, 32) == "background_too_large"
+    cut = bombs.jpeg_cut_after_header(data_path("backgrounds", "bg_1.jpg"), tmp_path / "cut.jpg")
+    assert code_of(open_background, str(cut), 32, 32) == "corrupt_background"
+
+
+def test_animated_background_plays(tmp_path: Path) -> None:
+    import numpy as np
+
+    from service.media.background import open_background
+
+    frames = small_frames(4)
+    bg = open_background(str(bombs.gif(tmp_path / "bg.gif", frames)), 48, 36)
+    try:
+        images = np.zeros((8, 36, 48, 3), np.uint8)
+        out = bg.frames(images, [i / 10 for i in range(8)])
+    finally:
+        bg.close()
+    assert out.shape == (8, 36, 48, 3)
+    assert not np.array_equal(out[0], out[1])  # it moves
+    assert np.array_equal(out[0], out[4])  # and loops after its 4 frames
+
+
+# --- import-light ---------------------------------------------------------------------------------
+def test_api_inspection_imports_no_numpy_or_opencv(tmp_path: Path) -> None:
+    """What the API runs for a request (its _probe and _validate_background) loads neither."""
+    gif = bombs.gif(tmp_path / "clip.gif", small_frames(3))
+    still = bombs.png(tmp_path / "bg.png", 64, 48, bombs.RGB8)
+    code = (
+        "import sys, json\n"
+        "from service.api.routes.jobs import _probe, _validate_background\n"
+        "from service.config import Settings\n"
+        "s = Settings()\n"
+        f"_probe({str(data_path('videos', 'asl', 'bird.mkv'))!r}, s)\n"
+        f"_probe({str(gif)!r}, s)\n"
+        f"_validate_background({str(still)!r}, s)\n"
+        f"_validate_background({str(gif)!r}, s)\n"
+        "_validate_background('#102030', s)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'cv2', 'onnxruntime'))))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKDROP_")}
+    env.update(PYTHONPATH=str(ROOT), BACKDROP_OPEN_MODE="true")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
