@@ -336,8 +336,8 @@ async def delete_job(
             if canceled.callback_url:  # no worker will touch a job canceled while queued
                 body = json.dumps(public_dict(canceled, None), separators=(",", ":"), default=str)
                 await run_in_threadpool(
-                    lambda: celery.send_task(WEBHOOK_TASK, args=[canceled.callback_url, body, "job.canceled"],
-                                             queue=settings.queue_name)
+                    lambda: celery.send_task(WEBHOOK_TASK, args=[canceled.callback_url, body, "job.canceled", canceled.owner],
+                                             queue=settings.light_queue_name)
                 )
     else:
         await run_in_threadpool(jobs.delete, job)
