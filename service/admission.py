@@ -16,6 +16,9 @@ Keys (beside the job store's, under ``backdrop:admission:``):
 
 A reservation expires ``RESERVATION_TTL_S`` after it was last renewed (the upload renews it as
 bytes arrive), so a crashed API process cannot hold places for ever.
+
+``IdempotencyFingerprint`` is the other half of deciding whether a request gets in: a reused
+``Idempotency-Key`` replays its job only for the same request.
 """
 
 from __future__ import annotations
