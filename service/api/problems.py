@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.errors import (
     BackdropError,
@@ -77,6 +78,12 @@ def install(app: FastAPI) -> None:
         log.warning("%s %s: Redis failed: %r", request.method, request.url.path, exc)
         err = DependencyUnavailable("the job store is unavailable; retry shortly", retry_after_s=DEFAULT_RETRY_AFTER_S)
         return from_error(err, request)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # nobody reads this answer; it keeps an abandoned upload out of the 500s and the error log
+        log.info("%s %s: the client went away before its request was complete", request.method, request.url.path)
+        return problem(400, RequestInvalid.code, RequestInvalid.title, "the request was not complete", request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

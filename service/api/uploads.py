@@ -108,6 +108,7 @@ class _Parser:
         self._file: SpooledFile | None = None
         self._fh: BinaryIO | None = None
         self._parts = 0
+        self.ended = False
 
     def on_part_begin(self) -> None:
         self._headers, self._field, self._file, self._data = {}, None, None, bytearray()
@@ -169,6 +170,9 @@ class _Parser:
                 raise RequestInvalid(f"field {self._field!r} sent twice")
             self.form.fields[self._field] = self._data.decode("utf-8", "replace")
 
+    def on_end(self) -> None:
+        self.ended = True
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
@@ -198,6 +202,7 @@ async def parse_multipart(
         "on_header_value": p.on_header_value,
         "on_header_end": p.on_header_end,
         "on_headers_finished": p.on_headers_finished,
+        "on_end": p.on_end,
     }
 
     def feed(chunks: list[bytes], final: bool) -> None:
@@ -205,6 +210,8 @@ async def parse_multipart(
             parser.write(chunk)
         if final:
             parser.finalize()
+            if not p.ended:  # a body cut short would leave a truncated file that looks whole
+                raise RequestInvalid("the multipart body ends before its closing boundary")
         if tick is not None:
             tick()
 

@@ -5,6 +5,7 @@ real uploads of a real clip, the API served by uvicorn."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -191,8 +192,14 @@ def test_tenant_quota(redis_url: str, tmp_path: Path) -> None:
         assert post(alice, clip()).status_code == 202
 
 
-def _slow_body(video: Path, boundary: str, gate: threading.Event, started: threading.Event) -> Iterator[bytes]:
-    """A multipart body that sends its first part, then waits for ``gate`` before the rest."""
+class GiveUp(Exception):
+    """The client abandons its upload half-way."""
+
+
+def _slow_body(video: Path, boundary: str, gate: threading.Event, started: threading.Event,
+               give_up: bool = False) -> Iterator[bytes]:
+    """A multipart body that sends its first part, then waits for ``gate`` before the rest (or,
+    with ``give_up``, drops the connection there)."""
     yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"background_blur\"\r\n\r\ntrue\r\n"
            f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"v.mkv\"\r\n"
            "Content-Type: application/octet-stream\r\n\r\n").encode()
@@ -200,6 +207,8 @@ def _slow_body(video: Path, boundary: str, gate: threading.Event, started: threa
     yield data[:1000]
     started.set()
     gate.wait(30)
+    if give_up:
+        raise GiveUp
     yield data[1000:]
     yield f"\r\n--{boundary}--\r\n".encode()
 
@@ -207,15 +216,15 @@ def _slow_body(video: Path, boundary: str, gate: threading.Event, started: threa
 class SlowPost:
     """A POST /jobs in a thread whose upload stalls after its first bytes until ``resume()``."""
 
-    def __init__(self, server: ApiServer, key: str | None = None):
+    def __init__(self, server: ApiServer, key: str | None = None, give_up: bool = False):
         self.gate, self.started = threading.Event(), threading.Event()
         self.response: httpx.Response | None = None
         boundary = uuid.uuid4().hex
 
         def run() -> None:
-            with server.client(key) as c:
+            with server.client(key) as c, contextlib.suppress(GiveUp):
                 self.response = c.post(
-                    "/jobs", content=_slow_body(clip(), boundary, self.gate, self.started),
+                    "/jobs", content=_slow_body(clip(), boundary, self.gate, self.started, give_up),
                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
                 )
 
@@ -230,6 +239,11 @@ class SlowPost:
         assert self.response is not None
         return self.response
 
+    def abandon(self) -> None:
+        self.gate.set()
+        self.thread.join(30)
+        assert self.response is None
+
 
 def test_concurrent_upload_cap(redis_url: str, tmp_path: Path) -> None:
     env = base_env(redis_url, tmp_path, BACKDROP_MAX_CONCURRENT_UPLOADS="1")
@@ -243,6 +257,18 @@ def test_concurrent_upload_cap(redis_url: str, tmp_path: Path) -> None:
             first = slow.resume()
             assert first.status_code == 202, first.text
             assert post(c, clip()).status_code == 202  # the slot was given back
+
+
+def test_an_abandoned_upload_gives_back_its_place_and_its_slot(redis_url: str, tmp_path: Path) -> None:
+    env = base_env(redis_url, tmp_path, BACKDROP_MAX_CONCURRENT_UPLOADS="1", BACKDROP_MAX_QUEUE_DEPTH="1")
+    with ApiServer(settings_from(env)) as server, server.client() as c:
+        slow = SlowPost(server, give_up=True)
+        assert redis.Redis.from_url(redis_url).zcard("backdrop:admission:reserved") == 1
+        slow.abandon()
+        wait_for(lambda: redis.Redis.from_url(redis_url).zcard("backdrop:admission:reserved") == 0, 10,
+                 what="the reservation to be released")
+        assert post(c, clip()).status_code == 202  # both the upload slot and the queue place are free
+        assert not any(Path(env["BACKDROP_SPOOL_DIR"]).glob("upload-*")), "spooled upload left behind"
 
 
 # --- Redis going away ----------------------------------------------------------------------------

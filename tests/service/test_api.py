@@ -343,3 +343,20 @@ def test_result_range_errors_are_problems(api: ApiServer) -> None:
         assert r.headers["content-range"] == f"bytes */{len(payload)}"
         for bad in ("items=0-1", "bytes=9-3", "bytes", "bytes=-"):
             assert_problem(c.get(url, headers={"Range": bad}), 400, "invalid_range")
+
+
+def test_multipart_body_cut_short(api: ApiServer) -> None:
+    """A body without its closing boundary would leave a truncated video that looks whole."""
+    data = asl_clip().read_bytes()
+    body = (b'--xx\r\nContent-Disposition: form-data; name="background_blur"\r\n\r\ntrue\r\n'
+            b'--xx\r\nContent-Disposition: form-data; name="video"; filename="v.mkv"\r\n\r\n' + data[:50_000])
+    with api.client(API_KEY) as c:
+        r = c.post("/jobs", content=body, headers={"Content-Type": "multipart/form-data; boundary=xx"})
+        assert_problem(r, 422, "validation_error")
+        assert "closing boundary" in r.json()["detail"]
+        whole = body + data[50_000:] + b"\r\n--xx--\r\n"
+        r = c.post("/jobs", content=whole, headers={"Content-Type": "multipart/form-data; boundary=xx"})
+        assert r.status_code == 202, r.text
+        c.delete(f"/jobs/{r.json()['id']}")
+    spool = api.settings.spool_dir
+    assert spool is not None and not any(spool.glob("upload-*")), "spooled uploads left behind"
