@@ -264,3 +264,33 @@ def test_api_inspection_imports_no_numpy_or_opencv(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_worker_refuses_a_lying_picture_before_allocating_it(tmp_path: Path) -> None:
+    """A MOV declaring 64×64 that holds one 16000×16000 16-bit RGBA PNG (2 GB decoded), as the video
+    and as the background: the worker's decoders refuse it without allocating it."""
+    lying = bombs.png_in_mov(tmp_path / "lying.mov", [bombs.png_bytes(16000, 16000, bombs.RGBA16)], 64, 64)
+    code = (
+        "import resource, sys\n"
+        "import numpy as np\n"
+        "from service.errors import BackdropError\n"
+        "from service.media.background import open_background\n"
+        "from service.media.probe import probe_video\n"
+        "codes = []\n"
+        "for run in ('video', 'background'):\n"
+        "    try:\n"
+        "        if run == 'video':\n"
+        f"            probe_video({str(lying)!r})\n"
+        "        else:\n"
+        f"            open_background({str(lying)!r}, 32, 32).frames(np.zeros((1, 32, 32, 3), np.uint8), [0.0])\n"
+        "    except BackdropError as e:\n"
+        "        codes.append(e.code)\n"
+        "print(' '.join(codes), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKDROP_")}
+    env.update(PYTHONPATH=str(ROOT), BACKDROP_OPEN_MODE="true")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    video, background, peak_mb = proc.stdout.split()
+    assert (video, background) == ("video_too_large", "background_too_large")
+    assert int(peak_mb) < 400, f"peaked at {peak_mb} MB"
