@@ -27,7 +27,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
-from service.errors import Busy, RequestInvalid, UploadTooLarge
+from service.errors import Busy, DependencyUnavailable, RequestInvalid, UploadTooLarge
 
 MAX_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 32
@@ -192,7 +192,10 @@ async def parse_multipart(
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise RequestInvalid("send the job as multipart/form-data (a 'video' file and the options)")
-    workdir = await run_in_threadpool(_make_workdir, spool_dir)
+    try:
+        workdir = await run_in_threadpool(_make_workdir, spool_dir)
+    except OSError as e:
+        raise _spool_failed(e) from e
     p = _Parser(workdir, max_file_bytes)
     callbacks = {
         "on_part_begin": p.on_part_begin,
@@ -230,10 +233,18 @@ async def parse_multipart(
     except FormParserError as e:
         await _discard(p)
         raise RequestInvalid(f"malformed multipart body: {e}") from e
+    except OSError as e:
+        await _discard(p)
+        raise _spool_failed(e) from e
     except BaseException:
         await _discard(p)
         raise
     return p.form
+
+
+def _spool_failed(e: OSError) -> DependencyUnavailable:
+    """The spool folder is full or unusable: the server's trouble, not the caller's (503)."""
+    return DependencyUnavailable(f"the upload could not be spooled ({e.strerror or type(e).__name__}); retry later")
 
 
 def _make_workdir(spool_dir: Path | None) -> Path:

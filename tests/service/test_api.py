@@ -360,3 +360,16 @@ def test_multipart_body_cut_short(api: ApiServer) -> None:
         c.delete(f"/jobs/{r.json()['id']}")
     spool = api.settings.spool_dir
     assert spool is not None and not any(spool.glob("upload-*")), "spooled uploads left behind"
+
+
+def test_unusable_spool_folder_is_503(redis_url: str, tmp_path: Path) -> None:
+    """The spool folder cannot be written (here: a file stands where it should be): the server's
+    trouble, answered 503 with Retry-After, not a 500."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    env = base_env(redis_url, tmp_path, BACKDROP_SPOOL_DIR=str(blocker / "spool"))
+    with ApiServer(settings_from(env)) as server, server.client() as c:
+        r = post(c, asl_clip())
+        assert_problem(r, 503, "dependency_unavailable")
+        assert int(r.headers["retry-after"]) > 0
+        assert c.get("/jobs").json()["count"] == 0  # nothing queued, its place given back
