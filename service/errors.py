@@ -101,6 +101,13 @@ class BackgroundTooLarge(InvalidBackground):
     title = "Background exceeds limits"
 
 
+class InvalidFrame(InputError):
+    """A preview frame that is not a single PNG or JPEG picture within the video limits."""
+
+    code = "invalid_frame"
+    title = "Invalid preview frame"
+
+
 class InvalidColor(InputError):
     code = "invalid_color"
     title = "Invalid colour"
@@ -135,6 +142,12 @@ class JobNotFound(BackdropError):
     code = "job_not_found"
     status = 404
     title = "Job not found"
+
+
+class PreviewNotFound(BackdropError):
+    code = "preview_not_found"
+    status = 404
+    title = "Preview not found"
 
 
 class ResultNotReady(BackdropError):
