@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import av
@@ -12,6 +13,9 @@ from conftest import data_path
 from service.config import Settings
 from service.errors import BackdropError, Canceled
 from service.pipeline import ReplaceOptions, replace_background
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "media"))
+import bombs  # noqa: E402  (tests/media/bombs.py: the hostile and odd inputs, made in the test)
 
 
 def _x264(path: Path, width: int, height: int, frames: int = 3, container: str | None = None) -> Path:
@@ -121,7 +125,7 @@ def test_bad_parameters(options: dict, code: str) -> None:
 def test_mp4_needs_a_background(tmp_path: Path) -> None:
     with pytest.raises(BackdropError) as err:
         replace_background(data_path("videos", "asl", "bird.mkv"), None, tmp_path / "o.mp4")
-    assert err.value.code == "invalid_parameter"
+    assert err.value.code == "invalid_background"  # the options model's code (service/options.py), as at POST
 
 
 def test_limits_come_from_settings(tmp_path: Path) -> None:
@@ -176,3 +180,75 @@ def test_nobody_in_the_video_gives_the_background(tmp_path: Path) -> None:
     replace_background(src, "#3366cc", result)
     for f in frames_rgb(result, {0, 6, 11}).values():
         assert np.abs(f.astype(int) - (0x33, 0x66, 0xCC)).mean() < 6
+
+
+# --- odd but legal inputs (issue 12): a valid output, or a failed job with a precise code ------------
+def _clip_frames(count: int, width: int = 160, height: int = 120) -> list[np.ndarray]:
+    return bombs.frames_of(data_path("videos", "asl", "bird.mkv"), count, width, height)
+
+
+def test_animated_gif_and_apng_videos_are_processed(tmp_path: Path) -> None:
+    from videoutil import read_back
+
+    frames = _clip_frames(8)
+    gif = bombs.gif(tmp_path / "clip.gif", frames)
+    apng = bombs.encode(tmp_path / "clip.apng", frames, "apng", "rgb24", "apng")
+    for src in (gif, apng):
+        out = tmp_path / f"{src.stem}-{src.suffix[1:]}.mp4"
+        result = replace_background(src, "#3366cc", out)
+        back = read_back(out)
+        assert (result.frames, back.frames, back.width, back.height) == (8, 8, 160, 120), src.name
+
+
+def test_all_zero_display_matrix_comes_out_upright(tmp_path: Path) -> None:
+    from videoutil import read_back
+
+    src = bombs.zero_matrix_mp4(tmp_path / "zero.mp4", _clip_frames(6))
+    out = tmp_path / "o.mp4"
+    replace_background(src, "#000000", out)
+    back = read_back(out)
+    assert (back.width, back.height, back.rotation) == (160, 120, 0)
+
+
+def test_animated_background_is_played(tmp_path: Path) -> None:
+    bg = bombs.gif(tmp_path / "bg.gif", _clip_frames(5, 64, 48))
+    out = tmp_path / "o.mp4"
+    result = replace_background(data_path("videos", "asl", "bird.mkv"), str(bg), out)
+    assert result.frames > 0 and out.exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [("grow", "video_too_large"), ("lying_mov", "video_too_large")],
+)
+def test_headers_that_lie_fail_with_a_code(tmp_path: Path, make: str, code: str) -> None:
+    if make == "grow":
+        src = bombs.mid_stream_growth(tmp_path / "grow.h264", 64, 2048)
+    else:
+        src = bombs.png_in_mov(tmp_path / "lying.mov", [bombs.png_bytes(64, 64), bombs.png_bytes(8000, 8000)], 64, 64)
+    out = tmp_path / "out" / "o.mp4"
+    out.parent.mkdir()
+    with pytest.raises(BackdropError) as err:
+        replace_background(src, "#000000", out)
+    assert err.value.code == code, err.value.message
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [("bomb", "background_too_large"), ("svg", "unsupported_background"), ("cut", "corrupt_background"),
+     ("webp", "unsupported_background")],
+)
+def test_hostile_backgrounds_fail_with_a_code(tmp_path: Path, make: str, code: str) -> None:
+    if make == "bomb":
+        bg = bombs.png(tmp_path / "bg.png", 30000, 30000)
+    elif make == "svg":
+        bg = tmp_path / "bg.svg"
+        bg.write_bytes(bombs.SVG)
+    elif make == "cut":
+        bg = bombs.jpeg_cut_after_header(data_path("backgrounds", "bg_1.jpg"), tmp_path / "bg.jpg")
+    else:
+        bg = bombs.animated_webp(tmp_path / "bg.webp", _clip_frames(3, 64, 48))
+    with pytest.raises(BackdropError) as err:
+        replace_background(data_path("videos", "asl", "bird.mkv"), str(bg), tmp_path / "o.mp4")
+    assert err.value.code == code, err.value.message
