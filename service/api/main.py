@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api import problems
 from service.api.deps import key_digests
 from service.api.metrics import JobsCollector
-from service.api.routes import account, health, jobs
+from service.api.routes import account, health, jobs, previews, web
 from service.config import Settings, get_settings, is_loopback
 from service.errors import OpenModeRefused
 from service.jobs import JobStore
@@ -90,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(account.router)
+    app.include_router(previews.router)
+    app.include_router(web.router)
+    app.mount("/static", web.static_files(), name="static")
     return app
 
 

@@ -13,11 +13,13 @@ from service.config import Settings, get_settings
 PROCESS_TASK = "backdrop.process_job"
 WEBHOOK_TASK = "backdrop.deliver_webhook"
 HOUSEKEEPING_TASK = "backdrop.housekeeping"
+PREVIEW_TASK = "backdrop.preview"
+PREVIEW_SWEEP_TASK = "backdrop.sweep_previews"
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("backdrop", broker=settings.redis_url, include=["service.workers.tasks"])
+    app = Celery("backdrop", broker=settings.redis_url, include=["service.workers.tasks", "service.workers.preview"])
     app.conf.update(
         task_default_queue=settings.queue_name,
         # video jobs on their own queue (one slot per CPU/GPU worker); callbacks and housekeeping on a
@@ -26,13 +28,21 @@ def create_celery(settings: Settings | None = None) -> Celery:
             PROCESS_TASK: {"queue": settings.queue_name},
             WEBHOOK_TASK: {"queue": settings.light_queue_name},
             HOUSEKEEPING_TASK: {"queue": settings.light_queue_name},
+            # previews on a lane of their own: a worker that no video job can occupy
+            PREVIEW_TASK: {"queue": settings.preview_queue_name},
+            PREVIEW_SWEEP_TASK: {"queue": settings.light_queue_name},
         },
         beat_schedule={
             "housekeeping": {
                 "task": HOUSEKEEPING_TASK,
                 "schedule": settings.housekeeping_interval_s,
                 "options": {"queue": settings.light_queue_name, "expires": settings.housekeeping_interval_s},
-            }
+            },
+            "sweep-previews": {
+                "task": PREVIEW_SWEEP_TASK,
+                "schedule": settings.housekeeping_interval_s,
+                "options": {"queue": settings.light_queue_name, "expires": settings.housekeeping_interval_s},
+            },
         },
         task_serializer="json",
         accept_content=["json"],

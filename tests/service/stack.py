@@ -108,6 +108,7 @@ def base_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
         "BACKDROP_READINESS_TIMEOUT_S": "1.0",
         "BACKDROP_OPEN_MODE": "true",
         "BACKDROP_LIGHT_QUEUE_NAME": "light-" + uuid.uuid4().hex[:6],
+        "BACKDROP_PREVIEW_QUEUE_NAME": "preview-" + uuid.uuid4().hex[:6],
         "BACKDROP_HOUSEKEEPING_INTERVAL_S": "1",
     }
     env.update(extra)
@@ -143,20 +144,24 @@ class ApiServer:
 class Worker:
     """``celery -A service.workers.celery_app worker`` in its own process group."""
 
-    def __init__(self, env: dict[str, str], name: str, log_path: Path, light: bool = False):
+    def __init__(self, env: dict[str, str], name: str, log_path: Path, light: bool = False, preview: bool = False):
         self.env = make_env(env)
         self.name = name
         self.log_path = log_path
         self.light = light
+        self.preview = preview
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:
         """A video worker (prefork, one slot), or with ``light`` the light worker as `backdrop run`
-        starts it: webhook deliveries on a thread pool, and the beat that runs housekeeping."""
+        starts it: webhook deliveries on a thread pool, and the beat that runs housekeeping; with
+        ``preview`` the preview worker (prefork, one slot, on the preview queue)."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         if self.light:
             pool = ["-Q", self.env["BACKDROP_LIGHT_QUEUE_NAME"], "-P", "threads", "-c", "4", "-B",
                     "-s", str(self.log_path.with_suffix(".beat"))]
+        elif self.preview:
+            pool = ["-Q", self.env["BACKDROP_PREVIEW_QUEUE_NAME"], "-c", "1", "-P", "prefork"]
         else:
             pool = ["-Q", self.env["BACKDROP_QUEUE_NAME"], "-c", "1", "-P", "prefork"]
         self.proc = subprocess.Popen(

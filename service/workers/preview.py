@@ -1,0 +1,178 @@
+"""The preview task: one still frame → the person cut out (RGBA PNG) and the frame as the chosen
+output shows it (JPEG), on the ``preview`` queue.
+
+That queue has a worker of its own (prefork, one slot, the default model loaded once when its
+process starts, by ``tasks._load_models``), so a preview never waits behind a video job.  The frame
+goes through the same steps, in the same order and with the same code, as the first frame of a
+job: the model with a fresh recurrent state, edge refinement, harmonisation, then the pipeline's
+own compositing (``service.pipeline._compose``) — so what the preview shows is what the job's first
+frame will be.
+
+``sweep_previews`` (on the light queue, on the beat's timer) deletes the objects of expired
+previews.  Import-light at module level: every worker imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from service.config import Settings, get_settings
+from service.errors import BackdropError, InvalidFrame
+from service.jobs import JobError, utcnow
+from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore, preview_prefix
+from service.workers.celery_app import PREVIEW_SWEEP_TASK, PREVIEW_TASK, app
+from service.workers.tasks import job_store, object_store
+
+log = logging.getLogger(__name__)
+
+
+def preview_store() -> PreviewStore:
+    return PreviewStore(job_store().r, get_settings())
+
+
+def read_frame(path: Path, settings: Settings) -> Any:
+    """The frame as RGB uint8, its header checked before it is decoded and its decoded size
+    against the header (headers can lie)."""
+    import cv2
+    import numpy as np
+
+    from service.media.inspect import ImageHeaderError, check_frame_size, read_image_header
+
+    try:
+        header = read_image_header(path)
+    except ImageHeaderError as exc:
+        raise InvalidFrame(f"the frame: {exc}") from None
+    if header.format not in ("png", "jpeg") or header.frames != 1:
+        raise InvalidFrame("the frame must be one PNG or JPEG picture")
+    check_frame_size(header.width, header.height, settings, InvalidFrame)
+    image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidFrame(f"the {header.format.upper()} frame cannot be decoded")
+    if image.shape[0] * image.shape[1] > header.width * header.height:
+        raise InvalidFrame("the frame is larger than its header declares")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def render(image: Any, background: str | None, options: Any, settings: Settings) -> tuple[Any, Any | None]:
+    """(cut-out RGBA, what the output format shows or None for webm/mov) of one RGB frame.
+
+    The steps of ``service.pipeline._run`` for a first batch of one frame, and its compositing."""
+    import numpy as np
+
+    from service.inference.compositing import create_compositor
+    from service.inference.harmonize import Harmonizer
+    from service.inference.models import get_model
+    from service.inference.refine import EdgeRefiner
+    from service.media.background import ColorBackground, open_background
+    from service.media.encode import FORMATS, GREEN
+    from service.options import background_kind
+    from service.pipeline import _Batch, _compose, edge_refine
+
+    options = options.with_background(background_kind(background))
+    model = get_model(options.model, settings)
+    h, w = image.shape[:2]
+    fmt = options.output_format
+    source = ColorBackground(GREEN, w, h) if fmt == "greenscreen" else (
+        open_background(background, w, h, settings) if background else None
+    )
+    try:
+        images = image[None]
+        plate = None if source is None else np.ascontiguousarray(source.frames(images, [0.0]))
+    finally:
+        if source is not None:
+            source.close()
+    batch = _Batch(images, [0], [1], plate)
+    matte, _ = model.predict(images, model.new_state())
+    alpha = matte.alpha if not edge_refine(options, settings, model) else EdgeRefiner()(images, matte.alpha)
+    fg = matte.foreground
+    if options.harmonize > 0 and plate is not None:
+        fg = Harmonizer(options.harmonize, settings)(images if fg is None else fg, alpha, plate)
+    compositor = create_compositor(options.composite)
+    cutout = _compose(True, "webm", batch, alpha, fg, compositor)[0]
+    shown = None if FORMATS[fmt].alpha else _compose(False, fmt, batch, alpha, fg, compositor)[0]
+    return cutout, shown
+
+
+def _write(path: Path, image: Any, rgba: bool) -> None:
+    import cv2
+
+    code = cv2.COLOR_RGBA2BGRA if rgba else cv2.COLOR_RGB2BGR
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 3] if rgba else [cv2.IMWRITE_JPEG_QUALITY, 90]
+    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(image, code), params)
+    if not ok:
+        raise RuntimeError(f"could not encode {path.name}")
+    path.write_bytes(buf.tobytes())
+
+
+@app.task(name=PREVIEW_TASK, acks_late=False, ignore_result=True)
+def make_preview(preview_id: str) -> str:
+    """Render one preview (see the module doc); its record says how it ended."""
+    from service.options import Options
+
+    settings = get_settings()
+    store = preview_store()
+    preview = store.get(preview_id)
+    if preview is None or preview.status is not PreviewStatus.QUEUED:
+        return "skipped"  # expired before a worker got to it, or a duplicate delivery
+    preview.status = PreviewStatus.RUNNING
+    store.save(preview)
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix=f"preview-{preview_id[:8]}-", dir=settings.spool_dir))
+    try:
+        _render_to_store(preview, workdir, Options.parse(**preview.options), settings)
+        preview.status = PreviewStatus.SUCCEEDED
+    except BackdropError as e:
+        preview.status, preview.error = PreviewStatus.FAILED, JobError(code=e.code, message=e.message[:1000])
+    except Exception as e:  # noqa: BLE001 - reported on the preview, logged in full here
+        log.exception("preview %s failed", preview_id)
+        preview.status = PreviewStatus.FAILED
+        preview.error = JobError(code="internal_error", message=f"{type(e).__name__}: {e}"[:1000])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    preview.finished_at = utcnow()
+    preview.seconds = round(time.monotonic() - t0, 3)
+    store.save(preview)
+    return preview.status.value
+
+
+def _render_to_store(preview: Preview, workdir: Path, options: Any, settings: Settings) -> None:
+    objects = object_store()
+    frame = workdir / f"frame{Path(preview.frame_key).suffix}"
+    objects.get_file(preview.frame_key, frame)
+    image = read_frame(frame, settings)
+    background = preview.background_color
+    if preview.background_key:
+        path = workdir / f"background{Path(preview.background_key).suffix}"
+        objects.get_file(preview.background_key, path)
+        background = str(path)
+    elif options.background == "blur":
+        background = "blur"
+    cutout, shown = render(image, background, options, settings)
+    _write(workdir / CUTOUT, cutout, rgba=True)
+    objects.put_file(preview.prefix + CUTOUT, workdir / CUTOUT, "image/png")
+    if shown is not None:
+        _write(workdir / COMPOSITE, shown, rgba=False)
+        objects.put_file(preview.prefix + COMPOSITE, workdir / COMPOSITE, "image/jpeg")
+    preview.has_composite = shown is not None
+
+
+@app.task(name=PREVIEW_SWEEP_TASK, acks_late=False, ignore_result=True)
+def sweep_previews() -> int:
+    """Delete the objects of expired previews (their records expire by TTL); an id whose objects
+    could not be deleted stays listed for the next sweep."""
+    store = preview_store()
+    objects = object_store()
+    done: list[str] = []
+    for pid in store.expired_ids():
+        try:
+            objects.delete_prefix(preview_prefix(pid))
+            done.append(pid)
+        except Exception:  # noqa: BLE001 - storage away: the next sweep tries again
+            log.warning("could not delete the objects of preview %s", pid, exc_info=True)
+    store.forget(done)
+    return len(done)
