@@ -155,14 +155,18 @@ async def _submit(
             await run_in_threadpool(idem.check, fingerprint)
             return _accepted(prior, request, replayed=True)
         job = await _checked_job(params, form, owner, settings)
-        await run_in_threadpool(_store_inputs, objects, job, form)
         if idem is not None:
             await run_in_threadpool(idem.claim, fingerprint)
         assert reservation is not None
-        await run_in_threadpool(reservation.ensure)
-        stored, created = await run_in_threadpool(jobs.create, job, idempotency_key)
+        await run_in_threadpool(reservation.ensure)  # before storing: a refusal here leaves nothing behind
+        await run_in_threadpool(_store_inputs, objects, job, form)
+        try:
+            stored, created = await run_in_threadpool(jobs.create, job, idempotency_key)
+        except BaseException:
+            await run_in_threadpool(_forget_inputs, objects, job)
+            raise
         if not created:  # a concurrent retry with the same Idempotency-Key won the race
-            await run_in_threadpool(objects.delete_prefix, job_prefix(job.id))
+            await run_in_threadpool(_forget_inputs, objects, job)
             return _accepted(stored, request, replayed=True)
         await run_in_threadpool(reservation.commit, job.id)
     finally:
@@ -211,6 +215,15 @@ async def _checked_job(params: JobCreate, form: ParsedForm, owner: str, settings
     job.progress.frames_total = meta.frames
     job.time_limit_s, _ = time_limits(settings, meta.duration_s)
     return job
+
+
+def _forget_inputs(objects: Any, job: Job) -> None:
+    """Delete the stored inputs of a job that was not created (best effort: the sweeper cannot see
+    objects without a job)."""
+    try:
+        objects.delete_prefix(job_prefix(job.id))
+    except Exception:  # noqa: BLE001 - the request's own error is what the caller should see
+        log.warning("could not delete the inputs of uncreated job %s", job.id, exc_info=True)
 
 
 def _release(reservation: Reservation) -> None:
