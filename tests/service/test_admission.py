@@ -231,7 +231,9 @@ class SlowPost:
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         assert self.started.wait(10)
-        time.sleep(0.3)  # its first bytes are being received
+        # the server is inside the upload: it holds a slot and has reserved the job's place
+        r = redis.Redis.from_url(server.settings.redis_url)
+        wait_for(lambda: r.zcard("backdrop:admission:reserved") >= 1, 10, what="the upload's reservation")
 
     def resume(self) -> httpx.Response:
         self.gate.set()
