@@ -41,14 +41,16 @@ class BackgroundSource(Protocol):
 
 
 def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Scale ``image`` so it covers width×height, keeping its aspect, and crop the centre."""
+    """Scale ``image`` so it covers width×height, keeping its aspect, and crop the centre.
+
+    The centre is cropped first and only it is scaled: scaling the whole picture first would make
+    a picture of extreme aspect (1×50 million pixels) tens of gigabytes."""
     h, w = image.shape[:2]
     scale = max(width / w, height / h)
-    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    cw, ch = min(w, max(1, round(width / scale))), min(h, max(1, round(height / scale)))
+    x, y = (w - cw) // 2, (h - ch) // 2
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    x, y = (nw - width) // 2, (nh - height) // 2
-    return np.ascontiguousarray(resized[y : y + height, x : x + width])
+    return np.ascontiguousarray(cv2.resize(image[y : y + ch, x : x + cw], (width, height), interpolation=interp))
 
 
 class ColorBackground:
@@ -203,13 +205,13 @@ def _start_s(stream: av.video.stream.VideoStream) -> float:
 def _read_image(path: Path, settings: Settings) -> np.ndarray:
     """The still picture in ``path`` as RGB.  Its header is checked against the limit before a byte
     of it is decoded (a 0.9 MB PNG can declare 30000×30000), and the decoded size against the
-    header."""
+    header.  (``cv2.imread`` streams the file; an upload may be far larger than its pixels.)"""
     try:
         header = read_image_header(path)
     except ImageHeaderError as exc:
         raise CorruptBackground(str(exc)) from None
     check_image_pixels(header.width, header.height, settings)
-    image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # streamed from the file: no copy of it in memory
     if image is None:
         raise CorruptBackground(f"the background {header.format.upper()} image cannot be decoded")
     if image.shape[0] * image.shape[1] > header.width * header.height:

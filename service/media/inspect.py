@@ -20,7 +20,6 @@ it) — is refused with ``unsupported_background``.
 from __future__ import annotations
 
 import math
-import mmap
 import re
 import struct
 from dataclasses import dataclass, field, replace
@@ -66,6 +65,8 @@ IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"heim", b
 #: A JPEG's end-of-image marker is looked for in this many bytes at the end of the file (after the
 #: scan), so that trailers some cameras append stay accepted.
 JPEG_TAIL = 1 << 20
+#: Longest side of a still background (JPEG's own limit; libpng refuses past 1,000,000 rows).
+MAX_IMAGE_SIDE = 65535
 #: Chunks/markers walked before the picture data starts; a header longer than this is refused.
 MAX_HEADER_ITEMS = 10_000
 
@@ -264,7 +265,7 @@ def read_image_header(path: Path) -> ImageHeader:
         size = fh.seek(0, 2)
         try:
             header = _PARSERS[kind](fh, size)
-        except struct.error:
+        except (struct.error, IndexError):
             raise ImageHeaderError(f"the {kind.upper()} file is cut short") from None
     if header.width <= 0 or header.height <= 0:
         raise ImageHeaderError(f"the {kind.upper()} header declares no picture ({header.width}x{header.height})")
@@ -340,33 +341,49 @@ def _jpeg(fh: BinaryIO, size: int) -> ImageHeader:
 
 
 def _gif(fh: BinaryIO, size: int) -> ImageHeader:
-    """Walks every block (sub-blocks of at most 255 bytes) to count the frames: O(size / 255)."""
-    with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        width, height, packed = struct.unpack_from("<HHB", data, 6)
-        pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
-        frames = 0
-        while pos < size:
-            block = data[pos]
-            if block == 0x3B:  # trailer
+    """Walks every block (sub-blocks of at most 255 bytes) to count the frames: O(size / 255), read
+    through a 1 MiB window so that memory stays flat whatever the file's size."""
+    fh.seek(6)
+    width, height, packed = struct.unpack("<HHB", fh.read(5))
+    data = _Window(fh, size)
+    pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+    frames = 0
+    while pos < size:
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x2C:  # image descriptor (+ local colour table) + LZW code size
+            local = data[pos + 9]
+            pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1
+            frames += 1
+        elif block == 0x21:  # extension: label
+            pos += 2
+        else:
+            raise ImageHeaderError(f"the GIF has an unknown block 0x{block:02x}")
+        while True:  # data sub-blocks up to a zero-length one
+            n = data[pos]
+            pos += 1 + n
+            if n == 0:
                 break
-            if block == 0x2C:  # image descriptor (+ local colour table) + LZW code size
-                local = data[pos + 9]
-                pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1
-                frames += 1
-            elif block == 0x21:  # extension: label
-                pos += 2
-            else:
-                raise ImageHeaderError(f"the GIF has an unknown block 0x{block:02x}")
-            while True:  # data sub-blocks up to a zero-length one
-                if pos >= size:
-                    raise ImageHeaderError("the GIF is cut short")
-                n = data[pos]
-                pos += 1 + n
-                if n == 0:
-                    break
-        if frames == 0:
-            raise ImageHeaderError("the GIF holds no image")
+    if frames == 0:
+        raise ImageHeaderError("the GIF holds no image")
     return ImageHeader("gif", width, height, frames)
+
+
+class _Window:
+    """Bytes of a file by position, read 1 MiB at a time (IndexError past the end)."""
+
+    def __init__(self, fh: BinaryIO, size: int, span: int = 1 << 20):
+        self.fh, self.size, self.span = fh, size, span
+        self.start, self.buf = 0, b""
+
+    def __getitem__(self, pos: int) -> int:
+        if not self.start <= pos < self.start + len(self.buf):
+            if pos >= self.size:
+                raise IndexError(pos)
+            self.fh.seek(pos)
+            self.start, self.buf = pos, self.fh.read(self.span)
+        return self.buf[pos - self.start]
 
 
 def _webp(fh: BinaryIO, size: int) -> ImageHeader:
@@ -612,8 +629,9 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
         if header.format == "webp":
             raise UnsupportedBackground("animated WebP backgrounds are not supported (this build cannot decode them)")
         check_animation(header.width, header.height, header.frames, settings)
-        info = _background_video(path, settings)
-        return BackgroundInfo("animated", header.width, header.height, max(info.frames, header.frames))
+        frames = max(_background_video(path, settings).frames, header.frames)
+        check_animation(header.width, header.height, frames, settings)  # the frames it really holds
+        return BackgroundInfo("animated", header.width, header.height, frames)
     if looks_like_container(head):
         info = _background_video(path, settings)
         return BackgroundInfo("video", info.width, info.height, info.frames)
@@ -627,6 +645,8 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
 
 
 def check_image_pixels(width: int, height: int, settings: Settings) -> None:
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise BackgroundTooLarge(f"background image {width}x{height} has a side past {MAX_IMAGE_SIDE} pixels")
     if width * height > settings.max_background_pixels:
         raise BackgroundTooLarge(
             f"background image {width}x{height} exceeds {settings.max_background_pixels} pixels"

@@ -38,6 +38,11 @@ def small_frames(count: int = 6, size: tuple[int, int] = (96, 72)) -> list:  # t
 
 
 # --- bombs ----------------------------------------------------------------------------------------
+def test_a_side_past_what_decoders_take_is_refused(tmp_path: Path) -> None:
+    path = bombs.png(tmp_path / "tall.png", 1, 2_000_000)  # 2 megapixels, but libpng stops at 1,000,000 rows
+    assert code_of(inspect_background, path) == "background_too_large"
+
+
 def test_png_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     """0.9 MB declaring 30000×30000 (FFmpeg reports it as 0×0, so the old pixel check passed)."""
     path = bombs.png(tmp_path / "bomb.png", 30000, 30000)
@@ -293,4 +298,25 @@ def test_worker_refuses_a_lying_picture_before_allocating_it(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     video, background, peak_mb = proc.stdout.split()
     assert (video, background) == ("video_too_large", "background_too_large")
+    assert int(peak_mb) < 400, f"peaked at {peak_mb} MB"
+
+
+def test_extreme_aspect_background_is_cropped_before_it_is_scaled(tmp_path: Path) -> None:
+    """1×60,000 pixels is within the limits; scaled whole to cover 4000×3000 it would be 240 million
+    pixels (720 MB) before the crop."""
+    strip = bombs.png(tmp_path / "strip.png", 1, 60_000)
+    code = (
+        "import resource\n"
+        "import numpy as np\n"
+        "from service.media.background import open_background\n"
+        f"bg = open_background({str(strip)!r}, 4000, 3000)\n"
+        "out = bg.frames(np.zeros((2, 3000, 4000, 3), np.uint8), [0.0, 0.1])\n"
+        "print(out.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKDROP_")}
+    env.update(PYTHONPATH=str(ROOT), BACKDROP_OPEN_MODE="true")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    shape, peak_mb = proc.stdout.rsplit(" ", 1)
+    assert shape == "(2, 3000, 4000, 3)"
     assert int(peak_mb) < 400, f"peaked at {peak_mb} MB"
