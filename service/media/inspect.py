@@ -60,8 +60,9 @@ CONTAINER_MAGIC = (
     (0, b"FLV"),
     (0, b"OggS"),
 )
-#: ISO-BMFF brands of still pictures (HEIF, AVIF): an ``ftyp`` box that is not a video.
-IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis", b"heim", b"heis")
+#: ISO-BMFF major brands of still pictures (HEIF, AVIF): an ``ftyp`` box that is not a video
+#: (FFmpeg's MOV demuxer opens their image items as one-frame streams).
+IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"avif", b"heim")
 #: A JPEG's end-of-image marker is looked for in this many bytes at the end of the file (after the
 #: scan), so that trailers some cameras append stay accepted.
 JPEG_TAIL = 1 << 20
@@ -476,6 +477,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     settings = settings or get_settings()
     path = Path(path)
     animated = _animated_image(path, settings)
+    head = _head(path) if path.is_file() else b""
+    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
+        raise NotAVideo(f"this is a still image ({head[8:12].decode('latin-1')}), not a video")
     container = open_input(path)
     try:
         name = container.format.name

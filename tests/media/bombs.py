@@ -138,8 +138,8 @@ def zero_matrix_mp4(path: Path, images: list[np.ndarray]) -> Path:
 
 
 def mid_stream_growth(path: Path, small: int, large: int) -> Path:
-    """A raw H.264 stream whose pictures grow from small² to large² after five frames (a new SPS):
-    its header (the first SPS) declares small²."""
+    """A raw H.264 stream whose pictures change from small² to large² after five frames (a new
+    SPS): its header (the first SPS) declares small²."""
     out = b""
     for side in (small, large):
         ctx = av.CodecContext.create("libx264", "w")

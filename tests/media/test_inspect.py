@@ -86,6 +86,37 @@ def test_inspection_decodes_nothing(tmp_path: Path) -> None:
     assert (info.width, info.height, info.frames) == (64, 64, 1)
 
 
+@pytest.mark.parametrize(
+    "codec,fmt,pix_fmt",
+    [("libx264", "mpegts", "yuv420p"), ("libvpx-vp9", "webm", "yuv420p"), ("mjpeg", "avi", "yuvj420p"),
+     ("mpeg2video", "mpeg", "yuv420p"), ("libx264", "flv", "yuv420p"), ("libx264", "matroska", "yuv420p")],
+)
+def test_containers_are_inspected_without_decoding(tmp_path: Path, codec: str, fmt: str, pix_fmt: str) -> None:
+    """FFmpeg's stream probing runs with no decoder: sizes, rates and counts still come out (the
+    MPEG-TS and MPEG-PS streams appear only while probing)."""
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    path = bombs.encode(tmp_path / f"clip.{fmt}", small_frames(5), codec, pix_fmt, fmt)
+    info = inspect_video(path)
+    assert (info.width, info.height, info.frames, float(info.fps)) == (96, 72, 5, 10.0)
+    assert len(list(iter_frames(probe_video(path)))) == 5
+
+
+def test_heif_sent_as_the_video_is_a_still_image(tmp_path: Path) -> None:
+    path = tmp_path / "photo.heic"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200))
+    assert code_of(inspect_video, path) == "not_a_video"
+
+
+def test_a_stream_that_shrinks_is_scaled_to_its_probed_size(tmp_path: Path) -> None:
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    info = probe_video(bombs.mid_stream_growth(tmp_path / "shrink.h264", 128, 64))
+    assert [f.image.shape for f in iter_frames(info)] == [(128, 128, 3)] * 10
+
+
 # --- types ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name,content",
