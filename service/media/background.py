@@ -18,15 +18,8 @@ import cv2
 import numpy as np
 
 from service.config import Settings, get_settings
-from service.errors import BackgroundTooLarge, CorruptBackground, InvalidBackground
-from service.media.inspect import (
-    ImageHeaderError,
-    check_image_pixels,
-    inspect_background,
-    parse_color,
-    read_image_header,
-    validate_background,
-)
+from service.errors import BackgroundTooLarge, CorruptBackground
+from service.media.inspect import BackgroundInfo, inspect_background, parse_color, validate_background
 from service.media.probe import frame_rotation, limit_decoder, open_input, too_large_after_error
 
 __all__ = ["BackgroundSource", "open_background", "parse_color", "validate_background"]
@@ -120,11 +113,11 @@ class VideoBackground:
                     count += 1
                     self._check_count(count)
             if count == 0:
-                raise InvalidBackground("the background video has no frames")
+                raise CorruptBackground("the background video has no frames")
             start = _start_s(stream)
             return max(end - start, 1e-3)
         except av.error.FFmpegError as exc:
-            raise InvalidBackground(f"the background video cannot be read ({exc.__class__.__name__})") from None
+            raise CorruptBackground(f"the background video cannot be read ({exc.__class__.__name__})") from None
         finally:
             container.close()
 
@@ -202,19 +195,14 @@ def _start_s(stream: av.video.stream.VideoStream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _read_image(path: Path, settings: Settings) -> np.ndarray:
-    """The still picture in ``path`` as RGB.  Its header is checked against the limit before a byte
-    of it is decoded (a 0.9 MB PNG can declare 30000×30000), and the decoded size against the
-    header.  (``cv2.imread`` streams the file; an upload may be far larger than its pixels.)"""
-    try:
-        header = read_image_header(path)
-    except ImageHeaderError as exc:
-        raise CorruptBackground(str(exc)) from None
-    check_image_pixels(header.width, header.height, settings)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # streamed from the file: no copy of it in memory
+def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
+    """The still picture in ``path`` as RGB, once ``inspect_background`` has checked its header
+    against the limits (a 0.9 MB PNG can declare 30000×30000); the decoded size is checked against
+    the header.  ``cv2.imread`` streams the file: an upload may be far larger than its pixels."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise CorruptBackground(f"the background {header.format.upper()} image cannot be decoded")
-    if image.shape[0] * image.shape[1] > header.width * header.height:
+        raise CorruptBackground("the background image cannot be decoded")
+    if image.shape[0] * image.shape[1] > info.width * info.height:
         raise BackgroundTooLarge("the background image is larger than its header declares")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
@@ -230,7 +218,7 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     path = Path(spec)
     info = inspect_background(path, settings)
     if info.kind == "image":
-        return ImageBackground(_read_image(path, settings), width, height)
+        return ImageBackground(_read_image(path, info), width, height)
     pixels = info.width * info.height
     if info.kind == "animated":
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)
