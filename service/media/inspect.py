@@ -425,6 +425,8 @@ def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
         compression = 0
     else:
         width, height, _, bpp, compression = struct.unpack("<iiHHI", fh.read(16))
+    if compression not in (0, 1, 2, 3, 6):  # RGB, RLE8, RLE4, bit fields; not embedded JPEG/PNG
+        raise ImageHeaderError(f"BMP compression {compression} is not supported")
     height = abs(height)
     need = offset + ((width * bpp + 31) // 32) * 4 * height if compression in (0, 3, 6) else offset + 1
     if need > size:
