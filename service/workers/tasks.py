@@ -92,7 +92,7 @@ class _Heartbeat(threading.Thread):
                 log.warning("lease renewal failed for %s", self.job_id, exc_info=True)
 
 
-def _background_spec(job: Job, workdir: Path) -> str:
+def _background_spec(job: Job, workdir: Path) -> str | None:
     bg = job.background
     if bg.kind == "file" and bg.key:
         suffix = Path(bg.key).suffix
@@ -101,7 +101,9 @@ def _background_spec(job: Job, workdir: Path) -> str:
         return str(path)
     if bg.kind == "color" and bg.value:
         return bg.value
-    return "blur"
+    if bg.kind == "blur":
+        return "blur"
+    return None  # an output without a background scene (webm, mov, matte, greenscreen)
 
 
 def _cleanup_objects(job_id: str) -> None:
@@ -233,12 +235,8 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
         src = workdir / f"input{Path(job.input_key).suffix or '.mp4'}"
         objects.get_file(job.input_key, src)
         background = _background_spec(job, workdir)
-        options = ReplaceOptions(
-            model=job.options.model,
-            output_format=job.options.output_format,
-            composite=job.options.composite,
-            harmonize=job.options.harmonize,
-        )
+        # the API validated the same model; a stored job from an older release fails with its code
+        options = ReplaceOptions.parse(**job.options.model_dump())
         from service.media.encode import OUTPUT_FORMATS
 
         ext, content_type = OUTPUT_FORMATS[job.options.output_format]

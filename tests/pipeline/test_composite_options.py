@@ -49,4 +49,4 @@ def test_harmonize_needs_a_scene(tmp_path: Path) -> None:
     with pytest.raises(BackdropError) as err:
         replace_background(data_path("videos", "asl", "bird.mkv"), None, tmp_path / "o.webm",
                            ReplaceOptions(output_format="webm", harmonize=0.5))
-    assert err.value.code == "invalid_parameter"
+    assert err.value.code == "incompatible_options"
