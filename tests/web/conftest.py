@@ -57,9 +57,14 @@ def start_stack(port: int, tmp: Path, extra: dict[str, str], video_worker: bool 
     workers = [stack.Worker(env, f"preview-{uuid.uuid4().hex[:4]}", tmp / "worker-preview.log", preview=True).start()]
     if video_worker:
         workers.append(stack.Worker(env, f"video-{uuid.uuid4().hex[:4]}", tmp / "worker-video.log").start())
-    api = stack.ApiServer(stack.settings_from(env)).__enter__()
-    for w in workers:
-        w.wait_ready(90)
+    try:
+        api = stack.ApiServer(stack.settings_from(env)).__enter__()
+        for w in workers:
+            w.wait_ready(90)
+    except BaseException:
+        for w in workers:
+            w.stop()
+        raise
     return WebStack(api, env, workers)
 
 

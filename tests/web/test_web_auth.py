@@ -1,0 +1,94 @@
+"""The web page with API keys: a wrong key shows the 401's message wherever the page calls the API;
+the right key (kept in sessionStorage) gives previews and a download that works without the key in
+the URL (fetched with the Bearer header into a blob: URL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import stack
+from clips import first_frame_jpeg, short_clip
+from conftest import WebStack, start_stack, stop_stack
+from playwright.sync_api import expect
+from stack import count_frames, data_path
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def web(web_redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    s = start_stack(web_redis_port, tmp_path_factory.mktemp("web-auth"), stack.auth_env())
+    yield s
+    stop_stack(s)
+
+
+def test_a_wrong_key_shows_the_401_then_the_right_key_works(web: WebStack, page_factory: Any, tmp_path: Path) -> None:
+    clip = short_clip(data_path("videos", "walking-audio.mp4"), tmp_path / "walking.mp4", 24, scale=2)
+    with httpx.Client(base_url=web.url, trust_env=False) as c:
+        unauthorized = c.get("/jobs", headers={"Authorization": "Bearer " + "w" * 40}).json()
+    message = f"{unauthorized['title']}: {unauthorized['detail']}"
+
+    page, log, shot = page_factory(web.url)
+    expect(page.locator("#api-key-hint")).to_contain_text("needs an API key")
+    key = page.get_by_test_id("api-key")
+    key.fill("w" * 40)
+    key.press("Enter")
+    key.blur()
+    expect(page.locator("#jobs-empty")).to_contain_text(message)
+    page.get_by_test_id("video-input").set_input_files(str(clip))
+    error = page.get_by_test_id("error")
+    expect(error).to_contain_text(message)  # the preview was refused
+    page.get_by_test_id("submit").click()
+    expect(page.get_by_test_id("status")).to_contain_text(f"refused: {message}")
+    expect(error).to_contain_text(message)
+    shot("wrong-key")
+
+    key.fill(stack.API_KEY)
+    key.blur()
+    assert page.evaluate("sessionStorage.getItem('backdrop.apiKey')") == stack.API_KEY
+    expect(page.locator("#jobs-empty")).to_contain_text("No jobs yet")
+    page.get_by_test_id("background-color").fill("#ff00ff")
+    expect(page.get_by_test_id("preview")).to_be_visible(timeout=30_000)
+    assert page.locator("#preview-cutout").get_attribute("src").startswith("blob:")  # fetched with the key
+    page.get_by_test_id("submit").click()
+    expect(page.get_by_test_id("status")).to_contain_text("succeeded", timeout=120_000)
+    download = page.get_by_test_id("download")
+    assert (download.get_attribute("href") or "").startswith("blob:")
+    with page.expect_download() as info:
+        download.click()
+    out = tmp_path / "result.mp4"
+    info.value.save_as(out)
+    assert count_frames(out) == count_frames(clip)
+    shot("right-key")
+    # the key is sent as a Bearer header, never in a URL the server logs
+    log.check("status of 401")
+
+
+def test_previews_belong_to_their_tenant_and_refuse_bad_frames(web: WebStack, tmp_path: Path) -> None:
+    frame = first_frame_jpeg(data_path("videos", "desk.mp4"), tmp_path / "frame.jpg")
+    text = tmp_path / "frame.txt"
+    text.write_text("not a picture")
+    alice = {"Authorization": f"Bearer {stack.API_KEY}"}
+    bob = {"Authorization": f"Bearer {stack.OTHER_KEY}"}
+    with httpx.Client(base_url=web.url, trust_env=False, timeout=30) as c:
+        bad = c.post("/previews", headers=alice, files={"frame": ("f.jpg", text.read_bytes())},
+                     data={"background_color": "#000000"})
+        assert bad.status_code == 422 and bad.json()["code"] == "invalid_frame", bad.text
+        video_bg = c.post("/previews", headers=alice, files={
+            "frame": ("f.jpg", frame.read_bytes()),
+            "background": ("bg.mp4", data_path("videos", "rotated-tag-90.mp4").read_bytes()),
+        })
+        assert video_bg.status_code == 415 and video_bg.json()["code"] == "unsupported_background", video_bg.text
+        opts = c.post("/previews", headers=alice, files={"frame": ("f.jpg", frame.read_bytes())},
+                      data={"background_blur": "true", "output_format": "webm", "harmonize": "0.5"})
+        assert opts.status_code == 422 and opts.json()["code"] == "incompatible_options", opts.text
+        p = c.post("/previews", headers=alice, files={"frame": ("f.jpg", frame.read_bytes())},
+                   data={"background_blur": "true"})
+        assert p.status_code == 202, p.text
+        pid = p.json()["id"]
+        assert c.get(f"/previews/{pid}", headers=bob).json()["code"] == "preview_not_found"
+        assert c.get(f"/previews/{pid}").status_code == 401
+        assert c.get(f"/previews/{pid}", headers=alice).status_code == 200
