@@ -129,6 +129,16 @@ class Settings(BaseSettings):
     )
     webhook_allow_private: bool = Field(False, description="Allow callbacks to private/loopback addresses.")
     webhook_max_attempts: int = Field(5, description="Delivery attempts per callback.")
+    fetch_allow_private: bool = Field(
+        False, description="Allow video_url/background_url inputs on private/loopback addresses (local use, tests)."
+    )
+    fetch_timeout_s: float = Field(30.0, description="Connect and read timeout of fetching a video_url/background_url.")
+    fetch_deadline_s: float = Field(
+        600.0, description="Longest a worker spends fetching one video_url/background_url (a slow drip fails fetch_timeout)."
+    )
+    upload_ttl_s: int = Field(
+        3600, description="Lifetime of a direct upload (POST /uploads) not used by a job; its object is swept after."
+    )
     webhook_backoff_s: float = Field(2.0, description="First retry delay of callbacks (doubles each time).")
     worker_concurrency: int = Field(1, description="Jobs one worker runs at once.")
     worker_soft_shutdown_s: float = Field(

@@ -292,3 +292,53 @@ class TransientStorageError(StorageError):
     """A storage failure worth retrying (timeouts, throttling, 5xx)."""
 
     code = "storage_unavailable"
+
+
+# --- inputs by URL and direct uploads (issue 17) -------------------------------------------------
+class FetchRefused(InputError):
+    """A ``video_url``/``background_url`` that may not be fetched: not http(s), credentials in it,
+    or a host (or a redirect) on a private, loopback, link-local or metadata address."""
+
+    code = "fetch_refused"
+    title = "Input URL refused"
+
+
+class FetchFailed(InputError):
+    """The input URL's server answered with an error status (``upstream_status``) or the transfer broke."""
+
+    code = "fetch_failed"
+    status = 502
+    title = "Input URL could not be fetched"
+
+    def __init__(self, message: str, *, upstream_status: int | None = None):
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class FetchTooLarge(InputError):
+    code = "fetch_too_large"
+    status = 413
+    title = "Input URL too large"
+
+
+class FetchTimeout(InputError):
+    """Connecting or reading timed out, or the whole transfer passed ``fetch_deadline_s``."""
+
+    code = "fetch_timeout"
+    status = 504
+    title = "Input URL timed out"
+
+
+class UploadNotFound(InputError):
+    """An upload id that is not the caller's, unknown, expired or already used by a job."""
+
+    code = "upload_not_found"
+    title = "Upload not found"
+
+
+class UploadIncomplete(InputError):
+    """An upload whose bytes have not been put yet (or whose multipart upload was not completed)."""
+
+    code = "upload_incomplete"
+    status = 409
+    title = "Upload incomplete"

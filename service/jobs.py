@@ -114,6 +114,7 @@ class Background(BaseModel):
     value: str | None = None  # the colour, for "color"
     key: str | None = None  # the object key, for "file"
     filename: str | None = None
+    url: str | None = None  # fetched by the worker instead of ``key`` (``background_url``)
 
 
 class Job(BaseModel):
@@ -130,6 +131,10 @@ class Job(BaseModel):
     background: Background = Field(default_factory=lambda: Background(kind="blur"))
     input_key: str = ""
     input_filename: str | None = None
+    #: ``video_url``: the worker fetches the input from here instead of ``input_key``.
+    input_url: str | None = None
+    #: Unknown (None) until inspected: at POST for an uploaded file, by the worker for a URL input
+    #: (or an upload only partly checked by the API), which fills it in (``set_video``).
     video: VideoMeta | None = None
     callback_url: str | None = None
     attempts: int = 0
@@ -328,6 +333,28 @@ class JobStore:
             if job.status is not JobStatus.RUNNING or job.attempts != attempt:
                 return
             job.progress = Progress(frames_done=done, frames_total=total)
+            pipe.multi()
+            pipe.set(key, job.model_dump_json(), keepttl=True)
+            ok["v"] = True
+
+        self.r.transaction(txn, key)
+        return ok["v"]
+
+    def set_video(self, job_id: str, meta: VideoMeta, attempt: int) -> bool:
+        """Fill in the video's metadata (and ``frames_total``) once the worker has inspected an
+        input the API could not (a URL); False once the job no longer runs under ``attempt``."""
+        key = P + f"job:{job_id}"
+        ok = {"v": False}
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                return
+            job = Job.model_validate_json(raw)
+            if job.status is not JobStatus.RUNNING or job.attempts != attempt:
+                return
+            job.video = meta
+            job.progress = Progress(frames_done=0, frames_total=meta.frames)
             pipe.multi()
             pipe.set(key, job.model_dump_json(), keepttl=True)
             ok["v"] = True

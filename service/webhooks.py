@@ -28,7 +28,7 @@ from typing import BinaryIO
 import httpx
 
 from service.config import Settings, get_settings
-from service.errors import CallbackRefused, UploadTooLarge
+from service.errors import CallbackRefused, InputError, UploadTooLarge
 
 SIGNATURE_HEADER = "Backdrop-Signature"
 MAX_URL_CHARS = 2048
@@ -65,24 +65,36 @@ def is_public_address(addr: IPv4Address | IPv6Address) -> bool:
     )
 
 
-def _target(url: str) -> httpx.URL:
+def _what(refuse: type[InputError]) -> str:
+    return "callback URL" if refuse is CallbackRefused else "input URL"
+
+
+def _target(url: str, refuse: type[InputError] = CallbackRefused) -> httpx.URL:
     """``url`` parsed by the same parser that sends the request (no parser differential)."""
+    what = _what(refuse)
     if len(url) > MAX_URL_CHARS:
-        raise CallbackRefused("callback URL too long")
+        raise refuse(f"{what} too long")
     try:
         target = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as e:
-        raise CallbackRefused(f"callback URL {url!r} is not a valid URL") from e
+        raise refuse(f"{what} {url[:200]!r} is not a valid URL") from e
     if target.scheme not in ("http", "https") or not target.host:
-        raise CallbackRefused("callback URL must be an absolute http(s) URL")
+        raise refuse(f"{what} must be an absolute http(s) URL")
     if target.userinfo:
-        raise CallbackRefused("callback URL must not carry credentials")
+        raise refuse(f"{what} must not carry credentials")
     return target
 
 
-def _checked_addresses(target: httpx.URL, settings: Settings) -> list[IPv4Address | IPv6Address]:
-    """The addresses ``target``'s host resolves to (one lookup), all judged; refused if any is not
-    public (unless ``webhook_allow_private``)."""
+def _checked_addresses(
+    target: httpx.URL, settings: Settings, allow_private: bool | None = None,
+    refuse: type[InputError] = CallbackRefused,
+) -> list[IPv4Address | IPv6Address]:
+    """The addresses ``target``'s host resolves to (one lookup), all judged; refused (``refuse``)
+    if any is not public, unless ``allow_private`` (default: ``webhook_allow_private``; input URLs
+    pass ``fetch_allow_private``)."""
+    what = _what(refuse)
+    if allow_private is None:
+        allow_private = settings.webhook_allow_private
     host = target.raw_host.decode("ascii")
     port = target.port or (443 if target.scheme == "https" else 80)
     try:
@@ -91,17 +103,18 @@ def _checked_addresses(target: httpx.URL, settings: Settings) -> list[IPv4Addres
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError) as e:
-            raise CallbackRefused(f"callback host {host!r} does not resolve") from e
+            raise refuse(f"{what} host {host!r} does not resolve") from e
         # zone ids (fe80::1%eth0) are dropped: link-local is refused, and a URL cannot carry one
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos))
     if not addresses:
-        raise CallbackRefused(f"callback host {host!r} does not resolve")
-    if not settings.webhook_allow_private:
+        raise refuse(f"{what} host {host!r} does not resolve")
+    if not allow_private:
+        switch = "WEBHOOK" if refuse is CallbackRefused else "FETCH"
         for addr in addresses:
             if not is_public_address(addr):
-                raise CallbackRefused(
-                    f"callback URL resolves to a non-public address ({addr}); "
-                    "set BACKDROP_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+                raise refuse(
+                    f"{what} resolves to a non-public address ({addr}); "
+                    f"set BACKDROP_{switch}_ALLOW_PRIVATE=true to allow it"
                 )
     return addresses
 
@@ -125,15 +138,19 @@ def pinned_stream(
     headers: Mapping[str, str] | None = None,
     content: bytes | None = None,
     verify: ssl.SSLContext | bool = True,
+    allow_private: bool | None = None,
+    refuse: type[InputError] = CallbackRefused,
 ) -> Iterator[httpx.Response]:
     """One request to ``url``, connected to an address checked by ``_checked_addresses`` (resolved
     once: no second lookup that a rebinding DNS server could answer differently).  The Host header
     and the TLS server name (SNI, and the name the certificate is verified against) stay the URL's
     host.  Redirects are not followed; ``timeout_s`` bounds each connect, read and write.  Yields the
     response with its body unread: read it with ``read_capped``.  ``verify`` is httpx's (an
-    ``ssl.SSLContext`` for a private CA).  Raises ``CallbackRefused`` or ``httpx.HTTPError``."""
-    target = _target(url)
-    addresses = _checked_addresses(target, settings)
+    ``ssl.SSLContext`` for a private CA).  ``allow_private`` and ``refuse`` say which switch applies
+    and what a refusal raises (webhooks: ``webhook_allow_private``, ``CallbackRefused``; input URLs:
+    ``fetch_allow_private``, ``FetchRefused``).  Raises ``refuse`` or ``httpx.HTTPError``."""
+    target = _target(url, refuse)
+    addresses = _checked_addresses(target, settings, allow_private, refuse)
     host_header = target.netloc.decode("ascii")
     extensions = {}
     if not _is_ip(target.host):

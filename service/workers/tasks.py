@@ -30,7 +30,7 @@ from celery.signals import worker_process_init
 
 from service.config import Settings, get_settings
 from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError
-from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, public_dict, result_url
+from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, VideoMeta, public_dict, result_url
 from service.storage import create_store, job_prefix
 from service.workers import housekeeping
 from service.workers.celery_app import HOUSEKEEPING_TASK, PROCESS_TASK, WEBHOOK_TASK, app
@@ -92,8 +92,44 @@ class _Heartbeat(threading.Thread):
                 log.warning("lease renewal failed for %s", self.job_id, exc_info=True)
 
 
-def _background_spec(job: Job, workdir: Path) -> str | None:
+def _input_video(job: Job, workdir: Path, store: JobStore, attempt: int, settings: Settings) -> Path:
+    """The input video in the work folder: fetched from its URL through the address guard
+    (``service.fetch``) or copied from the object store.  An input the API could not inspect (a
+    URL) is inspected here with the same checks as an upload, and the job's ``video`` metadata and
+    ``frames_total`` are filled in."""
+    if job.input_url:
+        from service.fetch import fetch_to_file, url_suffix
+
+        src = workdir / f"input{url_suffix(job.input_url)}"
+        fetch_to_file(job.input_url, src, settings)
+    else:
+        src = workdir / f"input{Path(job.input_key).suffix or '.mp4'}"
+        object_store().get_file(job.input_key, src)
+    if job.video is None:
+        from service.media.inspect import inspect_video
+
+        info = inspect_video(src, settings)
+        meta = VideoMeta(
+            width=int(info.width), height=int(info.height), fps=float(info.fps), frames=int(info.frames),
+            duration_s=float(info.duration_s), has_audio=bool(info.has_audio),
+        )
+        try:
+            store.set_video(job.id, meta, attempt)
+        except redis.RedisError:
+            log.warning("video metadata of %s not written (Redis unavailable)", job.id)
+    return src
+
+
+def _background_spec(job: Job, workdir: Path, settings: Settings | None = None) -> str | None:
     bg = job.background
+    if bg.kind == "file" and bg.url:
+        from service.fetch import fetch_to_file, url_suffix
+        from service.media.inspect import inspect_background
+
+        path = workdir / f"background{url_suffix(bg.url)}"
+        fetch_to_file(bg.url, path, settings or get_settings())
+        inspect_background(path, settings)  # the API's checks on an upload, before any work
+        return str(path)
     if bg.kind == "file" and bg.key:
         suffix = Path(bg.key).suffix
         path = workdir / f"background{suffix}"
@@ -232,9 +268,8 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
         for key in objects.keys(job_prefix(job_id)):
             if "/output" in key:
                 objects.delete_prefix(key)
-        src = workdir / f"input{Path(job.input_key).suffix or '.mp4'}"
-        objects.get_file(job.input_key, src)
-        background = _background_spec(job, workdir)
+        src = _input_video(job, workdir, store, attempt, settings)
+        background = _background_spec(job, workdir, settings)
         # the API validated the same model; a stored job from an older release fails with its code
         options = ReplaceOptions.parse(**job.options.model_dump())
         from service.media.encode import OUTPUT_FORMATS

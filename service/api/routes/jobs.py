@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +29,7 @@ from service.errors import (
     RangeNotSatisfiable,
     RequestInvalid,
     ResultNotReady,
+    UploadNotFound,
     UploadTooLarge,
 )
 from service.jobs import Background, Job, JobOptions, JobStatus, VideoMeta, public_dict, result_url
@@ -39,17 +42,46 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 #: Largest ``offset`` of ``GET /jobs`` (far past any real listing; keeps Redis' ranges in bounds).
 MAX_OFFSET = 1_000_000_000
+#: Inputs named instead of sent: a URL the worker fetches, or the id of a direct upload.
+SOURCE_FIELDS = ("video_url", "background_url", "video_upload_id", "background_upload_id")
+#: Largest JSON body of ``POST /jobs`` (it holds options and URLs, never media).
+MAX_JSON_BYTES = 64 * 1024
+_SOURCE_DOCS = {
+    "video_url": "http(s) URL of the video, fetched by the worker (not the API) through the address guard",
+    "background_url": "http(s) URL of a background image or video, fetched by the worker",
+    "video_upload_id": "id of a direct upload (POST /uploads) holding the video",
+    "background_upload_id": "id of a direct upload holding the background",
+}
+
+
+def _request_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The multipart and the JSON body of ``POST /jobs``, from the same form schema: the video is a
+    file, a URL or an upload id (one of them); the JSON body names its inputs only."""
+    form = job_form_schema()
+    sources = {
+        name: {"type": "string", "maxLength": 2048 if name.endswith("url") else 64, "description": doc}
+        for name, doc in _SOURCE_DOCS.items()
+    }
+    multipart = {**form, "properties": {**form["properties"], **sources}}
+    multipart.pop("required", None)
+    props = {k: v for k, v in form["properties"].items() if k not in ("video", "background")}
+    as_json = {"type": "object", "properties": {**props, **sources}, "additionalProperties": False}
+    return multipart, as_json
+
+
+_MULTIPART_SCHEMA, _JSON_SCHEMA = _request_schemas()
 MULTIPART_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": job_form_schema(),
+                "schema": _MULTIPART_SCHEMA,
                 "encoding": {
                     "video": {"contentType": "application/octet-stream"},
                     "background": {"contentType": "application/octet-stream"},
                 },
-            }
+            },
+            "application/json": {"schema": _JSON_SCHEMA},
         },
     },
     "parameters": [
@@ -86,9 +118,68 @@ def _validate_background(spec: str, settings: Any) -> None:
     validate_background(spec, settings)
 
 
+@dataclass(frozen=True)
+class Sources:
+    """Where each input comes from: a file in the form, a URL (``video_url``), or a direct upload
+    (``video_upload_id``); at most one of them each, and one for the video."""
+
+    video_url: str | None = None
+    background_url: str | None = None
+    video_upload_id: str | None = None
+    background_upload_id: str | None = None
+
+    @classmethod
+    def take(cls, fields: dict[str, str], files: dict[str, Any]) -> Sources:
+        """The source fields, removed from ``fields`` (the rest are options)."""
+        given = {name: fields.pop(name).strip() for name in SOURCE_FIELDS if name in fields}
+        src = cls(**{k: v for k, v in given.items() if v})
+        for kind in ("video", "background"):
+            named = [n for n, v in ((kind, kind in files), (f"{kind}_url", getattr(src, f"{kind}_url")),
+                                    (f"{kind}_upload_id", getattr(src, f"{kind}_upload_id"))) if v]
+            if len(named) > 1:
+                raise RequestInvalid(f"give the {kind} once: {' or '.join(named)}, not both")
+            if kind == "video" and not named:
+                raise RequestInvalid("the video is required: a 'video' file, 'video_url' or 'video_upload_id'")
+        return src
+
+    @property
+    def has_background(self) -> bool:
+        return bool(self.background_url or self.background_upload_id)
+
+    def fingerprint_parts(self) -> dict[str, str]:
+        return {k: hashlib.sha256(v.encode()).hexdigest() for k, v in vars(self).items() if v}
+
+
+async def _json_fields(request: Request) -> dict[str, str]:
+    """The JSON body of ``POST /jobs`` as form fields (strings, as a form would send them)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise RequestInvalid(f"the JSON body exceeds {MAX_JSON_BYTES} bytes (media go by URL or upload id)")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestInvalid(f"the body is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise RequestInvalid("the JSON body must be an object")
+    fields: dict[str, str] = {}
+    for name, value in data.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            fields[str(name)] = "true" if value else "false"
+        elif isinstance(value, (int, float, str)):
+            fields[str(name)] = str(value)
+        else:
+            raise RequestInvalid(f"field {str(name)[:40]!r} must be a string, number or boolean")
+    return fields
+
+
 def _store_inputs(objects: Any, job: Job, form: ParsedForm) -> None:
-    video = form.files["video"]
-    objects.put_file(job.input_key, video.path, video.content_type or "application/octet-stream")
+    video = form.files.get("video")
+    if video is not None:
+        objects.put_file(job.input_key, video.path, video.content_type or "application/octet-stream")
     bg = form.files.get("background")
     if bg is not None and job.background.key:
         objects.put_file(job.background.key, bg.path, bg.content_type or "application/octet-stream")
@@ -142,19 +233,25 @@ async def _submit(
         reservation = await run_in_threadpool(Admission(jobs, settings).reserve, owner)
     form: ParsedForm | None = None
     try:
-        form = await parse_multipart(
-            request.headers.get("content-type", ""), request.stream(), max_file_bytes=settings.max_upload_bytes,
-            spool_dir=settings.spool_dir, tick=reservation.keep_alive if reservation else None,
-        )
-        if "video" not in form.files:
-            raise RequestInvalid("the 'video' file field is required")
-        params = JobCreate.from_form(form.fields, "background" in form.files, settings.model)
+        if _is_json(request.headers.get("content-type", "")):
+            form = ParsedForm()
+            form.fields = await _json_fields(request)
+        else:
+            form = await parse_multipart(
+                request.headers.get("content-type", ""), request.stream(), max_file_bytes=settings.max_upload_bytes,
+                spool_dir=settings.spool_dir, tick=reservation.keep_alive if reservation else None,
+            )
+        fields = dict(form.fields)
+        sources = Sources.take(fields, form.files)
+        params = JobCreate.from_form(fields, "background" in form.files or sources.has_background, settings.model)
         idem = IdempotencyFingerprint(jobs, settings, owner, idempotency_key) if idempotency_key else None
-        fingerprint = params.fingerprint({name: f.sha256 for name, f in form.files.items()})
+        fingerprint = params.fingerprint(
+            {**{name: f.sha256 for name, f in form.files.items()}, **sources.fingerprint_parts()}
+        )
         if prior is not None and idem is not None:
             await run_in_threadpool(idem.check, fingerprint)
             return _accepted(prior, request, replayed=True)
-        job = await _checked_job(params, form, owner, settings)
+        job = await _checked_job(params, form, sources, owner, settings)
         if idem is not None:
             await run_in_threadpool(idem.claim, fingerprint)
         assert reservation is not None
@@ -178,42 +275,67 @@ async def _submit(
     return _accepted(stored, request)
 
 
-async def _checked_job(params: JobCreate, form: ParsedForm, owner: str, settings: Any) -> Job:
-    """The job the request describes, once its callback, video and background passed the checks."""
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _url_name(url: str) -> str | None:
+    return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1][:200] or None
+
+
+async def _checked_job(params: JobCreate, form: ParsedForm, sources: Sources, owner: str, settings: Any) -> Job:
+    """The job the request describes, once its callback, video and background passed the checks.
+    A URL is judged by the address guard only (the worker fetches it, then inspects it)."""
+    from service.fetch import check_fetch_url
+
     if params.callback_url:
         from service.webhooks import check_callback_url
 
         await run_in_threadpool(check_callback_url, params.callback_url, settings)
-    video = form.files["video"]
-    if video.size == 0:
-        raise EmptyFile("the uploaded video is empty")
-    meta = await run_in_threadpool(_probe, video.path, settings)
     opts = params.options
     job = Job(
         owner=owner,
         options=JobOptions(
             model=opts.model, output_format=opts.output_format, composite=opts.composite, harmonize=opts.harmonize
         ),
-        video=meta,
         callback_url=params.callback_url,
-        input_filename=video.filename[:200] or None,
     )
-    job.input_key = f"{job_prefix(job.id)}input{video.path.suffix or '.mp4'}"
+    video = form.files.get("video")
+    if video is not None:
+        if video.size == 0:
+            raise EmptyFile("the uploaded video is empty")
+        job.video = await run_in_threadpool(_probe, video.path, settings)
+        job.input_filename = video.filename[:200] or None
+        job.input_key = f"{job_prefix(job.id)}input{video.path.suffix or '.mp4'}"
+    elif sources.video_url:
+        job.input_url = await run_in_threadpool(check_fetch_url, sources.video_url, settings)
+        job.input_filename = _url_name(sources.video_url)
+    else:
+        raise UploadNotFound(f"no upload {sources.video_upload_id!r}")  # direct uploads: next step
     if opts.background == "file":
-        bg = form.files["background"]
-        if bg.size == 0:
-            raise EmptyFile("the uploaded background is empty")
-        await run_in_threadpool(_validate_background, str(bg.path), settings)
-        job.background = Background(
-            kind="file", key=f"{job_prefix(job.id)}background{bg.path.suffix}", filename=bg.filename[:200] or None
-        )
+        bg = form.files.get("background")
+        if bg is not None:
+            if bg.size == 0:
+                raise EmptyFile("the uploaded background is empty")
+            await run_in_threadpool(_validate_background, str(bg.path), settings)
+            job.background = Background(
+                kind="file", key=f"{job_prefix(job.id)}background{bg.path.suffix}", filename=bg.filename[:200] or None
+            )
+        elif sources.background_url:
+            url = await run_in_threadpool(check_fetch_url, sources.background_url, settings)
+            job.background = Background(kind="file", url=url, filename=_url_name(url))
+        else:
+            raise UploadNotFound(f"no upload {sources.background_upload_id!r}")
     elif opts.background == "color":
         await run_in_threadpool(_validate_background, str(params.background_color), settings)
         job.background = Background(kind="color", value=params.background_color)
     else:  # "blur", or "none" for an output that shows no background
         job.background = Background(kind=str(opts.background))
-    job.progress.frames_total = meta.frames
-    job.time_limit_s, _ = time_limits(settings, meta.duration_s)
+    # an input not inspected yet (a URL) gets the limits of the longest video accepted
+    duration = job.video.duration_s if job.video else settings.max_duration_s
+    job.progress.frames_total = job.video.frames if job.video else 0
+    job.time_limit_s, _ = time_limits(settings, duration)
     return job
 
 
@@ -238,7 +360,7 @@ def _release(reservation: Reservation) -> None:
 async def _enqueue(job: Job, jobs: Any, celery: Any, settings: Any) -> None:
     """Send the stored job to the workers; if the broker refuses, the job fails at once (it must not
     linger as queued) and the caller gets 503 ``dependency_unavailable``."""
-    soft, hard = time_limits(settings, job.video.duration_s if job.video else 0.0)
+    soft, hard = time_limits(settings, job.video.duration_s if job.video else settings.max_duration_s)
     try:
         await run_in_threadpool(
             lambda: celery.send_task(
