@@ -163,10 +163,13 @@ def _render_to_store(preview: Preview, workdir: Path, options: Any, settings: Se
 
 @app.task(name=PREVIEW_SWEEP_TASK, acks_late=False, ignore_result=True)
 def sweep_previews() -> int:
+    """The preview sweeper, on the light queue every ``housekeeping_interval_s`` (the beat)."""
+    return sweep(preview_store(), object_store())
+
+
+def sweep(store: PreviewStore, objects: Any) -> int:
     """Delete the objects of expired previews (their records expire by TTL); an id whose objects
-    could not be deleted stays listed for the next sweep."""
-    store = preview_store()
-    objects = object_store()
+    could not be deleted stays listed for the next sweep.  Returns how many were swept."""
     done: list[str] = []
     for pid in store.expired_ids():
         try:

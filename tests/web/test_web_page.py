@@ -218,3 +218,48 @@ def test_phone_width_and_the_keyboard(web: WebStack, page_factory: Any) -> None:
     expect(page.locator('.bg-pane[data-for="builtin"]')).to_be_visible()
     shot("phone")
     log.check()
+
+
+def test_the_preview_of_a_rotated_video_is_upright(web: WebStack, page_factory: Any) -> None:
+    """The frame is taken as the browser shows it: a clip tagged 90° gives a preview the size the
+    job's output will have (the pipeline's probe says which)."""
+    from service.config import Settings
+    from service.media.probe import probe_video
+
+    clip = data_path("videos", "rotated-tag-90.mp4")
+    info = probe_video(clip, Settings(open_mode=True))
+    page, log, shot = page_factory(web.url)
+    page.get_by_test_id("video-input").set_input_files(str(clip))
+    expect(page.get_by_test_id("preview")).to_be_visible(timeout=30_000)
+    size = page.locator("#preview-cutout").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert size == [info.width, info.height] and info.height > info.width
+    shot("rotated")
+    log.check()
+
+
+def test_every_kind_of_background_previews(web: WebStack, clip: Path, page_factory: Any) -> None:
+    """Built-in picture, an uploaded video (its first frame is sent), blur, and transparent (no
+    composite; the output format follows)."""
+    page, log, shot = page_factory(web.url)
+    page.get_by_test_id("video-input").set_input_files(str(clip))
+    preview = page.get_by_test_id("preview")
+    expect(preview).to_be_visible(timeout=30_000)
+
+    def changed(choose: Any) -> None:
+        before = preview.get_attribute("data-preview-id") or ""
+        choose()
+        expect(preview).not_to_have_attribute("data-preview-id", before, timeout=30_000)
+        expect(page.locator("#preview-state")).to_contain_text("Preview ready", timeout=30_000)
+
+    changed(lambda: page.get_by_label("Built-in picture").check())
+    assert _close(_pixel(page, "#preview-composite", 3, 3), "#26245c", 30)  # the sunset's top
+    shot("builtin")
+    page.get_by_label("Your image or video").check()
+    changed(lambda: page.locator("#bg-file").set_input_files(str(data_path("videos", "walking-sideways.mp4"))))
+    changed(lambda: page.get_by_label("Blur the original").check())
+    changed(lambda: page.get_by_label("Transparent").check())
+    assert page.locator("#format").input_value() == "webm"
+    expect(page.locator("#preview-composite-fig")).to_be_hidden()
+    expect(page.locator("#harmonize")).to_be_disabled()
+    shot("transparent")
+    log.check()

@@ -207,9 +207,10 @@ async def _read_body(request: Request) -> bytes:
     response_model=PreviewPublic,
     openapi_extra=MULTIPART_DOC,
     responses={
-        413: {"description": "upload_too_large, invalid_frame (past the video limits), background_too_large", **_PROBLEM},
+        413: {"description": "upload_too_large, background_too_large", **_PROBLEM},
         415: {"description": "unsupported_background", **_PROBLEM},
-        422: {"description": "invalid_frame, invalid options (same codes as POST /jobs)", **_PROBLEM},
+        422: {"description": "invalid_frame (not one PNG/JPEG, or past the frame limits), invalid options (same codes "
+                             "as POST /jobs)", **_PROBLEM},
         503: {"description": "busy, dependency_unavailable (Retry-After)", **_PROBLEM},
     },
 )
