@@ -21,6 +21,8 @@ const state = {
 
 // ---------------------------------------------------------------- API helpers
 function apiKey() { return $("api-key").value.trim(); }
+// With keys on and none entered, the page makes no call of its own that would only be refused.
+function keyMissing() { return state.limits && state.limits.auth === "key" && !apiKey(); }
 function authHeaders() { const k = apiKey(); return k ? { Authorization: `Bearer ${k}` } : {}; }
 
 // A readable message from a problem+json answer (title: detail), or from whatever else came back.
@@ -108,6 +110,7 @@ async function loadLimits() {
 function initKey() {
   const input = $("api-key");
   input.value = sessionStorage.getItem(KEY_STORE) || "";
+  input.addEventListener("input", () => sessionStorage.setItem(KEY_STORE, apiKey()));
   input.addEventListener("change", () => {
     sessionStorage.setItem(KEY_STORE, apiKey());
     clearError();
@@ -246,6 +249,7 @@ function onFormatChanged() {
 function schedulePreview(delay = 350) {
   clearTimeout(state.previewTimer);
   if (!state.frame) return;
+  if (keyMissing()) { $("preview-state").textContent = "Enter your API key (above) to see a preview."; return; }
   state.previewTimer = setTimeout(runPreview, delay);
 }
 
@@ -430,6 +434,12 @@ function syncBefore() {
 // ---------------------------------------------------------------- recent jobs
 async function refreshJobs() {
   const tbody = document.querySelector("#jobs tbody");
+  if (keyMissing()) {
+    tbody.replaceChildren();
+    $("jobs-empty").textContent = "Enter your API key (above) to see your jobs.";
+    $("jobs-empty").hidden = false;
+    return;
+  }
   let page;
   try {
     page = await apiJson("/jobs?limit=20");

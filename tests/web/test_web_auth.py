@@ -33,6 +33,8 @@ def test_a_wrong_key_shows_the_401_then_the_right_key_works(web: WebStack, page_
 
     page, log, shot = page_factory(web.url)
     expect(page.locator("#api-key-hint")).to_contain_text("needs an API key")
+    expect(page.locator("#jobs-empty")).to_contain_text("Enter your API key")  # no call only to be refused
+    log.check()
     key = page.get_by_test_id("api-key")
     key.fill("w" * 40)
     key.press("Enter")
