@@ -406,7 +406,7 @@ async function showResult(job) {
   const url = await usableUrl(r.url || `/jobs/${job.id}/result`);
   const a = $("download");
   a.href = url;
-  a.download = `${(job.input_filename || "video").replace(/\.[^.]+$/, "")}-backdrop.${r.format === "mov" ? "mov" : r.format === "webm" ? "webm" : "mp4"}`;
+  a.download = `${((state.video && state.video.name) || "video").replace(/\.[^.]+$/, "")}-backdrop.${r.format === "mov" ? "mov" : r.format === "webm" ? "webm" : "mp4"}`;
   const video = $("result-video");
   video.src = url;
   $("compare").classList.toggle("alpha", ["webm", "mov"].includes(r.format));
@@ -454,12 +454,19 @@ async function refreshJobs() {
   tbody.replaceChildren(...page.data.map(jobRow));
 }
 
+function bgLabel(bg) {
+  if (!bg) return "";
+  if (bg.kind === "color") return `colour ${bg.value}`;
+  if (bg.kind === "file") return "picture or video";
+  return bg.kind === "none" ? "no background" : bg.kind;
+}
+
 function jobRow(job) {
   const tr = document.createElement("tr");
   tr.dataset.jobId = job.id;
   const cells = [
     new Date(job.created_at).toLocaleString(),
-    job.input_filename || job.id.slice(0, 8),
+    `${job.id.slice(0, 8)} · ${job.options.output_format} · ${bgLabel(job.background)}`,
     job.status + (job.status === "running" ? ` ${job.progress.percent.toFixed(0)}%` : "") +
       (job.error ? ` (${job.error.code})` : ""),
   ].map((t) => { const td = document.createElement("td"); td.textContent = t; return td; });

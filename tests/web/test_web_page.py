@@ -263,3 +263,29 @@ def test_every_kind_of_background_previews(web: WebStack, clip: Path, page_facto
     expect(page.locator("#harmonize")).to_be_disabled()
     shot("transparent")
     log.check()
+
+
+def test_upload_progress_and_cancel_during_the_upload(web: WebStack, page_factory: Any) -> None:
+    """A slow upload (Chromium's network throttling) shows its percentage and can be canceled: no
+    job is made."""
+    with httpx.Client(base_url=web.url, trust_env=False) as c:
+        before = c.get("/jobs").json()["count"]
+    page, log, shot = page_factory(web.url)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions",
+             {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000})
+    page.get_by_test_id("video-input").set_input_files(str(data_path("videos", "desk.mp4")))  # 3.2 MB
+    page.get_by_test_id("submit").click()
+    status = page.get_by_test_id("status")
+    expect(status).to_contain_text(re.compile(r"uploading [1-9]\d?%"), timeout=30_000)
+    pct = float(page.get_by_test_id("upload-progress").evaluate("p => p.value"))
+    assert 0 < pct < 100
+    shot("uploading")
+    page.get_by_test_id("cancel").click()
+    expect(status).to_contain_text("upload canceled")
+    expect(page.get_by_test_id("submit")).to_be_enabled()
+    time.sleep(1)
+    with httpx.Client(base_url=web.url, trust_env=False) as c:
+        assert c.get("/jobs").json()["count"] == before
+    log.check()
