@@ -102,6 +102,16 @@ class PreviewStore:
         """Write ``preview`` back, keeping its TTL; False if it expired meanwhile."""
         return bool(self.r.set(self._key(preview.id), preview.model_dump_json(), xx=True, keepttl=True))
 
+    def count_request(self, owner: str, now: float | None = None) -> int:
+        """Previews ``owner`` asked for in the current minute, this one included (a fixed window:
+        one counter per tenant and minute, expiring with it)."""
+        minute = int((time.time() if now is None else now) // 60)
+        key = P + f"previews:rate:{owner}:{minute}"
+        pipe = self.r.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        return int(pipe.execute()[0])
+
     def expired_ids(self, now: float | None = None, limit: int = 200) -> list[str]:
         now = time.time() if now is None else now
         return [i.decode() if isinstance(i, bytes) else str(i)

@@ -11,7 +11,8 @@ const state = {
   videoUrl: null, // its object URL (the "before" side of the comparison)
   frame: null, // JPEG Blob of its first frame, or null when the browser cannot decode it
   bgFrame: null, // still picture of an uploaded background (first frame of a video), for previews
-  previewSeq: 0,
+  previewBusy: false, // a preview is under way
+  previewAgain: false, // something changed meanwhile: preview again when it ends
   previewTimer: null,
   xhr: null, // the upload under way
   job: null, // the job being followed
@@ -253,8 +254,23 @@ function schedulePreview(delay = 350) {
   state.previewTimer = setTimeout(runPreview, delay);
 }
 
+// One preview at a time: a change while one is under way asks for another when it ends (the
+// preview queue never fills with previews nobody will see).
 async function runPreview() {
-  const seq = ++state.previewSeq; // a newer request makes this one's answer stale
+  if (state.previewBusy) { state.previewAgain = true; return; }
+  state.previewBusy = true;
+  try {
+    do {
+      state.previewAgain = false;
+      await previewOnce();
+    } while (state.previewAgain);
+  } finally {
+    state.previewBusy = false;
+  }
+}
+
+async function previewOnce() {
+  const stale = () => state.previewAgain; // a newer choice makes this answer not worth showing
   const stateEl = $("preview-state");
   stateEl.textContent = "Rendering the preview on the workers…";
   const t0 = performance.now();
@@ -265,22 +281,22 @@ async function runPreview() {
     let p = await apiJson("/previews", { method: "POST", body: form });
     const deadline = Date.now() + 60000;
     while (!["succeeded", "failed"].includes(p.status)) {
-      if (seq !== state.previewSeq) return;
+      if (stale()) return;
       if (Date.now() > deadline) throw new ApiError(0, "The preview is taking too long; the workers may be busy.");
       await sleep(150);
       p = await apiJson(`/previews/${p.id}`);
     }
-    if (seq !== state.previewSeq) return;
+    if (stale()) return;
     if (p.status === "failed") throw new ApiError(0, `Preview failed: ${p.error.message}`);
     const [cut, comp] = await Promise.all([usableUrl(p.cutout_url), p.composite_url ? usableUrl(p.composite_url) : null]);
-    if (seq !== state.previewSeq) return;
+    if (stale()) return;
     await Promise.all([loadImg($("preview-cutout"), cut), comp ? loadImg($("preview-composite"), comp) : null]);
     $("preview-composite-fig").hidden = !comp;
     $("preview").hidden = false;
     $("preview").dataset.previewId = p.id;
     stateEl.textContent = `Preview ready in ${fmtSeconds((performance.now() - t0) / 1000)}.`;
   } catch (e) {
-    if (seq !== state.previewSeq) return;
+    if (stale()) return;
     stateEl.textContent = "No preview.";
     showError(e.message);
   }

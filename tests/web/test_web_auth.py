@@ -94,3 +94,26 @@ def test_previews_belong_to_their_tenant_and_refuse_bad_frames(web: WebStack, tm
         assert c.get(f"/previews/{pid}", headers=bob).json()["code"] == "preview_not_found"
         assert c.get(f"/previews/{pid}").status_code == 401
         assert c.get(f"/previews/{pid}", headers=alice).status_code == 200
+
+
+def test_previews_per_minute_are_capped_per_tenant(web: WebStack) -> None:
+    """One key cannot fill the preview lane: past the cap, 429 quota_exceeded with Retry-After, for
+    that tenant only (requests refused for other reasons count too, so the test sends empty ones)."""
+    from service.api.routes.previews import PREVIEWS_PER_MINUTE
+
+    bob = {"Authorization": f"Bearer {stack.OTHER_KEY}"}
+    empty = {"files": {"frame": ("f.jpg", b"")}, "data": {"background_color": "#000000"}}
+    with httpx.Client(base_url=web.url, trust_env=False, timeout=30) as c:
+        answers = []
+        while len(answers) <= 2 * PREVIEWS_PER_MINUTE + 1:
+            answers.append(c.post("/previews", headers=bob, **empty))
+            if answers[-1].status_code == 429:
+                break
+        alice = c.post("/previews", headers={"Authorization": f"Bearer {stack.API_KEY}"}, **empty)
+    refused = answers[-1]
+    assert refused.status_code == 429 and refused.json()["code"] == "quota_exceeded", refused.text
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # the cap's worth went through first (twice that at most, when a minute began meanwhile)
+    assert PREVIEWS_PER_MINUTE <= len(answers) - 1 <= 2 * PREVIEWS_PER_MINUTE
+    assert {a.json()["code"] for a in answers[:-1]} == {"empty_file"}
+    assert alice.json()["code"] == "empty_file"  # another tenant is not held back

@@ -13,6 +13,7 @@ import io
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from service.errors import (
     DependencyUnavailable,
     EmptyFile,
     InvalidFrame,
+    QuotaExceeded,
     RequestInvalid,
     ResultNotReady,
     UnsupportedBackground,
@@ -44,6 +46,9 @@ router = APIRouter(prefix="/previews", tags=["previews"])
 
 #: Largest request body: a full-resolution JPEG frame and a background picture fit easily.
 MAX_PREVIEW_BODY = 24 * 1024 * 1024
+#: Previews one tenant may ask for in a minute (the page asks for one at a time, after each change):
+#: past it 429 ``quota_exceeded``, so one key cannot fill the preview lane or the store.
+PREVIEWS_PER_MINUTE = 60
 FILE_FIELDS = ("frame", "background")
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 MULTIPART_DOC: dict[str, Any] = {
@@ -208,6 +213,7 @@ async def _read_body(request: Request) -> bytes:
     openapi_extra=MULTIPART_DOC,
     responses={
         413: {"description": "upload_too_large, background_too_large", **_PROBLEM},
+        429: {"description": "quota_exceeded: more than PREVIEWS_PER_MINUTE in a minute (Retry-After)", **_PROBLEM},
         415: {"description": "unsupported_background", **_PROBLEM},
         422: {"description": "invalid_frame (not one PNG/JPEG, or past the frame limits), invalid options (same codes "
                              "as POST /jobs)", **_PROBLEM},
@@ -218,6 +224,11 @@ async def create_preview(
     request: Request, owner: ApiKeyDep, settings: SettingsDep, objects: ObjectStoreDep, celery: CeleryDep
 ) -> JSONResponse:
     """Queue a preview of one frame with a background and options; poll ``GET /previews/{id}``."""
+    if await run_in_threadpool(_store(request).count_request, owner) > PREVIEWS_PER_MINUTE:
+        raise QuotaExceeded(
+            f"this tenant asked for more than {PREVIEWS_PER_MINUTE} previews in a minute; retry shortly",
+            retry_after_s=max(1, 60 - int(time.time()) % 60),
+        )
     slots = upload_slots(request.app.state, settings.max_concurrent_uploads)
     slots.take()
     try:
