@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     edge_refine: bool | None = Field(
         None, description="Refine mask edges at full resolution (guided filter); unset = the model's own default."
     )
+    people_detect_every: int = Field(
+        8, ge=1,
+        description="Choosing who stays: run the person detector on every Nth frame; in between, people are "
+        "followed by the matte's motion (1 = every frame).",
+    )
 
     # --- service -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the API binds to.")

@@ -160,6 +160,20 @@ class IncompatibleOptions(InputError):
     title = "Incompatible options"
 
 
+class NoPersonAtPoint(InputError):
+    """A ``keep_points`` point of the first frame on which no person stands (or outside the frame)."""
+
+    code = "no_person_at_point"
+    title = "No person at point"
+
+
+class NoPersonFound(InputError):
+    """``people=largest`` on a first frame where no person was found."""
+
+    code = "no_person_found"
+    title = "No person found"
+
+
 class IdempotencyKeyReused(InputError):
     """An ``Idempotency-Key`` sent again with a different request."""
 

@@ -1,0 +1,165 @@
+"""Person detection, tracking and the split of the matte (service/inference/people.py), on real photos.
+
+The matte here is the ground truth of a generated scene (portraits pasted with their own masks, the
+scene builder of bench/people.py), so the splitter is judged on its own, without a matting model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import data_path
+
+from service.errors import NoPersonAtPoint, NoPersonFound
+from service.inference.people import (
+    Detection,
+    PeopleSelection,
+    PersonDetector,
+    PersonSplitter,
+    Tracker,
+    keep_multiplier,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_people():  # type: ignore[no-untyped-def]
+    """bench/people.py (the scene builder shared with the benchmark)."""
+    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
+    if "bench_people" not in sys.modules:
+        sys.modules["bench_people"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def detector() -> PersonDetector:
+    return PersonDetector()
+
+
+def scene(people: int = 2, frames: int = 6):  # type: ignore[no-untyped-def]
+    bp = bench_people()
+    return bp.make_scene(data_path("portraits", "val"), data_path("backgrounds", bp.BACKGROUND), people,
+                         (320, 240), frames)
+
+
+def on_grid(mask: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """A frame-sized mask at the size of the splitter's owner grid."""
+    return cv2.resize(mask.astype(np.uint8), owners.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+
+
+def test_detector_finds_two_people_in_real_photos_in_frame_pixels(detector: PersonDetector) -> None:
+    images = data_path("portraits", "val", "images")
+    a, b = (cv2.imread(str(images / n))[..., ::-1] for n in ("ccp-0801.jpg", "ccp-0802.jpg"))
+    h = min(a.shape[0], b.shape[0])
+    a, b = (cv2.resize(x, (round(x.shape[1] * h / x.shape[0]), h)) for x in (a, b))
+    frame = np.ascontiguousarray(np.hstack([a, b]))
+    people = detector(frame)
+    assert len(people) == 2, [p.score for p in people]
+    left, right = sorted(people, key=lambda p: p.box[0])
+    half = a.shape[1]
+    # boxes in frame pixels (the letterbox undone): one person in each photo, tall as the photo
+    assert left.box[2] <= half + 20 and right.box[0] >= half - 20
+    for p in people:
+        assert p.box[3] - p.box[1] > 0.7 * h
+        good = p.keypoints[p.keypoints[:, 2] > 0.3]
+        assert len(good) >= 8
+        assert (good[:, 0] >= p.box[0] - 10).all() and (good[:, 0] <= p.box[2] + 10).all()
+
+
+def test_tracker_holds_identities_and_starts_new_ones() -> None:
+    def det(x: float) -> Detection:
+        return Detection(np.array([x, 10, x + 40, 110], np.float32), np.zeros((17, 3), np.float32), 0.5)
+
+    tracker = Tracker()
+    first = tracker.update([det(0), det(200)])
+    ids = {round(float(d.box[0])): tid for tid, d in first.items()}
+    for step in range(1, 6):  # both walk right, listed in the other order
+        got = tracker.update([det(200 + 8 * step), det(8 * step)])
+        assert {tid: round(float(d.box[0])) for tid, d in got.items()} == {ids[0]: 8 * step, ids[200]: 200 + 8 * step}
+    got = tracker.update([det(40), det(240), det(500)])
+    assert len(got) == 3 and max(got) not in ids.values()
+
+
+def test_each_matte_pixel_has_one_owner_and_a_held_object_stays_with_its_person(detector: PersonDetector) -> None:
+    sc = scene(2, frames=6)
+    splitter = PersonSplitter(detector, every=3)  # frames 1, 2, 4, 5 are carried by the matte alone
+    for t in range(len(sc.frames)):
+        alpha = (sc.masks[0, t] | sc.masks[1, t]).astype(np.float32)
+        # a bag held by person 0: a block joined to its mask, far from person 1
+        ys, xs = np.nonzero(sc.masks[0, t])
+        row = int(np.median(ys))
+        hand = int(xs[ys == row].max())
+        bag = (slice(row, row + 30), slice(hand - 2, hand + 25))
+        alpha[bag] = 1.0
+        owners = splitter.split(sc.frames[t], alpha)
+        ids = []
+        for person in (0, 1):
+            mine = owners[on_grid(sc.masks[person, t], owners)]
+            values, counts = np.unique(mine, return_counts=True)
+            ids.append(int(values[np.argmax(counts)]))
+            assert ids[-1] > 0 and counts.max() / counts.sum() > 0.97
+        assert ids[0] != ids[1]
+        if t == 0:
+            first = ids
+        assert ids == first, f"identities changed on frame {t}"
+        bag_mask = np.zeros_like(alpha, bool)
+        bag_mask[bag] = True
+        bag_owners = owners[on_grid(bag_mask & ~sc.masks[0, t], owners)]
+        assert (bag_owners == ids[0]).mean() > 0.95
+        assert ((owners != 0) == on_grid(alpha > 0.1, owners)).mean() > 0.99  # every matte pixel, and only those
+
+
+def test_merged_people_are_split_per_pixel(detector: PersonDetector) -> None:
+    sc = scene(2, frames=1)
+    alpha = (sc.masks[0, 0] | sc.masks[1, 0]).astype(np.float32)
+    alpha[200:215, :] = 1.0  # a band across the frame joins both people (and the ground between)
+    owners = PersonSplitter(detector).split(sc.frames[0], alpha)
+    a, b = owners[on_grid(sc.masks[0, 0], owners)], owners[on_grid(sc.masks[1, 0], owners)]
+    ida, idb = np.bincount(a[a > 0]).argmax(), np.bincount(b[b > 0]).argmax()
+    assert ida != idb and (a == ida).mean() > 0.9 and (b == idb).mean() > 0.9
+
+
+def test_keep_multiplier_keeps_soft_edges_and_drops_the_others() -> None:
+    owners = np.zeros((30, 40), np.int32)
+    owners[5:25, 5:15] = 1
+    owners[5:25, 25:35] = 2
+    m = keep_multiplier(owners, {1}, (160, 120))  # 4x the grid
+    assert m.shape == (120, 160) and m.dtype == np.float32
+    assert (m[20:100, 20:60] == 1).all()  # the kept person
+    assert (m[20:100, 14:20] == 1).all()  # its soft edge, just outside its owned pixels
+    assert (m[24:96, 104:136] == 0).all()  # the other person
+    assert ((m > 0) & (m < 1)).any()  # upsampled, not binarised
+    both = keep_multiplier(owners, {1, 2}, (160, 120))
+    assert (both[20:100, 14:66] == 1).all() and (both[20:100, 94:146] == 1).all()
+
+
+def test_selection_by_point_largest_and_refusals(detector: PersonDetector) -> None:
+    sc = scene(2, frames=4)
+    alpha = (sc.masks[0] | sc.masks[1]).astype(np.float32)
+    alpha = cv2.GaussianBlur(alpha.transpose(1, 2, 0), (5, 5), 0).transpose(2, 0, 1)  # soft edges
+    for person in (0, 1):
+        out = PeopleSelection([sc.start_point(person)], detector=detector, every=2)(sc.frames, alpha)
+        shown = out > 0.5
+        iou = (shown & sc.masks[person]).sum() / (shown | sc.masks[person]).sum()
+        assert iou > 0.95
+        assert (shown & sc.masks[1 - person]).sum() <= 0.01 * sc.masks[1 - person].sum()
+        edge = (alpha > 0.05) & (alpha < 0.95) & sc.masks[person]
+        assert np.allclose(out[edge], alpha[edge])  # the kept person's soft edge untouched
+    largest = int(np.argmax(sc.masks[:, 0].sum(axis=(1, 2))))
+    out = PeopleSelection(largest=True, detector=detector)(sc.frames, alpha)
+    assert ((out > 0.5) & sc.masks[largest]).sum() > 0.95 * sc.masks[largest].sum()
+    assert ((out > 0.5) & sc.masks[1 - largest]).sum() == 0
+    with pytest.raises(NoPersonAtPoint, match="5,5"):
+        PeopleSelection([(5, 5)], detector=detector)(sc.frames, alpha)
+    with pytest.raises(NoPersonAtPoint, match="400,10"):
+        PeopleSelection([(400, 10)], detector=detector)(sc.frames, alpha)
+    with pytest.raises(NoPersonFound):
+        PeopleSelection(largest=True, detector=detector)(sc.frames, np.zeros_like(alpha))
