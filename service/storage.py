@@ -34,6 +34,8 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> int: ...
     def keys(self, prefix: str) -> list[str]: ...
     def presigned_url(self, key: str, ttl_s: int, filename: str | None = None) -> str | None: ...
+    def read_head(self, key: str, n: int) -> bytes: ...
+    def move(self, src: str, dst: str) -> None: ...
     def check(self) -> None: ...
 
 
@@ -112,6 +114,25 @@ class LocalStore:
 
     def presigned_url(self, key: str, ttl_s: int, filename: str | None = None) -> str | None:
         return None  # served by the API itself (GET /jobs/{id}/result, with Range support)
+
+    def read_head(self, key: str, n: int) -> bytes:
+        """The first ``n`` bytes of an object (b"" when it does not exist)."""
+        p = self.path(key)
+        if not p.is_file():
+            return b""
+        with open(p, "rb") as f:
+            return f.read(n)
+
+    def move(self, src: str, dst: str) -> None:
+        """Move an object to another key in place (a rename: nothing is copied)."""
+        a, b = self.path(src), self.path(dst)
+        try:
+            b.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(a, b)
+        except FileNotFoundError as e:
+            raise StorageError(f"object {src} not found", code="object_not_found") from e
+        except OSError as e:
+            raise StorageError(f"local store move failed for {src}: {e}") from e
 
     def iter_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``start..end`` (inclusive) of an object, in chunks."""
@@ -261,6 +282,70 @@ class S3Store:
             return str(self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(ttl_s)))
         except Exception as e:  # noqa: BLE001
             raise self._wrap(e, f"presign {key}") from e
+
+    def presigned_put(self, key: str, ttl_s: int, content_type: str) -> str:
+        """A URL a client PUTs the object's bytes to directly (with this ``Content-Type``)."""
+        _check_key(key)
+        params = {"Bucket": self.bucket, "Key": key, "ContentType": content_type}
+        try:
+            return str(self.presign_client.generate_presigned_url("put_object", Params=params, ExpiresIn=int(ttl_s)))
+        except Exception as e:  # noqa: BLE001
+            raise self._wrap(e, f"presign put {key}") from e
+
+    def presigned_multipart(self, key: str, ttl_s: int, content_type: str, parts: int) -> tuple[str, list[str]]:
+        """Start a multipart upload; its id and one presigned PUT URL per part (numbered from 1).
+        ``complete_multipart`` finishes it; the bucket's lifecycle rule aborts one left incomplete."""
+        _check_key(key)
+        try:
+            upload_id = str(self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)[
+                "UploadId"])
+            urls = [
+                str(self.presign_client.generate_presigned_url(
+                    "upload_part", Params={"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": n},
+                    ExpiresIn=int(ttl_s),
+                ))
+                for n in range(1, parts + 1)
+            ]
+        except Exception as e:  # noqa: BLE001
+            raise self._wrap(e, f"multipart {key}") from e
+        return upload_id, urls
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in sorted(etags)]},
+            )
+        except Exception as e:  # noqa: BLE001
+            raise self._wrap(e, f"complete {key}") from e
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except Exception as e:  # noqa: BLE001
+            raise self._wrap(e, f"abort {key}") from e
+
+    def read_head(self, key: str, n: int) -> bytes:
+        """The first ``n`` bytes of an object, by a ranged GET (the rest is not downloaded)."""
+        _check_key(key)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes=0-{n - 1}")["Body"]
+            try:
+                return bytes(body.read(n))
+            finally:
+                body.close()
+        except Exception as e:  # noqa: BLE001
+            raise self._wrap(e, f"read {key}") from e
+
+    def move(self, src: str, dst: str) -> None:
+        """Server-side copy (multipart for large objects) then delete: the bytes never leave the store."""
+        _check_key(src)
+        _check_key(dst)
+        try:
+            self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst, Config=self._transfer)
+            self.client.delete_object(Bucket=self.bucket, Key=src)
+        except Exception as e:  # noqa: BLE001
+            raise self._wrap(e, f"move {src}") from e
 
     def check(self) -> None:
         try:

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api import problems
 from service.api.deps import key_digests
 from service.api.metrics import JobsCollector
-from service.api.routes import account, health, jobs, previews, web
+from service.api.routes import account, health, jobs, previews, uploads, web
 from service.config import Settings, get_settings, is_loopback
 from service.errors import OpenModeRefused
 from service.jobs import JobStore
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location", "Retry-After", "Idempotent-Replayed"],
         )
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(LoopbackOnly)
     problems.install(app)
     app.include_router(jobs.router)
+    app.include_router(uploads.router)
     app.include_router(health.router)
     app.include_router(account.router)
     app.include_router(previews.router)

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from service.config import Settings
-from service.jobs import Job, JobStatus, JobStore
+from service.jobs import Job, JobStatus, JobStore, P
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +117,37 @@ def sweep(store: JobStore, delete_objects: Callable[[str], Any]) -> dict[str, in
     store.forget_expired(done)
     store.retry_expired(failed, SWEEP_RETRY_S)
     return {"deleted": len(done), "kept": len(failed)}
+
+
+#: Direct uploads (``POST /uploads``): a record per upload that expires with it, and a ZSET of
+#: upload ids by expiry time, so that the objects of uploads never used by a job are deleted.
+UPLOAD_RECORD = P + "upload:"
+UPLOAD_EXPIRY = P + "uploads:expiry"
+
+
+def upload_prefix(upload_id: str) -> str:
+    return f"uploads/{upload_id}/"
+
+
+def sweep_uploads(store: JobStore, delete_prefix: Callable[[str], Any], now: float | None = None) -> dict[str, int]:
+    """Delete the objects of uploads that expired unused (a used upload's object moved to its
+    job); an upload whose deletion fails is due again later."""
+    now = time.time() if now is None else now
+    due = [i.decode() if isinstance(i, bytes) else str(i)
+           for i in store.r.zrangebyscore(UPLOAD_EXPIRY, 0, now, start=0, num=100)]
+    done: list[str] = []
+    failed: list[str] = []
+    for uid in due:
+        if store.r.exists(UPLOAD_RECORD + uid):
+            continue  # renewed or clock skew: next sweep
+        try:
+            delete_prefix(upload_prefix(uid))
+            done.append(uid)
+        except Exception:  # noqa: BLE001 - storage down: keep the id, try again later
+            log.warning("could not delete the object of expired upload %s", uid, exc_info=True)
+            failed.append(uid)
+    if done:
+        store.r.zrem(UPLOAD_EXPIRY, *done)
+    if failed:
+        store.r.zadd(UPLOAD_EXPIRY, {u: now + SWEEP_RETRY_S for u in failed})
+    return {"uploads_deleted": len(done), "uploads_kept": len(failed)}

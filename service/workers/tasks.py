@@ -419,6 +419,7 @@ def run_housekeeping() -> dict[str, int]:
         counts = housekeeping.reap(store, settings, send=send_job, notify=lambda jid: _notify(store, jid),
                                    cleanup=_cleanup_objects)
         counts.update(housekeeping.sweep(store, lambda jid: object_store().delete_prefix(job_prefix(jid))))
+        counts.update(housekeeping.sweep_uploads(store, lambda prefix: object_store().delete_prefix(prefix)))
         return counts
     finally:
         store.let_go("housekeeping", token)

@@ -19,6 +19,7 @@ from starlette.responses import RangeNotSatisfiable as StarletteRangeNotSatisfia
 
 from service.admission import Admission, IdempotencyFingerprint, Reservation
 from service.api.deps import ApiKeyDep, CeleryDep, JobStoreDep, ObjectStoreDep, SettingsDep
+from service.api.routes.uploads import UploadRecord, consume_upload, load_upload
 from service.api.schemas import JobCreate, JobPublic, JobsPublic, job_form_schema
 from service.api.uploads import ParsedForm, parse_multipart, upload_slots
 from service.errors import (
@@ -26,10 +27,12 @@ from service.errors import (
     EmptyFile,
     IllegalTransition,
     InvalidRange,
+    NotAVideo,
     RangeNotSatisfiable,
     RequestInvalid,
     ResultNotReady,
-    UploadNotFound,
+    UnsupportedBackground,
+    UploadIncomplete,
     UploadTooLarge,
 )
 from service.jobs import Background, Job, JobOptions, JobStatus, VideoMeta, public_dict, result_url
@@ -176,7 +179,45 @@ async def _json_fields(request: Request) -> dict[str, str]:
     return fields
 
 
-def _store_inputs(objects: Any, job: Job, form: ParsedForm) -> None:
+async def _stored_upload(
+    uploads: _Uploads, owner: str, upload_id: str, settings: Any, *, background: bool
+) -> tuple[UploadRecord, VideoMeta | None]:
+    """The caller's upload, its stored object checked in place (never downloaded): its size, then
+    on the local store the full header inspection of the file itself; on S3 the leading bytes
+    only, read by a ranged GET (a partial check: the worker inspects the whole file before any
+    work, and the job's ``video`` is filled in then).  The video's metadata when known."""
+    rec = await run_in_threadpool(load_upload, uploads.r, owner, upload_id)
+    size = await run_in_threadpool(uploads.objects.size, rec.key)
+    if size is None:
+        raise UploadIncomplete(f"upload {upload_id!r} holds no file yet: PUT it (and complete a multipart upload) first")
+    if size > settings.max_upload_bytes:
+        raise UploadTooLarge(f"the uploaded file ({size} bytes) exceeds the {settings.max_upload_bytes} bytes accepted")
+    what = "background" if background else "video"
+    if size == 0:
+        raise EmptyFile(f"the uploaded {what} is empty")
+    if uploads.objects.kind == "local":
+        path = uploads.objects.path(rec.key)
+        if background:
+            await run_in_threadpool(_validate_background, str(path), settings)
+            return rec, None
+        return rec, await run_in_threadpool(_probe, path, settings)
+    from service.media.inspect import looks_like_container, sniff_image
+
+    head = await run_in_threadpool(uploads.objects.read_head, rec.key, 64)
+    image = sniff_image(head)
+    if background and not (image or looks_like_container(head)):
+        raise UnsupportedBackground("the uploaded background is not a supported image or video type")
+    if not background and not (looks_like_container(head) or image in ("gif", "png")):
+        raise NotAVideo("the uploaded file is not a video this service can read")
+    return rec, None
+
+
+def _store_inputs(objects: Any, job: Job, form: ParsedForm, r: Any, moves: list[tuple[UploadRecord, str]]) -> None:
+    """Put the form's files in the store, and move direct uploads to the job's keys (inside the
+    store: a rename locally, a server-side copy on S3), each upload taken once."""
+    for rec, key in moves:
+        consume_upload(r, rec)
+        objects.move(rec.key, key)
     video = form.files.get("video")
     if video is not None:
         objects.put_file(job.input_key, video.path, video.content_type or "application/octet-stream")
@@ -251,12 +292,13 @@ async def _submit(
         if prior is not None and idem is not None:
             await run_in_threadpool(idem.check, fingerprint)
             return _accepted(prior, request, replayed=True)
-        job = await _checked_job(params, form, sources, owner, settings)
+        moves: list[tuple[UploadRecord, str]] = []
+        job = await _checked_job(params, form, sources, owner, settings, _Uploads(jobs.r, objects), moves)
         if idem is not None:
             await run_in_threadpool(idem.claim, fingerprint)
         assert reservation is not None
         await run_in_threadpool(reservation.ensure)  # before storing: a refusal here leaves nothing behind
-        await run_in_threadpool(_store_inputs, objects, job, form)
+        await run_in_threadpool(_store_inputs, objects, job, form, jobs.r, moves)
         try:
             stored, created = await run_in_threadpool(jobs.create, job, idempotency_key)
         except BaseException:
@@ -284,9 +326,21 @@ def _url_name(url: str) -> str | None:
     return url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1][:200] or None
 
 
-async def _checked_job(params: JobCreate, form: ParsedForm, sources: Sources, owner: str, settings: Any) -> Job:
+@dataclass
+class _Uploads:
+    """Where direct uploads are looked up (Redis) and stored (the object store)."""
+
+    r: Any
+    objects: Any
+
+
+async def _checked_job(
+    params: JobCreate, form: ParsedForm, sources: Sources, owner: str, settings: Any, uploads: _Uploads,
+    moves: list[tuple[UploadRecord, str]],
+) -> Job:
     """The job the request describes, once its callback, video and background passed the checks.
-    A URL is judged by the address guard only (the worker fetches it, then inspects it)."""
+    A URL is judged by the address guard only (the worker fetches it, then inspects it).  A direct
+    upload is checked where it lies; ``moves`` gets (upload, the job's key) for ``_store_inputs``."""
     from service.fetch import check_fetch_url
 
     if params.callback_url:
@@ -312,7 +366,10 @@ async def _checked_job(params: JobCreate, form: ParsedForm, sources: Sources, ow
         job.input_url = await run_in_threadpool(check_fetch_url, sources.video_url, settings)
         job.input_filename = _url_name(sources.video_url)
     else:
-        raise UploadNotFound(f"no upload {sources.video_upload_id!r}")  # direct uploads: next step
+        rec, job.video = await _stored_upload(uploads, owner, str(sources.video_upload_id), settings, background=False)
+        job.input_filename = rec.filename
+        job.input_key = f"{job_prefix(job.id)}input{Path(rec.key).suffix or '.mp4'}"
+        moves.append((rec, job.input_key))
     if opts.background == "file":
         bg = form.files.get("background")
         if bg is not None:
@@ -326,7 +383,10 @@ async def _checked_job(params: JobCreate, form: ParsedForm, sources: Sources, ow
             url = await run_in_threadpool(check_fetch_url, sources.background_url, settings)
             job.background = Background(kind="file", url=url, filename=_url_name(url))
         else:
-            raise UploadNotFound(f"no upload {sources.background_upload_id!r}")
+            rec, _ = await _stored_upload(uploads, owner, str(sources.background_upload_id), settings, background=True)
+            key = f"{job_prefix(job.id)}background{Path(rec.key).suffix}"
+            job.background = Background(kind="file", key=key, filename=rec.filename)
+            moves.append((rec, key))
     elif opts.background == "color":
         await run_in_threadpool(_validate_background, str(params.background_color), settings)
         job.background = Background(kind="color", value=params.background_color)

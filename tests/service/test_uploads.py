@@ -1,0 +1,141 @@
+"""Direct uploads (``POST /uploads``): the bytes go to the store without crossing ``POST /jobs``,
+which takes the upload's id.  Real parts: redis-server, uvicorn, moto's S3 server, Celery workers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from stack import API_KEY, OTHER_KEY, ApiServer, auth_env, base_env, data_path, s3_env, settings_from
+from test_end_to_end import asl_clip, poll
+
+from service.jobs import JobStore
+from service.storage import LocalStore
+from service.workers.housekeeping import sweep_uploads
+
+
+def reserve(c: httpx.Client, path: Path, content_type: str = "application/octet-stream", **extra: Any) -> dict[str, Any]:
+    r = c.post("/uploads", json={"filename": path.name, "content_type": content_type, "size": path.stat().st_size, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def put(upload: dict[str, Any], data: bytes) -> httpx.Response:
+    """PUT the bytes as any HTTP client would: no API key, only the headers the upload named."""
+    return httpx.put(upload["url"], content=data, headers=upload["headers"], trust_env=False, timeout=60)
+
+
+def job_env(redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """``base_env``, its spool folder made (the worker makes its work folder there; nothing else
+    makes it when no multipart request passed through the API)."""
+    (tmp_path / "spool").mkdir(exist_ok=True)
+    return base_env(redis_url, tmp_path, **auth_env(), **extra)
+
+
+def test_local_store_upload_then_a_job_from_its_id(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
+    env = job_env(redis_url, tmp_path)
+    worker = worker_factory(env)
+    clip, bg = asl_clip(), data_path("backgrounds", "bg_1.jpg")
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        video_up, bg_up = reserve(c, clip, "video/x-matroska"), reserve(c, bg, "image/jpeg")
+        assert video_up["method"] == "PUT" and video_up["url"].startswith(api.url + "/uploads/")
+        assert video_up["headers"] == {"Content-Type": "video/x-matroska"} and video_up["expires_at"]
+        assert put(video_up, clip.read_bytes() + b"extra").json()["code"] == "upload_too_large"  # past the declared size
+        assert put(video_up, clip.read_bytes()).status_code == 204
+        assert put(bg_up, bg.read_bytes()).status_code == 204
+        stolen = dict(video_up, url=video_up["url"].rsplit("=", 1)[0] + "=wrong")
+        assert put(stolen, clip.read_bytes()).json()["code"] == "upload_not_found"
+
+        r = c.post("/jobs", json={"video_upload_id": video_up["id"], "background_upload_id": bg_up["id"]})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["video"]["frames"] > 0  # the local file was inspected where it lies
+        objects = tmp_path / "objects"
+        assert not (objects / "uploads" / video_up["id"]).exists() or not any((objects / "uploads" / video_up["id"]).iterdir())
+        assert sorted(p.name for p in (objects / "jobs" / job["id"]).iterdir()) == ["background.jpg", "input.mkv"]
+        again = c.post("/jobs", json={"video_upload_id": video_up["id"], "background_color": "#000000"})
+        assert again.status_code == 422 and again.json()["code"] == "upload_not_found"  # used once only
+        worker.wait_ready()
+        done = poll(c, job["id"], {"succeeded", "failed"}, 600)
+        assert done["status"] == "succeeded", (done, worker.log())
+        assert done["result"]["frames"] == job["video"]["frames"]
+
+
+def test_unknown_foreign_incomplete_and_expired_uploads(redis_url: str, tmp_path: Path) -> None:
+    env = base_env(redis_url, tmp_path, **auth_env(), BACKDROP_UPLOAD_TTL_S="1")
+    clip = asl_clip()
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c, api.client(OTHER_KEY) as other:
+        for bad in ("0" * 32, "not-an-id", "../../etc"):
+            r = c.post("/jobs", json={"video_upload_id": bad, "background_blur": True})
+            assert r.status_code == 422 and r.json()["code"] == "upload_not_found", r.text
+        up = reserve(c, clip)
+        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
+        assert r.status_code == 409 and r.json()["code"] == "upload_incomplete", r.text
+        assert put(up, clip.read_bytes()).status_code == 204
+        r = other.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
+        assert r.status_code == 422 and r.json()["code"] == "upload_not_found"  # another tenant's
+        big = c.post("/uploads", json={"filename": "x.mp4", "size": api.settings.max_upload_bytes + 1})
+        assert big.status_code == 413 and big.json()["code"] == "upload_too_large"
+        stored = tmp_path / "objects" / "uploads" / up["id"]
+        assert any(stored.iterdir())
+        time.sleep(1.5)  # past upload_ttl_s
+        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
+        assert r.status_code == 422 and r.json()["code"] == "upload_not_found"
+        assert c.get("/jobs").json()["count"] == 0
+        # the housekeeping sweep deletes the object of the upload that expired unused
+        store = JobStore.from_settings(api.settings)
+        counts = sweep_uploads(store, LocalStore(tmp_path / "objects").delete_prefix)
+        assert counts["uploads_deleted"] == 1 and not stored.exists()
+
+
+def test_presigned_upload_to_s3_then_a_job_from_its_id(
+    redis_url: str, tmp_path: Path, worker_factory: Any, s3_endpoint: str
+) -> None:
+    env = job_env(redis_url, tmp_path, **s3_env(s3_endpoint))
+    worker = worker_factory(env)
+    clip = asl_clip()
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        up = reserve(c, clip, "video/x-matroska")
+        assert up["url"].startswith(s3_endpoint) and "X-Amz-Signature" in up["url"]
+        assert put(up, clip.read_bytes()).status_code == 200  # straight to the store
+        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_color": "#3366ff"})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["video"] is None  # on S3 only the leading bytes were checked: the worker inspects it
+        objects = api.app.state.objects
+        assert objects.keys(f"uploads/{up['id']}/") == []  # moved inside the store to the job's prefix
+        assert [k.rsplit("/", 1)[1] for k in objects.keys(f"jobs/{job['id']}/")] == ["input.mkv"]
+        worker.wait_ready()
+        done = poll(c, job["id"], {"succeeded", "failed"}, 600)
+        assert done["status"] == "succeeded", (done, worker.log())
+        assert done["video"]["frames"] == done["result"]["frames"] > 0
+
+
+def test_presigned_multipart_upload_to_s3(redis_url: str, tmp_path: Path, s3_endpoint: str) -> None:
+    env = base_env(redis_url, tmp_path, **auth_env(), **s3_env(s3_endpoint))
+    part = 5 * 1024 * 1024
+    data = b"\x00not a video" + bytes(range(256)) * (11 * 1024 * 1024 // 256)
+    src = tmp_path / "big.mp4"
+    src.write_bytes(data)
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        up = reserve(c, src, "video/mp4", part_size=part)
+        mp = up["multipart"]
+        assert up["url"] is None and mp["part_size"] == part and [p["number"] for p in mp["parts"]] == [1, 2, 3]
+        r = c.post(f"/uploads/{up['id']}/complete", json={"parts": [{"number": 1, "etag": '"nope"'}]})
+        assert r.status_code == 409 and r.json()["code"] == "upload_incomplete", r.text
+        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
+        assert r.status_code == 409 and r.json()["code"] == "upload_incomplete"
+        etags = []
+        for p in mp["parts"]:
+            chunk = data[(p["number"] - 1) * part : p["number"] * part]
+            resp = httpx.put(p["url"], content=chunk, trust_env=False, timeout=60)
+            assert resp.status_code == 200, resp.text
+            etags.append({"number": p["number"], "etag": resp.headers["etag"]})
+        r = c.post(mp["complete_url"].removeprefix(api.url), json={"parts": etags})
+        assert r.status_code == 204, r.text
+        assert api.app.state.objects.size(f"uploads/{up['id']}/file.mp4") == len(data)
+        # the limits are checked on the stored object's leading bytes (a ranged read), not a download
+        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
+        assert r.status_code == 415 and r.json()["code"] == "not_a_video", r.text
