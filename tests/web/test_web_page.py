@@ -93,6 +93,10 @@ def test_whole_flow_gives_the_video_with_its_frames_audio_and_colour(
     expect(page.get_by_test_id("time-taken")).to_contain_text("Done in")
     expect(page.get_by_test_id("result-video")).to_have_attribute("src", re.compile(".+"))
     page.wait_for_function("document.getElementById('result-video').readyState >= 2")  # it plays
+    page.locator("#split").fill("50")  # the before/after comparison: the original on the left half
+    expect(page.locator("#compare")).to_have_attribute("style", re.compile("--split: 50%"))
+    page.wait_for_function("document.getElementById('before-video').readyState >= 2")
+    page.wait_for_timeout(500)
     done_shot = shot("done")
 
     href = page.get_by_test_id("download").get_attribute("href")
