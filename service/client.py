@@ -1,0 +1,378 @@
+"""A client for Backdrop's HTTP API, sync (``Backdrop``) and async (``AsyncBackdrop``), on httpx.
+
+    from service.client import Backdrop
+
+    with Backdrop("https://backdrop.example.com", api_key="...") as bd:
+        job = bd.submit("in.mp4", background="beach.jpg", output_format="mp4")
+        bd.wait(job["id"], progress=lambda j: print(j["progress"]["percent"]))
+        bd.download(job["id"], "out.mp4")
+
+An input (``video=``, ``background=``) is a local file (a path), an ``http(s)://`` URL (the
+service's worker fetches it) or an :class:`Upload` from ``upload()``; a background may also be
+``"#RRGGBB"`` or ``"blur"``.  Every ``submit`` carries an ``Idempotency-Key`` of its own, kept
+across its retries, so a retried submit never makes two jobs.  Requests are retried, a bounded
+number of times, on connection errors and on 429/503 (honouring ``Retry-After``).  A refusal is
+raised as :class:`ApiError` with the problem's ``code``, ``status``, ``title`` and ``detail``; a job
+that ends failed or canceled, from ``wait``, as :class:`JobFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+Job = dict[str, Any]
+ProgressCallback = Callable[[Job], Any]
+_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+CHUNK = 1024 * 1024
+
+
+class ApiError(Exception):
+    """A refusal from the API (RFC 9457 problem), or a transport failure after the retries
+    (``code`` ``connection_error``, ``status`` 0)."""
+
+    def __init__(self, code: str, status: int, title: str = "", detail: str = "", retry_after_s: float | None = None):
+        super().__init__(f"{code} ({status}): {detail or title}")
+        self.code, self.status, self.title, self.detail = code, status, title, detail
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def from_response(cls, r: httpx.Response) -> ApiError:
+        try:
+            body = r.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        return cls(
+            str(body.get("code") or f"http_{r.status_code}"), r.status_code, str(body.get("title") or r.reason_phrase),
+            str(body.get("detail") or r.text[:500]), _retry_after(r),
+        )
+
+
+class JobFailed(ApiError):
+    """A job that ended ``failed`` (``code`` is its error code) or ``canceled``."""
+
+    def __init__(self, job: Job):
+        error = job.get("error") or {}
+        code = str(error.get("code") or job["status"])
+        super().__init__(code, 0, f"job {job['status']}", str(error.get("message") or ""))
+        self.job = job
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A direct upload (``POST /uploads`` and its PUT) that ``submit`` can name by id."""
+
+    id: str
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    value = r.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+def _is_url(value: object) -> bool:
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+def _fields(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _plan(video: Any, background: Any, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """(fields, files) of a submit: references become fields, paths become files."""
+    fields = _fields(options)
+    files: dict[str, Path] = {}
+    for name, value in (("video", video), ("background", background)):
+        if value is None:
+            continue
+        if isinstance(value, Upload):
+            fields[f"{name}_upload_id"] = value.id
+        elif _is_url(value):
+            fields[f"{name}_url"] = value
+        elif name == "background" and isinstance(value, str) and _COLOR.match(value):
+            fields["background_color"] = value
+        elif name == "background" and value == "blur":
+            fields["background_blur"] = True
+        else:
+            files[name] = Path(value)
+    return fields, files
+
+
+def _form_value(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+class _Base:
+    def __init__(self, base_url: str, api_key: str | None, max_retries: int, backoff_s: float, max_wait_s: float):
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.max_retries, self.backoff_s, self.max_wait_s = max_retries, backoff_s, max_wait_s
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        return min(self.max_wait_s, retry_after if retry_after is not None else self.backoff_s * 2**attempt)
+
+    @staticmethod
+    def _check(r: httpx.Response) -> httpx.Response:
+        if r.status_code >= 400:
+            raise ApiError.from_response(r)
+        return r
+
+
+class Backdrop(_Base):
+    """The synchronous client (see the module doc)."""
+
+    def __init__(
+        self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, *, timeout: float = 300.0,
+        max_retries: int = 4, backoff_s: float = 0.5, max_wait_s: float = 30.0, http: httpx.Client | None = None,
+    ):
+        super().__init__(base_url, api_key, max_retries, backoff_s, max_wait_s)
+        self.http = http or httpx.Client(timeout=timeout, trust_env=False)
+
+    def __enter__(self) -> Backdrop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, *, build: Callable[[ExitStack], dict[str, Any]] | None = None,
+                 **kw: Any) -> httpx.Response:
+        """One API call with the retries; ``build`` makes the body afresh for each attempt (files reopened)."""
+        url = path if _is_url(path) else self.base_url + path
+        base_headers = {**self.headers, **kw.pop("headers", {})}
+        for attempt in range(self.max_retries + 1):
+            with ExitStack() as stack:
+                extra = build(stack) if build else {}
+                headers = {**base_headers, **extra.pop("headers", {})}
+                try:
+                    r = self.http.request(method, url, headers=headers, **kw, **extra)
+                except httpx.TransportError as e:
+                    if attempt == self.max_retries:
+                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
+                    time.sleep(self._delay(attempt, None))
+                    continue
+            if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+                time.sleep(self._delay(attempt, _retry_after(r)))
+                continue
+            return self._check(r)
+        raise AssertionError("unreachable")
+
+    def submit(self, video: str | os.PathLike[str] | Upload, background: Any = None, *,
+               idempotency_key: str | None = None, **options: Any) -> Job:
+        """Queue a job (options: ``model``, ``output_format``, ``composite``, ``harmonize``,
+        ``callback_url``); the job as the API answered it.  Retried safely (one Idempotency-Key)."""
+        fields, files = _plan(video, background, options)
+        key = idempotency_key or uuid.uuid4().hex
+
+        def build(stack: ExitStack) -> dict[str, Any]:
+            if not files:
+                return {"json": fields, "headers": {"Idempotency-Key": key}}
+            opened = {n: (p.name, stack.enter_context(open(p, "rb"))) for n, p in files.items()}  # noqa: SIM115
+            data = {k: _form_value(v) for k, v in fields.items()}
+            return {"files": opened, "data": data, "headers": {"Idempotency-Key": key}}
+
+        return self._request("POST", "/jobs", build=build).json()  # type: ignore[no-any-return]
+
+    def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> Upload:
+        """Send a file straight to the service's store (``POST /uploads``, then its PUT or parts)."""
+        p = Path(path)
+        size = p.stat().st_size
+        up = self._request("POST", "/uploads", json={"filename": p.name, "content_type": content_type, "size": size}).json()
+        if up.get("multipart"):
+            mp = up["multipart"]
+            parts = []
+            for part in mp["parts"]:
+                chunk = _read_part(p, part["number"], mp["part_size"])
+                r = self._put(part["url"], chunk, {})
+                parts.append({"number": part["number"], "etag": r.headers["etag"]})
+            self._request("POST", mp["complete_url"], json={"parts": parts})
+        else:
+            with open(p, "rb") as f:
+                self._put(up["url"], f, up["headers"])
+        return Upload(up["id"])
+
+    def _put(self, url: str, body: BinaryIO | bytes, headers: dict[str, str]) -> httpx.Response:
+        """A PUT to a presigned (or token) URL: no API key, retried like the rest."""
+        for attempt in range(self.max_retries + 1):
+            if not isinstance(body, bytes):
+                body.seek(0)
+            try:
+                r = self.http.put(url, content=body, headers=headers)  # a file: sent with its Content-Length
+            except httpx.TransportError as e:
+                if attempt == self.max_retries:
+                    raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
+                time.sleep(self._delay(attempt, None))
+                continue
+            if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+                time.sleep(self._delay(attempt, _retry_after(r)))
+                continue
+            return self._check(r)
+        raise AssertionError("unreachable")
+
+    def get(self, job_id: str) -> Job:
+        return self._request("GET", f"/jobs/{job_id}").json()  # type: ignore[no-any-return]
+
+    def wait(self, job_id: str, *, progress: ProgressCallback | None = None, timeout: float | None = None,
+             poll_s: float = 1.0) -> Job:
+        """Poll until the job ends; ``progress(job)`` on each change.  The succeeded job, or
+        ``JobFailed``; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: Any = None
+        while True:
+            job = self.get(job_id)
+            seen = (job["status"], job["progress"]["frames_done"], job["progress"]["frames_total"])
+            if progress is not None and seen != last:
+                progress(job)
+            last = seen
+            if job["status"] in _TERMINAL:
+                if job["status"] != "succeeded":
+                    raise JobFailed(job)
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """Write the result to ``path`` (through a ``.part`` file, renamed when complete)."""
+        out = Path(path)
+        tmp = out.with_name(out.name + ".part")
+        url = self.base_url + f"/jobs/{job_id}/result"
+        with self.http.stream("GET", url, headers=self.headers, follow_redirects=True) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise ApiError.from_response(r)
+            with open(tmp, "wb") as f:
+                for chunk in r.iter_bytes(CHUNK):
+                    f.write(chunk)
+        os.replace(tmp, out)
+        return out
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a queued or running job (a finished one is deleted)."""
+        self._request("DELETE", f"/jobs/{job_id}")
+
+    def list_jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
+        return self._request("GET", "/jobs", params={"offset": offset, "limit": limit}).json()  # type: ignore[no-any-return]
+
+
+class AsyncBackdrop(_Base):
+    """The asynchronous client: the same methods as :class:`Backdrop`, awaited."""
+
+    def __init__(
+        self, base_url: str = "http://127.0.0.1:8000", api_key: str | None = None, *, timeout: float = 300.0,
+        max_retries: int = 4, backoff_s: float = 0.5, max_wait_s: float = 30.0, http: httpx.AsyncClient | None = None,
+    ):
+        super().__init__(base_url, api_key, max_retries, backoff_s, max_wait_s)
+        self.http = http or httpx.AsyncClient(timeout=timeout, trust_env=False)
+
+    async def __aenter__(self) -> AsyncBackdrop:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _request(self, method: str, path: str, *, build: Callable[[ExitStack], dict[str, Any]] | None = None,
+                       **kw: Any) -> httpx.Response:
+        url = path if _is_url(path) else self.base_url + path
+        base_headers = {**self.headers, **kw.pop("headers", {})}
+        for attempt in range(self.max_retries + 1):
+            with ExitStack() as stack:
+                extra = build(stack) if build else {}
+                headers = {**base_headers, **extra.pop("headers", {})}
+                try:
+                    r = await self.http.request(method, url, headers=headers, **kw, **extra)
+                except httpx.TransportError as e:
+                    if attempt == self.max_retries:
+                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
+                    await asyncio.sleep(self._delay(attempt, None))
+                    continue
+            if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+                await asyncio.sleep(self._delay(attempt, _retry_after(r)))
+                continue
+            return self._check(r)
+        raise AssertionError("unreachable")
+
+    async def submit(self, video: str | os.PathLike[str] | Upload, background: Any = None, *,
+                     idempotency_key: str | None = None, **options: Any) -> Job:
+        """See :meth:`Backdrop.submit`."""
+        fields, files = _plan(video, background, options)
+        key = idempotency_key or uuid.uuid4().hex
+
+        def build(stack: ExitStack) -> dict[str, Any]:
+            if not files:
+                return {"json": fields, "headers": {"Idempotency-Key": key}}
+            # httpx's async client wants the file bodies in memory or async; inputs are read per attempt
+            opened = {n: (p.name, p.read_bytes()) for n, p in files.items()}
+            data = {k: _form_value(v) for k, v in fields.items()}
+            return {"files": opened, "data": data, "headers": {"Idempotency-Key": key}}
+
+        return (await self._request("POST", "/jobs", build=build)).json()  # type: ignore[no-any-return]
+
+    async def get(self, job_id: str) -> Job:
+        return (await self._request("GET", f"/jobs/{job_id}")).json()  # type: ignore[no-any-return]
+
+    async def wait(self, job_id: str, *, progress: Callable[[Job], Any | Awaitable[Any]] | None = None,
+                   timeout: float | None = None, poll_s: float = 1.0) -> Job:
+        """See :meth:`Backdrop.wait` (``progress`` may be a coroutine function)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last: Any = None
+        while True:
+            job = await self.get(job_id)
+            seen = (job["status"], job["progress"]["frames_done"], job["progress"]["frames_total"])
+            if progress is not None and seen != last:
+                result = progress(job)
+                if asyncio.iscoroutine(result):
+                    await result
+            last = seen
+            if job["status"] in _TERMINAL:
+                if job["status"] != "succeeded":
+                    raise JobFailed(job)
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            await asyncio.sleep(poll_s)
+
+    async def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        out = Path(path)
+        tmp = out.with_name(out.name + ".part")
+        url = self.base_url + f"/jobs/{job_id}/result"
+        async with self.http.stream("GET", url, headers=self.headers, follow_redirects=True) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                raise ApiError.from_response(r)
+            with open(tmp, "wb") as f:  # noqa: ASYNC230 - chunks of 1 MiB to a local file
+                async for chunk in r.aiter_bytes(CHUNK):
+                    f.write(chunk)
+        os.replace(tmp, out)
+        return out
+
+    async def cancel(self, job_id: str) -> None:
+        await self._request("DELETE", f"/jobs/{job_id}")
+
+    async def list_jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
+        return (await self._request("GET", "/jobs", params={"offset": offset, "limit": limit})).json()  # type: ignore[no-any-return]
+
+
+def _read_part(path: Path, number: int, part_size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek((number - 1) * part_size)
+        return f.read(part_size)

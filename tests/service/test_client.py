@@ -1,0 +1,158 @@
+"""``service.client``: the sync and async clients against the real API and a real worker, typed
+errors, and the retry of a submit whose answer was lost (a loopback TCP proxy drops it), which must
+not make two jobs.  ``backdrop submit`` through it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stack import (
+    API_KEY,
+    OTHER_KEY,
+    ROOT,
+    ApiServer,
+    auth_env,
+    base_env,
+    count_frames,
+    make_env,
+    settings_from,
+)
+from test_end_to_end import asl_clip
+
+from service.client import ApiError, AsyncBackdrop, Backdrop, JobFailed, Upload
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 to ``target_port``.  The first connection that carries a
+    ``POST /jobs`` is forwarded to the API, which answers; the answer is swallowed and the client's
+    connection closed, as a network that fails after the server acted would."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.dropped = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            state = {"post": False}
+            threading.Thread(target=self._pipe, args=(client, upstream, state, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, state, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, state: dict[str, bool], answers: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if not answers and b"POST /jobs " in data:
+                    state["post"] = True
+                if answers and state["post"] and self.dropped == 0:
+                    self.dropped += 1  # the API has answered: the job exists; the client never hears of it
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_client_end_to_end_retry_errors_and_cli(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
+    (tmp_path / "spool").mkdir()
+    env = base_env(redis_url, tmp_path, **auth_env())
+    worker = worker_factory(env)
+    clip = asl_clip()
+    with ApiServer(settings_from(env)) as api:
+        proxy = DroppingProxy(api.port)
+        try:
+            with Backdrop(proxy.url, API_KEY, backoff_s=0.1) as bd:
+                # the first answer is lost; the retry carries the same Idempotency-Key: one job
+                job = bd.submit(clip, background="#00ff00", output_format="mp4")
+                assert proxy.dropped == 1
+                listed = bd.list_jobs()
+                assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
+
+                seen: list[dict[str, Any]] = []
+                worker.wait_ready()
+                done = bd.wait(job["id"], progress=seen.append, timeout=600, poll_s=0.2)
+                assert done["status"] == "succeeded", worker.log()
+                assert seen[-1]["status"] == "succeeded"
+                assert any(s["status"] == "running" and 0 < s["progress"]["frames_done"] for s in seen)
+                out = bd.download(job["id"], tmp_path / "out.mp4")
+                assert count_frames(out)[0] == done["result"]["frames"]
+
+                # typed errors carry the problem's fields
+                with pytest.raises(ApiError) as e:
+                    bd.submit(clip, background="#00ff00", model="nope")
+                assert e.value.code == "unknown_model" and e.value.status == 422 and e.value.title and e.value.detail
+                with pytest.raises(ApiError) as e:
+                    bd.submit("http://127.0.0.1:9/clip.mp4", background="blur")
+                assert e.value.code == "fetch_refused" and e.value.status == 422
+                with pytest.raises(ApiError) as e:
+                    bd.get("0" * 32)
+                assert e.value.code == "job_not_found" and e.value.status == 404
+
+                # a direct upload, then a job from it, canceled while it waits or runs
+                up = bd.upload(clip)
+                assert isinstance(up, Upload)
+                job2 = bd.submit(up, background="blur", output_format="mp4")
+                bd.cancel(job2["id"])
+                with pytest.raises(JobFailed) as failed:
+                    bd.wait(job2["id"], timeout=120, poll_s=0.2)
+                assert failed.value.code == "canceled" and failed.value.job["status"] == "canceled"
+            with Backdrop(api.url, OTHER_KEY) as other, pytest.raises(ApiError) as e:
+                other.get(job["id"])
+            assert e.value.code == "job_not_found"
+            with Backdrop(api.url, "x" * 40, max_retries=0) as nobody, pytest.raises(ApiError) as e:
+                nobody.list_jobs()
+            assert e.value.code == "unauthorized" and e.value.status == 401
+
+            async def async_flow() -> dict[str, Any]:
+                async with AsyncBackdrop(api.url, API_KEY, backoff_s=0.1) as abd:
+                    j = await abd.submit(clip, background="#0000ff", output_format="mp4")
+                    d = await abd.wait(j["id"], timeout=600, poll_s=0.2)
+                    await abd.download(j["id"], tmp_path / "async.mp4")
+                    return d
+
+            adone = asyncio.run(async_flow())
+            assert adone["status"] == "succeeded"
+            assert count_frames(tmp_path / "async.mp4")[0] == adone["result"]["frames"]
+
+            # `backdrop submit` goes through the client
+            out = tmp_path / "cli.mp4"
+            cli = subprocess.run(
+                [sys.executable, "-m", "service.cli", "submit", str(clip), "-b", "#ff0000", "-o", str(out),
+                 "--api", api.url, "--key", API_KEY, "--poll", "0.2", "-q"],
+                cwd=ROOT, env=make_env(env), capture_output=True, text=True, timeout=600,
+            )
+            assert cli.returncode == 0, cli.stderr
+            assert count_frames(out)[0] > 0
+            bad = subprocess.run(
+                [sys.executable, "-m", "service.cli", "submit", str(clip), "--model", "nope",
+                 "--api", api.url, "--key", API_KEY],
+                cwd=ROOT, env=make_env(env), capture_output=True, text=True, timeout=120,
+            )
+            assert bad.returncode == 2 and "unknown_model" in bad.stderr
+            with Backdrop(api.url, API_KEY) as bd:
+                assert bd.list_jobs()["count"] == 4  # the lost-answer submit made one job, not two
+        finally:
+            proxy.close()
