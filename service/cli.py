@@ -23,6 +23,7 @@ def _replace(args: argparse.Namespace) -> int:
     options = Options.parse(
         model=args.model, output_format=args.format, composite=args.composite, harmonize=args.harmonize,
         edge_refine=args.edge_refine, background=background_kind(args.background),
+        keep_points=";".join(args.keep_person), people=args.people,
     )
     bars: list[tqdm] = []  # made on the first report, so a refused input prints no empty bar
 
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="colour harmonisation strength, 0 (off) to 1; mp4 output only")
     rep.add_argument("--edge-refine", dest="edge_refine", action=argparse.BooleanOptionalAction, default=None,
                      help="refine mask edges (default: BACKDROP_EDGE_REFINE, else on for deeplabv3plus, off for rvm)")
+    rep.add_argument("--keep-person", dest="keep_person", action="append", default=[], metavar="X,Y",
+                     help="keep only the person under pixel X,Y of the first (upright) frame; repeatable")
+    rep.add_argument("--people", default="all", choices=["all", "largest"],
+                     help="who stays: all (default) or the largest person of the first frame")
     rep.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=_replace)
 

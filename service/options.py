@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from service.errors import (
     IncompatibleOptions,
@@ -28,6 +28,10 @@ OutputFormat = Literal["mp4", "webm", "mov", "matte", "greenscreen"]
 CompositorName = Literal["alpha", "poisson"]
 #: ``none``: no background given (allowed only where the output shows none).
 BackgroundKind = Literal["file", "color", "blur", "none"]
+#: ``all``: everyone in the matte stays (the default); ``largest``: only the person owning most of the
+#: first frame's matte.
+PeopleChoice = Literal["all", "largest"]
+MAX_KEEP_POINTS = 6  # the person detector finds at most six people
 
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -57,8 +61,29 @@ class Options(BaseModel):
         None, description="Which background the job has; None while not known yet (checked again once it is)"
     )
 
+    keep_points: tuple[tuple[int, int], ...] = Field(
+        (), max_length=MAX_KEEP_POINTS,
+        description="Keep only the people under these (x, y) pixels of the first, upright frame; "
+        "also accepted as 'x,y;x,y'",
+    )
+    people: PeopleChoice = Field("all", description="Who stays: all, or only the largest person")
+
+    @field_validator("keep_points", mode="before")
+    @classmethod
+    def _points(cls, value: Any) -> Any:
+        return parse_points(value) if isinstance(value, str) else value
+
+    @property
+    def selects_people(self) -> bool:
+        """Whether only some people stay (the person detector runs); False keeps today's output."""
+        return bool(self.keep_points) or self.people != "all"
+
     @model_validator(mode="after")
     def _combinations(self) -> Options:
+        if self.keep_points and self.people != "all":
+            raise IncompatibleOptions("give keep_points or people=largest, not both")
+        if any(x < 0 or y < 0 for x, y in self.keep_points):
+            raise InvalidParameter(f"keep_points: pixel coordinates are not negative, got {_points_text(self.keep_points)}")
         if self.harmonize > 0 and self.output_format not in SCENE_FORMATS:
             raise IncompatibleOptions(
                 f"harmonize matches the person to a background scene, which {self.output_format} output does not "
@@ -124,11 +149,26 @@ def form_background_kind(has_file: bool, color: str | None, blur: bool) -> Backg
     return given[0] if given else "none"
 
 
+def parse_points(text: str) -> tuple[tuple[int, int], ...]:
+    """``"x,y;x,y"`` (whole pixels; spaces allowed) → ((x, y), ...); ``InvalidParameter`` otherwise."""
+    points = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        xy = [c.strip() for c in part.split(",")]
+        if len(xy) != 2 or not all(c.isdigit() for c in xy):
+            raise InvalidParameter(f"keep_points: a point is x,y in whole pixels (points joined by ';'), not {_short(part)}")
+        points.append((int(xy[0]), int(xy[1])))
+    return tuple(points)
+
+
+def _points_text(points: tuple[tuple[int, int], ...]) -> str:
+    return ";".join(f"{x},{y}" for x, y in points)
+
+
 def _short(value: object) -> str:
     return repr(value if not isinstance(value, str) else value[:40])
 
 
 __all__ = [
     "COMPOSITORS", "MODEL_NAMES", "OUTPUT_FORMATS", "SCENE_FORMATS", "BackgroundKind", "Options",
-    "background_kind", "check_color", "form_background_kind",
+    "background_kind", "check_color", "form_background_kind", "parse_points",
 ]

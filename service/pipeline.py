@@ -31,6 +31,7 @@ from service.errors import Canceled
 from service.inference.compositing import create_compositor
 from service.inference.harmonize import Harmonizer
 from service.inference.models import MattingModel, get_model
+from service.inference.people import PeopleSelection
 from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
 from service.media.decode import iter_frames
@@ -142,6 +143,15 @@ def edge_refine(options: ReplaceOptions, settings: Settings, model: MattingModel
         if choice is not None:
             return choice
     return model.refine_by_default
+
+
+def people_selection(options: ReplaceOptions, settings: Settings) -> PeopleSelection | None:
+    """The per-job choice of who stays, or None when everyone does (then nothing runs: the output is
+    the same as without the feature).  It multiplies the alpha before compositing, so it works with
+    every model, output format and compositor."""
+    if not options.selects_people:
+        return None
+    return PeopleSelection(options.keep_points, options.people == "largest", settings=settings)
 
 
 def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
@@ -268,6 +278,7 @@ def _run(
         state = model.new_state()
         refiner = EdgeRefiner() if edge_refine(options, settings, model) else None
         harmonizer = Harmonizer(options.harmonize, settings) if options.harmonize > 0 else None
+        selection = people_selection(options, settings)
         while True:
             if cancel is not None and cancel():
                 raise Canceled("the job was canceled")
@@ -277,6 +288,8 @@ def _run(
             batch: _Batch = item  # type: ignore[assignment]
             matte, state = model.predict(batch.images, state)
             alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha)
+            if selection is not None:
+                alpha = selection(batch.images, alpha)
             fg = matte.foreground
             if harmonizer is not None and batch.background is not None:
                 fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background)
