@@ -291,9 +291,10 @@ class AsyncBackdrop(_Base):
         await self.http.aclose()
 
     async def _request(self, method: str, path: str, *, build: Callable[[ExitStack], dict[str, Any]] | None = None,
-                       **kw: Any) -> httpx.Response:
+                       bare: bool = False, **kw: Any) -> httpx.Response:
+        """See ``Backdrop._request``; ``bare``: without the API key (a presigned or token URL)."""
         url = path if _is_url(path) else self.base_url + path
-        base_headers = {**self.headers, **kw.pop("headers", {})}
+        base_headers = {**({} if bare else self.headers), **kw.pop("headers", {})}
         for attempt in range(self.max_retries + 1):
             with ExitStack() as stack:
                 extra = build(stack) if build else {}
@@ -326,6 +327,23 @@ class AsyncBackdrop(_Base):
             return {"files": opened, "data": data, "headers": {"Idempotency-Key": key}}
 
         return (await self._request("POST", "/jobs", build=build)).json()  # type: ignore[no-any-return]
+
+    async def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> Upload:
+        """See :meth:`Backdrop.upload` (each part or the file is read into memory when sent)."""
+        p = Path(path)
+        body = {"filename": p.name, "content_type": content_type, "size": p.stat().st_size}
+        up = (await self._request("POST", "/uploads", json=body)).json()
+        if up.get("multipart"):
+            mp = up["multipart"]
+            parts = []
+            for part in mp["parts"]:
+                chunk = _read_part(p, part["number"], mp["part_size"])
+                r = await self._request("PUT", part["url"], content=chunk, bare=True)
+                parts.append({"number": part["number"], "etag": r.headers["etag"]})
+            await self._request("POST", mp["complete_url"], json={"parts": parts})
+        else:
+            await self._request("PUT", up["url"], content=p.read_bytes(), headers=up["headers"], bare=True)
+        return Upload(up["id"])
 
     async def get(self, job_id: str) -> Job:
         return (await self._request("GET", f"/jobs/{job_id}")).json()  # type: ignore[no-any-return]

@@ -128,7 +128,8 @@ def test_client_end_to_end_retry_errors_and_cli(redis_url: str, tmp_path: Path, 
 
             async def async_flow() -> dict[str, Any]:
                 async with AsyncBackdrop(api.url, API_KEY, backoff_s=0.1) as abd:
-                    j = await abd.submit(clip, background="#0000ff", output_format="mp4")
+                    up = await abd.upload(clip)
+                    j = await abd.submit(up, background="#0000ff", output_format="mp4")
                     d = await abd.wait(j["id"], timeout=600, poll_s=0.2)
                     await abd.download(j["id"], tmp_path / "async.mp4")
                     return d
