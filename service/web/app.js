@@ -490,10 +490,11 @@ function jobRow(job) {
   const actions = document.createElement("td");
   if (job.status === "succeeded") {
     const a = document.createElement("a");
-    a.textContent = "Download";
+    // "Save" and "Stop" here, "Download" and "Cancel" for the job on the page: every name is unique
+    a.textContent = "Save";
     a.href = job.result.url || `/jobs/${job.id}/result`;
     a.download = "";
-    a.setAttribute("aria-label", `Download the result of ${cells[1].textContent}`);
+    a.setAttribute("aria-label", `Save the result of job ${cells[1].textContent}`);
     a.addEventListener("click", async (ev) => {
       if (!apiKey() || !sameOrigin(a.href) || a.href.startsWith("blob:")) return;
       ev.preventDefault(); // fetch with the key, then download the blob
@@ -503,7 +504,7 @@ function jobRow(job) {
   }
   const del = document.createElement("button");
   del.type = "button";
-  del.textContent = TERMINAL.has(job.status) ? "Delete" : "Cancel";
+  del.textContent = TERMINAL.has(job.status) ? "Delete" : "Stop";
   del.setAttribute("aria-label", `${del.textContent} job ${cells[1].textContent}`);
   del.addEventListener("click", async () => {
     try { await api(`/jobs/${job.id}`, { method: "DELETE" }); } catch (e) { showError(e.message); }
