@@ -178,6 +178,10 @@ def test_a_private_url_is_refused_at_post_under_the_default_settings(
         r = c.post("/jobs", files=form(video_url=f"{upstream.url}/clip.mkv", background_blur="true"))
         assert r.status_code == 422 and r.json()["code"] == "fetch_refused", r.text
         assert c.get("/jobs").json()["count"] == 0
+        # the OpenAPI document describes both bodies of POST /jobs
+        body = c.get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]["content"]
+        assert {"video_url", "video_upload_id", "background_color"} <= set(body["application/json"]["schema"]["properties"])
+        assert {"video", "video_url", "background_upload_id"} <= set(body["multipart/form-data"]["schema"]["properties"])
     assert upstream.hits == []  # the API never fetches
 
 
@@ -187,10 +191,15 @@ def test_url_inputs_run_end_to_end_and_fetch_errors_fail_the_job(
     env = base_env(redis_url, tmp_path, **auth_env(), BACKDROP_FETCH_ALLOW_PRIVATE="true")
     worker = worker_factory(env)
     with ApiServer(settings_from(env)) as api, api.client(API_KEY, timeout=60) as c:
-        r = c.post("/jobs", json={"video_url": f"{upstream.url}/clip.mkv", "background_url": f"{upstream.url}/bg.jpg",
-                                  "output_format": "mp4", "harmonize": 0})
+        body = {"video_url": f"{upstream.url}/clip.mkv", "background_url": f"{upstream.url}/bg.jpg",
+                "output_format": "mp4", "harmonize": 0}
+        r = c.post("/jobs", json=body, headers={"Idempotency-Key": "url-job-1"})
         assert r.status_code == 202, r.text
         job = r.json()
+        replay = c.post("/jobs", json=body, headers={"Idempotency-Key": "url-job-1"})  # same job, not a second
+        assert replay.json()["id"] == job["id"] and replay.headers["idempotent-replayed"] == "true"
+        other = c.post("/jobs", json={**body, "video_url": f"{upstream.url}/other.mkv"}, headers={"Idempotency-Key": "url-job-1"})
+        assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
         assert job["video"] is None and job["progress"]["frames_total"] == 0  # not known before the worker looks
         missing = c.post("/jobs", files=form(video_url=f"{upstream.url}/missing.mp4", background_color="#00ff00"))
         assert missing.status_code == 202, missing.text
