@@ -214,6 +214,10 @@ def process_job(self: Any, job_id: str) -> str:
             return "failed"
         beat = _Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
         beat.start()
+        if settings.spool_dir is not None:
+            # the API's uploads used to create it; a job from a URL or an upload id may come first.
+            # If it cannot be made, the error ends this attempt and the reaper counts it (the cap).
+            os.makedirs(settings.spool_dir, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id[:8]}-", dir=settings.spool_dir))
         hard = (job.time_limit_s or 0) + settings.task_time_grace_s
 
