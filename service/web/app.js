@@ -378,6 +378,8 @@ async function follow(job) {
   state.job = job;
   state.samples = [];
   while (state.job && state.job.id === id) {
+    // the result first: once the status says "succeeded", the player and the download link are ready
+    if (job.status === "succeeded") await showResult(job).catch((e) => showError(e.message));
     showJob(job);
     if (TERMINAL.has(job.status)) break;
     await sleep(500);
@@ -393,7 +395,6 @@ async function follow(job) {
   if (!state.job || state.job.id !== id) return; // another job is followed now
   endRun();
   refreshJobs();
-  if (job.status === "succeeded") await showResult(job);
 }
 
 function showJob(job) {

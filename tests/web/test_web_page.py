@@ -99,7 +99,7 @@ def test_whole_flow_gives_the_video_with_its_frames_audio_and_colour(
     page.wait_for_timeout(500)
     done_shot = shot("done")
 
-    href = page.get_by_test_id("download").get_attribute("href")
+    href = page.get_by_test_id("download").get_attribute("href")  # ready when the status says succeeded
     assert href and href.startswith(web.url)
     out = tmp_path / "result.mp4"
     with httpx.Client(trust_env=False, timeout=60) as c:
