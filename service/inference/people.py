@@ -239,10 +239,13 @@ class PersonSplitter:
         nearest = owner_of_px[nearest_px]
         # owners per component: one seed owner → the whole component; several → per pixel; none → stray
         in_fg = (comp > 0) & (seeds != 0)
-        pairs = np.unique(np.stack([comp[in_fg], seeds[in_fg]]), axis=1)
-        counts = np.bincount(pairs[0], minlength=n)
+        k = int(seeds.max()) + 1
+        pairs = np.unique(comp[in_fg].astype(np.int64) * k + seeds[in_fg])  # (component, owner) pairs
+        pair_comp, pair_owner = pairs // k, (pairs % k).astype(np.int32)
+        counts = np.bincount(pair_comp, minlength=n)
         single = np.zeros(n, np.int32)
-        single[pairs[0][counts[pairs[0]] == 1]] = pairs[1][counts[pairs[0]] == 1]
+        alone = counts[pair_comp] == 1
+        single[pair_comp[alone]] = pair_owner[alone]
         per_comp = single[comp]
         several = counts[comp] > 1
         stray = (comp > 0) & (counts[comp] == 0)
@@ -277,6 +280,40 @@ def person_at(owners: np.ndarray, scale: float, point: tuple[int, int]) -> int:
         return int(owners[gy, gx])
     ids, counts = np.unique(window[window > 0], return_counts=True)
     return int(ids[np.argmax(counts)]) if len(ids) else 0
+
+
+@dataclass(frozen=True)
+class PersonFound:
+    """One person of a frame as a UI draws and picks it: the id, the box (frame pixels, x0 y0 x1 y1)
+    and a point inside the person's matte (the pixel farthest from its edge): sent back as a keep
+    point, that point selects this person."""
+
+    id: int
+    box: tuple[int, int, int, int]
+    point: tuple[int, int]
+    score: float
+
+
+def people_found(splitter: PersonSplitter, owners: np.ndarray) -> list[PersonFound]:
+    """The people of the frame ``splitter`` last split (its owner grid ``owners``), largest first."""
+    found = []
+    for tid, det in splitter.detections.items():
+        mine = (owners == tid).astype(np.uint8)
+        if not mine.any():
+            continue
+        depth = cv2.distanceTransform(np.pad(mine, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        gy, gx = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        point = (int((gx + 0.5) / splitter.scale), int((gy + 0.5) / splitter.scale))
+        box = tuple(int(round(float(v))) for v in det.box)
+        found.append((int(mine.sum()), PersonFound(tid, box, point, round(det.score, 3))))  # type: ignore[arg-type]
+    return [p for _, p in sorted(found, key=lambda f: -f[0])]
+
+
+def first_frame_people(frame: np.ndarray, alpha: np.ndarray, settings: Settings | None = None) -> list[PersonFound]:
+    """The people of one frame (its matte ``alpha`` at frame size), for a UI to offer: what
+    ``PeopleSelection`` will find on a job's first frame, with the same ids."""
+    splitter = PersonSplitter(PersonDetector(settings))
+    return people_found(splitter, splitter.split(frame, alpha))
 
 
 def largest_person(owners: np.ndarray) -> int:

@@ -22,7 +22,9 @@ from service.inference.people import (
     PersonDetector,
     PersonSplitter,
     Tracker,
+    first_frame_people,
     keep_multiplier,
+    people_found,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,3 +165,47 @@ def test_selection_by_point_largest_and_refusals(detector: PersonDetector) -> No
         PeopleSelection([(400, 10)], detector=detector)(sc.frames, alpha)
     with pytest.raises(NoPersonFound):
         PeopleSelection(largest=True, detector=detector)(sc.frames, np.zeros_like(alpha))
+
+
+def test_people_found_on_the_first_frame_give_points_that_select_them(detector: PersonDetector) -> None:
+    sc = scene(2, frames=1)
+    alpha = (sc.masks[0, 0] | sc.masks[1, 0]).astype(np.float32)
+    splitter = PersonSplitter(detector)
+    found = people_found(splitter, splitter.split(sc.frames[0], alpha))
+    assert len(found) == 2
+    largest = int(np.argmax(sc.masks[:, 0].sum(axis=(1, 2))))
+    for rank, p in enumerate(found):
+        x, y = p.point
+        person = int(np.argmax(sc.masks[:, 0, y, x]))
+        assert sc.masks[person, 0, y, x]  # the point is inside a person...
+        assert (person == largest) == (rank == 0)  # ...listed largest first
+        ys, xs = np.nonzero(sc.masks[person, 0])
+        x0, y0, x1, y1 = p.box
+        assert abs(x0 - xs.min()) < 20 and abs(x1 - xs.max()) < 20 and abs(y0 - ys.min()) < 30
+        # sent back as a keep point, it keeps that person
+        out = PeopleSelection([p.point], detector=detector)(sc.frames, alpha[None])
+        assert ((out[0] > 0.5) == sc.masks[person, 0]).mean() > 0.99
+    assert [p.id for p in first_frame_people(sc.frames[0], alpha)] == [p.id for p in found]
+
+
+def test_matte_touching_nobody_goes_to_a_near_person_or_to_nobody(detector: PersonDetector) -> None:
+    sc = scene(2, frames=1)
+    alpha = (sc.masks[0, 0] | sc.masks[1, 0]).astype(np.float32)
+    ys, xs = np.nonzero(sc.masks[0, 0])
+    row = int(np.median(ys))
+    near = (slice(row, row + 10), slice(int(xs[ys == row].max()) + 4, int(xs[ys == row].max()) + 12))
+    far = (slice(2, 12), slice(150, 170))  # top middle, far from both heads
+    assert not alpha[near].any() and not alpha[far].any()
+    alpha[near] = 1.0  # a hand the threshold cut off, a few pixels away
+    alpha[far] = 1.0  # something the matting model mistook for a person
+    splitter = PersonSplitter(detector)
+    owners = splitter.split(sc.frames[0], alpha)
+    person0 = np.bincount(owners[on_grid(sc.masks[0, 0], owners)].clip(0)).argmax()
+    mask = np.zeros(alpha.shape, bool)
+    mask[near] = True
+    assert (owners[on_grid(mask, owners)] == person0).all()
+    mask[:] = False
+    mask[far] = True
+    assert (owners[on_grid(mask, owners)] == -1).all()
+    out = PeopleSelection([sc.start_point(0)], detector=detector)(sc.frames, alpha[None])
+    assert out[0][far].max() == 0 and out[0][near].min() == 1
