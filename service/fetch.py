@@ -21,7 +21,7 @@ import httpx
 
 from service.config import Settings
 from service.errors import FetchFailed, FetchRefused, FetchTimeout, FetchTooLarge, UploadTooLarge
-from service.webhooks import _checked_addresses, _target, pinned_stream, read_capped
+from service.webhooks import check_url, pinned_stream, read_capped
 
 MAX_REDIRECTS = 3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -30,8 +30,7 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 def check_fetch_url(url: str, settings: Settings) -> str:
     """``url`` if the worker may fetch it (http(s), no credentials, every address public unless
     ``fetch_allow_private``); ``FetchRefused`` otherwise.  Nothing is connected to."""
-    _checked_addresses(_target(url, FetchRefused), settings, settings.fetch_allow_private, FetchRefused)
-    return url
+    return check_url(url, settings, allow_private=settings.fetch_allow_private, refuse=FetchRefused)
 
 
 def url_suffix(url: str) -> str:

@@ -119,13 +119,19 @@ def _checked_addresses(
     return addresses
 
 
-def check_callback_url(url: str, settings: Settings | None = None) -> str:
-    """``url`` if it is an http(s) URL whose host resolves only to public addresses (or private
-    ones are allowed by settings); ``CallbackRefused`` otherwise.  The API calls this to refuse a
-    job early; delivery checks again and connects only to what it checked (``pinned_stream``)."""
-    settings = settings or get_settings()
-    _checked_addresses(_target(url), settings)
+def check_url(
+    url: str, settings: Settings, *, allow_private: bool | None = None, refuse: type[InputError] = CallbackRefused
+) -> str:
+    """``url`` if it is an http(s) URL without credentials whose host resolves only to public
+    addresses (or ``allow_private``); ``refuse`` otherwise.  Nothing is connected to: the API calls
+    this to refuse a job early, and whoever connects later checks again (``pinned_stream``)."""
+    _checked_addresses(_target(url, refuse), settings, allow_private, refuse)
     return url
+
+
+def check_callback_url(url: str, settings: Settings | None = None) -> str:
+    """``check_url`` for a callback (``webhook_allow_private``, ``CallbackRefused``)."""
+    return check_url(url, settings or get_settings())
 
 
 @contextmanager
