@@ -8,9 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 import stack  # noqa: E402
 from stack import data_path  # noqa: E402,F401 - offered to test modules like the other conftests
-
-_dbs = iter(range(1, 60))
+from webstack import PageLog  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,42 +35,6 @@ def web_redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc.wait(10)
 
 
-@dataclass
-class WebStack:
-    api: stack.ApiServer
-    env: dict[str, str]
-    workers: list[stack.Worker] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return self.api.url
-
-
-def start_stack(port: int, tmp: Path, extra: dict[str, str], video_worker: bool = True) -> WebStack:
-    """API + preview worker (+ a video worker), all real; stop it with ``stop_stack``."""
-    url = f"redis://127.0.0.1:{port}/{next(_dbs)}"
-    redis.Redis.from_url(url).flushdb()
-    env = stack.base_env(url, tmp, **extra)
-    workers = [stack.Worker(env, f"preview-{uuid.uuid4().hex[:4]}", tmp / "worker-preview.log", preview=True).start()]
-    if video_worker:
-        workers.append(stack.Worker(env, f"video-{uuid.uuid4().hex[:4]}", tmp / "worker-video.log").start())
-    try:
-        api = stack.ApiServer(stack.settings_from(env)).__enter__()
-        for w in workers:
-            w.wait_ready(90)
-    except BaseException:
-        for w in workers:
-            w.stop()
-        raise
-    return WebStack(api, env, workers)
-
-
-def stop_stack(s: WebStack) -> None:
-    s.api.__exit__(None, None, None)
-    for w in s.workers:
-        w.stop()
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
@@ -84,18 +45,6 @@ def browser() -> Iterator[Any]:
         b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
         yield b
         b.close()
-
-
-@dataclass
-class PageLog:
-    """Console errors and uncaught page errors of one page; ``allowed`` names expected answers
-    (a 4xx the test provokes shows as a failed resource load in the console)."""
-
-    errors: list[str] = field(default_factory=list)
-
-    def check(self, *allowed: str) -> None:
-        left = [e for e in self.errors if not any(a in e for a in allowed)]
-        assert not left, f"console or page errors: {left}"
 
 
 @pytest.fixture

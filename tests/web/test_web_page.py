@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 from clips import first_frame_jpeg, short_clip
-from conftest import WebStack, start_stack, stop_stack
 from playwright.sync_api import expect
 from stack import count_frames, data_path
+from webstack import WebStack, start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
