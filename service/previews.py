@@ -59,6 +59,9 @@ class Preview(BaseModel):
     height: int = 0
     #: Whether the output shows a scene (mp4, greenscreen, matte): then ``composite.jpg`` exists.
     has_composite: bool = False
+    #: The people found on the frame (``service.inference.people.PersonFound``: id, box, point, score),
+    #: largest first, for a UI to draw and pick from; a point sent back as ``keep_points`` keeps that person.
+    people: list[dict[str, Any]] = Field(default_factory=list)
     seconds: float | None = None
     error: JobError | None = None
 

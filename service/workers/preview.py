@@ -159,6 +159,20 @@ def _render_to_store(preview: Preview, workdir: Path, options: Any, settings: Se
         _write(workdir / COMPOSITE, shown, rgba=False)
         objects.put_file(preview.prefix + COMPOSITE, workdir / COMPOSITE, "image/jpeg")
     preview.has_composite = shown is not None
+    preview.people = people_of(image, cutout, settings)
+
+
+def people_of(image: Any, cutout: Any, settings: Settings) -> list[dict[str, Any]]:
+    """The people on the frame (choosing who stays, issue 14), split by the preview's own matte (the
+    cut-out's alpha), as JSON-ready dicts."""
+    from dataclasses import asdict
+
+    import numpy as np
+
+    from service.inference.people import first_frame_people
+
+    alpha = cutout[..., 3].astype(np.float32) / 255.0
+    return [asdict(p) for p in first_frame_people(image, alpha, settings)]
 
 
 @app.task(name=PREVIEW_SWEEP_TASK, acks_late=False, ignore_result=True)

@@ -78,6 +78,15 @@ MULTIPART_DOC: dict[str, Any] = {
 }
 
 
+class PersonPublic(BaseModel):
+    """One person of the frame, for choosing who stays: send ``point`` back as a keep point."""
+
+    id: int
+    box: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in frame pixels")
+    point: tuple[int, int] = Field(description="x, y of a pixel inside the person: a keep point that selects them")
+    score: float = Field(description="The detector's confidence, 0 to 1")
+
+
 class PreviewPublic(BaseModel):
     id: str
     status: PreviewStatus
@@ -88,6 +97,9 @@ class PreviewPublic(BaseModel):
     seconds: float | None = Field(description="Time the worker took to render it")
     cutout_url: str | None = Field(description="The person cut out, RGBA PNG (presigned on S3)")
     composite_url: str | None = Field(description="The frame as the chosen output shows it, JPEG (None for webm/mov)")
+    people: list[PersonPublic] = Field(
+        default_factory=list, description="People found on the frame, largest first (empty until it succeeded)"
+    )
     error: ErrorPublic | None
     expires_in_s: int
 
@@ -115,6 +127,7 @@ def _public(request: Request, preview: Preview) -> dict[str, Any]:
         "seconds": preview.seconds,
         "cutout_url": _url(request, preview, CUTOUT) if done else None,
         "composite_url": _url(request, preview, COMPOSITE) if done and preview.has_composite else None,
+        "people": preview.people if done else [],
         "error": preview.error.model_dump() if preview.error else None,
         "expires_in_s": request.app.state.settings.preview_ttl_s,
     }

@@ -1,0 +1,76 @@
+"""The preview lists the people of the frame (choosing who stays, issue 14): against the real API,
+Redis and preview worker, a frame with two real people (from the generated two-person scene of
+bench/people.py) answers two people, largest first, each with a box around that person and a point
+inside them; a frame with nobody answers none."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from stack import data_path
+from webstack import start_stack, stop_stack
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_people():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
+    if "bench_people" not in sys.modules:
+        sys.modules["bench_people"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def previews(web_redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    s = start_stack(web_redis_port, tmp_path_factory.mktemp("people"), {}, video_worker=False)
+    yield s
+    stop_stack(s)
+
+
+def preview(url: str, frame: np.ndarray) -> dict[str, Any]:
+    ok, png = cv2.imencode(".png", frame[..., ::-1])
+    assert ok
+    with httpx.Client(base_url=url, trust_env=False, timeout=60) as c:
+        body = c.post("/previews", files={"frame": ("frame.png", png.tobytes(), "image/png")},
+                      data={"background_color": "#00ff00"}).json()
+        deadline = time.monotonic() + 60
+        while body.get("status") not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+            body = c.get(f"/previews/{body['id']}").json()
+    assert body["status"] == "succeeded", body
+    return body
+
+
+def test_the_preview_lists_the_people_of_the_frame(previews: Any) -> None:
+    bp = bench_people()
+    scene = bp.make_scene(data_path("portraits", "val"), data_path("backgrounds", bp.BACKGROUND), 2, (480, 360), 1)
+    people = preview(previews.url, scene.frames[0])["people"]
+    assert len(people) == 2, people
+    sizes = scene.masks[:, 0].sum(axis=(1, 2))
+    found = []
+    for p in people:
+        x, y = p["point"]
+        person = int(np.argmax(scene.masks[:, 0, y, x]))
+        assert scene.masks[person, 0, y, x], p  # the point is inside a person
+        ys, xs = np.nonzero(scene.masks[person, 0])
+        x0, y0, x1, y1 = p["box"]
+        assert x0 - 25 <= xs.min() and xs.max() <= x1 + 25 and y0 - 40 <= ys.min(), p
+        assert isinstance(p["id"], int) and 0 < p["score"] <= 1
+        found.append(person)
+    assert sorted(found) == [0, 1] and found[0] == int(np.argmax(sizes))  # both, largest first
+
+    background = np.ascontiguousarray(cv2.imread(str(data_path("backgrounds", bp.BACKGROUND)))[:360, :480, ::-1])
+    assert preview(previews.url, background)["people"] == []
