@@ -19,10 +19,10 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from service.errors import Canceled
 from service.inference.compositing import create_compositor
 from service.inference.harmonize import Harmonizer
 from service.inference.models import MattingModel, get_model
-from service.inference.people import PeopleSelection
+from service.inference.people import PeopleSelection, PersonFound, people_found
 from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
 from service.media.decode import iter_frames
@@ -152,6 +152,31 @@ def people_selection(options: ReplaceOptions, settings: Settings) -> PeopleSelec
     if not options.selects_people:
         return None
     return PeopleSelection(options.keep_points, options.people == "largest", settings=settings)
+
+
+def first_frame_people(
+    input_path: Path, options: ReplaceOptions | None = None, *, settings: Settings | None = None,
+    model: MattingModel | None = None,
+) -> list[PersonFound]:
+    """The people on the first (upright) frame of ``input_path``, largest first, found the way a job
+    finds them (the job's model and edge refinement, then the person split); when ``options`` choose
+    people, the choice is resolved too and raises ``NoPersonAtPoint`` / ``NoPersonFound`` as the job
+    would.  What a worker lane runs for ``POST /jobs`` to refuse a bad point before queueing."""
+    settings = settings or get_settings()
+    options = options or ReplaceOptions()
+    info = probe_video(Path(input_path), settings)
+    frames = iter_frames(info, 1)
+    try:
+        image = next(frames).image[None]
+    finally:
+        cast(Generator[Any, None, None], frames).close()  # closes the container now
+    model = model or get_model(options.model, settings)
+    matte, _ = model.predict(image, model.new_state())
+    alpha = matte.alpha if not edge_refine(options, settings, model) else EdgeRefiner()(image, matte.alpha)
+    selection = people_selection(options, settings) or PeopleSelection(settings=settings)
+    selection(image, alpha)
+    assert selection.splitter.owners is not None
+    return people_found(selection.splitter, selection.splitter.owners)
 
 
 def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:

@@ -190,6 +190,11 @@ class PersonSplitter:
         self._owners: np.ndarray | None = None
         self.scale = 1.0  # grid pixels per frame pixel
 
+    @property
+    def owners(self) -> np.ndarray | None:
+        """The owner grid of the frame split last (None before the first)."""
+        return self._owners
+
     def split(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         h, w = alpha.shape
         self.scale = min(1.0, GRID_LONG_SIDE / max(h, w))

@@ -15,7 +15,7 @@ from videoutil import alpha_channel
 from service.cli import main as cli_main
 from service.errors import NoPersonAtPoint
 from service.options import Options
-from service.pipeline import people_selection, replace_background
+from service.pipeline import first_frame_people, people_selection, replace_background
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,3 +105,16 @@ def test_default_keeps_everyone_and_runs_no_detector(clip, tmp_path: Path) -> No
     assert plain.read_bytes() == explicit.read_bytes()
     matte = matte_of(plain)
     assert min(shown_share(matte, scene.masks[p]) for p in (0, 1)) >= 0.9
+
+
+def test_first_frame_people_lists_them_and_checks_the_choice(clip) -> None:  # type: ignore[no-untyped-def]
+    scene, path = clip
+    people = first_frame_people(path)
+    assert len(people) == 2
+    found = sorted(int(np.argmax(scene.masks[:, 0, p.point[1], p.point[0]])) for p in people)
+    assert found == [0, 1]
+    assert all(scene.masks[:, 0, p.point[1], p.point[0]].any() for p in people)
+    x, y = scene.start_point(1)
+    assert len(first_frame_people(path, Options(keep_points=((x, y),)))) == 2
+    with pytest.raises(NoPersonAtPoint, match="160,20"):
+        first_frame_people(path, Options(keep_points=((160, 20),)))
