@@ -123,36 +123,6 @@ class UnknownModel(InputError):
     title = "Unknown model"
 
 
-# --- runtime -------------------------------------------------------------------------------------
-class ModelNotFound(BackdropError):
-    """Weights missing on this machine: a deployment problem, not the caller's."""
-
-    code = "model_not_found"
-    status = 503
-    title = "Model not installed"
-
-
-class Canceled(BackdropError):
-    code = "canceled"
-    status = 409
-    title = "Canceled"
-
-
-class JobNotFound(BackdropError):
-    code = "job_not_found"
-    status = 404
-    title = "Job not found"
-
-
-class PreviewNotFound(BackdropError):
-    code = "preview_not_found"
-    status = 404
-    title = "Preview not found"
-
-
-class ResultNotReady(BackdropError):
-    code = "result_not_ready"
-    status = 409
 class IncompatibleOptions(InputError):
     """Options that are valid one by one but not together (e.g. harmonize with webm output)."""
 
@@ -199,6 +169,36 @@ class RangeNotSatisfiable(InputError):
         self.size = size
 
 
+# --- runtime -------------------------------------------------------------------------------------
+class ModelNotFound(BackdropError):
+    """Weights missing on this machine: a deployment problem, not the caller's."""
+
+    code = "model_not_found"
+    status = 503
+    title = "Model not installed"
+
+
+class Canceled(BackdropError):
+    code = "canceled"
+    status = 409
+    title = "Canceled"
+
+
+class JobNotFound(BackdropError):
+    code = "job_not_found"
+    status = 404
+    title = "Job not found"
+
+
+class PreviewNotFound(BackdropError):
+    code = "preview_not_found"
+    status = 404
+    title = "Preview not found"
+
+
+class ResultNotReady(BackdropError):
+    code = "result_not_ready"
+    status = 409
     title = "Result not ready"
 
 
@@ -232,30 +232,6 @@ class QueueFull(RetryLater):
     title = "Queue full"
 
 
-class NotReady(BackdropError):
-    code = "not_ready"
-    status = 503
-    title = "Service not ready"
-
-
-class StorageError(BackdropError):
-    """Object storage failed; transient ones are retried by the worker."""
-
-    code = "storage_error"
-    status = 503
-    title = "Storage unavailable"
-
-
-class CallbackRefused(InputError):
-    code = "callback_refused"
-    title = "Callback URL refused"
-
-
-class RequestInvalid(InputError):
-    """The request itself is malformed (missing field, wrong type, bad multipart body)."""
-
-    code = "validation_error"
-    title = "Request validation failed"
 class QuotaExceeded(RetryLater):
     """The caller's tenant already has ``tenant_max_queued`` jobs waiting."""
 
@@ -280,6 +256,30 @@ class DependencyUnavailable(RetryLater):
     title = "Dependency unavailable"
 
 
+class NotReady(BackdropError):
+    code = "not_ready"
+    status = 503
+    title = "Service not ready"
+
+
+class StorageError(BackdropError):
+    """Object storage failed; transient ones are retried by the worker."""
+
+    code = "storage_error"
+    status = 503
+    title = "Storage unavailable"
+
+
+class CallbackRefused(InputError):
+    code = "callback_refused"
+    title = "Callback URL refused"
+
+
+class RequestInvalid(InputError):
+    """The request itself is malformed (missing field, wrong type, bad multipart body)."""
+
+    code = "validation_error"
+    title = "Request validation failed"
 
 
 class RouteNotFound(BackdropError):

@@ -107,6 +107,8 @@ class JobOptions(BaseModel):
     output_format: str = "mp4"
     composite: str = "alpha"
     harmonize: float = 0.0
+    keep_points: list[tuple[int, int]] = Field(default_factory=list)  # first-frame pixels of people who stay
+    people: str = "all"
 
 
 class Background(BaseModel):

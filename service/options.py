@@ -154,7 +154,7 @@ def parse_points(text: str) -> tuple[tuple[int, int], ...]:
     points = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
         xy = [c.strip() for c in part.split(",")]
-        if len(xy) != 2 or not all(c.isdigit() for c in xy):
+        if len(xy) != 2 or not all(c.isascii() and c.isdigit() for c in xy):
             raise InvalidParameter(f"keep_points: a point is x,y in whole pixels (points joined by ';'), not {_short(part)}")
         points.append((int(xy[0]), int(xy[1])))
     return tuple(points)

@@ -20,7 +20,7 @@ from service.options import Options, form_background_kind
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
 #: The options a client may set through the API (``edge_refine`` stays the operator's setting).
-API_OPTION_FIELDS = ("model", "output_format", "composite", "harmonize")
+API_OPTION_FIELDS = ("model", "output_format", "composite", "harmonize", "keep_points", "people")
 MAX_URL_CHARS = 2048
 
 
@@ -88,6 +88,9 @@ def job_form_schema() -> dict[str, Any]:
     for name in API_OPTION_FIELDS:
         prop = {k: v for k, v in option_props[name].items() if k != "title"}
         props[name] = prop
+    props["keep_points"] = {  # a form field is text: "x,y;x,y" (the JSON body sends the same string)
+        "type": "string", "maxLength": 200, "description": option_props["keep_points"]["description"],
+    }
     props["model"]["description"] += " (default: the service's setting)"
     props["model"].pop("default", None)
     props["callback_url"] = {
@@ -138,7 +141,7 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     error: ErrorPublic | None
     result: ResultPublic | None
-    options: dict[str, str | float]
+    options: dict[str, str | float | list[list[int]]]
     background: dict[str, str | None]
     video: dict[str, int | float | bool] | None
     callback_url: str | None

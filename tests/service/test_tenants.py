@@ -11,7 +11,17 @@ import anyio
 import httpx
 import pytest
 from pydantic import ValidationError
-from stack import API_KEY, OTHER_KEY, ROTATED_KEY, WEBHOOK_SECRET, ApiServer, auth_env, base_env, data_path, settings_from
+from stack import (
+    API_KEY,
+    OTHER_KEY,
+    ROTATED_KEY,
+    WEBHOOK_SECRET,
+    ApiServer,
+    auth_env,
+    base_env,
+    data_path,
+    settings_from,
+)
 
 from service.api.main import create_app
 from service.config import Settings

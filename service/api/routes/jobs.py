@@ -351,7 +351,8 @@ async def _checked_job(
     job = Job(
         owner=owner,
         options=JobOptions(
-            model=opts.model, output_format=opts.output_format, composite=opts.composite, harmonize=opts.harmonize
+            model=opts.model, output_format=opts.output_format, composite=opts.composite, harmonize=opts.harmonize,
+            keep_points=list(opts.keep_points), people=opts.people,
         ),
         callback_url=params.callback_url,
     )

@@ -1,0 +1,54 @@
+"""Choosing who stays through the API and a real worker: `keep_points` on POST /jobs keeps the person
+under the point and drops the other; a point on no person ends the job `no_person_at_point`."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from stack import ROOT, ApiServer, base_env, data_path, settings_from
+from test_end_to_end import poll, submit
+
+pytestmark = pytest.mark.slow
+
+
+def _scene(tmp: Path) -> tuple[Any, Path]:
+    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
+    assert spec is not None and spec.loader is not None
+    bp = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
+    if "bench_people" not in sys.modules:
+        sys.modules["bench_people"] = bp
+        spec.loader.exec_module(bp)
+    scene = bp.make_scene(data_path("portraits", "val"), data_path("backgrounds", bp.BACKGROUND), 2, (320, 240), 10)
+    return scene, bp.write_clip(scene, tmp / "two.mp4")
+
+
+def test_keep_points_through_the_api(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
+    import av
+
+    scene, clip = _scene(tmp_path)
+    env = base_env(redis_url, tmp_path)
+    worker = worker_factory(env)
+    with ApiServer(settings_from(env)) as api, api.client() as c:
+        worker.wait_ready()
+        x, y = scene.start_point(1)
+        job = submit(c, clip, output_format="matte", keep_points=f"{x},{y}")
+        assert job["options"]["keep_points"] == [[x, y]]
+        nobody = submit(c, clip, output_format="matte", keep_points="0,0")
+        done = poll(c, job["id"], {"succeeded", "failed"}, 300)
+        assert done["status"] == "succeeded", (done, worker.log())
+        out = tmp_path / "keep1.mp4"
+        out.write_bytes(c.get(f"/jobs/{job['id']}/result").content)
+        with av.open(str(out)) as f:
+            matte = np.stack([fr.to_ndarray(format="gray") for fr in f.decode(video=0)]) / 255.0
+        kept, dropped = scene.masks[1], scene.masks[0]
+        shown = matte > 0.5
+        assert (shown & kept).sum() / (shown | kept).sum() >= 0.85
+        assert (shown & dropped).sum() / dropped.sum() <= 0.02
+        failed = poll(c, nobody["id"], {"succeeded", "failed"}, 120)
+        assert failed["status"] == "failed" and failed["error"]["code"] == "no_person_at_point", failed
+        assert "0,0" in failed["error"]["message"] or "(0, 0)" in failed["error"]["message"]
