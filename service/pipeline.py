@@ -60,7 +60,10 @@ class ReplaceResult:
 
 
 @dataclass
-class _Batch:
+class Batch:
+    """Frames decoded together, with their timing and (when the output has one) their background;
+    the previews build a batch of one frame to show exactly what a job's first frame becomes."""
+
     images: np.ndarray  # uint8 (N, H, W, 3)
     pts: list[int]
     durations: list[int]
@@ -191,17 +194,17 @@ def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     return settings.decode_threads or auto, settings.encode_threads or auto
 
 
-def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int) -> Iterator[_Batch]:
+def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int) -> Iterator[Batch]:
     buf: list[np.ndarray] = []
     pts: list[int] = []
     durations: list[int] = []
     tb = float(info.time_base)
 
-    def flush() -> _Batch:
+    def flush() -> Batch:
         images = np.stack(buf)
         times = [p * tb for p in pts]
         back = None if bg is None else np.ascontiguousarray(bg.frames(images, times))
-        return _Batch(images, list(pts), list(durations), back)
+        return Batch(images, list(pts), list(durations), back)
 
     for frame in iter_frames(info, threads):
         buf.append(frame.image)
@@ -283,8 +286,8 @@ def _run(
             item = _get(composed, stop)
             if item is _END:
                 return
-            batch, alpha, fg = cast(tuple[_Batch, np.ndarray, np.ndarray | None], item)
-            frames = _compose(spec.alpha, options.output_format, batch, alpha, fg, compositor)
+            batch, alpha, fg = cast(tuple[Batch, np.ndarray, np.ndarray | None], item)
+            frames = compose_batch(spec.alpha, options.output_format, batch, alpha, fg, compositor)
             pts = batch.pts
             writer.write(frames, pts, batch.durations)
             count.count += len(pts)
@@ -310,7 +313,7 @@ def _run(
             item = _get(decoded, stop)
             if item is _END:
                 break
-            batch: _Batch = item  # type: ignore[assignment]
+            batch: Batch = item  # type: ignore[assignment]
             matte, state = model.predict(batch.images, state)
             alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha)
             if selection is not None:
@@ -342,14 +345,16 @@ def _run(
         stop.set()
 
 
-def _compose(
+def compose_batch(
     alpha_out: bool,
     fmt: str,
-    batch: _Batch,
+    batch: Batch,
     alpha: np.ndarray,
     foreground: np.ndarray | None,
     compositor: Callable[..., np.ndarray],
 ) -> np.ndarray:
+    """The output frames of a batch: the matte, the person with its alpha, or the person
+    composited on the batch's background (used by the writer stage and by previews)."""
     a8 = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if fmt == "matte":
         return np.repeat(a8[..., None], 3, axis=-1)

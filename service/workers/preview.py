@@ -5,7 +5,7 @@ That queue has a worker of its own (prefork, one slot, the default model loaded 
 process starts, by ``tasks._load_models``), so a preview never waits behind a video job.  The frame
 goes through the same steps, in the same order and with the same code, as the first frame of a
 job: the model with a fresh recurrent state, edge refinement, harmonisation, then the pipeline's
-own compositing (``service.pipeline._compose``) — so what the preview shows is what the job's first
+own compositing (``service.pipeline.compose_batch``) — so what the preview shows is what the job's first
 frame will be.
 
 ``sweep_previews`` (on the light queue, on the beat's timer) deletes the objects of expired
@@ -71,7 +71,7 @@ def render(image: Any, background: str | None, options: Any, settings: Settings)
     from service.media.background import ColorBackground, open_background
     from service.media.encode import FORMATS, GREEN
     from service.options import background_kind
-    from service.pipeline import _Batch, _compose, edge_refine
+    from service.pipeline import Batch, compose_batch, edge_refine
 
     options = options.with_background(background_kind(background))
     model = get_model(options.model, settings)
@@ -86,15 +86,15 @@ def render(image: Any, background: str | None, options: Any, settings: Settings)
     finally:
         if source is not None:
             source.close()
-    batch = _Batch(images, [0], [1], plate)
+    batch = Batch(images, [0], [1], plate)
     matte, _ = model.predict(images, model.new_state())
     alpha = matte.alpha if not edge_refine(options, settings, model) else EdgeRefiner()(images, matte.alpha)
     fg = matte.foreground
     if options.harmonize > 0 and plate is not None:
         fg = Harmonizer(options.harmonize, settings)(images if fg is None else fg, alpha, plate)
     compositor = create_compositor(options.composite)
-    cutout = _compose(True, "webm", batch, alpha, fg, compositor)[0]
-    shown = None if FORMATS[fmt].alpha else _compose(False, fmt, batch, alpha, fg, compositor)[0]
+    cutout = compose_batch(True, "webm", batch, alpha, fg, compositor)[0]
+    shown = None if FORMATS[fmt].alpha else compose_batch(False, fmt, batch, alpha, fg, compositor)[0]
     return cutout, shown
 
 
