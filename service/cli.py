@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("replace", help="replace the background of one video file")
     rep.add_argument("input", help="the input video")
-    rep.add_argument("-b", "--background", help="an image file, a video file, #RRGGBB or blur")
+    rep.add_argument("-b", "--background", help="an image file, a video file, #RRGGBB, blur or blur:STRENGTH (0.05-1, default 0.3; larger is blurrier)")
     rep.add_argument("-o", "--output", required=True, help="the output file")
     rep.add_argument("--model", default="rvm", help=" or ".join(MODEL_NAMES) + " (default rvm)")
     rep.add_argument("--format", default="mp4", choices=list(OUTPUT_FORMATS), help="output format (default mp4)")

@@ -32,6 +32,10 @@ BackgroundKind = Literal["file", "color", "blur", "none"]
 #: first frame's matte.
 PeopleChoice = Literal["all", "largest"]
 MAX_KEEP_POINTS = 6  # the person detector finds at most six people
+#: Blur strength of a ``blur`` background: 0.3 is the blur the service always had (a Gaussian sigma
+#: of 0.3/40 of the frame's longer side, at least 2 pixels of the quarter-size frame); larger is blurrier.
+BLUR_STRENGTH_DEFAULT = 0.3
+BLUR_STRENGTH_MIN, BLUR_STRENGTH_MAX = 0.05, 1.0
 
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -124,15 +128,46 @@ def check_color(value: str) -> str:
 
 def background_kind(spec: str | None) -> BackgroundKind:
     """The kind of a background given as one string (the CLI's ``-b`` and the worker's spec): a
-    file path, ``#RRGGBB``, ``blur`` or None.  A colour is checked here."""
+    file path, ``#RRGGBB``, ``blur``, ``blur:<strength>`` or None.  A colour and a blur strength are
+    checked here."""
     if spec is None or spec == "":
         return "none"
-    if spec == "blur":
+    if blur_strength(spec) is not None:
         return "blur"
     if spec.startswith("#"):
         check_color(spec)
         return "color"
     return "file"
+
+
+def blur_strength(spec: str) -> float | None:
+    """The strength of a ``blur`` / ``blur:<strength>`` spec (``blur`` is ``BLUR_STRENGTH_DEFAULT``),
+    None for any other spec; ``InvalidParameter`` for a strength that is not a number in range."""
+    name, sep, value = spec.strip().partition(":")
+    if name.lower() != "blur":
+        return None
+    if not sep:
+        return BLUR_STRENGTH_DEFAULT
+    return check_blur_strength(value)
+
+
+def check_blur_strength(value: str | float) -> float:
+    """A blur strength as a float in [BLUR_STRENGTH_MIN, BLUR_STRENGTH_MAX], or ``InvalidParameter``."""
+    text = str(value).strip()
+    try:
+        strength = float(text) if text.isascii() else float("nan")  # float() also reads Arabic digits
+    except ValueError:
+        strength = float("nan")
+    if not BLUR_STRENGTH_MIN <= strength <= BLUR_STRENGTH_MAX:  # NaN is refused here too
+        raise InvalidParameter(
+            f"a blur strength is a number from {BLUR_STRENGTH_MIN} to {BLUR_STRENGTH_MAX}, not {_short(value)}"
+        )
+    return strength
+
+
+def blur_spec(strength: float | None) -> str:
+    """The background spec of a blur: ``blur`` (the default strength) or ``blur:<strength>``."""
+    return "blur" if strength is None else f"blur:{strength}"
 
 
 def form_background_kind(has_file: bool, color: str | None, blur: bool) -> BackgroundKind:
@@ -169,6 +204,7 @@ def _short(value: object) -> str:
 
 
 __all__ = [
-    "COMPOSITORS", "MODEL_NAMES", "OUTPUT_FORMATS", "SCENE_FORMATS", "BackgroundKind", "Options",
-    "background_kind", "check_color", "form_background_kind", "parse_points",
+    "BLUR_STRENGTH_DEFAULT", "BLUR_STRENGTH_MAX", "BLUR_STRENGTH_MIN", "COMPOSITORS", "MODEL_NAMES",
+    "OUTPUT_FORMATS", "SCENE_FORMATS", "BackgroundKind", "Options", "background_kind", "blur_spec",
+    "blur_strength", "check_blur_strength", "check_color", "form_background_kind", "parse_points",
 ]

@@ -53,6 +53,8 @@ class Preview(BaseModel):
     #: The one options model's fields (``service.options.Options``), background kind included.
     options: dict[str, Any] = Field(default_factory=dict)
     background_color: str | None = None
+    #: The strength of a blurred background (None: the default), as ``background_blur_strength``.
+    background_blur_strength: float | None = None
     frame_key: str = ""
     background_key: str | None = None
     width: int = 0

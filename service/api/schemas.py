@@ -16,7 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from service.errors import InvalidParameter
-from service.options import Options, form_background_kind
+from service.options import (
+    BLUR_STRENGTH_DEFAULT,
+    BLUR_STRENGTH_MAX,
+    BLUR_STRENGTH_MIN,
+    Options,
+    form_background_kind,
+)
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
 #: The options a client may set through the API (``edge_refine`` stays the operator's setting).
@@ -32,8 +38,13 @@ class JobForm(BaseModel):
     )
     background_color: str | None = Field(None, description="Solid background, #RRGGBB")
     background_blur: bool = Field(False, description="Blur the original background instead")
+    background_blur_strength: float | None = Field(
+        None, ge=BLUR_STRENGTH_MIN, le=BLUR_STRENGTH_MAX, allow_inf_nan=False,
+        description=f"How strong the blur is, {BLUR_STRENGTH_MIN} to {BLUR_STRENGTH_MAX} (larger is blurrier; "
+        f"default {BLUR_STRENGTH_DEFAULT}); only with background_blur=true",
+    )
 
-    @field_validator("callback_url", "background_color", mode="before")
+    @field_validator("callback_url", "background_color", "background_blur_strength", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -46,6 +57,7 @@ class JobCreate:
     options: Options
     callback_url: str | None
     background_color: str | None
+    background_blur_strength: float | None = None
 
     @classmethod
     def from_form(cls, fields: dict[str, str], has_background_file: bool, default_model: str) -> JobCreate:
@@ -60,20 +72,25 @@ class JobCreate:
             err = e.errors()[0]
             raise InvalidParameter(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
         kind = form_background_kind(has_background_file, form.background_color, form.background_blur)
+        if form.background_blur_strength is not None and kind != "blur":
+            raise InvalidParameter("background_blur_strength is only for a blurred background (background_blur=true)")
         chosen: dict[str, Any] = {k: fields[k] for k in API_OPTION_FIELDS if k in fields}
         chosen.setdefault("model", default_model)
         options = Options.parse(**chosen, background=kind)
-        return cls(options, form.callback_url, form.background_color if kind == "color" else None)
+        color = form.background_color if kind == "color" else None
+        return cls(options, form.callback_url, color, form.background_blur_strength)
 
     def fingerprint(self, file_sha256: dict[str, str]) -> str:
         """SHA-256 of what this request asks for (options, background, callback and each file's
         SHA-256): a reused ``Idempotency-Key`` must come with the same request."""
-        body = {
+        body: dict[str, Any] = {
             "options": self.options.model_dump(mode="json"),
             "callback_url": self.callback_url,
             "background_color": self.background_color,
             "files": dict(sorted(file_sha256.items())),
         }
+        if self.background_blur_strength is not None:  # absent otherwise: older keys keep their fingerprint
+            body["background_blur_strength"] = self.background_blur_strength
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -101,6 +118,10 @@ def job_form_schema() -> dict[str, Any]:
     }
     props["background_blur"] = {
         "type": "boolean", "default": False, "description": JobForm.model_fields["background_blur"].description,
+    }
+    props["background_blur_strength"] = {
+        "type": "number", "minimum": BLUR_STRENGTH_MIN, "maximum": BLUR_STRENGTH_MAX, "default": BLUR_STRENGTH_DEFAULT,
+        "description": JobForm.model_fields["background_blur_strength"].description,
     }
     return {
         "type": "object",

@@ -1,6 +1,7 @@
 """Backgrounds: an image, a video, a solid colour or the original background blurred.
 
-A background is given as a string: a path to an image or video file, ``#RRGGBB``, or ``blur``.
+A background is given as a string: a path to an image or video file, ``#RRGGBB``, ``blur`` or
+``blur:<strength>`` (0.05 to 1, default 0.3; larger is blurrier).
 ``open_background`` turns it into a source that hands out one background frame per video frame,
 already at the output size: images are scaled to cover and centred (never stretched), videos are
 looped to the input's length and resampled to its frame rate by timestamp.
@@ -21,6 +22,7 @@ from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
 from service.media.inspect import BackgroundInfo, inspect_background, parse_color, validate_background
 from service.media.probe import frame_rotation, limit_decoder, open_input, too_large_after_error
+from service.options import blur_strength
 
 __all__ = ["BackgroundSource", "open_background", "parse_color", "validate_background"]
 
@@ -66,7 +68,8 @@ class ImageBackground(ColorBackground):
 class BlurBackground:
     """The input's own background, blurred (the person is composited back on top, sharp).
 
-    The blur runs at a quarter of the size: a wide Gaussian there costs 1/16 and looks the same."""
+    The blur runs at a quarter of the size: a wide Gaussian there costs 1/16 and looks the same.
+    ``strength`` is a tenth of the spec's ``blur:<strength>`` (the default 0.03 is ``blur``)."""
 
     def __init__(self, width: int, height: int, strength: float = 0.03):
         self.sigma = max(2.0, strength * max(width, height) / 4)
@@ -211,8 +214,9 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     """The background source for ``spec`` at the output size."""
     settings = settings or get_settings()
     spec = spec.strip()
-    if spec.lower() == "blur":
-        return BlurBackground(width, height)
+    strength = blur_strength(spec)
+    if strength is not None:
+        return BlurBackground(width, height, strength / 10)
     if spec.startswith("#"):
         return ColorBackground(parse_color(spec), width, height)
     path = Path(spec)

@@ -209,7 +209,10 @@ async function builtinBlob() {
 async function fillOptions(form, forPreview) {
   const mode = bgMode();
   if (mode === "color") form.append("background_color", $("bg-color").value);
-  else if (mode === "blur") form.append("background_blur", "true");
+  else if (mode === "blur") {
+    form.append("background_blur", "true");
+    form.append("background_blur_strength", $("blur-strength").value);
+  }
   else if (mode === "builtin") form.append("background", await builtinBlob());
   else if (mode === "file") {
     const f = $("bg-file").files[0];
@@ -537,6 +540,7 @@ function init() {
   $("format").addEventListener("change", () => { onFormatChanged(); schedulePreview(); });
   ["model", "composite"].forEach((id) => $(id).addEventListener("change", () => schedulePreview()));
   $("harmonize").addEventListener("input", () => { $("harmonize-value").textContent = $("harmonize").value; schedulePreview(); });
+  $("blur-strength").addEventListener("input", () => { $("blur-strength-value").textContent = $("blur-strength").value; schedulePreview(); });
   $("form").addEventListener("submit", submit);
   $("cancel").addEventListener("click", cancel);
   $("refresh-jobs").addEventListener("click", refreshJobs);

@@ -24,6 +24,7 @@ from typing import Any
 from service.config import Settings, get_settings
 from service.errors import BackdropError, InvalidFrame
 from service.jobs import JobError, utcnow
+from service.options import blur_spec
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore, preview_prefix
 from service.workers.celery_app import PREVIEW_SWEEP_TASK, PREVIEW_TASK, app
 from service.workers.tasks import job_store, object_store
@@ -151,7 +152,7 @@ def _render_to_store(preview: Preview, workdir: Path, options: Any, settings: Se
         objects.get_file(preview.background_key, path)
         background = str(path)
     elif options.background == "blur":
-        background = "blur"
+        background = blur_spec(preview.background_blur_strength)
     cutout, shown = render(image, background, options, settings)
     _write(workdir / CUTOUT, cutout, rgba=True)
     objects.put_file(preview.prefix + CUTOUT, workdir / CUTOUT, "image/png")

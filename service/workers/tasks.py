@@ -138,7 +138,7 @@ def _background_spec(job: Job, workdir: Path, settings: Settings | None = None) 
     if bg.kind == "color" and bg.value:
         return bg.value
     if bg.kind == "blur":
-        return "blur"
+        return f"blur:{bg.value}" if bg.value else "blur"  # value: the blur strength the job asked for
     return None  # an output without a background scene (webm, mov, matte, greenscreen)
 
 

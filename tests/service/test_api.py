@@ -374,3 +374,42 @@ def test_unusable_spool_folder_is_503(redis_url: str, tmp_path: Path) -> None:
         assert_problem(r, 503, "dependency_unavailable")
         assert int(r.headers["retry-after"]) > 0
         assert c.get("/jobs").json()["count"] == 0  # nothing queued, its place given back
+
+
+# --- blur strength -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"background_blur_strength": "0.6"},  # with a colour, not a blur
+        {"background_color": None, "output_format": "webm", "background_blur_strength": "0.6"},  # no background
+        {"background_color": None, "background_blur": "true", "background_blur_strength": "0.01"},
+        {"background_color": None, "background_blur": "true", "background_blur_strength": "1.5"},
+        {"background_color": None, "background_blur": "true", "background_blur_strength": "nan"},
+        {"background_color": None, "background_blur": "true", "background_blur_strength": "strong"},
+    ],
+)
+def test_blur_strength_refused(api: ApiServer, fields: dict[str, str]) -> None:
+    """A strength is only for a blur, and within 0.05..1: else 422 invalid_parameter, nothing queued."""
+    with api.client(API_KEY) as c:
+        before = c.get("/jobs").json()["count"]
+        assert_problem(post(c, asl_clip(), **fields), 422, "invalid_parameter")
+        assert c.get("/jobs").json()["count"] == before
+
+
+def test_blur_strength_stored_on_the_job(api: ApiServer) -> None:
+    """The strength travels on the job's background (the worker's spec is ``blur:<value>``); a blur
+    without one keeps the default (no value) and the API documents the field."""
+    with api.client(API_KEY) as c:
+        r = post(c, asl_clip(), background_color=None, background_blur="true", background_blur_strength="0.6")
+        assert r.status_code == 202, r.text
+        assert r.json()["background"] == {"kind": "blur", "value": "0.6"}
+        plain = post(c, asl_clip(), background_color=None, background_blur="true")
+        assert plain.status_code == 202, plain.text
+        assert plain.json()["background"] == {"kind": "blur", "value": None}
+        for job in (r, plain):
+            assert c.delete(f"/jobs/{job.json()['id']}").status_code == 204
+        paths = c.get("/openapi.json").json()["paths"]
+    for path in ("/jobs", "/previews"):
+        body = paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        prop = body["properties"]["background_blur_strength"]
+        assert (prop["minimum"], prop["maximum"], prop["default"]) == (0.05, 1.0, 0.3)

@@ -391,7 +391,9 @@ async def _checked_job(
     elif opts.background == "color":
         await run_in_threadpool(_validate_background, str(params.background_color), settings)
         job.background = Background(kind="color", value=params.background_color)
-    else:  # "blur", or "none" for an output that shows no background
+    elif opts.background == "blur" and params.background_blur_strength is not None:
+        job.background = Background(kind="blur", value=str(params.background_blur_strength))
+    else:  # "blur" at the default strength, or "none" for an output that shows no background
         job.background = Background(kind=str(opts.background))
     # an input not inspected yet (a URL) gets the limits of the longest video accepted
     duration = job.video.duration_s if job.video else settings.max_duration_s

@@ -37,6 +37,7 @@ from service.errors import (
     UnsupportedBackground,
     UploadTooLarge,
 )
+from service.options import BLUR_STRENGTH_DEFAULT, BLUR_STRENGTH_MAX, BLUR_STRENGTH_MIN
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore
 from service.workers.celery_app import PREVIEW_TASK
 
@@ -66,6 +67,8 @@ MULTIPART_DOC: dict[str, Any] = {
                                        "description": "a still background picture (for a background video: its first frame)"},
                         "background_color": {"type": "string", "pattern": "^#[0-9A-Fa-f]{6}$"},
                         "background_blur": {"type": "boolean", "default": False},
+                        "background_blur_strength": {"type": "number", "minimum": BLUR_STRENGTH_MIN,
+                                                     "maximum": BLUR_STRENGTH_MAX, "default": BLUR_STRENGTH_DEFAULT},
                         "model": {"type": "string"},
                         "output_format": {"type": "string"},
                         "composite": {"type": "string"},
@@ -258,7 +261,7 @@ async def create_preview(
             width, height = await run_in_threadpool(_check_pictures, files, settings)
             preview = Preview(
                 owner=owner, options=params.options.model_dump(mode="json"), width=width, height=height,
-                background_color=params.background_color,
+                background_color=params.background_color, background_blur_strength=params.background_blur_strength,
             )
             preview.frame_key = preview.prefix + "frame" + _suffix(files["frame"])
             if "background" in files:

@@ -1,0 +1,73 @@
+"""Blur strength of a ``blur`` background (service/media/background.py, service/options.py):
+``blur`` is ``blur:0.3`` (the blur the service always had), a larger strength blurs more, and a
+malformed or out-of-range strength is ``invalid_parameter`` wherever a spec is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import data_path
+
+from service.errors import BackdropError
+from service.media.background import BlurBackground, open_background
+from service.options import background_kind
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    """A real photograph as a batch of one RGB frame at 640x360."""
+    image = cv2.imread(str(data_path("backgrounds", "Bridge_by_Sander_Klootwijk.jpg")), cv2.IMREAD_COLOR)
+    assert image is not None
+    return cv2.cvtColor(cv2.resize(image, (640, 360), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)[None]
+
+
+def _blurred(spec: str, frames: np.ndarray) -> np.ndarray:
+    source = open_background(spec, frames.shape[2], frames.shape[1])
+    try:
+        return source.frames(frames, [0.0])[0]
+    finally:
+        source.close()
+
+
+def _sharpness(image: np.ndarray) -> float:
+    """Variance of the Laplacian: falls as a picture gets blurrier."""
+    return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
+
+
+def test_blur_is_the_default_strength(frames: np.ndarray) -> None:
+    """``blur`` and ``blur:0.3`` both give the blur the service had before it took a strength."""
+    before = BlurBackground(frames.shape[2], frames.shape[1]).frames(frames, [0.0])[0]
+    assert np.array_equal(_blurred("blur", frames), before)
+    assert np.array_equal(_blurred("blur:0.3", frames), before)
+
+
+def test_a_larger_strength_blurs_more(frames: np.ndarray) -> None:
+    light, default, strong = (_sharpness(_blurred(s, frames)) for s in ("blur:0.05", "blur", "blur:0.6"))
+    assert light > default > strong
+    assert strong < 0.9 * default
+
+
+@pytest.mark.parametrize("spec", ["blur", "blur:0.6", "BLUR:1", " blur:0.05 "])
+def test_blur_specs_are_blur(spec: str) -> None:
+    assert background_kind(spec) == "blur"
+
+
+@pytest.mark.parametrize("spec", ["blur:", "blur:abc", "blur:0", "blur:1.5", "blur:nan", "blur:inf", "blur:-0.3",
+                                  "blur:\u0660.\u0665"])
+def test_malformed_strengths_are_refused(spec: str, frames: np.ndarray) -> None:
+    for read in (background_kind, lambda s: open_background(s, 64, 36)):
+        with pytest.raises(BackdropError) as exc:
+            read(spec)
+        assert exc.value.code == "invalid_parameter"
+
+
+def test_the_worker_spec_carries_the_strength(tmp_path: Path) -> None:
+    """A job's blur strength (``Background.value``, set by the API) becomes the worker's ``blur:<value>``."""
+    from service.jobs import Background, Job
+    from service.workers.tasks import _background_spec
+
+    assert _background_spec(Job(background=Background(kind="blur", value="0.6")), tmp_path) == "blur:0.6"
+    assert _background_spec(Job(background=Background(kind="blur")), tmp_path) == "blur"
