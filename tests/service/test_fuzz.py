@@ -8,6 +8,7 @@ is reproduced by running the test again; well under a minute on two cores."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +34,40 @@ def check_answer(case: Any, response: Any) -> None:
         assert body.get("status") == status, where
 
 
+def _operations(schema: Any) -> list[Any]:
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+def _files_as_text(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with every ``format: binary`` property made a plain string."""
+    if isinstance(doc, dict):
+        if doc.get("format") == "binary":
+            doc = {k: v for k, v in doc.items() if k != "format"}
+        return {k: _files_as_text(v) for k, v in doc.items()}  # type: ignore[misc]
+    if isinstance(doc, list):
+        return [_files_as_text(v) for v in doc]  # type: ignore[return-value]
+    return doc
+
+
 def test_openapi_fuzz(redis_url: str, tmp_path: Path) -> None:
     env = base_env(redis_url, tmp_path, **auth_env(), BACKDROP_MAX_UPLOAD_BYTES="200000")
     with ApiServer(settings_from(env)) as server:
-        schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-        operations = [result.ok() for result in schema.get_all_operations()]
+        doc = requests.get(f"{server.url}/openapi.json", timeout=30).json()
+        positive = schemathesis.openapi.from_dict(doc)
+        # schemathesis 4.32.5 fails on its own while mutating a multipart body that holds file parts
+        # ("Unsupported type: 'Binary'", before any request is sent): negative cases are generated
+        # from the same document with the file parts declared as plain strings (sent as text fields,
+        # which the API must refuse cleanly too); positive cases keep the real files.
+        negative = schemathesis.openapi.from_dict(_files_as_text(copy.deepcopy(doc)))
+        by_mode = {GenerationMode.POSITIVE: _operations(positive), GenerationMode.NEGATIVE: _operations(negative)}
+        operations = by_mode[GenerationMode.POSITIVE]
         paths = {(op.method.upper(), op.path) for op in operations}
         assert ("POST", "/jobs") in paths and ("GET", "/jobs/{job_id}/result") in paths, paths
-        post_jobs = next(op for op in operations if (op.method.upper(), op.path) == ("POST", "/jobs"))
-        assert post_jobs.body, "POST /jobs documents no request body: schemathesis could not send one"
-        modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-        everything = st.one_of([op.as_strategy(mode) for op in operations for mode in modes])
-        uploads = st.one_of([post_jobs.as_strategy(mode) for mode in modes])
+        post_jobs = {mode: next(op for op in ops if (op.method.upper(), op.path) == ("POST", "/jobs"))
+                     for mode, ops in by_mode.items()}
+        assert post_jobs[GenerationMode.POSITIVE].body, "POST /jobs documents no request body"
+        everything = st.one_of([op.as_strategy(mode) for mode, ops in by_mode.items() for op in ops])
+        uploads = st.one_of([op.as_strategy(mode) for mode, op in post_jobs.items()])
         session = requests.Session()
         session.trust_env = False  # loopback only, whatever proxy the environment names
         seen: dict[tuple[str, int, str], int] = {}
