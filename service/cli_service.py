@@ -67,7 +67,7 @@ def add_commands(subparsers: Any) -> None:
 
     sub = subparsers.add_parser("submit", help="send a video to a running service and fetch the result")
     sub.add_argument("video", help="the input video: a file or an http(s) URL (fetched by the service)")
-    sub.add_argument("-b", "--background", help="an image or video file or http(s) URL, #RRGGBB, or blur (default)")
+    sub.add_argument("-b", "--background", help="an image or video file or http(s) URL, #RRGGBB, or blur / blur:STRENGTH (0.05-1; default blur)")
     sub.add_argument("-o", "--output", help="where the result goes (default: VIDEO-backdrop.EXT)")
     sub.add_argument("--api", default=os.environ.get("BACKDROP_API_URL", "http://127.0.0.1:8000"),
                      help="the service URL (env BACKDROP_API_URL)")

@@ -9,7 +9,7 @@
 
 An input (``video=``, ``background=``) is a local file (a path), an ``http(s)://`` URL (the
 service's worker fetches it) or an :class:`Upload` from ``upload()``; a background may also be
-``"#RRGGBB"`` or ``"blur"``.  Every ``submit`` carries an ``Idempotency-Key`` of its own, kept
+``"#RRGGBB"``, ``"blur"`` or ``"blur:<strength>"``.  Every ``submit`` carries an ``Idempotency-Key`` of its own, kept
 across its retries, so a retried submit never makes two jobs.  Requests are retried, a bounded
 number of times, on connection errors and on 429/503 (honouring ``Retry-After``).  A refusal is
 raised as :class:`ApiError` with the problem's ``code``, ``status``, ``title`` and ``detail``; a job
@@ -105,8 +105,10 @@ def _plan(video: Any, background: Any, options: dict[str, Any]) -> tuple[dict[st
             fields[f"{name}_url"] = value
         elif name == "background" and isinstance(value, str) and _COLOR.match(value):
             fields["background_color"] = value
-        elif name == "background" and value == "blur":
+        elif name == "background" and isinstance(value, str) and value.split(":", 1)[0] == "blur":
             fields["background_blur"] = True
+            if ":" in value:  # blur:<strength>, checked by the API
+                fields["background_blur_strength"] = value.split(":", 1)[1]
         else:
             files[name] = Path(value)
     return fields, files

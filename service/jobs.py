@@ -113,7 +113,7 @@ class JobOptions(BaseModel):
 
 class Background(BaseModel):
     kind: str  # "file", "color" or "blur"
-    value: str | None = None  # the colour, for "color"
+    value: str | None = None  # the colour, for "color"; the strength (0.05..1), for "blur" when given
     key: str | None = None  # the object key, for "file"
     filename: str | None = None
     url: str | None = None  # fetched by the worker instead of ``key`` (``background_url``)

@@ -157,3 +157,11 @@ def test_client_end_to_end_retry_errors_and_cli(redis_url: str, tmp_path: Path, 
                 assert bd.list_jobs()["count"] == 4  # the lost-answer submit made one job, not two
         finally:
             proxy.close()
+
+
+def test_blur_specs_become_the_api_fields() -> None:
+    from service.client import _plan
+
+    assert _plan("in.mp4", "blur", {})[0] == {"background_blur": True}
+    assert _plan("in.mp4", "blur:0.6", {})[0] == {"background_blur": True, "background_blur_strength": "0.6"}
+    assert _plan("in.mp4", "#112233", {})[0] == {"background_color": "#112233"}
