@@ -324,27 +324,25 @@ class JobStore:
 
     def update_progress(self, job_id: str, done: int, total: int, attempt: int) -> bool:
         """Write progress while the job runs under ``attempt``; False once it no longer does."""
-        key = P + f"job:{job_id}"
-        ok = {"v": False}
 
-        def txn(pipe: redis.client.Pipeline) -> None:
-            raw = pipe.get(key)
-            if raw is None:
-                return
-            job = Job.model_validate_json(raw)
-            if job.status is not JobStatus.RUNNING or job.attempts != attempt:
-                return
+        def change(job: Job) -> None:
             job.progress = Progress(frames_done=done, frames_total=total)
-            pipe.multi()
-            pipe.set(key, job.model_dump_json(), keepttl=True)
-            ok["v"] = True
 
-        self.r.transaction(txn, key)
-        return ok["v"]
+        return self._update_running(job_id, attempt, change)
 
     def set_video(self, job_id: str, meta: VideoMeta, attempt: int) -> bool:
         """Fill in the video's metadata (and ``frames_total``) once the worker has inspected an
         input the API could not (a URL); False once the job no longer runs under ``attempt``."""
+
+        def change(job: Job) -> None:
+            job.video = meta
+            job.progress = Progress(frames_done=0, frames_total=meta.frames)
+
+        return self._update_running(job_id, attempt, change)
+
+    def _update_running(self, job_id: str, attempt: int, change: Callable[[Job], None]) -> bool:
+        """Apply ``change`` to the job atomically if it still runs under ``attempt`` (a worker that
+        lost the job to another writes nothing); its TTL is kept."""
         key = P + f"job:{job_id}"
         ok = {"v": False}
 
@@ -355,8 +353,7 @@ class JobStore:
             job = Job.model_validate_json(raw)
             if job.status is not JobStatus.RUNNING or job.attempts != attempt:
                 return
-            job.video = meta
-            job.progress = Progress(frames_done=0, frames_total=meta.frames)
+            change(job)
             pipe.multi()
             pipe.set(key, job.model_dump_json(), keepttl=True)
             ok["v"] = True

@@ -6,14 +6,11 @@ scene builder of bench/people.py), so the splitter is judged on its own, without
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 from conftest import data_path
+from people_scenes import bench_people
 
 from service.errors import NoPersonAtPoint, NoPersonFound
 from service.inference.people import (
@@ -26,19 +23,6 @@ from service.inference.people import (
     keep_multiplier,
     people_found,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def bench_people():  # type: ignore[no-untyped-def]
-    """bench/people.py (the scene builder shared with the benchmark)."""
-    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
-    if "bench_people" not in sys.modules:
-        sys.modules["bench_people"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,18 @@ portraits pasted with their own masks, walking across a real background: bench/p
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import data_path
+from people_scenes import bench_people
 from videoutil import alpha_channel
 
 from service.cli import main as cli_main
 from service.errors import NoPersonAtPoint
 from service.options import Options
 from service.pipeline import first_frame_people, people_selection, replace_background
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def bench_people():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
-    if "bench_people" not in sys.modules:
-        sys.modules["bench_people"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

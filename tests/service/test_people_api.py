@@ -3,26 +3,20 @@ under the point and drops the other; a point on no person ends the job `no_perso
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from stack import ROOT, ApiServer, base_env, data_path, settings_from
+from people_scenes import bench_people
+from stack import ApiServer, base_env, data_path, settings_from
 from test_end_to_end import poll, submit
 
 pytestmark = pytest.mark.slow
 
 
 def _scene(tmp: Path) -> tuple[Any, Path]:
-    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
-    assert spec is not None and spec.loader is not None
-    bp = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
-    if "bench_people" not in sys.modules:
-        sys.modules["bench_people"] = bp
-        spec.loader.exec_module(bp)
+    bp = bench_people()
     scene = bp.make_scene(data_path("portraits", "val"), data_path("backgrounds", bp.BACKGROUND), 2, (320, 240), 10)
     return scene, bp.write_clip(scene, tmp / "two.mp4")
 

@@ -5,31 +5,20 @@ inside them; a frame with nobody answers none."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import cv2
 import httpx
 import numpy as np
 import pytest
+from people_scenes import bench_people
 from stack import data_path
 from webstack import start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def bench_people():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_people", ROOT / "bench" / "people.py")
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get("bench_people") or importlib.util.module_from_spec(spec)
-    if "bench_people" not in sys.modules:
-        sys.modules["bench_people"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
