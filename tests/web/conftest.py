@@ -18,7 +18,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 import stack  # noqa: E402
 from stack import data_path  # noqa: E402,F401 - offered to test modules like the other conftests
-from webstack import PageLog  # noqa: E402
+from webstack import PageLog, start_stack, stop_stack  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +72,11 @@ def page_factory(browser: Any, tmp_path: Path) -> Iterator[Any]:
     yield make
     for ctx in contexts:
         ctx.close()
+
+
+@pytest.fixture(scope="module")
+def previews(web_redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The API and a preview worker (no video worker), shared by a module's preview tests."""
+    s = start_stack(web_redis_port, tmp_path_factory.mktemp("previews"), {}, video_worker=False)
+    yield s
+    stop_stack(s)

@@ -14,18 +14,10 @@ import pytest
 import redis
 from playwright.sync_api import expect
 from stack import data_path
-from webstack import start_stack, stop_stack
 
 from service.previews import PreviewStore
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def previews(web_redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    s = start_stack(web_redis_port, tmp_path_factory.mktemp("blur"), {}, video_worker=False)
-    yield s
-    stop_stack(s)
 
 
 def _composite(c: httpx.Client, png: bytes, strength: str) -> np.ndarray:

@@ -14,18 +14,8 @@ import numpy as np
 import pytest
 from people_scenes import bench_people
 from stack import data_path
-from webstack import start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
-
-
-
-
-@pytest.fixture(scope="module")
-def previews(web_redis_port: int, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    s = start_stack(web_redis_port, tmp_path_factory.mktemp("people"), {}, video_worker=False)
-    yield s
-    stop_stack(s)
 
 
 def preview(url: str, frame: np.ndarray) -> dict[str, Any]:
