@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="Choosing who stays: run the person detector on every Nth frame; in between, people are "
         "followed by the matte's motion (1 = every frame).",
     )
+    people_check_timeout_s: float = Field(
+        30.0, gt=0,
+        description="POST /jobs waits this long for the preview lane to check keep_points/people on the first frame; "
+        "without an answer the job is queued and its worker checks.",
+    )
 
     # --- service -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface the API binds to.")

@@ -15,6 +15,7 @@ WEBHOOK_TASK = "backdrop.deliver_webhook"
 HOUSEKEEPING_TASK = "backdrop.housekeeping"
 PREVIEW_TASK = "backdrop.preview"
 PREVIEW_SWEEP_TASK = "backdrop.sweep_previews"
+PEOPLE_CHECK_TASK = "backdrop.check_people"
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
@@ -31,6 +32,8 @@ def create_celery(settings: Settings | None = None) -> Celery:
             # previews on a lane of their own: a worker that no video job can occupy
             PREVIEW_TASK: {"queue": settings.preview_queue_name},
             PREVIEW_SWEEP_TASK: {"queue": settings.light_queue_name},
+            # a job's choice of people, checked on the first frame while POST /jobs waits
+            PEOPLE_CHECK_TASK: {"queue": settings.preview_queue_name},
         },
         beat_schedule={
             "housekeeping": {

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings, get_settings
-from service.errors import BackdropError, InvalidFrame
+from service.errors import BackdropError, InputError, InvalidFrame
 from service.jobs import JobError, utcnow
 from service.options import blur_spec
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore, preview_prefix
-from service.workers.celery_app import PREVIEW_SWEEP_TASK, PREVIEW_TASK, app
+from service.workers.celery_app import PEOPLE_CHECK_TASK, PREVIEW_SWEEP_TASK, PREVIEW_TASK, app
 from service.workers.tasks import job_store, object_store
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,33 @@ def people_of(image: Any, cutout: Any, settings: Settings) -> list[dict[str, Any
 
     alpha = cutout[..., 3].astype(np.float32) / 255.0
     return [asdict(p) for p in first_frame_people(image, alpha, settings)]
+
+
+@app.task(name=PEOPLE_CHECK_TASK, acks_late=False, ignore_result=True)
+def check_people(check_id: str, input_key: str, options: dict[str, Any]) -> str:
+    """A job's choice of people checked on its stored video's first frame, while ``POST /jobs``
+    waits (``service.people_check``): the frame is found and split as the job will do it."""
+    from service.options import Options
+    from service.people_check import CheckAnswer, answer
+    from service.pipeline import first_frame_people
+
+    settings = get_settings()
+    workdir = Path(tempfile.mkdtemp(prefix=f"check-{check_id[:8]}-", dir=settings.spool_dir))
+    try:
+        video = workdir / f"input{Path(input_key).suffix}"
+        object_store().get_file(input_key, video)
+        found = first_frame_people(video, Options.parse(**options), settings=settings)
+        verdict = CheckAnswer(ok=True, people=len(found))
+    except BackdropError as e:
+        # an input error refuses the POST with its own code; anything else leaves it to the job
+        verdict = CheckAnswer(ok=False, code=e.code if isinstance(e, InputError) else None, message=e.message[:1000])
+    except Exception as e:  # noqa: BLE001 - the check could not run: the job's worker decides
+        log.exception("people check %s failed", check_id)
+        verdict = CheckAnswer(ok=False, message=f"{type(e).__name__}: {e}"[:1000])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    answer(job_store().r, check_id, verdict)
+    return "ok" if verdict.ok else str(verdict.code)
 
 
 @app.task(name=PREVIEW_SWEEP_TASK, acks_late=False, ignore_result=True)

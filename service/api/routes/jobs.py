@@ -37,7 +37,7 @@ from service.errors import (
 )
 from service.jobs import Background, Job, JobOptions, JobStatus, VideoMeta, public_dict, result_url
 from service.storage import job_prefix
-from service.workers.celery_app import PROCESS_TASK, WEBHOOK_TASK, time_limits
+from service.workers.celery_app import PEOPLE_CHECK_TASK, PROCESS_TASK, WEBHOOK_TASK, time_limits
 
 log = logging.getLogger(__name__)
 
@@ -212,12 +212,16 @@ async def _stored_upload(
     return rec, None
 
 
-def _store_inputs(objects: Any, job: Job, form: ParsedForm, r: Any, moves: list[tuple[UploadRecord, str]]) -> None:
-    """Put the form's files in the store, and move direct uploads to the job's keys (inside the
-    store: a rename locally, a server-side copy on S3), each upload taken once."""
+def _take_uploads(objects: Any, r: Any, moves: list[tuple[UploadRecord, str]]) -> None:
+    """Move direct uploads to the job's keys (inside the store: a rename locally, a server-side
+    copy on S3), each upload taken once."""
     for rec, key in moves:
         consume_upload(r, rec)
         objects.move(rec.key, key)
+
+
+def _store_files(objects: Any, job: Job, form: ParsedForm) -> None:
+    """Put the form's files in the store at the job's keys."""
     video = form.files.get("video")
     if video is not None:
         objects.put_file(job.input_key, video.path, video.content_type or "application/octet-stream")
@@ -298,7 +302,13 @@ async def _submit(
             await run_in_threadpool(idem.claim, fingerprint)
         assert reservation is not None
         await run_in_threadpool(reservation.ensure)  # before storing: a refusal here leaves nothing behind
-        await run_in_threadpool(_store_inputs, objects, job, form, jobs.r, moves)
+        await run_in_threadpool(_store_files, objects, job, form)
+        try:
+            await _check_people(job, params, moves, jobs.r, celery, settings)
+            await run_in_threadpool(_take_uploads, objects, jobs.r, moves)
+        except BaseException:
+            await run_in_threadpool(_forget_inputs, objects, job)
+            raise
         try:
             stored, created = await run_in_threadpool(jobs.create, job, idempotency_key)
         except BaseException:
@@ -340,7 +350,7 @@ async def _checked_job(
 ) -> Job:
     """The job the request describes, once its callback, video and background passed the checks.
     A URL is judged by the address guard only (the worker fetches it, then inspects it).  A direct
-    upload is checked where it lies; ``moves`` gets (upload, the job's key) for ``_store_inputs``."""
+    upload is checked where it lies; ``moves`` gets (upload, the job's key) for ``_take_uploads``."""
     from service.fetch import check_fetch_url
 
     if params.callback_url:
@@ -400,6 +410,30 @@ async def _checked_job(
     job.progress.frames_total = job.video.frames if job.video else 0
     job.time_limit_s, _ = time_limits(settings, duration)
     return job
+
+
+async def _check_people(
+    job: Job, params: JobCreate, moves: list[tuple[UploadRecord, str]], r: Any, celery: Any, settings: Any
+) -> None:
+    """A choice of people (``keep_points``, ``people=largest``) checked on the stored video's first
+    frame by the preview lane before the job exists (``service.people_check``): a point on nobody is
+    422 ``no_person_at_point`` here, not a failed job later.  A video given by URL is not fetched
+    by the API's request: its worker checks it.  The direct upload is read where it lies, so a
+    refused request leaves it unspent."""
+    if not params.options.selects_people:
+        return
+    key = next((rec.key for rec, target in moves if target == job.input_key), job.input_key)
+    if not key:
+        return
+    from service import people_check
+
+    verdict = await run_in_threadpool(
+        people_check.request, r, celery, PEOPLE_CHECK_TASK, settings.preview_queue_name, key,
+        params.options.model_dump(mode="json"), settings.people_check_timeout_s,
+    )
+    error = verdict.refusal() if verdict else None
+    if error is not None:
+        raise error
 
 
 def _forget_inputs(objects: Any, job: Job) -> None:
