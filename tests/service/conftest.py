@@ -52,16 +52,16 @@ def redis_url(redis_port: int) -> str:
 
 @pytest.fixture
 def worker_factory(tmp_path: Path) -> Iterator[Any]:
-    """Starts video workers; the first one of a test also brings up the light worker (callbacks,
-    and the beat that runs housekeeping), as `backdrop run` does.  The preview worker is left out:
-    no service test asks for a preview (the web tests start their own, tests/web/webstack.py), and
-    each extra worker loads a model on the same two cores."""
+    """Starts video workers (or with ``preview`` the preview lane's worker); the first one of a test
+    also brings up the light worker (callbacks, and the beat that runs housekeeping), as `backdrop
+    run` does.  The preview worker is started only by the tests that use it: each extra worker
+    loads a model on the same two cores."""
     workers: list[Worker] = []
 
-    def make(env: dict[str, str], name: str = "w1") -> Worker:
+    def make(env: dict[str, str], name: str = "w1", *, preview: bool = False) -> Worker:
         if not workers:
             workers.append(Worker(env, f"light-{uuid.uuid4().hex[:4]}", tmp_path / "worker-light.log", light=True).start())
-        w = Worker(env, f"{name}-{uuid.uuid4().hex[:4]}", tmp_path / f"worker-{name}.log").start()
+        w = Worker(env, f"{name}-{uuid.uuid4().hex[:4]}", tmp_path / f"worker-{name}.log", preview=preview).start()
         workers.append(w)
         return w
 
