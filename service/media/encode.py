@@ -276,3 +276,8 @@ class _Route:
             frame.pts = None  # let the encoder count samples; the resampler re-times them anyway
             for packet in cast(av.AudioStream, self.target).encode(frame):
                 out.mux(packet)
+
+
+#: The input's audio, copied or transcoded as the writer does it: the join of a chunked job
+#: (``service.media.chunks``) muxes it once beside the chunks' video packets.
+AudioCarrier = _AudioCarrier
