@@ -60,6 +60,17 @@ class Settings(BaseSettings):
         320, description="Long side, in pixels, of RVM's low-resolution pass (sets its downsample ratio)."
     )
     fp16: bool = Field(False, description="Use fp16 model variants where they exist (GPU only).")
+    device_pipeline: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="The device path (frames stay in the model's device memory from decode to encode: NVDEC, IO "
+        "binding, TensorRT, compositing on the GPU) for the jobs it covers: auto = when a CUDA provider works, "
+        "on = also on the CPU provider, off = never.",
+    )
+    gpu_device: int = Field(0, description="CUDA device the worker's models, NVDEC and NVENC use.")
+    engine_cache_dir: Path = Field(
+        ROOT / "var" / "engines",
+        description="Folder of generated model files: RVM with its downsample ratio fixed, TensorRT engines and timing cache.",
+    )
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
     decode_threads: int = Field(
