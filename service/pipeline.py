@@ -70,6 +70,21 @@ class Batch:
     background: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class Window:
+    """One chunk of a longer video (``service.media.chunks``, issue 16): frames before
+    ``model_from_pts`` are decoded only; frames from there to ``start_pts`` run through the model
+    (and the edge refiner and harmoniser) to warm their state across frames, and are dropped;
+    frames from ``start_pts`` up to ``end_pts`` are written with their own timestamps.  ``info`` is
+    the whole video's (size, rotation, rate, time base: every chunk's encoder is set up alike) with
+    the chunk's file; a chunk writes no audio (the join muxes it once)."""
+
+    info: VideoInfo
+    model_from_pts: int
+    start_pts: int
+    end_pts: int | None
+
+
 _END = object()
 
 
@@ -83,6 +98,7 @@ def replace_background(
     cancel: Callable[[], bool] | None = None,
     settings: Settings | None = None,
     model: MattingModel | None = None,
+    window: Window | None = None,
 ) -> ReplaceResult:
     """Put the person in ``input_path`` on ``background`` and write ``output_path``.
 
@@ -93,14 +109,14 @@ def replace_background(
     """
     settings = settings or get_settings()
     options = (options or ReplaceOptions()).with_background(background_kind(background))
-    info = probe_video(Path(input_path), settings)
+    info = window.info if window is not None else probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
     model = model or get_model(options.model, settings)
     bg = _background_for(options.output_format, background, info, settings)
     output_path = Path(output_path)
     partial = output_path.with_name(f".{output_path.name}.partial")
     try:
-        frames = _run(info, bg, partial, options, model, settings, progress, cancel)
+        frames = _run(info, bg, partial, options, model, settings, progress, cancel, window)
         os.replace(partial, output_path)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -194,7 +210,9 @@ def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     return settings.decode_threads or auto, settings.encode_threads or auto
 
 
-def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int) -> Iterator[Batch]:
+def _batches(
+    info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int, window: Window | None = None
+) -> Iterator[Batch]:
     buf: list[np.ndarray] = []
     pts: list[int] = []
     durations: list[int] = []
@@ -207,6 +225,10 @@ def _batches(info: VideoInfo, bg: BackgroundSource | None, settings: Settings, t
         return Batch(images, list(pts), list(durations), back)
 
     for frame in iter_frames(info, threads):
+        if window is not None and (
+            frame.pts < window.model_from_pts or (window.end_pts is not None and frame.pts >= window.end_pts)
+        ):
+            continue  # before the chunk's warm-up, or the next chunk's
         buf.append(frame.image)
         pts.append(frame.pts)
         durations.append(frame.duration)
@@ -264,6 +286,7 @@ def _run(
     settings: Settings,
     progress: Progress | None,
     cancel: Callable[[], bool] | None,
+    window: Window | None = None,
 ) -> _Count:
     spec = FORMATS[options.output_format]
     stop = threading.Event()
@@ -272,10 +295,10 @@ def _run(
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
     compositor = create_compositor(options.composite)
     decode_threads, encode_threads = codec_threads(model, settings)
-    writer = VideoWriter(path, options.output_format, info, threads=encode_threads)
+    writer = VideoWriter(path, options.output_format, info, threads=encode_threads, audio=window is None)
 
     def read() -> None:
-        for batch in _batches(info, bg, settings, decode_threads):
+        for batch in _batches(info, bg, settings, decode_threads, window):
             if not _put(decoded, batch, stop):
                 return
         _put(decoded, _END, stop)
@@ -287,6 +310,10 @@ def _run(
             if item is _END:
                 return
             batch, alpha, fg = cast(tuple[Batch, np.ndarray, np.ndarray | None], item)
+            if window is not None and batch.pts[0] < window.start_pts:
+                batch, alpha, fg = _from_pts(batch, alpha, fg, window.start_pts)  # warm-up dropped
+                if not batch.pts:
+                    continue
             frames = compose_batch(spec.alpha, options.output_format, batch, alpha, fg, compositor)
             pts = batch.pts
             writer.write(frames, pts, batch.durations)
@@ -343,6 +370,16 @@ def _run(
         raise
     finally:
         stop.set()
+
+
+def _from_pts(
+    batch: Batch, alpha: np.ndarray, fg: np.ndarray | None, start: int
+) -> tuple[Batch, np.ndarray, np.ndarray | None]:
+    """The frames of a batch from time ``start`` on (frames arrive in display order)."""
+    k = next((i for i, p in enumerate(batch.pts) if p >= start), len(batch.pts))
+    back = None if batch.background is None else batch.background[k:]
+    return (Batch(batch.images[k:], batch.pts[k:], batch.durations[k:], back), alpha[k:],
+            None if fg is None else fg[k:])
 
 
 def compose_batch(
