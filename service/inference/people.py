@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from service.config import Settings, get_settings
-from service.errors import NoPersonAtPoint, NoPersonFound
+from service.errors import Canceled, NoPersonAtPoint, NoPersonFound
 from service.inference.sessions import Session, create_session
 from service.inference.weights import locate
 
@@ -321,10 +321,35 @@ def first_frame_people(frame: np.ndarray, alpha: np.ndarray, settings: Settings 
     return people_found(splitter, splitter.split(frame, alpha))
 
 
-def largest_person(owners: np.ndarray) -> int:
-    """The track id owning most pixels; 0 if nobody."""
+def largest_person(owners: np.ndarray, coverage: dict[int, float] | None = None) -> int:
+    """The track id owning most pixels, or with ``coverage`` (``clip_coverage``) the one of those
+    owning pixels here that covers most of the clip; 0 if nobody."""
     ids, counts = np.unique(owners[owners > 0], return_counts=True)
-    return int(ids[np.argmax(counts)]) if len(ids) else 0
+    if not len(ids):
+        return 0
+    if coverage:
+        return int(max(zip(ids, counts, strict=True), key=lambda ic: (coverage.get(int(ic[0]), 0.0), ic[1]))[0])
+    return int(ids[np.argmax(counts)])
+
+
+def clip_coverage(
+    frames: Iterable[np.ndarray], detector: PersonDetector, cancel: Callable[[], bool] | None = None
+) -> dict[int, float]:
+    """How much of a clip each person covers: the sum over ``frames`` (a sample of the clip, its first
+    frame first) of the area of that person's detected box, in frame pixels, by track id.
+
+    The ids are those a job's ``PersonSplitter`` gives the people of the first frame (the same
+    detector on the same frame, a fresh ``Tracker`` numbering them in the same order), so the choice
+    made here can be resolved on the job's first frame.  ``cancel`` is polled between frames."""
+    tracker = Tracker()
+    covered: dict[int, float] = {}
+    for frame in frames:
+        if cancel is not None and cancel():
+            raise Canceled("the job was canceled")
+        for tid, det in tracker.update(detector(frame)).items():
+            x0, y0, x1, y1 = (float(v) for v in det.box)
+            covered[tid] = covered.get(tid, 0.0) + max(0.0, x1 - x0) * max(0.0, y1 - y0)
+    return covered
 
 
 def keep_multiplier(owners: np.ndarray, keep: set[int], size: tuple[int, int]) -> np.ndarray:
@@ -343,14 +368,18 @@ def keep_multiplier(owners: np.ndarray, keep: set[int], size: tuple[int, int]) -
 class PeopleSelection:
     """Per job: ``selection(frames, alpha) -> alpha`` keeping only the chosen people.
 
-    ``points`` are (x, y) pixels of the first (upright) frame; ``largest`` keeps whoever owns most of
-    the first frame's matte.  Raises ``NoPersonAtPoint`` / ``NoPersonFound`` on the first frame."""
+    ``points`` are (x, y) pixels of the first (upright) frame; ``largest`` keeps, of the people on the
+    first frame's matte, the one who covers most of the clip by ``coverage`` (``clip_coverage``), or
+    without it the one who owns most of the first frame's matte.  Raises ``NoPersonAtPoint`` /
+    ``NoPersonFound`` on the first frame."""
 
     def __init__(self, points: Sequence[tuple[int, int]] = (), largest: bool = False, *,
-                 settings: Settings | None = None, detector: PersonDetector | None = None, every: int | None = None):
+                 settings: Settings | None = None, detector: PersonDetector | None = None, every: int | None = None,
+                 coverage: dict[int, float] | None = None):
         settings = settings or get_settings()
         self.points = list(points)
         self.largest = largest
+        self.coverage = coverage
         self.splitter = PersonSplitter(detector or PersonDetector(settings),
                                        every or settings.people_detect_every)
         self.keep: set[int] | None = None
@@ -367,7 +396,7 @@ class PeopleSelection:
 
     def _choose(self, owners: np.ndarray, w: int, h: int) -> set[int]:
         if self.largest:
-            tid = largest_person(owners)
+            tid = largest_person(owners, self.coverage)
             if not tid:
                 raise NoPersonFound("people=largest: no person was found on the first frame")
             return {tid}

@@ -73,6 +73,27 @@ def test_largest_and_the_cli_flags(clip, tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "no.mp4").exists()
 
 
+def test_largest_is_who_covers_most_of_the_clip(tmp_path: Path) -> None:
+    """The larger person on the first frame walks out after three frames: `largest` keeps the other one,
+    who is there all along (the whole clip is looked over, not the first frame alone)."""
+    bp = bench_people()
+    size, frames = (320, 240), 12
+    scene = bp.make_scene(data_path("portraits", "val"), data_path("backgrounds", bp.BACKGROUND), 2, size, frames)
+    bg = bp.load_background(data_path("backgrounds", bp.BACKGROUND), size)
+    first = scene.masks[:, 0].sum(axis=(1, 2))
+    leaves, stays = int(np.argmax(first)), int(np.argmin(first))
+    for t in range(3, frames):
+        gone = scene.masks[leaves, t]
+        scene.frames[t][gone] = bg[gone]
+        scene.masks[leaves, t] = False
+    path = bp.write_clip(scene, tmp_path / "leaves.mp4")
+    out = tmp_path / "largest.mp4"
+    replace_background(path, None, out, Options(output_format="matte", people="largest"))
+    matte = matte_of(out)
+    assert iou(matte, scene.masks[stays]) >= 0.85
+    assert shown_share(matte[:3], scene.masks[leaves, :3]) <= 0.02
+
+
 def test_a_point_on_the_background_is_refused(clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     scene, path = clip
     x, y = 160, 20  # between the two lanes, above their heads
