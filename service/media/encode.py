@@ -74,9 +74,13 @@ _DTS_WINDOW_FRAMES = 8
 class VideoWriter:
     """Writes frames with given timestamps (input time base) and the input's audio to ``path``."""
 
-    def __init__(self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True, threads: int = 0):
-        """``threads``: encoder threads (0 = FFmpeg's choice)."""
-        self.spec = FORMATS[fmt]
+    def __init__(
+        self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True, threads: int = 0,
+        spec: FormatSpec | None = None,
+    ):
+        """``threads``: encoder threads (0 = FFmpeg's choice); ``spec``: another encoder for ``fmt``
+        (the device path's NVENC, ``service.media.hwencode``)."""
+        self.spec = spec or FORMATS[fmt]
         self.info = info
         self.width = info.width + (info.width % 2 if self.spec.even else 0)
         self.height = info.height + (info.height % 2 if self.spec.even else 0)
@@ -109,13 +113,18 @@ class VideoWriter:
         self._packets = 0
         self._held: av.Packet | None = None
 
-    def write(self, frames: np.ndarray, pts: list[int], durations: list[int] | None = None) -> None:
+    def write(
+        self, frames: np.ndarray, pts: list[int], durations: list[int] | None = None, layout: str | None = None
+    ) -> None:
         """``frames``: uint8 (N, H, W, 3) RGB, or (N, H, W, 4) RGBA for alpha formats; ``pts`` and
-        ``durations`` in the input's time base (durations keep the last frame's length exact)."""
-        layout = "rgba" if self.spec.alpha else "rgb24"
+        ``durations`` in the input's time base (durations keep the last frame's length exact).
+        ``layout="yuv420p"``: frames are (N, H·3/2, W) I420 at the output's even size (the device
+        path converts on the GPU), handed to the encoder as they are."""
+        yuv = layout == "yuv420p"
+        layout = layout or ("rgba" if self.spec.alpha else "rgb24")
         durations = durations or [self._frame_ticks] * len(pts)
         for image, t, d in zip(frames, pts, durations, strict=True):
-            image = self._pad(image)
+            image = image if yuv else self._pad(image)
             frame = av.VideoFrame.from_ndarray(image, format=layout)
             frame.pts = t
             frame.time_base = self.time_base
