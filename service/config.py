@@ -161,7 +161,15 @@ class Settings(BaseSettings):
         3600, description="Lifetime of a direct upload (POST /uploads) not used by a job; its object is swept after."
     )
     webhook_backoff_s: float = Field(2.0, description="First retry delay of callbacks (doubles each time).")
-    worker_concurrency: int = Field(1, description="Jobs one worker runs at once.")
+    worker_concurrency: int = Field(1, description="Jobs (or chunks of one) one worker runs at once.")
+    chunk_seconds: float = Field(
+        30.0, ge=0,
+        description="A video longer than this is cut at keyframes into chunks of about this length that "
+        "workers process at once, then joined (0 = never; see README, Scaling).",
+    )
+    chunk_warmup_frames: int = Field(
+        8, ge=0, description="Frames each chunk runs through the model before its first one, output dropped (seams)."
+    )
     worker_soft_shutdown_s: float = Field(
         10.0,
         description="On a cold shutdown (SIGQUIT), time the running job gets to finish before it is put back in the queue.",
