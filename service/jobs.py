@@ -9,6 +9,9 @@ Keys (all under ``backdrop:``):
   idem:{owner}:{hash}  Idempotency-Key → job id
   cancel:{id}          the cancel flag a worker polls
   lease:{id}           the worker token running the job (refreshed by heartbeat)
+  lease:{id}:c{n}      the same for chunk n of a job cut into chunks (``lease:{id}:join`` for its join)
+  chunks:{id}          HASH of a chunked job: its plan and video facts, and per chunk its starts
+                       (``tries:n``), frames written (``done:n``) and whether it finished (``finished:n``)
   stats                HASH of counters (jobs entering each state, processing seconds, frames)
 """
 
@@ -21,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import BaseModel, Field, computed_field
@@ -66,8 +69,10 @@ def utcnow() -> datetime:
 
 
 class Progress(BaseModel):
-    frames_done: int = 0
+    frames_done: int = 0  # a chunked job: the sum over its chunks
     frames_total: int = 0
+    chunks_total: int = 0  # 0: the job runs as one task
+    chunks_done: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -361,9 +366,75 @@ class JobStore:
         self.r.transaction(txn, key)
         return ok["v"]
 
+    # -- chunked jobs (issue 16; ``service.workers.chunks``) ----------------------------------------
+    def start_chunks(self, job_id: str, attempt: int, total: int, fields: dict[str, str]) -> bool:
+        """Record a job's chunk plan (``fields``) and set ``chunks_total``, if the job still runs
+        under ``attempt``; the plan of an earlier attempt goes."""
+        ckey = P + f"chunks:{job_id}"
+        pipe = self.r.pipeline()
+        pipe.delete(ckey)
+        pipe.hset(ckey, mapping=cast(Any, {**fields, "attempt": str(attempt)}))
+        pipe.expire(ckey, self.settings.job_ttl_s)
+        pipe.execute()
+
+        def change(job: Job) -> None:
+            job.progress = Progress(frames_done=0, frames_total=job.progress.frames_total, chunks_total=total)
+
+        return self._update_running(job_id, attempt, change)
+
+    def chunk_state(self, job_id: str) -> dict[str, str]:
+        return {_s(k): _s(v) for k, v in self.r.hgetall(P + f"chunks:{job_id}").items()}
+
+    def chunk_started(self, job_id: str, part: str) -> int:
+        """Count a start of chunk ``part`` (an index, or ``join``); the count so far."""
+        return int(self.r.hincrby(P + f"chunks:{job_id}", f"tries:{part}", 1))
+
+    def chunk_progress(self, job_id: str, attempt: int, index: int, done: int, finished: bool = False) -> tuple[int, int]:
+        """Frames written by chunk ``index`` (and, with ``finished``, that it is complete): the
+        job's ``frames_done`` becomes the sum over its chunks and ``chunks_done`` the chunks
+        finished.  (chunks done, chunks total); (0, 0) once the job no longer runs under ``attempt``."""
+        key, ckey = P + f"job:{job_id}", P + f"chunks:{job_id}"
+        out = {"v": (0, 0)}
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                return
+            job = Job.model_validate_json(raw)
+            if job.status is not JobStatus.RUNNING or job.attempts != attempt:
+                return
+            state = {_s(k): _s(v) for k, v in pipe.hgetall(ckey).items()}
+            state[f"done:{index}"] = str(done)
+            if finished:
+                state[f"finished:{index}"] = "1"
+            frames = sum(int(v) for k, v in state.items() if k.startswith("done:"))
+            finished_n = sum(1 for k in state if k.startswith("finished:"))
+            job.progress = Progress(frames_done=frames, frames_total=job.progress.frames_total,
+                                    chunks_total=job.progress.chunks_total, chunks_done=finished_n)
+            pipe.multi()
+            pipe.hset(ckey, f"done:{index}", str(done))
+            if finished:
+                pipe.hset(ckey, f"finished:{index}", "1")
+            pipe.set(key, job.model_dump_json(), keepttl=True)
+            out["v"] = (finished_n, job.progress.chunks_total)
+
+        self.r.transaction(txn, key, ckey)
+        return out["v"]
+
+    def forget_chunks(self, job_id: str) -> None:
+        self.r.delete(P + f"chunks:{job_id}")
+
+    def chunk_leases(self, job_id: str) -> list[str]:
+        """The chunk and join leases of a job that are held now."""
+        return [_s(k) for k in self.r.scan_iter(match=P + f"lease:{job_id}:*", count=100)]
+
+    def once(self, name: str, ttl_s: float) -> bool:
+        """True for the first caller only (for ``ttl_s``): one callback for many chunks."""
+        return bool(self.r.set(P + f"once:{name}", b"1", nx=True, px=int(ttl_s * 1000)))
+
     def delete(self, job: Job) -> None:
         pipe = self.r.pipeline()
-        pipe.delete(P + f"job:{job.id}", P + f"cancel:{job.id}", P + f"lease:{job.id}")
+        pipe.delete(P + f"job:{job.id}", P + f"cancel:{job.id}", P + f"lease:{job.id}", P + f"chunks:{job.id}")
         pipe.zrem(P + f"owner:{job.owner}", job.id)
         for z in ("queued", "running", "expiry"):
             pipe.zrem(P + z, job.id)
@@ -478,6 +549,8 @@ def public_dict(job: Job, result_url: str | None) -> dict[str, Any]:
             "frames_done": job.progress.frames_done,
             "frames_total": job.progress.frames_total,
             "percent": job.progress.percent,
+            "chunks_total": job.progress.chunks_total,
+            "chunks_done": job.progress.chunks_done,
         },
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,

@@ -16,17 +16,22 @@ HOUSEKEEPING_TASK = "backdrop.housekeeping"
 PREVIEW_TASK = "backdrop.preview"
 PREVIEW_SWEEP_TASK = "backdrop.sweep_previews"
 PEOPLE_CHECK_TASK = "backdrop.check_people"
+#: A long video's chunks and their join (``service.workers.chunks``), on the video queue.
+CHUNK_TASK = "backdrop.process_chunk"
+JOIN_TASK = "backdrop.join_chunks"
 
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("backdrop", broker=settings.redis_url, include=["service.workers.tasks", "service.workers.preview"])
+    app = Celery("backdrop", broker=settings.redis_url, include=["service.workers.tasks", "service.workers.chunks", "service.workers.preview"])
     app.conf.update(
         task_default_queue=settings.queue_name,
         # video jobs on their own queue (one slot per CPU/GPU worker); callbacks and housekeeping on a
         # light queue served by a small thread pool, so they never wait behind a video or take its slot
         task_routes={
             PROCESS_TASK: {"queue": settings.queue_name},
+            CHUNK_TASK: {"queue": settings.queue_name},
+            JOIN_TASK: {"queue": settings.queue_name},
             WEBHOOK_TASK: {"queue": settings.light_queue_name},
             HOUSEKEEPING_TASK: {"queue": settings.light_queue_name},
             # previews on a lane of their own: a worker that no video job can occupy

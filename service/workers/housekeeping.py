@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -66,8 +67,14 @@ def reap(
     send: Callable[[Job], None],
     notify: Callable[[str], None],
     cleanup: Callable[[str], None],
+    cleanup_chunks: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Settle abandoned jobs (see module doc); returns counts by what was done."""
+    """Settle abandoned jobs (see module doc); returns counts by what was done.
+
+    A job cut into chunks (issue 16) holds no lease of its own while its chunks wait or run: it is
+    alive while a chunk or its join holds a lease or has a message in the broker (waiting, or
+    taken and not yet acknowledged: a chunk whose worker died goes back there), until its
+    deadline.  With none of these it is settled like any other (back to the queue, whole)."""
     counts = {"requeued": 0, "failed": 0, "resent": 0, "orphans": 0}
     for state in (JobStatus.RUNNING, JobStatus.QUEUED):
         for jid in store.ids_in(state):
@@ -75,12 +82,27 @@ def reap(
                 store.drop_from_index(state, jid)
                 cleanup(jid)
                 counts["orphans"] += 1
+    present: set[str] | None = None
     for jid in store.ids_in(JobStatus.RUNNING):
         if store.lease_holder(jid):
             continue
+        current = store.get(jid)
+        chunked = current is not None and current.progress.chunks_total > 0
+        if chunked and current is not None:
+            if present is None:
+                present = broker_task_ids(store.r, [settings.queue_name])
+            late = current.deadline_at is not None and datetime.now(UTC) >= current.deadline_at
+            alive = store.chunk_leases(jid) or any(i.startswith(jid + ".") for i in present)
+            if alive and not late:
+                continue
         job = store.settle_abandoned(jid, settings.max_attempts)
         if job is None:
             continue
+        if chunked and cleanup_chunks is not None:
+            cleanup_chunks(jid)  # its chunks stop at their next poll; their objects go now
+        if chunked and job.status is not JobStatus.QUEUED and not store.once(f"notify:{jid}", 3600):
+            counts["failed"] += 1
+            continue  # a chunk sent its callback already
         if job.status is JobStatus.QUEUED:
             log.warning("job %s lost its worker (attempt %d); queued again", jid, job.attempts)
             send(job)

@@ -225,6 +225,7 @@ def process_job(self: Any, job_id: str) -> str:
             j.attempts += 1
             j.progress.frames_done = 0
             j.progress.frames_total = j.video.frames if j.video else 0
+            j.progress.chunks_total = j.progress.chunks_done = 0
             j.error, j.result = None, None
             j.deadline_at = j.started_at + timedelta(seconds=hard) if j.started_at and j.time_limit_s else None
 
@@ -270,12 +271,16 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
     try:
         # a restart: whatever the previous attempt left behind goes first
         for key in objects.keys(job_prefix(job_id)):
-            if "/output" in key:
+            if "/output" in key or "/chunks/" in key:
                 objects.delete_prefix(key)
         src = _input_video(job, workdir, store, attempt, settings)
         background = _background_spec(job, workdir, settings)
         # the API validated the same model; a stored job from an older release fails with its code
         options = ReplaceOptions.parse(**job.options.model_dump())
+        from service.workers.chunks import start_chunked
+
+        if start_chunked(job, attempt, src, background, workdir, store, settings):
+            return "chunked"  # its chunks run as tasks of their own; the last one sends the join
         from service.media.encode import OUTPUT_FORMATS
 
         ext, content_type = OUTPUT_FORMATS[job.options.output_format]
@@ -420,8 +425,10 @@ def run_housekeeping() -> dict[str, int]:
     if not store.hold("housekeeping", token, max(5.0, settings.housekeeping_interval_s * 4)):
         return {"skipped": 1}
     try:
+        from service.workers.chunks import _delete_chunks
+
         counts = housekeeping.reap(store, settings, send=send_job, notify=lambda jid: _notify(store, jid),
-                                   cleanup=_cleanup_objects)
+                                   cleanup=_cleanup_objects, cleanup_chunks=_delete_chunks)
         counts.update(housekeeping.sweep(store, lambda jid: object_store().delete_prefix(job_prefix(jid))))
         counts.update(housekeeping.sweep_uploads(store, lambda prefix: object_store().delete_prefix(prefix)))
         return counts

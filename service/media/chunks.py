@@ -1,0 +1,314 @@
+"""Long videos in chunks: cut the input at keyframes by packet copy, join the encoded chunks by
+packet copy, and mux the input's audio once.  Nothing here decodes or encodes a picture.
+
+A chunk is the span of frames ``start_pts <= pts < end_pts`` (display order).  Its file begins at
+the last keyframe at or before ``model_from_pts`` (``warmup`` frames before ``start_pts``: the
+pipeline runs the model on them to settle its recurrent state, and drops their output) and ends
+after the next chunk's first keyframe and any frames that display before that keyframe but are
+decoded after it (the leading pictures of an open GOP).  Packets keep their timestamps: a chunk's
+output frames carry the very timestamps of the sequential run, so the join only concatenates.
+
+Chunk files are MP4/MOV with the input's own timescale (MOV/MP4 inputs), which keeps every
+timestamp exact; other containers (their muxers pick their own time base) run unchunked.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+from service.media.encode import FORMATS, AudioCarrier
+from service.media.inspect import AudioInfo, VideoInfo, open_input
+
+#: Containers whose chunks keep the input's timestamps exactly (see module doc).
+_CHUNK_MUXER = {"mov": "mov", "mp4": "mov", "m4a": "mov", "3gp": "mov", "3g2": "mov", "mj2": "mov"}
+
+
+class NotChunkable(Exception):
+    """This input cannot be cut exactly (its container, missing timestamps, one keyframe…): it runs
+    as one task, as it always did."""
+
+
+@dataclass(frozen=True)
+class ChunkSpan:
+    index: int
+    start_pts: int  # first frame written
+    end_pts: int | None  # first frame of the next chunk (None: to the end)
+    model_from_pts: int  # first frame the model sees (warm-up frames before start_pts)
+    frames: int  # frames written
+    warmup: int  # frames run through the model and dropped
+    first_packet: int  # decode-order packet range of the chunk's file
+    end_packet: int
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    chunks: tuple[ChunkSpan, ...]
+    muxer: str
+
+    def to_json(self) -> str:
+        return json.dumps({"muxer": self.muxer, "chunks": [asdict(c) for c in self.chunks]})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ChunkPlan:
+        d = json.loads(raw)
+        return cls(tuple(ChunkSpan(**c) for c in d["chunks"]), d["muxer"])
+
+
+def _muxer(info: VideoInfo) -> str:
+    names = [n.strip() for n in info.container.split(",")]
+    for n in names:
+        if n in _CHUNK_MUXER:
+            if info.time_base.numerator != 1:
+                raise NotChunkable(f"time base {info.time_base} cannot be kept in MP4")
+            return _CHUNK_MUXER[n]
+    raise NotChunkable(f"container {info.container!r} is not cut into chunks")
+
+
+def _packets(path: Path) -> list[tuple[int, bool]]:
+    """(pts, keyframe) of every video packet, in decode order."""
+    container = open_input(path)
+    try:
+        stream = container.streams.video[0]
+        out: list[tuple[int, bool]] = []
+        for p in container.demux(stream):
+            if p.size == 0 and p.pts is None:
+                continue  # end-of-stream marker
+            if p.pts is None:
+                raise NotChunkable("a video packet has no timestamp")
+            out.append((int(p.pts), bool(p.is_keyframe)))
+        return out
+    finally:
+        container.close()
+
+
+def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | None:
+    """Where to cut ``info``'s video: chunks of about ``chunk_s`` seconds starting at keyframes, or
+    None when it is not longer than one chunk.  Raises ``NotChunkable`` when it cannot be cut
+    exactly."""
+    if chunk_s <= 0 or info.duration_s <= chunk_s:
+        return None
+    muxer = _muxer(info)
+    packets = _packets(info.path)
+    if len(packets) < 2:
+        return None
+    order = sorted(p for p, _ in packets)  # display order
+    if len(set(order)) != len(order):
+        raise NotChunkable("two video packets share a timestamp")
+    tb = info.time_base
+    first = order[0]
+    step = chunk_s / float(tb)
+    # boundaries: the first keyframe at or after each multiple of chunk_s, at least half a chunk
+    # before the end (a short tail goes to the chunk before it)
+    keys = [(p, i) for i, (p, k) in enumerate(packets) if k]
+    shown_before: list[int] = []  # the latest time shown by the packets before each one
+    latest = -(2**63)
+    for p, _ in packets:
+        shown_before.append(latest)
+        latest = max(latest, p)
+    last = order[-1]
+    starts: list[tuple[int, int]] = [(first, 0)]
+    target = first + step
+    for pts, idx in keys:
+        if pts < target or pts <= starts[-1][0]:
+            continue
+        if last - pts < step / 2:
+            break
+        # every packet decoded before this keyframe must display before it, and nothing before it
+        # in decode order may display after it: a clean cut
+        if shown_before[idx] >= pts:
+            continue
+        starts.append((pts, idx))
+        target = pts + step
+    if len(starts) < 2:
+        return None
+    key_idx = [i for i, (_, k) in enumerate(packets) if k]
+    chunks: list[ChunkSpan] = []
+    for n, (start, idx) in enumerate(starts):
+        end = starts[n + 1][0] if n + 1 < len(starts) else None
+        pos = bisect.bisect_left(order, start)
+        from_pos = max(0, pos - warmup) if n else 0
+        model_from = order[from_pos]
+        # decode from the last keyframe (decode order) at or before the warm-up's first frame
+        begin = idx
+        for k in reversed(key_idx):
+            if k <= idx and packets[k][0] <= model_from:
+                begin = k
+                break
+        if end is not None:
+            nxt = starts[n + 1][1]
+            stop = nxt + 1  # the next keyframe, and the leading pictures that need it
+            while stop < len(packets) and packets[stop][0] < end:
+                stop += 1
+            frames = bisect.bisect_left(order, end) - pos
+        else:
+            stop = len(packets)
+            frames = len(order) - pos
+        chunks.append(ChunkSpan(n, start, end, model_from, frames, pos - from_pos, begin, stop))
+    return ChunkPlan(tuple(chunks), muxer)
+
+
+def split_video(info: VideoInfo, plan: ChunkPlan, folder: Path) -> list[Path]:
+    """Write each chunk's video packets (copied, never re-encoded) to ``folder``; their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"in-{c.index:04d}.mp4" for c in plan.chunks]
+    bounds = [(c.first_packet, c.end_packet) for c in plan.chunks]
+    container = open_input(info.path)
+    outs: dict[int, tuple[Any, Any]] = {}
+    times: list[int] = []
+    try:
+        stream = container.streams.video[0]
+        i = -1
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.pts is None:
+                continue
+            i += 1
+            times.append(int(packet.pts) if packet.pts is not None else -1)
+            for n, (a, b) in enumerate(bounds):
+                if not a <= i < b:
+                    continue
+                if n not in outs:
+                    out = av.open(str(paths[n]), mode="w", format=plan.muxer)
+                    # the track keeps the input's timescale, and so does the movie's (the edit list that
+                    # starts a chunk late would otherwise be rounded to milliseconds)
+                    out.options["video_track_timescale"] = str(info.time_base.denominator)
+                    out.options["movie_timescale"] = str(info.time_base.denominator)
+                    outs[n] = (out, out.add_stream_from_template(stream))
+                out, target = outs[n]
+                packet.stream = target
+                out.mux(packet)
+                packet.stream = stream
+            for n in [n for n in outs if bounds[n][1] <= i + 1]:
+                outs.pop(n)[0].close()
+    finally:
+        for out, _ in outs.values():
+            out.close()
+        container.close()
+    for c, path in zip(plan.chunks, paths, strict=True):
+        if _packet_times(path) != times[c.first_packet : c.end_packet]:
+            raise NotChunkable(f"the muxer changed the timestamps of chunk {c.index}")
+    return paths
+
+
+def _packet_times(path: Path) -> list[int]:
+    container = open_input(path)
+    try:
+        return [-1 if p.pts is None else int(p.pts) for p in container.demux(container.streams.video[0])
+                if not (p.size == 0 and p.pts is None)]
+    finally:
+        container.close()
+
+
+def chunk_info(whole: VideoInfo, path: Path) -> VideoInfo:
+    """The video facts a chunk is processed with: the whole video's (size, rotation, rate, time
+    base, so every chunk's encoder is set up alike), with the chunk's file and no audio."""
+    return replace(whole, path=path, audio=(), track_ticks=None)
+
+
+def info_to_json(info: VideoInfo) -> str:
+    d = asdict(info)
+    d["path"] = str(info.path)
+    d["fps"] = str(info.fps)
+    d["time_base"] = str(info.time_base)
+    d["audio"] = [asdict(a) for a in info.audio]
+    return json.dumps(d, default=str)
+
+
+def info_from_json(raw: str | bytes) -> VideoInfo:
+    d = json.loads(raw)
+    d["path"] = Path(d["path"])
+    d["fps"] = Fraction(d["fps"])
+    d["time_base"] = Fraction(d["time_base"])
+    d["audio"] = tuple(AudioInfo(**a) for a in d["audio"])
+    return VideoInfo(**d)
+
+
+@dataclass
+class JoinResult:
+    frames: int
+    first_pts: int
+    end_pts: int  # end of the last frame
+
+
+def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Path, audio_from: Path | None) -> JoinResult:
+    """Concatenate the encoded chunks ``parts`` (packet copy) into ``out_path`` in format ``fmt``,
+    with the audio of ``audio_from`` (the original input) muxed once, as the sequential writer
+    does; the last frame's duration is set the way ``VideoWriter.close`` sets it."""
+    spec = FORMATS[fmt]
+    out = av.open(str(out_path), mode="w", format=spec.container)
+    carrier: Any = None
+    try:
+        first = open_input(parts[0])
+        try:
+            template = first.streams.video[0]
+            stream = out.add_stream_from_template(template)
+            stream.time_base = template.time_base
+            extradata = template.codec_context.extradata
+        finally:
+            first.close()
+        tb = Fraction(stream.time_base) if stream.time_base is not None else whole.time_base
+        if "movflags" in spec.options:
+            out.options["movflags"] = spec.options["movflags"]
+        if spec.container in ("mp4", "mov") and tb.numerator == 1:
+            out.options["video_track_timescale"] = str(tb.denominator)
+        if spec.container == "webm" and spec.alpha:
+            stream.metadata["alpha_mode"] = "1"
+        if audio_from is not None and whole.has_audio:
+            carrier = AudioCarrier(replace(whole, path=audio_from), out, spec)
+        held: av.Packet | None = None
+        first_dts: int | None = None
+        frames, first_pts, end = 0, None, 0
+        for part in parts:
+            src = open_input(part)
+            try:
+                vs = src.streams.video[0]
+                if Fraction(vs.time_base or 0) != tb or vs.codec_context.extradata != extradata:
+                    raise ValueError(f"chunk {part.name} was encoded differently from the first")
+                for packet in src.demux(vs):
+                    if packet.size == 0 and packet.pts is None:
+                        continue
+                    frames += 1
+                    assert packet.pts is not None
+                    first_pts = packet.pts if first_pts is None else min(first_pts, packet.pts)
+                    end = max(end, packet.pts + (packet.duration or 0))
+                    if first_dts is None and packet.dts is not None:
+                        first_dts = packet.dts
+                    if carrier is not None:
+                        carrier.mux_until(float(packet.pts * tb))
+                    packet.stream = stream
+                    if held is not None:
+                        out.mux(held)
+                    held = packet
+            finally:
+                src.close()
+        if held is not None:
+            if held.dts is not None and first_dts is not None and first_pts is not None:
+                before_last = held.dts - first_dts
+                track = whole.track_ticks
+                length = track if track and track > before_last else end - first_pts
+                held.duration = max(1, length - before_last)
+            out.mux(held)
+        if carrier is not None:
+            carrier.finish()
+        return JoinResult(frames, int(first_pts or 0), int(end))
+    finally:
+        if carrier is not None:
+            carrier.close()
+        out.close()
+
+
+def chunk_pts(path: Path) -> list[int]:
+    """Presentation times of a file's video packets, sorted (tests and the bench compare them)."""
+    container = open_input(path)
+    try:
+        s = container.streams.video[0]
+        return sorted(int(p.pts) for p in container.demux(s) if p.pts is not None)
+    finally:
+        container.close()
