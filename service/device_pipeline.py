@@ -1,0 +1,262 @@
+"""The device path of ``replace_background``: decode → model → composite on the model's device,
+with only the encoder's finished I420 frame coming back to the host.
+
+    decode thread:  NVDEC (or the CPU decoder) → 4:2:0 planes → ``yuv_to_src`` graph → src on the device
+    caller thread:  RVM with IO binding (states stay on the device) → ``blend`` graph → I420 to the host
+    encode thread:  NVENC, or libx264 threaded over the worker's cores; audio as the ordinary path
+
+It covers what a GPU worker is for: RVM composited on a colour, image or video background (mp4 and
+greenscreen output), 4:2:0-even frames without a rotation tag, no edge refinement, harmonisation or
+people selection; anything else takes the ordinary pipeline (``covers`` says why).  ``auto`` uses it
+when a CUDA provider works; ``on`` also on the CPU provider, where the same graphs and bindings run
+(the tests compare it with the ordinary pipeline).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from service.config import Settings
+from service.errors import Canceled
+from service.inference import gpu
+from service.inference.models import MattingModel
+from service.inference.models.rvm_device import DeviceRVM
+from service.media.background import BackgroundSource, ColorBackground, VideoBackground
+from service.media.encode import VideoWriter
+from service.media.hwdecode import PlaneFrame, cuda_decode_available, iter_planes, sync_decoder
+from service.media.hwencode import device_format, nvenc_available, worker_cores
+from service.media.probe import VideoInfo
+from service.options import Options
+from service.pipeline import _END, Progress, Window, _Count, _get, _put, _Stage, edge_refine
+
+log = logging.getLogger(__name__)
+FORMATS = ("mp4", "greenscreen")
+
+
+def device_for(settings: Settings) -> gpu.Device | None:
+    """The device the device path runs on under ``settings.device_pipeline``, or None (off)."""
+    if settings.device_pipeline == "off":
+        return None
+    device = gpu.probe_device(settings)
+    return device if device.on_gpu or settings.device_pipeline == "on" else None
+
+
+def covers(options: Options, model: MattingModel, info: VideoInfo, bg: BackgroundSource | None,
+           settings: Settings) -> str | None:
+    """Why the device path cannot run this job (None when it can)."""
+    if model.name != "rvm":
+        return f"model {model.name}"
+    if options.output_format not in FORMATS:
+        return f"output {options.output_format}"
+    if options.composite != "alpha":
+        return f"compositor {options.composite}"
+    if options.harmonize > 0 or options.selects_people or edge_refine(options, settings, model):
+        return "harmonisation, people selection or edge refinement"
+    if not isinstance(bg, ColorBackground | VideoBackground):
+        return "a background computed from the frame"
+    if info.rotation or (info.width, info.height) != (info.coded_width, info.coded_height):
+        return "a rotated or cropped frame"
+    if info.width % 2 or info.height % 2:
+        return "an odd frame size"
+    return None
+
+
+@dataclass
+class DeviceCount(_Count):
+    """Frames written and their span (what ``replace_background`` reports), plus what ran."""
+
+    decoder: str = ""
+    encoder: str = ""
+    providers: tuple[str, ...] = ()
+
+
+def try_device(
+    info: VideoInfo, bg: BackgroundSource | None, path: Path, options: Options, model: MattingModel,
+    settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None, window: Window | None,
+) -> DeviceCount | None:
+    """``replace_background``'s hook: run the job on the device path when the settings ask for it and
+    it covers the job; None (nothing done) otherwise."""
+    device = device_for(settings)
+    if device is None:
+        return None
+    reason = covers(options, model, info, bg, settings)
+    if reason is not None:
+        log.info("device path skipped: %s", reason)
+        return None
+    assert bg is not None
+    return run_device(info, bg, path, options, settings, device, progress, cancel, window)
+
+
+class Converter:
+    """Decoded planes → RVM's ``src`` on the device (one session per plane layout)."""
+
+    def __init__(self, device: gpu.Device, settings: Settings, height: int, width: int):
+        self.device, self.settings, self.size = device, settings, (height, width)
+        self._sessions: dict[str, tuple[Any, Any]] = {}
+
+    def __call__(self, frame: PlaneFrame) -> Any:
+        if frame.layout not in self._sessions:
+            session = gpu.device_session(gpu.yuv_to_src(frame.layout, *self.size).SerializeToString(),
+                                         self.device, self.settings)
+            self._sessions[frame.layout] = (session, session.io_binding())
+        session, binding = self._sessions[frame.layout]
+        for name, plane in frame.planes.items():
+            if isinstance(plane, np.ndarray):
+                binding.bind_cpu_input(name, plane)
+            else:
+                binding.bind_input(name, "cuda", plane.device_id, np.uint8, [plane.rows, plane.pitch], plane.ptr)
+        binding.bind_output("src", self.device.kind, self.device.index)
+        session.run_with_iobinding(binding)
+        (src,) = binding.get_outputs()
+        binding.clear_binding_inputs()  # the frame's memory goes back to the decoder's pool
+        return src
+
+
+class Blender:
+    """RVM's ``fgr``/``pha`` on the device + the frame's background → the I420 frame on the host.
+    A still background is uploaded once."""
+
+    def __init__(self, device: gpu.Device, settings: Settings, height: int, width: int, output: str = "i420"):
+        import onnxruntime as ort
+
+        self.device = device
+        self.session = gpu.device_session(gpu.blend(height, width, output).SerializeToString(), device, settings)
+        self.binding = self.session.io_binding()
+        self._ort = ort
+        self._still: Any = None
+
+    def still(self, plate: np.ndarray) -> None:
+        self._still = self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(plate), self.device.kind,
+                                                             self.device.index)
+
+    def __call__(self, fgr: Any, pha: Any, background: np.ndarray | None = None) -> np.ndarray:
+        b = self.binding
+        b.bind_ortvalue_input("fgr", fgr)
+        b.bind_ortvalue_input("pha", pha)
+        if background is not None:
+            b.bind_cpu_input("bg", np.ascontiguousarray(background))
+        else:
+            b.bind_ortvalue_input("bg", self._still)
+        b.bind_output("frame", "cpu")
+        self.session.run_with_iobinding(b)
+        return b.copy_outputs_to_cpu()[0]
+
+
+def run_device(
+    info: VideoInfo,
+    bg: BackgroundSource,
+    path: Path,
+    options: Options,
+    settings: Settings,
+    device: gpu.Device,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    window: Window | None = None,
+    *,
+    keep_on_device: bool = True,
+) -> DeviceCount:
+    """Write ``path`` from ``info``'s video composited on ``bg``, on ``device`` (see the module).
+    ``keep_on_device=False``: NVDEC's frames are downloaded to the host (a fallback to measure)."""
+    h, w = info.height, info.width
+    nvdec = device.on_gpu and cuda_decode_available(device.index)
+    on_device = nvdec and keep_on_device
+    nvenc = device.on_gpu and nvenc_available("h264_nvenc", device.index)
+    spec = device_format(options.output_format, nvenc=nvenc, device=device.index)
+    threads = settings.encode_threads or (0 if nvenc else worker_cores())
+    count = DeviceCount(tick_s=float(info.time_base), frame_s=float(1 / info.fps),
+                        decoder="nvdec" if nvdec else "cpu", encoder=spec.codec)
+    rvm = DeviceRVM(settings, device, (h, w))
+    count.providers = tuple(rvm.providers)
+    convert = Converter(device, settings, h, w)
+    blender = Blender(device, settings, h, w)
+    still = isinstance(bg, ColorBackground)
+    if isinstance(bg, ColorBackground):
+        blender.still(bg.plate)
+    log.info("device path: %dx%d decode %s, model %s, encode %s (%d threads)", w, h, count.decoder,
+             count.providers, spec.codec, threads)
+    depth = settings.queue_depth * settings.batch_size
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=depth)
+    composed: queue.Queue = queue.Queue(maxsize=depth)
+    writer = VideoWriter(path, options.output_format, info, threads=threads, audio=window is None, spec=spec)
+    tb = float(info.time_base)
+    placeholder = np.empty((1, h, w, 3), np.uint8)
+
+    def read() -> None:
+        for frame in iter_planes(info, nvdec=nvdec, on_device=on_device, device=device.index,
+                                 threads=settings.decode_threads):
+            if window is not None and (frame.pts < window.model_from_pts
+                                       or (window.end_pts is not None and frame.pts >= window.end_pts)):
+                continue
+            if frame.on_device:
+                sync_decoder(device.index)
+            src = convert(frame)
+            back = None if still else bg.frames(placeholder, [frame.pts * tb])[0]
+            if not _put(decoded, (src, back, frame.pts, frame.duration), stop):
+                return
+        _put(decoded, _END, stop)
+
+    def write() -> None:
+        last_report = 0.0
+        while True:
+            item = _get(composed, stop)
+            if item is _END:
+                return
+            yuv, pts, duration = cast(tuple[np.ndarray, int, int], item)
+            writer.write(yuv[None], [pts], [duration], layout="yuv420p")
+            count.count += 1
+            count.first_pts = pts if count.first_pts is None else count.first_pts
+            count.last_pts = pts
+            now = time.monotonic()
+            if progress is not None and now - last_report >= settings.progress_interval_s:
+                last_report = now
+                progress(count.count, max(info.frames, count.count))
+
+    reader = _Stage("backdrop-device-decode", read, stop)
+    writer_thread = _Stage("backdrop-device-encode", write, stop)
+    reader.start()
+    writer_thread.start()
+    try:
+        n = 0
+        while True:
+            if cancel is not None and n % settings.batch_size == 0 and cancel():
+                raise Canceled("the job was canceled")
+            item = _get(decoded, stop)
+            if item is _END:
+                break
+            src, back, pts, duration = cast(tuple[Any, np.ndarray | None, int, int], item)
+            n += 1
+            fgr, pha = rvm.step(src)
+            if window is not None and pts < window.start_pts:
+                continue  # warm-up frame: the state moved on, nothing is written
+            if not _put(composed, (blender(fgr, pha, back), pts, duration), stop):
+                break
+        _put(composed, _END, stop)
+        writer_thread.join()
+        for stage in (reader, writer_thread):
+            if stage.error is not None:
+                raise stage.error
+        writer.close()
+        if progress is not None:
+            progress(count.count, count.count)
+        return count
+    except BaseException:
+        stop.set()
+        reader.join(timeout=30)
+        writer_thread.join(timeout=30)
+        writer.abort()
+        for stage in (reader, writer_thread):
+            if stage.error is not None and not isinstance(stage.error, Canceled):
+                raise stage.error from None
+        raise
+    finally:
+        stop.set()

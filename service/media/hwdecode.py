@@ -1,0 +1,211 @@
+"""Decode for the device path: NVDEC through PyAV's ``HWAccel`` where the machine has it, else the
+CPU decoder; either way the frames come out as their 4:2:0 planes, not as RGB.
+
+With NVDEC and ``on_device`` the decoded frames stay in GPU memory (``is_hw_owned``) and each plane is
+handed over through DLPack: ``DevicePlane`` holds the capsule (which keeps FFmpeg's frame alive) and
+the pointer, rows and pitch read from it, which ``gpu.yuv_to_src`` binds without a copy (it crops the
+pitch itself).  Without NVDEC the planes are numpy views of the software frame's own memory, bound to
+the same graph.  ``cuda_decode_available`` opens a CUDA device context once per process and logs the
+answer; the timestamps follow the same rules as ``service.media.decode`` (tested equal).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from service.errors import CorruptVideo, VideoTooLarge
+from service.media.decode import _pts_step, _TimestampGuess
+from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_cuda: dict[int, bool] = {}
+
+
+def cuda_decode_available(device: int = 0) -> bool:
+    """Whether this FFmpeg can open a CUDA device for decoding (probed once per device, logged)."""
+    with _lock:
+        if device not in _cuda:
+            _cuda[device] = _probe_cuda(device)
+        return _cuda[device]
+
+
+def _probe_cuda(device: int) -> bool:
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    if "cuda" not in hwdevices_available():
+        log.info("decode: this FFmpeg has no CUDA hwaccel; CPU decoder")
+        return False
+    try:
+        HWAccel("cuda", device=str(device), allow_software_fallback=False).create(av.Codec("h264", "r"))
+    except Exception as exc:  # noqa: BLE001 - no driver, no device, no NVDEC: all mean the CPU
+        log.info("decode: no CUDA device for NVDEC (%s); CPU decoder", exc)
+        return False
+    log.info("decode: NVDEC on cuda:%d", device)
+    return True
+
+
+class _DLDataType(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+        ("ndim", ctypes.c_int32), ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64),
+    ]
+
+
+_get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_get_pointer.restype = ctypes.c_void_p
+_get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+@dataclass
+class DevicePlane:
+    """One plane of a frame in device memory: (rows, pitch) bytes at ``ptr``; ``capsule`` (the DLPack
+    export) holds FFmpeg's reference to the frame until this object is dropped."""
+
+    capsule: Any
+    ptr: int
+    rows: int
+    pitch: int
+    device_type: int
+    device_id: int
+
+    @classmethod
+    def from_dlpack(cls, plane: Any) -> DevicePlane:
+        capsule = plane.__dlpack__()
+        tensor = _DLTensor.from_address(_get_pointer(capsule, b"dltensor"))
+        if tensor.dtype.bits != 8 or tensor.ndim not in (2, 3):
+            raise ValueError(f"unexpected DLPack plane: {tensor.ndim} dims of {tensor.dtype.bits} bits")
+        rows, pitch = tensor.shape[0], tensor.strides[0]
+        ptr = (tensor.data or 0) + tensor.byte_offset
+        return cls(capsule, ptr, rows, pitch, tensor.device_type, tensor.device_id)
+
+
+@dataclass
+class PlaneFrame:
+    layout: str  # "i420" (planes y, u, v) or "nv12" (y, uv)
+    planes: dict[str, Any]  # numpy (rows, pitch) uint8 views on the host, or DevicePlane
+    pts: int
+    duration: int
+    frame: Any  # the av.VideoFrame the host views point into (kept alive with them)
+
+    @property
+    def on_device(self) -> bool:
+        return any(isinstance(p, DevicePlane) for p in self.planes.values())
+
+
+def _host_planes(frame: av.VideoFrame) -> tuple[str, dict[str, np.ndarray]]:
+    def view(i: int) -> np.ndarray:
+        p = frame.planes[i]
+        return np.frombuffer(memoryview(p), np.uint8).reshape(p.height, p.line_size)
+
+    if frame.format.name == "nv12":
+        return "nv12", {"y": view(0), "uv": view(1)}
+    return "i420", {"y": view(0), "u": view(1), "v": view(2)}
+
+
+def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 0,
+                threads: int = 0) -> Iterator[PlaneFrame]:
+    """The frames of ``info.path`` as 4:2:0 planes with their timestamps.  ``nvdec``: decode with
+    NVDEC (the caller asked ``cuda_decode_available``); ``on_device``: keep its frames on the GPU.
+    Frames of another size or pixel format are converted (on the host) to the probed size's yuv420p."""
+    container = _open(info, nvdec=nvdec, on_device=on_device, device=device)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if threads and not nvdec:
+            stream.codec_context.thread_count = threads
+        w, h = info.coded_width, info.coded_height
+        pixels = w * h
+        limit_decoder(stream, pixels)
+        step = _pts_step(info)
+        guess = _TimestampGuess(trust_dts=info.container == "avi")
+        last_pts: int | None = None
+        try:
+            for frame in container.decode(stream):
+                pts = guess(frame.pts, frame.dts)
+                if pts is None:
+                    pts = 0 if last_pts is None else last_pts + step
+                if last_pts is not None and pts <= last_pts:
+                    pts = last_pts + 1
+                last_pts = pts
+                if frame.width * frame.height > pixels:
+                    raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
+                yield _planes(frame, w, h, int(pts), int(frame.duration or step))
+        except av.error.FFmpegError as exc:
+            if too_large_after_error(stream, pixels):
+                raise VideoTooLarge(f"a frame after time {last_pts} is larger than the probed {w}x{h}") from None
+            raise CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})") from None
+    finally:
+        container.close()
+
+
+def _open(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int) -> av.container.InputContainer:
+    if not nvdec:
+        return open_input(info.path)
+    from av.codec.hwaccel import HWAccel
+
+    # allow_software_fallback: a stream NVDEC cannot take (a profile, a size) decodes on the CPU,
+    # frame by frame the code below sees which.
+    accel = HWAccel("cuda", device=str(device), allow_software_fallback=True, is_hw_owned=on_device)
+    return av.open(str(info.path), mode="r", timeout=30, container_options={"codec_whitelist": "none"},
+                   hwaccel=accel)
+
+
+def _planes(frame: av.VideoFrame, w: int, h: int, pts: int, duration: int) -> PlaneFrame:
+    if frame.format.name == "cuda" and (frame.width, frame.height) == (w, h):
+        sw = frame.sw_format.name if frame.sw_format is not None else ""
+        if sw == "nv12":
+            on_gpu = {"y": DevicePlane.from_dlpack(frame.planes[0]), "uv": DevicePlane.from_dlpack(frame.planes[1])}
+            return PlaneFrame("nv12", dict(on_gpu), pts, duration, frame)
+    if frame.format.name not in ("yuv420p", "nv12") or (frame.width, frame.height) != (w, h):
+        # another size, bit depth or subsampling (or a hardware frame of one): to the host, yuv420p
+        frame = frame.reformat(format="yuv420p", width=w, height=h)
+    layout, planes = _host_planes(frame)
+    return PlaneFrame(layout, planes, pts, duration, frame)
+
+
+# --- CUDA stream sync for frames handed over from FFmpeg -----------------------------------------
+
+_libcuda: Any = None
+_primary: dict[int, ctypes.c_void_p] = {}
+
+
+def sync_decoder(device: int = 0) -> None:
+    """Wait for FFmpeg's copies of the last decoded frame (issued on CUDA's default stream in the
+    primary context PyAV shares with onnxruntime) before another stream reads it.  Best effort:
+    without libcuda (no GPU) there is nothing to wait for."""
+    global _libcuda
+    if _libcuda is None:
+        try:
+            _libcuda = ctypes.CDLL("libcuda.so.1")
+        except OSError:
+            _libcuda = False
+    if not _libcuda:
+        return
+    ctx = _primary.get(device)
+    if ctx is None:
+        dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+        if _libcuda.cuDeviceGet(ctypes.byref(dev), device) != 0:
+            return
+        if _libcuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) != 0:  # held for the process
+            return
+        _primary[device] = ctx
+    if _libcuda.cuCtxPushCurrent_v2(ctx) == 0:
+        try:
+            _libcuda.cuStreamSynchronize(None)
+        finally:
+            _libcuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
