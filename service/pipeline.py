@@ -116,7 +116,12 @@ def replace_background(
     output_path = Path(output_path)
     partial = output_path.with_name(f".{output_path.name}.partial")
     try:
-        frames = _run(info, bg, partial, options, model, settings, progress, cancel, window)
+        # the GPU worker path (issue 15), where the settings ask for it and it covers the job
+        from service.device_pipeline import try_device
+
+        frames: _Count | None = try_device(info, bg, partial, options, model, settings, progress, cancel, window)
+        if frames is None:
+            frames = _run(info, bg, partial, options, model, settings, progress, cancel, window)
         os.replace(partial, output_path)
     except BaseException:
         partial.unlink(missing_ok=True)
