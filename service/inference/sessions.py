@@ -37,6 +37,15 @@ def choose_providers(preferred: Sequence[str], available: Sequence[str]) -> list
     return chosen
 
 
+def gpu_options(providers: list[str], settings: Settings) -> list[Any]:
+    """``providers`` with the options the GPU ones take (device, TensorRT engine cache, fp16)."""
+    if not any(p in providers for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")):
+        return list(providers)
+    from service.inference.gpu import Device, provider_options
+
+    return provider_options(Device("cuda", settings.gpu_device, list(providers)), settings, tensorrt=True)
+
+
 def create_session(path: Path, settings: Settings | None = None) -> Session:
     """An inference session for the ONNX file at ``path`` with the configured providers/threads."""
     import onnxruntime as ort
@@ -52,7 +61,15 @@ def create_session(path: Path, settings: Settings | None = None) -> Session:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.onnx_spinning else "0")
     opts.log_severity_level = 3
     providers = choose_providers(settings.providers, ort.get_available_providers())
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    try:
+        # TensorRT with its engine cache and fp16, CUDA on the configured device (service.inference.gpu)
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=gpu_options(providers, settings))
+    except Exception as exc:  # noqa: BLE001 - a TensorRT build that fails (RVM's dynamic ratio) falls back
+        if "TensorrtExecutionProvider" not in providers:
+            raise
+        log.warning("onnx session %s: TensorRT failed (%s); without it", path.name, str(exc)[:300])
+        providers = [p for p in providers if p != "TensorrtExecutionProvider"]
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=gpu_options(providers, settings))
     got = session.get_providers()
     log.info("onnx session %s: asked %s, got %s", path.name, providers, got)
     if providers[0] not in got:
