@@ -39,7 +39,13 @@ class DeviceRVM:
         source = weights or RVM(settings).weights_path
         self.fixed = device.tensorrt if fixed is None else fixed
         path = fixed_rvm(source, self.ratio, size, Path(settings.engine_cache_dir)) if self.fixed else source
-        self.session = device_session(path, device, settings, tensorrt=self.fixed)
+        try:
+            self.session = device_session(path, device, settings, tensorrt=self.fixed)
+        except Exception as exc:  # noqa: BLE001 - TensorRT may refuse to build: CUDA runs the same file
+            if not (self.fixed and device.tensorrt):
+                raise
+            log.warning("TensorRT could not build RVM for %dx%d (%s); CUDA without it", w, h, str(exc)[:300])
+            self.session = device_session(path, device, settings, tensorrt=False)
         self.providers = self.session.get_providers()
         self.binding = self.session.io_binding()
         self._ort = ort
