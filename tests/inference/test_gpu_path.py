@@ -1,0 +1,219 @@
+"""The GPU worker path (issue 15) on a machine without a GPU: every piece's CPU fallback, and the
+parts that run the same on the CPU provider (IO binding, the fixed-ratio RVM, the YUV and blend
+graphs, the device pipeline end to end) checked against the ordinary code."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import data_path
+from videoutil import frames_rgb, read_back
+
+from service.config import Settings
+from service.device_pipeline import covers, device_for, run_device
+from service.inference import gpu
+from service.inference.compositing import AlphaCompositor
+from service.inference.models import get_model
+from service.inference.models.rvm_device import DeviceRVM
+from service.inference.rvm_export import RATIO_INPUT, fixed_rvm
+from service.media.background import ColorBackground, open_background
+from service.media.decode import iter_frames
+from service.media.encode import FORMATS
+from service.media.hwdecode import cuda_decode_available, iter_planes, sync_decoder
+from service.media.hwencode import device_format, nvenc_available, worker_cores
+from service.media.probe import probe_video
+from service.options import Options
+from service.pipeline import replace_background
+
+#: CI and this machine have no NVIDIA device; on one that has, the probes may say yes.
+NO_GPU = not Path("/dev/nvidiactl").exists()
+SIZE = (180, 320)  # height, width of the test clip
+
+
+def make_clip(path: Path, frames: int = 10) -> Path:
+    """The first frames of a shared clip at 320×180, H.264 yuv420p at 30000/1001."""
+    rate = Fraction(30000, 1001)
+    with av.open(str(data_path("videos", "desk.mp4"))) as src, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= frames:
+                break
+            small = frame.reformat(width=SIZE[1], height=SIZE[0], format="yuv420p")
+            small.pts, small.time_base = i, 1 / rate
+            out.mux(stream.encode(small))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("gpu") / "clip.mp4")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(engine_cache_dir=tmp_path_factory.mktemp("engines"), device_pipeline="on")
+
+
+@pytest.fixture(scope="module")
+def rgb(clip: Path) -> np.ndarray:
+    return np.stack([f.image for f in iter_frames(probe_video(clip))])
+
+
+def test_probes_fall_back_to_the_cpu_without_a_gpu(settings: Settings) -> None:
+    assert NO_GPU, "these fallbacks are tested on a machine without an NVIDIA device"
+    cpu_settings = settings.model_copy(update={"device_pipeline": "auto"})
+    assert gpu.probe_device(cpu_settings).kind == "cpu"
+    assert device_for(cpu_settings) is None  # auto: the ordinary path on a CPU
+    assert device_for(settings) is not None and device_for(settings).kind == "cpu"  # type: ignore[union-attr]
+    assert device_for(settings.model_copy(update={"device_pipeline": "off"})) is None
+    assert cuda_decode_available(0) is False
+    assert nvenc_available("h264_nvenc", 0) is False
+    sync_decoder(0)  # no libcuda: nothing to wait for, and no error
+
+
+def test_encoder_choice() -> None:
+    assert device_format("mp4", nvenc=False) == FORMATS["mp4"]
+    nv = device_format("mp4", nvenc=True, device=1)
+    assert nv.codec == "h264_nvenc" and nv.options["gpu"] == "1" and "crf" not in nv.options
+    assert device_format("webm", nvenc=True) == FORMATS["webm"]  # NVENC does H.264 here only
+    assert worker_cores() == len(os.sched_getaffinity(0))
+
+
+def test_io_binding_on_the_cpu_provider_equals_session_run(settings: Settings, rgb: np.ndarray) -> None:
+    model = get_model("rvm", settings)
+    matte, _ = model.predict(rgb, model.new_state())
+    runner = DeviceRVM(settings, gpu.Device("cpu"), SIZE, fixed=False)
+    alphas = np.stack([runner.step_numpy(f)[0] for f in rgb])
+    np.testing.assert_array_equal(alphas, matte.alpha)  # recurrent states carried on the binding
+    runner.reset()
+    np.testing.assert_array_equal(runner.step_numpy(rgb[0])[0], matte.alpha[0])
+
+
+def test_fixed_ratio_rvm_equals_the_dynamic_one(settings: Settings, rgb: np.ndarray) -> None:
+    runner = DeviceRVM(settings, gpu.Device("cpu"), SIZE, fixed=True)
+    graph = onnx.load(str(next(Path(settings.engine_cache_dir).glob("rvm-*.onnx"))))
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert RATIO_INPUT not in inputs and inputs["src"] == [1, 3, *SIZE]
+    assert all(all(inputs[f"r{k}i"]) for k in range(1, 5))  # static state shapes, kept as inputs
+    dynamic = DeviceRVM(settings, gpu.Device("cpu"), SIZE, fixed=False)
+    for frame in rgb:
+        a_fixed, fg_fixed = runner.step_numpy(frame)
+        a_dyn, fg_dyn = dynamic.step_numpy(frame)
+        assert np.abs(a_fixed - a_dyn).max() < 1e-4
+        assert np.abs(fg_fixed - fg_dyn).max() < 1e-4
+    # made once: the second call finds it in the cache
+    again = fixed_rvm(get_model("rvm", settings).weights_path, runner.ratio, SIZE, Path(settings.engine_cache_dir))
+    assert len(list(Path(settings.engine_cache_dir).glob("rvm-*.onnx"))) == 1 and again.is_file()
+
+
+def _run(model: onnx.ModelProto, **feed: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]
+
+
+def test_blend_graph_equals_the_numpy_compositor() -> None:
+    rng = np.random.default_rng(1)
+    h, w = 36, 64
+    fgr = rng.random((1, 3, h, w), dtype=np.float32)
+    pha = rng.random((1, 1, h, w), dtype=np.float32)
+    pha[..., :5, :] = 0.0
+    pha[..., -5:, :] = 1.0
+    bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = _run(gpu.blend(h, w, "rgb"), fgr=fgr, pha=pha, bg=bg)
+    fg8 = np.clip(fgr[0].transpose(1, 2, 0) * 255 + 0.5, 0, 255).astype(np.uint8)
+    ref = AlphaCompositor()(fg8, pha[0, 0], bg, fg8)
+    assert out.shape == ref.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref).max() <= 1  # the numpy path rounds F to uint8 first
+    # the I420 output is the same composite converted on the device (BT.601, limited, 2×2 mean)
+    i420 = _run(gpu.blend(h, w, "i420"), fgr=fgr, pha=pha, bg=bg)
+    m, off = gpu.rgb_to_ycbcr("bt601")
+    exact = fgr[0].transpose(1, 2, 0) * 255 * pha[0, 0, ..., None] + bg * (1 - pha[0, 0, ..., None])
+    y = exact @ m[0] + off[0]
+    pooled = exact.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+    cb, cr = pooled @ m[1] + off[1], pooled @ m[2] + off[2]
+    want = np.concatenate([y.ravel(), cb.ravel(), cr.ravel()]).reshape(h * 3 // 2, w)
+    assert np.abs(i420.astype(float) - want).max() <= 0.51
+
+
+def test_decoder_falls_back_to_the_cpu_with_the_same_frames(clip: Path) -> None:
+    info = probe_video(clip)
+    planes = list(iter_planes(info, nvdec=False, on_device=False))
+    frames = list(iter_frames(info))
+    assert [(p.pts, p.duration) for p in planes] == [(f.pts, f.duration) for f in frames]
+    with av.open(str(clip)) as c:
+        for p, frame in zip(planes, c.decode(video=0), strict=True):
+            assert p.layout == "i420" and not p.on_device
+            for name, k in (("y", 0), ("u", 1), ("v", 2)):
+                want = frame.to_ndarray(format="yuv420p")  # planes one after another, unpadded
+                h, w = info.height, info.width
+                spans = {0: (0, h * w), 1: (h * w, h * w * 5 // 4), 2: (h * w * 5 // 4, h * w * 3 // 2)}
+                a, b = spans[k]
+                pw = w if k == 0 else w // 2
+                got = p.planes[name][:, :pw]
+                np.testing.assert_array_equal(got.ravel(), want.ravel()[a:b])
+    # the YUV graph gives the RGB the ordinary decoder gives, within the chroma upsampling's error
+    convert = gpu.yuv_to_src("i420", info.height, info.width)
+    src = _run(convert, **planes[0].planes)
+    diff = np.abs(src[0].transpose(1, 2, 0) * 255 - frames[0].image)
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) < 12
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return 10 * np.log10(255**2 / max(mse, 1e-9))
+
+
+def test_device_path_on_the_cpu_matches_the_ordinary_pipeline(clip: Path, settings: Settings, tmp_path: Path) -> None:
+    bg = str(data_path("backgrounds", "bg_1.jpg"))
+    ordinary, device = tmp_path / "ordinary.mp4", tmp_path / "device.mp4"
+    replace_background(clip, bg, ordinary, settings=settings.model_copy(update={"device_pipeline": "off"}))
+    seen: list[int] = []
+    result = replace_background(clip, bg, device, settings=settings, progress=lambda done, total: seen.append(done))
+    a, b = read_back(ordinary), read_back(device)
+    assert result.frames == a.frames == b.frames == 10 and seen[-1] == 10
+    assert a.pts_s == b.pts_s and abs(a.duration_s - b.duration_s) < 1e-6
+    fa, fb = frames_rgb(ordinary), frames_rgb(device)
+    for i in fa:
+        assert _psnr(fa[i], fb[i]) > 30, i
+    # auto on a CPU takes the ordinary path: the very same file
+    auto = tmp_path / "auto.mp4"
+    replace_background(clip, bg, auto, settings=settings.model_copy(update={"device_pipeline": "auto"}))
+    assert all(np.array_equal(fa[i], f) for i, f in frames_rgb(auto).items())
+
+
+def test_device_path_covers_only_what_it_can(clip: Path, settings: Settings, tmp_path: Path) -> None:
+    info = probe_video(clip)
+    model = get_model("rvm", settings)
+    plate = ColorBackground((0, 177, 64), info.width, info.height)
+    assert covers(Options(), model, info, plate, settings) is None
+    assert covers(Options(output_format="greenscreen"), model, info, plate, settings) is None
+    assert covers(Options(output_format="webm"), model, info, None, settings) == "output webm"
+    assert covers(Options(composite="poisson"), model, info, plate, settings) == "compositor poisson"
+    blur = open_background("blur", info.width, info.height, settings)
+    assert covers(Options(), model, info, blur, settings) == "a background computed from the frame"
+    assert covers(Options(), get_model("deeplabv3plus", settings), info, plate, settings) == "model deeplabv3plus"
+    # what it does not cover runs the ordinary path: the same file as with the device path off
+    outs = []
+    for mode in ("on", "off"):
+        out = tmp_path / f"{mode}.mp4"
+        replace_background(clip, "blur", out, settings=settings.model_copy(update={"device_pipeline": mode}))
+        outs.append(frames_rgb(out))
+    assert all(np.array_equal(outs[0][i], outs[1][i]) for i in outs[0])
+
+
+def test_device_path_reports_what_ran(clip: Path, settings: Settings, tmp_path: Path) -> None:
+    info = probe_video(clip)
+    out = tmp_path / "green.mp4"
+    count = run_device(info, ColorBackground((0, 177, 64), info.width, info.height), out,
+                       Options(output_format="greenscreen"), settings, gpu.Device("cpu"))
+    assert (count.decoder, count.encoder, count.providers) == ("cpu", "libx264", ("CPUExecutionProvider",))
+    assert count.count == read_back(out).frames == 10
