@@ -1,6 +1,7 @@
 """Train the DeepLabv3+ / MobileNetV2 person segmenter from scratch on a CPU.
 
-Data: ``portraits/train`` only for training, ``portraits/val`` only for checkpoint selection
+Data: ``portraits/train`` only for training, the ``select`` half of ``portraits/val`` only for
+checkpoint selection (its ``holdout`` half, ``export/splits.py``, is never looked at here)
 (``BACKDROP_DATA_DIR`` or ``--data-dir``).  Augmentations: people pasted onto ``backgrounds/``
 photos through their (slightly feathered) masks, horizontal flips, random scale + crop, colour jitter.
 Loss: BCE + soft dice.  AdamW + one-cycle LR.  Images are decoded and resized once, into memory.
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from export.deeplab import DeepLabV3Plus
+from export.splits import part_of
 
 log = logging.getLogger("train_deeplab")
 
@@ -46,9 +48,12 @@ def _resize_long(img: np.ndarray, long_side: int, interp: int = cv2.INTER_AREA) 
     return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
 
 
-def load_split(root: Path, long_side: int, limit: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """RGB uint8 images and uint8 (0/255) masks resized to ``long_side`` (0 = keep)."""
-    names = sorted(p.stem for p in (root / "images").glob("*.jpg"))
+def load_split(
+    root: Path, long_side: int, limit: int = 0, part: str = "all"
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """RGB uint8 images and uint8 (0/255) masks resized to ``long_side`` (0 = keep); ``part`` of
+    them (``export/splits.py``: ``select`` for choices, ``holdout`` never)."""
+    names = part_of((p.stem for p in (root / "images").glob("*.jpg")), part)
     if limit:
         names = names[:limit]
     imgs, masks = [], []
@@ -320,7 +325,8 @@ def fit(args: argparse.Namespace) -> dict:
     portraits = args.data_dir / "portraits"
     train = load_split(portraits / "train", args.scale_max, args.limit)
     teacher = teacher_alphas(train[0], args.out / f"teacher-{args.teacher}-{args.scale_max}.npz", args.teacher) if args.teacher else None
-    val_imgs, val_masks, _ = load_split(portraits / "val", 0, args.limit)
+    # checkpoints are chosen on the select half of val; the holdout half is for reported figures only
+    val_imgs, val_masks, _ = load_split(portraits / "val", 0, args.limit, "select")
     bgs = load_backgrounds(args.data_dir / "backgrounds", 640)
     log.info("loaded %d train, %d val, %d backgrounds in %.1fs", len(train[0]), len(val_imgs), len(bgs), time.time() - t0)
 

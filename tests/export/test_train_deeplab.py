@@ -43,7 +43,7 @@ def test_warm_start_from_onnx_keeps_the_exported_model(tmp_path):
     torch.manual_seed(3)
     model = DeepLabV3Plus(width=0.35, aspp_channels=16)
     path = export(model, tmp_path / "init.onnx", size=(64, 64))
-    ref = train_deeplab.evaluate(model, *train_deeplab.load_split(data_path("portraits", "val"), 0, 6)[:2], 64)
+    ref = train_deeplab.evaluate(model, *train_deeplab.load_split(data_path("portraits", "val"), 0, 6, "select")[:2], 64)
     out = train_deeplab.main(_args(tmp_path / "run", "--epochs", "1", "--init-onnx", str(path)))
     log = (tmp_path / "run" / "train.log").read_text()
     assert f"initialised from {path}" in log
