@@ -151,6 +151,41 @@ class Blender:
         return b.copy_outputs_to_cpu()[0]
 
 
+@dataclass
+class Lane:
+    """The sessions one frame size needs (RVM, YUV in, blend out), kept by the process between jobs:
+    a TensorRT engine is loaded once, not per job."""
+
+    rvm: DeviceRVM
+    convert: Converter
+    blender: Blender
+
+
+_lanes: dict[tuple[Any, ...], list[Lane]] = {}
+_lanes_lock = threading.Lock()
+
+
+def _acquire(settings: Settings, device: gpu.Device, h: int, w: int) -> tuple[tuple[Any, ...], Lane]:
+    key = (h, w, device.kind, device.index, tuple(device.providers), settings.rvm_long_side, settings.fp16,
+           str(settings.engine_cache_dir), str(settings.model_dir))
+    with _lanes_lock:
+        free = _lanes.setdefault(key, [])
+        if free:
+            lane = free.pop()
+            lane.rvm.reset()
+            return key, lane
+    lane = Lane(DeviceRVM(settings, device, (h, w)), Converter(device, settings, h, w),
+                Blender(device, settings, h, w))
+    return key, lane
+
+
+def _release(key: tuple[Any, ...], lane: Lane) -> None:
+    with _lanes_lock:
+        free = _lanes.setdefault(key, [])
+        if len(free) < 2:
+            free.append(lane)
+
+
 def run_device(
     info: VideoInfo,
     bg: BackgroundSource,
@@ -174,10 +209,9 @@ def run_device(
     threads = settings.encode_threads or (0 if nvenc else worker_cores())
     count = DeviceCount(tick_s=float(info.time_base), frame_s=float(1 / info.fps),
                         decoder="nvdec" if nvdec else "cpu", encoder=spec.codec)
-    rvm = DeviceRVM(settings, device, (h, w))
+    key, lane = _acquire(settings, device, h, w)
+    rvm, convert, blender = lane.rvm, lane.convert, lane.blender
     count.providers = tuple(rvm.providers)
-    convert = Converter(device, settings, h, w)
-    blender = Blender(device, settings, h, w)
     still = isinstance(bg, ColorBackground)
     if isinstance(bg, ColorBackground):
         blender.still(bg.plate)
@@ -246,6 +280,7 @@ def run_device(
             if stage.error is not None:
                 raise stage.error
         writer.close()
+        _release(key, lane)  # only after a clean run: a failed one may have left a binding half made
         if progress is not None:
             progress(count.count, count.count)
         return count

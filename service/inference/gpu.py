@@ -87,6 +87,11 @@ def _probe(settings: Settings) -> Device:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
+    if CUDA in available and hasattr(ort, "preload_dlls"):
+        try:  # onnxruntime-gpu >= 1.21: CUDA and cuDNN from the nvidia-* wheels, where installed
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - the system's libraries may still do
+            log.info("device: preload_dlls failed (%s)", exc)
     wanted = [p for p in settings.providers if p in available]
     if CUDA not in wanted:
         log.info("device: CPU (onnxruntime %s offers %s)", ort.__version__, available)
@@ -167,7 +172,9 @@ def identity_graph() -> Any:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8  # readable by onnxruntime >= 1.14
+    return model
 
 
 class _G:

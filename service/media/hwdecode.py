@@ -125,9 +125,10 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
     container = _open(info, nvdec=nvdec, on_device=on_device, device=device)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads and not nvdec:
-            stream.codec_context.thread_count = threads
+        if not nvdec:  # NVDEC decodes asynchronously on its own; frame threads only add surfaces held
+            stream.thread_type = "AUTO"
+            if threads:
+                stream.codec_context.thread_count = threads
         w, h = info.coded_width, info.coded_height
         pixels = w * h
         limit_decoder(stream, pixels)

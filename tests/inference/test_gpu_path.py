@@ -37,7 +37,7 @@ NO_GPU = not Path("/dev/nvidiactl").exists()
 SIZE = (180, 320)  # height, width of the test clip
 
 
-def make_clip(path: Path, frames: int = 10) -> Path:
+def make_clip(path: Path, frames: int = 6) -> Path:
     """The first frames of a shared clip at 320×180, H.264 yuv420p at 30000/1001."""
     rate = Fraction(30000, 1001)
     with av.open(str(data_path("videos", "desk.mp4"))) as src, av.open(str(path), "w") as out:
@@ -89,18 +89,29 @@ def test_encoder_choice() -> None:
 
 
 def test_io_binding_on_the_cpu_provider_equals_session_run(settings: Settings, rgb: np.ndarray) -> None:
-    model = get_model("rvm", settings)
-    matte, _ = model.predict(rgb, model.new_state())
     runner = DeviceRVM(settings, gpu.Device("cpu"), SIZE, fixed=False)
     alphas = np.stack([runner.step_numpy(f)[0] for f in rgb])
-    np.testing.assert_array_equal(alphas, matte.alpha)  # recurrent states carried on the binding
+    # the same session fed by session.run, states carried on the host
+    z = np.zeros((1, 1, 1, 1), np.float32)
+    rec, want = [z] * 4, []
+    for f in rgb:
+        src = np.ascontiguousarray(f.transpose(2, 0, 1)[None], dtype=np.float32) * (1.0 / 255.0)
+        feed = {"src": src, "downsample_ratio": np.array([runner.ratio], np.float32),
+                **{f"r{k + 1}i": rec[k] for k in range(4)}}
+        _, pha, *rec = runner.session.run(None, feed)
+        want.append(pha[0, 0])
+    np.testing.assert_array_equal(alphas, np.stack(want))  # recurrent states carried on the binding
     runner.reset()
-    np.testing.assert_array_equal(runner.step_numpy(rgb[0])[0], matte.alpha[0])
+    np.testing.assert_array_equal(runner.step_numpy(rgb[0])[0], want[0])
+    # and the ordinary model's alpha (its own session and options)
+    model = get_model("rvm", settings)
+    matte, _ = model.predict(rgb, model.new_state())
+    assert np.abs(alphas - matte.alpha).max() < 1e-4
 
 
 def test_fixed_ratio_rvm_equals_the_dynamic_one(settings: Settings, rgb: np.ndarray) -> None:
     runner = DeviceRVM(settings, gpu.Device("cpu"), SIZE, fixed=True)
-    graph = onnx.load(str(next(Path(settings.engine_cache_dir).glob("rvm-*.onnx"))))
+    graph = onnx.load(str(next(Path(settings.engine_cache_dir).glob("rvm-*-r*-180x320.onnx"))))
     inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
     assert RATIO_INPUT not in inputs and inputs["src"] == [1, 3, *SIZE]
     assert all(all(inputs[f"r{k}i"]) for k in range(1, 5))  # static state shapes, kept as inputs
@@ -112,7 +123,7 @@ def test_fixed_ratio_rvm_equals_the_dynamic_one(settings: Settings, rgb: np.ndar
         assert np.abs(fg_fixed - fg_dyn).max() < 1e-4
     # made once: the second call finds it in the cache
     again = fixed_rvm(get_model("rvm", settings).weights_path, runner.ratio, SIZE, Path(settings.engine_cache_dir))
-    assert len(list(Path(settings.engine_cache_dir).glob("rvm-*.onnx"))) == 1 and again.is_file()
+    assert len(list(Path(settings.engine_cache_dir).glob("rvm-*-r*-180x320.onnx"))) == 1 and again.is_file()
 
 
 def _run(model: onnx.ModelProto, **feed: np.ndarray) -> np.ndarray:
@@ -179,7 +190,7 @@ def test_device_path_on_the_cpu_matches_the_ordinary_pipeline(clip: Path, settin
     seen: list[int] = []
     result = replace_background(clip, bg, device, settings=settings, progress=lambda done, total: seen.append(done))
     a, b = read_back(ordinary), read_back(device)
-    assert result.frames == a.frames == b.frames == 10 and seen[-1] == 10
+    assert result.frames == a.frames == b.frames == 6 and seen[-1] == 6
     assert a.pts_s == b.pts_s and abs(a.duration_s - b.duration_s) < 1e-6
     fa, fb = frames_rgb(ordinary), frames_rgb(device)
     for i in fa:
@@ -216,4 +227,4 @@ def test_device_path_reports_what_ran(clip: Path, settings: Settings, tmp_path: 
     count = run_device(info, ColorBackground((0, 177, 64), info.width, info.height), out,
                        Options(output_format="greenscreen"), settings, gpu.Device("cpu"))
     assert (count.decoder, count.encoder, count.providers) == ("cpu", "libx264", ("CPUExecutionProvider",))
-    assert count.count == read_back(out).frames == 10
+    assert count.count == read_back(out).frames == 6
