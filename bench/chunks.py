@@ -5,8 +5,9 @@ sequential run.
 
 The clip (default: the 139 s ``one-by-one-person-detection.mp4``, people walking past one by one,
 downscaled to ``--width`` so that the runs fit in a few minutes on two cores; a keyframe a second)
-goes through ``backdrop run`` (Redis, the API, the video worker, as ``make run`` starts them) three
-times, each a fresh stack, output ``matte``:
+goes through ``backdrop run`` (Redis, the API, the video worker, as ``make run`` starts them) in
+three configurations, each run on a fresh stack, output ``matte``, ``--rounds`` times in alternating
+order (the fastest round of each is compared):
 
 1. chunking off, ``BACKDROP_WORKER_CONCURRENCY=1``: the sequential baseline;
 2. ``BACKDROP_CHUNK_SECONDS`` on, concurrency 1: the cost of cutting and joining;
@@ -168,7 +169,8 @@ def warmup_sweep(clip: Path, sequential: np.ndarray, chunk_s: float, warmups: li
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", type=Path, default=None)
-    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the three runs, in alternating order")
     p.add_argument("--chunk-seconds", type=float, default=30.0)
     p.add_argument("--warmup", type=int, default=8, help="warm-up frames of the service runs")
     p.add_argument("--warmups", default="0,2,4,8,16", help="the sweep's warm-ups")
@@ -192,14 +194,19 @@ def main() -> None:
         "chunk_seconds": a.chunk_seconds, "warmup": a.warmup,
         "note": "other sessions shared the machine's 2 cores during these runs: wall times are noisy",
     }
-    runs = {}
-    for name, chunk_s, conc in (("sequential", 0.0, 1), ("chunked_1", a.chunk_seconds, 1), ("chunked_2", a.chunk_seconds, 2)):
-        work = tmp / name
-        work.mkdir()
-        t = time.monotonic()
-        runs[name] = run_stack(clip, work, chunk_s, conc, a.warmup)
-        print(f"{name}: {runs[name]} ({time.monotonic() - t:.0f} s with start-up)", flush=True)
-    results["runs"] = runs
+    configs = [("sequential", 0.0, 1), ("chunked_1", a.chunk_seconds, 1), ("chunked_2", a.chunk_seconds, 2)]
+    every: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in configs}
+    for r in range(a.rounds):  # alternating order: the other load on the machine drifts
+        for name, chunk_s, conc in configs if r % 2 == 0 else configs[::-1]:
+            work = tmp / f"{name}-{r}"
+            work.mkdir()
+            t = time.monotonic()
+            run = run_stack(clip, work, chunk_s, conc, a.warmup)
+            every[name].append(run)
+            print(f"{name} round {r}: {run} ({time.monotonic() - t:.0f} s with start-up)", flush=True)
+    runs = {name: {**min(rs, key=lambda x: x["wall_s"]), "walls_s": [x["wall_s"] for x in rs]}
+            for name, rs in every.items()}
+    results["runs"] = runs  # each config's fastest round, and every round's wall time
     seq = alpha(Path(runs["sequential"]["output"]))
     from service.media.chunks import plan_chunks
     from service.media.probe import probe_video
