@@ -8,10 +8,12 @@ everywhere.  The answer is cached per process and logged.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 
 import av
 
@@ -50,11 +52,19 @@ def _probe(codec: str, device: int) -> bool:
 
 
 def worker_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers narrow)."""
+    """The cores this process may use: its CPU affinity (a cpuset), narrowed by a cgroup v2 CPU quota
+    (``cpu.max``, what a Kubernetes CPU limit sets) where there is one."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def device_format(fmt: str, *, nvenc: bool, device: int = 0) -> FormatSpec:

@@ -85,7 +85,7 @@ def test_encoder_choice() -> None:
     nv = device_format("mp4", nvenc=True, device=1)
     assert nv.codec == "h264_nvenc" and nv.options["gpu"] == "1" and "crf" not in nv.options
     assert device_format("webm", nvenc=True) == FORMATS["webm"]  # NVENC does H.264 here only
-    assert worker_cores() == len(os.sched_getaffinity(0))
+    assert 1 <= worker_cores() <= len(os.sched_getaffinity(0))
 
 
 def test_io_binding_on_the_cpu_provider_equals_session_run(settings: Settings, rgb: np.ndarray) -> None:
