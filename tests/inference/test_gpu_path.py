@@ -30,7 +30,7 @@ from service.media.hwdecode import cuda_decode_available, iter_planes, sync_deco
 from service.media.hwencode import device_format, nvenc_available, worker_cores
 from service.media.probe import probe_video
 from service.options import Options
-from service.pipeline import replace_background
+from service.pipeline import Window, replace_background
 
 #: CI and this machine have no NVIDIA device; on one that has, the probes may say yes.
 NO_GPU = not Path("/dev/nvidiactl").exists()
@@ -233,3 +233,22 @@ def test_device_path_reports_what_ran(clip: Path, settings: Settings, tmp_path: 
                        Options(output_format="greenscreen"), settings, gpu.Device("cpu"))
     assert (count.decoder, count.encoder, count.providers) == ("cpu", "libx264", ("CPUExecutionProvider",))
     assert count.count == read_back(out).frames == 6
+
+
+def test_device_path_chunk_window_and_video_background(clip: Path, settings: Settings, tmp_path: Path) -> None:
+    """A chunk of a longer video (issue 16's Window: warm-up frames run the model and are dropped) on a
+    looping video background: the frames and timestamps the ordinary path writes, about the same picture."""
+    info = probe_video(clip)
+    pts = [f.pts for f in iter_frames(info)]
+    window = Window(info, model_from_pts=pts[1], start_pts=pts[3], end_pts=pts[5])
+    background = str(make_clip(tmp_path / "bg.mp4", frames=3))  # shorter than the clip: it loops
+    outs = {}
+    for mode in ("off", "on"):
+        out = outs[mode] = tmp_path / f"{mode}.mp4"
+        result = replace_background(clip, background, out, window=window,
+                                    settings=settings.model_copy(update={"device_pipeline": mode}))
+        assert result.frames == 2
+    a, b = read_back(outs["off"]), read_back(outs["on"])
+    assert a.pts_s == b.pts_s and a.frames == b.frames == 2
+    fa, fb = frames_rgb(outs["off"]), frames_rgb(outs["on"])
+    assert all(_psnr(fa[i], fb[i]) > 30 for i in fa)
