@@ -6,7 +6,7 @@ with only the encoder's finished I420 frame coming back to the host.
     encode thread:  NVENC, or libx264 threaded over the worker's cores; audio as the ordinary path
 
 It covers what a GPU worker is for: RVM composited on a colour, image or video background (mp4 and
-greenscreen output), 4:2:0-even frames without a rotation tag, no edge refinement, harmonisation or
+greenscreen output) or its matte alone (matte output), 4:2:0-even frames without a rotation tag, no edge refinement, harmonisation or
 people selection; anything else takes the ordinary pipeline (``covers`` says why).  ``auto`` uses it
 when a CUDA provider works; ``on`` also on the CPU provider, where the same graphs and bindings run
 (the tests compare it with the ordinary pipeline).
@@ -39,7 +39,7 @@ from service.options import Options
 from service.pipeline import _END, Progress, Window, _Count, _get, _put, _Stage, edge_refine
 
 log = logging.getLogger(__name__)
-FORMATS = ("mp4", "greenscreen")
+FORMATS = ("mp4", "greenscreen", "matte")
 
 
 def device_for(settings: Settings) -> gpu.Device | None:
@@ -61,7 +61,7 @@ def covers(options: Options, model: MattingModel, info: VideoInfo, bg: Backgroun
         return f"compositor {options.composite}"
     if options.harmonize > 0 or options.selects_people or edge_refine(options, settings, model):
         return "harmonisation, people selection or edge refinement"
-    if not isinstance(bg, ColorBackground | VideoBackground):
+    if options.output_format != "matte" and not isinstance(bg, ColorBackground | VideoBackground):
         return "a background computed from the frame"
     if info.rotation or (info.width, info.height) != (info.coded_width, info.coded_height):
         return "a rotated or cropped frame"
@@ -92,7 +92,6 @@ def try_device(
     if reason is not None:
         log.info("device path skipped: %s", reason)
         return None
-    assert bg is not None
     return run_device(info, bg, path, options, settings, device, progress, cancel, window)
 
 
@@ -122,14 +121,15 @@ class Converter:
 
 
 class Blender:
-    """RVM's ``fgr``/``pha`` on the device + the frame's background → the I420 frame on the host.
-    A still background is uploaded once."""
+    """RVM's ``fgr``/``pha`` on the device + the frame's background → the I420 frame on the host
+    (``output`` ``matte``: the alpha as grey).  A still background is uploaded once."""
 
     def __init__(self, device: gpu.Device, settings: Settings, height: int, width: int, output: str = "i420"):
         import onnxruntime as ort
 
-        self.device = device
-        self.session = gpu.device_session(gpu.blend(height, width, output).SerializeToString(), device, settings)
+        self.device, self.output = device, output
+        graph = gpu.matte(height, width) if output == "matte" else gpu.blend(height, width, output)
+        self.session = gpu.device_session(graph.SerializeToString(), device, settings)
         self.binding = self.session.io_binding()
         self._ort = ort
         self._still: Any = None
@@ -140,12 +140,13 @@ class Blender:
 
     def __call__(self, fgr: Any, pha: Any, background: np.ndarray | None = None) -> np.ndarray:
         b = self.binding
-        b.bind_ortvalue_input("fgr", fgr)
         b.bind_ortvalue_input("pha", pha)
-        if background is not None:
-            b.bind_cpu_input("bg", np.ascontiguousarray(background))
-        else:
-            b.bind_ortvalue_input("bg", self._still)
+        if self.output != "matte":
+            b.bind_ortvalue_input("fgr", fgr)
+            if background is not None:
+                b.bind_cpu_input("bg", np.ascontiguousarray(background))
+            else:
+                b.bind_ortvalue_input("bg", self._still)
         b.bind_output("frame", "cpu")
         self.session.run_with_iobinding(b)
         return b.copy_outputs_to_cpu()[0]
@@ -153,12 +154,13 @@ class Blender:
 
 @dataclass
 class Lane:
-    """The sessions one frame size needs (RVM, YUV in, blend out), kept by the process between jobs:
-    a TensorRT engine is loaded once, not per job."""
+    """The sessions one frame size needs (RVM, YUV in, blend or matte out), kept by the process
+    between jobs: a TensorRT engine is loaded once, not per job."""
 
     rvm: DeviceRVM
     convert: Converter
     blender: Blender
+    matte: Blender
 
 
 _lanes: dict[tuple[Any, ...], list[Lane]] = {}
@@ -175,7 +177,7 @@ def _acquire(settings: Settings, device: gpu.Device, h: int, w: int) -> tuple[tu
             lane.rvm.reset()
             return key, lane
     lane = Lane(DeviceRVM(settings, device, (h, w)), Converter(device, settings, h, w),
-                Blender(device, settings, h, w))
+                Blender(device, settings, h, w), Blender(device, settings, h, w, "matte"))
     return key, lane
 
 
@@ -188,7 +190,7 @@ def _release(key: tuple[Any, ...], lane: Lane) -> None:
 
 def run_device(
     info: VideoInfo,
-    bg: BackgroundSource,
+    bg: BackgroundSource | None,
     path: Path,
     options: Options,
     settings: Settings,
@@ -210,9 +212,10 @@ def run_device(
     count = DeviceCount(tick_s=float(info.time_base), frame_s=float(1 / info.fps),
                         decoder="nvdec" if nvdec else "cpu", encoder=spec.codec)
     key, lane = _acquire(settings, device, h, w)
-    rvm, convert, blender = lane.rvm, lane.convert, lane.blender
+    rvm, convert = lane.rvm, lane.convert
+    blender = lane.matte if options.output_format == "matte" else lane.blender
     count.providers = tuple(rvm.providers)
-    still = isinstance(bg, ColorBackground)
+    still = bg is None or isinstance(bg, ColorBackground)
     if isinstance(bg, ColorBackground):
         blender.still(bg.plate)
     log.info("device path: %dx%d decode %s, model %s, encode %s (%d threads)", w, h, count.decoder,
@@ -234,7 +237,7 @@ def run_device(
             if frame.on_device:
                 sync_decoder(device.index)
             src = convert(frame)
-            back = None if still else bg.frames(placeholder, [frame.pts * tb])[0]
+            back = None if still or bg is None else bg.frames(placeholder, [frame.pts * tb])[0]
             if not _put(decoded, (src, back, frame.pts, frame.duration), stop):
                 return
         _put(decoded, _END, stop)

@@ -302,6 +302,24 @@ def blend(height: int, width: int, output: str = "i420", matrix: str = "bt601") 
     return g.model(inputs, [out], {"frame": frame}, "blend_i420")
 
 
+def matte(height: int, width: int) -> Any:
+    """A graph from RVM's ``pha`` (1, 1, H, W) float to the matte output's I420 frame (H·3/2, W)
+    uint8: the alpha rounded to 8 bits as grey (Y' = 16 + 219·a/255, limited range), chroma neutral."""
+    from onnx import TensorProto, helper
+
+    if height % 2 or width % 2:
+        raise ValueError("4:2:0 frames need an even width and height")
+    g = _G()
+    inputs = [helper.make_tensor_value_info("pha", TensorProto.FLOAT, [1, 1, height, width])]
+    a8 = g.op("Cast", [_to_u8(g, g.op("Mul", ["pha", g.const(255.0, np.float32)]))], to=TensorProto.FLOAT)
+    luma = g.op("Add", [g.op("Mul", [a8, g.const(219.0 / 255.0, np.float32)]), g.const(16.0, np.float32)])
+    luma = g.op("Cast", [_to_u8(g, g.op("Reshape", [luma, g.const([height, width])]))], to=TensorProto.UINT8)
+    chroma = g.const(np.full((height // 2, width), 128, np.uint8), np.uint8)  # Cb then Cr, W/2 each a row pair
+    frame = g.op("Concat", [luma, chroma], axis=0)
+    out = helper.make_tensor_value_info("frame", TensorProto.UINT8, [height * 3 // 2, width])
+    return g.model(inputs, [out], {"frame": frame}, "matte_i420")
+
+
 def _to_u8(g: _G, x: str) -> str:
     from onnx import TensorProto
 

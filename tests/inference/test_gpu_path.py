@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import data_path
-from videoutil import frames_rgb, read_back
+from videoutil import alpha_channel, frames_rgb, read_back
 
 from service.config import Settings
 from service.device_pipeline import covers, device_for, run_device
@@ -158,6 +158,10 @@ def test_blend_graph_equals_the_numpy_compositor() -> None:
     cb, cr = pooled @ m[1] + off[1], pooled @ m[2] + off[2]
     want = np.concatenate([y.ravel(), cb.ravel(), cr.ravel()]).reshape(h * 3 // 2, w)
     assert np.abs(i420.astype(float) - want).max() <= 0.51
+    # the matte output: the alpha rounded to 8 bits, as grey in I420, as the ordinary path's encoder gets it
+    grey = np.repeat(np.clip(pha[0, 0] * 255 + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    ordinary = av.VideoFrame.from_ndarray(grey, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    assert np.abs(_run(gpu.matte(h, w), pha=pha).astype(int) - ordinary).max() <= 1
 
 
 def test_decoder_falls_back_to_the_cpu_with_the_same_frames(clip: Path) -> None:
@@ -212,6 +216,7 @@ def test_device_path_covers_only_what_it_can(clip: Path, settings: Settings, tmp
     plate = ColorBackground((0, 177, 64), info.width, info.height)
     assert covers(Options(), model, info, plate, settings) is None
     assert covers(Options(output_format="greenscreen"), model, info, plate, settings) is None
+    assert covers(Options(output_format="matte"), model, info, None, settings) is None
     assert covers(Options(output_format="webm"), model, info, None, settings) == "output webm"
     assert covers(Options(composite="poisson"), model, info, plate, settings) == "compositor poisson"
     blur = open_background("blur", info.width, info.height, settings)
@@ -233,6 +238,18 @@ def test_device_path_reports_what_ran(clip: Path, settings: Settings, tmp_path: 
                        Options(output_format="greenscreen"), settings, gpu.Device("cpu"))
     assert (count.decoder, count.encoder, count.providers) == ("cpu", "libx264", ("CPUExecutionProvider",))
     assert count.count == read_back(out).frames == 6
+
+
+def test_device_path_matte_matches_the_ordinary_one(clip: Path, settings: Settings, tmp_path: Path) -> None:
+    mattes = []
+    for mode in ("off", "on"):
+        out = tmp_path / f"{mode}.mp4"
+        replace_background(clip, None, out, Options(output_format="matte"),
+                           settings=settings.model_copy(update={"device_pipeline": mode}))
+        mattes.append(alpha_channel(out))
+    assert mattes[0].shape == mattes[1].shape == (6, *SIZE)
+    # the model's input differs by the chroma upsampling only: the mattes agree closely
+    assert np.abs(mattes[0] - mattes[1]).mean() < 0.01
 
 
 def test_device_path_chunk_window_and_video_background(clip: Path, settings: Settings, tmp_path: Path) -> None:
