@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
+    queue_memory_mb: int = Field(
+        128, ge=1,
+        description="Most memory the frames waiting between two pipeline stages take (fewer than queue_depth "
+        "batches of large frames; at least one).",
+    )
     decode_threads: int = Field(
         0, description="Decoder threads (0 = automatic: 1 while the model runs on the CPU, else FFmpeg's choice)."
     )

@@ -242,6 +242,12 @@ def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     return settings.decode_threads or auto, settings.encode_threads or auto
 
 
+def queue_depth(settings: Settings, batch_bytes: int) -> int:
+    """Batches a queue between two stages holds: ``queue_depth``, fewer where that many batches of
+    ``batch_bytes`` would pass ``queue_memory_mb``; always at least one."""
+    return max(1, min(settings.queue_depth, settings.queue_memory_mb * 2**20 // max(1, batch_bytes)))
+
+
 def _batches(
     info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int, window: Window | None = None
 ) -> Iterator[Batch]:
@@ -253,7 +259,9 @@ def _batches(
     def flush() -> Batch:
         images = np.stack(buf)
         times = [p * tb for p in pts]
-        back = None if bg is None else np.ascontiguousarray(bg.frames(images, times))
+        back = None if bg is None else bg.frames(images, times)
+        if back is not None and back.strides[0] != 0:  # one plate broadcast over the batch stays one plate
+            back = np.ascontiguousarray(back)
         return Batch(images, list(pts), list(durations), back)
 
     for frame in iter_frames(info, threads):
@@ -322,8 +330,11 @@ def _run(
 ) -> _Count:
     spec = FORMATS[options.output_format]
     stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
-    composed: queue.Queue = queue.Queue(maxsize=settings.queue_depth)
+    # the queues hold at most queue_memory_mb of frames each (decoded: frame and background; composed:
+    # frame, background, float alpha and foreground), so a 1080p job stays far under 1 GB
+    pixels = settings.batch_size * info.coded_width * info.coded_height
+    decoded: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 6))
+    composed: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 13))
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
     compositor = create_compositor(options.composite)
     decode_threads, encode_threads = codec_threads(model, settings)
