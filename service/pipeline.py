@@ -242,6 +242,28 @@ def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     return settings.decode_threads or auto, settings.encode_threads or auto
 
 
+_MMAP_SET = False
+
+
+def _return_freed_frames() -> None:
+    """Blocks of 1 MB and more (frames, mattes) come from mmap and go back to the system when freed.
+
+    glibc raises its mmap threshold after each such block is freed, up to 32 MB, after which whole
+    1080p frames come from the per-thread heaps of the three stages and stay there: a 1920x1080 job
+    peaked at 880 MB instead of 700.  Setting the threshold stops that; glibc only, once a process."""
+    global _MMAP_SET
+    if _MMAP_SET:
+        return
+    _MMAP_SET = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def queue_depth(settings: Settings, batch_bytes: int) -> int:
     """Batches a queue between two stages holds: ``queue_depth``, fewer where that many batches of
     ``batch_bytes`` would pass ``queue_memory_mb``; always at least one."""
@@ -330,6 +352,7 @@ def _run(
 ) -> _Count:
     spec = FORMATS[options.output_format]
     stop = threading.Event()
+    _return_freed_frames()
     # the queues hold at most queue_memory_mb of frames each (decoded: frame and background; composed:
     # frame, background, float alpha and foreground), so a 1080p job stays far under 1 GB
     pixels = settings.batch_size * info.coded_width * info.coded_height
