@@ -69,10 +69,10 @@ class RVM(MattingModel):
         weights = self._weights()
         if not self.settings.rvm_cpu_lowres or not _cpu_first(self.settings.providers):
             return weights
-        from service.inference.rvm_lowres import lowres_path
+        from service.inference.rvm_lowres import lowres_path, optimized_path
 
         try:
-            path = lowres_path(weights, self.settings.engine_cache_dir)
+            path = optimized_path(lowres_path(weights, self.settings.engine_cache_dir))
         except Exception as exc:  # noqa: BLE001 - no onnx package, a read-only cache, another graph
             log.warning("RVM runs its published graph whole (the low-resolution cut failed: %s)", exc)
             return weights
