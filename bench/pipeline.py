@@ -1,17 +1,22 @@
-"""End-to-end throughput of the pipeline against a naive loop and the decode+encode floor.
+"""Backdrop against the home-made loop, as whole processes, and the quality of each speed option.
 
-    .venv/bin/python bench/pipeline.py [--clips desk.mp4 walking-sideways.mp4 talking-head.mp4]
+    .venv/bin/python bench/pipeline.py [--clips A.mp4 B.mp4 ...] [--runs 2] [--no-iou]
                                       [--memory-clip one-by-one-person-detection.mp4]
 
-For each clip, in one run on the same machine:
-  (a) Backdrop's pipeline (decode, inference and encode overlapped in three stages) with its
-      defaults (for rvm: no edge correction), and "+refine" with the edge correction on;
-  (b) a naive reference loop with the same model and encoder: decode one frame → matte → blend →
-      encode, one frame at a time, in one thread (see ``run_naive``);
-  (c) decode + encode alone, no inference: the cost every pipeline pays on top of the model;
-  (m) the model alone on frames already decoded into memory: the ceiling for (a) and (b).
-Prints frames/s for each and the ratios (a)/(b) and (a)/(c).  Then the peak resident memory of
-one pipeline run over a long clip, measured in a child process so nothing else counts.
+Timing: for each clip, ``backdrop replace CLIP -b '#3a6ea5' -o OUT -q`` and ``bench/homemade.py``
+(the 40-line script a user would write around the same ONNX file: a default onnxruntime session,
+the same low-resolution pass, decode -> model -> blend -> libx264 one frame at a time, audio copied)
+run as separate processes, in turn, ``--runs`` times each; the best wall time of each counts, start-up
+(imports, session creation) included.  Each process reports its own peak resident memory (VmHWM from
+/proc/self/status at exit: ru_maxrss would carry the forked parent's pages across exec).
+
+Clips: by default three sizes made from the shared clips (640x360 from desk.mp4, 1280x720 and
+1920x1080 from walking-sideways.mp4 with its audio), written once under bench/out/clips; ``--clips``
+takes any files instead (held-out clips).
+
+Quality: mean IoU of alpha > 0.5 against the ground truth of the shared DAVIS clips (videos_gt) for
+the fp32 published graph run frame by frame (the reference) and for each speed option, with each
+option's difference from the reference; the options are Backdrop's own settings.
 """
 
 from __future__ import annotations
@@ -27,99 +32,123 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from service.config import get_settings  # noqa: E402
-from service.inference.models import get_model  # noqa: E402
-from service.inference.models.rvm import downsample_ratio  # noqa: E402
-from service.media.background import open_background  # noqa: E402
-from service.media.decode import iter_frames  # noqa: E402
-from service.media.encode import VideoWriter  # noqa: E402
-from service.media.probe import probe_video  # noqa: E402
-from service.pipeline import ReplaceOptions, replace_background  # noqa: E402
 
 BACKGROUND = "#3a6ea5"
+OUT = ROOT / "bench" / "out" / "clips"
+#: (name, source clip under videos/, width, height, most frames)
+DEFAULT_CLIPS = [
+    ("desk-640x360.mp4", "desk.mp4", 640, 360, 300),
+    ("walking-1280x720.mp4", "walking-sideways.mp4", 1280, 720, 238),
+    ("walking-1920x1080.mp4", "walking-sideways.mp4", 1920, 1080, 120),
+]
+#: A child process: run the command, then write its own peak memory (kB) to the file in argv[1].
+_PEAK = (
+    "import sys, runpy; out = sys.argv.pop(1); kind = sys.argv.pop(1)\n"
+    "try:\n"
+    "    if kind == 'ours':\n"
+    "        from service.cli import main; code = main(sys.argv[1:])\n"
+    "    else:\n"
+    "        sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); code = 0\n"
+    "finally:\n"
+    "    hwm = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "    open(out, 'w').write(hwm)\n"
+    "sys.exit(code)\n"
+)
 
 
-def run_pipeline(path: Path, out: Path, refine: bool) -> int:
-    return replace_background(path, BACKGROUND, out, ReplaceOptions(edge_refine=refine or None)).frames
+def make_clip(source: Path, target: Path, width: int, height: int, frames: int) -> Path:
+    """``source`` scaled to width x height (libx264, its audio copied), at most ``frames`` frames."""
+    import av
+
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part.mp4")
+    with av.open(str(source)) as inp, av.open(str(tmp), "w") as out:
+        vin = inp.streams.video[0]
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        vout = out.add_stream("libx264", rate=vin.average_rate)
+        vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+        vout.options = {"preset": "fast", "crf": "20"}
+        aout = out.add_stream_from_template(ain) if ain else None
+        n, end = 0, None
+        for packet in inp.demux(*[s for s in (vin, ain) if s]):
+            if packet.stream is ain:
+                if packet.dts is not None and (end is None or packet.pts * packet.time_base < end):
+                    packet.stream = aout
+                    out.mux(packet)
+                continue
+            for frame in packet.decode():
+                if n >= frames:
+                    end = end if end is not None else frame.pts * frame.time_base
+                    continue
+                scaled = frame.reformat(width=width, height=height, format="yuv420p")
+                scaled.pts, scaled.time_base = frame.pts, frame.time_base
+                out.mux(vout.encode(scaled))
+                n += 1
+        out.mux(vout.encode(None))
+    tmp.replace(target)
+    return target
 
 
-def run_naive(path: Path, out: Path) -> int:
-    """The home-made script Backdrop competes with: the same ONNX model (same weights, providers and
-    downsample ratio) in a default onnxruntime session, numpy pre/post-processing and blend, the
-    same decoder and encoder; one frame at a time, in one thread."""
-    import onnxruntime as ort
+def run_process(kind: str, clip: Path, out: Path, env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, peak MB) of one whole process: ``ours`` (backdrop replace) or ``homemade``."""
+    from service.inference.models.rvm import RVM
+
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as peak:
+        if kind == "ours":
+            args = ["ours", "replace", str(clip), "-b", BACKGROUND, "-o", str(out), "-q"]
+        else:
+            weights = RVM(get_settings()).weights_path
+            args = ["homemade", str(ROOT / "bench" / "homemade.py"), str(clip), str(out), str(weights),
+                    "--long-side", str(get_settings().rvm_long_side), "--color", BACKGROUND[1:]]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _PEAK, peak.name, *args], check=True, env=env, cwd=ROOT)
+        wall = time.perf_counter() - start
+        return wall, int(open(peak.name).read()) / 1024
+
+
+def frame_count(path: Path) -> tuple[int, str]:
+    from service.media.probe import probe_video
 
     info = probe_video(path)
-    model = get_model("rvm")
-    session = ort.InferenceSession(str(model.weights_path), providers=model.providers)
-    ratio = np.array([downsample_ratio(info.height, info.width, get_settings().rvm_long_side)], np.float32)
-    rec = [np.zeros((1, 1, 1, 1), np.float32)] * 4
-    bg = open_background(BACKGROUND, info.width, info.height)
-    writer = VideoWriter(out, "mp4", info, audio=False)
-    n = 0
-    for frame in iter_frames(info):
-        src = frame.image.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
-        fgr, pha, *rec = session.run(
-            None, {"src": src, "r1i": rec[0], "r2i": rec[1], "r3i": rec[2], "r4i": rec[3], "downsample_ratio": ratio}
-        )
-        a = pha[0, 0][..., None]
-        back = bg.frames(frame.image[None], [0.0])[0].astype(np.float32)
-        composed = a * fgr[0].transpose(1, 2, 0) * 255.0 + (1.0 - a) * back
-        writer.write(np.clip(composed + 0.5, 0, 255).astype(np.uint8)[None], [frame.pts], [frame.duration])
-        n += 1
-    writer.close()
-    return n
+    return info.frames, f"{info.width}x{info.height}"
 
 
-def run_floor(path: Path, out: Path) -> int:
-    info = probe_video(path)
-    writer = VideoWriter(out, "mp4", info, audio=False)
-    n = 0
-    for frame in iter_frames(info):
-        writer.write(frame.image[None], [frame.pts], [frame.duration])
-        n += 1
-    writer.close()
-    return n
+def davis_iou(options: list[tuple[str, dict[str, object]]]) -> list[tuple[str, float, list[float]]]:
+    """Mean IoU of alpha > 0.5 against the DAVIS masks, frame by frame, for each (name, settings)."""
+    import av
 
+    from service.inference.models.rvm import RVM
 
-def model_alone(path: Path, frames: int = 48, warmup: int = 8) -> int:
-    """The model's own ceiling: ``predict`` on frames already decoded into memory, batch by batch."""
-    info = probe_video(path)
-    images = []
-    for frame in iter_frames(info):
-        images.append(frame.image)
-        if len(images) == frames + warmup:
-            break
-    model = get_model("rvm")
-    batch = get_settings().batch_size
-    stack = np.stack(images)
-    _, state = model.predict(stack[:warmup], model.new_state())
-    start = time.perf_counter()
-    for i in range(warmup, len(stack), batch):
-        _, state = model.predict(stack[i : i + batch], state)
-    return round((len(stack) - warmup) / (time.perf_counter() - start))
+    gt_dir = Path(get_settings().data_dir) / "videos_gt"
+    names = sorted(p.stem for p in gt_dir.glob("*.mp4") if not p.stem.endswith("_mask"))
 
+    def frames(path: Path, fmt: str) -> list[np.ndarray]:
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format=fmt) for f in c.decode(video=0)]
 
-def timed(fn, *args) -> float:  # type: ignore[no-untyped-def]
-    start = time.perf_counter()
-    frames = fn(*args)
-    return frames / (time.perf_counter() - start)
-
-
-def peak_memory(path: Path) -> float:
-    """Peak RSS in MB of a child process that runs the pipeline over ``path`` (its own VmHWM: the
-    rusage of children would count the parent's pages that a fork copied before the exec)."""
-    code = (
-        "import sys, tempfile, pathlib; sys.path.insert(0, sys.argv[2]);"
-        "from service.pipeline import replace_background;"
-        "d = tempfile.mkdtemp(); replace_background(pathlib.Path(sys.argv[1]), '#3a6ea5', pathlib.Path(d) / 'o.mp4');"
-        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
-    )
-    root = str(Path(__file__).resolve().parent.parent)
-    done = subprocess.run([sys.executable, "-c", code, str(path), root], check=True, capture_output=True, text=True)
-    return int(done.stdout.split()[-1]) / 1024
+    clips = [(frames(gt_dir / f"{n}.mp4", "rgb24"), frames(gt_dir / f"{n}_mask.mp4", "gray")) for n in names]
+    results = []
+    for label, update in options:
+        settings = get_settings().model_copy(update={"providers": ["CPUExecutionProvider"], **update})
+        model = RVM(settings)
+        per_clip = []
+        for images, masks in clips:
+            state = model.new_state()
+            ious = []
+            for image, mask in zip(images, masks, strict=False):
+                matte, state = model.predict(image[None], state)
+                pred, gt = matte.alpha[0] > 0.5, mask > 127
+                union = (pred | gt).sum()
+                ious.append((pred & gt).sum() / union if union else 1.0)
+            per_clip.append(float(np.mean(ious)))
+        results.append((label, float(np.mean(per_clip)), per_clip))
+    return results
 
 
 def machine() -> str:
@@ -128,39 +157,56 @@ def machine() -> str:
     cpu = platform.machine()
     with open("/proc/cpuinfo") as f:  # Linux: the CPU's model name
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    providers = get_model("rvm").providers
-    return f"{os.cpu_count()} cores {cpu}, onnxruntime {ort.__version__} {providers[0]}"
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} cores {cpu}, onnxruntime {ort.__version__}, load average at start {load:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", nargs="+", default=["desk.mp4", "walking-sideways.mp4", "talking-head.mp4"])
-    parser.add_argument("--memory-clip", default="one-by-one-person-detection.mp4")
-    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--clips", nargs="+", type=Path, help="clips to time (default: three sizes made from the shared clips)")
+    parser.add_argument("--runs", type=int, default=2, help="runs of each process per clip, in turn (best counts)")
+    parser.add_argument("--memory-clip", default="one-by-one-person-detection.mp4",
+                        help="a long clip under videos/ whose peak memory is measured for ours alone ('' = none)")
+    parser.add_argument("--no-iou", action="store_true", help="skip the DAVIS quality table")
     args = parser.parse_args()
     videos = Path(get_settings().data_dir) / "videos"
+    clips = args.clips or [make_clip(videos / src, OUT / name, w, h, n) for name, src, w, h, n in DEFAULT_CLIPS]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     print(f"machine: {machine()}")
-    header = f"{'clip':<24}{'size':>11}{'(a) ours':>10}{'(a) +refine':>13}{'(b) naive':>11}{'(c) floor':>11}{'(m) model':>11}{'a/b':>7}{'a/c':>7}"
+    header = f"{'clip':<28}{'size':>11}{'frames':>8}{'ours s':>9}{'home s':>9}{'speed-up':>10}{'ours MB':>9}{'home MB':>9}"
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        for name in args.clips:
-            path = videos / name
-            info = probe_video(path)
-            get_model("rvm")  # loaded before timing starts
-            a = timed(run_pipeline, path, out / "a.mp4", False)
-            ar = timed(run_pipeline, path, out / "ar.mp4", True)
-            b = timed(run_naive, path, out / "b.mp4")
-            c = timed(run_floor, path, out / "c.mp4")
-            m = model_alone(path)
-            size = f"{info.width}x{info.height}"
-            print(f"{name:<24}{size:>11}{a:>10.1f}{ar:>13.1f}{b:>11.1f}{c:>11.1f}{m:>11d}{a / b:>7.2f}{a / c:>7.2f}")
-    print("frames per second, end to end (decode → matte → composite → encode); (m): the model alone on")
-    print("frames already in memory, the ceiling for (a) and (b)")
-    if not args.no_memory:
-        mb = peak_memory(videos / args.memory_clip)
-        print(f"peak memory, {args.memory_clip} ({probe_video(videos / args.memory_clip).duration_s:.0f} s): {mb:.0f} MB")
+        # one untimed run first: the cut graph is made and optimised once per machine, into the cache
+        run_process("ours", clips[0], Path(tmp) / "warm.mp4", env)
+        for clip in clips:
+            frames, size = frame_count(clip)
+            ours, home = [], []
+            for _ in range(args.runs):
+                ours.append(run_process("ours", clip, Path(tmp) / "ours.mp4", env))
+                home.append(run_process("homemade", clip, Path(tmp) / "home.mp4", env))
+            o, h = min(t for t, _ in ours), min(t for t, _ in home)
+            om, hm = max(m for _, m in ours), max(m for _, m in home)
+            print(f"{clip.name:<28}{size:>11}{frames:>8}{o:>9.1f}{h:>9.1f}{h / o:>9.2f}x{om:>9.0f}{hm:>9.0f}", flush=True)
+        print("wall seconds of the whole process (start-up included), best of", args.runs, "runs taken in turn;")
+        print("speed-up = home-made / ours; MB = peak resident memory (VmHWM) of the process")
+        if args.memory_clip:
+            clip = videos / args.memory_clip
+            frames, size = frame_count(clip)
+            _, mb = run_process("ours", clip, Path(tmp) / "long.mp4", env)
+            print(f"peak memory of ours over {args.memory_clip} ({size}, {frames} frames): {mb:.0f} MB")
+    if not args.no_iou:
+        options: list[tuple[str, dict[str, object]]] = [
+            ("fp32 published graph, whole", {"rvm_cpu_lowres": False}),
+            ("cut graph (default)", {}),
+            ("cut graph, rvm_long_side 288", {"rvm_long_side": 288}),
+            ("cut graph, rvm_long_side 256", {"rvm_long_side": 256}),
+        ]
+        results = davis_iou(options)
+        reference = results[0][1]
+        print(f"\n{'option':<32}{'mean IoU':>10}{'vs fp32':>10}   per clip (DAVIS videos_gt, alpha > 0.5)")
+        for label, mean, per_clip in results:
+            print(f"{label:<32}{mean:>10.4f}{mean - reference:>+10.4f}   {' '.join(f'{x:.3f}' for x in per_clip)}")
 
 
 if __name__ == "__main__":
