@@ -46,6 +46,17 @@ def gpu_options(providers: list[str], settings: Settings) -> list[Any]:
     return provider_options(Device("cuda", settings.gpu_device, list(providers)), settings, tensorrt=True)
 
 
+def _dynamic_ratio(path: Path) -> bool:
+    """Whether the ONNX file takes RVM's ``downsample_ratio`` as an input (not its weights: fast)."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - no onnx package, or not a file onnx reads: let onnxruntime say
+        return False
+    return any(i.name == "downsample_ratio" for i in graph.input)
+
+
 def create_session(path: Path, settings: Settings | None = None) -> Session:
     """An inference session for the ONNX file at ``path`` with the configured providers/threads."""
     import onnxruntime as ort
@@ -61,6 +72,10 @@ def create_session(path: Path, settings: Settings | None = None) -> Session:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.onnx_spinning else "0")
     opts.log_severity_level = 3
     providers = choose_providers(settings.providers, ort.get_available_providers())
+    if "TensorrtExecutionProvider" in providers and _dynamic_ratio(path):
+        # RVM's published graph: TensorRT fails on its ratio input when it builds at the first run
+        # (RVM issues #219, #202); the device path runs RVM's fixed-ratio variant in TensorRT instead
+        providers = [p for p in providers if p != "TensorrtExecutionProvider"]
     try:
         # TensorRT with its engine cache and fp16, CUDA on the configured device (service.inference.gpu)
         session = ort.InferenceSession(str(path), sess_options=opts, providers=gpu_options(providers, settings))

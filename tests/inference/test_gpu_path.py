@@ -18,7 +18,7 @@ from videoutil import alpha_channel, frames_rgb, read_back
 
 from service.config import Settings
 from service.device_pipeline import covers, device_for, run_device
-from service.inference import gpu, rvm_export
+from service.inference import gpu, rvm_export, sessions
 from service.inference.compositing import AlphaCompositor
 from service.inference.models import get_model
 from service.inference.models.rvm_device import DeviceRVM
@@ -117,6 +117,10 @@ def test_fixed_ratio_rvm_equals_the_dynamic_one(
     inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
     assert RATIO_INPUT not in inputs and inputs["src"] == [1, 3, *SIZE]
     assert all(all(inputs[f"r{k}i"]) for k in range(1, 5))  # static state shapes, kept as inputs
+    # the ordinary sessions keep TensorRT away from the published graph only, not from this one
+    fixed_file = next(Path(settings.engine_cache_dir).glob("rvm-*-r*-180x320.onnx"))
+    assert sessions._dynamic_ratio(get_model("rvm", settings).weights_path)
+    assert not sessions._dynamic_ratio(fixed_file)
     dynamic = DeviceRVM(settings, gpu.Device("cpu"), SIZE, fixed=False)
     for frame in rgb:
         a_fixed, fg_fixed = runner.step_numpy(frame)
