@@ -47,7 +47,7 @@ def gpu_options(providers: list[str], settings: Settings) -> list[Any]:
 
 
 def _dynamic_ratio(path: Path) -> bool:
-    """Whether the ONNX file takes RVM's ``downsample_ratio`` as an input (not its weights: fast)."""
+    """Whether the ONNX file takes RVM's ``downsample_ratio`` as an input (a parse of the file, once per session)."""
     try:
         import onnx
 

@@ -103,10 +103,6 @@ def test_io_binding_on_the_cpu_provider_equals_session_run(settings: Settings, r
     np.testing.assert_array_equal(alphas, np.stack(want))  # recurrent states carried on the binding
     runner.reset()
     np.testing.assert_array_equal(runner.step_numpy(rgb[0])[0], want[0])
-    # and the ordinary model's alpha (its own session and options)
-    model = get_model("rvm", settings)
-    matte, _ = model.predict(rgb, model.new_state())
-    assert np.abs(alphas - matte.alpha).max() < 1e-4
 
 
 def test_fixed_ratio_rvm_equals_the_dynamic_one(
