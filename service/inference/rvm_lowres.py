@@ -203,11 +203,18 @@ def small_size(height: int, width: int, ratio: float) -> tuple[int, int]:
     return max(1, int(height * ratio)), max(1, int(width * ratio))
 
 
-def shrink(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The network's input for one uint8 (H, W, 3) frame: (1, 3, h, w) float32 in [0, 1], bilinear
-    as the published graph's Resize (half-pixel centres, no anti-aliasing)."""
-    h, w = size
-    small = frame if frame.shape[:2] == (h, w) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+def shrink(frame: np.ndarray, ratio: float) -> np.ndarray:
+    """The network's input for one uint8 (H, W, 3) frame: (1, 3, h, w) float32 in [0, 1], sampled
+    as the published graph's Resize does (bilinear, no anti-aliasing, source position
+    ``(x + 0.5) / ratio - 0.5``: the ratio itself, not the ratio of the rounded sizes)."""
+    h, w = small_size(*frame.shape[:2], ratio)
+    if (h, w) == frame.shape[:2]:
+        small = frame
+    else:
+        r = 1.0 / float(np.float32(ratio))  # the graph holds the ratio as float32
+        m = np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5]], np.float64)
+        small = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
     out = np.empty((1, 3, h, w), np.float32)
     for c in range(3):
         np.multiply(small[..., c], np.float32(1.0 / 255.0), out=out[0, c], casting="unsafe")

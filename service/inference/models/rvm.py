@@ -107,16 +107,16 @@ class RVM(MattingModel):
         return Matte(alpha=alpha, foreground=foreground), state
 
     def _predict_lowres(self, frames: np.ndarray, state: RVMState) -> tuple[Matte, RVMState]:
-        from service.inference.rvm_lowres import apply_coefficients, shrink, small_size
+        from service.inference.rvm_lowres import apply_coefficients, shrink
 
         n, h, w, _ = frames.shape
-        size = small_size(h, w, downsample_ratio(h, w, self.settings.rvm_long_side))
+        ratio = downsample_ratio(h, w, self.settings.rvm_long_side)
         alpha = np.empty((n, h, w), np.float32)
         foreground = np.empty((n, h, w, 3), np.uint8)
         for i in range(n):
             coef_a, coef_b, *rec = self.session.run(
                 None,
-                {"src_sm": shrink(frames[i], size), "r1i": state.rec[0], "r2i": state.rec[1],
+                {"src_sm": shrink(frames[i], ratio), "r1i": state.rec[0], "r2i": state.rec[1],
                  "r3i": state.rec[2], "r4i": state.rec[3]},
             )
             state.rec = rec

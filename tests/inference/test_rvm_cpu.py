@@ -1,0 +1,116 @@
+"""RVM on the CPU (issue 15): the cut graph with the full-resolution step in OpenCV gives the matte of
+the published graph run whole, is made once into the cache and reused, falls back to the whole graph
+when it cannot be made, and a 1080p job stays under 1 GB."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from conftest import data_path
+
+from service.config import get_settings
+from service.inference.models.rvm import RVM, WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAMES = 16
+
+
+def _settings(cache: Path, **update: object):
+    return get_settings().model_copy(
+        update={"providers": ["CPUExecutionProvider"], "engine_cache_dir": cache, **update}
+    )
+
+
+def _clip(name: str, frames: int) -> list[np.ndarray]:
+    with av.open(str(data_path("videos_gt", name))) as c:
+        out = []
+        for f in c.decode(video=0):
+            out.append(f.to_ndarray(format="rgb24"))
+            if len(out) == frames:
+                return out
+    return out
+
+
+def _run(model: RVM, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    state = model.new_state()
+    alphas, fgs = [], []
+    for i in range(0, len(images), 4):  # batches of 4, as the pipeline feeds it
+        matte, state = model.predict(np.stack(images[i : i + 4]), state)
+        assert matte.foreground is not None
+        alphas.append(matte.alpha)
+        fgs.append(matte.foreground)
+    return np.concatenate(alphas), np.concatenate(fgs)
+
+
+def test_cut_graph_gives_the_published_graphs_matte_and_is_made_once(tmp_path: Path) -> None:
+    images = _clip("lucia.mp4", FRAMES)
+    whole = RVM(_settings(tmp_path, rvm_cpu_lowres=False))
+    cut = RVM(_settings(tmp_path))
+    ref_alpha, ref_fg = _run(whole, images)
+    alpha, fg = _run(cut, images)
+    assert not whole.lowres and cut.lowres
+    assert alpha.shape == ref_alpha.shape and alpha.dtype == np.float32 and fg.dtype == np.uint8
+    assert 0.0 <= alpha.min() and alpha.max() <= 1.0
+    for a, r in zip(alpha > 0.5, ref_alpha > 0.5, strict=True):
+        assert (a & r).sum() / max(1, (a | r).sum()) >= 0.995
+    assert np.abs(alpha - ref_alpha).mean() < 0.001
+    assert np.abs(fg.astype(np.int16) - ref_fg).mean() < 1.0  # levels of 255
+
+    # made once: the cut graph and its optimised form are in the cache, and a second model reuses them
+    made = sorted(tmp_path.iterdir())
+    assert [p.suffix for p in made] == [".onnx", ".onnx"]
+    stamps = [p.stat().st_mtime_ns for p in made]
+    again = RVM(_settings(tmp_path))
+    again.load()
+    assert again.lowres and again._session_file().name == made[1].name
+    assert sorted(tmp_path.iterdir()) == made and [p.stat().st_mtime_ns for p in made] == stamps
+
+
+def test_whole_graph_when_the_cut_cannot_be_made(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a model folder whose RVM file is another network: no src Resize, no guided filter to cut
+    folder = tmp_path / "models"
+    folder.mkdir()
+    other = ROOT / "service" / "inference" / "weights" / "deeplabv3plus.onnx"
+    shutil.copy(other, folder / WEIGHTS)
+    model = RVM(_settings(tmp_path / "cache", model_dir=folder))
+    with caplog.at_level(logging.WARNING):
+        assert model._session_file() == folder / WEIGHTS
+    assert not model.lowres
+    assert "published graph whole" in caplog.text
+
+
+def _hd_clip(path: Path, frames: int = 24) -> Path:
+    """The first frames of a DAVIS clip scaled to 1920x1080."""
+    with av.open(str(data_path("videos_gt", "hike.mp4"))) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        for n, frame in enumerate(inp.decode(video=0)):
+            if n == frames:
+                break
+            out.mux(stream.encode(frame.reformat(width=1920, height=1080, format="yuv420p")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_1080p_job_peak_memory_under_1_gb(tmp_path: Path) -> None:
+    clip = _hd_clip(tmp_path / "hd.mp4")
+    code = (
+        "import sys, pathlib\n"
+        "from service.pipeline import replace_background\n"
+        "r = replace_background(pathlib.Path(sys.argv[1]), '#3a6ea5', pathlib.Path(sys.argv[2]))\n"
+        "assert r.frames == 24, r\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code, str(clip), str(tmp_path / "out.mp4")],
+                          check=True, capture_output=True, text=True, env=env, cwd=ROOT)
+    peak_mb = int(done.stdout.split()[-1]) / 1024
+    assert peak_mb < 1000, f"peak {peak_mb:.0f} MB"
