@@ -207,7 +207,7 @@ def shrink(frame: np.ndarray, ratio: float) -> np.ndarray:
     """The network's input for one uint8 (H, W, 3) frame: (1, 3, h, w) float32 in [0, 1], sampled
     as the published graph's Resize does (bilinear, no anti-aliasing, source position
     ``(x + 0.5) / ratio - 0.5``: the ratio itself, not the ratio of the rounded sizes)."""
-    h, w = small_size(*frame.shape[:2], ratio)
+    h, w = small_size(frame.shape[0], frame.shape[1], ratio)
     if (h, w) == frame.shape[:2]:
         small = frame
     else:
