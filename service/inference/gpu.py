@@ -131,7 +131,8 @@ def provider_options(device: Device, settings: Settings, *, tensorrt: bool) -> l
                 "trt_builder_optimization_level": "3",
             }))
         elif name == CUDA:
-            out.append((CUDA, {"device_id": device.index, "cudnn_conv_algo_search": "HEURISTIC"}))
+            # cuDNN's exhaustive algorithm search (the default) pays once per shape: shapes are fixed here
+            out.append((CUDA, {"device_id": device.index}))
         else:
             out.append(name)
     return out
