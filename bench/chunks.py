@@ -219,11 +219,22 @@ def main() -> None:
     for c in plan.chunks[:-1]:
         pos += c.frames
         seams.extend(range(pos, pos + 10))
+    starts = [0]
+    for c in plan.chunks[:-1]:
+        starts.append(starts[-1] + c.frames)
     for name in ("chunked_1", "chunked_2"):
-        s = iou(alpha(Path(runs[name]["output"])), seq)
+        mine = alpha(Path(runs[name]["output"]))
+        s = iou(mine, seq)
+        union = (mine | seq).sum((1, 2))
+        big = union >= 0.01 * seq.shape[1] * seq.shape[2]  # someone covers at least 1% of the frame
+        worst = [{"frame": int(k), "iou": round(float(s[k]), 3), "union_px": int(union[k]),
+                  "frames_after_seam": int(k - max(x for x in starts if x <= k))} for k in np.argsort(s)[:5]]
         results[f"{name}_vs_sequential"] = {
             "mean_iou": round(float(s.mean()), 4), "worst_iou": round(float(s.min()), 4),
             "seam_mean_iou": round(float(s[seams].mean()), 4), "seam_worst_iou": round(float(s[seams].min()), 4),
+            "mean_iou_union_over_1pct": round(float(s[big].mean()), 4),
+            "worst_iou_union_over_1pct": round(float(s[big].min()), 4),
+            "worst_frames": worst,
         }
     results["wall_ratio_sequential_over_chunked_2"] = round(runs["sequential"]["wall_s"] / runs["chunked_2"]["wall_s"], 3)
     results["wall_ratio_chunked_1_over_chunked_2"] = round(runs["chunked_1"]["wall_s"] / runs["chunked_2"]["wall_s"], 3)
