@@ -170,3 +170,27 @@ def test_cancel_midway_stops_every_chunk_and_leaves_nothing(
         wait_for(lambda: objects_of(api.settings.storage_dir, jid) == [], 10, 0.2, "the objects to go")
         final = c.get(f"/jobs/{jid}").json()
         assert final["status"] == "canceled" and final["result"] is None
+
+
+def test_a_chunk_that_kills_its_worker_past_the_cap_fails_the_job_and_leaves_its_input_only(
+    redis_url: str, tmp_path: Path, worker_factory: Any, clip20: Path
+) -> None:
+    env = _env(redis_url, tmp_path, BACKDROP_JOB_LEASE_S="2", BACKDROP_MAX_ATTEMPTS="1")
+    worker = worker_factory(env)
+    store = _store(env)
+    r = redis.Redis.from_url(redis_url)
+    with ApiServer(settings_from(env)) as api, api.client() as c:
+        worker.wait_ready()
+        job = submit(c, clip20, output_format="matte")
+        jid = job["id"]
+        wait_for(lambda: int(store.chunk_state(jid).get("done:0", 0)) > 0, 240, 0.05, "chunk 0 under way")
+        pid = _lease_pid(r, jid, 0)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        done = poll(c, jid, {"succeeded", "failed"}, 120)
+        assert done["status"] == "failed" and done["error"]["code"] == "worker_lost", (done, worker.log())
+        assert "chunk 0" in done["error"]["message"]
+        # the chunks after it stop without work; the chunk objects go, the input stays (as for any failed job)
+        wait_for(lambda: objects_of(api.settings.storage_dir, jid) == ["input.mp4"], 30, 0.2, "the chunk objects to go")
+        wait_for(lambda: not store.chunk_leases(jid), 15, 0.1, "no chunk running")
+        assert c.get(f"/jobs/{jid}").json()["status"] == "failed"
