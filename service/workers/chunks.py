@@ -42,13 +42,13 @@ from service.jobs import Job, JobResult, JobStatus, JobStore
 from service.storage import job_prefix
 from service.workers.celery_app import CHUNK_TASK, JOIN_TASK, app
 from service.workers.tasks import (
-    _background_spec,
-    _fail,
-    _Heartbeat,
-    _notify,
-    _time_limit_options,
+    Heartbeat,
+    background_spec,
+    fail_job,
     job_store,
+    notify_callback,
     object_store,
+    time_limit_options,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def join_task_id(job_id: str, attempt: int) -> str:
     return f"{job_id}.join.a{attempt}"
 
 
-def _delete_chunks(job_id: str) -> None:
+def delete_chunks(job_id: str) -> None:
     try:
         object_store().delete_prefix(chunks_prefix(job_id))
     except Exception:  # noqa: BLE001 - the expiry sweeper deletes the job's prefix later anyway
@@ -117,7 +117,7 @@ def start_chunked(job: Job, attempt: int, src: Path, background: str | None, wor
         fields["background"] = background
     if not store.start_chunks(job.id, attempt, len(plan.chunks), fields):
         return True  # restarted or canceled meanwhile: that attempt owns the job now
-    limits = _time_limit_options(job, settings)
+    limits = time_limit_options(job, settings)
     group(
         process_chunk.si(job.id, c.index, attempt).set(
             task_id=chunk_task_id(job.id, c.index, attempt), queue=settings.queue_name, **limits
@@ -128,7 +128,7 @@ def start_chunked(job: Job, attempt: int, src: Path, background: str | None, wor
     return True
 
 
-def _stopped(store: JobStore, job_id: str, settings: Settings, beat: _Heartbeat) -> Any:
+def _stopped(store: JobStore, job_id: str, settings: Settings, beat: Heartbeat) -> Any:
     """The cancel poll of a chunk: its lease lost, the job canceled, or the job over (another
     chunk failed it)."""
     last = {"t": 0.0, "v": False}
@@ -162,7 +162,7 @@ def _end_stopped(store: JobStore, job_id: str) -> str:
             object_store().delete_prefix(job_prefix(job_id))
         except Exception:  # noqa: BLE001
             log.warning("could not delete objects of %s", job_id, exc_info=True)
-    _delete_chunks(job_id)
+    delete_chunks(job_id)
     _notify_once(store, job_id)
     return outcome
 
@@ -171,12 +171,12 @@ def _notify_once(store: JobStore, job_id: str) -> None:
     """The job's callback, once, whichever of its chunks ended it."""
     job = store.get(job_id)
     if job is not None and job.terminal and store.once(f"notify:{job_id}", 3600):
-        _notify(store, job_id)
+        notify_callback(store, job_id)
 
 
-def _fail_job(store: JobStore, job_id: str, code: str, message: str) -> str:
-    _fail(store, job_id, code, message)
-    _delete_chunks(job_id)
+def _fail_chunked(store: JobStore, job_id: str, code: str, message: str) -> str:
+    fail_job(store, job_id, code, message)
+    delete_chunks(job_id)
     _notify_once(store, job_id)
     return "failed"
 
@@ -188,7 +188,7 @@ class _Leased:
         self.store, self.name = store, name
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held = store.acquire_lease(name, self.token)
-        self.beat = _Heartbeat(store, name, self.token, max(0.2, settings.job_lease_s / 3))
+        self.beat = Heartbeat(store, name, self.token, max(0.2, settings.job_lease_s / 3))
         self.workdir: Path | None = None
         if self.held:
             self.beat.start()
@@ -231,7 +231,7 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
     if job is None:
         current = store.get(job_id)
         if current is None or current.terminal:
-            _delete_chunks(job_id)
+            delete_chunks(job_id)
         return "skipped"  # finished, or restarted as a later attempt whose own chunks run
     if store.cancel_requested(job_id):
         return _end_stopped(store, job_id)
@@ -243,12 +243,12 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
         # redelivered while its first run still holds it: look again later
         process_chunk.apply_async((job_id, index, attempt), task_id=chunk_task_id(job_id, index, attempt),
                                   countdown=settings.job_lease_s, queue=settings.queue_name,
-                                  **_time_limit_options(job, settings))
+                                  **time_limit_options(job, settings))
         return "leased"
     try:
         tries = store.chunk_started(job_id, str(index))
         if tries > settings.max_attempts:
-            return _fail_job(store, job_id, "worker_lost",
+            return _fail_chunked(store, job_id, "worker_lost",
                              f"the worker running chunk {index} was lost {tries - 1} times; it is not tried again")
         plan = ChunkPlan.from_json(state["plan"])
         span = plan.chunks[index]
@@ -261,7 +261,7 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
             background: str | None = str(lease.workdir / ("background" + Path(state["background_key"]).suffix))
             objects.get_file(state["background_key"], Path(background))  # type: ignore[arg-type]
         else:
-            background = state.get("background") or _background_spec(job, lease.workdir, settings)
+            background = state.get("background") or background_spec(job, lease.workdir, settings)
         options = ReplaceOptions.parse(**job.options.model_dump())
         ext, content_type = OUTPUT_FORMATS[job.options.output_format]
         out = lease.workdir / f"out-{index:04d}{ext}"
@@ -296,21 +296,21 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
     except TransientStorageError as e:
         if self.request.retries < settings.task_max_retries:
             raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-        return _fail_job(store, job_id, e.code, e.message)
+        return _fail_chunked(store, job_id, e.code, e.message)
     except SoftTimeLimitExceeded:
-        return _fail_job(store, job_id, "time_limit", "the job ran past its time limit")
+        return _fail_chunked(store, job_id, "time_limit", "the job ran past its time limit")
     except BackdropError as e:
-        return _fail_job(store, job_id, e.code, e.message)
+        return _fail_chunked(store, job_id, e.code, e.message)
     except Exception as e:  # noqa: BLE001 - reported on the job, logged in full here
         log.exception("chunk %d of job %s failed", index, job_id)
-        return _fail_job(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
+        return _fail_chunked(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
     finally:
         lease.close()
 
 
 def _send_join(job: Job, attempt: int, settings: Settings, countdown: float | None = None) -> None:
     join_chunks.apply_async((job.id, attempt), task_id=join_task_id(job.id, attempt), countdown=countdown,
-                            queue=settings.queue_name, **_time_limit_options(job, settings))
+                            queue=settings.queue_name, **time_limit_options(job, settings))
 
 
 def _maybe_join(store: JobStore, job_id: str, attempt: int, settings: Settings) -> None:
@@ -332,7 +332,7 @@ def join_chunks(self: Any, job_id: str, attempt: int) -> str:
     if job is None:
         current = store.get(job_id)
         if current is None or current.terminal:
-            _delete_chunks(job_id)
+            delete_chunks(job_id)
         return "skipped"
     if store.cancel_requested(job_id):
         return _end_stopped(store, job_id)
@@ -343,7 +343,7 @@ def join_chunks(self: Any, job_id: str, attempt: int) -> str:
     try:
         tries = store.chunk_started(job_id, "join")
         if tries > settings.max_attempts:
-            return _fail_job(store, job_id, "worker_lost",
+            return _fail_chunked(store, job_id, "worker_lost",
                              f"the worker joining the chunks was lost {tries - 1} times; it is not tried again")
         assert lease.workdir is not None
         plan = ChunkPlan.from_json(state["plan"])
@@ -392,20 +392,20 @@ def join_chunks(self: Any, job_id: str, attempt: int) -> str:
         if finished.started_at is not None:
             seconds = (finished.finished_at or finished.started_at) - finished.started_at
             store.record_processing(seconds.total_seconds(), res.frames)
-        _delete_chunks(job_id)
+        delete_chunks(job_id)
         store.forget_chunks(job_id)
         _notify_once(store, job_id)
         return "succeeded"
     except TransientStorageError as e:
         if self.request.retries < settings.task_max_retries:
             raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-        return _fail_job(store, job_id, e.code, e.message)
+        return _fail_chunked(store, job_id, e.code, e.message)
     except SoftTimeLimitExceeded:
-        return _fail_job(store, job_id, "time_limit", "the job ran past its time limit")
+        return _fail_chunked(store, job_id, "time_limit", "the job ran past its time limit")
     except BackdropError as e:
-        return _fail_job(store, job_id, e.code, e.message)
+        return _fail_chunked(store, job_id, e.code, e.message)
     except Exception as e:  # noqa: BLE001
         log.exception("join of job %s failed", job_id)
-        return _fail_job(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
+        return _fail_chunked(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
     finally:
         lease.close()

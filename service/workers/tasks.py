@@ -71,7 +71,7 @@ def _load_models(**_: Any) -> None:
         log.exception("could not preload model %s", settings.model)
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
     """Keeps the job's lease alive; notices when it is lost (another worker took the job over)."""
 
     def __init__(self, store: JobStore, job_id: str, token: str, every: float):
@@ -120,7 +120,7 @@ def _input_video(job: Job, workdir: Path, store: JobStore, attempt: int, setting
     return src
 
 
-def _background_spec(job: Job, workdir: Path, settings: Settings | None = None) -> str | None:
+def background_spec(job: Job, workdir: Path, settings: Settings | None = None) -> str | None:
     bg = job.background
     if bg.kind == "file" and bg.url:
         from service.fetch import fetch_to_file, url_suffix
@@ -157,7 +157,7 @@ def _finish_canceled(store: JobStore, job_id: str) -> None:
     _cleanup_objects(job_id)
 
 
-def _time_limit_options(job: Job, settings: Settings) -> dict[str, Any]:
+def time_limit_options(job: Job, settings: Settings) -> dict[str, Any]:
     if job.time_limit_s:
         return {"soft_time_limit": job.time_limit_s, "time_limit": job.time_limit_s + settings.task_time_grace_s}
     return {}
@@ -169,7 +169,7 @@ def send_job(job: Job, countdown: float | None = None) -> None:
     settings = get_settings()
     process_job.apply_async(
         (job.id,), task_id=job.id, countdown=countdown, queue=settings.queue_name,
-        **_time_limit_options(job, settings),
+        **time_limit_options(job, settings),
     )
 
 
@@ -203,16 +203,16 @@ def process_job(self: Any, job_id: str) -> str:
         send_job(job, countdown=settings.job_lease_s)
         return "leased"
 
-    beat: _Heartbeat | None = None
+    beat: Heartbeat | None = None
     workdir: Path | None = None
     outcome = "failed"
     t0 = time.monotonic()
     try:
         if job.status is JobStatus.RUNNING and job.attempts >= settings.max_attempts:
             # its worker died under it max_attempts times (the reaper usually settles this first)
-            _fail(store, job_id, "worker_lost", f"the worker running this job was lost {job.attempts} times")
+            fail_job(store, job_id, "worker_lost", f"the worker running this job was lost {job.attempts} times")
             return "failed"
-        beat = _Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
+        beat = Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
         beat.start()
         if settings.spool_dir is not None:
             # the API's uploads used to create it; a job from a URL or an upload id may come first.
@@ -248,7 +248,7 @@ def process_job(self: Any, job_id: str) -> str:
                 return "canceled"
             outcome = "retry"
             raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-        _fail(store, job_id, e.code, e.message)
+        fail_job(store, job_id, e.code, e.message)
         return "failed"
     finally:
         if beat is not None:
@@ -260,10 +260,10 @@ def process_job(self: Any, job_id: str) -> str:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
         if outcome in ("succeeded", "failed", "canceled"):
-            _notify(store, job_id)
+            notify_callback(store, job_id)
 
 
-def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbeat, settings: Any) -> str:
+def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: Heartbeat, settings: Any) -> str:
     from service.pipeline import ReplaceOptions, replace_background  # the worker floor only
 
     job_id = job.id
@@ -274,7 +274,7 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
             if "/output" in key or "/chunks/" in key:
                 objects.delete_prefix(key)
         src = _input_video(job, workdir, store, attempt, settings)
-        background = _background_spec(job, workdir, settings)
+        background = background_spec(job, workdir, settings)
         # the API validated the same model; a stored job from an older release fails with its code
         options = ReplaceOptions.parse(**job.options.model_dump())
         from service.workers.chunks import start_chunked
@@ -355,18 +355,18 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: _Heartbea
     except TransientStorageError:
         raise
     except SoftTimeLimitExceeded:
-        _fail(store, job_id, "time_limit", "the job ran past its time limit")
+        fail_job(store, job_id, "time_limit", "the job ran past its time limit")
         return "failed"
     except BackdropError as e:
-        _fail(store, job_id, e.code, e.message)
+        fail_job(store, job_id, e.code, e.message)
         return "failed"
     except Exception as e:  # noqa: BLE001 - reported on the job, logged in full here
         log.exception("job %s failed", job_id)
-        _fail(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
+        fail_job(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
         return "failed"
 
 
-def _fail(store: JobStore, job_id: str, code: str, message: str) -> None:
+def fail_job(store: JobStore, job_id: str, code: str, message: str) -> None:
     def set_error(j: Job) -> None:
         j.error = JobError(code=code, message=message[:1000])
 
@@ -377,7 +377,7 @@ def _fail(store: JobStore, job_id: str, code: str, message: str) -> None:
     # a failed job keeps its input for inspection until its TTL; a partial output never exists
 
 
-def _notify(store: JobStore, job_id: str) -> None:
+def notify_callback(store: JobStore, job_id: str) -> None:
     job = store.get(job_id)
     if job is None or not job.callback_url or not job.terminal:
         return
@@ -425,10 +425,10 @@ def run_housekeeping() -> dict[str, int]:
     if not store.hold("housekeeping", token, max(5.0, settings.housekeeping_interval_s * 4)):
         return {"skipped": 1}
     try:
-        from service.workers.chunks import _delete_chunks
+        from service.workers.chunks import delete_chunks
 
-        counts = housekeeping.reap(store, settings, send=send_job, notify=lambda jid: _notify(store, jid),
-                                   cleanup=_cleanup_objects, cleanup_chunks=_delete_chunks)
+        counts = housekeeping.reap(store, settings, send=send_job, notify=lambda jid: notify_callback(store, jid),
+                                   cleanup=_cleanup_objects, cleanup_chunks=delete_chunks)
         counts.update(housekeeping.sweep(store, lambda jid: object_store().delete_prefix(job_prefix(jid))))
         counts.update(housekeeping.sweep_uploads(store, lambda prefix: object_store().delete_prefix(prefix)))
         return counts

@@ -67,7 +67,7 @@ def test_malformed_strengths_are_refused(spec: str, frames: np.ndarray) -> None:
 def test_the_worker_spec_carries_the_strength(tmp_path: Path) -> None:
     """A job's blur strength (``Background.value``, set by the API) becomes the worker's ``blur:<value>``."""
     from service.jobs import Background, Job
-    from service.workers.tasks import _background_spec
+    from service.workers.tasks import background_spec
 
-    assert _background_spec(Job(background=Background(kind="blur", value="0.6")), tmp_path) == "blur:0.6"
-    assert _background_spec(Job(background=Background(kind="blur")), tmp_path) == "blur"
+    assert background_spec(Job(background=Background(kind="blur", value="0.6")), tmp_path) == "blur:0.6"
+    assert background_spec(Job(background=Background(kind="blur")), tmp_path) == "blur"
