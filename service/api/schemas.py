@@ -132,9 +132,11 @@ def job_form_schema() -> dict[str, Any]:
 
 
 class ProgressPublic(BaseModel):
-    frames_done: int
+    frames_done: int = Field(description="Frames written so far (a chunked job: the sum over its chunks)")
     frames_total: int
     percent: float
+    chunks_total: int = Field(0, description="Chunks the video was cut into across workers; 0 when it runs as one task")
+    chunks_done: int = Field(0, description="Chunks finished")
 
 
 class ErrorPublic(BaseModel):

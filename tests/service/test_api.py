@@ -134,7 +134,7 @@ def test_job_lifecycle_without_worker(api: ApiServer) -> None:
         assert r.status_code == 202, r.text
         job = r.json()
         assert r.headers["location"] == f"/jobs/{job['id']}"
-        assert job["status"] == "queued" and job["progress"]["frames_total"] > 0
+        assert job["status"] == "queued" and job["progress"]["frames_total"] > 0 and job["progress"]["chunks_total"] == 0
         assert job["options"] == {"model": "rvm", "output_format": "mp4", "composite": "alpha", "harmonize": 0.5,
                                   "keep_points": [], "people": "all"}
         assert job["video"]["width"] == 640 and job["video"]["height"] == 480

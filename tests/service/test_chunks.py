@@ -80,6 +80,7 @@ def test_chunked_job_matches_the_sequential_run(
         done = poll(c, job["id"], {"succeeded", "failed", "canceled"}, 5)
         assert done["status"] == "succeeded", (done, workers[0].log(), workers[1].log())
         assert done["attempts"] == 1 and done["result"]["frames"] == 200
+        assert done["progress"]["chunks_total"] == done["progress"]["chunks_done"] == 4  # the API shows them
         final = store.get(job["id"])
         assert final is not None and final.progress.chunks_total == 4 and final.progress.chunks_done == 4
         assert any(p.chunks_total == 4 and 0 < p.frames_done < 200 for p in seen)  # progress summed over chunks
