@@ -168,11 +168,19 @@ def main() -> None:
     parser.add_argument("--memory-clip", default="one-by-one-person-detection.mp4",
                         help="a long clip under videos/ whose peak memory is measured for ours alone ('' = none)")
     parser.add_argument("--no-iou", action="store_true", help="skip the DAVIS quality table")
+    parser.add_argument("--no-timing", action="store_true", help="only the DAVIS quality table")
     args = parser.parse_args()
     videos = Path(get_settings().data_dir) / "videos"
+    print(f"machine: {machine()}")
+    if not args.no_timing:
+        timing(args, videos)
+    if not args.no_iou:
+        quality()
+
+
+def timing(args: argparse.Namespace, videos: Path) -> None:
     clips = args.clips or [make_clip(videos / src, OUT / name, w, h, n) for name, src, w, h, n in DEFAULT_CLIPS]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    print(f"machine: {machine()}")
     header = f"{'clip':<28}{'size':>11}{'frames':>8}{'ours s':>9}{'home s':>9}{'speed-up':>10}{'ours MB':>9}{'home MB':>9}"
     print(header)
     print("-" * len(header))
@@ -195,18 +203,21 @@ def main() -> None:
             frames, size = frame_count(clip)
             _, mb = run_process("ours", clip, Path(tmp) / "long.mp4", env)
             print(f"peak memory of ours over {args.memory_clip} ({size}, {frames} frames): {mb:.0f} MB")
-    if not args.no_iou:
-        options: list[tuple[str, dict[str, object]]] = [
-            ("fp32 published graph, whole", {"rvm_cpu_lowres": False}),
-            ("cut graph (default)", {}),
-            ("cut graph, rvm_long_side 288", {"rvm_long_side": 288}),
-            ("cut graph, rvm_long_side 256", {"rvm_long_side": 256}),
-        ]
-        results = davis_iou(options)
-        reference = results[0][1]
-        print(f"\n{'option':<32}{'mean IoU':>10}{'vs fp32':>10}   per clip (DAVIS videos_gt, alpha > 0.5)")
-        for label, mean, per_clip in results:
-            print(f"{label:<32}{mean:>10.4f}{mean - reference:>+10.4f}   {' '.join(f'{x:.3f}' for x in per_clip)}")
+
+
+def quality() -> None:
+    """The DAVIS IoU of the fp32 published graph and of each speed option."""
+    options: list[tuple[str, dict[str, object]]] = [
+        ("fp32 published graph, whole", {"rvm_cpu_lowres": False}),
+        ("cut graph (default)", {}),
+        ("cut graph, rvm_long_side 288", {"rvm_long_side": 288}),
+        ("cut graph, rvm_long_side 256", {"rvm_long_side": 256}),
+    ]
+    results = davis_iou(options)
+    reference = results[0][1]
+    print(f"\n{'option':<32}{'mean IoU':>10}{'vs fp32':>10}   per clip (DAVIS videos_gt, alpha > 0.5)")
+    for label, mean, per_clip in results:
+        print(f"{label:<32}{mean:>10.4f}{mean - reference:>+10.4f}   {' '.join(f'{x:.3f}' for x in per_clip)}")
 
 
 if __name__ == "__main__":
