@@ -36,7 +36,18 @@ from service.media.hwdecode import PlaneFrame, cuda_decode_available, iter_plane
 from service.media.hwencode import device_format, nvenc_available, worker_cores
 from service.media.probe import VideoInfo
 from service.options import Options
-from service.pipeline import _END, Progress, Window, _Count, _get, _put, _Stage, edge_refine
+from service.pipeline import (
+    _END,
+    Progress,
+    Window,
+    _Count,
+    _get,
+    _put,
+    _Stage,
+    abort_stages,
+    edge_refine,
+    finish_stages,
+)
 
 log = logging.getLogger(__name__)
 FORMATS = ("mp4", "greenscreen", "matte")
@@ -287,23 +298,13 @@ def run_device(
             if not _put(composed, (blender(fgr, pha, back), pts, duration), stop):
                 break
         _put(composed, _END, stop)
-        writer_thread.join()
-        for stage in (reader, writer_thread):
-            if stage.error is not None:
-                raise stage.error
-        writer.close()
+        finish_stages(reader, writer_thread, writer)
         _release(key, lane)  # only after a clean run: a failed one may have left a binding half made
         if progress is not None:
             progress(count.count, count.count)
         return count
     except BaseException:
-        stop.set()
-        reader.join(timeout=30)
-        writer_thread.join(timeout=30)
-        writer.abort()
-        for stage in (reader, writer_thread):
-            if stage.error is not None and not isinstance(stage.error, Canceled):
-                raise stage.error from None
+        abort_stages(reader, writer_thread, writer, stop)
         raise
     finally:
         stop.set()

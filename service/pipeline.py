@@ -417,25 +417,37 @@ def _run(
             if not _put(composed, (batch, alpha, fg), stop):
                 break
         _put(composed, _END, stop)
-        writer_thread.join()
-        for stage in (reader, writer_thread):
-            if stage.error is not None:
-                raise stage.error
-        writer.close()
+        finish_stages(reader, writer_thread, writer)
         if progress is not None:
             progress(count.count, count.count)
         return count
     except BaseException:
-        stop.set()
-        reader.join(timeout=30)
-        writer_thread.join(timeout=30)
-        writer.abort()
-        for stage in (reader, writer_thread):
-            if stage.error is not None and not isinstance(stage.error, Canceled):
-                raise stage.error from None
+        abort_stages(reader, writer_thread, writer, stop)
         raise
     finally:
         stop.set()
+
+
+def finish_stages(reader: _Stage, writer_thread: _Stage, writer: VideoWriter) -> None:
+    """Once the model's stage has sent its end: wait for the writer stage, raise the first error of
+    either stage, and close the file."""
+    writer_thread.join()
+    for stage in (reader, writer_thread):
+        if stage.error is not None:
+            raise stage.error
+    writer.close()
+
+
+def abort_stages(reader: _Stage, writer_thread: _Stage, writer: VideoWriter, stop: threading.Event) -> None:
+    """On any failure: stop both stages, wait for them, drop the partial file, and raise a stage's
+    own error (the root cause) when it has one other than a cancel; else the caller re-raises."""
+    stop.set()
+    reader.join(timeout=30)
+    writer_thread.join(timeout=30)
+    writer.abort()
+    for stage in (reader, writer_thread):
+        if stage.error is not None and not isinstance(stage.error, Canceled):
+            raise stage.error from None
 
 
 def _from_pts(

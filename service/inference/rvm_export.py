@@ -99,8 +99,18 @@ def fixed_rvm(source: Path, ratio: float, size: tuple[int, int], cache_dir: Path
     if target.is_file():
         return target
     states = state_shapes(source, ratio, h, w)
-    model = fix_ratio(onnx.load(str(source)), ratio, (h, w), states)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+    save_atomically(fix_ratio(onnx.load(str(source)), ratio, (h, w), states), target)
+    log.info("fixed-ratio RVM written: %s", target)
+    return target
+
+
+def save_atomically(model: Any, target: Path) -> None:
+    """Write the ONNX ``model`` to ``target`` through a temporary file in the same folder, so a
+    concurrent reader (another worker process) sees the whole file or none."""
+    import onnx
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     os.close(fd)
     try:
         onnx.save(model, tmp)
@@ -108,8 +118,6 @@ def fixed_rvm(source: Path, ratio: float, size: tuple[int, int], cache_dir: Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("fixed-ratio RVM written: %s", target)
-    return target
 
 
 def rvm_state_shapes(path: Path) -> list[tuple[int, ...]]:

@@ -57,7 +57,7 @@ def nchwc_block() -> int:
 def lowres_path(source: Path, cache_dir: Path) -> Path:
     """The cut graph of ``source`` for this CPU, made once and kept in ``cache_dir`` (written to a
     temporary name, then renamed, so concurrent workers never read half a file)."""
-    from service.inference.rvm_export import file_digest
+    from service.inference.rvm_export import file_digest, save_atomically
 
     block = nchwc_block()
     target = Path(cache_dir) / f"rvm-lowres-{file_digest(source)}-c{block}.onnx"
@@ -65,16 +65,7 @@ def lowres_path(source: Path, cache_dir: Path) -> Path:
         return target
     import onnx
 
-    model = lowres_graph(onnx.load(str(source)), block)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_atomically(lowres_graph(onnx.load(str(source)), block), target)
     log.info("RVM low-resolution graph written: %s", target)
     return target
 
