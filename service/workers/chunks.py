@@ -293,19 +293,26 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
         return "succeeded"
     except Canceled:
         return "lost" if lease.beat.lost else _end_stopped(store, job_id)
-    except TransientStorageError as e:
-        if self.request.retries < settings.task_max_retries:
-            raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-        return _fail_chunked(store, job_id, e.code, e.message)
-    except SoftTimeLimitExceeded:
-        return _fail_chunked(store, job_id, "time_limit", "the job ran past its time limit")
-    except BackdropError as e:
-        return _fail_chunked(store, job_id, e.code, e.message)
-    except Exception as e:  # noqa: BLE001 - reported on the job, logged in full here
-        log.exception("chunk %d of job %s failed", index, job_id)
-        return _fail_chunked(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - reported on the job (_failed)
+        return _failed(self, store, job_id, e, settings, f"chunk {index}")
     finally:
         lease.close()
+
+
+def _failed(task: Any, store: JobStore, job_id: str, e: Exception, settings: Settings, what: str) -> str:
+    """How a chunk or join task that raised ``e`` ends: a storage hiccup is retried (with backoff,
+    up to ``task_max_retries``); anything else fails the whole job with its code — ``time_limit``
+    past the soft limit, the error's own code, or ``internal_error`` (logged in full here)."""
+    if isinstance(e, TransientStorageError):
+        if task.request.retries < settings.task_max_retries:
+            raise task.retry(exc=e, countdown=min(60, 2 ** (task.request.retries + 1))) from e
+        return _fail_chunked(store, job_id, e.code, e.message)
+    if isinstance(e, SoftTimeLimitExceeded):
+        return _fail_chunked(store, job_id, "time_limit", "the job ran past its time limit")
+    if isinstance(e, BackdropError):
+        return _fail_chunked(store, job_id, e.code, e.message)
+    log.error("%s of job %s failed", what, job_id, exc_info=e)
+    return _fail_chunked(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
 
 
 def _send_join(job: Job, attempt: int, settings: Settings, countdown: float | None = None) -> None:
@@ -396,16 +403,7 @@ def join_chunks(self: Any, job_id: str, attempt: int) -> str:
         store.forget_chunks(job_id)
         _notify_once(store, job_id)
         return "succeeded"
-    except TransientStorageError as e:
-        if self.request.retries < settings.task_max_retries:
-            raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
-        return _fail_chunked(store, job_id, e.code, e.message)
-    except SoftTimeLimitExceeded:
-        return _fail_chunked(store, job_id, "time_limit", "the job ran past its time limit")
-    except BackdropError as e:
-        return _fail_chunked(store, job_id, e.code, e.message)
-    except Exception as e:  # noqa: BLE001
-        log.exception("join of job %s failed", job_id)
-        return _fail_chunked(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - reported on the job (_failed)
+        return _failed(self, store, job_id, e, settings, "join")
     finally:
         lease.close()
