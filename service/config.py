@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         ROOT / "var" / "engines",
         description="Folder of generated model files: RVM with its downsample ratio fixed, TensorRT engines and timing cache.",
     )
+    segments: int = Field(
+        0, ge=0,
+        description="On the CPU provider, parts of one video run side by side, each on its own cores, then joined "
+        "(0 = one per core, at most 4; 1 = never; see README, One video across a machine's cores).",
+    )
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
     queue_memory_mb: int = Field(

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -77,12 +77,15 @@ class Window:
     (and the edge refiner and harmoniser) to warm their state across frames, and are dropped;
     frames from ``start_pts`` up to ``end_pts`` are written with their own timestamps.  ``info`` is
     the whole video's (size, rotation, rate, time base: every chunk's encoder is set up alike) with
-    the chunk's file; a chunk writes no audio (the join muxes it once)."""
+    the chunk's file; a chunk writes no audio (the join muxes it once).  ``seek_dts``: decode from
+    the keyframe at this decode time, found by a seek in the file (the parts of ``service.segments``
+    read one file), instead of from its first packet."""
 
     info: VideoInfo
     model_from_pts: int
     start_pts: int
     end_pts: int | None
+    seek_dts: int | None = None
 
 
 _END = object()
@@ -120,6 +123,11 @@ def replace_background(
         from service.device_pipeline import try_device
 
         frames: _Count | None = try_device(info, bg, partial, options, model, settings, progress, cancel, window)
+        if frames is None:
+            # the CPU path: parts of the video side by side where that applies (service.segments)
+            from service.segments import try_segments
+
+            frames = try_segments(info, background, partial, options, model, settings, progress, cancel, window)
         if frames is None:
             frames = _run(info, bg, partial, options, model, settings, progress, cancel, window)
         os.replace(partial, output_path)
@@ -286,11 +294,20 @@ def _batches(
             back = np.ascontiguousarray(back)
         return Batch(images, list(pts), list(durations), back)
 
-    for frame in iter_frames(info, threads):
-        if window is not None and (
-            frame.pts < window.model_from_pts or (window.end_pts is not None and frame.pts >= window.end_pts)
-        ):
-            continue  # before the chunk's warm-up, or the next chunk's
+    seek = None if window is None else window.seek_dts
+    for frame in iter_frames(info, threads, seek_dts=seek):
+        if seek is not None and window is not None:
+            if frame.pts > window.model_from_pts:
+                # the container's index put the seek past the warm-up: decode from the start instead
+                log.warning("a seek to decode time %s overshot; decoding from the first frame", seek)
+                yield from _batches(info, bg, settings, threads, replace(window, seek_dts=None))
+                return
+            seek = None
+        if window is not None:
+            if window.end_pts is not None and frame.pts >= window.end_pts:
+                break  # the next chunk's (frames come in display order)
+            if frame.pts < window.model_from_pts:
+                continue  # before the chunk's warm-up
         buf.append(frame.image)
         pts.append(frame.pts)
         durations.append(frame.duration)

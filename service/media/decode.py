@@ -28,11 +28,14 @@ class DecodedFrame:
     duration: int  # how long it stays on screen, same time base (the last frame's matters for length)
 
 
-def iter_frames(info: VideoInfo, threads: int = 0) -> Iterator[DecodedFrame]:
-    """Decode ``info.path`` frame by frame (threaded decoding inside FFmpeg)."""
+def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) -> Iterator[DecodedFrame]:
+    """Decode ``info.path`` frame by frame (threaded decoding inside FFmpeg); with ``seek_dts``, from
+    the keyframe at or before that decode time (stream time base) instead of the first packet."""
     container = open_input(info.path)
     try:
         stream = container.streams.video[0]
+        if seek_dts is not None:
+            container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         stream.thread_type = "AUTO"
         if threads:
             stream.codec_context.thread_count = threads

@@ -110,8 +110,10 @@ def test_default_keeps_everyone_and_runs_no_detector(clip, tmp_path: Path) -> No
     plain, explicit = tmp_path / "plain.mp4", tmp_path / "all.mp4"
     replace_background(path, None, plain, Options(output_format="matte"))
     replace_background(path, None, explicit, Options(output_format="matte", people="all"))
-    assert plain.read_bytes() == explicit.read_bytes()
+    # the same matte: equal but for float noise (ONNX Runtime's sums vary in the last bits from run to
+    # run, more so with parts of the video running side by side); a selection would zero whole people
     matte = matte_of(plain)
+    assert np.abs(matte - matte_of(explicit)).mean() < 1e-3
     assert min(shown_share(matte, scene.masks[p]) for p in (0, 1)) >= 0.9
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from enum import StrEnum
 
-from service.config import Settings
+from service.config import Settings, get_settings
 from service.errors import UnknownModel
 from service.inference.models.base import Matte, MattingModel
 
@@ -34,17 +34,21 @@ def create_model(name: str, settings: Settings | None = None) -> MattingModel:
     return model_class(name)(settings)
 
 
-_cache: dict[str, MattingModel] = {}
+_cache: dict[tuple[str, int | None], MattingModel] = {}
 _cache_lock = threading.Lock()
 
 
-def get_model(name: str, settings: Settings | None = None) -> MattingModel:
-    """The process-wide instance of a model, loaded once (workers and the CLI share it)."""
+def get_model(name: str, settings: Settings | None = None, threads: int | None = None) -> MattingModel:
+    """The process-wide instance of a model, loaded once (workers and the CLI share it); with
+    ``threads``, the instance whose session uses that many intra-op threads a call (the parts of
+    ``service.segments`` call it side by side)."""
     key = model_class(name)  # raises UnknownModel first
     with _cache_lock:
-        model = _cache.get(name)
+        model = _cache.get((name, threads))
         if model is None:
-            model = _cache[name] = key(settings)
+            if threads is not None:
+                settings = (settings or get_settings()).model_copy(update={"intra_op_threads": threads})
+            model = _cache[(name, threads)] = key(settings)
     model.load()
     return model
 

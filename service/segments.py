@@ -1,0 +1,208 @@
+"""One video across the cores of one machine: parts of it run side by side, then are joined.
+
+ONNX Runtime spreads one small network poorly over several cores: RVM's low-resolution pass at
+320x180 takes 40 ms a frame on one thread of a 2-core Xeon and 28 ms on two (1.4x), while two
+copies of it on one thread each finish two frames in those 40 ms (2x).  RVM is recurrent, so
+frames cannot simply be handed out in turn; but parts of a video can run independently, as
+issue 16's chunks do across workers.  So on the CPU provider, ``replace_background`` cuts a video
+into ``parts`` spans of about equal frame counts (``plan_segments``); each runs the ordinary
+pipeline in its own thread (``pipeline._run`` with a ``Window``: decoding from a keyframe found
+by a seek, the model warmed on ``chunk_warmup_frames`` frames before the span, the span encoded
+without audio), with one model session shared by the parts and ``cores // parts`` threads for
+each call; then the encoded parts are joined by packet copy with the input's audio muxed once
+(``chunks.join_chunks``).  Each part gets ``queue_memory_mb / parts`` for its queues, so the
+process stays as small as one pipeline.
+
+Not cut: chunk tasks (already one span of a job), jobs choosing people (a clip-wide tracker),
+inputs whose container cannot keep exact timestamps (``chunks._muxer``: MP4/MOV family only),
+short videos (``MIN_FRAMES`` a part), GPU providers and the device path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from service.config import Settings
+from service.errors import Canceled
+from service.inference.models import MattingModel, get_model
+from service.media.chunks import NotChunkable, _muxer
+from service.media.encode import FORMATS
+from service.media.probe import VideoInfo, open_input
+from service.options import Options
+from service.pipeline import Progress, Window, _background_for, _Count, _run
+
+log = logging.getLogger(__name__)
+
+#: Fewest frames a part may have: below that the warm-up and the join cost more than the cores gain.
+MIN_FRAMES = 48
+#: Most parts chosen by ``segments=0`` (each holds its own frames and encoder).
+MAX_AUTO_PARTS = 4
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def part_count(settings: Settings, frames: int, cores: int | None = None) -> tuple[int, int]:
+    """(parts, model threads a part) for a video of ``frames`` frames: ``settings.segments`` (0 = one
+    per core, at most ``MAX_AUTO_PARTS``), fewer where a part would have under ``MIN_FRAMES``."""
+    cores = cores or usable_cores()
+    wanted = settings.segments or min(MAX_AUTO_PARTS, cores)
+    parts = max(1, min(wanted, frames // MIN_FRAMES))
+    return parts, settings.intra_op_threads or max(1, cores // parts)
+
+
+def _packets(path: Path) -> list[tuple[int, int | None, bool]]:
+    """(pts, dts, keyframe) of every video packet in decode order; ``NotChunkable`` if one has no pts."""
+    container = open_input(path)
+    try:
+        out: list[tuple[int, int | None, bool]] = []
+        for p in container.demux(container.streams.video[0]):
+            if p.size == 0 and p.pts is None:
+                continue  # end-of-stream marker
+            if p.pts is None:
+                raise NotChunkable("a video packet has no timestamp")
+            out.append((int(p.pts), None if p.dts is None else int(p.dts), bool(p.is_keyframe)))
+        return out
+    finally:
+        container.close()
+
+
+def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | None:
+    """``parts`` windows of about equal frame counts covering every frame of ``info`` once, or None
+    when the input cannot be cut exactly (``NotChunkable``) or has too few frames.
+
+    A part after the first starts decoding at a clean keyframe (one that nothing before it in
+    decode order displays after) at or before its warm-up's first frame: ``seek_dts``, the
+    keyframe's decode time, is where ``iter_frames`` seeks."""
+    if parts < 2:
+        return None
+    try:
+        _muxer(info)  # MP4/MOV family with a 1/N time base: timestamps survive the join exactly
+        packets = _packets(info.path)
+    except NotChunkable as e:
+        log.info("the video runs in one part: %s", e)
+        return None
+    order = sorted(p for p, _, _ in packets)
+    if len(order) < parts * MIN_FRAMES or len(set(order)) != len(order):
+        return None
+    clean: list[tuple[int, int | None]] = []  # (pts, dts) of the keyframes a decode may start at
+    latest = -(2**63)
+    for pts, dts, key in packets:
+        if key and latest < pts:
+            clean.append((pts, dts))
+        latest = max(latest, pts)
+    bounds = [round(k * len(order) / parts) for k in range(parts)] + [len(order)]
+    windows = []
+    for k in range(parts):
+        start = order[bounds[k]]
+        end = order[bounds[k + 1]] if k + 1 < parts else None
+        model_from = order[max(0, bounds[k] - warmup)] if k else order[0]
+        seek = None
+        if k:
+            before = [dts for pts, dts in clean if pts <= model_from]
+            seek = before[-1] if before and before[-1] is not None else None
+        windows.append(Window(info, model_from, start, end, seek_dts=seek))
+    return windows
+
+
+def try_segments(
+    info: VideoInfo, background: str | None, path: Path, options: Options, model: MattingModel,
+    settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None, window: Window | None,
+) -> _Count | None:
+    """``replace_background``'s hook: run the video in parts side by side when that applies; None
+    (nothing done) otherwise."""
+    if window is not None or options.selects_people or model.providers[0] != "CPUExecutionProvider":
+        return None
+    parts, threads = part_count(settings, info.frames or int(info.duration_s * info.fps))
+    windows = plan_segments(info, parts, settings.chunk_warmup_frames) if parts > 1 else None
+    if not windows:
+        return None
+    part_settings = settings.model_copy(
+        update={"intra_op_threads": threads, "queue_memory_mb": max(1, settings.queue_memory_mb // len(windows))}
+    )
+    part_model = get_model(model.name, part_settings, threads=threads)
+    return run_parts(windows, info, background, path, options, part_model, part_settings, progress, cancel)
+
+
+def run_parts(
+    windows: list[Window], info: VideoInfo, background: str | None, path: Path, options: Options,
+    model: MattingModel, settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None,
+) -> _Count:
+    """Each window through ``pipeline._run`` in its own thread, then the parts joined into ``path``
+    with the input's audio.  A failure or a cancel in any part stops them all; no part file is left."""
+    from service.media.chunks import join_chunks
+
+    lock = threading.Lock()
+    failed = threading.Event()
+    done = [0] * len(windows)
+    counts: list[_Count | None] = [None] * len(windows)
+    errors: list[BaseException | None] = [None] * len(windows)
+    suffix = FORMATS[options.output_format].extension
+    files = [path.with_name(f".{path.name}.part{k}{suffix}") for k in range(len(windows))]
+
+    def stopped() -> bool:
+        with lock:
+            return failed.is_set() or (cancel is not None and cancel())
+
+    def reporter(k: int) -> Progress:
+        def report(count: int, _total: int) -> None:
+            with lock:
+                done[k] = count
+                if progress is not None:
+                    total = sum(done)
+                    progress(total, max(info.frames, total))
+        return report
+
+    def work(k: int) -> None:
+        bg = _background_for(options.output_format, background, info, settings)
+        try:
+            counts[k] = _run(info, bg, files[k], options, model, settings, reporter(k), stopped, windows[k])
+        except BaseException as e:  # noqa: BLE001 - raised again by the caller's thread
+            errors[k] = e
+            failed.set()
+        finally:
+            if bg is not None:
+                bg.close()
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"backdrop-part{k}", daemon=True)
+               for k in range(len(windows))]
+    log.info("the video runs in %d parts side by side", len(windows))
+    try:
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        except BaseException:  # e.g. the worker's soft time limit, raised in this thread
+            failed.set()
+            for t in threads:
+                if t.is_alive():
+                    t.join(timeout=30)
+            raise
+        own = [e for e in errors if e is not None and not isinstance(e, Canceled)]
+        if own:
+            raise own[0]
+        if any(e is not None for e in errors):
+            raise Canceled("the job was canceled")
+        joined = join_chunks(files, info, options.output_format, path, info.path)
+    finally:
+        for f in files:
+            f.unlink(missing_ok=True)
+    first, last = counts[0], counts[-1]
+    assert first is not None and last is not None
+    total = _Count(tick_s=first.tick_s, frame_s=first.frame_s, count=joined.frames,
+                   first_pts=first.first_pts, last_pts=last.last_pts)
+    if progress is not None:
+        progress(total.count, total.count)
+    return total
+
+
+__all__ = ["MIN_FRAMES", "part_count", "plan_segments", "run_parts", "try_segments", "usable_cores"]

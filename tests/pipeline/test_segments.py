@@ -1,0 +1,119 @@
+"""One video in parts side by side on the CPU (``service.segments``): the parts cover every frame
+once, a part's seek lands where decoding from the start would, and the joined output has the one-part
+run's frames, timestamps and audio, its matte equal before the seam and close after it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import data_path
+from videoutil import alpha_channel, audio_packets
+
+from service.config import get_settings
+from service.errors import Canceled
+from service.media.chunks import chunk_pts
+from service.media.decode import iter_frames
+from service.media.probe import probe_video
+from service.pipeline import ReplaceOptions, replace_background
+from service.segments import MIN_FRAMES, part_count, plan_segments, try_segments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chunkclip import build_clip  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 s of a talking head at 15 frames/s (150 frames), a keyframe every 25, B-frames, AAC audio."""
+    d = tmp_path_factory.mktemp("segments")
+    return build_clip(data_path("videos", "talking-head.mp4"), d / "clip.mp4", 10, 160, gop=25, fps=15)
+
+
+def test_part_count_follows_cores_and_length() -> None:
+    auto = get_settings().model_copy(update={"segments": 0, "intra_op_threads": 0})
+    assert part_count(auto, 1000, cores=2) == (2, 1)
+    assert part_count(auto, 1000, cores=8) == (4, 2)
+    assert part_count(auto, 1000, cores=1) == (1, 1)
+    assert part_count(auto, 2 * MIN_FRAMES - 1, cores=8) == (1, 8)  # too short for two parts
+    assert part_count(auto.model_copy(update={"segments": 1}), 1000, cores=8) == (1, 8)
+    assert part_count(auto.model_copy(update={"segments": 3}), 1000, cores=2) == (3, 1)
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_parts_cover_every_frame_once_and_seek_where_decoding_does(clip: Path, parts: int) -> None:
+    info = probe_video(clip)
+    order = chunk_pts(clip)
+    windows = plan_segments(info, parts, 8)
+    assert windows is not None and len(windows) == parts
+    assert windows[0].start_pts == order[0] and windows[0].seek_dts is None and windows[-1].end_pts is None
+    for a, b in zip(windows, windows[1:], strict=False):
+        assert a.end_pts == b.start_pts
+    sizes = [sum(1 for p in order if w.start_pts <= p and (w.end_pts is None or p < w.end_pts)) for w in windows]
+    assert sum(sizes) == len(order) and max(sizes) - min(sizes) <= 1
+    whole = {f.pts: f.image for f in iter_frames(info, 1)}
+    for w in windows[1:]:
+        assert w.model_from_pts == order[order.index(w.start_pts) - 8]
+        assert w.seek_dts is not None and w.seek_dts > order[0]  # a real seek, not a decode from the start
+        seen = [f for f in iter_frames(info, 1, seek_dts=w.seek_dts)]
+        assert seen[0].pts <= w.model_from_pts
+        for f in seen:
+            assert np.array_equal(f.image, whole[f.pts])
+        assert [f.pts for f in seen] == [p for p in order if p >= seen[0].pts]
+
+
+def test_parts_join_to_the_one_part_run(tmp_path: Path, clip: Path, caplog: pytest.LogCaptureFixture) -> None:
+    one = get_settings().model_copy(update={"segments": 1})
+    two = get_settings().model_copy(update={"segments": 2})
+    matte = ReplaceOptions(output_format="matte")
+    replace_background(clip, None, tmp_path / "one.mp4", matte, settings=one)
+    seen: list[tuple[int, int]] = []
+    with caplog.at_level(logging.INFO, logger="service.segments"):
+        r = replace_background(clip, None, tmp_path / "two.mp4", matte, settings=two,
+                               progress=lambda d, t: seen.append((d, t)))
+    assert "2 parts" in caplog.text
+    n = len(chunk_pts(clip))
+    assert r.frames == n and seen[-1] == (n, n) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert chunk_pts(tmp_path / "two.mp4") == chunk_pts(tmp_path / "one.mp4")
+    assert audio_packets(tmp_path / "two.mp4") == audio_packets(clip)
+    a1, a2 = alpha_channel(tmp_path / "one.mp4"), alpha_channel(tmp_path / "two.mp4")
+    seam = n // 2
+    # the first part is the one-part run (but for the encoder's rounding and the threads' float sums)
+    before = np.abs(a1[: seam - 2] - a2[: seam - 2]).mean(axis=(1, 2))
+    assert before.max() < 0.002, before
+    ious = [((x > 0.5) & (y > 0.5)).sum() / max(1, ((x > 0.5) | (y > 0.5)).sum()) for x, y in zip(a1, a2, strict=True)]
+    print('mean |diff| before the seam', before.max(), 'least IoU after it', min(ious[seam:]))
+    assert min(ious[seam:]) > 0.95, ious[seam:]  # the warm-up settles the second part's state
+    assert [p.name for p in tmp_path.iterdir()] and sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "two.mp4"]
+
+
+def test_a_cancel_stops_every_part_and_leaves_no_file(tmp_path: Path, clip: Path) -> None:
+    calls = 0
+
+    def cancel() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > 6
+
+    two = get_settings().model_copy(update={"segments": 2})
+    with pytest.raises(Canceled):
+        replace_background(clip, "#204060", tmp_path / "out.mp4", settings=two, cancel=cancel)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_what_is_not_cut(tmp_path: Path, clip: Path) -> None:
+    from service.inference.models import get_model
+
+    two = get_settings().model_copy(update={"segments": 2})
+    model = get_model("rvm", two)
+    info = probe_video(clip)
+    # a Matroska input: its muxer picks its own time base, so it runs in one part
+    assert plan_segments(probe_video(data_path("videos", "asl", "bird.mkv")), 2, 8) is None
+    # a job choosing people follows them from the first frame: one part
+    keep = ReplaceOptions(keep_points=[(80, 60)])
+    assert try_segments(info, "#000000", tmp_path / "x.mp4", keep, model, two, None, None, None) is None
+    assert list(tmp_path.iterdir()) == []
