@@ -14,7 +14,7 @@ each call; then the encoded parts are joined by packet copy with the input's aud
 process stays as small as one pipeline.
 
 Not cut: chunk tasks (already one span of a job), jobs choosing people (a clip-wide tracker),
-inputs whose container cannot keep exact timestamps (``chunks._muxer``: MP4/MOV family only),
+inputs whose container cannot keep exact timestamps (``chunks.chunk_muxer``: MP4/MOV family only),
 short videos (``MIN_FRAMES`` a part), GPU providers and the device path.
 """
 
@@ -29,9 +29,9 @@ from pathlib import Path
 from service.config import Settings
 from service.errors import Canceled
 from service.inference.models import MattingModel, get_model
-from service.media.chunks import NotChunkable, _muxer
+from service.media.chunks import NotChunkable, chunk_muxer, video_packets
 from service.media.encode import FORMATS
-from service.media.probe import VideoInfo, open_input
+from service.media.probe import VideoInfo
 from service.options import Options
 from service.pipeline import Progress, Window, _background_for, _Count, _run
 
@@ -59,22 +59,6 @@ def part_count(settings: Settings, frames: int, cores: int | None = None) -> tup
     return parts, settings.intra_op_threads or max(1, cores // parts)
 
 
-def _packets(path: Path) -> list[tuple[int, int | None, bool]]:
-    """(pts, dts, keyframe) of every video packet in decode order; ``NotChunkable`` if one has no pts."""
-    container = open_input(path)
-    try:
-        out: list[tuple[int, int | None, bool]] = []
-        for p in container.demux(container.streams.video[0]):
-            if p.size == 0 and p.pts is None:
-                continue  # end-of-stream marker
-            if p.pts is None:
-                raise NotChunkable("a video packet has no timestamp")
-            out.append((int(p.pts), None if p.dts is None else int(p.dts), bool(p.is_keyframe)))
-        return out
-    finally:
-        container.close()
-
-
 def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | None:
     """``parts`` windows of about equal frame counts covering every frame of ``info`` once, or None
     when the input cannot be cut exactly (``NotChunkable``) or has too few frames.
@@ -85,8 +69,8 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     if parts < 2:
         return None
     try:
-        _muxer(info)  # MP4/MOV family with a 1/N time base: timestamps survive the join exactly
-        packets = _packets(info.path)
+        chunk_muxer(info)  # MP4/MOV family with a 1/N time base: timestamps survive the join exactly
+        packets = video_packets(info.path)
     except NotChunkable as e:
         log.info("the video runs in one part: %s", e)
         return None

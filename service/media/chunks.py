@@ -62,7 +62,7 @@ class ChunkPlan:
         return cls(tuple(ChunkSpan(**c) for c in d["chunks"]), d["muxer"])
 
 
-def _muxer(info: VideoInfo) -> str:
+def chunk_muxer(info: VideoInfo) -> str:
     names = [n.strip() for n in info.container.split(",")]
     for n in names:
         if n in _CHUNK_MUXER:
@@ -72,18 +72,18 @@ def _muxer(info: VideoInfo) -> str:
     raise NotChunkable(f"container {info.container!r} is not cut into chunks")
 
 
-def _packets(path: Path) -> list[tuple[int, bool]]:
-    """(pts, keyframe) of every video packet, in decode order."""
+def video_packets(path: Path) -> list[tuple[int, int | None, bool]]:
+    """(pts, dts, keyframe) of every video packet, in decode order (demuxed, never decoded)."""
     container = open_input(path)
     try:
         stream = container.streams.video[0]
-        out: list[tuple[int, bool]] = []
+        out: list[tuple[int, int | None, bool]] = []
         for p in container.demux(stream):
             if p.size == 0 and p.pts is None:
                 continue  # end-of-stream marker
             if p.pts is None:
                 raise NotChunkable("a video packet has no timestamp")
-            out.append((int(p.pts), bool(p.is_keyframe)))
+            out.append((int(p.pts), None if p.dts is None else int(p.dts), bool(p.is_keyframe)))
         return out
     finally:
         container.close()
@@ -95,8 +95,8 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
     exactly."""
     if chunk_s <= 0 or info.duration_s <= chunk_s:
         return None
-    muxer = _muxer(info)
-    packets = _packets(info.path)
+    muxer = chunk_muxer(info)
+    packets = [(pts, key) for pts, _, key in video_packets(info.path)]
     if len(packets) < 2:
         return None
     order = sorted(p for p, _ in packets)  # display order
