@@ -167,13 +167,16 @@ def warmup_sweep(clip: Path, sequential: np.ndarray, chunk_s: float, warmups: li
 
 
 def main() -> None:
+    from service.config import Settings
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", type=Path, default=None)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--rounds", type=int, default=2, help="rounds of the three runs, in alternating order")
     p.add_argument("--chunk-seconds", type=float, default=30.0)
-    p.add_argument("--warmup", type=int, default=8, help="warm-up frames of the service runs")
-    p.add_argument("--warmups", default="0,2,4,8,16", help="the sweep's warm-ups")
+    p.add_argument("--warmup", type=int, default=Settings.model_fields["chunk_warmup_frames"].default,
+                   help="warm-up frames of the service runs (default: the setting's)")
+    p.add_argument("--warmups", default="0,2,4,8,16,32", help="the sweep's warm-ups")
     a = p.parse_args()
     from chunkclip import build_clip
 

@@ -183,7 +183,9 @@ class Settings(BaseSettings):
         "workers process at once, then joined (0 = never; see README, Scaling).",
     )
     chunk_warmup_frames: int = Field(
-        8, ge=0, description="Frames each chunk runs through the model before its first one, output dropped (seams)."
+        16, ge=0,
+        description="Frames each chunk (or part, see segments) runs through the model before its first one, output "
+        "dropped (seams).",
     )
     worker_soft_shutdown_s: float = Field(
         10.0,

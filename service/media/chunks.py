@@ -258,6 +258,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
             out.options["movflags"] = spec.options["movflags"]
         if spec.container in ("mp4", "mov") and tb.numerator == 1:
             out.options["video_track_timescale"] = str(tb.denominator)
+            out.options["movie_timescale"] = str(tb.denominator)  # the edit list exact (VideoWriter)
         if spec.container == "webm" and spec.alpha:
             stream.metadata["alpha_mode"] = "1"
         if audio_from is not None and whole.has_audio:

@@ -103,6 +103,9 @@ class VideoWriter:
                 # Keep the input's timescale: the muxer would otherwise pick its own and round
                 # every timestamp and duration into it (119/4 fps came out 29.755).
                 self.out.options["video_track_timescale"] = str(self.time_base.denominator)
+                # and the movie's, in which the edit list gives the track's start: at the default
+                # 1000 a part beginning at 161792/15360 s (10.5333 s) read back at 161787
+                self.out.options["movie_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
             self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_audio else None
         except BaseException:
