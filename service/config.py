@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         description="On the CPU provider, parts of one video run side by side, each on its own cores, then joined "
         "(0 = one per core, at most 4; 1 = never; see README, One video across a machine's cores).",
     )
+    segment_max_pixels: int = Field(
+        2_000_000, ge=0,
+        description="Parts run side by side only while parts x width x height stays within this: each holds its own "
+        "decoder, encoder and queues (1080p in two parts peaked at 1.19 GB, in one at 0.71 GB).",
+    )
     batch_size: int = Field(4, description="Frames per inference batch.")
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
     queue_memory_mb: int = Field(

@@ -15,7 +15,9 @@ process stays as small as one pipeline.
 
 Not cut: chunk tasks (already one span of a job), jobs choosing people (a clip-wide tracker),
 inputs whose container cannot keep exact timestamps (``chunks.chunk_muxer``: MP4/MOV family only),
-short videos (``MIN_FRAMES`` a part), GPU providers and the device path.
+short videos (``MIN_FRAMES`` a part), large frames (``segment_max_pixels``: at 1080p the
+full-resolution stages already keep two cores busy, and two parts would pass 1 GB), GPU providers
+and the device path.
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def part_count(settings: Settings, frames: int, cores: int | None = None) -> tuple[int, int]:
-    """(parts, model threads a part) for a video of ``frames`` frames: ``settings.segments`` (0 = one
-    per core, at most ``MAX_AUTO_PARTS``), fewer where a part would have under ``MIN_FRAMES``."""
+def part_count(settings: Settings, frames: int, pixels: int, cores: int | None = None) -> tuple[int, int]:
+    """(parts, model threads a part) for a video of ``frames`` frames of ``pixels`` each:
+    ``settings.segments`` (0 = one per core, at most ``MAX_AUTO_PARTS``), fewer where a part would
+    have under ``MIN_FRAMES`` or the parts' frames together more than ``segment_max_pixels``."""
     cores = cores or usable_cores()
     wanted = settings.segments or min(MAX_AUTO_PARTS, cores)
-    parts = max(1, min(wanted, frames // MIN_FRAMES))
+    parts = max(1, min(wanted, frames // MIN_FRAMES, settings.segment_max_pixels // max(1, pixels)))
     return parts, settings.intra_op_threads or max(1, cores // parts)
 
 
@@ -112,7 +115,7 @@ def try_segments(
     (nothing done) otherwise."""
     if window is not None or options.selects_people or model.providers[0] != "CPUExecutionProvider":
         return None
-    parts, threads = part_count(settings, info.frames or int(info.duration_s * info.fps))
+    parts, threads = part_count(settings, info.frames or int(info.duration_s * info.fps), info.width * info.height)
     windows = plan_segments(info, parts, settings.chunk_warmup_frames) if parts > 1 else None
     if not windows:
         return None

@@ -35,13 +35,16 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_part_count_follows_cores_and_length() -> None:
-    auto = get_settings().model_copy(update={"segments": 0, "intra_op_threads": 0})
-    assert part_count(auto, 1000, cores=2) == (2, 1)
-    assert part_count(auto, 1000, cores=8) == (4, 2)
-    assert part_count(auto, 1000, cores=1) == (1, 1)
-    assert part_count(auto, 2 * MIN_FRAMES - 1, cores=8) == (1, 8)  # too short for two parts
-    assert part_count(auto.model_copy(update={"segments": 1}), 1000, cores=8) == (1, 8)
-    assert part_count(auto.model_copy(update={"segments": 3}), 1000, cores=2) == (3, 1)
+    auto = get_settings().model_copy(update={"segments": 0, "intra_op_threads": 0, "segment_max_pixels": 2_000_000})
+    small, hd, full_hd = 640 * 360, 1280 * 720, 1920 * 1080
+    assert part_count(auto, 1000, small, cores=2) == (2, 1)
+    assert part_count(auto, 1000, small, cores=8) == (4, 2)
+    assert part_count(auto, 1000, small, cores=1) == (1, 1)
+    assert part_count(auto, 2 * MIN_FRAMES - 1, small, cores=8) == (1, 8)  # too short for two parts
+    assert part_count(auto, 1000, hd, cores=8) == (2, 4)  # two 720p parts fit the pixel budget, not three
+    assert part_count(auto, 1000, full_hd, cores=2) == (1, 2)  # 1080p: one part (memory)
+    assert part_count(auto.model_copy(update={"segments": 1}), 1000, small, cores=8) == (1, 8)
+    assert part_count(auto.model_copy(update={"segments": 3}), 1000, small, cores=2) == (3, 1)
 
 
 @pytest.mark.parametrize("parts", [2, 3])
