@@ -149,6 +149,9 @@ def main(argv=None) -> dict:
                     help="which half of the portraits and clips (export/splits.py); report on holdout only")
     ap.add_argument("--limit", type=int, default=0, help="portraits: use N images spread over the folder")
     ap.add_argument("--max-frames", type=int, default=0, help="videos: first N frames of each clip")
+    ap.add_argument("--deeplab-temporal", type=float, default=None,
+                    help="deeplabv3plus: weight of the previous frame's probability map (default: as served, "
+                         "service/inference/models/deeplab.py TEMPORAL; 0 = frames alone)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--speed", action="store_true", help="only measure deeplabv3plus fps (bench/deeplab_speed.py)")
     args = ap.parse_args(argv)
@@ -165,6 +168,8 @@ def main(argv=None) -> dict:
     rows = []
     for name in args.models.split(","):
         model = create_model(name)
+        if name == "deeplabv3plus" and args.deeplab_temporal is not None:
+            model.temporal = args.deeplab_temporal
         for refine in (False, True):
             t0 = time.time()
             row = {"model": name, "refine": refine, **eval_portraits(model, refine, pairs)}

@@ -6,6 +6,14 @@ checkpoint selection (its ``holdout`` half, ``export/splits.py``, is never looke
 photos through their (slightly feathered) masks, horizontal flips, random scale + crop, colour jitter.
 Loss: BCE + soft dice.  AdamW + one-cycle LR.  Images are decoded and resized once, into memory.
 
+With ``--video-frames N`` (issue 18) the portraits are mixed with ~N frames of the shared videos
+(target: the teacher's alpha, RVM run over each whole clip in order) and the frames of the ``select``
+DAVIS clips (their ground truth) from ``export/video_frames.py``; ``--video-weight`` is the share of
+each epoch's draws that are video frames (an epoch stays as many draws as there are portraits).
+``--small-p`` shrinks a pasted person onto the background (small people), ``--motion-blur-p`` blurs
+the image along a random line.  ``--val-clips-stride`` also logs the person IoU on the select clips
+(not for selection when they are trained on).
+
 Reproducible: every random draw comes from ``--seed`` (per-epoch generators, so a resumed run draws
 the same batches); the full config is logged to ``OUT/config.json``.  Resumable: ``OUT/last.pt`` is
 written every epoch, ``--resume`` continues from it; ``OUT/best.pt`` keeps the best val mIoU.
@@ -115,14 +123,57 @@ def paste_on_background(img: np.ndarray, alpha: np.ndarray, bg: np.ndarray, rng:
     return (img * a + bg * (1 - a)).astype(np.uint8)
 
 
-def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, int]):
-    """``mask``: (H, W) ground truth, or (H, W, 2) ground truth + teacher alpha (moved together)."""
+def paste_small(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
+                factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """The person of ``img`` (through its feathered ground truth, ``mask[..., 0]`` or ``mask``) shrunk
+    by ``factor`` and pasted at a random place of a background crop of the image's size: small people.
+    ``mask`` (ground truth, and the teacher's alpha if there is one) is shrunk and placed the same way,
+    zero elsewhere."""
+    h, w = img.shape[:2]
+    sh, sw = max(1, round(h * factor)), max(1, round(w * factor))
+    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_AREA)
+    if small_mask.ndim == 2 and mask.ndim == 3:
+        small_mask = small_mask[..., None]
+    y, x = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+    canvas = np.zeros_like(img)
+    canvas[y : y + sh, x : x + sw] = small
+    placed = np.zeros_like(mask)
+    placed[y : y + sh, x : x + sw] = small_mask
+    gt = placed if placed.ndim == 2 else placed[..., 0]
+    alpha = paste_alpha(gt)
+    out = paste_on_background(canvas, alpha, bg, rng)
+    if placed.ndim == 3:
+        placed = np.dstack([gt, (placed[..., 1] * alpha).astype(np.uint8)])
+    return out, placed
+
+
+def motion_blur(img: np.ndarray, rng: np.random.Generator, max_len: int = 15) -> np.ndarray:
+    """A linear motion blur of random length (3..max_len px) and direction."""
+    n = int(rng.integers(3, max_len + 1))
+    k = np.zeros((n, n), np.float32)
+    k[n // 2, :] = 1.0
+    rot = cv2.getRotationMatrix2D(((n - 1) / 2, (n - 1) / 2), float(rng.uniform(0, 180)), 1.0)
+    k = cv2.warpAffine(k, rot, (n, n))
+    k /= max(k.sum(), 1e-6)
+    return cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT)
+
+
+def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, int], small_p: float = 0.0,
+            small_range: tuple[float, float] = (0.3, 0.75), blur_p: float = 0.0):
+    """``mask``: (H, W) ground truth, or (H, W, 2) ground truth + teacher alpha (moved together).
+    ``small_p``: the chance that a pasted person is first shrunk by a factor in ``small_range``
+    (``paste_small``); ``blur_p``: the chance of a motion blur of the image (the mask is kept)."""
     if bgs and rng.random() < paste_p:
-        gt = mask if mask.ndim == 2 else mask[..., 0]
-        alpha = paste_alpha(gt)
-        img = paste_on_background(img, alpha, bgs[int(rng.integers(len(bgs)))], rng)
-        if mask.ndim == 3:  # the teacher saw the original background: off the person it is now wrong
-            mask = np.dstack([gt, (mask[..., 1] * alpha).astype(np.uint8)])
+        bg = bgs[int(rng.integers(len(bgs)))]
+        if small_p and rng.random() < small_p:
+            img, mask = paste_small(img, mask, bg, rng, float(rng.uniform(*small_range)))
+        else:
+            gt = mask if mask.ndim == 2 else mask[..., 0]
+            alpha = paste_alpha(gt)
+            img = paste_on_background(img, alpha, bg, rng)
+            if mask.ndim == 3:  # the teacher saw the original background: off the person it is now wrong
+                mask = np.dstack([gt, (mask[..., 1] * alpha).astype(np.uint8)])
     long_side = int(rng.integers(scale[0], scale[1] + 1))
     img = _resize_long(img, long_side, cv2.INTER_LINEAR)
     mask = _resize_long(mask, long_side, cv2.INTER_LINEAR)
@@ -138,6 +189,8 @@ def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, in
     if rng.random() < 0.5:
         img, mask = img[:, ::-1], mask[:, ::-1]
     img = colour_jitter(np.ascontiguousarray(img), rng)
+    if blur_p and rng.random() < blur_p:
+        img = motion_blur(img, rng)
     return img, np.ascontiguousarray(mask)
 
 
@@ -148,7 +201,8 @@ def make_batch(data, idx, bgs, rng, args, teacher=None) -> tuple[torch.Tensor, t
     xs, ys = [], []
     for i in idx:
         m = masks[i] if teacher is None else np.dstack([masks[i], teacher[i]])
-        x, y = augment(imgs[i], m, bgs, rng, args.crop, args.paste_p, (args.scale_min, args.scale_max))
+        x, y = augment(imgs[i], m, bgs, rng, args.crop, args.paste_p, (args.scale_min, args.scale_max),
+                       getattr(args, "small_p", 0.0), blur_p=getattr(args, "motion_blur_p", 0.0))
         xs.append(x)
         ys.append(y if y.ndim == 3 else y[..., None])
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
@@ -224,6 +278,31 @@ def evaluate(model: torch.nn.Module, imgs, masks, long_side: int) -> dict:
     return {"miou": miou, "iou_person": person, "iou_bg": bg, "miou_per_image": float(np.mean(per_image))}
 
 
+def load_val_clips(gt_dir: Path, stride: int) -> list[tuple[str, list[np.ndarray], list[np.ndarray]]]:
+    """Every ``stride``-th frame (RGB) and mask of each ``select`` DAVIS clip (never ``holdout``)."""
+    from export.video_frames import frames_of
+
+    out = []
+    for name in part_of((p.stem for p in gt_dir.glob("*.mp4") if not p.stem.endswith("_mask")), "select"):
+        frames = list(frames_of(gt_dir / f"{name}.mp4", 0))[::stride]
+        masks = [m > 127 for m in list(frames_of(gt_dir / f"{name}_mask.mp4", 0, gray=True))[::stride]]
+        out.append((name, frames, masks))
+    return out
+
+
+def evaluate_clips(model: torch.nn.Module, clips, long_side: int) -> float:
+    """Mean over clips of the mean person IoU over their frames (one pass, no flip)."""
+    model.eval()
+    per_clip = []
+    for _, frames, masks in clips:
+        ious = []
+        for f, m in zip(frames, masks, strict=True):
+            pred = predict_prob(model, f, long_side) > 0.5
+            ious.append((pred & m).sum() / max((pred | m).sum(), 1))
+        per_clip.append(float(np.mean(ious)))
+    return float(np.mean(per_clip))
+
+
 # ------------------------------------------------------------------------------------------------
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, kd_weight: float = 0.0) -> torch.Tensor:
     """BCE + soft dice against the ground truth (channel 0 of ``target``); with a teacher's alpha in
@@ -289,6 +368,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="end this invocation after N epochs (continue later with --resume)")
     ap.add_argument("--teacher", default="", help="distil from this model's alpha as well (e.g. rvm)")
     ap.add_argument("--kd-weight", type=float, default=0.5, help="weight of the teacher's BCE term")
+    ap.add_argument("--video-frames", type=int, default=0,
+                    help="train on ~N frames of the shared videos (the teacher's alpha as target, --teacher or rvm) "
+                         "and the select DAVIS clips (their ground truth); export/video_frames.py")
+    ap.add_argument("--video-weight", type=float, default=0.35,
+                    help="share of each epoch's draws that are video frames (with --video-frames)")
+    ap.add_argument("--davis-stride", type=int, default=1, help="every Nth frame of the select DAVIS clips")
+    ap.add_argument("--small-p", type=float, default=0.0,
+                    help="chance that a pasted person is shrunk to 0.3-0.75 of the image first (small people)")
+    ap.add_argument("--motion-blur-p", type=float, default=0.0, help="chance of a linear motion blur")
+    ap.add_argument("--val-clips-stride", type=int, default=0,
+                    help="also report mean person IoU on every Nth frame of the select DAVIS clips (0: off; "
+                         "these clips are trained on with --video-frames, so it is not used for selection)")
     args = ap.parse_args(argv)
     if args.data_dir is None:
         args.data_dir = Path(get_settings().data_dir)
@@ -329,6 +420,19 @@ def fit(args: argparse.Namespace) -> dict:
     val_imgs, val_masks, _ = load_split(portraits / "val", 0, args.limit, "select")
     bgs = load_backgrounds(args.data_dir / "backgrounds", 640)
     log.info("loaded %d train, %d val, %d backgrounds in %.1fs", len(train[0]), len(val_imgs), len(bgs), time.time() - t0)
+    n_portraits = len(train[0])
+    weights = sample_weights(train[2], args.oversample)
+    if args.video_frames:
+        from export.video_frames import load_video_frames
+
+        vf = load_video_frames(args.data_dir, args.out / "video-teacher", args.video_frames, args.scale_max,
+                               args.teacher or "rvm", args.davis_stride)
+        train = (train[0] + vf.imgs, train[1] + vf.masks, train[2] + vf.names)
+        if teacher is not None:
+            teacher = teacher + vf.teacher
+        base = weights if weights is not None else np.full(n_portraits, 1.0 / n_portraits)
+        weights = np.concatenate([base * (1 - args.video_weight), np.full(len(vf), args.video_weight / len(vf))])
+    val_clips = load_val_clips(args.data_dir / "videos_gt", args.val_clips_stride) if args.val_clips_stride else []
 
     torch.manual_seed(args.seed)
     model = DeepLabV3Plus(args.width, args.aspp)
@@ -345,14 +449,15 @@ def fit(args: argparse.Namespace) -> dict:
         recalibrate_batch_norms(model, (make_batch(train, idx[i : i + args.batch], bgs, rng, args)[0]
                                         for i in range(0, len(idx), args.batch)))
         initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
+        if val_clips:
+            initial["clip_iou"] = evaluate_clips(model, val_clips, args.val_long_side)
         log.info("initialised from %s: %s", args.init_onnx, json.dumps(initial))
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
-    n = len(train[0])
-    weights = sample_weights(train[2], args.oversample)
+    n = n_portraits  # an epoch: as many draws as there are portraits (with replacement when weighted)
     steps = n // args.batch
     total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
@@ -374,7 +479,7 @@ def fit(args: argparse.Namespace) -> dict:
         if weights is None:
             order = rng.permutation(n)
         else:  # oversampled prefixes: an epoch draws n images with replacement, by weight
-            order = rng.choice(n, size=n, replace=True, p=weights)
+            order = rng.choice(len(weights), size=n, replace=True, p=weights)
         batches = [order[i * args.batch : (i + 1) * args.batch] for i in range(steps)]
         model.train()
         total = 0.0
@@ -396,6 +501,8 @@ def fit(args: argparse.Namespace) -> dict:
         if late or (epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1:
             tv = time.time()
             rec.update(evaluate(model, val_imgs, val_masks, args.val_long_side))
+            if val_clips:
+                rec["clip_iou"] = evaluate_clips(model, val_clips, args.val_long_side)
             rec["val_s"] = time.time() - tv
             if rec["miou"] > best:
                 best = rec["miou"]

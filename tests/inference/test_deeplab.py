@@ -9,7 +9,7 @@ from conftest import data_path
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
-from service.inference.models import create_model
+from service.inference.models import create_model, deeplab
 from service.inference.models.deeplab import DeepLabV3Plus, working_size
 
 SUBSET = 40  # val images, evenly spread over the (sorted) folder
@@ -113,3 +113,47 @@ def test_video_batch(model):
     assert 0.0 <= matte.alpha.min() and matte.alpha.max() <= 1.0
     for a, g in zip(matte.alpha > 0.5, gts, strict=True):
         assert (a & g).sum() / (a | g).sum() > 0.6
+
+
+def _lucia(n: int) -> np.ndarray:
+    cap = cv2.VideoCapture(str(data_path("videos_gt", "lucia.mp4")))
+    frames = []
+    for _ in range(n):
+        ok, f = cap.read()
+        assert ok
+        frames.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
+    cap.release()
+    return np.stack(frames)
+
+
+def test_temporal_smoothing_carries_the_previous_frame_per_job(model):
+    """With a job's state the probability maps are an exponential moving average over the frames, in
+    order, across batches; a fresh state (another job) or no state has no memory; a frame of another
+    size starts afresh."""
+    frames = _lucia(3)
+    smoothing = create_model("deeplabv3plus", model.settings.model_copy(update={"deeplab_long_sides": [256]}))
+    smoothing.temporal = 0.3
+    raw = smoothing.probabilities(frames)
+    expected = raw.copy()
+    for i in range(1, 3):
+        expected[i] = 0.7 * raw[i] + 0.3 * expected[i - 1]
+    state = smoothing.new_state()
+    first, state = smoothing.predict(frames[:1], state)
+    rest, state = smoothing.predict(frames[1:], state)  # the next batch of the same job
+    h, w = frames.shape[1:3]
+    for i, alpha in enumerate([first.alpha[0], *rest.alpha]):
+        np.testing.assert_allclose(alpha, cv2.resize(expected[i], (w, h), interpolation=cv2.INTER_LINEAR).clip(0, 1), atol=1e-5)
+    assert np.abs(expected[2] - raw[2]).max() > 0.05  # the smoothing did something
+    alone, _ = smoothing.predict(frames[2:], smoothing.new_state())  # another job: no memory
+    np.testing.assert_allclose(alone.alpha[0], cv2.resize(raw[2], (w, h), interpolation=cv2.INTER_LINEAR).clip(0, 1), atol=1e-5)
+    none, state_none = smoothing.predict(frames[2:])
+    assert state_none is None
+    np.testing.assert_allclose(none.alpha[0], alone.alpha[0], atol=1e-6)
+    small = np.ascontiguousarray(cv2.resize(frames[2], (w // 2, h // 3), interpolation=cv2.INTER_AREA))[None]
+    resized, _ = smoothing.predict(small, state)  # another working grid: the old map is dropped
+    fresh, _ = smoothing.predict(small, smoothing.new_state())
+    np.testing.assert_allclose(resized.alpha, fresh.alpha, atol=1e-6)
+
+
+def test_temporal_smoothing_is_served_by_default(model):
+    assert model.temporal == deeplab.TEMPORAL > 0

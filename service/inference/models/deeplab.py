@@ -14,11 +14,18 @@ frame gain from the larger size, large ones from the smaller). Then sigmoid, cro
 probability resized back to frame size: that is the alpha.  Each working size costs a pass of the
 network (its pixels' worth), the flip doubles it; the model card gives the measured quality and
 speed of each choice.  It is a segmenter: the alpha is soft only along edges;
-``service.inference.refine.EdgeRefiner`` sharpens it against the frame.  No state across frames.
+``service.inference.refine.EdgeRefiner`` sharpens it against the frame.
+
+Across the frames of a job (the ``state`` from ``new_state()``, one per job, passed back in with each
+batch in frame order, as RVM's recurrent state) the probability maps on the working grid are an
+exponential moving average: ``p ← (1 − t)·p + t·p_prev`` with ``t = TEMPORAL`` (``smooth``), which
+steadies the mask where the network wavers from frame to frame.  A single image, or ``state=None``,
+has no memory.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,7 @@ from service.inference.weights import locate
 WEIGHTS = "deeplabv3plus.onnx"
 WEIGHTS_FP16 = "deeplabv3plus_fp16.onnx"
 MULTIPLE = 16
+TEMPORAL = 0.3  # weight of the previous frame's probability map (DeepLabV3Plus.smooth; model card)
 FIX = "It ships in service/inference/weights (export/export_onnx.py makes it); or set BACKDROP_MODEL_DIR."
 
 
@@ -45,8 +53,16 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (np.tanh(0.5 * x) + 1.0)).astype(np.float32, copy=False)
 
 
+@dataclass
+class DeepLabState:
+    """Per-job memory: the previous frame's (smoothed) probability map on the working grid."""
+
+    prob: np.ndarray | None = None
+
+
 class DeepLabV3Plus(MattingModel):
     name = "deeplabv3plus"
+    temporal: float = TEMPORAL
 
     def _weights(self) -> Path:
         if self.settings.fp16:
@@ -88,8 +104,12 @@ class DeepLabV3Plus(MattingModel):
             out = 0.5 * (out[:n] + out[n:, ..., ::-1])
         return out[:, 0, :h, :w]
 
-    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
-        n, height, width, _ = frames.shape
+    def new_state(self) -> DeepLabState:
+        return DeepLabState()
+
+    def probabilities(self, frames: np.ndarray) -> np.ndarray:
+        """(N, h, w) float32 person probabilities on the largest working size's grid (no smoothing)."""
+        n = len(frames)
         sides = sorted(self.settings.deeplab_long_sides, reverse=True)
         total = self.logits(frames, sides[0])  # the largest working size: the others are resized to it
         h, w = total.shape[1:]
@@ -97,7 +117,27 @@ class DeepLabV3Plus(MattingModel):
             small = self.logits(frames, side)
             for i in range(n):
                 total[i] += cv2.resize(small[i], (w, h), interpolation=cv2.INTER_LINEAR)
-        prob = _sigmoid(total * (1.0 / len(sides)))
+        return _sigmoid(total * (1.0 / len(sides)))
+
+    def smooth(self, prob: np.ndarray, state: DeepLabState | None) -> DeepLabState | None:
+        """Blend each frame's probability map (in place) with the previous frame's blended map:
+        ``p ← (1 − t)·p + t·p_prev`` with ``t = self.temporal`` (an exponential moving average over
+        the job's frames, in order).  The previous map lives in ``state``, one per job (as RVM's
+        recurrent state); it is dropped when the working grid changes.  ``state`` None: no memory."""
+        if state is None or not self.temporal:
+            return state
+        t = float(self.temporal)
+        for i in range(len(prob)):
+            if state.prob is not None and state.prob.shape == prob[i].shape:
+                prob[i] *= 1.0 - t
+                prob[i] += t * state.prob
+            state.prob = prob[i].copy()
+        return state
+
+    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
+        n, height, width, _ = frames.shape
+        prob = self.probabilities(frames)
+        state = self.smooth(prob, state)
         alpha = np.empty((n, height, width), np.float32)
         for i in range(n):
             alpha[i] = cv2.resize(prob[i], (width, height), interpolation=cv2.INTER_LINEAR)
