@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-frames", type=int, default=0, help="videos: first N frames of each clip")
     ap.add_argument("--deeplab-temporal", type=float, default=None,
                     help="deeplabv3plus: weight of the previous frame's probability map (default: as served, "
-                         "service/inference/models/deeplab.py TEMPORAL; 0 = frames alone)")
+                         "settings.deeplab_temporal; 0 = frames alone)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--speed", action="store_true", help="only measure deeplabv3plus fps (bench/deeplab_speed.py)")
     args = ap.parse_args(argv)

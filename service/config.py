@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         description="deeplabv3plus: working sizes (long side, px) each frame runs at; with more than one, "
         "their logits are averaged (multi-scale, one model pass per size).",
     )
+    deeplab_temporal: float = Field(
+        0.3, ge=0, lt=1,
+        description="deeplabv3plus: weight of the previous frame's probability map within a job (a moving average "
+        "that steadies the mask; 0 = each frame alone; held-out flicker 16.5 % -> 14.4 % at -0.0015 clip IoU).",
+    )
     edge_refine: bool | None = Field(
         None, description="Refine mask edges at full resolution (guided filter); unset = the model's own default."
     )

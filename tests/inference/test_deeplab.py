@@ -9,7 +9,7 @@ from conftest import data_path
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
-from service.inference.models import create_model, deeplab
+from service.inference.models import create_model
 from service.inference.models.deeplab import DeepLabV3Plus, working_size
 
 SUBSET = 40  # val images, evenly spread over the (sorted) folder
@@ -156,4 +156,5 @@ def test_temporal_smoothing_carries_the_previous_frame_per_job(model):
 
 
 def test_temporal_smoothing_is_served_by_default(model):
-    assert model.temporal == deeplab.TEMPORAL > 0
+    assert model.temporal == model.settings.deeplab_temporal == 0.3
+    assert create_model("deeplabv3plus", model.settings.model_copy(update={"deeplab_temporal": 0.0})).temporal == 0.0

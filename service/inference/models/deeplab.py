@@ -18,7 +18,7 @@ speed of each choice.  It is a segmenter: the alpha is soft only along edges;
 
 Across the frames of a job (the ``state`` from ``new_state()``, one per job, passed back in with each
 batch in frame order, as RVM's recurrent state) the probability maps on the working grid are an
-exponential moving average: ``p ← (1 − t)·p + t·p_prev`` with ``t = TEMPORAL`` (``smooth``), which
+exponential moving average: ``p ← (1 − t)·p + t·p_prev`` with ``t = settings.deeplab_temporal`` (``smooth``), which
 steadies the mask where the network wavers from frame to frame.  A single image, or ``state=None``,
 has no memory.
 """
@@ -32,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from service.config import Settings
 from service.errors import ModelNotFound
 from service.inference.models.base import Matte, MattingModel
 from service.inference.weights import locate
@@ -39,7 +40,6 @@ from service.inference.weights import locate
 WEIGHTS = "deeplabv3plus.onnx"
 WEIGHTS_FP16 = "deeplabv3plus_fp16.onnx"
 MULTIPLE = 16
-TEMPORAL = 0.3  # weight of the previous frame's probability map (DeepLabV3Plus.smooth; model card)
 FIX = "It ships in service/inference/weights (export/export_onnx.py makes it); or set BACKDROP_MODEL_DIR."
 
 
@@ -62,7 +62,11 @@ class DeepLabState:
 
 class DeepLabV3Plus(MattingModel):
     name = "deeplabv3plus"
-    temporal: float = TEMPORAL
+
+    def __init__(self, settings: Settings | None = None):
+        super().__init__(settings)
+        #: weight of the previous frame's probability map (``smooth``; the model card's figures)
+        self.temporal = self.settings.deeplab_temporal
 
     def _weights(self) -> Path:
         if self.settings.fp16:
