@@ -23,7 +23,6 @@ and the device path.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +30,9 @@ from pathlib import Path
 from service.config import Settings
 from service.errors import Canceled
 from service.inference.models import MattingModel, get_model
-from service.media.chunks import NotChunkable, chunk_muxer, video_packets
+from service.media.chunks import NotChunkable, chunk_muxer, clean_keyframes, video_packets
 from service.media.encode import FORMATS
+from service.media.hwencode import worker_cores
 from service.media.probe import VideoInfo
 from service.options import Options
 from service.pipeline import Progress, Window, _background_for, _Count, _run
@@ -46,18 +46,11 @@ MIN_FRAMES = 96
 MAX_AUTO_PARTS = 4
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def part_count(settings: Settings, frames: int, pixels: int, cores: int | None = None) -> tuple[int, int]:
     """(parts, model threads a part) for a video of ``frames`` frames of ``pixels`` each:
     ``settings.segments`` (0 = one per core, at most ``MAX_AUTO_PARTS``), fewer where a part would
     have under ``MIN_FRAMES`` or the parts' frames together more than ``segment_max_pixels``."""
-    cores = cores or usable_cores()
+    cores = cores or worker_cores()
     wanted = settings.segments or min(MAX_AUTO_PARTS, cores)
     parts = max(1, min(wanted, frames // MIN_FRAMES, settings.segment_max_pixels // max(1, pixels)))
     return parts, settings.intra_op_threads or max(1, cores // parts)
@@ -81,12 +74,7 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     order = sorted(p for p, _, _ in packets)
     if len(order) < parts * MIN_FRAMES or len(set(order)) != len(order):
         return None
-    clean: list[tuple[int, int | None]] = []  # (pts, dts) of the keyframes a decode may start at
-    latest = -(2**63)
-    for pts, dts, key in packets:
-        if key and latest < pts:
-            clean.append((pts, dts))
-        latest = max(latest, pts)
+    clean = [packets[i][:2] for i in clean_keyframes(packets)]  # (pts, dts) a decode may start at
     # every part runs about as many frames through the model: the first has no warm-up, so it is
     # ``warmup`` frames longer than the others
     n = len(order)
@@ -119,6 +107,7 @@ def try_segments(
     windows = plan_segments(info, parts, settings.chunk_warmup_frames) if parts > 1 else None
     if not windows:
         return None
+    # the parts' other sessions (the harmoniser) take the same threads a call as the model's
     part_settings = settings.model_copy(
         update={"intra_op_threads": threads, "queue_memory_mb": max(1, settings.queue_memory_mb // len(windows))}
     )
@@ -199,4 +188,4 @@ def run_parts(
     return total
 
 
-__all__ = ["MIN_FRAMES", "part_count", "plan_segments", "run_parts", "try_segments", "usable_cores"]
+__all__ = ["MIN_FRAMES", "part_count", "plan_segments", "run_parts", "try_segments"]

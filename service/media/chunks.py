@@ -89,6 +89,18 @@ def video_packets(path: Path) -> list[tuple[int, int | None, bool]]:
         container.close()
 
 
+def clean_keyframes(packets: Sequence[tuple[int, int | None, bool]]) -> list[int]:
+    """Indices of the keyframes (of ``video_packets``) a decode may start at for a clean cut: every
+    packet before one in decode order displays before it, so nothing from there on is lost."""
+    clean: list[int] = []
+    latest = -(2**63)  # the latest time shown by the packets so far
+    for i, (pts, _, key) in enumerate(packets):
+        if key and latest < pts:
+            clean.append(i)
+        latest = max(latest, pts)
+    return clean
+
+
 def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | None:
     """Where to cut ``info``'s video: chunks of about ``chunk_s`` seconds starting at keyframes, or
     None when it is not longer than one chunk.  Raises ``NotChunkable`` when it cannot be cut
@@ -96,7 +108,8 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
     if chunk_s <= 0 or info.duration_s <= chunk_s:
         return None
     muxer = chunk_muxer(info)
-    packets = [(pts, key) for pts, _, key in video_packets(info.path)]
+    scanned = video_packets(info.path)
+    packets = [(pts, key) for pts, _, key in scanned]
     if len(packets) < 2:
         return None
     order = sorted(p for p, _ in packets)  # display order
@@ -107,12 +120,9 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
     step = chunk_s / float(tb)
     # boundaries: the first keyframe at or after each multiple of chunk_s, at least half a chunk
     # before the end (a short tail goes to the chunk before it)
-    keys = [(p, i) for i, (p, k) in enumerate(packets) if k]
-    shown_before: list[int] = []  # the latest time shown by the packets before each one
-    latest = -(2**63)
-    for p, _ in packets:
-        shown_before.append(latest)
-        latest = max(latest, p)
+    # every packet decoded before a cut's keyframe must display before it, and nothing before it in
+    # decode order may display after it: a clean cut
+    keys = [(packets[i][0], i) for i in clean_keyframes(scanned)]
     last = order[-1]
     starts: list[tuple[int, int]] = [(first, 0)]
     target = first + step
@@ -121,10 +131,6 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
             continue
         if last - pts < step / 2:
             break
-        # every packet decoded before this keyframe must display before it, and nothing before it
-        # in decode order may display after it: a clean cut
-        if shown_before[idx] >= pts:
-            continue
         starts.append((pts, idx))
         target = pts + step
     if len(starts) < 2:
