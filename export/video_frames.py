@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from export.splits import part_of
+from export.train_deeplab import _resize_long
 
 log = logging.getLogger("video_frames")
 
@@ -72,15 +73,6 @@ def shared_videos(videos_dir: Path) -> list[Path]:
     return out
 
 
-def _resize_long(img: np.ndarray, long_side: int) -> np.ndarray:
-    h, w = img.shape[:2]
-    if not long_side or max(h, w) == long_side:
-        return img
-    s = long_side / max(h, w)
-    interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    return cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=interp)
-
-
 def frames_of(path: Path, long_side: int, gray: bool = False) -> Iterator[np.ndarray]:
     """The clip's frames in order: RGB uint8 (or one-channel, ``gray``), long side ``long_side``."""
     cap = cv2.VideoCapture(str(path))
@@ -92,7 +84,9 @@ def frames_of(path: Path, long_side: int, gray: bool = False) -> Iterator[np.nda
             if not ok:
                 return
             f = cv2.cvtColor(f, cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB)
-            yield _resize_long(f, long_side)
+            if long_side:  # shrunk by area, enlarged bilinearly
+                f = _resize_long(f, long_side, cv2.INTER_AREA if max(f.shape[:2]) > long_side else cv2.INTER_LINEAR)
+            yield f
     finally:
         cap.release()
 
