@@ -114,3 +114,34 @@ def test_1080p_job_peak_memory_under_1_gb(tmp_path: Path) -> None:
                           check=True, capture_output=True, text=True, env=env, cwd=ROOT)
     peak_mb = int(done.stdout.split()[-1]) / 1024
     assert peak_mb < 1000, f"peak {peak_mb:.0f} MB"
+
+
+def test_full_resolution_step_gives_the_same_on_reused_work_arrays() -> None:
+    """``apply_coefficients`` keeps its strip arrays per thread between calls: frames of other sizes
+    in between (a short last strip, a frame lower than a strip) change nothing in a frame's result."""
+    import threading
+
+    from service.inference.rvm_lowres import STRIP_ROWS, apply_coefficients
+
+    rng = np.random.default_rng(3)
+    sizes = [(STRIP_ROWS // 2, 301), (2 * STRIP_ROWS + 17, 301), (STRIP_ROWS // 2, 301), (3 * STRIP_ROWS, 95)]
+    cases = []
+    for h, w in sizes:
+        frame = rng.integers(0, 256, (h, w, 3), np.uint8)
+        coef = (rng.standard_normal((2, 4, max(1, h // 4), max(1, w // 4))) * 0.4).astype(np.float32)
+        cases.append((frame, coef))
+
+    def step(frame: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        alpha = np.full(frame.shape[:2], np.nan, np.float32)
+        fg = np.zeros(frame.shape, np.uint8)
+        apply_coefficients(frame, coef[0], coef[1], alpha, fg)
+        return alpha, fg
+
+    in_turn = [step(*c) for c in cases]  # one thread, its arrays reused from call to call
+    for (frame, coef), (alpha, fg) in zip(cases, in_turn, strict=True):
+        fresh: list[tuple[np.ndarray, np.ndarray]] = []
+        t = threading.Thread(target=lambda f=frame, c=coef, out=fresh: out.append(step(f, c)))  # new arrays
+        t.start()
+        t.join()
+        assert not np.isnan(alpha).any() and 0.0 <= alpha.min() and alpha.max() <= 1.0
+        assert np.array_equal(alpha, fresh[0][0]) and np.array_equal(fg, fresh[0][1])
