@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import cast
 
 import av
+import cv2
 import numpy as np
 
 from service.media.probe import VideoInfo, open_input
@@ -115,6 +116,7 @@ class VideoWriter:
         self._first_dts: int | None = None
         self._packets = 0
         self._held: av.Packet | None = None
+        self._i420: tuple[av.VideoFrame, np.ndarray] | None = None  # (the frame handed on, RGB -> I420 scratch)
 
     def write(
         self, frames: np.ndarray, pts: list[int], durations: list[int] | None = None, layout: str | None = None
@@ -126,9 +128,10 @@ class VideoWriter:
         yuv = layout == "yuv420p"
         layout = layout or ("rgba" if self.spec.alpha else "rgb24")
         durations = durations or [self._frame_ticks] * len(pts)
+        reuse = self.spec.pix_fmt == "yuv420p" and layout in ("rgb24", "yuv420p")
         for image, t, d in zip(frames, pts, durations, strict=True):
             image = image if yuv else self._pad(image)
-            frame = av.VideoFrame.from_ndarray(image, format=layout)
+            frame = self._i420_frame(image, yuv) if reuse else av.VideoFrame.from_ndarray(image, format=layout)
             frame.pts = t
             frame.time_base = self.time_base
             start = t if self._span is None else min(self._span[0], t)
@@ -136,6 +139,30 @@ class VideoWriter:
             if self.audio is not None:
                 self.audio.mux_until(float(t * self.time_base))
             self._mux(self.stream.encode(frame))
+
+    def _i420_frame(self, image: np.ndarray, yuv: bool) -> av.VideoFrame:
+        """``image`` (RGB, or I420 already) in the one yuv420p frame this writer hands the encoder.
+
+        A new frame a call (``from_ndarray``, then the encoder's own RGB -> YUV conversion into yet
+        another) meant two fresh frame buffers a frame, past glibc's mmap threshold as the pipeline
+        sets it, each zeroed by the kernel a page at a time: at 1080p about half the page faults of
+        a whole job.  OpenCV's RGB -> I420 (BT.601, limited range, as FFmpeg's: Y within 1 level)
+        writes into a reused array, which is copied into the reused frame; ``make_writable`` gives
+        the frame new buffers should the encoder still hold the old ones."""
+        if self._i420 is None:
+            self._i420 = (av.VideoFrame(self.width, self.height, "yuv420p"),
+                          np.empty((self.height * 3 // 2, self.width), np.uint8))
+        frame, scratch = self._i420
+        i420 = image if yuv else cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420, dst=scratch)
+        frame.make_writable()
+        h, w = self.height, self.width
+        flat, luma, chroma = i420.reshape(-1), h * w, (h // 2) * (w // 2)  # planes back to back
+        sources = (flat[:luma].reshape(h, w), flat[luma : luma + chroma].reshape(h // 2, w // 2),
+                   flat[luma + chroma : luma + 2 * chroma].reshape(h // 2, w // 2))
+        for plane, source in zip(frame.planes, sources, strict=True):
+            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+            np.copyto(rows[:, : plane.width], source)
+        return frame
 
     def _mux(self, packets: list[av.Packet]) -> None:
         """Mux video packets one behind: the last one is held back so ``close`` can give it the

@@ -1,0 +1,81 @@
+"""The writer's RGB -> I420 step (issue 15): one reused frame handed to the encoder, filled by OpenCV,
+gives each frame its own picture and FFmpeg's colours, also where half the height is odd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from service.config import get_settings
+from service.media.encode import VideoWriter
+from service.media.probe import probe_video
+
+WIDTH, HEIGHT = 642, 362  # half of 362 is odd: the chroma planes are not whole rows of the I420 array
+
+
+def _frames(n: int) -> np.ndarray:
+    """Frames that differ a lot from one to the next (a gradient and a bright square that move)."""
+    y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+    out = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
+    for k in range(n):
+        out[k, ..., 0] = (x * 255 // WIDTH + 40 * k) % 256
+        out[k, ..., 1] = (y * 255 // HEIGHT + 70 * k) % 256
+        out[k, ..., 2] = 128
+        out[k, 40 + 20 * k : 120 + 20 * k, 60 + 30 * k : 160 + 30 * k] = (250, 240, 10)
+    return out
+
+
+def _source(path: Path, frames: np.ndarray) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv444p"
+        stream.options = {"crf": "0"}
+        for image in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _decoded(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.int16)
+
+
+def test_each_frame_keeps_its_own_picture_through_the_reused_frame(tmp_path: Path) -> None:
+    frames = _frames(6)
+    info = probe_video(_source(tmp_path / "in.mp4", frames), get_settings())
+    writer = VideoWriter(tmp_path / "out.mp4", "mp4", info, audio=False)
+    writer.write(frames[:4], list(range(4)))  # two batches: the reused frame outlives a batch
+    writer.write(frames[4:], [4, 5])
+    writer.close()
+    back = _decoded(tmp_path / "out.mp4")
+    assert back.shape == frames.shape
+    for k in range(len(frames)):
+        own = np.abs(back[k] - frames[k]).mean()
+        assert own < 3.0, f"frame {k} is {own:.2f} levels off its input"
+        if k:  # not the previous frame's picture (a buffer the encoder still read from)
+            assert np.abs(back[k] - frames[k - 1]).mean() > 10 * own
+
+
+def test_i420_input_and_the_colour_conversion_match_ffmpegs(tmp_path: Path) -> None:
+    frames = _frames(3)
+    info = probe_video(_source(tmp_path / "in.mp4", frames), get_settings())
+    # OpenCV's RGB -> I420 is FFmpeg's (BT.601, limited range) to within a level of luma
+    for image in frames:
+        ours = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420).astype(np.int16)
+        ffmpeg = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p").to_ndarray()
+        assert np.abs(ours[:HEIGHT] - ffmpeg[:HEIGHT]).max() <= 1
+        assert np.abs(ours[HEIGHT:] - ffmpeg[HEIGHT:]).mean() < 0.5
+    # frames handed over as I420 (the device path) come out as the RGB ones do
+    rgb = tmp_path / "rgb.mp4"
+    writer = VideoWriter(rgb, "mp4", info, audio=False)
+    writer.write(frames, [0, 1, 2])
+    writer.close()
+    yuv = tmp_path / "yuv.mp4"
+    writer = VideoWriter(yuv, "mp4", info, audio=False)
+    writer.write(np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2YUV_I420) for f in frames]), [0, 1, 2], layout="yuv420p")
+    writer.close()
+    assert np.array_equal(_decoded(rgb), _decoded(yuv))
