@@ -487,11 +487,15 @@ def compose_batch(
 ) -> np.ndarray:
     """The output frames of a batch: the matte, the person with its alpha, or the person
     composited on the batch's background (used by the writer stage and by previews)."""
-    a8 = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if fmt == "matte":
-        return np.repeat(a8[..., None], 3, axis=-1)
+        return np.repeat(_alpha8(alpha)[..., None], 3, axis=-1)
     if alpha_out:
         fg = batch.images if foreground is None else foreground
-        return np.concatenate([fg, a8[..., None]], axis=-1)
+        return np.concatenate([fg, _alpha8(alpha)[..., None]], axis=-1)
     assert batch.background is not None
     return compositor(batch.images, alpha, batch.background, foreground)
+
+
+def _alpha8(alpha: np.ndarray) -> np.ndarray:
+    """Float alpha in [0, 1] as uint8, rounded (only outputs that show the alpha need it)."""
+    return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
