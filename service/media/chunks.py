@@ -135,14 +135,14 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
         target = pts + step
     if len(starts) < 2:
         return None
-    key_idx = [i for i, (_, k) in enumerate(packets) if k]
+    key_idx = [i for _, i in keys]  # a warm-up decodes from a clean keyframe too (as the parts' seek)
     chunks: list[ChunkSpan] = []
     for n, (start, idx) in enumerate(starts):
         end = starts[n + 1][0] if n + 1 < len(starts) else None
         pos = bisect.bisect_left(order, start)
         from_pos = max(0, pos - warmup) if n else 0
         model_from = order[from_pos]
-        # decode from the last keyframe (decode order) at or before the warm-up's first frame
+        # decode from the last clean keyframe (decode order) at or before the warm-up's first frame
         begin = idx
         for k in reversed(key_idx):
             if k <= idx and packets[k][0] <= model_from:

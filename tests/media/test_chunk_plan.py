@@ -58,3 +58,21 @@ def test_a_video_not_longer_than_one_chunk_is_not_cut(clip: Path) -> None:
     info = probe_video(clip)
     assert plan_chunks(info, 10.0, 8) is None
     assert plan_chunks(info, 0, 8) is None
+
+
+def test_a_warm_up_decodes_from_a_clean_keyframe(clip: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keyframe that a packet before it in decode order displays after (frame 29 decoded before
+    keyframe 28) cannot start a decode without losing that frame: the warm-up of the chunk at frame
+    35 starts from keyframe 21 instead."""
+    import service.media.chunks as chunks
+
+    info = probe_video(clip)
+    tick = chunk_pts(clip)[1] - chunk_pts(clip)[0]
+    packets = [(i * tick, None, i % 7 == 0) for i in range(100)]
+    packets[28], packets[29] = packets[29], packets[28]  # decode order: 27, 29, 28 (key), 30
+    monkeypatch.setattr(chunks, "video_packets", lambda _path: packets)
+    plan = plan_chunks(info, 3.0, 5)
+    assert plan is not None
+    second = plan.chunks[1]
+    assert second.start_pts == 35 * tick and second.model_from_pts == 30 * tick
+    assert packets[second.first_packet][0] == 21 * tick
