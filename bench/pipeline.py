@@ -124,12 +124,13 @@ def frame_count(path: Path) -> tuple[int, str]:
 
 def davis_iou(options: list[tuple[str, dict[str, object], int]]) -> list[tuple[str, float, list[float]]]:
     """Mean IoU of alpha > 0.5 against the DAVIS masks, frame by frame, for each (name, settings,
-    parts).  With parts > 1 each clip is cut as ``service.segments`` cuts a video: every part after
-    the first starts from a fresh state on ``chunk_warmup_frames`` frames before it (their output
-    dropped), as the parts running side by side do."""
+    parts).  With parts > 1 each clip is cut where ``service.segments`` cuts a video (``part_bounds``):
+    every part after the first starts from a fresh state on ``chunk_warmup_frames`` frames before it
+    (their output dropped), as the parts running side by side do."""
     import av
 
     from service.inference.models.rvm import RVM
+    from service.segments import part_bounds
 
     gt_dir = Path(get_settings().data_dir) / "videos_gt"
     names = sorted(p.stem for p in gt_dir.glob("*.mp4") if not p.stem.endswith("_mask"))
@@ -147,9 +148,9 @@ def davis_iou(options: list[tuple[str, dict[str, object], int]]) -> list[tuple[s
         per_clip = []
         for images, masks in clips:
             n = min(len(images), len(masks))
-            bounds = [round(k * n / parts) for k in range(parts)] + [n]
+            bounds = part_bounds(n, parts, warmup) or [0, n]  # as plan_segments cuts: equal model work
             ious = []
-            for k in range(parts):
+            for k in range(len(bounds) - 1):
                 state = model.new_state()
                 for i in range(max(0, bounds[k] - warmup) if k else 0, bounds[k + 1]):
                     matte, state = model.predict(images[i][None], state)

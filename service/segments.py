@@ -75,12 +75,8 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     if len(order) < parts * MIN_FRAMES or len(set(order)) != len(order):
         return None
     clean = [packets[i][:2] for i in clean_keyframes(packets)]  # (pts, dts) a decode may start at
-    # every part runs about as many frames through the model: the first has no warm-up, so it is
-    # ``warmup`` frames longer than the others
-    n = len(order)
-    share = (n + (parts - 1) * warmup) / parts
-    bounds = [0] + [min(n, round(share + (k - 1) * (share - warmup))) for k in range(1, parts)] + [n]
-    if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+    bounds = part_bounds(len(order), parts, warmup)
+    if bounds is None:
         return None
     windows = []
     for k in range(parts):
@@ -93,6 +89,17 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
             seek = before[-1] if before and before[-1] is not None else None
         windows.append(Window(info, model_from, start, end, seek_dts=seek))
     return windows
+
+
+def part_bounds(frames: int, parts: int, warmup: int) -> list[int] | None:
+    """Where ``parts`` parts of ``frames`` frames begin (display-order indices, then ``frames``), so
+    that every part runs about as many frames through the model: the first has no warm-up, so it is
+    ``warmup`` frames longer than the others.  None when a part would be empty."""
+    share = (frames + (parts - 1) * warmup) / parts
+    bounds = [0] + [min(frames, round(share + (k - 1) * (share - warmup))) for k in range(1, parts)] + [frames]
+    if any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+        return None
+    return bounds
 
 
 def try_segments(
@@ -188,4 +195,4 @@ def run_parts(
     return total
 
 
-__all__ = ["MIN_FRAMES", "part_count", "plan_segments", "run_parts", "try_segments"]
+__all__ = ["MIN_FRAMES", "part_bounds", "part_count", "plan_segments", "run_parts", "try_segments"]
