@@ -114,7 +114,7 @@ def replace_background(
     options = (options or ReplaceOptions()).with_background(background_kind(background))
     info = window.info if window is not None else probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
-    model = model or get_model(options.model, settings)
+    model = model or get_model(options.model, settings, load=False)  # not loaded where parts run the job
     bg = _background_for(options.output_format, background, info, settings)
     output_path = Path(output_path)
     partial = output_path.with_name(f".{output_path.name}.partial")
@@ -245,8 +245,7 @@ def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     stages run beside it in their own threads: codec threads of their own would only fight the
     model's threads for the same cores (desk.mp4 on 2 cores: 15.6 → 19.3 frames/s with one each).
     On a GPU the codecs are the bottleneck and get FFmpeg's threading."""
-    on_cpu = model.providers[0] == "CPUExecutionProvider"
-    auto = 1 if on_cpu else 0
+    auto = 1 if model.on_cpu else 0
     return settings.decode_threads or auto, settings.encode_threads or auto
 
 

@@ -108,7 +108,7 @@ def try_segments(
 ) -> _Count | None:
     """``replace_background``'s hook: run the video in parts side by side when that applies; None
     (nothing done) otherwise."""
-    if window is not None or options.selects_people or model.providers[0] != "CPUExecutionProvider":
+    if window is not None or options.selects_people or not model.on_cpu:
         return None
     parts, threads = part_count(settings, info.frames or int(info.duration_s * info.fps), info.width * info.height)
     windows = plan_segments(info, parts, settings.chunk_warmup_frames) if parts > 1 else None

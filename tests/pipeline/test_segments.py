@@ -95,7 +95,12 @@ def test_parts_join_to_the_one_part_run(tmp_path: Path, clip: Path, caplog: pyte
     assert [p.name for p in tmp_path.iterdir()] and sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "two.mp4"]
 
 
-def test_a_cancel_stops_every_part_and_leaves_no_file(tmp_path: Path, clip: Path) -> None:
+def test_a_cancel_stops_every_part_and_leaves_no_file(
+    tmp_path: Path, clip: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.inference.models as models
+
+    monkeypatch.setattr(models, "_cache", {})  # this process's models, made afresh for this job
     calls = 0
 
     def cancel() -> bool:
@@ -107,6 +112,9 @@ def test_a_cancel_stops_every_part_and_leaves_no_file(tmp_path: Path, clip: Path
     with pytest.raises(Canceled):
         replace_background(clip, "#204060", tmp_path / "out.mp4", settings=two, cancel=cancel)
     assert list(tmp_path.iterdir()) == []
+    # the parts ran on their own session; the default one was never made
+    loaded = {key for key, model in models._cache.items() if model._session is not None}
+    assert ("rvm", None) in models._cache and loaded and ("rvm", None) not in loaded, loaded
 
 
 def test_what_is_not_cut(tmp_path: Path, clip: Path) -> None:

@@ -38,10 +38,13 @@ _cache: dict[tuple[str, int | None], MattingModel] = {}
 _cache_lock = threading.Lock()
 
 
-def get_model(name: str, settings: Settings | None = None, threads: int | None = None) -> MattingModel:
+def get_model(
+    name: str, settings: Settings | None = None, threads: int | None = None, *, load: bool = True
+) -> MattingModel:
     """The process-wide instance of a model, loaded once (workers and the CLI share it); with
     ``threads``, the instance whose session uses that many intra-op threads a call (the parts of
-    ``service.segments`` call it side by side)."""
+    ``service.segments`` call it side by side).  ``load=False``: its session is made on first use
+    (a job run in parts never uses the default one)."""
     key = model_class(name)  # raises UnknownModel first
     with _cache_lock:
         model = _cache.get((name, threads))
@@ -49,7 +52,8 @@ def get_model(name: str, settings: Settings | None = None, threads: int | None =
             if threads is not None:
                 settings = (settings or get_settings()).model_copy(update={"intra_op_threads": threads})
             model = _cache[(name, threads)] = key(settings)
-    model.load()
+    if load:
+        model.load()
     return model
 
 

@@ -56,6 +56,15 @@ class MattingModel:
     def providers(self) -> list[str]:
         return self.load().get_providers()
 
+    @property
+    def on_cpu(self) -> bool:
+        """Whether this model runs on the CPU provider, without loading it to find out: a session not
+        made yet is judged by the providers the settings prefer (one whose GPU provider then fails
+        to start falls back to the CPU, which only a loaded model shows)."""
+        if self._session is not None:
+            return self._session.get_providers()[0] == "CPUExecutionProvider"
+        return cpu_first(self.settings.providers)
+
     def new_state(self) -> Any:
         """Per-job state (``None`` for models without memory)."""
         return None
@@ -83,3 +92,12 @@ class MattingModel:
     @property
     def session(self) -> Session:
         return self.load()
+
+
+def cpu_first(preferred: list[str]) -> bool:
+    """Whether sessions made with these preferences run on the CPU provider."""
+    import onnxruntime as ort
+
+    from service.inference.sessions import choose_providers
+
+    return choose_providers(preferred, ort.get_available_providers())[0] == "CPUExecutionProvider"

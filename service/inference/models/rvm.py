@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.inference.models.base import Matte, MattingModel
+from service.inference.models.base import Matte, MattingModel, cpu_first
 from service.inference.weights import locate
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class RVM(MattingModel):
         """The cut graph on the CPU provider (``rvm_lowres``), else the published one."""
         self.lowres = False
         weights = self._weights()
-        if not self.settings.rvm_cpu_lowres or not _cpu_first(self.settings.providers):
+        if not self.settings.rvm_cpu_lowres or not cpu_first(self.settings.providers):
             return weights
         from service.inference.rvm_lowres import lowres_path, optimized_path
 
@@ -122,12 +122,3 @@ class RVM(MattingModel):
             state.rec = rec
             apply_coefficients(frames[i], coef_a[0], coef_b[0], alpha[i], foreground[i])
         return Matte(alpha=alpha, foreground=foreground), state
-
-
-def _cpu_first(preferred: list[str]) -> bool:
-    """Whether sessions made with these preferences run on the CPU provider."""
-    import onnxruntime as ort
-
-    from service.inference.sessions import choose_providers
-
-    return choose_providers(preferred, ort.get_available_providers())[0] == "CPUExecutionProvider"
