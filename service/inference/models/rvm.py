@@ -50,6 +50,7 @@ class RVM(MattingModel):
     # our edge correction adds +0.003 IoU on the DAVIS clips for ~15 % of the CPU throughput.
     refine_by_default = False
     lowres = False  # the session runs the cut graph (set when it is made)
+    int8 = False  # ... with its decoder in int8 (service.inference.rvm_int8)
 
     def _weights(self) -> Path:
         return locate(
@@ -64,7 +65,8 @@ class RVM(MattingModel):
         return RVMState()
 
     def _session_file(self) -> Path:
-        """The cut graph on the CPU provider (``rvm_lowres``), else the published one."""
+        """The cut graph on the CPU provider (``rvm_lowres``; its decoder in int8 where ``rvm_int8``
+        says), else the published one."""
         self.lowres = False
         weights = self._weights()
         if not self.settings.rvm_cpu_lowres or not cpu_first(self.settings.providers):
@@ -72,11 +74,27 @@ class RVM(MattingModel):
         from service.inference.rvm_lowres import lowres_path, optimized_path
 
         try:
-            path = optimized_path(lowres_path(weights, self.settings.engine_cache_dir))
+            cut = lowres_path(weights, self.settings.engine_cache_dir)
+            path = optimized_path(self._int8(cut))
         except Exception as exc:  # noqa: BLE001 - no onnx package, a read-only cache, another graph
             log.warning("RVM runs its published graph whole (the low-resolution cut failed: %s)", exc)
             return weights
         self.lowres = True
+        return path
+
+    def _int8(self, cut: Path) -> Path:
+        """``cut`` with its decoder in int8 where the ``rvm_int8`` setting asks for it, else ``cut``."""
+        from service.inference.rvm_int8 import int8_path, int8_wanted
+
+        self.int8 = False
+        if not int8_wanted(self.settings.rvm_int8):
+            return cut
+        try:
+            path = int8_path(cut)
+        except Exception as exc:  # noqa: BLE001 - no quantiser in this runtime, another graph
+            log.warning("RVM's decoder stays in float (its int8 form failed: %s)", exc)
+            return cut
+        self.int8 = True
         return path
 
     def _predict(self, frames: np.ndarray, state: RVMState | None) -> tuple[Matte, RVMState]:
