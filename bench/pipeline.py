@@ -16,10 +16,12 @@ takes any files instead (held-out clips).
 
 Quality: mean IoU of alpha > 0.5 against the ground truth of the shared DAVIS clips (videos_gt) for
 the fp32 published graph run frame by frame (the reference) and for each speed option, with each
-option's difference from the reference; the options are Backdrop's own settings, and the cut of a
-video into parts run side by side (``service.segments``: each part after the first starts from a
-fresh state after ``chunk_warmup_frames`` warm-up frames; the DAVIS clips are 35-100 frames, so 2 and
-4 parts put far more seams in a clip than the 96-frame least a real cut needs).
+option's difference from the reference; the options are Backdrop's own settings (the cut graph in
+float and with its decoder in int8, ``rvm_int8``; as served: whichever ``rvm_int8=auto`` picks on
+this CPU), and the cut of a video into parts run side by side (``service.segments``: each part after
+the first starts from a fresh state after ``chunk_warmup_frames`` warm-up frames; the DAVIS clips
+are 35-100 frames, so 2 and 4 parts put far more seams in a clip than the 96-frame least a real cut
+needs).
 """
 
 from __future__ import annotations
@@ -220,13 +222,17 @@ def timing(args: argparse.Namespace, videos: Path) -> None:
 
 def quality() -> None:
     """The DAVIS IoU of the fp32 published graph and of each speed option."""
+    from service.inference.rvm_int8 import int8_wanted
+
+    served = "int8" if int8_wanted(get_settings().rvm_int8) else "float"  # rvm_int8=auto: int8 where the CPU has VNNI
     options: list[tuple[str, dict[str, object], int]] = [
         ("fp32 published graph, whole", {"rvm_cpu_lowres": False}, 1),
-        ("cut graph, one part", {}, 1),
-        ("cut graph, 2 parts (default, 2 cores)", {}, 2),
-        ("cut graph, 4 parts", {}, 4),
-        ("cut graph, rvm_long_side 288", {"rvm_long_side": 288}, 1),
-        ("cut graph, rvm_long_side 256", {"rvm_long_side": 256}, 1),
+        ("cut graph, float", {"rvm_int8": "off"}, 1),
+        ("cut graph, int8 decoder", {"rvm_int8": "on"}, 1),
+        (f"as served ({served}), 2 parts", {}, 2),
+        (f"as served ({served}), 4 parts", {}, 4),
+        ("cut graph, float, rvm_long_side 288", {"rvm_long_side": 288, "rvm_int8": "off"}, 1),
+        ("cut graph, float, rvm_long_side 256", {"rvm_long_side": 256, "rvm_int8": "off"}, 1),
     ]
     results = davis_iou(options)
     reference = results[0][1]
