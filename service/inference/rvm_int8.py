@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,7 +103,7 @@ def quantize(
         name: [{"scale": np.array(v["scale"], np.float32), "zero_point": np.array(v["zero_point"], np.uint8)}]
         for name, v in (scales or {}).items()
     }
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # renamed into place: concurrent workers see all or none
         source = Path(tmp) / "opset13.onnx"
         onnx.save(version_converter.convert_version(model, OPSET), str(source))
         out = Path(tmp) / "int8.onnx"
@@ -138,14 +137,7 @@ def int8_path(cut: Path) -> Path:
     target = cut.with_name(f"{cut.stem}-int8-{file_digest(SCALES)}.onnx")
     if target.is_file():
         return target
-    fd, tmp = tempfile.mkstemp(dir=cut.parent, suffix=".onnx.part")
-    os.close(fd)
-    try:
-        quantize(cut, Path(tmp), committed["activations"])
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    quantize(cut, target, committed["activations"])  # written whole or not at all (a rename)
     log.info("RVM's decoder quantised to int8: %s", target)
     return target
 
