@@ -3,7 +3,7 @@ convolutions quantised, per output channel, with activation scales from a calibr
 
 On a 2-core Xeon with AVX-512 VNNI the cut graph at 320x180 takes 39 ms a frame on one thread; with
 the decoder's 17 non-depthwise convolutions in int8 it takes 31 (-21 %), and mean DAVIS IoU moves
-from 0.7325 to 0.7305 (every clip within 0.01).  Quantising the encoder as well (every
+from 0.7328 to 0.7307 (every clip within 0.01; bench/pipeline.py).  Quantising the encoder as well (every
 non-depthwise convolution) gains nothing more there and moves single clips by up to 0.09 (the
 recurrent state carries the error forward), per tensor instead of per channel likewise.  Without
 VNNI the int8 convolutions gain far less (~8 % on a 2-core EPYC with AVX2, which also risks
@@ -11,12 +11,12 @@ saturating its 16-bit intermediate sums), so ``rvm_int8`` is on by default only 
 VNNI (``auto``).
 
 RVM's weights are GPL-3.0 and the quantised graph is derived from them, so it is not committed: it
-is generated from the cut graph into ``engine_cache_dir`` on first use (a few seconds).  What is
+is generated from the cut graph into ``engine_cache_dir`` on first use (about a second).  What is
 committed is ours: ``weights/rvm_int8_scales.json``, the scale and zero point of each quantised
 activation, measured by ``export/rvm_int8_calibrate.py`` on frames of the shared videos (desk,
 walking-audio, talking-head; not the DAVIS clips the IoU above is measured on).  Generation runs
 ONNX Runtime's static quantiser with those as ``TensorQuantOverrides`` (its own calibration pass sees
-one blank frame and is overridden everywhere), then checks that every quantised activation got a
+one blank frame and is overridden everywhere), then checks that every quantised activation got its
 committed scale; anything else (no ``onnx`` package, another runtime's quantiser, another graph)
 raises, and RVM runs the float cut graph with a warning.
 """
@@ -120,11 +120,16 @@ def quantize(
             if node.op_type == "QuantizeLinear":
                 scale = numpy_helper.to_array(init[node.input[1]])
                 zero = numpy_helper.to_array(init[node.input[2]])
-                got[node.input[0]] = (float(scale), int(zero))
+                # a graph output the quantiser renames (coef_a): keyed by the cut graph's own name
+                got[node.input[0].removesuffix("_QuantizeLinear_Input")] = (float(scale), int(zero))
         if scales is not None:
             missing = sorted(set(got) - set(scales))
             if missing:
                 raise ValueError(f"activations quantised without a committed scale: {missing[:5]}")
+            ignored = [name for name, (scale, zero) in got.items()
+                       if zero != scales[name]["zero_point"] or not np.isclose(scale, scales[name]["scale"], rtol=1e-6)]
+            if ignored:  # a quantiser that calibrated on the blank frame instead
+                raise ValueError(f"the quantiser did not take the committed scales of {ignored[:5]}")
         out.replace(target)
     return got
 
