@@ -3,9 +3,9 @@ convolutions quantised, per output channel, with activation scales from a calibr
 
 On a 2-core Xeon with AVX-512 VNNI the cut graph at 320x180 takes 39 ms a frame on one thread; with
 the decoder's 17 non-depthwise convolutions in int8 it takes 31 (-21 %), and mean DAVIS IoU moves
-from 0.7328 to 0.7307 (every clip within 0.01; bench/pipeline.py).  Quantising the encoder as well (every
-non-depthwise convolution) gains nothing more there and moves single clips by up to 0.09 (the
-recurrent state carries the error forward), per tensor instead of per channel likewise.  Without
+from 0.7328 to 0.7305 (every clip within 0.01; bench/pipeline.py).  Quantising the encoder as well
+(every non-depthwise convolution) gains nothing more there and moves single clips by up to 0.09
+(the recurrent state carries the error forward), per tensor instead of per channel likewise.  Without
 VNNI the int8 convolutions gain far less (~8 % on a 2-core EPYC with AVX2, which also risks
 saturating its 16-bit intermediate sums), so ``rvm_int8`` is on by default only where the CPU has
 VNNI (``auto``).
