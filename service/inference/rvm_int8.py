@@ -1,11 +1,12 @@
-"""RVM's decoder in int8 on CPUs with VNNI: the cut graph's recurrent decoder and guided-filter
-convolutions quantised, per output channel, with activation scales from a calibration of ours.
+"""RVM's decoder in int8 on CPUs with VNNI: the cut graph's recurrent decoder's 3x3 convolutions
+quantised, per output channel, with activation scales from a calibration of ours.
 
 On a 2-core Xeon with AVX-512 VNNI the cut graph at 320x180 takes 39 ms a frame on one thread; with
-the decoder's 17 non-depthwise convolutions in int8 it takes 31 (-21 %), and mean DAVIS IoU moves
-from 0.7328 to 0.7305 (every clip within 0.01; bench/pipeline.py).  Quantising the encoder as well
-(every non-depthwise convolution) gains nothing more there and moves single clips by up to 0.09
-(the recurrent state carries the error forward), per tensor instead of per channel likewise.  Without
+the decoder's 13 3x3 convolutions in int8 it takes 31 (-22 %), and mean DAVIS IoU moves from 0.7328
+to 0.7324 (bench/pipeline.py).  Quantising the 1x1 convolutions after them too (the output
+projection, the guided filter's) was slower and cost 0.002; the encoder as well (every
+non-depthwise convolution) gains nothing more and moves single clips by up to 0.09 (the recurrent
+state carries the error forward), per tensor instead of per channel likewise.  Without
 VNNI the int8 convolutions gain far less (~8 % on a 2-core EPYC with AVX2, which also risks
 saturating its 16-bit intermediate sums), so ``rvm_int8`` is on by default only where the CPU has
 VNNI (``auto``).
@@ -54,13 +55,16 @@ def int8_wanted(choice: str) -> bool:
 
 
 def decoder_convs(model: Any) -> list[str]:
-    """Names of the non-depthwise convolutions from RVM's first recurrent block on (the decoder and
-    the guided filter's low-resolution part), in graph order."""
+    """Names of the 3x3 non-depthwise convolutions from RVM's first recurrent block on (the recurrent
+    blocks' gates and candidates, the upsampling blocks' and the output block's), in graph order.
+    The 1x1 ones after them (the output projection and the guided filter's low-resolution part, on
+    a few channels) stay in float: quantised they only cost time and accuracy."""
     names, decoder = [], False
     for node in model.graph.node:
         decoder = decoder or any(name in ("r4i", "r3i", "r2i", "r1i") for name in node.input)
         groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if decoder and node.op_type == "Conv" and groups == 1:
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), [])
+        if decoder and node.op_type == "Conv" and groups == 1 and kernel == [3, 3]:
             names.append(node.name)
     if not names:
         raise ValueError("no recurrent decoder found in the graph")
