@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     )
     rvm_int8: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="RVM's cut graph (rvm_cpu_lowres) with its decoder's convolutions in int8: 21 % less time a frame "
-        "on a CPU with VNNI, DAVIS IoU 0.002 below fp32; auto = on where the CPU has VNNI.",
+        description="RVM's cut graph (rvm_cpu_lowres) with its decoder's 3x3 convolutions in int8: about a fifth less "
+        "time a frame on a CPU with VNNI, the same DAVIS IoU; auto = on where the CPU has VNNI.",
     )
     fp16: bool = Field(False, description="Use fp16 model variants where they exist (GPU only).")
     device_pipeline: Literal["auto", "on", "off"] = Field(
