@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from service.inference.rvm_lowres import cpu_flags
+
 log = logging.getLogger(__name__)
 
 SCALES = Path(__file__).resolve().parent / "weights" / "rvm_int8_scales.json"
@@ -41,12 +43,7 @@ OPSET = 13
 
 def has_vnni() -> bool:
     """Whether this CPU has VNNI (AVX-512 VNNI or AVX-VNNI): int8 dot products in one instruction."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
 
 
 def int8_wanted(choice: str) -> bool:
@@ -142,11 +139,10 @@ def int8_path(cut: Path) -> Path:
     """The int8 form of the cut graph ``cut``, made once beside it from the committed scales."""
     from service.inference.rvm_export import file_digest
 
-    committed = json.loads(SCALES.read_text())
     target = cut.with_name(f"{cut.stem}-int8-{file_digest(SCALES)}.onnx")
     if target.is_file():
         return target
-    quantize(cut, target, committed["activations"])  # written whole or not at all (a rename)
+    quantize(cut, target, json.loads(SCALES.read_text())["activations"])  # written whole or not at all (a rename)
     log.info("RVM's decoder quantised to int8: %s", target)
     return target
 

@@ -45,14 +45,18 @@ OUTPUTS = ("coef_a", "coef_b", "r1o", "r2o", "r3o", "r4o")
 STRIP_ROWS = 64  # full-resolution rows per step: ~2 MB of float work arrays at 1920 wide
 
 
-def nchwc_block() -> int:
-    """ONNX Runtime's NCHWc block on this CPU: 16 where AVX-512 is there, else 8."""
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (Linux ``/proc/cpuinfo``; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
+            return set(next((line for line in f if line.startswith("flags")), "").split())
     except OSError:
-        flags = ""
-    return 16 if " avx512f" in flags else 8
+        return set()
+
+
+def nchwc_block() -> int:
+    """ONNX Runtime's NCHWc block on this CPU: 16 where AVX-512 is there, else 8."""
+    return 16 if "avx512f" in cpu_flags() else 8
 
 
 def lowres_path(source: Path, cache_dir: Path) -> Path:
