@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from service.config import Settings
+from service.media.hwdecode import share_primary_context
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def _probe(settings: Settings) -> Device:
     if CUDA not in wanted:
         log.info("device: CPU (onnxruntime %s offers %s)", ort.__version__, available)
         return Device("cpu", providers=[CPU])
+    share_primary_context(settings.gpu_device)  # before the first CUDA session makes it active
     try:
         session = ort.InferenceSession(
             identity_graph().SerializeToString(), providers=[(CUDA, {"device_id": settings.gpu_device})]
@@ -107,13 +109,34 @@ def _probe(settings: Settings) -> Device:
     if CUDA not in got:
         log.warning("device: CUDA offered but a session got %s; running on the CPU", got)
         return Device("cpu", providers=[CPU])
-    providers = [p for p in wanted if p in (TRT, CUDA)] + [CPU]
+    providers = [CUDA, CPU]
+    if TRT in wanted:
+        if _tensorrt_loads(settings):
+            providers.insert(0, TRT)
+        else:  # onnxruntime-gpu lists TensorRT whether or not its libraries (libnvinfer) are installed
+            log.info("device: TensorRT offered but a session did not get it (its libraries?); CUDA without it")
     log.info("device: cuda:%d, providers %s (onnxruntime %s)", settings.gpu_device, providers, ort.__version__)
     return Device("cuda", settings.gpu_device, providers)
 
 
+def _tensorrt_loads(settings: Settings) -> bool:
+    """Whether a session really gets the TensorRT provider: onnxruntime logs and drops a provider
+    whose libraries do not load, so the session's own list is the answer."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(identity_graph().SerializeToString(), providers=[
+            (TRT, {"device_id": settings.gpu_device}), (CUDA, {"device_id": settings.gpu_device})])
+        return TRT in session.get_providers()
+    except Exception as exc:  # noqa: BLE001 - any failure means no TensorRT
+        log.info("device: TensorRT unusable (%s)", str(exc)[:200])
+        return False
+
+
 def provider_options(device: Device, settings: Settings, *, tensorrt: bool) -> list[Any]:
     """The providers with their options for one session (TensorRT only when ``tensorrt``)."""
+    if CUDA in device.providers or TRT in device.providers:
+        share_primary_context(device.index)  # before a session makes it active (NVDEC shares it)
     out: list[Any] = []
     for name in device.providers:
         if name == TRT:

@@ -118,13 +118,16 @@ def _host_planes(frame: av.VideoFrame) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 0,
-                threads: int = 0) -> Iterator[PlaneFrame]:
+                threads: int = 0, seek_dts: int | None = None) -> Iterator[PlaneFrame]:
     """The frames of ``info.path`` as 4:2:0 planes with their timestamps.  ``nvdec``: decode with
     NVDEC (the caller asked ``cuda_decode_available``); ``on_device``: keep its frames on the GPU.
-    Frames of another size or pixel format are converted (on the host) to the probed size's yuv420p."""
+    Frames of another size or pixel format are converted (on the host) to the probed size's yuv420p.
+    ``seek_dts``: from the keyframe at or before that decode time, as ``decode.iter_frames``."""
     container = _open(info, nvdec=nvdec, on_device=on_device, device=device)
     try:
         stream = container.streams.video[0]
+        if seek_dts is not None:
+            container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         if not nvdec:  # NVDEC decodes asynchronously on its own; frame threads only add surfaces held
             stream.thread_type = "AUTO"
             if threads:
@@ -159,11 +162,19 @@ def _open(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int) -> av.c
         return open_input(info.path)
     from av.codec.hwaccel import HWAccel
 
+    on_device = on_device and share_primary_context(device)
     # allow_software_fallback: a stream NVDEC cannot take (a profile, a size) decodes on the CPU,
     # frame by frame the code below sees which.
     accel = HWAccel("cuda", device=str(device), allow_software_fallback=True, is_hw_owned=on_device)
-    return av.open(str(info.path), mode="r", timeout=30, container_options={"codec_whitelist": "none"},
-                   hwaccel=accel)
+    try:
+        return av.open(str(info.path), mode="r", timeout=30, container_options={"codec_whitelist": "none"},
+                       hwaccel=accel)
+    except av.error.FFmpegError as exc:
+        if not on_device:
+            raise
+        # FFmpeg could not share onnxruntime's context: NVDEC still decodes, its frames come to the host
+        log.warning("decode: NVDEC frames cannot stay on the GPU (%s); they go through the host", exc)
+        return _open(info, nvdec=True, on_device=False, device=device)
 
 
 def _planes(frame: av.VideoFrame, w: int, h: int, pts: int, duration: int) -> PlaneFrame:
@@ -179,34 +190,79 @@ def _planes(frame: av.VideoFrame, w: int, h: int, pts: int, duration: int) -> Pl
     return PlaneFrame(layout, planes, pts, duration, frame)
 
 
-# --- CUDA stream sync for frames handed over from FFmpeg -----------------------------------------
+# --- CUDA's primary context, shared by FFmpeg and onnxruntime ----------------------------------
 
 _libcuda: Any = None
 _primary: dict[int, ctypes.c_void_p] = {}
+_shared: dict[int, bool] = {}
+#: the flags FFmpeg gives a primary context it shares (``primary_ctx``, what PyAV's ``is_hw_owned`` sets)
+CU_CTX_SCHED_BLOCKING_SYNC = 0x04
+
+
+def _driver() -> Any:
+    """The CUDA driver library, initialised; False without one (no GPU)."""
+    global _libcuda
+    if _libcuda is None:
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+            _libcuda = lib if lib.cuInit(0) == 0 else False
+        except OSError:
+            _libcuda = False
+    return _libcuda
+
+
+def share_primary_context(device: int = 0) -> bool:
+    """Give CUDA's primary context on ``device`` the flags FFmpeg asks of a primary context it shares,
+    before onnxruntime makes it active; whether it has them (False: no driver, or already active with
+    other flags).
+
+    NVDEC frames that stay on the GPU (``is_hw_owned``) must live in the context onnxruntime reads
+    them from, so PyAV opens FFmpeg's CUDA device on the primary context, and FFmpeg refuses one that
+    is already active with other flags ("Operation not supported", seen on an H200 when onnxruntime's
+    CUDA provider had made it active with the default flags).  Blocking sync also suits a worker
+    whose CPU cores encode: a thread waiting for the GPU sleeps instead of spinning."""
+    with _lock:
+        if device not in _shared:
+            _shared[device] = _set_primary_flags(device)
+        return _shared[device]
+
+
+def _set_primary_flags(device: int) -> bool:
+    cuda = _driver()
+    if not cuda:
+        return False
+    dev, flags, active = ctypes.c_int(), ctypes.c_uint(), ctypes.c_int()
+    if cuda.cuDeviceGet(ctypes.byref(dev), device) != 0:
+        return False
+    if cuda.cuDevicePrimaryCtxGetState(dev, ctypes.byref(flags), ctypes.byref(active)) != 0:
+        return False
+    if flags.value == CU_CTX_SCHED_BLOCKING_SYNC:
+        return True
+    if active.value:
+        log.info("decode: CUDA's primary context is already active with flags %#x; NVDEC frames go through "
+                 "the host", flags.value)
+        return False
+    setter = getattr(cuda, "cuDevicePrimaryCtxSetFlags_v2", None) or cuda.cuDevicePrimaryCtxSetFlags
+    return bool(setter(dev, CU_CTX_SCHED_BLOCKING_SYNC) == 0)
 
 
 def sync_decoder(device: int = 0) -> None:
     """Wait for FFmpeg's copies of the last decoded frame (issued on CUDA's default stream in the
     primary context PyAV shares with onnxruntime) before another stream reads it.  Best effort:
     without libcuda (no GPU) there is nothing to wait for."""
-    global _libcuda
-    if _libcuda is None:
-        try:
-            _libcuda = ctypes.CDLL("libcuda.so.1")
-        except OSError:
-            _libcuda = False
-    if not _libcuda:
+    cuda = _driver()
+    if not cuda:
         return
     ctx = _primary.get(device)
     if ctx is None:
         dev, ctx = ctypes.c_int(), ctypes.c_void_p()
-        if _libcuda.cuDeviceGet(ctypes.byref(dev), device) != 0:
+        if cuda.cuDeviceGet(ctypes.byref(dev), device) != 0:
             return
-        if _libcuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) != 0:  # held for the process
+        if cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev) != 0:  # held for the process
             return
         _primary[device] = ctx
-    if _libcuda.cuCtxPushCurrent_v2(ctx) == 0:
+    if cuda.cuCtxPushCurrent_v2(ctx) == 0:
         try:
-            _libcuda.cuStreamSynchronize(None)
+            cuda.cuStreamSynchronize(None)
         finally:
-            _libcuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+            cuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
