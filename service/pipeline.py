@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -89,6 +89,39 @@ class Window:
 
 
 _END = object()
+_Frame = TypeVar("_Frame", bound="_Timed")
+
+
+class _Timed(Protocol):
+    pts: int
+
+
+def window_frames(decode: Callable[[int | None], Iterator[_Frame]], window: Window | None) -> Iterator[_Frame]:
+    """The frames ``window`` runs through the model (all of them without one), from a decoder
+    ``decode(seek_dts)``: it decodes from the window's keyframe, or from the first frame where the
+    container's index put that seek past the warm-up, and stops at the next window's first frame
+    (frames come in display order)."""
+    seek = None if window is None else window.seek_dts
+    frames = decode(seek)
+    try:
+        for frame in frames:
+            if window is None:
+                yield frame
+                continue
+            if seek is not None:
+                if frame.pts > window.model_from_pts:
+                    log.warning("a seek to decode time %s overshot; decoding from the first frame", seek)
+                    yield from window_frames(decode, replace(window, seek_dts=None))
+                    return
+                seek = None
+            if window.end_pts is not None and frame.pts >= window.end_pts:
+                return  # the next window's
+            if frame.pts >= window.model_from_pts:
+                yield frame
+    finally:
+        close = getattr(frames, "close", None)
+        if close is not None:
+            close()
 
 
 def replace_background(
@@ -122,7 +155,8 @@ def replace_background(
         # the GPU worker path (issue 15), where the settings ask for it and it covers the job
         from service.device_pipeline import try_device
 
-        frames: _Count | None = try_device(info, bg, partial, options, model, settings, progress, cancel, window)
+        frames: _Count | None = try_device(info, bg, background, partial, options, model, settings, progress, cancel,
+                                           window)
         if frames is None:
             # the CPU path: parts of the video side by side where that applies (service.segments)
             from service.segments import try_segments
@@ -293,20 +327,7 @@ def _batches(
             back = np.ascontiguousarray(back)
         return Batch(images, list(pts), list(durations), back)
 
-    seek = None if window is None else window.seek_dts
-    for frame in iter_frames(info, threads, seek_dts=seek):
-        if seek is not None and window is not None:
-            if frame.pts > window.model_from_pts:
-                # the container's index put the seek past the warm-up: decode from the start instead
-                log.warning("a seek to decode time %s overshot; decoding from the first frame", seek)
-                yield from _batches(info, bg, settings, threads, replace(window, seek_dts=None))
-                return
-            seek = None
-        if window is not None:
-            if window.end_pts is not None and frame.pts >= window.end_pts:
-                break  # the next chunk's (frames come in display order)
-            if frame.pts < window.model_from_pts:
-                continue  # before the chunk's warm-up
+    for frame in window_frames(lambda seek: iter_frames(info, threads, seek_dts=seek), window):
         buf.append(frame.image)
         pts.append(frame.pts)
         durations.append(frame.duration)
