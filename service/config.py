@@ -83,8 +83,9 @@ class Settings(BaseSettings):
     )
     segments: int = Field(
         0, ge=0,
-        description="On the CPU provider, parts of one video run side by side, each on its own cores, then joined "
-        "(0 = one per core, at most 4; 1 = never; see README, One video across a machine's cores).",
+        description="Parts of one video run side by side, each on its own cores, then joined: on the CPU provider "
+        "0 = one per core (at most 4; see README, One video across a machine's cores); on the GPU device path "
+        "without NVENC 0 = one per 4 cores (at most 4), each with its own libx264; 1 = never.",
     )
     segment_max_pixels: int = Field(
         2_000_000, ge=0,

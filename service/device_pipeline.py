@@ -5,6 +5,9 @@ with only the encoder's finished I420 frame coming back to the host.
     caller thread:  RVM with IO binding (states stay on the device) → ``blend`` graph → I420 to the host
     encode thread:  NVENC, or libx264 threaded over the worker's cores; audio as the ordinary path
 
+Without NVENC (H100, H200) the CPU encoder is the limit, so a video runs in parts side by side, each
+with its own encoder (``device_parts``, with ``service.segments``' plan and join).
+
 It covers what a GPU worker is for: RVM composited on a colour, image or video background (mp4 and
 greenscreen output) or its matte alone (matte output), 4:2:0-even frames without a rotation tag, no edge refinement, harmonisation or
 people selection; anything else takes the ordinary pipeline (``covers`` says why).  ``auto`` uses it
@@ -18,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -47,7 +50,9 @@ from service.pipeline import (
     abort_stages,
     edge_refine,
     finish_stages,
+    window_frames,
 )
+from service.segments import MAX_AUTO_PARTS, MIN_FRAMES, plan_segments, run_parts
 
 log = logging.getLogger(__name__)
 FORMATS = ("mp4", "greenscreen", "matte")
@@ -90,12 +95,34 @@ class DeviceCount(_Count):
     providers: tuple[str, ...] = ()
 
 
+#: Cores each libx264 gets at least when the device path runs a video in parts.
+CORES_PER_ENCODER = 4
+
+
+def device_parts(settings: Settings, info: VideoInfo, *, nvenc: bool, cores: int | None = None) -> int:
+    """How many parts of one video the device path runs side by side.
+
+    On a GPU without NVENC (H100, H200) the model and the NVDEC decode outrun libx264, which encodes
+    1080p at ~95-115 frames/s on 16 cores and gains nothing from more threads, so a video is cut as
+    the CPU path cuts it (``segments``) and each part gets its own encoder.  ``settings.segments``
+    (0 = one part per ``CORES_PER_ENCODER`` cores, at most ``MAX_AUTO_PARTS``; 1 = never), never
+    under ``MIN_FRAMES`` a part.  NVENC: one part (NVENC keeps up, and cards cap its sessions)."""
+    if nvenc:
+        return 1
+    cores = cores or worker_cores()
+    wanted = settings.segments or min(MAX_AUTO_PARTS, cores // CORES_PER_ENCODER)
+    frames = info.frames or int(info.duration_s * info.fps)
+    return max(1, min(wanted, frames // MIN_FRAMES))
+
+
 def try_device(
-    info: VideoInfo, bg: BackgroundSource | None, path: Path, options: Options, model: MattingModel,
-    settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None, window: Window | None,
-) -> DeviceCount | None:
+    info: VideoInfo, bg: BackgroundSource | None, background: str | None, path: Path, options: Options,
+    model: MattingModel, settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None,
+    window: Window | None,
+) -> _Count | None:
     """``replace_background``'s hook: run the job on the device path when the settings ask for it and
-    it covers the job; None (nothing done) otherwise."""
+    it covers the job (in parts side by side where ``device_parts`` says so); None (nothing done)
+    otherwise.  ``bg`` is the job's open background, ``background`` its spec (parts open their own)."""
     device = device_for(settings)
     if device is None:
         return None
@@ -104,6 +131,18 @@ def try_device(
         log.info("device path skipped: %s", reason)
         return None
     try:
+        nvenc = device.on_gpu and nvenc_available("h264_nvenc", device.index)
+        parts = device_parts(settings, info, nvenc=nvenc) if window is None else 1
+        windows = plan_segments(info, parts, settings.chunk_warmup_frames) if parts > 1 else None
+        if windows:
+            part_settings = settings.model_copy(
+                update={"encode_threads": settings.encode_threads or max(1, worker_cores() // len(windows))})
+
+            def run(part_bg: BackgroundSource | None, file: Path, report: Progress, stopped: Callable[[], bool],
+                    part: Window) -> _Count:
+                return run_device(info, part_bg, file, options, part_settings, device, report, stopped, part)
+
+            return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)
         return run_device(info, bg, path, options, settings, device, progress, cancel, window)
     except (BackdropError, MemoryError):
         raise  # the input's fault, a cancel or the job's own limits: the same on any path
@@ -204,7 +243,7 @@ def _acquire(settings: Settings, device: gpu.Device, h: int, w: int) -> tuple[tu
 def _release(key: tuple[Any, ...], lane: Lane) -> None:
     with _lanes_lock:
         free = _lanes.setdefault(key, [])
-        if len(free) < 2:
+        if len(free) < MAX_AUTO_PARTS:  # a job in parts uses one lane a part
             free.append(lane)
 
 
@@ -248,12 +287,12 @@ def run_device(
     tb = float(info.time_base)
     placeholder = np.empty((1, h, w, 3), np.uint8)
 
+    def decode(seek_dts: int | None) -> Iterator[PlaneFrame]:
+        return iter_planes(info, nvdec=nvdec, on_device=on_device, device=device.index,
+                           threads=settings.decode_threads, seek_dts=seek_dts)
+
     def read() -> None:
-        for frame in iter_planes(info, nvdec=nvdec, on_device=on_device, device=device.index,
-                                 threads=settings.decode_threads):
-            if window is not None and (frame.pts < window.model_from_pts
-                                       or (window.end_pts is not None and frame.pts >= window.end_pts)):
-                continue
+        for frame in window_frames(decode, window):
             if frame.on_device:
                 sync_decoder(device.index)
             src = convert(frame)

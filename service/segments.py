@@ -16,8 +16,9 @@ process stays as small as one pipeline.
 Not cut: chunk tasks (already one span of a job), jobs choosing people (a clip-wide tracker),
 inputs whose container cannot keep exact timestamps (``chunks.chunk_muxer``: MP4/MOV family only),
 short videos (``MIN_FRAMES`` a part), large frames (``segment_max_pixels``: at 1080p the
-full-resolution stages already keep two cores busy, and two parts would pass 1 GB), GPU providers
-and the device path.
+full-resolution stages already keep two cores busy, and two parts would pass 1 GB) and GPU
+providers.  The device path cuts its own videos with the same plan and join, for another reason: its
+CPU encoder, not its model, is what limits it (``device_pipeline.device_parts``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 from service.config import Settings
 from service.errors import Canceled
 from service.inference.models import MattingModel, get_model
+from service.media.background import BackgroundSource
 from service.media.chunks import NotChunkable, chunk_muxer, clean_keyframes, video_packets
 from service.media.encode import FORMATS
 from service.media.hwencode import worker_cores
@@ -119,15 +121,25 @@ def try_segments(
         update={"intra_op_threads": threads, "queue_memory_mb": max(1, settings.queue_memory_mb // len(windows))}
     )
     part_model = get_model(model.name, part_settings, threads=threads)
-    return run_parts(windows, info, background, path, options, part_model, part_settings, progress, cancel)
+
+    def run(bg: BackgroundSource | None, file: Path, report: Progress, stopped: Callable[[], bool],
+            window: Window) -> _Count:
+        return _run(info, bg, file, options, part_model, part_settings, report, stopped, window)
+
+    return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)
+
+
+#: One part's run: (its background, its file, its progress, its cancel, its window) -> what it wrote.
+PartRun = Callable[[BackgroundSource | None, Path, Progress, Callable[[], bool], Window], _Count]
 
 
 def run_parts(
     windows: list[Window], info: VideoInfo, background: str | None, path: Path, options: Options,
-    model: MattingModel, settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None,
+    settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None, run: PartRun,
 ) -> _Count:
-    """Each window through ``pipeline._run`` in its own thread, then the parts joined into ``path``
-    with the input's audio.  A failure or a cancel in any part stops them all; no part file is left."""
+    """Each window through ``run`` (the ordinary pipeline, or the device path's) in its own thread,
+    then the parts joined into ``path`` with the input's audio.  A failure or a cancel in any part
+    stops them all; no part file is left."""
     from service.media.chunks import join_chunks
 
     lock = threading.Lock()
@@ -154,7 +166,7 @@ def run_parts(
     def work(k: int) -> None:
         bg = _background_for(options.output_format, background, info, settings)
         try:
-            counts[k] = _run(info, bg, files[k], options, model, settings, reporter(k), stopped, windows[k])
+            counts[k] = run(bg, files[k], reporter(k), stopped, windows[k])
         except BaseException as e:  # noqa: BLE001 - raised again by the caller's thread
             errors[k] = e
             failed.set()
@@ -195,4 +207,5 @@ def run_parts(
     return total
 
 
-__all__ = ["MIN_FRAMES", "part_bounds", "part_count", "plan_segments", "run_parts", "try_segments"]
+__all__ = ["MAX_AUTO_PARTS", "MIN_FRAMES", "PartRun", "part_bounds", "part_count", "plan_segments", "run_parts",
+           "try_segments"]

@@ -4,7 +4,10 @@ graphs, the device pipeline end to end) checked against the ordinary code."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,16 +17,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import data_path
-from videoutil import alpha_channel, frames_rgb, read_back
+from videoutil import alpha_channel, audio_packets, frames_rgb, read_back
 
 from service.config import Settings
-from service.device_pipeline import covers, device_for, run_device
+from service.device_pipeline import CORES_PER_ENCODER, covers, device_for, device_parts, run_device
 from service.inference import gpu, rvm_export, sessions
 from service.inference.compositing import AlphaCompositor
 from service.inference.models import get_model
 from service.inference.models.rvm_device import DeviceRVM
 from service.inference.rvm_export import RATIO_INPUT
 from service.media.background import ColorBackground, open_background
+from service.media.chunks import chunk_pts
 from service.media.decode import iter_frames
 from service.media.encode import FORMATS
 from service.media.hwdecode import cuda_decode_available, iter_planes, sync_decoder
@@ -31,6 +35,10 @@ from service.media.hwencode import device_format, nvenc_available, worker_cores
 from service.media.probe import probe_video
 from service.options import Options
 from service.pipeline import Window, replace_background
+from service.segments import MAX_AUTO_PARTS, MIN_FRAMES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chunkclip import build_clip  # noqa: E402
 
 #: CI and this machine have no NVIDIA device; on one that has, the probes may say yes.
 NO_GPU = not Path("/dev/nvidiactl").exists()
@@ -269,3 +277,46 @@ def test_device_path_chunk_window_and_video_background(clip: Path, settings: Set
     assert a.pts_s == b.pts_s and a.frames == b.frames == 2
     fa, fb = frames_rgb(outs["off"]), frames_rgb(outs["on"])
     assert all(_psnr(fa[i], fb[i]) > 30 for i in fa)
+
+
+def test_device_parts_rule(settings: Settings) -> None:
+    """A GPU worker without NVENC cuts a video into one part a ``CORES_PER_ENCODER`` cores (at most
+    ``MAX_AUTO_PARTS``, never under ``MIN_FRAMES`` frames a part); NVENC, or ``segments=1``, never."""
+    info = replace(probe_video(data_path("videos", "desk.mp4")), frames=600)
+    auto = settings.model_copy(update={"segments": 0})
+    assert device_parts(auto, info, nvenc=False, cores=16) == 4
+    assert device_parts(auto, info, nvenc=False, cores=8) == 2
+    assert device_parts(auto, info, nvenc=False, cores=2) == 1  # CI's runner, and this machine
+    assert device_parts(auto, info, nvenc=True, cores=16) == 1
+    assert device_parts(auto, replace(info, frames=MIN_FRAMES * 2 + 5), nvenc=False, cores=16) == 2
+    assert device_parts(settings.model_copy(update={"segments": 1}), info, nvenc=False, cores=16) == 1
+    assert device_parts(settings.model_copy(update={"segments": 3}), info, nvenc=False, cores=2) == 3
+    assert CORES_PER_ENCODER * MAX_AUTO_PARTS <= 16
+
+
+def test_device_path_in_parts_joins_to_the_one_part_run(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The device path in two parts side by side (a seek to the second part's keyframe, a warm-up,
+    the join with the audio muxed once): the one-part run's timestamps and audio, its matte equal
+    before the seam and close after it."""
+    clip = build_clip(data_path("videos", "talking-head.mp4"), tmp_path / "clip.mp4", 20, 128, gop=25, fps=15)
+    matte = Options(output_format="matte")
+    one, two = (settings.model_copy(update={"segments": n}) for n in (1, 2))
+    replace_background(clip, None, tmp_path / "one.mp4", matte, settings=one)
+    seen: list[int] = []
+    with caplog.at_level(logging.INFO):
+        r = replace_background(clip, None, tmp_path / "two.mp4", matte, settings=two,
+                               progress=lambda done, total: seen.append(done))
+    assert "2 parts" in caplog.text and caplog.text.count("device path: ") == 2
+    n = len(chunk_pts(clip))
+    assert r.frames == n and seen[-1] == n
+    assert chunk_pts(tmp_path / "two.mp4") == chunk_pts(tmp_path / "one.mp4")
+    assert audio_packets(tmp_path / "two.mp4") == audio_packets(clip)
+    a1, a2 = alpha_channel(tmp_path / "one.mp4"), alpha_channel(tmp_path / "two.mp4")
+    seam = n // 2
+    before = np.abs(a1[: seam - 2] - a2[: seam - 2]).mean(axis=(1, 2))
+    assert before.max() < 0.002, before
+    ious = [((x > 0.5) & (y > 0.5)).sum() / max(1, ((x > 0.5) | (y > 0.5)).sum()) for x, y in zip(a1, a2, strict=True)]
+    assert min(ious[seam:]) > 0.95, ious[seam:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "one.mp4", "two.mp4"]
