@@ -1,7 +1,7 @@
 """The GPU worker path (issue 15), measured in one prepared run: end to end, the decode+encode floor
 and the model alone, at 1080p and 4K.
 
-    .venv/bin/python bench/gpu.py                 # a GPU machine: 1080p (300 frames) and 4K (150 frames)
+    .venv/bin/python bench/gpu.py                 # a GPU machine: 1080p (600 frames) and 4K (240 frames)
     .venv/bin/python bench/gpu.py --quick         # anywhere: 360p and 720p, a few frames, CPU providers
 
 It installs nothing and downloads nothing.  It prints which providers, decoder and encoder it really
@@ -13,11 +13,13 @@ size, in order:
   model   RVM alone with IO binding, on a frame already on the device: TensorRT fp16 on the fixed-ratio
           file (its engine is built here and cached for the end-to-end run) and/or CUDA/CPU
   e2e     ``service.device_pipeline.run_device`` on an image background: wall time (sessions included)
-          and steady frames/s (from the 10th percentile of frames on)
+          and steady frames/s (from the 10th percentile of frames on); then in ``--parts`` parts side
+          by side (``try_device`` with ``segments``), as a worker without NVENC runs a video
   host    the same with NVDEC's frames downloaded to the host (only with NVDEC): its output must equal
           the device run's, which checks the DLPack hand-over and its stream sync
   ordinary the ordinary pipeline (device_pipeline=off, CUDA provider) at 1080p, for the ratio
-Goal on one H100-class card: 1080p >= 150 frames/s end to end and >= 0.7x the decode+encode floor.
+The ratios are taken for what the service runs on this machine (``device_parts``).  Goal on one
+H100-class card: 1080p >= 150 frames/s end to end and >= 0.7x the decode+encode floor.
 
 What the machine needs (nothing is fetched): this checkout; Python with the service's dependencies,
 ``onnxruntime-gpu`` (not ``onnxruntime``) with CUDA/cuDNN libraries it can load (TensorRT's for the
@@ -42,6 +44,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -53,8 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import av  # noqa: E402
 
 from service.config import Settings  # noqa: E402
-from service.device_pipeline import Converter, run_device  # noqa: E402
+from service.device_pipeline import Converter, DeviceCount, device_parts, run_device, try_device  # noqa: E402
 from service.inference import gpu  # noqa: E402
+from service.inference.models import get_model  # noqa: E402
 from service.inference.models.rvm_device import DeviceRVM  # noqa: E402
 from service.media.background import open_background  # noqa: E402
 from service.media.encode import VideoWriter  # noqa: E402
@@ -62,6 +66,7 @@ from service.media.hwdecode import cuda_decode_available, iter_planes, sync_deco
 from service.media.hwencode import device_format, nvenc_available, worker_cores  # noqa: E402
 from service.media.probe import probe_video  # noqa: E402
 from service.options import Options  # noqa: E402
+from service.segments import MIN_FRAMES  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "gpu"
 RESULTS: dict[str, Any] = {}
@@ -132,8 +137,8 @@ def machine() -> dict[str, str]:
 
 def find_source(settings: Settings, given: str | None) -> Path | None:
     for candidate in ([Path(given)] if given else []) + [
-        Path(settings.data_dir) / "videos" / "walking-sideways.mp4",
-        Path(settings.data_dir) / "videos" / "desk.mp4",
+        Path(settings.data_dir) / "videos" / "desk.mp4",  # upright: walking-sideways' people are on their side
+        Path(settings.data_dir) / "videos" / "walking-audio.mp4",
         OUT / "source.mp4",
     ]:
         if candidate.is_file():
@@ -193,8 +198,10 @@ def _source_frames(source: Path | None, height: int, width: int) -> Any:
 # --- measurements --------------------------------------------------------------------------------
 
 
-def floor(info: Any, nvdec: bool, spec: Any, threads: int, out: Path) -> float:
-    """Decode + encode, no model: decode in one thread, encode (same encoder and threads) in this one."""
+def floor(info: Any, nvdec: bool, spec: Any, threads: int, out: Path) -> dict:
+    """Decode + encode, no model: decode in one thread, encode (same encoder and threads) in this one.
+    Frames/s over the whole run (``wall``) and from the 10th percentile of frames on (``steady``, as
+    the end-to-end figure is taken)."""
     writer = VideoWriter(out, "mp4", info, audio=False, threads=threads, spec=spec)
     q: queue.Queue = queue.Queue(maxsize=16)
 
@@ -206,14 +213,16 @@ def floor(info: Any, nvdec: bool, spec: Any, threads: int, out: Path) -> float:
     t = time.monotonic()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    n = 0
+    stamps: list[float] = []
     while (item := q.get()) is not None:
         yuv, pts, duration = item
         writer.write(yuv[None], [pts], [duration], layout="yuv420p")
-        n += 1
+        stamps.append(time.monotonic())
     writer.close()
     reader.join()
-    return n / (time.monotonic() - t)
+    k = len(stamps) // 10
+    steady = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k]) if len(stamps) > k + 1 else float("nan")
+    return {"wall": len(stamps) / (time.monotonic() - t), "steady": steady}
 
 
 def model_alone(settings: Settings, device: gpu.Device, info: Any, nvdec: bool, fixed: bool, steps: int) -> dict:
@@ -237,14 +246,28 @@ def model_alone(settings: Settings, device: gpu.Device, info: Any, nvdec: bool, 
 
 
 def end_to_end(settings: Settings, device: gpu.Device, info: Any, background: Path | None, out: Path,
-               keep_on_device: bool = True) -> dict:
+               keep_on_device: bool = True, parts: int = 1) -> dict:
+    """``run_device`` on the whole clip, or (``parts`` > 1) the service's hook ``try_device`` with
+    ``segments`` = ``parts``: the clip in parts side by side, joined."""
     stamps: list[tuple[float, int]] = []
-    spec = f"file:{background}" if background else "#3060a0"
-    bg = open_background(str(background) if background else spec, info.width, info.height, settings)
+    spec = str(background) if background else "#3060a0"
+    bg = open_background(spec, info.width, info.height, settings)
+
+    def progress(done: int, total: int) -> None:
+        stamps.append((time.monotonic(), done))
+
     t = time.monotonic()
-    count = run_device(info, bg, out, Options(), settings, device,
-                       progress=lambda done, total: stamps.append((time.monotonic(), done)),
-                       keep_on_device=keep_on_device)
+    if parts > 1:
+        part_settings = settings.model_copy(update={"segments": parts})
+        model = get_model("rvm", part_settings, load=False)
+        got = try_device(info, bg, spec, out, Options(), model, part_settings, progress, None, None)
+        if got is None:
+            raise RuntimeError("the device path did not run this job (see the log)")
+        count = DeviceCount(got.tick_s, got.frame_s, got.count, got.first_pts, got.last_pts,
+                            decoder="nvdec" if device.on_gpu else "cpu", encoder=f"{parts} encoders")
+    else:
+        count = run_device(info, bg, out, Options(), settings, device, progress=progress,
+                           keep_on_device=keep_on_device)
     wall = time.monotonic() - t
     bg.close()
     k = max(0, len(stamps) // 10)
@@ -264,15 +287,25 @@ def ordinary(settings: Settings, clip: Path, background: Path | None, out: Path)
     return {"frames": r.frames, "fps_wall": r.frames / wall}
 
 
-def same_frames(a: Path, b: Path, n: int = 8) -> float:
-    """Largest absolute difference over the first ``n`` frames of two videos."""
-    worst = 0.0
+def same_frames(a: Path, b: Path, n: int = 8) -> tuple[float, float]:
+    """Largest and mean absolute difference over the first ``n`` frames of two videos."""
+    worst, total, count = 0.0, 0.0, 0
     with av.open(str(a)) as ca, av.open(str(b)) as cb:
         for i, (fa, fb) in enumerate(zip(ca.decode(video=0), cb.decode(video=0), strict=False)):
             if i >= n:
                 break
-            worst = max(worst, float(np.abs(fa.to_ndarray(format="rgb24").astype(int) - fb.to_ndarray(format="rgb24")).max()))
-    return worst
+            d = np.abs(fa.to_ndarray(format="rgb24").astype(np.int16) - fb.to_ndarray(format="rgb24"))
+            worst, total, count = max(worst, float(d.max())), total + float(d.mean()), count + 1
+    return worst, total / max(count, 1)
+
+
+def still(video: Path, index: int, path: Path) -> None:
+    """Frame ``index`` of ``video`` as a JPEG, to look at."""
+    with av.open(str(video)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i == index:
+                f.to_image().save(path, quality=85)
+                return
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -281,11 +314,15 @@ def same_frames(a: Path, b: Path, n: int = 8) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, few frames (a machine without a GPU)")
-    ap.add_argument("--source", help="the clip to scale and loop (default: the shared walking-sideways.mp4)")
+    ap.add_argument("--source", help="the clip to scale and loop (default: the shared desk.mp4)")
     ap.add_argument("--background", help="background image (default: the shared bg_1.jpg, else a colour)")
     ap.add_argument("--frames", type=int, nargs=2, metavar=("N1080", "N4K"), default=None)
     ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting steps after this (default 540)")
     ap.add_argument("--no-ordinary", action="store_true", help="skip the ordinary-pipeline baseline")
+    ap.add_argument("--floor-variants", nargs="*", metavar="PRESET[:THREADS]",
+                    help="also measure the floor with these encoder presets (and threads, 0 = the encoder's own)")
+    ap.add_argument("--parts", type=int, nargs="*", default=None, metavar="N",
+                    help="also run end to end in N parts side by side (default: 2 and 4; --quick: 2)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--out", default=str(OUT), help="clips, outputs and engine cache")
     args = ap.parse_args()
@@ -319,10 +356,12 @@ def main() -> int:
                         "encoder": spec.codec, "encoder_threads": threads}
 
     quick = args.quick
+    if args.parts is None:
+        args.parts = [2] if quick else [2, 4]
     if quick:
         sizes = [("360p", 360, 640, 16), ("720p", 720, 1280, 8)]
     else:
-        n1, n4 = args.frames or (300, 150)
+        n1, n4 = args.frames or (600, 240)
         sizes = [("1080p", 1080, 1920, n1), ("4K", 2160, 3840, n4)]
     source = find_source(settings, args.source)
     background = Path(args.background) if args.background else Path(settings.data_dir) / "backgrounds" / "bg_1.jpg"
@@ -341,8 +380,17 @@ def main() -> int:
         say(f"  clip: {clip.name}, {info.frames} frames")
         fl = step("floor", budget)(floor, info, nvdec, spec, threads, out / f"floor_{label}.mp4")
         if fl:
-            res["floor_fps"] = fl
-            say(f"  decode+encode floor: {fl:.1f} frames/s")
+            res["floor_fps"], res["floor_wall_fps"] = fl["steady"], fl["wall"]
+            say(f"  decode+encode floor: {fl['steady']:.1f} frames/s steady, {fl['wall']:.1f} with set-up "
+                f"({spec.codec} {spec.options.get('preset', '')}, {threads or 'auto'} threads)")
+        for variant in args.floor_variants or []:
+            preset, _, n = variant.partition(":")
+            alt = replace(spec, options={**spec.options, "preset": preset})
+            fv = step(f"floor {variant}", budget)(floor, info, nvdec, alt, int(n or threads), out / f"floor_{label}.mp4")
+            if fv:
+                res[f"floor_{variant}"] = fv
+                say(f"  decode+encode floor, {spec.codec} {preset} on {n or threads} threads (0 = auto): "
+                    f"{fv['steady']:.1f} frames/s steady, {fv['wall']:.1f} with set-up")
         variants = [("tensorrt-fp16", True)] if device.tensorrt else []
         variants.append((device.kind, False))
         for name, fixed in variants:
@@ -357,6 +405,16 @@ def main() -> int:
             say(f"  end to end: {e['fps_steady']:.1f} frames/s steady, {e['fps_wall']:.1f} with set-up "
                 f"({e['frames']} frames in {e['wall_s']:.1f} s; decode {e['decoder']}, encode {e['encoder']}, "
                 f"model {e['providers']})")
+        for parts in args.parts:
+            if info.frames < parts * MIN_FRAMES:
+                say(f"  [e2e {parts} parts] skipped: {info.frames} frames, a part needs {MIN_FRAMES}")
+                continue
+            ep = step(f"e2e {parts} parts", budget)(end_to_end, settings, device, info, background,
+                                                    out / f"e2e{parts}_{label}.mp4", parts=parts)
+            if ep:
+                res[f"e2e_{parts}_parts"] = ep
+                say(f"  end to end in {parts} parts: {ep['fps_steady']:.1f} frames/s steady, {ep['fps_wall']:.1f} with "
+                    f"set-up ({ep['frames']} frames in {ep['wall_s']:.1f} s)")
         if nvdec:
             e2 = step("host", budget)(end_to_end, settings, device, info, background, out / f"host_{label}.mp4",
                                       keep_on_device=False)
@@ -365,9 +423,9 @@ def main() -> int:
                 say(f"  end to end, NVDEC frames via the host: {e2['fps_steady']:.1f} frames/s steady")
                 diff = step("check", budget)(same_frames, out / f"e2e_{label}.mp4", out / f"host_{label}.mp4")
                 if diff is not None:
-                    res["device_vs_host_maxdiff"] = diff
-                    say(f"  DLPack hand-over check: device vs host frames differ by at most {diff:.0f} "
-                        f"({'OK' if diff <= 2 else 'MISMATCH: the stream sync or pitch handling is wrong'})")
+                    res["device_vs_host_maxdiff"] = diff[0]
+                    say(f"  DLPack hand-over check: device vs host frames differ by at most {diff[0]:.0f} "
+                        f"({'OK' if diff[0] <= 2 else 'MISMATCH: the stream sync or pitch handling is wrong'})")
         if label in ("1080p", "360p") and not args.no_ordinary:
             plain = settings.model_copy(update={"device_pipeline": "off", "providers": [
                 p for p in device.providers if p != gpu.TRT]})
@@ -375,16 +433,27 @@ def main() -> int:
             if o:
                 res["ordinary"] = o
                 say(f"  ordinary pipeline ({plain.providers[0]}): {o['fps_wall']:.1f} frames/s with set-up")
-        if "e2e" in res:
-            fps = res["e2e"]["fps_steady"]
-            parts = []
+                if "e2e" in res:
+                    diff = step("vs ordinary", budget)(same_frames, out / f"e2e_{label}.mp4",
+                                                       out / f"ordinary_{label}.mp4", 30)
+                    if diff is not None:
+                        res["device_vs_ordinary"] = {"max": diff[0], "mean": diff[1]}
+                        say(f"  device path vs ordinary pipeline, first 30 frames: mean |diff| {diff[1]:.2f}, "
+                            f"max {diff[0]:.0f} (8-bit RGB)")
+                    for name in ("e2e", "ordinary"):
+                        step("still", budget)(still, out / f"{name}_{label}.mp4", 120, out / f"still_{name}_{label}.jpg")
+        served = device_parts(settings.model_copy(update={"segments": 0}), info, nvenc=nvenc)
+        key = "e2e" if served == 1 else f"e2e_{served}_parts"
+        if key in res:
+            fps = res[key]["fps_steady"]
+            parts = [f"as served ({served} part{'s' if served > 1 else ''})"]
             if "floor_fps" in res:
                 parts.append(f"e2e/floor {fps / res['floor_fps']:.2f}x")
-            for key, value in res.items():
-                if key.startswith("model_"):
-                    parts.append(f"e2e/{key} {fps / value['fps']:.2f}x")
+            for name, value in res.items():
+                if name.startswith("model_"):
+                    parts.append(f"e2e/{name} {fps / value['fps']:.2f}x")
             if "ordinary" in res:
-                parts.append(f"e2e/ordinary {fps / res['ordinary']['fps_wall']:.2f}x")
+                parts.append(f"e2e/ordinary {res[key]['fps_wall'] / res['ordinary']['fps_wall']:.2f}x (with set-up)")
             say("  ratios: " + ", ".join(parts))
             if label == "1080p":
                 ok_fps = fps >= 150
