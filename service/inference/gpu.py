@@ -88,16 +88,11 @@ def _probe(settings: Settings) -> Device:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if CUDA in available and hasattr(ort, "preload_dlls"):
-        try:  # onnxruntime-gpu >= 1.21: CUDA and cuDNN from the nvidia-* wheels, where installed
-            ort.preload_dlls()
-        except Exception as exc:  # noqa: BLE001 - the system's libraries may still do
-            log.info("device: preload_dlls failed (%s)", exc)
     wanted = [p for p in settings.providers if p in available]
     if CUDA not in wanted:
         log.info("device: CPU (onnxruntime %s offers %s)", ort.__version__, available)
         return Device("cpu", providers=[CPU])
-    share_primary_context(settings.gpu_device)  # before the first CUDA session makes it active
+    prepare_cuda(settings.gpu_device)
     try:
         session = ort.InferenceSession(
             identity_graph().SerializeToString(), providers=[(CUDA, {"device_id": settings.gpu_device})]
@@ -119,6 +114,29 @@ def _probe(settings: Settings) -> Device:
     return Device("cuda", settings.gpu_device, providers)
 
 
+_prepared: set[int] = set()
+_prepare_lock = threading.Lock()
+
+
+def prepare_cuda(device_index: int) -> None:
+    """What a process does once before its first CUDA session on ``device_index``: load CUDA and
+    cuDNN from the nvidia-* wheels where onnxruntime-gpu's ``[cuda,cudnn]`` extras installed them
+    (the GPU worker image has no other CUDA), and give CUDA's primary context the flags NVDEC's
+    frames need (``hwdecode.share_primary_context``) before a session makes it active."""
+    with _prepare_lock:
+        if device_index in _prepared:
+            return
+        _prepared.add(device_index)
+        import onnxruntime as ort
+
+        if not _prepared - {device_index} and hasattr(ort, "preload_dlls"):
+            try:  # onnxruntime-gpu >= 1.21
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - the system's libraries may still do
+                log.info("device: preload_dlls failed (%s)", exc)
+        share_primary_context(device_index)
+
+
 def _tensorrt_loads(settings: Settings) -> bool:
     """Whether a session really gets the TensorRT provider: onnxruntime logs and drops a provider
     whose libraries do not load, so the session's own list is the answer."""
@@ -136,7 +154,7 @@ def _tensorrt_loads(settings: Settings) -> bool:
 def provider_options(device: Device, settings: Settings, *, tensorrt: bool) -> list[Any]:
     """The providers with their options for one session (TensorRT only when ``tensorrt``)."""
     if CUDA in device.providers or TRT in device.providers:
-        share_primary_context(device.index)  # before a session makes it active (NVDEC shares it)
+        prepare_cuda(device.index)
     out: list[Any] = []
     for name in device.providers:
         if name == TRT:
