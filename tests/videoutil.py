@@ -102,3 +102,21 @@ def mask_frames(path: Path) -> np.ndarray:
     """A `_mask` video of videos_gt as booleans (N, H, W)."""
     with av.open(str(path)) as c:
         return np.stack([f.to_ndarray(format="gray") > 127 for f in c.decode(video=0)])
+
+
+def assert_parts_join_to_one_part(clip: Path, one: Path, parts: Path) -> None:
+    """A matte video made in two parts side by side (``parts``) against the one-part run (``one``) of
+    ``clip``: the same timestamps, the input's audio bytes, the matte equal before the seam (but for
+    the encoder's rounding and the threads' float sums) and close after it, where the warm-up has
+    settled the second part's recurrent state."""
+    from service.media.chunks import chunk_pts
+
+    n = len(chunk_pts(clip))
+    assert chunk_pts(parts) == chunk_pts(one) and len(chunk_pts(one)) == n
+    assert audio_packets(parts) == audio_packets(clip)
+    a1, a2 = alpha_channel(one), alpha_channel(parts)
+    seam = n // 2
+    before = np.abs(a1[: seam - 2] - a2[: seam - 2]).mean(axis=(1, 2))
+    assert before.max() < 0.002, before
+    ious = [((x > 0.5) & (y > 0.5)).sum() / max(1, ((x > 0.5) | (y > 0.5)).sum()) for x, y in zip(a1, a2, strict=True)]
+    assert min(ious[seam:]) > 0.95, ious[seam:]
