@@ -32,7 +32,7 @@ from service.config import Settings
 from service.errors import Canceled
 from service.inference.models import MattingModel, get_model
 from service.media.background import BackgroundSource
-from service.media.chunks import NotChunkable, chunk_muxer, clean_keyframes, video_packets
+from service.media.chunks import NotChunkable, chunk_muxer, clean_keyframes, clean_start, video_packets
 from service.media.encode import FORMATS
 from service.media.hwencode import worker_cores
 from service.media.probe import VideoInfo
@@ -76,7 +76,7 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     order = sorted(p for p, _, _ in packets)
     if len(order) < parts * MIN_FRAMES or len(set(order)) != len(order):
         return None
-    clean = [packets[i][:2] for i in clean_keyframes(packets)]  # (pts, dts) a decode may start at
+    clean = clean_keyframes(packets)
     bounds = part_bounds(len(order), parts, warmup)
     if bounds is None:
         return None
@@ -87,8 +87,8 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
         model_from = order[max(0, bounds[k] - warmup)] if k else order[0]
         seek = None
         if k:
-            before = [dts for pts, dts in clean if pts <= model_from]
-            seek = before[-1] if before and before[-1] is not None else None
+            found = clean_start(packets, clean, model_from)  # the keyframe a decode may start at
+            seek = None if found is None else packets[found][1]
         windows.append(Window(info, model_from, start, end, seek_dts=seek))
     return windows
 

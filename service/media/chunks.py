@@ -101,6 +101,18 @@ def clean_keyframes(packets: Sequence[tuple[int, int | None, bool]]) -> list[int
     return clean
 
 
+def clean_start(packets: Sequence[tuple[int, int | None, bool]], clean: Sequence[int], pts: int) -> int | None:
+    """The last of the ``clean`` keyframes (indices into ``packets``) that displays at or before
+    ``pts``: where a decode starts so that the frame at ``pts`` and every one after it come out whole
+    (the warm-up of a chunk, or of a part).  None when there is none."""
+    found = None
+    for i in clean:  # a clean keyframe displays after every packet before it: in order of time too
+        if packets[i][0] > pts:
+            break
+        found = i
+    return found
+
+
 def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | None:
     """Where to cut ``info``'s video: chunks of about ``chunk_s`` seconds starting at keyframes, or
     None when it is not longer than one chunk.  Raises ``NotChunkable`` when it cannot be cut
@@ -142,12 +154,9 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
         pos = bisect.bisect_left(order, start)
         from_pos = max(0, pos - warmup) if n else 0
         model_from = order[from_pos]
-        # decode from the last clean keyframe (decode order) at or before the warm-up's first frame
-        begin = idx
-        for k in reversed(key_idx):
-            if k <= idx and packets[k][0] <= model_from:
-                begin = k
-                break
+        # decode from the last clean keyframe at or before the warm-up's first frame
+        found = clean_start(scanned, key_idx, model_from)
+        begin = idx if found is None else found
         if end is not None:
             nxt = starts[n + 1][1]
             stop = nxt + 1  # the next keyframe, and the leading pictures that need it
