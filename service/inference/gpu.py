@@ -115,6 +115,7 @@ def _probe(settings: Settings) -> Device:
 
 
 _prepared: set[int] = set()
+_preloaded = threading.Event()
 _prepare_lock = threading.Lock()
 
 
@@ -129,7 +130,8 @@ def prepare_cuda(device_index: int) -> None:
         _prepared.add(device_index)
         import onnxruntime as ort
 
-        if not _prepared - {device_index} and hasattr(ort, "preload_dlls"):
+        if not _preloaded.is_set() and hasattr(ort, "preload_dlls"):  # once a process
+            _preloaded.set()
             try:  # onnxruntime-gpu >= 1.21
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - the system's libraries may still do
