@@ -13,7 +13,7 @@
 # the bench makes its clips from (about 240 MB in all; 2.5 min on 2 cores).  On the GPU machine,
 # with the pieces in one folder: `bash bench/gpu_machine/run.sh PIECES_DIR [bench/gpu.py arguments]`.
 set -euo pipefail
-out=${1:-.dev/gpu_bundle}
+out=${1:-bench/out/gpu_bundle}  # bench/out is git-ignored: name the pieces in a transfer explicitly
 piece=${2:-36}
 py=${3:-3.12}
 here=$(cd "$(dirname "$0")/../.." && pwd)
