@@ -215,6 +215,8 @@ def test_k8s() -> None:
     (w,) = worker["containers"]
     assert w["image"].startswith("backdrop-worker-cuda:")
     assert w["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # the worker sizes its encoders (and the device path's parts) from the CPU limit (cpu.max)
+    assert w["resources"]["limits"]["cpu"] == w["resources"]["requests"]["cpu"]
     worker_cmd_ok(w["command"], config["BACKDROP_QUEUE_NAME"])
     wenv = {e["name"]: e["value"] for e in w["env"]}
     for key in wenv:
