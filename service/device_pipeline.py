@@ -103,8 +103,8 @@ def device_parts(settings: Settings, info: VideoInfo, *, nvenc: bool, cores: int
     """How many parts of one video the device path runs side by side.
 
     On a GPU without NVENC (H100, H200) the model and the NVDEC decode outrun libx264, which encodes
-    1080p at ~95-115 frames/s on 16 cores and gains nothing from more threads, so a video is cut as
-    the CPU path cuts it (``segments``) and each part gets its own encoder.  ``settings.segments``
+    1080p at ~55-115 frames/s on 16 cores (the H200 runs) and gains nothing from more threads, so a
+    video is cut as the CPU path cuts it (``segments``) and each part gets its own encoder.  ``settings.segments``
     (0 = one part per ``CORES_PER_ENCODER`` cores, at most ``MAX_AUTO_PARTS``; 1 = never), never
     under ``MIN_FRAMES`` a part.  NVENC: one part (NVENC keeps up, and cards cap its sessions)."""
     if nvenc:
