@@ -115,7 +115,9 @@ def load_onnx_weights(model: nn.Module, path: Path) -> nn.Module:
 def recalibrate_batch_norms(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     """Re-express every batch norm with its measured input statistics (see the module docstring)."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    sums: dict[nn.Module, list[torch.Tensor]] = {bn: [torch.zeros(bn.num_features, dtype=torch.float64)] * 2 for bn in bns}
+    sums: dict[nn.Module, list[torch.Tensor]] = {
+        bn: [torch.zeros(bn.num_features, dtype=torch.float64, device=bn.weight.device)] * 2 for bn in bns
+    }
     counts = dict.fromkeys(bns, 0)
 
     def hook(bn, inputs, _output):

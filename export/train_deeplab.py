@@ -1,4 +1,4 @@
-"""Train the DeepLabv3+ / MobileNetV2 person segmenter from scratch on a CPU.
+"""Train the DeepLabv3+ / MobileNetV2 person segmenter from scratch, on a CPU or a CUDA GPU.
 
 Data: ``portraits/train`` only for training, the ``select`` half of ``portraits/val`` only for
 checkpoint selection (its ``holdout`` half, ``export/splits.py``, is never looked at here)
@@ -14,9 +14,15 @@ each epoch's draws that are video frames (an epoch stays as many draws as there 
 the image along a random line.  ``--val-clips-stride`` also logs the person IoU on the select clips
 (not for selection when they are trained on).
 
-Reproducible: every random draw comes from ``--seed`` (per-epoch generators, so a resumed run draws
-the same batches); the full config is logged to ``OUT/config.json``.  Resumable: ``OUT/last.pt`` is
-written every epoch, ``--resume`` continues from it; ``OUT/best.pt`` keeps the best val mIoU.
+Reproducible: every random draw comes from ``--seed`` (per-epoch and per-batch generators, so a
+resumed run draws the same batches, whichever ``--workers`` make them); the full config is logged to
+``OUT/config.json``.  Resumable: ``OUT/last.pt`` is written every epoch (or every ``--save-every-s``),
+``--resume`` continues from it; ``OUT/best.pt`` keeps the best val mIoU.
+
+On a GPU (``--device cuda --amp``) batches are made by ``--workers`` processes (augmentation is CPU
+work: about 300 crops a second per core) and ``--time-budget-s`` fits the LR schedule to the time a
+lent machine has; ``export/pack_training_data.py`` and ``export/train_on_gpu.sh`` carry the data
+there and run it (the model card has the commands).
 
 mIoU here: intersection and union of the thresholded (p > 0.5) prediction with the ground truth,
 summed over all val pixels at the original image size, per class (person, background); the mean of
@@ -28,11 +34,11 @@ the two class IoUs.  The per-image variant (mean over images of the per-image mI
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -195,8 +201,9 @@ def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, in
 
 
 def make_batch(data, idx, bgs, rng, args, teacher=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, C, C) in [0, 1] and targets (N, 1, C, C), or (N, 2, C, C) with the teacher's
-    alpha as the second channel when ``teacher`` (one uint8 alpha per training image) is given."""
+    """uint8 images (N, 3, C, C) and targets (N, 1, C, C), or (N, 2, C, C) with the teacher's alpha
+    as the second channel when ``teacher`` (one uint8 alpha per training image) is given; ``as_float``
+    makes them the network's [0, 1] floats (uint8 crosses process and device boundaries 4× cheaper)."""
     imgs, masks = data[0], data[1]
     xs, ys = [], []
     for i in idx:
@@ -205,9 +212,42 @@ def make_batch(data, idx, bgs, rng, args, teacher=None) -> tuple[torch.Tensor, t
                        getattr(args, "small_p", 0.0), blur_p=getattr(args, "motion_blur_p", 0.0))
         xs.append(x)
         ys.append(y if y.ndim == 3 else y[..., None])
-    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255.0)
-    y = torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(), y.contiguous()
+    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).contiguous()
+    return x, y
+
+
+def as_float(t: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A uint8 batch from ``make_batch`` as float32 in [0, 1] on ``device``."""
+    return t.to(device, non_blocking=True).float().div_(255.0)
+
+
+class Batches(torch.utils.data.Dataset):
+    """Training batch number ``step`` of the run (epoch ``step // steps``), the same whichever process
+    makes it: the epoch's draw order comes from the generator ``[seed, epoch]`` and the batch's
+    augmentations from ``[seed, epoch, b]``, so batches can be made in worker processes in any order,
+    and a resumed run draws exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, train, bgs, args, teacher, weights, n: int, steps: int):
+        self.train, self.bgs, self.args, self.teacher = train, bgs, args, teacher
+        self.weights, self.n, self.steps = weights, n, steps
+        self._epoch, self._order = -1, np.empty(0, np.int64)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.args.seed, epoch])
+            if self.weights is None:
+                self._order = rng.permutation(self.n)
+            else:  # oversampled prefixes: an epoch draws n images with replacement, by weight
+                self._order = rng.choice(len(self.weights), size=self.n, replace=True, p=self.weights)
+            self._epoch = epoch
+        return self._order
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b = divmod(int(step), self.steps)
+        idx = self.order(epoch)[b * self.args.batch : (b + 1) * self.args.batch]
+        rng = np.random.default_rng([self.args.seed, epoch, b])
+        return make_batch(self.train, idx, self.bgs, rng, self.args, self.teacher)
 
 
 def teacher_alphas(imgs: list[np.ndarray], cache: Path, model_name: str = "rvm") -> list[np.ndarray]:
@@ -249,8 +289,10 @@ def predict_prob(model: torch.nn.Module, img: np.ndarray, long_side: int) -> np.
     h0, w0 = img.shape[:2]
     small = _resize_long(img, long_side, cv2.INTER_AREA if max(h0, w0) > long_side else cv2.INTER_LINEAR)
     padded, h, w = pad16(small)
-    x = torch.from_numpy(padded).permute(2, 0, 1)[None].float().div_(255.0)
-    prob = torch.sigmoid(model(x))[0, 0, :h, :w].numpy()
+    device = next(model.parameters()).device
+    x = as_float(torch.from_numpy(padded).permute(2, 0, 1)[None], device)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False):  # sizes vary
+        prob = torch.sigmoid(model(x).float())[0, 0, :h, :w].cpu().numpy()
     return cv2.resize(prob, (w0, h0), interpolation=cv2.INTER_LINEAR)
 
 
@@ -340,8 +382,6 @@ def one_cycle_lr(step: int, total: int, max_lr: float, warm: float = 0.08, div: 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from service.config import get_settings
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default: settings.data_dir)")
     ap.add_argument("--out", type=Path, default=Path("runs/deeplab"))
@@ -357,8 +397,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--width", type=float, default=0.5, help="MobileNetV2 width multiplier")
     ap.add_argument("--aspp", type=int, default=128, help="ASPP / decoder channels")
     ap.add_argument("--val-long-side", type=int, default=320, help="working size at validation, one pass without flip (checkpoint selection; the service's sizes: settings.deeplab_long_sides)")
-    ap.add_argument("--val-every", type=int, default=2, help="validate every N epochs (every epoch in the last 25%%)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--val-every", type=int, default=2, help="validate every N epochs (every --val-every-late in the last 25%%)")
+    ap.add_argument("--val-every-late", type=int, default=1, help="validate every N epochs in the last 25%%")
+    ap.add_argument("--threads", type=int, default=2, help="torch's CPU threads")
+    ap.add_argument("--device", default="cpu", help="where the network trains: cpu, cuda, cuda:1, ...")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes that make batches ahead of the step (0: in the training process)")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast on a CUDA device (weights stay fp32)")
+    ap.add_argument("--time-budget-s", type=float, default=0,
+                    help="fit the run to this many seconds: --epochs is a first guess, refitted from the measured "
+                         "epoch and validation times after three epochs and at each validation of the first "
+                         "60%% (the LR schedule then spans the budget); the run ends at it in any case")
+    ap.add_argument("--save-every-s", type=float, default=0,
+                    help="write OUT/last.pt at most this often (0: every epoch; always after the last)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="use only N train/val images (smoke tests)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -381,7 +432,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="also report mean person IoU on every Nth frame of the select DAVIS clips (0: off; "
                          "these clips are trained on with --video-frames, so it is not used for selection)")
     args = ap.parse_args(argv)
-    if args.data_dir is None:
+    if args.data_dir is None:  # the service's one data setting (needs its configuration packages)
+        from service.config import get_settings
+
         args.data_dir = Path(get_settings().data_dir)
     return args
 
@@ -435,18 +488,24 @@ def fit(args: argparse.Namespace) -> dict:
     val_clips = load_val_clips(args.data_dir / "videos_gt", args.val_clips_stride) if args.val_clips_stride else []
 
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     model = DeepLabV3Plus(args.width, args.aspp)
     model_config = dict(model.config)
     params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %.2f M params", model_config, params / 1e6)
+    log.info("model %s: %.2f M params, training on %s", model_config, params / 1e6, device)
     initial = None  # val metrics of the --init-onnx starting point
     if args.init_onnx and not resuming:
         from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
 
         load_onnx_weights(model, args.init_onnx)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # the training crops are all one size
+    if args.init_onnx and not resuming:
         rng = np.random.default_rng([args.seed, 10**6])
         idx = rng.permutation(len(train[0]))[: 8 * args.batch]
-        recalibrate_batch_norms(model, (make_batch(train, idx[i : i + args.batch], bgs, rng, args)[0]
+        recalibrate_batch_norms(model, (as_float(make_batch(train, idx[i : i + args.batch], bgs, rng, args)[0], device)
                                         for i in range(0, len(idx), args.batch)))
         initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
         if val_clips:
@@ -462,7 +521,7 @@ def fit(args: argparse.Namespace) -> dict:
     total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
     if resuming:
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
@@ -470,52 +529,100 @@ def fit(args: argparse.Namespace) -> dict:
             log.info("epochs changed on resume: the LR schedule is stretched to %d epochs", args.epochs)
         log.info("resumed from %s at epoch %d (best %.4f)", last, start_epoch, best)
 
-    pool = ThreadPoolExecutor(1)
+    batches = torch.utils.data.DataLoader(
+        Batches(train, bgs, args, teacher, weights, n, steps), batch_size=None,
+        sampler=itertools.count(start_epoch * steps), num_workers=args.workers,
+        prefetch_factor=4 if args.workers else None, pin_memory=device.type == "cuda",
+    )
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda")
     end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
-    for epoch in range(start_epoch, end_epoch):
+    deadline = time.time() + args.time_budget_s if args.time_budget_s else math.inf
+    saved, epoch, it = 0.0, start_epoch, iter(batches)
+    train_times: list[float] = []  # seconds, this invocation's epochs (training only) and validations
+    val_times: list[float] = []
+    while epoch < end_epoch:
         te = time.time()
-        rng = np.random.default_rng([args.seed, epoch])
         torch.manual_seed(args.seed * 1000 + epoch)
-        if weights is None:
-            order = rng.permutation(n)
-        else:  # oversampled prefixes: an epoch draws n images with replacement, by weight
-            order = rng.choice(len(weights), size=n, replace=True, p=weights)
-        batches = [order[i * args.batch : (i + 1) * args.batch] for i in range(steps)]
         model.train()
-        total = 0.0
-        fut = pool.submit(make_batch, train, batches[0], bgs, rng, args, teacher)
+        total = torch.zeros((), device=device)
         for b in range(steps):
             lr = one_cycle_lr(epoch * steps + b, total_steps, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = fut.result()
-            if b + 1 < steps:
-                fut = pool.submit(make_batch, train, batches[b + 1], bgs, rng, args, teacher)
-            loss = loss_fn(model(x), y, args.kd_weight)
+            x, y = next(it)
+            x, y = as_float(x, device), as_float(y, device)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, args.kd_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item()
-        rec = {"epoch": epoch, "loss": total / steps, "lr": lr, "train_s": time.time() - te}
-        late = epoch >= int(args.epochs * 0.75)
-        if late or (epoch + 1) % args.val_every == 0 or epoch == args.epochs - 1:
+            total += loss.detach()
+        rec = {"epoch": epoch, "loss": float(total) / steps, "lr": lr, "train_s": time.time() - te}
+        train_times.append(rec["train_s"])
+        fit_now = bool(args.time_budget_s) and epoch == start_epoch + 2  # the first fit: validate to time it
+        out_of_time = time.time() >= deadline
+        final = epoch + 1 >= end_epoch or out_of_time
+        every = args.val_every_late if epoch >= int(args.epochs * 0.75) else args.val_every
+        validate = (epoch + 1) % every == 0 or final or fit_now
+        if validate:
             tv = time.time()
             rec.update(evaluate(model, val_imgs, val_masks, args.val_long_side))
             if val_clips:
                 rec["clip_iou"] = evaluate_clips(model, val_clips, args.val_long_side)
             rec["val_s"] = time.time() - tv
+            val_times.append(rec["val_s"])
             if rec["miou"] > best:
                 best = rec["miou"]
-                torch.save({"model": model.state_dict(), "config": model_config, "epoch": epoch, "val": rec}, args.out / "best.pt")
+                torch.save({"model": _cpu(model.state_dict()), "config": model_config, "epoch": epoch, "val": rec},
+                           args.out / "best.pt")
+        # fit the schedule to the budget after three epochs, and again at each validation of the first
+        # 60 % (the first epochs and the first validation carry start-up: medians, the first left out)
+        if args.time_budget_s and not final and validate and epoch >= start_epoch + 2 and epoch < 0.6 * args.epochs:
+            per_epoch = float(np.median(train_times[1:]))
+            per_val = float(np.median(val_times[1:] or val_times))
+            fitted = epoch + 1 + fit_epochs(deadline - time.time(), epoch + 1, per_epoch, per_val,
+                                            args.val_every, args.val_every_late)
+            if abs(fitted - args.epochs) > 0.01 * args.epochs:
+                log.info("%.2fs an epoch, %.2fs a validation: the run is fitted to %d epochs in %.0fs",
+                         per_epoch, per_val, fitted, args.time_budget_s)
+                args.epochs, total_steps = fitted, fitted * steps
+                end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
         history.append(rec)
         log.info("epoch %s", json.dumps(rec))
-        ck = {"model": model.state_dict(), "opt": opt.state_dict(), "total_steps": total_steps, "epoch": epoch,
-              "best": best, "history": history, "config": model_config, "args": config}
-        torch.save(ck, args.out / "last.pt.tmp")
-        (args.out / "last.pt.tmp").replace(last)
-    pool.shutdown()
+        if final or time.time() - saved >= args.save_every_s:
+            _save_last(args.out, model, opt, total_steps, epoch, best, history, model_config, config)
+            saved = time.time()
+        if out_of_time:
+            log.info("time budget of %.0fs reached after epoch %d", args.time_budget_s, epoch)
+            break
+        epoch += 1
+    del it, batches
     log.info("done: best val mIoU %.4f, %.1f min", best, (time.time() - t0) / 60)
     return {"best": best, "history": history, "initial": initial}
+
+
+def fit_epochs(seconds: float, done: int, per_epoch: float, per_val: float, val_every: int, val_every_late: int) -> int:
+    """How many more epochs fit in ``seconds`` after ``done``, validations included: the run validates
+    every ``val_every`` epochs, and every ``val_every_late`` in its last quarter (``fit``).  Solves
+    seconds = x·per_epoch + per_val·((0.75·(done + x) − done) / val_every + 0.25·(done + x) / val_every_late)."""
+    vals_per_epoch = 0.75 / val_every + 0.25 / val_every_late
+    fixed = per_val * (0.25 * done / val_every_late - 0.25 * done / val_every)
+    return max(1, int((seconds - fixed) / (per_epoch + per_val * vals_per_epoch)))
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def _save_last(out: Path, model, opt, total_steps, epoch, best, history, model_config, config) -> None:
+    """OUT/last.pt, everything a resume needs, written whole or not at all."""
+    ck = {"model": _cpu(model.state_dict()), "opt": opt.state_dict(), "total_steps": total_steps, "epoch": epoch,
+          "best": best, "history": history, "config": model_config, "args": config}
+    torch.save(ck, out / "last.pt.tmp")
+    (out / "last.pt.tmp").replace(out / "last.pt")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,39 @@ def test_resumed_run_equals_straight_run(tmp_path):
     assert (tmp_path / "a" / "config.json").exists() and (tmp_path / "a" / "best.pt").exists()
 
 
+def test_batches_do_not_depend_on_the_process_that_makes_them(tmp_path):
+    """Batches made by two worker processes train the very weights that batches made in the training
+    process do: each batch's draws come from its own generator."""
+    inline = train_deeplab.main(_args(tmp_path / "inline", "--epochs", "2", "--workers", "0"))
+    pooled = train_deeplab.main(_args(tmp_path / "pooled", "--epochs", "2", "--workers", "2"))
+    a, b = _weights(tmp_path / "inline" / "last.pt"), _weights(tmp_path / "pooled" / "last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert inline["history"][-1]["loss"] == pooled["history"][-1]["loss"]
+
+
+def test_time_budget_fits_the_schedule_and_ends_the_run(tmp_path):
+    out = train_deeplab.main(_args(tmp_path / "run", "--epochs", "1000", "--time-budget-s", "4",
+                                   "--val-every", "4", "--val-every-late", "2"))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "the run is fitted to" in log
+    last = out["history"][-1]
+    assert 3 <= last["epoch"] + 1 < 1000
+    assert "miou" in last  # the last epoch is validated, and last.pt holds it
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == last["epoch"]
+
+
+def test_fit_epochs_counts_the_validations():
+    # 10 s an epoch and nothing else: 100 s hold 10 epochs
+    assert train_deeplab.fit_epochs(100, 3, 10.0, 0.0, 1, 1) == 10
+    # validated every epoch at 10 s each: half as many
+    assert train_deeplab.fit_epochs(100, 3, 10.0, 10.0, 1, 1) == 5
+    # validations only in the last quarter (every 10^6 epochs before): 3 + x epochs, 0.25·(3 + x) of them
+    # validated; 200 = 10x + 10·0.25·(3 + x) → x = 15.4
+    assert train_deeplab.fit_epochs(200, 3, 10.0, 10.0, 10**6, 1) == 15
+    assert train_deeplab.fit_epochs(0, 3, 10.0, 10.0, 1, 1) == 1  # at least one more
+
+
 def test_warm_start_from_onnx_keeps_the_exported_model(tmp_path):
     torch.manual_seed(3)
     model = DeepLabV3Plus(width=0.35, aspp_channels=16)
