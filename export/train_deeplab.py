@@ -91,22 +91,41 @@ def load_backgrounds(folder: Path, long_side: int) -> list[np.ndarray]:
     return out
 
 
-def colour_jitter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    x = img.astype(np.float32)
-    x = x * rng.uniform(0.7, 1.3)  # brightness
-    mean = x.mean()
-    x = (x - mean) * rng.uniform(0.7, 1.3) + mean  # contrast
-    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    if rng.random() < 0.05:
-        x = np.repeat(gray[..., None], 3, axis=2)
-    else:
-        x = (x - gray[..., None]) * rng.uniform(0.7, 1.3) + gray[..., None]  # saturation
-    x = np.clip(x, 0, 255).astype(np.uint8)
-    if rng.random() < 0.5:  # hue
-        hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)
-        hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + int(rng.integers(-6, 7))) % 180).astype(np.uint8)
-        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return x
+LUMA = (0.299, 0.587, 0.114)
+HUE_MAX = math.radians(12.0)  # OpenCV's ±6 of 180 hue steps
+
+
+def jitter_params(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    """One image's colour jitter: brightness and contrast factors, saturation (0: grey, 5 % of
+    images) and a hue rotation in radians (half the images: none); ``colour_jitter`` applies them."""
+    brightness, contrast = rng.uniform(0.7, 1.3), rng.uniform(0.7, 1.3)
+    saturation = 0.0 if rng.random() < 0.05 else rng.uniform(0.7, 1.3)
+    hue = rng.uniform(-HUE_MAX, HUE_MAX) if rng.random() < 0.5 else 0.0
+    return brightness, contrast, saturation, hue
+
+
+def colour_jitter(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] jittered by ``params`` (N, 4) from ``jitter_params``, on whatever
+    device they are: brightness, contrast about the image's mean, saturation about its luma, and the
+    hue turned about the grey axis (a rotation of YIQ's chroma plane, which keeps the luma), then
+    clipped.  All four are linear in the colour, so each image gets one 3×3 matrix and one offset:
+    x' = H·S·(c·b·x + (1 − c)·b·mean(x)), two passes over the batch.  Batched on the training device
+    because per image on the CPU this was a quarter of a crop's cost."""
+    p = params.to(x.device, torch.float32)
+    b, c, s, hue = p[:, 0], p[:, 1], p[:, 2], p[:, 3]
+    n = len(p)
+    eye = torch.eye(3, device=x.device).expand(n, 3, 3)
+    luma = torch.tensor(LUMA, device=x.device)
+    sat = s.view(n, 1, 1) * eye + (1 - s).view(n, 1, 1) * luma.view(1, 1, 3).expand(n, 3, 3)
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device)
+    rot = torch.zeros(n, 3, 3, device=x.device)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = torch.cos(hue), -torch.sin(hue), torch.sin(hue), torch.cos(hue)
+    colour = torch.linalg.inv(to_yiq) @ rot @ to_yiq @ sat  # (N, 3, 3)
+    mean = x.mean(dim=(1, 2, 3))
+    offset = colour.sum(2) * ((1 - c) * b * mean).view(n, 1)  # colour applied to the grey (1 - c)·b·mean
+    out = torch.einsum("nij,njhw->nihw", colour * (c * b).view(n, 1, 1), x) + offset.view(n, 3, 1, 1)
+    return out.clamp_(0.0, 1.0)
 
 
 def paste_alpha(mask: np.ndarray) -> np.ndarray:
@@ -115,18 +134,21 @@ def paste_alpha(mask: np.ndarray) -> np.ndarray:
 
 
 def paste_on_background(img: np.ndarray, alpha: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``img`` over a random crop of ``bg`` through ``alpha`` ((H, W) float in [0, 1], see ``paste_alpha``)."""
+    """``img`` over a random crop of ``bg`` through ``alpha`` ((H, W) float in [0, 1], see ``paste_alpha``).
+    The background is scaled by ``s`` (1–1.6× the least that covers the image) and a window of the
+    image's size taken at a random place: one warp makes just that window (the scale as
+    ``cv2.resize`` maps pixel centres), and one blend, both in OpenCV."""
     h, w = img.shape[:2]
     bh, bw = bg.shape[:2]
     s = max(h / bh, w / bw) * rng.uniform(1.0, 1.6)
-    bg = cv2.resize(bg, (math.ceil(bw * s), math.ceil(bh * s)), interpolation=cv2.INTER_LINEAR)
-    y = int(rng.integers(0, bg.shape[0] - h + 1))
-    x = int(rng.integers(0, bg.shape[1] - w + 1))
-    bg = bg[y : y + h, x : x + w]
+    sh, sw = math.ceil(bh * s), math.ceil(bw * s)  # the scaled size; per axis, its own exact scale
+    y, x = int(rng.integers(0, sh - h + 1)), int(rng.integers(0, sw - w + 1))
+    fx, fy = sw / bw, sh / bh
+    m = np.array([[fx, 0, 0.5 * fx - 0.5 - x], [0, fy, 0.5 * fy - 0.5 - y]], np.float64)
+    bg = cv2.warpAffine(bg, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     if rng.random() < 0.5:
         bg = cv2.flip(bg, 1)
-    a = alpha[..., None]
-    return (img * a + bg * (1 - a)).astype(np.uint8)
+    return cv2.blendLinear(np.ascontiguousarray(img), bg, alpha, 1.0 - alpha)
 
 
 def paste_small(img: np.ndarray, mask: np.ndarray, bg: np.ndarray, rng: np.random.Generator,
@@ -194,32 +216,40 @@ def augment(img, mask, bgs, rng, crop: int, paste_p: float, scale: tuple[int, in
     img, mask = img[y : y + crop, x : x + crop], mask[y : y + crop, x : x + crop]
     if rng.random() < 0.5:
         img, mask = img[:, ::-1], mask[:, ::-1]
-    img = colour_jitter(np.ascontiguousarray(img), rng)
     if blur_p and rng.random() < blur_p:
-        img = motion_blur(img, rng)
-    return img, np.ascontiguousarray(mask)
+        img = motion_blur(np.ascontiguousarray(img), rng)
+    return img, mask  # colour jitter: on the batch (colour_jitter)
 
 
-def make_batch(data, idx, bgs, rng, args, teacher=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 images (N, 3, C, C) and targets (N, 1, C, C), or (N, 2, C, C) with the teacher's alpha
-    as the second channel when ``teacher`` (one uint8 alpha per training image) is given; ``as_float``
-    makes them the network's [0, 1] floats (uint8 crosses process and device boundaries 4× cheaper)."""
+def make_batch(data, idx, bgs, rng, args, teacher=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 images (N, C, C, 3) and targets (N, C, C, 1), or (N, C, C, 2) with the teacher's alpha
+    as the second channel when ``teacher`` (one uint8 alpha per training image) is given, and each
+    image's colour jitter (N, 4) (``jitter_params``).  ``as_float`` makes images and targets the
+    network's [0, 1] floats and layout where they train (uint8 crosses process and device boundaries
+    4× cheaper; the permute there gives the channels-last layout a GPU wants), ``colour_jitter`` then
+    jitters the images."""
     imgs, masks = data[0], data[1]
-    xs, ys = [], []
+    xs, ys, jitter = [], [], []
     for i in idx:
         m = masks[i] if teacher is None else np.dstack([masks[i], teacher[i]])
         x, y = augment(imgs[i], m, bgs, rng, args.crop, args.paste_p, (args.scale_min, args.scale_max),
                        getattr(args, "small_p", 0.0), blur_p=getattr(args, "motion_blur_p", 0.0))
         xs.append(x)
         ys.append(y if y.ndim == 3 else y[..., None])
-    x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.stack(ys)).permute(0, 3, 1, 2).contiguous()
-    return x, y
+        jitter.append(jitter_params(rng))
+    return (torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)),
+            torch.tensor(jitter, dtype=torch.float32))
 
 
 def as_float(t: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A uint8 batch from ``make_batch`` as float32 in [0, 1] on ``device``."""
-    return t.to(device, non_blocking=True).float().div_(255.0)
+    """A uint8 (N, H, W, C) batch from ``make_batch`` as float32 (N, C, H, W) in [0, 1] on ``device``
+    (channels-last in memory)."""
+    return t.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def training_images(x: torch.Tensor, jitter: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``make_batch``'s images as the network trains on them: floats on ``device``, colour-jittered."""
+    return colour_jitter(as_float(x, device), jitter)
 
 
 class Batches(torch.utils.data.Dataset):
@@ -243,7 +273,7 @@ class Batches(torch.utils.data.Dataset):
             self._epoch = epoch
         return self._order
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         epoch, b = divmod(int(step), self.steps)
         idx = self.order(epoch)[b * self.args.batch : (b + 1) * self.args.batch]
         rng = np.random.default_rng([self.args.seed, epoch, b])
@@ -290,7 +320,7 @@ def predict_prob(model: torch.nn.Module, img: np.ndarray, long_side: int) -> np.
     small = _resize_long(img, long_side, cv2.INTER_AREA if max(h0, w0) > long_side else cv2.INTER_LINEAR)
     padded, h, w = pad16(small)
     device = next(model.parameters()).device
-    x = as_float(torch.from_numpy(padded).permute(2, 0, 1)[None], device)
+    x = as_float(torch.from_numpy(padded)[None], device)
     with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False):  # sizes vary
         prob = torch.sigmoid(model(x).float())[0, 0, :h, :w].cpu().numpy()
     return cv2.resize(prob, (w0, h0), interpolation=cv2.INTER_LINEAR)
@@ -505,8 +535,12 @@ def fit(args: argparse.Namespace) -> dict:
     if args.init_onnx and not resuming:
         rng = np.random.default_rng([args.seed, 10**6])
         idx = rng.permutation(len(train[0]))[: 8 * args.batch]
-        recalibrate_batch_norms(model, (as_float(make_batch(train, idx[i : i + args.batch], bgs, rng, args)[0], device)
-                                        for i in range(0, len(idx), args.batch)))
+
+        def images(i: int) -> torch.Tensor:
+            x, _, jitter = make_batch(train, idx[i : i + args.batch], bgs, rng, args)
+            return training_images(x, jitter, device)
+
+        recalibrate_batch_norms(model, (images(i) for i in range(0, len(idx), args.batch)))
         initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
         if val_clips:
             initial["clip_iou"] = evaluate_clips(model, val_clips, args.val_long_side)
@@ -549,10 +583,8 @@ def fit(args: argparse.Namespace) -> dict:
             lr = one_cycle_lr(epoch * steps + b, total_steps, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = next(it)
-            x, y = as_float(x, device), as_float(y, device)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y, jitter = next(it)
+            x, y = training_images(x, jitter, device), as_float(y, device)
             with autocast:
                 logits = model(x)
             loss = loss_fn(logits.float(), y, args.kd_weight)

@@ -113,3 +113,41 @@ def test_distillation_term():
     assert train_deeplab.loss_fn(logits, target, 0.0) == pytest.approx(float(plain))
     with_kd = train_deeplab.loss_fn(logits, target, 0.5)
     assert float(with_kd) == pytest.approx(float(plain) + 0.5 * float(np.log(2)), rel=1e-5)
+
+
+def test_colour_jitter_on_the_batch():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.uniform(0.25, 0.75, (3, 3, 8, 8)).astype(np.float32))
+    same = train_deeplab.colour_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 0.0]] * 3))
+    assert torch.allclose(same, x, atol=1e-5)
+    brighter = train_deeplab.colour_jitter(x, torch.tensor([[1.2, 1.0, 1.0, 0.0]] * 3))
+    assert torch.allclose(brighter, x * 1.2, atol=1e-5)
+    grey = train_deeplab.colour_jitter(x, torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 3))
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-5) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-5)
+    # a hue turn changes the colours but keeps each pixel's luma (no clipping at these values)
+    turned = train_deeplab.colour_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 0.2]] * 3))
+    luma = torch.tensor(train_deeplab.LUMA).view(1, 3, 1, 1)
+    assert (turned - x).abs().max() > 0.01
+    assert torch.allclose((turned * luma).sum(1), (x * luma).sum(1), atol=2e-3)
+    # each image its own parameters
+    mixed = train_deeplab.colour_jitter(x, torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.2, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]))
+    assert torch.allclose(mixed[0], same[0]) and torch.allclose(mixed[1], brighter[1]) and torch.allclose(mixed[2], grey[2])
+
+
+def test_pasted_background_is_the_resized_crop():
+    """The one-warp paste shows the window of the background that resizing it by s and cropping would."""
+    bg = cv2.GaussianBlur(np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8), (0, 0), 2)
+    img = np.zeros((50, 40, 3), np.uint8)
+    alpha = np.zeros((50, 40), np.float32)  # all background
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        out = train_deeplab.paste_on_background(img, alpha, bg, rng)
+        rng = np.random.default_rng(seed)  # the same draws, the slow way
+        s = max(50 / 90, 40 / 120) * rng.uniform(1.0, 1.6)
+        big = cv2.resize(bg, (int(np.ceil(120 * s)), int(np.ceil(90 * s))), interpolation=cv2.INTER_LINEAR)
+        y, x = int(rng.integers(0, big.shape[0] - 50 + 1)), int(rng.integers(0, big.shape[1] - 40 + 1))
+        want = big[y : y + 50, x : x + 40]
+        if rng.random() < 0.5:
+            want = want[:, ::-1]
+        diff = np.abs(out.astype(np.int16) - want)
+        assert diff.mean() < 0.3 and diff.max() <= 2, seed  # fixed-point rounding apart
