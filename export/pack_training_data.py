@@ -15,14 +15,17 @@ but a run reads far less of it, so this writes a data folder of the same layout 
 
 and beside it, in ``caches/``, the teacher's alphas a run with ``--teacher rvm`` would otherwise
 compute (RVM, which the GPU machine does not have): the portraits' (``teacher-rvm-SIZE.npz``,
-recompressed) and the videos' (``video-teacher/``); copy them into the run's ``--out``.
+recompressed) and the videos' (``video-teacher/``); copy them into the run's ``--out``.  They are
+taken from ``--teacher-from`` (a ``train_deeplab`` ``--out`` folder that has them, or ``runs/teacher``),
+and computed there first where they are missing, with train_deeplab's own functions (RVM on this
+machine: about 7 minutes on 2 cores).
 
 Files are tarred in an order that lets the first piece alone train a smoke run (``--limit``): val,
 backgrounds, then each training image beside its mask.  The tar is split into ``--piece-mib`` pieces
 ``pack.tar.00``, ``pack.tar.01``...; ``cat pack.tar.* | tar x`` joins them.  Nothing here is committed:
 the data's licences forbid it (``OUT`` defaults to the ignored ``runs/pack``).
 
-    .venv/bin/python -m export.pack_training_data --teacher-from runs/deeplab5
+    .venv/bin/python -m export.pack_training_data            # caches in (or made into) runs/teacher
 """
 
 from __future__ import annotations
@@ -66,6 +69,18 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _add_empty(tar: tarfile.TarFile, name: str) -> None:
     """A name without its data: the held-out items keep their place in the split, never their pixels."""
     _add(tar, name, b"")
+
+
+def make_teacher_caches(data_dir: Path, folder: Path, long_side: int, teacher: str = "rvm") -> None:
+    """The teacher's alphas of the training portraits and of every frame of the shared videos, in
+    ``folder`` as ``train_deeplab`` caches them; a no-op where they are there already."""
+    from export.train_deeplab import teacher_alphas
+    from export.video_frames import load_video_frames
+
+    folder.mkdir(parents=True, exist_ok=True)
+    imgs = load_split(data_dir / "portraits" / "train", long_side)[0]
+    teacher_alphas(imgs, folder / f"teacher-{teacher}-{long_side}.npz", teacher)
+    load_video_frames(data_dir, folder / "video-teacher", 1, long_side, teacher, davis=False)
 
 
 def pack(data_dir: Path, teacher_from: Path | None, out: Path, long_side: int, teacher: str = "rvm") -> Path:
@@ -127,8 +142,10 @@ def split(path: Path, piece_mib: float) -> list[Path]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default: settings.data_dir)")
-    ap.add_argument("--teacher-from", type=Path, default=None,
-                    help="a train_deeplab --out folder whose teacher caches to pack (teacher-rvm-SIZE.npz, video-teacher/)")
+    ap.add_argument("--teacher-from", type=Path, default=Path("runs/teacher"),
+                    help="a train_deeplab --out folder whose teacher caches to pack (teacher-rvm-SIZE.npz, "
+                         "video-teacher/); made there first where missing")
+    ap.add_argument("--no-teacher", action="store_true", help="pack no teacher caches (runs without --teacher)")
     ap.add_argument("--out", type=Path, default=Path("runs/pack"))
     ap.add_argument("--long-side", type=int, default=400, help="train_deeplab's --scale-max")
     ap.add_argument("--piece-mib", type=float, default=38)
@@ -139,7 +156,10 @@ def main(argv=None) -> None:
         args.data_dir = Path(get_settings().data_dir)
     if args.out.exists():
         shutil.rmtree(args.out)
-    pieces = split(pack(args.data_dir, args.teacher_from, args.out, args.long_side), args.piece_mib)
+    teacher_from = None if args.no_teacher else args.teacher_from
+    if teacher_from is not None:
+        make_teacher_caches(args.data_dir, teacher_from, args.long_side)
+    pieces = split(pack(args.data_dir, teacher_from, args.out, args.long_side), args.piece_mib)
     for p in pieces:
         print(p, f"{p.stat().st_size / 2**20:.1f} MiB")
 
