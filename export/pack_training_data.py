@@ -1,7 +1,7 @@
 """Pack what ``export/train_deeplab.py`` reads into pieces small enough to carry to a bare GPU machine.
 
 A lent GPU machine (see the README's GPU section) reaches no data: everything a run reads travels
-with the call, at most ~38 MiB a call beside the working tree.  The shared data folder is 150 MB,
+with the call, at most ~30 MiB a call beside the ~33 MB working tree.  The shared data folder is 150 MB,
 but a run reads far less of it, so this writes a data folder of the same layout that holds only that:
 
 * ``portraits/train``: images shrunk to ``--long-side`` (the training's largest scale: ``load_split``
@@ -148,7 +148,8 @@ def main(argv=None) -> None:
     ap.add_argument("--no-teacher", action="store_true", help="pack no teacher caches (runs without --teacher)")
     ap.add_argument("--out", type=Path, default=Path("runs/pack"))
     ap.add_argument("--long-side", type=int, default=400, help="train_deeplab's --scale-max")
-    ap.add_argument("--piece-mib", type=float, default=38)
+    ap.add_argument("--piece-mib", type=float, default=30,
+                    help="piece size: a device call carries 64 MiB with the working tree (~33 MB)")
     args = ap.parse_args(argv)
     if args.data_dir is None:
         from service.config import get_settings

