@@ -551,7 +551,7 @@ def fit(args: argparse.Namespace) -> dict:
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
     n = n_portraits  # an epoch: as many draws as there are portraits (with replacement when weighted)
-    steps = n // args.batch
+    steps = max(1, n // args.batch)  # fewer images than a batch (--limit): one short batch an epoch
     total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
     if resuming:

@@ -151,3 +151,8 @@ def test_pasted_background_is_the_resized_crop():
             want = want[:, ::-1]
         diff = np.abs(out.astype(np.int16) - want)
         assert diff.mean() < 0.3 and diff.max() <= 2, seed  # fixed-point rounding apart
+
+
+def test_fewer_images_than_a_batch_train_one_short_batch(tmp_path):
+    out = train_deeplab.main(_args(tmp_path / "run", "--epochs", "1", "--batch", "8"))  # --limit 6
+    assert len(out["history"]) == 1 and np.isfinite(out["history"][0]["loss"])
