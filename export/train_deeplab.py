@@ -20,9 +20,10 @@ resumed run draws the same batches, whichever ``--workers`` make them); the full
 ``--resume`` continues from it; ``OUT/best.pt`` keeps the best val mIoU.
 
 On a GPU (``--device cuda --amp``) batches are made by ``--workers`` processes (augmentation is CPU
-work: about 700 crops of 256 px a second per core, the colour jitter then batched on the GPU) and ``--time-budget-s`` fits the LR schedule to the time a
-lent machine has; ``export/pack_training_data.py`` and ``export/train_on_gpu.sh`` carry the data
-there and run it (the model card has the commands).
+work: about 700 crops of 256 px a second per core; the colour jitter is then batched on the GPU) and
+``--time-budget-s`` fits the LR schedule to the time a lent machine has;
+``export/pack_training_data.py`` and ``export/train_on_gpu.sh`` carry the data there and run it (the
+model card has the commands).
 
 mIoU here: intersection and union of the thresholded (p > 0.5) prediction with the ground truth,
 summed over all val pixels at the original image size, per class (person, background); the mean of
