@@ -18,7 +18,7 @@ compute (RVM, which the GPU machine does not have): the portraits' (``teacher-rv
 recompressed) and the videos' (``video-teacher/``); copy them into the run's ``--out``.  They are
 taken from ``--teacher-from`` (a ``train_deeplab`` ``--out`` folder that has them, or ``runs/teacher``),
 and computed there first where they are missing, with train_deeplab's own functions (RVM on this
-machine: about 7 minutes on 2 cores).
+machine: about 3.5 minutes on 2 cores).
 
 Files are tarred in an order that lets the first piece alone train a smoke run (``--limit``): val,
 backgrounds, then each training image beside its mask.  The tar is split into ``--piece-mib`` pieces
