@@ -524,16 +524,15 @@ def fit(args: argparse.Namespace) -> dict:
     model_config = dict(model.config)
     params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M params, training on %s", model_config, params / 1e6, device)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # the training crops are all one size
     initial = None  # val metrics of the --init-onnx starting point
     if args.init_onnx and not resuming:
         from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
 
         load_onnx_weights(model, args.init_onnx)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # the training crops are all one size
-    if args.init_onnx and not resuming:
         rng = np.random.default_rng([args.seed, 10**6])
         idx = rng.permutation(len(train[0]))[: 8 * args.batch]
 
