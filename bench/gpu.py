@@ -213,16 +213,23 @@ def floor(info: Any, nvdec: bool, spec: Any, threads: int, out: Path) -> dict:
     t = time.monotonic()
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    stamps: list[float] = []
+    stamps: list[tuple[float, int]] = []
     while (item := q.get()) is not None:
         yuv, pts, duration = item
         writer.write(yuv[None], [pts], [duration], layout="yuv420p")
-        stamps.append(time.monotonic())
+        stamps.append((time.monotonic(), len(stamps) + 1))
     writer.close()
     reader.join()
-    k = len(stamps) // 10
-    steady = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k]) if len(stamps) > k + 1 else float("nan")
-    return {"wall": len(stamps) / (time.monotonic() - t), "steady": steady}
+    return {"wall": len(stamps) / (time.monotonic() - t), "steady": steady_fps(stamps)}
+
+
+def steady_fps(stamps: list[tuple[float, int]]) -> float:
+    """Frames/s from the 10th percentile of ``(time, frames done)`` stamps on: the rate once the
+    sessions, encoder and queues are warm (NaN with fewer than two stamps apart in time)."""
+    if not stamps:
+        return float("nan")
+    (t0, n0), (t1, n1) = stamps[len(stamps) // 10], stamps[-1]
+    return (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
 def model_alone(settings: Settings, device: gpu.Device, info: Any, nvdec: bool, fixed: bool, steps: int) -> dict:
@@ -270,10 +277,7 @@ def end_to_end(settings: Settings, device: gpu.Device, info: Any, background: Pa
                            keep_on_device=keep_on_device)
     wall = time.monotonic() - t
     bg.close()
-    k = max(0, len(stamps) // 10)
-    (t0, n0), (t1, n1) = stamps[k], stamps[-1]
-    steady = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
-    return {"frames": count.count, "wall_s": wall, "fps_wall": count.count / wall, "fps_steady": steady,
+    return {"frames": count.count, "wall_s": wall, "fps_wall": count.count / wall, "fps_steady": steady_fps(stamps),
             "decoder": count.decoder + ("" if keep_on_device or count.decoder != "nvdec" else " (to host)"),
             "encoder": count.encoder, "providers": list(count.providers)}
 
