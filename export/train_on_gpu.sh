@@ -27,7 +27,7 @@ if [ "${1:-}" = "--smoke" ]; then
         --width 1.0 --aspp 256 --epochs 50 --time-budget-s 12 > "$out/smoke-a.log" 2>&1 &
     a=$!
     PYTHONUNBUFFERED=1 timeout 240 "$python" -m export.train_deeplab "${common[@]}" --out "$work/smoke-b" \
-        --width 0.5 --aspp 128 --epochs 3 --init-onnx service/inference/weights/deeplabv3plus.onnx \
+        --width 1.0 --aspp 256 --epochs 3 --init-onnx service/inference/weights/deeplabv3plus.onnx \
         > "$out/smoke-b.log" 2>&1 &
     b=$!
     status=0
@@ -58,11 +58,18 @@ while [ $# -ge 2 ]; do
         --time-budget-s "$budget" $args > "$work/$name/stdout.log" 2>&1 &
     names+=("$name") pids+=($!)
 done
+# each run's best so far, copied out every 20 s: a call cut short by its caller's limit still returns it
+{ while sleep 20; do
+    for name in "${names[@]}"; do
+        [ -f "$work/$name/best.pt" ] && cp -u "$work/$name/best.pt" "$out/$name-best.pt"
+    done
+done; } &
+copier=$!
 status=0
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || { status=$?; echo "${names[$i]} ended with $status"; }
 done
-kill $smi 2>/dev/null || true
+kill $smi $copier 2>/dev/null || true
 for name in "${names[@]}"; do
     cp "$work/$name/best.pt" "$out/$name-best.pt" 2>/dev/null || echo "$name: no best.pt"
     cp "$work/$name/train.log" "$out/$name-train.log" 2>/dev/null || true
