@@ -608,8 +608,10 @@ def fit(args: argparse.Namespace) -> dict:
             val_times.append(rec["val_s"])
             if rec["miou"] > best:
                 best = rec["miou"]
+                # written whole or not at all: train_on_gpu.sh copies it out while the run goes on
                 torch.save({"model": _cpu(model.state_dict()), "config": model_config, "epoch": epoch, "val": rec},
-                           args.out / "best.pt")
+                           args.out / "best.pt.tmp")
+                (args.out / "best.pt.tmp").replace(args.out / "best.pt")
         # fit the schedule to the budget after three epochs, and again at each validation of the first
         # 60 % (the first epochs and the first validation carry start-up: medians, the first left out)
         if args.time_budget_s and not final and validate and epoch >= start_epoch + 2 and epoch < 0.6 * args.epochs:
