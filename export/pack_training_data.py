@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from export.splits import part_of
-from export.train_deeplab import _resize_long, load_split
+from export.train_deeplab import _resize_long, cached_teacher_alphas, load_split
 from export.video_frames import shared_videos
 
 BACKGROUND_SIDE = 640  # train_deeplab.fit: load_backgrounds(..., 640)
@@ -71,20 +71,25 @@ def _add_empty(tar: tarfile.TarFile, name: str) -> None:
     _add(tar, name, b"")
 
 
-def make_teacher_caches(data_dir: Path, folder: Path, long_side: int, teacher: str = "rvm") -> None:
-    """The teacher's alphas of the training portraits and of every frame of the shared videos, in
-    ``folder`` as ``train_deeplab`` caches them; a no-op where they are there already."""
+def make_teacher_caches(data_dir: Path, folder: Path, long_side: int, teacher: str = "rvm",
+                        imgs: list[np.ndarray] | None = None) -> None:
+    """The teacher's alphas of the training portraits (``imgs``: ``load_split``'s, loaded here when not
+    given) and of every frame of the shared videos, in ``folder`` as ``train_deeplab`` caches them; a
+    no-op where they are there already."""
     from export.train_deeplab import teacher_alphas
     from export.video_frames import load_video_frames
 
     folder.mkdir(parents=True, exist_ok=True)
-    imgs = load_split(data_dir / "portraits" / "train", long_side)[0]
+    if imgs is None:
+        imgs = load_split(data_dir / "portraits" / "train", long_side)[0]
     teacher_alphas(imgs, folder / f"teacher-{teacher}-{long_side}.npz", teacher)
     load_video_frames(data_dir, folder / "video-teacher", 1, long_side, teacher, davis=False)
 
 
-def pack(data_dir: Path, teacher_from: Path | None, out: Path, long_side: int, teacher: str = "rvm") -> Path:
-    """Write ``out/pack.tar`` (see the module docstring) and return its path."""
+def pack(data_dir: Path, teacher_from: Path | None, out: Path, long_side: int, teacher: str = "rvm",
+         train: tuple[list, list, list] | None = None) -> Path:
+    """Write ``out/pack.tar`` (see the module docstring) and return its path; ``train``: ``load_split``
+    of ``portraits/train`` at ``long_side``, loaded here when not given."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "pack.tar"
     with tarfile.open(path, "w") as tar:
@@ -99,7 +104,7 @@ def pack(data_dir: Path, teacher_from: Path | None, out: Path, long_side: int, t
             img = cv2.imread(str(p))
             if img is not None:
                 _add(tar, f"data/backgrounds/{p.name}", _jpeg(_resize_long(img, BACKGROUND_SIDE)))
-        imgs, masks, names = load_split(data_dir / "portraits" / "train", long_side)
+        imgs, masks, names = train or load_split(data_dir / "portraits" / "train", long_side)
         for img, mask, name in zip(imgs, masks, names, strict=True):
             _add(tar, f"data/portraits/train/images/{name}.jpg", _jpeg(cv2.cvtColor(img, cv2.COLOR_RGB2BGR)))
             _add(tar, f"data/portraits/train/masks/{name}.png", _png(mask))
@@ -114,12 +119,11 @@ def pack(data_dir: Path, teacher_from: Path | None, out: Path, long_side: int, t
             _add_empty(tar, f"data/videos_gt/{name}.mp4")
         if teacher_from is not None:
             cache = teacher_from / f"teacher-{teacher}-{long_side}.npz"
-            with np.load(cache) as z:
-                alphas = {k: z[k] for k in z.files}
-            if len(alphas) != len(imgs) or any(alphas[f"a{i}"].shape != im.shape[:2] for i, im in enumerate(imgs)):
+            alphas = cached_teacher_alphas(cache, imgs)
+            if alphas is None:
                 raise ValueError(f"{cache} does not match portraits/train at long side {long_side}")
             buf = io.BytesIO()
-            np.savez_compressed(buf, **alphas)
+            np.savez_compressed(buf, **{f"a{i}": a for i, a in enumerate(alphas)})
             _add(tar, f"caches/{cache.name}", buf.getvalue())
             for p in sorted((teacher_from / "video-teacher").glob(f"*-{teacher}-{long_side}.npz")):
                 tar.add(p, f"caches/video-teacher/{p.name}")
@@ -158,9 +162,10 @@ def main(argv=None) -> None:
     if args.out.exists():
         shutil.rmtree(args.out)
     teacher_from = None if args.no_teacher else args.teacher_from
+    train = load_split(args.data_dir / "portraits" / "train", args.long_side)  # once, for both
     if teacher_from is not None:
-        make_teacher_caches(args.data_dir, teacher_from, args.long_side)
-    pieces = split(pack(args.data_dir, teacher_from, args.out, args.long_side), args.piece_mib)
+        make_teacher_caches(args.data_dir, teacher_from, args.long_side, imgs=train[0])
+    pieces = split(pack(args.data_dir, teacher_from, args.out, args.long_side, train=train), args.piece_mib)
     for p in pieces:
         print(p, f"{p.stat().st_size / 2**20:.1f} MiB")
 

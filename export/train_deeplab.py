@@ -281,13 +281,22 @@ class Batches(torch.utils.data.Dataset):
         return make_batch(self.train, idx, self.bgs, rng, self.args, self.teacher)
 
 
+def cached_teacher_alphas(cache: Path, imgs: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The alphas in ``cache`` (as ``teacher_alphas`` writes it), or None unless there is one of the
+    size of each image in ``imgs``."""
+    with np.load(cache) as z:
+        out = [z[f"a{i}"] for i in range(len(z.files))]
+    if len(out) == len(imgs) and all(a.shape == im.shape[:2] for a, im in zip(out, imgs, strict=True)):
+        return out
+    return None
+
+
 def teacher_alphas(imgs: list[np.ndarray], cache: Path, model_name: str = "rvm") -> list[np.ndarray]:
     """The teacher model's alpha (uint8) for each training image, as the service computes it (one
     frame, fresh recurrent state); cached in ``cache`` because it costs minutes on a CPU."""
     if cache.exists():
-        with np.load(cache) as z:
-            out = [z[f"a{i}"] for i in range(len(z.files))]
-        if len(out) == len(imgs) and all(a.shape == im.shape[:2] for a, im in zip(out, imgs, strict=True)):
+        out = cached_teacher_alphas(cache, imgs)
+        if out is not None:
             return out
         log.info("teacher cache %s does not match the training images: recomputing", cache)
     from service.inference.models import create_model
@@ -569,12 +578,14 @@ def fit(args: argparse.Namespace) -> dict:
         prefetch_factor=4 if args.workers else None, pin_memory=device.type == "cuda",
     )
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.amp and device.type == "cuda")
-    end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+    def end_epoch() -> int:  # --epochs may be refitted to the time budget
+        return min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+
     deadline = time.time() + args.time_budget_s if args.time_budget_s else math.inf
     saved, epoch, it = 0.0, start_epoch, iter(batches)
     train_times: list[float] = []  # seconds, this invocation's epochs (training only) and validations
     val_times: list[float] = []
-    while epoch < end_epoch:
+    while epoch < end_epoch():
         te = time.time()
         torch.manual_seed(args.seed * 1000 + epoch)
         model.train()
@@ -596,7 +607,7 @@ def fit(args: argparse.Namespace) -> dict:
         train_times.append(rec["train_s"])
         fit_now = bool(args.time_budget_s) and epoch == start_epoch + 2  # the first fit: validate to time it
         out_of_time = time.time() >= deadline
-        final = epoch + 1 >= end_epoch or out_of_time
+        final = epoch + 1 >= end_epoch() or out_of_time
         every = args.val_every_late if epoch >= int(args.epochs * 0.75) else args.val_every
         validate = (epoch + 1) % every == 0 or final or fit_now
         if validate:
@@ -608,10 +619,9 @@ def fit(args: argparse.Namespace) -> dict:
             val_times.append(rec["val_s"])
             if rec["miou"] > best:
                 best = rec["miou"]
-                # written whole or not at all: train_on_gpu.sh copies it out while the run goes on
-                torch.save({"model": _cpu(model.state_dict()), "config": model_config, "epoch": epoch, "val": rec},
-                           args.out / "best.pt.tmp")
-                (args.out / "best.pt.tmp").replace(args.out / "best.pt")
+                # whole: train_on_gpu.sh copies it out while the run goes on
+                _save_whole({"model": _cpu(model.state_dict()), "config": model_config, "epoch": epoch, "val": rec},
+                            args.out / "best.pt")
         # fit the schedule to the budget after three epochs, and again at each validation of the first
         # 60 % (the first epochs and the first validation carry start-up: medians, the first left out)
         if args.time_budget_s and not final and validate and epoch >= start_epoch + 2 and epoch < 0.6 * args.epochs:
@@ -623,7 +633,6 @@ def fit(args: argparse.Namespace) -> dict:
                 log.info("%.2fs an epoch, %.2fs a validation: the run is fitted to %d epochs in %.0fs",
                          per_epoch, per_val, fitted, args.time_budget_s)
                 args.epochs, total_steps = fitted, fitted * steps
-                end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
         history.append(rec)
         log.info("epoch %s", json.dumps(rec))
         if final or time.time() - saved >= args.save_every_s:
@@ -653,10 +662,16 @@ def _cpu(state: dict) -> dict:
 
 def _save_last(out: Path, model, opt, total_steps, epoch, best, history, model_config, config) -> None:
     """OUT/last.pt, everything a resume needs, written whole or not at all."""
-    ck = {"model": _cpu(model.state_dict()), "opt": opt.state_dict(), "total_steps": total_steps, "epoch": epoch,
-          "best": best, "history": history, "config": model_config, "args": config}
-    torch.save(ck, out / "last.pt.tmp")
-    (out / "last.pt.tmp").replace(out / "last.pt")
+    _save_whole({"model": _cpu(model.state_dict()), "opt": opt.state_dict(), "total_steps": total_steps,
+                 "epoch": epoch, "best": best, "history": history, "config": model_config, "args": config},
+                out / "last.pt")
+
+
+def _save_whole(obj: dict, path: Path) -> None:
+    """``torch.save`` to ``path`` written whole or not at all (a temporary file, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
