@@ -198,3 +198,106 @@ def test_int8_by_default_only_where_the_cpu_has_vnni(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(rvm_int8, "has_vnni", lambda v=vnni: v)
         assert rvm_int8.int8_wanted("auto") is vnni
         assert rvm_int8.int8_wanted("on") and not rvm_int8.int8_wanted("off")
+
+
+def _bilinear(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``plane`` resized as ONNX's linear Resize with half-pixel centres does, in float64."""
+    h, w = plane.shape
+    ys = np.clip((np.arange(height) + 0.5) * h / height - 0.5, 0, h - 1)
+    xs = np.clip((np.arange(width) + 0.5) * w / width - 0.5, 0, w - 1)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    p = plane.astype(np.float64)
+    top = p[y0][:, x0] * (1 - fx) + p[y0][:, x1] * fx
+    bottom = p[y1][:, x0] * (1 - fx) + p[y1][:, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def test_full_resolution_step_is_the_guided_filters_arithmetic_at_any_scale() -> None:
+    """Against the formula in float64 with exact bilinear weights, at scales that are not powers of two
+    (OpenCV warps 2-channel images with 1/32-step weights: alpha was off by up to 0.05 that way)."""
+    from service.inference.rvm_lowres import apply_coefficients
+
+    rng = np.random.default_rng(7)
+    for (height, width), (h, w) in [((481, 853), (179, 319)), ((1080, 1920), (180, 320)), ((90, 70), (57, 40))]:
+        frame = rng.integers(0, 256, (height, width, 3), np.uint8)
+        a = (rng.standard_normal((4, h, w)) * 0.3).astype(np.float32)
+        b = (rng.standard_normal((4, h, w)) * 0.3 + 0.3).astype(np.float32)
+        alpha = np.empty((height, width), np.float32)
+        fg = np.empty((height, width, 3), np.uint8)
+        apply_coefficients(frame, a, b, alpha, fg)
+        x = frame.astype(np.float64) / 255.0
+        up_a = [_bilinear(c, height, width) for c in a]
+        up_b = [_bilinear(c, height, width) for c in b]
+        want_alpha = np.clip(up_a[3] * x.mean(axis=2) + up_b[3], 0.0, 1.0)
+        want_fg = np.stack([np.clip((up_a[c] + 1.0) * x[..., c] + up_b[c], 0.0, 1.0) for c in range(3)], axis=-1)
+        assert np.abs(alpha - want_alpha).max() < 1e-4
+        assert np.abs(fg - np.round(want_fg * 255.0)).max() <= 1
+
+
+def _run_graph(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_depthwise_convolutions_sharing_a_weight_run_as_one_with_the_same_result() -> None:
+    """The guided filter's four box filters, as ``lowres_graph`` stacks them, on a graph of that form."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from service.inference.rvm_lowres import _stack_depthwise
+
+    box = numpy_helper.from_array(np.full((4, 1, 3, 3), 1 / 9, np.float32), "box")
+    other = numpy_helper.from_array(np.random.default_rng(1).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    conv = {"group": 4, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    nodes = [
+        helper.make_node("Mul", ["x", "y"], ["xy"]),
+        helper.make_node("Conv", ["x", "box"], ["mx"], **conv),
+        helper.make_node("Conv", ["y", "box"], ["my"], **conv),
+        helper.make_node("Conv", ["xy", "box"], ["mxy"], **conv),
+        helper.make_node("Conv", ["x", "w"], ["other"], **conv),  # another weight: left alone
+        helper.make_node("Sub", ["mxy", "mx"], ["d"]),
+        helper.make_node("Add", ["d", "my"], ["e"]),
+    ]
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 9, 11]) for n in ("x", "y", "e", "other")]
+    model = helper.make_model(helper.make_graph(nodes, "g", vi[:2], vi[2:], [box, other]),
+                              opset_imports=[helper.make_opsetid("", 12)])
+    rng = np.random.default_rng(2)
+    feeds = {n: rng.standard_normal((1, 4, 9, 11)).astype(np.float32) for n in ("x", "y")}
+    before = _run_graph(model, feeds)
+    assert _stack_depthwise(model) == 3
+    onnx.checker.check_model(model)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 2 and sorted(next(a.i for a in n.attribute if a.name == "group") for n in convs) == [4, 12]
+    for got, want in zip(_run_graph(model, feeds), before, strict=True):
+        assert np.array_equal(got, want)
+
+
+def test_a_concat_of_a_splits_outputs_reads_the_split_input() -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from service.inference.rvm_lowres import _prune, _skip_split_then_concat
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Split", ["r"], ["a", "b"], axis=-3, split=[3, 1]),
+        helper.make_node("Concat", ["a", "b"], ["joined"], axis=1),
+        helper.make_node("Split", ["r"], ["c", "d"], axis=1, split=[2, 2]),
+        helper.make_node("Concat", ["d", "c"], ["swapped"], axis=1),  # another order: not the input
+        helper.make_node("Add", ["joined", "swapped"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    feeds = {"x": np.random.default_rng(4).standard_normal((1, 4, 5, 6)).astype(np.float32)}
+    before = _run_graph(model, feeds)
+    assert _skip_split_then_concat(model) == 1
+    _prune(model.graph)
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Relu", "Split", "Concat", "Add"]
+    assert np.array_equal(_run_graph(model, feeds)[0], before[0])
