@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import data_path
@@ -76,11 +77,20 @@ def test_parts_join_to_the_one_part_run(tmp_path: Path, clip: Path, caplog: pyte
     matte = ReplaceOptions(output_format="matte")
     replace_background(clip, None, tmp_path / "one.mp4", matte, settings=one)
     seen: list[tuple[int, int]] = []
+    opencv: list[int] = []  # OpenCV's threads a call while the parts run: each part's share of the cores
+    opencv_before = cv2.getNumThreads()
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        opencv.append(cv2.getNumThreads())
+
     with caplog.at_level(logging.INFO, logger="service.segments"):
-        r = replace_background(clip, None, tmp_path / "two.mp4", matte, settings=two,
-                               progress=lambda d, t: seen.append((d, t)))
+        r = replace_background(clip, None, tmp_path / "two.mp4", matte, settings=two, progress=progress)
     assert "2 parts" in caplog.text
     n = len(chunk_pts(clip))
+    info = probe_video(clip)
+    assert set(opencv) == {part_count(two, n, info.width * info.height)[1]}
+    assert cv2.getNumThreads() == opencv_before
     assert r.frames == n and seen[-1] == (n, n) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
     assert_parts_join_to_one_part(clip, tmp_path / "one.mp4", tmp_path / "two.mp4")
     assert [p.name for p in tmp_path.iterdir()] and sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "two.mp4"]
