@@ -191,9 +191,23 @@ def _stack_depthwise(model: Any) -> int:
         if len(weight.dims) != 4 or weight.dims[1] != 1 or group != weight.dims[0]:
             continue
         sets.setdefault((n.input[1], str(sorted(str(a) for a in n.attribute))), []).append(n)
+    producer = {o: n for n in g.node for o in n.output}
+
+    def upstream(name: str) -> set[int]:
+        """The nodes a tensor is computed from (ids)."""
+        seen: set[int] = set()
+        todo = [producer[name]] if name in producer else []
+        while todo:
+            n = todo.pop()
+            if id(n) not in seen:
+                seen.add(id(n))
+                todo.extend(producer[i] for i in n.input if i in producer)
+        return seen
+
     stacked = 0
     for (name, _), convs in sets.items():
-        if len(convs) < 2:
+        members = {id(c) for c in convs}
+        if len(convs) < 2 or any(upstream(c.input[0]) & members for c in convs):  # one feeds another
             continue
         weight = numpy_helper.to_array(inits[name])
         channels = weight.shape[0]
