@@ -244,7 +244,8 @@ def _run_graph(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def test_depthwise_convolutions_sharing_a_weight_run_as_one_with_the_same_result() -> None:
+@pytest.mark.parametrize("opset", [12, 13])  # the Split's sizes: an attribute up to 12, an input from 13
+def test_depthwise_convolutions_sharing_a_weight_run_as_one_with_the_same_result(opset: int) -> None:
     """The guided filter's four box filters, as ``lowres_graph`` stacks them, on a graph of that form."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -266,7 +267,7 @@ def test_depthwise_convolutions_sharing_a_weight_run_as_one_with_the_same_result
     ]
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4, 9, 11]) for n in ("x", "y", "e", "other")]
     model = helper.make_model(helper.make_graph(nodes, "g", vi[:2], vi[2:], [box, other]),
-                              opset_imports=[helper.make_opsetid("", 12)])
+                              opset_imports=[helper.make_opsetid("", opset)])
     rng = np.random.default_rng(2)
     feeds = {n: rng.standard_normal((1, 4, 9, 11)).astype(np.float32) for n in ("x", "y")}
     before = _run_graph(model, feeds)
