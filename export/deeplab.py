@@ -35,9 +35,17 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new
 
 
-def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, dilation: int = 1, groups: int = 1, act: bool = True):
+def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, dilation: int = 1, groups: int = 1, act: bool = True,
+            same_pad: bool = False):
+    """``same_pad``: a strided 3×3 conv pads TensorFlow's way (one row and column, bottom and right:
+    "SAME" on the even sizes the network gets) instead of one on every side, so that weights
+    trained in TensorFlow (``export.movenet_backbone``) see the pixels they were trained on."""
     pad = dilation * (k - 1) // 2
-    layers: list[nn.Module] = [
+    layers: list[nn.Module] = []
+    if same_pad and stride == 2 and k == 3:
+        layers.append(nn.ZeroPad2d((0, 1, 0, 1)))
+        pad = 0
+    layers += [
         nn.Conv2d(cin, cout, k, stride, pad, dilation=dilation, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
     ]
@@ -47,14 +55,14 @@ def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, dilation: int = 1,
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int, dilation: int = 1):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, dilation: int = 1, same_pad: bool = False):
         super().__init__()
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expand != 1:
             layers.append(conv_bn(cin, hidden, 1))  # 1×1 expansion
-        layers.append(conv_bn(hidden, hidden, 3, stride, dilation, groups=hidden))  # 3×3 depthwise
+        layers.append(conv_bn(hidden, hidden, 3, stride, dilation, groups=hidden, same_pad=same_pad))  # 3×3 depthwise
         layers.append(conv_bn(hidden, cout, 1, act=False))  # linear 1×1 projection
         self.conv = nn.Sequential(*layers)
 
@@ -65,10 +73,10 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """Returns (stride-4 low-level features, stride-16 high-level features)."""
 
-    def __init__(self, width: float = 1.0, output_stride: int = 16):
+    def __init__(self, width: float = 1.0, output_stride: int = 16, same_pad: bool = False):
         super().__init__()
         cin = make_divisible(32 * width)
-        layers: list[nn.Module] = [conv_bn(3, cin, 3, 2)]
+        layers: list[nn.Module] = [conv_bn(3, cin, 3, 2, same_pad=same_pad)]
         stride, dilation = 2, 1
         self.low_index = 0
         for t, c, n, s in STAGES:
@@ -81,7 +89,7 @@ class MobileNetV2(nn.Module):
                 stride *= s
             for i in range(n):
                 d = block_dilation if i == 0 else dilation
-                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, d))
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t, d, same_pad))
                 cin = cout
             if stride == 4 and c == 24:
                 self.low_index = len(layers)  # features[:low_index] → stride 4
@@ -128,10 +136,12 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    def __init__(self, width: float = 1.0, aspp_channels: int = 128, low_channels: int = 48):
+    def __init__(self, width: float = 1.0, aspp_channels: int = 128, low_channels: int = 48, same_pad: bool = False):
         super().__init__()
         self.config = {"width": width, "aspp_channels": aspp_channels, "low_channels": low_channels}
-        self.backbone = MobileNetV2(width, output_stride=16)
+        if same_pad:  # only when set, so that older checkpoints' configs stay as they were
+            self.config["same_pad"] = True
+        self.backbone = MobileNetV2(width, output_stride=16, same_pad=same_pad)
         self.aspp = ASPP(self.backbone.high_channels, aspp_channels)
         self.low = _cbr(self.backbone.low_channels, low_channels)
         self.decoder = nn.Sequential(

@@ -455,6 +455,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--init-onnx", type=Path, default=None,
                     help="start from the weights of this export (same --width/--aspp; see export/onnx_weights.py)")
+    ap.add_argument("--init-backbone", type=Path, default=None,
+                    help="start the MobileNetV2 from MoveNet's (its ONNX file, service/inference/weights/"
+                         "movenet_multipose.onnx; needs --width 1.5; export/movenet_backbone.py)")
+    ap.add_argument("--backbone-lr", type=float, default=1.0,
+                    help="the backbone's LR as a share of --lr (below 1 keeps an --init-backbone's features)")
     ap.add_argument("--stop-after", type=int, default=0,
                     help="end this invocation after N epochs (continue later with --resume)")
     ap.add_argument("--teacher", default="", help="distil from this model's alpha as well (e.g. rvm)")
@@ -529,7 +534,7 @@ def fit(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model = DeepLabV3Plus(args.width, args.aspp)
+    model = DeepLabV3Plus(args.width, args.aspp, same_pad=bool(args.init_backbone))
     model_config = dict(model.config)
     params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M params, training on %s", model_config, params / 1e6, device)
@@ -537,11 +542,17 @@ def fit(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # the training crops are all one size
-    initial = None  # val metrics of the --init-onnx starting point
-    if args.init_onnx and not resuming:
+    initial = None  # val metrics of the --init-onnx (--init-backbone) starting point
+    if (args.init_onnx or args.init_backbone) and not resuming:
         from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
 
-        load_onnx_weights(model, args.init_onnx)
+        if args.init_onnx:
+            load_onnx_weights(model, args.init_onnx)
+        else:
+            from export.movenet_backbone import load_movenet_backbone
+
+            log.info("backbone: %d convolutions from %s", load_movenet_backbone(model, args.init_backbone),
+                     args.init_backbone)
         rng = np.random.default_rng([args.seed, 10**6])
         idx = rng.permutation(len(train[0]))[: 8 * args.batch]
 
@@ -553,12 +564,8 @@ def fit(args: argparse.Namespace) -> dict:
         initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
         if val_clips:
             initial["clip_iou"] = evaluate_clips(model, val_clips, args.val_long_side)
-        log.info("initialised from %s: %s", args.init_onnx, json.dumps(initial))
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
-    )
+        log.info("initialised from %s: %s", args.init_onnx or args.init_backbone, json.dumps(initial))
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay, args.backbone_lr), lr=args.lr)
     n = n_portraits  # an epoch: as many draws as there are portraits (with replacement when weighted)
     steps = max(1, n // args.batch)  # fewer images than a batch (--limit): one short batch an epoch
     total_steps = args.epochs * steps
@@ -593,7 +600,7 @@ def fit(args: argparse.Namespace) -> dict:
         for b in range(steps):
             lr = one_cycle_lr(epoch * steps + b, total_steps, args.lr)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_share", 1.0)
             x, y, jitter = next(it)
             x, y = training_images(x, jitter, device), as_float(y, device)
             with autocast:
@@ -645,6 +652,22 @@ def fit(args: argparse.Namespace) -> dict:
     del it, batches
     log.info("done: best val mIoU %.4f, %.1f min", best, (time.time() - t0) / 60)
     return {"best": best, "history": history, "initial": initial}
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr: float) -> list[dict]:
+    """AdamW's groups: weight decay on weights, not on biases and batch-norm scales; with a
+    ``backbone_lr`` other than 1, the backbone's parameters apart, at that share of the LR
+    (``lr_share``).  Two groups otherwise, as before, so older runs resume."""
+    parts = [(1.0, list(model.named_parameters()))]
+    if backbone_lr != 1.0:
+        named = list(model.named_parameters())
+        parts = [(backbone_lr, [(n, p) for n, p in named if n.startswith("backbone.")]),
+                 (1.0, [(n, p) for n, p in named if not n.startswith("backbone.")])]
+    groups = []
+    for share, named in parts:
+        groups += [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": weight_decay, "lr_share": share},
+                   {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr_share": share}]
+    return groups
 
 
 def fit_epochs(seconds: float, done: int, per_epoch: float, per_val: float, val_every: int, val_every_late: int) -> int:

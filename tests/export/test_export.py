@@ -12,10 +12,11 @@ from export.deeplab import DeepLabV3Plus  # noqa: E402
 from export.export_onnx import INPUT, OPSET, OUTPUT, export, ort_session, run_onnx, to_fp16  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["pad", "same_pad"])
+def exported(tmp_path_factory, request):
+    """``same_pad``: strided convolutions padded TensorFlow's way (a MoveNet-initialised network)."""
     torch.manual_seed(0)
-    model = DeepLabV3Plus(width=0.35, aspp_channels=32).eval()
+    model = DeepLabV3Plus(width=0.35, aspp_channels=32, same_pad=request.param).eval()
     # non-trivial BN statistics and head, so parity compares real signal
     with torch.no_grad():
         for m in model.modules():
@@ -69,7 +70,7 @@ def test_onnx_weights_round_trip(exported):
 
     model, path = exported
     torch.manual_seed(1)  # different random weights: the load must overwrite every one
-    fresh = DeepLabV3Plus(width=0.35, aspp_channels=32)
+    fresh = DeepLabV3Plus(**model.config)
     x = torch.from_numpy(np.random.default_rng(3).random((4, 3, 64, 96), dtype=np.float32))
     with torch.no_grad():
         ref = model(x).numpy()
@@ -87,9 +88,12 @@ def test_onnx_weights_round_trip(exported):
 def test_onnx_weights_refuse_another_architecture(exported):
     from export.onnx_weights import load_onnx_weights
 
-    _, path = exported
+    model, path = exported
     with pytest.raises(ValueError, match="shape"):
-        load_onnx_weights(DeepLabV3Plus(width=0.5, aspp_channels=32), path)
+        load_onnx_weights(DeepLabV3Plus(**{**model.config, "width": 0.5}), path)
+    if model.config.get("same_pad"):  # the other padding puts the first convolutions elsewhere
+        with pytest.raises(ValueError, match="missing"):
+            load_onnx_weights(DeepLabV3Plus(width=0.35, aspp_channels=32), path)
 
 
 def test_fp16_clips_weights_beyond_its_range(tmp_path):

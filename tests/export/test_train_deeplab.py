@@ -83,6 +83,22 @@ def test_warm_start_from_onnx_keeps_the_exported_model(tmp_path):
     assert out["initial"]["miou"] == pytest.approx(ref["miou"], abs=1e-3)
 
 
+def test_start_from_movenets_backbone(tmp_path):
+    """--init-backbone: MoveNet's 51 backbone convolutions, TensorFlow's padding recorded in the
+    checkpoint's config (so the export pads as trained), the backbone at its share of the LR."""
+    from export.movenet_backbone import DEFAULT_PATH
+
+    args = [a for a in _args(tmp_path / "run", "--epochs", "1") if a not in ("0.35",)]
+    args[args.index("--width") + 1:args.index("--width") + 1] = ["1.5"]
+    out = train_deeplab.main([*args, "--init-backbone", str(DEFAULT_PATH), "--backbone-lr", "0.1"])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"backbone: 51 convolutions from {DEFAULT_PATH}" in log
+    ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["config"] == {"width": 1.5, "aspp_channels": 16, "low_channels": 48, "same_pad": True}
+    assert sorted({g["lr_share"] for g in ck["opt"]["param_groups"]}) == [0.1, 1.0]
+    assert "miou" in out["history"][-1]
+
+
 def test_teacher_channel_follows_the_image_and_the_paste():
     rng = np.random.default_rng(0)
     h, w = 80, 60
