@@ -16,8 +16,9 @@ identity plus that bias (as ``export.onnx_weights.load_onnx_weights`` does for o
 ``recalibrate_batch_norms`` then makes train mode continue from the same function.  MoveNet takes
 0–255 pixels scaled to [-1, 1]; our network normalises [0, 1] pixels by ImageNet's mean and std, so
 the difference (a per-channel scale and shift) is folded into the first convolution's weight and bias.
-Stride-2 convolutions pad differently (TensorFlow's SAME pads only bottom/right): a half-pixel shift
-of the features that fine-tuning absorbs.
+TensorFlow's SAME padding pads a stride-2 convolution bottom/right only, PyTorch's on every side, so
+the model must be built with ``same_pad=True`` for the copied features to be MoveNet's (otherwise
+each strided layer shifts them by half a pixel).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
-from torch import nn
 
 from export.deeplab import MEAN, STD, DeepLabV3Plus
+from export.onnx_weights import conv_bn_pairs, fill_folded
 
 #: MoveNet's input scaling: x' = x · SCALE + SHIFT for 0–255 pixels (its graph's Sub/Mul/Sub).
 SCALE, SHIFT = 1 / 127.5, -1.0
@@ -52,37 +53,22 @@ def movenet_convs(path: Path = DEFAULT_PATH) -> list[tuple[np.ndarray, np.ndarra
     return out
 
 
-def _backbone_pairs(model: DeepLabV3Plus) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
-    pairs, pending = [], None
-    for m in model.backbone.modules():
-        if isinstance(m, nn.Conv2d):
-            pending = m
-        elif isinstance(m, nn.BatchNorm2d) and pending is not None:
-            pairs.append((pending, m))
-            pending = None
-    return pairs
-
-
 @torch.no_grad()
 def load_movenet_backbone(model: DeepLabV3Plus, path: Path = DEFAULT_PATH) -> int:
     """Fill ``model.backbone`` (width 1.5) from MoveNet's; returns how many convolutions were copied.
     The ASPP, decoder and head keep their initialisation."""
-    pairs = _backbone_pairs(model)
-    convs = movenet_convs(path)[: len(pairs)]
-    shapes = [tuple(c.weight.shape) for c, _ in pairs]
-    theirs = [w.shape for w, _ in convs]
-    if shapes != theirs:
-        bad = next(i for i, (a, b) in enumerate(zip(shapes, theirs, strict=False)) if a != b) if len(shapes) == len(theirs) else -1
-        raise ValueError(f"{path}: MoveNet's backbone does not fit this model (width must be 1.5): "
-                         f"conv {bad}: {theirs[bad] if bad >= 0 else len(theirs)} against {shapes[bad] if bad >= 0 else len(shapes)}")
-    for i, ((conv, bn), (w, b)) in enumerate(zip(pairs, convs, strict=True)):
+    pairs = list(conv_bn_pairs(model.backbone).values())  # every backbone conv has its batch norm
+    convs = movenet_convs(path)
+    if len(convs) < len(pairs):
+        raise ValueError(f"{path}: {len(convs)} convolutions, this model's backbone has {len(pairs)}")
+    for i, ((conv, _), (w, _)) in enumerate(zip(pairs, convs, strict=False)):
+        if tuple(conv.weight.shape) != w.shape:
+            raise ValueError(f"{path}: MoveNet's backbone does not fit this model (width must be 1.5): "
+                             f"conv {i}: {w.shape} against {tuple(conv.weight.shape)}")
+    for i, ((conv, bn), (w, b)) in enumerate(zip(pairs, convs, strict=False)):
         if i == 0:
             w, b = _fold_input_scaling(w, b)
-        conv.weight.copy_(torch.from_numpy(w))
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0)
-        bn.weight.fill_(float(np.sqrt(1.0 + bn.eps)))
-        bn.bias.copy_(torch.from_numpy(b))
+        fill_folded(conv, bn, w, torch.from_numpy(b))
     return len(pairs)
 
 

@@ -33,7 +33,7 @@ from onnx import numpy_helper
 from torch import nn
 
 
-def _conv_bn_pairs(model: nn.Module) -> dict[str, tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
+def conv_bn_pairs(model: nn.Module) -> dict[str, tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
     """Every Conv2d by module name, with the BatchNorm2d that directly follows it (None if none)."""
     modules = list(model.named_modules())
     pairs = {}
@@ -84,7 +84,7 @@ def onnx_convs(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
 @torch.no_grad()
 def load_onnx_weights(model: nn.Module, path: Path) -> nn.Module:
     """Fill ``model`` (same architecture and config as the export) from the ONNX file at ``path``."""
-    pairs = _conv_bn_pairs(model)
+    pairs = conv_bn_pairs(model)
     convs = onnx_convs(path)
     if set(pairs) != set(convs):
         missing, extra = sorted(set(pairs) - set(convs)), sorted(set(convs) - set(pairs))
@@ -93,22 +93,31 @@ def load_onnx_weights(model: nn.Module, path: Path) -> nn.Module:
         w, b = convs[k]
         if tuple(conv.weight.shape) != w.shape:
             raise ValueError(f"{path}: conv {k!r} has shape {w.shape}, the model's is {tuple(conv.weight.shape)}")
-        conv.weight.copy_(torch.from_numpy(w.astype(np.float32)))
         bias = torch.zeros(w.shape[0]) if b is None else torch.from_numpy(b.astype(np.float32))
-        if bn is None:
-            if conv.bias is None:
-                if b is not None and np.any(b != 0):
-                    raise ValueError(f"{path}: conv {k!r} has a bias the model cannot hold")
-            else:
-                conv.bias.copy_(bias)
+        if bn is not None:
+            fill_folded(conv, bn, w, bias)
             continue
-        if conv.bias is not None:
-            conv.bias.zero_()
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0)
-        bn.weight.fill_(float(np.sqrt(1.0 + bn.eps)))
-        bn.bias.copy_(bias)
+        conv.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+        if conv.bias is None:
+            if b is not None and np.any(b != 0):
+                raise ValueError(f"{path}: conv {k!r} has a bias the model cannot hold")
+        else:
+            conv.bias.copy_(bias)
     return model
+
+
+@torch.no_grad()
+def fill_folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, weight: np.ndarray, bias: torch.Tensor) -> None:
+    """``conv`` then ``bn`` made to compute a convolution whose batch norm was folded in (``weight``,
+    ``bias``): the weight copied, the batch norm the identity plus the bias (eval mode; see
+    ``recalibrate_batch_norms`` for train mode)."""
+    conv.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+    if conv.bias is not None:
+        conv.bias.zero_()
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+    bn.weight.fill_(float(np.sqrt(1.0 + bn.eps)))
+    bn.bias.copy_(bias)
 
 
 @torch.no_grad()
