@@ -19,6 +19,14 @@ resumed run draws the same batches, whichever ``--workers`` make them); the full
 ``OUT/config.json``.  Resumable: ``OUT/last.pt`` is written every epoch (or every ``--save-every-s``),
 ``--resume`` continues from it; ``OUT/best.pt`` keeps the best val mIoU.
 
+Weight averaging (SWA, Izmailov et al. 2018): with ``--swa-from E`` the weights at the end of each
+epoch from E on are averaged (``torch.optim.swa_utils.AveragedModel``; the average travels in
+``last.pt``), at a constant ``--swa-lr`` from E on when given; at the end of each invocation the average's
+batch norms are measured afresh on training batches (``update_bn``), it is validated and written to
+``OUT/swa.pt`` (as ``best.pt``, for ``export/export_onnx.py``).  An average of points along the
+trajectory sits nearer the middle of a flat minimum than any one of them and so generalises better;
+``--init-checkpoint`` starts such a phase from a finished run's ``best.pt`` or ``last.pt``.
+
 On a GPU (``--device cuda --amp``) batches are made by ``--workers`` processes (augmentation is CPU
 work: about 700 crops of 256 px a second per core; the colour jitter is then batched on the GPU) and
 ``--time-budget-s`` fits the LR schedule to the time a lent machine has;
@@ -46,6 +54,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 from export.deeplab import DeepLabV3Plus
 from export.splits import part_of
@@ -455,6 +464,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument("--init-onnx", type=Path, default=None,
                     help="start from the weights of this export (same --width/--aspp; see export/onnx_weights.py)")
+    ap.add_argument("--init-checkpoint", type=Path, default=None,
+                    help="start from the weights of an earlier run's best.pt / last.pt (its network config, "
+                         "not --width/--aspp; a fresh optimiser)")
+    ap.add_argument("--swa-from", type=int, default=-1,
+                    help="average the weights at the end of each epoch from this one on, and write the "
+                         "average (batch norms re-measured) to OUT/swa.pt after the last (-1: off)")
+    ap.add_argument("--swa-lr", type=float, default=0.0,
+                    help="constant LR from --swa-from on (0: the one-cycle schedule throughout)")
     ap.add_argument("--init-backbone", type=Path, default=None,
                     help="start the MobileNetV2 from MoveNet's (its ONNX file, service/inference/weights/"
                          "movenet_multipose.onnx; needs --width 1.5; export/movenet_backbone.py)")
@@ -477,6 +494,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="also report mean person IoU on every Nth frame of the select DAVIS clips (0: off; "
                          "these clips are trained on with --video-frames, so it is not used for selection)")
     args = ap.parse_args(argv)
+    if args.init_checkpoint and (args.init_onnx or args.init_backbone):
+        ap.error("--init-checkpoint starts from a whole network: not with --init-onnx or --init-backbone")
     if args.data_dir is None:  # the service's one data setting (needs its configuration packages)
         from service.config import get_settings
 
@@ -534,7 +553,11 @@ def fit(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    model = DeepLabV3Plus(args.width, args.aspp, same_pad=bool(args.init_backbone))
+    start = torch.load(args.init_checkpoint, map_location="cpu", weights_only=False) if args.init_checkpoint else None
+    if start is not None:
+        model = DeepLabV3Plus(**start["config"])
+    else:
+        model = DeepLabV3Plus(args.width, args.aspp, same_pad=bool(args.init_backbone))
     model_config = dict(model.config)
     params = sum(p.numel() for p in model.parameters())
     log.info("model %s: %.2f M params, training on %s", model_config, params / 1e6, device)
@@ -542,7 +565,11 @@ def fit(args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # the training crops are all one size
-    initial = None  # val metrics of the --init-onnx (--init-backbone) starting point
+    initial = None  # val metrics of the --init-onnx (--init-backbone, --init-checkpoint) starting point
+    if start is not None and not resuming:
+        model.load_state_dict(start["model"])
+        initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
+        log.info("initialised from %s (epoch %s): %s", args.init_checkpoint, start.get("epoch"), json.dumps(initial))
     if (args.init_onnx or args.init_backbone) and not resuming:
         from export.onnx_weights import load_onnx_weights, recalibrate_batch_norms
 
@@ -570,10 +597,13 @@ def fit(args: argparse.Namespace) -> dict:
     steps = max(1, n // args.batch)  # fewer images than a batch (--limit): one short batch an epoch
     total_steps = args.epochs * steps
     start_epoch, best, history = 0, -1.0, []
+    swa = AveragedModel(model) if args.swa_from >= 0 else None
     if resuming:
         ck = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
+        if swa is not None and "swa" in ck:
+            swa.load_state_dict(ck["swa"])
         start_epoch, best, history = ck["epoch"] + 1, ck["best"], ck["history"]
         if ck.get("total_steps", total_steps) != total_steps:
             log.info("epochs changed on resume: the LR schedule is stretched to %d epochs", args.epochs)
@@ -598,7 +628,8 @@ def fit(args: argparse.Namespace) -> dict:
         model.train()
         total = torch.zeros((), device=device)
         for b in range(steps):
-            lr = one_cycle_lr(epoch * steps + b, total_steps, args.lr)
+            lr = args.swa_lr if args.swa_lr and swa is not None and epoch >= args.swa_from else \
+                one_cycle_lr(epoch * steps + b, total_steps, args.lr)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_share", 1.0)
             x, y, jitter = next(it)
@@ -611,6 +642,9 @@ def fit(args: argparse.Namespace) -> dict:
             opt.step()
             total += loss.detach()
         rec = {"epoch": epoch, "loss": float(total) / steps, "lr": lr, "train_s": time.time() - te}
+        if swa is not None and epoch >= args.swa_from:
+            swa.update_parameters(model)
+            rec["swa_n"] = int(swa.n_averaged)
         train_times.append(rec["train_s"])
         fit_now = bool(args.time_budget_s) and epoch == start_epoch + 2  # the first fit: validate to time it
         out_of_time = time.time() >= deadline
@@ -643,15 +677,41 @@ def fit(args: argparse.Namespace) -> dict:
         history.append(rec)
         log.info("epoch %s", json.dumps(rec))
         if final or time.time() - saved >= args.save_every_s:
-            _save_last(args.out, model, opt, total_steps, epoch, best, history, model_config, config)
+            _save_last(args.out, model, opt, total_steps, epoch, best, history, model_config, config,
+                       swa.state_dict() if swa is not None else None)
             saved = time.time()
         if out_of_time:
             log.info("time budget of %.0fs reached after epoch %d", args.time_budget_s, epoch)
             break
         epoch += 1
     del it, batches
+    result = {"best": best, "history": history, "initial": initial}
+    if swa is not None and int(swa.n_averaged):
+        result["swa"] = _finish_average(swa, train, bgs, args, steps, device, val_imgs, val_masks, model_config,
+                                        history[-1]["epoch"])
     log.info("done: best val mIoU %.4f, %.1f min", best, (time.time() - t0) / 60)
-    return {"best": best, "history": history, "initial": initial}
+    return result
+
+
+def _finish_average(swa: AveragedModel, train, bgs, args, steps: int, device, val_imgs, val_masks,
+                    model_config: dict, epoch: int) -> dict:
+    """The averaged weights' batch norms measured on an epoch's worth of training batches (their own
+    draws, not the training's), validated, written to OUT/swa.pt; its validation record."""
+    rng = np.random.default_rng([args.seed, 2 * 10**6])
+    idx = rng.permutation(len(train[0]))[: steps * args.batch]
+
+    def batches():
+        for i in range(0, len(idx), args.batch):
+            x, _, jitter = make_batch(train, idx[i : i + args.batch], bgs, rng, args)
+            yield training_images(x, jitter, device)
+
+    with torch.no_grad():
+        update_bn(batches(), swa.module)
+    rec = {"epoch": epoch, "swa_n": int(swa.n_averaged), **evaluate(swa.module, val_imgs, val_masks, args.val_long_side)}
+    _save_whole({"model": _cpu(swa.module.state_dict()), "config": model_config, "epoch": epoch, "val": rec},
+                args.out / "swa.pt")
+    log.info("swa %s", json.dumps(rec))
+    return rec
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr: float) -> list[dict]:
@@ -683,11 +743,14 @@ def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
-def _save_last(out: Path, model, opt, total_steps, epoch, best, history, model_config, config) -> None:
-    """OUT/last.pt, everything a resume needs, written whole or not at all."""
-    _save_whole({"model": _cpu(model.state_dict()), "opt": opt.state_dict(), "total_steps": total_steps,
-                 "epoch": epoch, "best": best, "history": history, "config": model_config, "args": config},
-                out / "last.pt")
+def _save_last(out: Path, model, opt, total_steps, epoch, best, history, model_config, config,
+               swa: dict | None = None) -> None:
+    """OUT/last.pt, everything a resume needs (the weight average too), written whole or not at all."""
+    ck = {"model": _cpu(model.state_dict()), "opt": opt.state_dict(), "total_steps": total_steps,
+          "epoch": epoch, "best": best, "history": history, "config": model_config, "args": config}
+    if swa is not None:
+        ck["swa"] = _cpu(swa)
+    _save_whole(ck, out / "last.pt")
 
 
 def _save_whole(obj: dict, path: Path) -> None:

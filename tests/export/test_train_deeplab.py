@@ -172,3 +172,41 @@ def test_pasted_background_is_the_resized_crop():
 def test_fewer_images_than_a_batch_train_one_short_batch(tmp_path):
     out = train_deeplab.main(_args(tmp_path / "run", "--epochs", "1", "--batch", "8"))  # --limit 6
     assert len(out["history"]) == 1 and np.isfinite(out["history"][0]["loss"])
+
+
+def test_weight_average_is_the_epochs_mean_and_resumes(tmp_path):
+    """--swa-from 0: swa.pt holds the mean of the weights at the end of each epoch (batch norms
+    measured afresh), and a run stopped and resumed averages the very same weights."""
+    out = train_deeplab.main(_args(tmp_path / "a", "--epochs", "2", "--swa-from", "0"))
+    train_deeplab.main(_args(tmp_path / "b", "--epochs", "2", "--swa-from", "0", "--stop-after", "1"))
+    first = _weights(tmp_path / "b" / "last.pt")  # the weights after epoch 0 of the same schedule
+    # each invocation ends with the average so far
+    assert torch.load(tmp_path / "b" / "swa.pt", weights_only=False)["val"]["swa_n"] == 1
+    train_deeplab.main(_args(tmp_path / "b", "--epochs", "2", "--swa-from", "0", "--resume"))
+    second, avg = _weights(tmp_path / "a" / "last.pt"), _weights(tmp_path / "a" / "swa.pt")
+    assert out["swa"]["swa_n"] == 2 and "miou" in out["swa"]
+    params = dict(DeepLabV3Plus(width=0.35, aspp_channels=16).named_parameters())
+    for k in params:
+        assert torch.allclose(avg[k], (first[k] + second[k]) / 2, atol=1e-6), k
+    stats = [k for k in avg if k.endswith("running_mean")]
+    assert stats and all(not torch.allclose(avg[k], second[k]) for k in stats)  # re-measured, not copied
+    resumed = _weights(tmp_path / "b" / "swa.pt")
+    for k in avg:
+        assert torch.allclose(avg[k].float(), resumed[k].float(), atol=1e-6), k
+
+
+def test_start_from_a_checkpoint_at_a_constant_lr(tmp_path):
+    """--init-checkpoint takes a finished run's network (its config over --width/--aspp) and starts
+    where it ended; --swa-lr holds the LR from --swa-from on."""
+    train_deeplab.main(_args(tmp_path / "a", "--epochs", "1"))
+    best = torch.load(tmp_path / "a" / "best.pt", map_location="cpu", weights_only=False)
+    args = _args(tmp_path / "b", "--epochs", "3", "--init-checkpoint", str(tmp_path / "a" / "best.pt"),
+                 "--swa-from", "1", "--swa-lr", "1e-4")
+    args[args.index("--aspp") + 1] = "32"  # ignored: the checkpoint's network
+    out = train_deeplab.main(args)
+    assert out["initial"]["miou"] == pytest.approx(best["val"]["miou"], abs=1e-9)
+    assert [h["lr"] for h in out["history"]][1:] == [1e-4, 1e-4]
+    assert out["history"][0]["lr"] != 1e-4 and out["swa"]["swa_n"] == 2
+    assert torch.load(tmp_path / "b" / "swa.pt", weights_only=False)["config"] == best["config"]
+    with pytest.raises(SystemExit):
+        train_deeplab.parse_args(["--init-checkpoint", "x.pt", "--init-onnx", "y.onnx"])
