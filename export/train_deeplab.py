@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -580,14 +581,7 @@ def fit(args: argparse.Namespace) -> dict:
 
             log.info("backbone: %d convolutions from %s", load_movenet_backbone(model, args.init_backbone),
                      args.init_backbone)
-        rng = np.random.default_rng([args.seed, 10**6])
-        idx = rng.permutation(len(train[0]))[: 8 * args.batch]
-
-        def images(i: int) -> torch.Tensor:
-            x, _, jitter = make_batch(train, idx[i : i + args.batch], bgs, rng, args)
-            return training_images(x, jitter, device)
-
-        recalibrate_batch_norms(model, (images(i) for i in range(0, len(idx), args.batch)))
+        recalibrate_batch_norms(model, calibration_images(train, bgs, args, device, 10**6, 8 * args.batch))
         initial = evaluate(model, val_imgs, val_masks, args.val_long_side)
         if val_clips:
             initial["clip_iou"] = evaluate_clips(model, val_clips, args.val_long_side)
@@ -687,26 +681,28 @@ def fit(args: argparse.Namespace) -> dict:
     del it, batches
     result = {"best": best, "history": history, "initial": initial}
     if swa is not None and int(swa.n_averaged):
-        result["swa"] = _finish_average(swa, train, bgs, args, steps, device, val_imgs, val_masks, model_config,
-                                        history[-1]["epoch"])
+        images = calibration_images(train, bgs, args, device, 2 * 10**6, steps * args.batch)
+        result["swa"] = _finish_average(swa, images, args, val_imgs, val_masks, model_config, history[-1]["epoch"])
     log.info("done: best val mIoU %.4f, %.1f min", best, (time.time() - t0) / 60)
     return result
 
 
-def _finish_average(swa: AveragedModel, train, bgs, args, steps: int, device, val_imgs, val_masks,
+def calibration_images(train, bgs, args, device, stream: int, n: int) -> Iterator[torch.Tensor]:
+    """``n`` augmented training images in batches of ``args.batch``, from a generator of their own
+    (``stream`` keeps it apart from the training's draws): what batch norms are measured on."""
+    rng = np.random.default_rng([args.seed, stream])
+    idx = rng.permutation(len(train[0]))[:n]
+    for i in range(0, len(idx), args.batch):
+        x, _, jitter = make_batch(train, idx[i : i + args.batch], bgs, rng, args)
+        yield training_images(x, jitter, device)
+
+
+def _finish_average(swa: AveragedModel, images: Iterator[torch.Tensor], args, val_imgs, val_masks,
                     model_config: dict, epoch: int) -> dict:
-    """The averaged weights' batch norms measured on an epoch's worth of training batches (their own
-    draws, not the training's), validated, written to OUT/swa.pt; its validation record."""
-    rng = np.random.default_rng([args.seed, 2 * 10**6])
-    idx = rng.permutation(len(train[0]))[: steps * args.batch]
-
-    def batches():
-        for i in range(0, len(idx), args.batch):
-            x, _, jitter = make_batch(train, idx[i : i + args.batch], bgs, rng, args)
-            yield training_images(x, jitter, device)
-
+    """The averaged weights' batch norms measured on ``images`` (an epoch's worth of training images),
+    validated, written to OUT/swa.pt; its validation record."""
     with torch.no_grad():
-        update_bn(batches(), swa.module)
+        update_bn(images, swa.module)
     rec = {"epoch": epoch, "swa_n": int(swa.n_averaged), **evaluate(swa.module, val_imgs, val_masks, args.val_long_side)}
     _save_whole({"model": _cpu(swa.module.state_dict()), "config": model_config, "epoch": epoch, "val": rec},
                 args.out / "swa.pt")
