@@ -61,7 +61,7 @@ from service.inference import gpu  # noqa: E402
 from service.inference.models import get_model  # noqa: E402
 from service.inference.models.rvm_device import DeviceRVM  # noqa: E402
 from service.media.background import open_background  # noqa: E402
-from service.media.encode import VideoWriter  # noqa: E402
+from service.media.encode import X264_PRESETS, VideoWriter  # noqa: E402
 from service.media.hwdecode import cuda_decode_available, iter_planes, sync_decoder  # noqa: E402
 from service.media.hwencode import device_format, nvenc_available, worker_cores  # noqa: E402
 from service.media.probe import probe_video  # noqa: E402
@@ -327,6 +327,8 @@ def main() -> int:
                     help="also measure the floor with these encoder presets (and threads, 0 = the encoder's own)")
     ap.add_argument("--parts", type=int, nargs="*", default=None, metavar="N",
                     help="also run end to end in N parts side by side (default: 2 and 4; --quick: 2)")
+    ap.add_argument("--x264-preset", choices=X264_PRESETS, default=None,
+                    help="libx264's preset without NVENC, floor and end to end (default: the x264_preset setting)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--out", default=str(OUT), help="clips, outputs and engine cache")
     args = ap.parse_args()
@@ -338,6 +340,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(engine_cache_dir=out / "engines", device_pipeline="on", progress_interval_s=0.0,
                         fp16=True)
+    if args.x264_preset:
+        settings = settings.model_copy(update={"x264_preset": args.x264_preset})
     budget = args.budget_s
 
     say("== bench/gpu.py: the GPU worker path (issue 15) ==")
@@ -348,7 +352,7 @@ def main() -> int:
     device = gpu.probe_device(settings)
     nvdec = device.on_gpu and cuda_decode_available(device.index)
     nvenc = device.on_gpu and nvenc_available("h264_nvenc", device.index)
-    spec = device_format("mp4", nvenc=nvenc, device=device.index)
+    spec = device_format("mp4", nvenc=nvenc, device=device.index, x264_preset=settings.x264_preset)
     threads = 0 if nvenc else worker_cores()
     say(f"{'model device':>22}: {device.kind}, providers {device.providers}")
     say(f"{'decoder':>22}: {'NVDEC (HWAccel cuda, frames kept on the GPU)' if nvdec else 'CPU (libavcodec)'}")

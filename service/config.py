@@ -22,6 +22,8 @@ LOCAL_WEBHOOK_SECRET = "local-dev-secret"
 PLACEHOLDER_WORDS = ("replace", "change", "example", "placeholder", "secret", "your", "xxxx", "todo")
 MIN_KEY_CHARS = 32
 TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: libx264's presets, fastest first.
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
@@ -104,6 +106,12 @@ class Settings(BaseSettings):
     )
     encode_threads: int = Field(
         0, description="Encoder threads (0 = automatic: 1 while the model runs on the CPU, else FFmpeg's choice)."
+    )
+    x264_preset: X264Preset = Field(
+        "veryfast",
+        description="libx264's preset for the H.264 outputs (mp4, matte, greenscreen) at the same constant quality: "
+        "faster presets encode faster into larger files (README, Encoder speed). A long video's chunks all take the "
+        "preset of the worker that cuts it (they are joined without re-encoding).",
     )
     deeplab_flip_average: bool = Field(
         True, description="deeplabv3plus: average the logits of each frame and its mirror image (2x the model's work; "

@@ -266,7 +266,7 @@ def run_device(
     nvdec = device.on_gpu and cuda_decode_available(device.index)
     on_device = nvdec and keep_on_device
     nvenc = device.on_gpu and nvenc_available("h264_nvenc", device.index)
-    spec = device_format(options.output_format, nvenc=nvenc, device=device.index)
+    spec = device_format(options.output_format, nvenc=nvenc, device=device.index, x264_preset=settings.x264_preset)
     threads = settings.encode_threads or (0 if nvenc else worker_cores())
     count = DeviceCount(tick_s=float(info.time_base), frame_s=float(1 / info.fps),
                         decoder="nvdec" if nvdec else "cpu", encoder=spec.codec)

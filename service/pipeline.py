@@ -35,7 +35,7 @@ from service.inference.people import PeopleSelection, PersonDetector, PersonFoun
 from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
 from service.media.decode import iter_frames
-from service.media.encode import FORMATS, GREEN, VideoWriter
+from service.media.encode import FORMATS, GREEN, VideoWriter, format_spec
 from service.media.probe import VideoInfo, probe_video
 from service.options import Options, background_kind
 
@@ -398,7 +398,8 @@ def _run(
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
     compositor = create_compositor(options.composite)
     decode_threads, encode_threads = codec_threads(model, settings)
-    writer = VideoWriter(path, options.output_format, info, threads=encode_threads, audio=window is None)
+    writer = VideoWriter(path, options.output_format, info, threads=encode_threads, audio=window is None,
+                         spec=format_spec(options.output_format, settings.x264_preset))
 
     def read() -> None:
         for batch in _batches(info, bg, settings, decode_threads, window):

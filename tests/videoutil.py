@@ -84,6 +84,19 @@ def audio_packets(path: Path) -> list[bytes]:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
 
 
+def x264_options(path: Path) -> list[str]:
+    """The options string libx264 wrote (a user-data SEI in each first keyframe), once per encoder
+    run: one for a file from one encoder, one per chunk or part of a joined one."""
+    found = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            data = bytes(packet)
+            at = data.find(b"options: ")
+            if at >= 0:
+                found.append(data[at + 9 : data.index(b"\0", at)].decode())
+    return found
+
+
 def audio_duration(path: Path) -> float:
     with av.open(str(path)) as c:
         a = c.streams.audio[0]

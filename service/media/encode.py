@@ -18,15 +18,16 @@ the video as it is written (read from a second demuxer of the input), so nothing
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import cast
+from typing import cast, get_args
 
 import av
 import cv2
 import numpy as np
 
+from service.config import X264Preset
 from service.media.probe import VideoInfo, open_input
 
 
@@ -65,11 +66,23 @@ FORMATS: dict[str, FormatSpec] = {
                         {**_X264, "crf": "8"}),
     "greenscreen": FormatSpec(".mp4", "video/mp4", "mp4", "libx264", "yuv420p", False, _MP4_AUDIO, "aac", _X264),
 }
+X264_PRESETS: tuple[str, ...] = get_args(X264Preset)
 #: name -> (file extension, content type): what the API and storage need to know.
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {k: (v.extension, v.content_type) for k, v in FORMATS.items()}
 GREEN = (0, 177, 64)
 #: How far (in frames) decode times may run ahead of the encoder's own: see ``_steady_dts``.
 _DTS_WINDOW_FRAMES = 8
+
+
+def format_spec(fmt: str, x264_preset: str | None = None) -> FormatSpec:
+    """``FORMATS[fmt]``, its libx264 formats (mp4, matte, greenscreen) at ``x264_preset`` when given:
+    the same constant quality (crf) at another speed, paid in file size (``bench/x264_presets.py``)."""
+    spec = FORMATS[fmt]
+    if x264_preset is None or spec.codec != "libx264":
+        return spec
+    if x264_preset not in X264_PRESETS:
+        raise ValueError(f"unknown libx264 preset {x264_preset!r}")
+    return replace(spec, options={**spec.options, "preset": x264_preset})
 
 
 class VideoWriter:
@@ -79,8 +92,8 @@ class VideoWriter:
         self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True, threads: int = 0,
         spec: FormatSpec | None = None,
     ):
-        """``threads``: encoder threads (0 = FFmpeg's choice); ``spec``: another encoder for ``fmt``
-        (the device path's NVENC, ``service.media.hwencode``)."""
+        """``threads``: encoder threads (0 = FFmpeg's choice); ``spec``: ``fmt`` encoded otherwise
+        (another libx264 preset, ``format_spec``; the device path's NVENC, ``service.media.hwencode``)."""
         self.spec = spec or FORMATS[fmt]
         self.info = info
         self.width = info.width + (info.width % 2 if self.spec.even else 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import av
 
-from service.media.encode import FORMATS, FormatSpec
+from service.media.encode import FormatSpec, format_spec
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -67,10 +67,10 @@ def worker_cores() -> int:
     return cores
 
 
-def device_format(fmt: str, *, nvenc: bool, device: int = 0) -> FormatSpec:
+def device_format(fmt: str, *, nvenc: bool, device: int = 0, x264_preset: str | None = None) -> FormatSpec:
     """The output format ``fmt`` as the device path encodes it: H.264 formats go to NVENC when
-    ``nvenc``; otherwise (and for every other format) the ordinary spec."""
-    spec = FORMATS[fmt]
+    ``nvenc``; otherwise (and for every other format) the ordinary spec, libx264 at ``x264_preset``."""
+    spec = format_spec(fmt, x264_preset)
     if nvenc and spec.codec == "libx264":
         opts = {k: v for k, v in spec.options.items() if k == "movflags"}
         return replace(spec, codec="h264_nvenc", options={**opts, **NVENC_OPTIONS, "gpu": str(device)})

@@ -102,7 +102,9 @@ def start_chunked(job: Job, attempt: int, src: Path, background: str | None, wor
     prefix = _prefix(job.id, attempt)
     for part in parts:
         objects.put_file(prefix + part.name, part, "video/mp4")
-    fields = {"plan": plan.to_json(), "info": info_to_json(info), "suffix": src.suffix or ".mp4"}
+    # the chunks are joined by packet copy, so all of them take this worker's encoder preset
+    fields = {"plan": plan.to_json(), "info": info_to_json(info), "suffix": src.suffix or ".mp4",
+              "x264_preset": settings.x264_preset}
     if info.has_audio:  # the join muxes the original's audio: the stored input, or a copy of a fetched one
         if job.input_key:
             fields["source_key"] = job.input_key
@@ -252,6 +254,8 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
                              f"the worker running chunk {index} was lost {tries - 1} times; it is not tried again")
         plan = ChunkPlan.from_json(state["plan"])
         span = plan.chunks[index]
+        if state.get("x264_preset"):  # the planning worker's: a worker set otherwise still joins
+            settings = settings.model_copy(update={"x264_preset": state["x264_preset"]})
         whole = info_from_json(state["info"])
         assert lease.workdir is not None
         objects = object_store()

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import data_path
-from videoutil import alpha_channel, assert_parts_join_to_one_part, frames_rgb, read_back
+from videoutil import alpha_channel, assert_parts_join_to_one_part, frames_rgb, read_back, x264_options
 
 from service.config import Settings
 from service.device_pipeline import CORES_PER_ENCODER, covers, device_for, device_parts, run_device
@@ -94,6 +94,21 @@ def test_encoder_choice() -> None:
     assert nv.codec == "h264_nvenc" and nv.options["gpu"] == "1" and "crf" not in nv.options
     assert device_format("webm", nvenc=True) == FORMATS["webm"]  # NVENC does H.264 here only
     assert 1 <= worker_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_x264_preset_setting_reaches_both_paths(clip: Path, settings: Settings, tmp_path: Path) -> None:
+    """``x264_preset`` sets libx264's preset in the ordinary and the device path (x264 writes its
+    options into the stream: ``subme`` is 2 at the default ``veryfast``, 1 at ``superfast``);
+    NVENC takes no x264 preset."""
+    assert device_format("mp4", nvenc=False, x264_preset="superfast").options["preset"] == "superfast"
+    assert device_format("mp4", nvenc=True, x264_preset="superfast").codec == "h264_nvenc"
+    for mode in ("off", "on"):
+        for preset, subme in ((None, "subme=2"), ("superfast", "subme=1")):
+            out = tmp_path / f"{mode}-{preset}.mp4"
+            update = {"device_pipeline": mode} | ({"x264_preset": preset} if preset else {})
+            replace_background(clip, "#204060", out, settings=settings.model_copy(update=update))
+            options = x264_options(out)
+            assert len(options) == 1 and subme in options[0].split(), (mode, preset, options)
 
 
 def test_io_binding_on_the_cpu_provider_equals_session_run(settings: Settings, rgb: np.ndarray) -> None:
