@@ -50,6 +50,7 @@ class FormatSpec:
 
 
 _X264 = {"preset": "veryfast", "crf": "18", "movflags": "+faststart"}
+X264_PRESETS: tuple[str, ...] = get_args(X264Preset)  # the others (``format_spec``, the x264_preset setting)
 _MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
 _MOV_AUDIO = _MP4_AUDIO | {"pcm_s16le", "pcm_s24le"}
 FORMATS: dict[str, FormatSpec] = {
@@ -66,7 +67,6 @@ FORMATS: dict[str, FormatSpec] = {
                         {**_X264, "crf": "8"}),
     "greenscreen": FormatSpec(".mp4", "video/mp4", "mp4", "libx264", "yuv420p", False, _MP4_AUDIO, "aac", _X264),
 }
-X264_PRESETS: tuple[str, ...] = get_args(X264Preset)
 #: name -> (file extension, content type): what the API and storage need to know.
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {k: (v.extension, v.content_type) for k, v in FORMATS.items()}
 GREEN = (0, 177, 64)
