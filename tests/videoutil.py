@@ -84,6 +84,37 @@ def audio_packets(path: Path) -> list[bytes]:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
 
 
+def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_codec: str | None = None) -> Path:
+    """The first ``seconds`` of the first video stream and every audio stream of ``src`` in a new
+    container (chosen by ``dst``'s extension or ``fmt``): real pictures and sound in another
+    wrapping.  Packets are copied as they are; the audio is re-encoded with ``audio_codec`` where
+    one is named."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
+        streams = [*inp.streams.video[:1], *inp.streams.audio]
+        targets = {}
+        for s in streams:
+            if s.type == "audio" and audio_codec:
+                targets[s.index] = out.add_stream(audio_codec, rate=s.codec_context.sample_rate)
+                targets[s.index].codec_context.layout = s.codec_context.layout
+            else:
+                targets[s.index] = out.add_stream_from_template(s)
+        for packet in inp.demux(*streams):
+            if packet.dts is None or packet.time_base is None or float(packet.dts * packet.time_base) >= seconds:
+                continue
+            target = targets[packet.stream_index]
+            if packet.stream.type == "audio" and audio_codec:
+                for frame in packet.decode():
+                    frame.pts = None
+                    out.mux(target.encode(frame))
+                continue
+            packet.stream = target
+            out.mux(packet)
+        if audio_codec:
+            for s in inp.streams.audio:
+                out.mux(targets[s.index].encode(None))
+    return dst
+
+
 def x264_options(path: Path) -> list[str]:
     """The options string libx264 wrote (a user-data SEI in each first keyframe), once per encoder
     run: one for a file from one encoder, one per chunk or part of a joined one."""

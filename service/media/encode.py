@@ -246,11 +246,10 @@ class _AudioCarrier:
         self.out = out
         self.routes: dict[int, _Route] = {}
         for stream in self.input.streams.audio:
-            name = stream.codec_context.name
-            if name in spec.audio_copy:
+            if _copyable(stream, spec):
                 self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None)
             else:
-                self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec)
+                self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path)
         self._packets: Iterator[av.Packet] = self.input.demux(*self.input.streams.audio)
         self._pending: av.Packet | None = None
         self._done = False
@@ -285,6 +284,34 @@ class _AudioCarrier:
         route.carry(packet, self.out)
 
 
+def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec) -> bool:
+    """Whether the output container can take this stream's packets as they are.
+
+    The codec is named by its canonical name, so MP3 read by FFmpeg's ``mp3float`` decoder still
+    counts as ``mp3``.  A stream whose sample rate or channel count the demuxer could not tell
+    without a decoder (ADTS AAC in MPEG-TS, opened with ``codec_whitelist=none``) cannot be copied
+    either: the muxer refuses a stream header without them, so that stream is transcoded.
+    """
+    ctx = stream.codec_context
+    return ctx.codec.canonical_name in spec.audio_copy and bool(ctx.sample_rate) and bool(ctx.channels)
+
+
+def _decoded_format(path: Path, index: int, packets: int = 64) -> tuple[int, int]:
+    """Sample rate and channel count of an audio stream whose headers do not give them, from its
+    first decodable packets (a few, never the whole stream); (0, 0) when none decodes."""
+    with open_input(path) as container:
+        for n, packet in enumerate(container.demux(container.streams[index])):
+            if n >= packets:
+                break
+            try:
+                for frame in packet.decode():
+                    audio = cast(av.AudioFrame, frame)
+                    return audio.sample_rate, audio.layout.nb_channels
+            except av.error.FFmpegError:
+                continue
+    return 0, 0
+
+
 @dataclass
 class _Route:
     source: av.audio.stream.AudioStream
@@ -293,11 +320,16 @@ class _Route:
     encoder_rate: int | None
 
     @classmethod
-    def transcoding(cls, source: av.audio.stream.AudioStream, out: av.container.OutputContainer, codec: str) -> _Route:
+    def transcoding(
+        cls, source: av.audio.stream.AudioStream, out: av.container.OutputContainer, codec: str, path: Path
+    ) -> _Route:
         src = source.codec_context
-        rate = 48000 if "opus" in codec else (src.sample_rate or 48000)
+        src_rate, src_channels = src.sample_rate, src.channels
+        if not (src_rate and src_channels):
+            src_rate, src_channels = _decoded_format(path, source.index)
+        rate = 48000 if "opus" in codec else (src_rate or 48000)
         target = cast(av.AudioStream, out.add_stream(codec, rate=rate))
-        layout = "stereo" if (src.channels or 2) >= 2 else "mono"
+        layout = "stereo" if (src_channels or 2) >= 2 else "mono"
         target.codec_context.layout = layout
         fmt = "flt" if "opus" in codec else "fltp"
         target.codec_context.format = fmt

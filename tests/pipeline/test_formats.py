@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import data_path
-from videoutil import alpha_channel, audio_duration, audio_packets, read_back
+from videoutil import alpha_channel, audio_duration, audio_packets, read_back, remux
 
 from service.config import get_settings
 from service.inference.models import get_model
@@ -50,6 +50,31 @@ def test_ac3_in_avi_is_carried_into_mp4(tmp_path: Path) -> None:
     start = before.find(after[:64])
     assert 0 <= start < 3840  # less than one AC-3 frame (at most 3840 bytes)
     assert after == before[start:]
+
+
+def test_adts_aac_in_mpeg_ts_is_carried_into_mp4(tmp_path: Path) -> None:
+    """MPEG-TS holds AAC as ADTS, whose sample rate and channels the demuxer cannot tell without a
+    decoder (and probing runs none): the audio is transcoded at the source's own rate and channel
+    count instead of failing the muxer's header."""
+    real = data_path("videos", "walking-audio.mp4")
+    src = remux(real, tmp_path / "walk.ts", seconds=1.5)
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#101010", out, ReplaceOptions(output_format="matte"))
+    (before,), (after,) = probe_video(real).audio, probe_video(out).audio
+    assert (after.codec, after.sample_rate, after.channels) == ("aac", before.sample_rate, before.channels)
+    assert abs(audio_duration(out) - read_back(out).duration_s) < 0.1
+    assert read_back(out).frames == read_back(src).frames
+
+
+def test_mp3_is_copied_into_mp4(tmp_path: Path) -> None:
+    """MP3 is read by FFmpeg's ``mp3float`` decoder; it is still MP3, which MP4 takes as it is."""
+    src = remux(data_path("videos", "walking-audio.mp4"), tmp_path / "walk.mkv", seconds=1.0, audio_codec="libmp3lame")
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#101010", out, ReplaceOptions(output_format="matte"))
+    assert [a.codec for a in probe_video(out).audio] == ["mp3"]
+    before, after = audio_packets(src), audio_packets(out)
+    assert len(before) > 20
+    assert after == before
 
 
 @pytest.fixture(scope="module")
