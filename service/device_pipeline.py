@@ -140,7 +140,7 @@ def try_device(
 
             def run(part_bg: BackgroundSource | None, file: Path, report: Progress, stopped: Callable[[], bool],
                     part: Window) -> _Count:
-                return run_device(info, part_bg, file, options, part_settings, device, report, stopped, part)
+                return run_device(part.info, part_bg, file, options, part_settings, device, report, stopped, part)
 
             return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)
         return run_device(info, bg, path, options, settings, device, progress, cancel, window)

@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from service.config import Settings
@@ -81,6 +82,9 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     bounds = part_bounds(len(order), parts, warmup)
     if bounds is None:
         return None
+    # A part ends with its own last frame: the track's length is the whole video's, which only the
+    # join applies (a part's writer given it stretched its last frame to the whole track's length).
+    part = replace(info, track_ticks=None)
     windows = []
     for k in range(parts):
         start = order[bounds[k]]
@@ -90,7 +94,7 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
         if k:
             found = clean_start(packets, clean, model_from)  # the keyframe a decode may start at
             seek = None if found is None else packets[found][1]
-        windows.append(Window(info, model_from, start, end, seek_dts=seek))
+        windows.append(Window(part, model_from, start, end, seek_dts=seek))
     return windows
 
 
@@ -125,7 +129,7 @@ def try_segments(
 
     def run(bg: BackgroundSource | None, file: Path, report: Progress, stopped: Callable[[], bool],
             window: Window) -> _Count:
-        return _run(info, bg, file, options, part_model, part_settings, report, stopped, window)
+        return _run(window.info, bg, file, options, part_model, part_settings, report, stopped, window)
 
     with opencv_threads(threads):
         return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)

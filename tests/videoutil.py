@@ -157,6 +157,7 @@ def assert_parts_join_to_one_part(clip: Path, one: Path, parts: Path) -> None:
 
     n = len(chunk_pts(clip))
     assert chunk_pts(parts) == chunk_pts(one) and len(chunk_pts(one)) == n
+    assert read_back(parts).duration_s == read_back(one).duration_s
     assert audio_packets(parts) == audio_packets(clip)
     a1, a2 = alpha_channel(one), alpha_channel(parts)
     seam = n // 2

@@ -16,6 +16,7 @@ from videoutil import assert_parts_join_to_one_part
 
 from service.config import get_settings
 from service.errors import Canceled
+from service.media import chunks
 from service.media.chunks import chunk_pts
 from service.media.decode import iter_frames
 from service.media.probe import probe_video
@@ -71,7 +72,9 @@ def test_parts_cover_every_frame_once_and_seek_where_decoding_does(clip: Path, p
         assert [f.pts for f in seen] == [p for p in order if p >= seen[0].pts]
 
 
-def test_parts_join_to_the_one_part_run(tmp_path: Path, clip: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_parts_join_to_the_one_part_run(
+    tmp_path: Path, clip: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     one = get_settings().model_copy(update={"segments": 1})
     two = get_settings().model_copy(update={"segments": 2})
     matte = ReplaceOptions(output_format="matte")
@@ -84,11 +87,21 @@ def test_parts_join_to_the_one_part_run(tmp_path: Path, clip: Path, caplog: pyte
         seen.append((done, total))
         opencv.append(cv2.getNumThreads())
 
+    joins: list[chunks.JoinResult] = []  # what the join read from the parts' files
+    real_join = chunks.join_chunks
+
+    def join(*args: object, **kwargs: object) -> chunks.JoinResult:
+        joins.append(real_join(*args, **kwargs))  # type: ignore[arg-type]
+        return joins[-1]
+
+    monkeypatch.setattr(chunks, "join_chunks", join)
     with caplog.at_level(logging.INFO, logger="service.segments"):
         r = replace_background(clip, None, tmp_path / "two.mp4", matte, settings=two, progress=progress)
     assert "2 parts" in caplog.text
     n = len(chunk_pts(clip))
     info = probe_video(clip)
+    # each part ends with its own last frame, not stretched to the whole track's length
+    assert [j.end_pts - j.first_pts for j in joins] == [info.track_ticks]
     assert set(opencv) == {part_count(two, n, info.width * info.height)[1]}
     assert cv2.getNumThreads() == opencv_before
     assert r.frames == n and seen[-1] == (n, n) and all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
