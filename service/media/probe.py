@@ -51,17 +51,24 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     return info
 
 
-def decoder_pixel_cap(pixels: int) -> int:
+def decoder_pixel_cap(pixels: int, width: int = 0, height: int = 0) -> int:
     """The most pixels a decoder may allocate for frames of ``pixels``: decoders round the width up
-    to their stride alignment and the height to whole macroblocks before they check."""
+    to their stride alignment (up to 64) and the height to whole macroblocks before they check.
+    A square frame's margin is not enough for a narrow one (8x1080 is checked as 64x1080), so where
+    the headers give a size within ``pixels``, the cap leaves that margin on each side of it."""
     side = max(1, int(pixels**0.5))
-    return (side + 128) * (side + 128) + pixels * 2 // 100
+    square = (side + 128) * (side + 128) + pixels * 2 // 100
+    if 0 < width * height <= pixels:
+        return max(square, (width + 128) * (height + 128))
+    return square
 
 
 def limit_decoder(stream: av.video.stream.VideoStream, pixels: int) -> None:
-    """Make the stream's decoder refuse, before allocating, any frame much larger than ``pixels``."""
+    """Make the stream's decoder refuse, before allocating, any frame much larger than ``pixels``
+    (or than the size its headers declare, when that is within ``pixels``)."""
     ctx = stream.codec_context
-    ctx.options = {**(ctx.options or {}), "max_pixels": str(decoder_pixel_cap(pixels))}
+    cap = decoder_pixel_cap(pixels, ctx.width or 0, ctx.height or 0)
+    ctx.options = {**(ctx.options or {}), "max_pixels": str(cap)}
 
 
 def too_large_after_error(stream: av.video.stream.VideoStream, pixels: int) -> bool:

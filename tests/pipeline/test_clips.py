@@ -6,6 +6,8 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import pytest
 from conftest import data_path
@@ -86,3 +88,32 @@ def test_orientation(name: str, tmp_path: Path) -> None:
         assert got[5].shape[:2] == (960, 540)  # stored 960×540, shown 540×960
     else:
         assert got[5].shape[:2] == (720, 1280)
+
+
+def _strip(src: Path, out: Path, width: int, height: int, frames: int = 20) -> Path:
+    """A narrow upright strip through the middle of a real clip, ``width`` x ``height``: 4:2:0
+    where the width is even, else 4:4:4 (4:2:0 needs even sizes)."""
+    with av.open(str(src)) as c, av.open(str(out), "w") as o:
+        v = o.add_stream("libx264", rate=30)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p" if width % 2 == 0 else "yuv444p"
+        for i, f in enumerate(c.decode(video=0)):
+            if i >= frames:
+                break
+            image = f.to_ndarray(format="rgb24")
+            middle = image.shape[1] // 2
+            strip = cv2.resize(image[:, middle - 4 : middle + 4], (width, height), interpolation=cv2.INTER_AREA)
+            o.mux(v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(strip), format="rgb24")))
+        o.mux(v.encode(None))
+    return out
+
+
+@pytest.mark.parametrize("width,height,name", [(8, 1080, "strip.mp4"), (1, 1000, "line.mkv")])
+def test_narrow_frames_are_processed(width: int, height: int, name: str, tmp_path: Path) -> None:
+    """Decoders check a frame's size with its width rounded up to their stride alignment (8x1080 is
+    checked as 64x1080): the cap that keeps decompression bombs out must still let such a frame in."""
+    src = _strip(data_path("videos", "talking-head.mp4"), tmp_path / name, width, height)
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#2a7fff", out, ReplaceOptions())
+    back = read_back(out)
+    assert (back.frames, back.width, back.height) == (20, width + width % 2, height)  # H.264 4:2:0: even
+    assert back.pts_s == read_back(src).pts_s
