@@ -87,21 +87,28 @@ def test_whole_graph_when_the_cut_cannot_be_made(tmp_path: Path, caplog: pytest.
     assert "published graph whole" in caplog.text
 
 
-def _hd_clip(path: Path, frames: int = 24) -> Path:
-    """The first frames of a DAVIS clip scaled to 1920x1080."""
+def _hd_clip(path: Path, frames: int = 24, width: int = 1920, height: int = 1080) -> Path:
+    """The first frames of a DAVIS clip scaled to ``width`` x ``height``."""
     with av.open(str(data_path("videos_gt", "hike.mp4"))) as inp, av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=24)
-        stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for n, frame in enumerate(inp.decode(video=0)):
             if n == frames:
                 break
-            out.mux(stream.encode(frame.reformat(width=1920, height=1080, format="yuv420p")))
+            out.mux(stream.encode(frame.reformat(width=width, height=height, format="yuv420p")))
         out.mux(stream.encode(None))
     return path
 
 
-def test_1080p_job_peak_memory_under_1_gb(tmp_path: Path) -> None:
-    clip = _hd_clip(tmp_path / "hd.mp4")
+@pytest.mark.parametrize(
+    "width,height,limit_mb",
+    # 4K is past issue 15's 1 GB goal (up to 1080p); it takes fewer frames a batch (``BATCH_PIXELS``):
+    # four of them a batch peaked at 1.88 GB, one at 1.23 GB
+    [(1920, 1080, 1000), (3840, 2160, 1400)],
+    ids=["1080p", "4k"],
+)
+def test_job_peak_memory(width: int, height: int, limit_mb: int, tmp_path: Path) -> None:
+    clip = _hd_clip(tmp_path / "hd.mp4", width=width, height=height)
     code = (
         "import sys, pathlib\n"
         "from service.pipeline import replace_background\n"
@@ -113,7 +120,7 @@ def test_1080p_job_peak_memory_under_1_gb(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, str(clip), str(tmp_path / "out.mp4")],
                           check=True, capture_output=True, text=True, env=env, cwd=ROOT)
     peak_mb = int(done.stdout.split()[-1]) / 1024
-    assert peak_mb < 1000, f"peak {peak_mb:.0f} MB"
+    assert peak_mb < limit_mb, f"peak {peak_mb:.0f} MB"
 
 
 def test_full_resolution_step_gives_the_same_on_reused_work_arrays() -> None:
