@@ -324,13 +324,13 @@ def queue_depth(settings: Settings, batch_bytes: int) -> int:
 
 
 def _batches(
-    info: VideoInfo, bg: BackgroundSource | None, settings: Settings, threads: int, window: Window | None = None
+    info: VideoInfo, bg: BackgroundSource | None, size: int, threads: int, window: Window | None = None
 ) -> Iterator[Batch]:
+    """The decoded frames in batches of ``size`` (``frames_per_batch``), each with its background."""
     buf: list[np.ndarray] = []
     pts: list[int] = []
     durations: list[int] = []
     tb = float(info.time_base)
-    size = frames_per_batch(settings, info.coded_width * info.coded_height)
 
     def flush() -> Batch:
         images = np.stack(buf)
@@ -406,7 +406,8 @@ def _run(
     # the queues hold at most queue_memory_mb of frames each (decoded: frame and background; composed:
     # frame, background, float alpha and foreground), so a 1080p job stays far under 1 GB
     frame_pixels = info.coded_width * info.coded_height
-    pixels = frames_per_batch(settings, frame_pixels) * frame_pixels
+    batch_frames = frames_per_batch(settings, frame_pixels)
+    pixels = batch_frames * frame_pixels
     decoded: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 6))
     composed: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 13))
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
@@ -416,7 +417,7 @@ def _run(
                          spec=format_spec(options.output_format, settings.x264_preset))
 
     def read() -> None:
-        for batch in _batches(info, bg, settings, decode_threads, window):
+        for batch in _batches(info, bg, batch_frames, decode_threads, window):
             if not _put(decoded, batch, stop):
                 return
         _put(decoded, _END, stop)

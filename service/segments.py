@@ -27,14 +27,20 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 
 from service.config import Settings
 from service.errors import Canceled
 from service.inference.models import MattingModel, get_model
 from service.media.background import BackgroundSource
-from service.media.chunks import NotChunkable, chunk_muxer, clean_keyframes, clean_start, video_packets
+from service.media.chunks import (
+    NotChunkable,
+    chunk_info,
+    chunk_muxer,
+    clean_keyframes,
+    clean_start,
+    video_packets,
+)
 from service.media.encode import FORMATS
 from service.media.hwencode import worker_cores
 from service.media.probe import VideoInfo
@@ -82,9 +88,9 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     bounds = part_bounds(len(order), parts, warmup)
     if bounds is None:
         return None
-    # A part ends with its own last frame: the track's length is the whole video's, which only the
-    # join applies (a part's writer given it stretched its last frame to the whole track's length).
-    part = replace(info, track_ticks=None)
+    # a part is processed as a chunk is: it ends with its own last frame (the track's length is the
+    # whole video's, which only the join applies) and carries no audio (the join muxes it once)
+    part = chunk_info(info, info.path)
     windows = []
     for k in range(parts):
         start = order[bounds[k]]

@@ -516,7 +516,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             rotation=rotation, fps=fps, time_base=time_base, frames=0, duration_s=duration,
             track_ticks=int(stream.duration) if stream.duration else None,
             audio=tuple(
-                AudioInfo(a.index, a.codec_context.codec.canonical_name, a.codec_context.sample_rate or 0, a.codec_context.channels or 0)
+                AudioInfo(a.index, a.codec_context.codec.canonical_name, a.codec_context.sample_rate or 0,
+                          a.codec_context.channels or 0)
                 for a in container.streams.audio
                 if a.codec_context is not None
             ),

@@ -103,7 +103,7 @@ def _hd_clip(path: Path, frames: int = 24, width: int = 1920, height: int = 1080
 @pytest.mark.parametrize(
     "width,height,limit_mb",
     # 4K is past issue 15's 1 GB goal (up to 1080p); it takes fewer frames a batch (``BATCH_PIXELS``):
-    # four of them a batch peaked at 1.88 GB, one at 1.23 GB
+    # here four of them a batch peaked at 1.77 GB, one at 1.23 GB
     [(1920, 1080, 1000), (3840, 2160, 1400)],
     ids=["1080p", "4k"],
 )
