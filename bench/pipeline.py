@@ -205,9 +205,14 @@ def timing(args: argparse.Namespace, videos: Path) -> None:
         for clip in clips:
             frames, size = frame_count(clip)
             ours, home = [], []
-            for _ in range(args.runs):
-                ours.append(run_process("ours", clip, Path(tmp) / "ours.mp4", env))
-                home.append(run_process("homemade", clip, Path(tmp) / "home.mp4", env))
+            try:
+                for _ in range(args.runs):
+                    ours.append(run_process("ours", clip, Path(tmp) / "ours.mp4", env))
+                    home.append(run_process("homemade", clip, Path(tmp) / "home.mp4", env))
+            except subprocess.CalledProcessError as e:  # one clip's failure (its traceback above) ends its row only
+                failed = "ours" if len(ours) == len(home) else "home-made"
+                print(f"{clip.name:<28}{size:>11}{frames:>8}   {failed} failed (exit status {e.returncode})", flush=True)
+                continue
             o, h = min(t for t, _ in ours), min(t for t, _ in home)
             om, hm = max(m for _, m in ours), max(m for _, m in home)
             print(f"{clip.name:<28}{size:>11}{frames:>8}{o:>9.1f}{h:>9.1f}{h / o:>9.2f}x{om:>9.0f}{hm:>9.0f}", flush=True)

@@ -15,7 +15,7 @@ process stays as small as one pipeline.
 
 Not cut: chunk tasks (already one span of a job), jobs choosing people (a clip-wide tracker),
 inputs whose container cannot keep exact timestamps (``chunks.chunk_muxer``: MP4/MOV family only),
-short videos (``MIN_FRAMES`` a part), large frames (``segment_max_pixels``: at 1080p the
+short videos (``min_part_frames`` a part), large frames (``segment_max_pixels``: at 1080p the
 full-resolution stages already keep two cores busy, and two parts would pass 1 GB) and GPU
 providers.  The device path cuts its own videos with the same plan and join, for another reason: its
 CPU encoder, not its model, is what limits it (``device_pipeline.device_parts``).
@@ -49,20 +49,34 @@ from service.pipeline import Progress, Window, _background_for, _Count, _run
 
 log = logging.getLogger(__name__)
 
-#: Fewest frames a part may have.  Two parts on two cores do ~1.4x the frames of one part on both,
-#: less the warm-up: with 16 warm-up frames a 2-part cut gains ~20 % from ~190 frames on.
-MIN_FRAMES = 96
 #: Most parts chosen by ``segments=0`` (each holds its own frames and encoder).
 MAX_AUTO_PARTS = 4
+#: Fewest frames a part may have.  Two parts on two cores do ~1.4x the model's frames of one part on
+#: both, less the warm-up (``chunk_warmup_frames`` more model runs a part each): a 238-frame 720p
+#: clip ran 1.06-1.12x faster in two parts, a 150-frame one no faster.
+MIN_FRAMES = 96
+#: Fewest frames a part may have where a frame has at most ``SMALL_FRAME_PIXELS``.  What parts win
+#: back is the model's share of a frame's work (its low-resolution pass costs the same at any size),
+#: and the full-resolution stages, already spread over the cores, take less of it on small frames:
+#: 150-frame clips on 2 cores ran 1.17-1.20x faster in two parts at 640x360 and 768x432, 1.1x at
+#: 854x480, 1.05x at 960x540, no faster at 1280x720; at 640x360 two parts pay off from ~100 frames
+#: (120: 1.2x, 96: 1.05x).
+MIN_FRAMES_SMALL = 56
+SMALL_FRAME_PIXELS = 854 * 480
+
+
+def min_part_frames(pixels: int) -> int:
+    """Fewest frames a part of a video with ``pixels`` a frame may have (``MIN_FRAMES_SMALL``, ``MIN_FRAMES``)."""
+    return MIN_FRAMES_SMALL if pixels <= SMALL_FRAME_PIXELS else MIN_FRAMES
 
 
 def part_count(settings: Settings, frames: int, pixels: int, cores: int | None = None) -> tuple[int, int]:
     """(parts, model threads a part) for a video of ``frames`` frames of ``pixels`` each:
     ``settings.segments`` (0 = one per core, at most ``MAX_AUTO_PARTS``), fewer where a part would
-    have under ``MIN_FRAMES`` or the parts' frames together more than ``segment_max_pixels``."""
+    have under ``min_part_frames`` or the parts' frames together more than ``segment_max_pixels``."""
     cores = cores or worker_cores()
     wanted = settings.segments or min(MAX_AUTO_PARTS, cores)
-    parts = max(1, min(wanted, frames // MIN_FRAMES, settings.segment_max_pixels // max(1, pixels)))
+    parts = max(1, min(wanted, frames // min_part_frames(pixels), settings.segment_max_pixels // max(1, pixels)))
     return parts, settings.intra_op_threads or max(1, cores // parts)
 
 
@@ -82,7 +96,7 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
         log.info("the video runs in one part: %s", e)
         return None
     order = sorted(p for p, _, _ in packets)
-    if len(order) < parts * MIN_FRAMES or len(set(order)) != len(order):
+    if len(order) < parts * min_part_frames(info.width * info.height) or len(set(order)) != len(order):
         return None
     clean = clean_keyframes(packets)
     bounds = part_bounds(len(order), parts, warmup)
@@ -237,5 +251,5 @@ def run_parts(
     return total
 
 
-__all__ = ["MAX_AUTO_PARTS", "MIN_FRAMES", "PartRun", "part_bounds", "part_count", "plan_segments", "run_parts",
-           "try_segments"]
+__all__ = ["MAX_AUTO_PARTS", "MIN_FRAMES", "MIN_FRAMES_SMALL", "SMALL_FRAME_PIXELS", "PartRun", "min_part_frames",
+           "part_bounds", "part_count", "plan_segments", "run_parts", "try_segments"]

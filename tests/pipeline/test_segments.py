@@ -21,7 +21,7 @@ from service.media.chunks import chunk_pts
 from service.media.decode import iter_frames
 from service.media.probe import probe_video
 from service.pipeline import ReplaceOptions, replace_background
-from service.segments import MIN_FRAMES, part_count, plan_segments, try_segments
+from service.segments import MIN_FRAMES, MIN_FRAMES_SMALL, part_count, plan_segments, try_segments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chunkclip import build_clip  # noqa: E402
@@ -42,7 +42,10 @@ def test_part_count_follows_cores_and_length() -> None:
     assert part_count(auto, 1000, small, cores=2) == (2, 1)
     assert part_count(auto, 1000, small, cores=8) == (4, 2)
     assert part_count(auto, 1000, small, cores=1) == (1, 1)
-    assert part_count(auto, 2 * MIN_FRAMES - 1, small, cores=8) == (1, 8)  # too short for two parts
+    assert part_count(auto, 2 * MIN_FRAMES_SMALL - 1, small, cores=8) == (1, 8)  # too short for two parts
+    assert part_count(auto, 2 * MIN_FRAMES_SMALL, small, cores=2) == (2, 1)  # small frames: short parts pay
+    assert part_count(auto, 2 * MIN_FRAMES - 1, hd, cores=2) == (1, 2)  # larger ones need longer parts
+    assert part_count(auto, 2 * MIN_FRAMES, hd, cores=2) == (2, 1)
     assert part_count(auto, 1000, hd, cores=8) == (2, 4)  # two 720p parts fit the pixel budget, not three
     assert part_count(auto, 1000, full_hd, cores=2) == (1, 2)  # 1080p: one part (memory)
     assert part_count(auto.model_copy(update={"segments": 1}), 1000, small, cores=8) == (1, 8)
