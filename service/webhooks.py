@@ -76,9 +76,10 @@ def _target(url: str, refuse: type[InputError] = CallbackRefused) -> httpx.URL:
         raise refuse(f"{what} too long")
     try:
         target = httpx.URL(url)
+        host = target.host  # decodes an IDNA host: a malformed A-label ("xn--") raises here, not in the parse
     except (httpx.InvalidURL, TypeError, ValueError) as e:
         raise refuse(f"{what} {url[:200]!r} is not a valid URL") from e
-    if target.scheme not in ("http", "https") or not target.host:
+    if target.scheme not in ("http", "https") or not host:
         raise refuse(f"{what} must be an absolute http(s) URL")
     if target.userinfo:
         raise refuse(f"{what} must not carry credentials")

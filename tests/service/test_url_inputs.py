@@ -152,7 +152,7 @@ def test_a_redirect_to_a_private_address_is_refused(
     "url",
     ["http://127.0.0.1/clip.mp4", "http://[::ffff:127.0.0.1]/x", "http://[64:ff9b::a9fe:a9fe]/",
      "http://169.254.169.254/latest/meta-data", "ftp://example.com/clip.mp4", "http://user:pw@example.com/x",
-     "file:///etc/passwd", "not a url"],
+     "file:///etc/passwd", "not a url", "http://xn--/"],
 )
 def test_urls_refused_under_the_default_settings(url: str) -> None:
     with pytest.raises(FetchRefused):
@@ -171,7 +171,8 @@ def test_a_private_url_is_refused_at_post_under_the_default_settings(
     env = base_env(redis_url, tmp_path, **auth_env())
     with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
         for body in ({"video_url": f"{upstream.url}/clip.mkv", "background_blur": True},
-                     {"video_url": "https://93.184.216.34/clip.mp4", "background_url": f"{upstream.url}/bg.jpg"}):
+                     {"video_url": "https://93.184.216.34/clip.mp4", "background_url": f"{upstream.url}/bg.jpg"},
+                     {"video_url": "http://xn--/", "background_blur": True}):  # a malformed IDNA host
             r = c.post("/jobs", json=body)
             assert r.status_code == 422, r.text
             assert r.headers["content-type"] == "application/problem+json" and r.json()["code"] == "fetch_refused"

@@ -147,6 +147,7 @@ def test_sign_and_verify() -> None:
         # IPv4 spelt in decimal, hex or octal (the resolver reads them as 127.0.0.1)
         "http://2130706433/", "http://0x7f.1/", "http://017700000001/", "http://0177.0.0.1/",
         "ftp://example.com/", "http://user:pw@example.com/", "not a url", "http:///x",
+        "http://xn--/", "https://xn--zz-/", "http://xn--a.com/",  # malformed IDNA A-labels
         "http://" + "a" * 2100 + ".com/",
     ],
 )
