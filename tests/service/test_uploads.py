@@ -48,6 +48,9 @@ def test_local_store_upload_then_a_job_from_its_id(redis_url: str, tmp_path: Pat
         stolen = dict(video_up, url=video_up["url"].rsplit("=", 1)[0] + "=wrong")
         assert put(stolen, clip.read_bytes()).json()["code"] == "upload_not_found"
 
+        # one upload named as video and background: refused before either is claimed, so it stays usable
+        same = c.post("/jobs", json={"video_upload_id": video_up["id"], "background_upload_id": video_up["id"]})
+        assert same.status_code == 422 and same.json()["code"] == "validation_error", same.text
         r = c.post("/jobs", json={"video_upload_id": video_up["id"], "background_upload_id": bg_up["id"]})
         assert r.status_code == 202, r.text
         job = r.json()

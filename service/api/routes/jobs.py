@@ -143,6 +143,9 @@ class Sources:
                 raise RequestInvalid(f"give the {kind} once: {' or '.join(named)}, not both")
             if kind == "video" and not named:
                 raise RequestInvalid("the video is required: a 'video' file, 'video_url' or 'video_upload_id'")
+        if src.video_upload_id and src.video_upload_id == src.background_upload_id:
+            # one upload is moved into one job input; refused before either is claimed
+            raise RequestInvalid("video_upload_id and background_upload_id name the same upload: one file cannot be both")
         return src
 
     @property
