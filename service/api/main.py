@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import problems
+from service.api.body_cap import BodyCap
 from service.api.deps import key_digests
 from service.api.metrics import JobsCollector
 from service.api.routes import account, health, jobs, previews, uploads, web
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.registry = registry
 
+    app.add_middleware(BodyCap)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -3,6 +3,8 @@ which takes the upload's id.  Real parts: redis-server, uvicorn, moto's S3 serve
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -142,3 +144,29 @@ def test_presigned_multipart_upload_to_s3(redis_url: str, tmp_path: Path, s3_end
         # the limits are checked on the stored object's leading bytes (a ranged read), not a download
         r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
         assert r.status_code == 415 and r.json()["code"] == "not_a_video", r.text
+
+
+def test_bodies_read_whole_are_capped(redis_url: str, tmp_path: Path) -> None:
+    """POST /uploads and /complete take small JSON that FastAPI reads whole before validating it: a
+    body past ``MAX_BODY_BYTES`` is refused (413) whether its length is declared or it comes chunked,
+    instead of being held in memory; media bodies (multipart, the upload PUT) are not capped by it."""
+    from service.api.body_cap import MAX_BODY_BYTES
+
+    env = job_env(redis_url, tmp_path)
+    huge = {"filename": "a" * (MAX_BODY_BYTES + 10), "size": 10}
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        declared = c.post("/uploads", json=huge)
+        assert declared.status_code == 413 and declared.json()["code"] == "upload_too_large", declared.text
+        payload = json.dumps(huge).encode()
+        chunked = c.post("/uploads", content=(payload[i : i + 65536] for i in range(0, len(payload), 65536)),
+                         headers={"Content-Type": "application/json"})
+        assert chunked.status_code == 413 and chunked.json()["code"] == "upload_too_large", chunked.text
+        assert "chunked" in chunked.request.headers.get("transfer-encoding", "")
+        r = c.post("/uploads/0123/complete", json={"parts": [{"number": 1, "etag": "x" * (MAX_BODY_BYTES + 10)}]})
+        assert r.status_code == 413, r.text
+        # a media upload larger than the cap still goes through, by PUT
+        big = tmp_path / "big.bin"
+        big.write_bytes(os.urandom(MAX_BODY_BYTES * 2))
+        up = reserve(c, big)
+        assert put(up, big.read_bytes()).status_code == 204
+        assert c.post("/uploads", json={"filename": "x.mp4", "size": 10}).status_code == 201  # small JSON: as before
