@@ -433,16 +433,19 @@ class JobStore:
         return bool(self.r.set(P + f"once:{name}", b"1", nx=True, px=int(ttl_s * 1000)))
 
     def delete(self, job: Job) -> None:
+        """Remove the job's record.  Its cancel flag is set, not removed: a job canceled a moment ago
+        may still be running, and the flag (which expires by itself) is what stops its worker."""
         pipe = self.r.pipeline()
-        pipe.delete(P + f"job:{job.id}", P + f"cancel:{job.id}", P + f"lease:{job.id}", P + f"chunks:{job.id}")
+        pipe.delete(P + f"job:{job.id}", P + f"lease:{job.id}", P + f"chunks:{job.id}")
+        self.request_cancel(job.id, pipe)
         pipe.zrem(P + f"owner:{job.owner}", job.id)
         for z in ("queued", "running", "expiry"):
             pipe.zrem(P + z, job.id)
         pipe.execute()
 
     # -- cancel flag and lease -------------------------------------------------------------------
-    def request_cancel(self, job_id: str) -> None:
-        self.r.set(P + f"cancel:{job_id}", b"1", ex=max(self.settings.job_ttl_s, 3600))
+    def request_cancel(self, job_id: str, pipe: redis.client.Pipeline | None = None) -> None:
+        (pipe or self.r).set(P + f"cancel:{job_id}", b"1", ex=max(self.settings.job_ttl_s, 3600))
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(P + f"cancel:{job_id}"))

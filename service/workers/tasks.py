@@ -29,7 +29,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from service.config import Settings, get_settings
-from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError
+from service.errors import BackdropError, Canceled, IllegalTransition, JobNotFound, TransientStorageError
 from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, VideoMeta, public_dict, result_url
 from service.storage import create_store, job_prefix
 from service.workers import housekeeping
@@ -340,6 +340,9 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: Heartbeat
 
         try:
             store.transition(job_id, JobStatus.SUCCEEDED, mutate=done, allowed_from=frozenset({JobStatus.RUNNING}))
+        except JobNotFound:  # deleted while it ran (DELETE of a job already marked canceled)
+            _cleanup_objects(job_id)
+            return "deleted"
         except IllegalTransition:
             current = store.get(job_id)
             if current is not None and current.status is JobStatus.CANCELED:
@@ -372,7 +375,7 @@ def fail_job(store: JobStore, job_id: str, code: str, message: str) -> None:
 
     try:
         store.transition(job_id, JobStatus.FAILED, mutate=set_error)
-    except IllegalTransition:
+    except (IllegalTransition, JobNotFound):  # finished meanwhile, or deleted: nothing to record
         pass
     # a failed job keeps its input for inspection until its TTL; a partial output never exists
 

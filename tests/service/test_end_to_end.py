@@ -4,6 +4,7 @@ processes, the local store or moto's S3 server, a loopback webhook receiver."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -215,6 +216,26 @@ def test_delete_mid_job_stops_the_worker(redis_url: str, tmp_path: Path, worker_
             assert c.get(f"/jobs/{waiting['id']}").json()["status"] == "canceled"  # never ran
     finally:
         receiver.close()
+
+
+def test_deleting_a_running_job_twice_still_stops_it(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
+    """The first DELETE marks the running job canceled; a second one at once deletes that finished
+    record.  The worker must still stop within seconds (the cancel flag outlives the record), leave
+    no object behind, and not fail on the record that is gone."""
+    env = base_env(redis_url, tmp_path, BACKDROP_CHUNK_SECONDS="0")
+    worker = worker_factory(env)
+    with ApiServer(settings_from(env)) as api, api.client() as c:
+        worker.wait_ready()
+        job = submit(c, data_path("videos", "desk.mp4"), background_color="#000000")  # 760 frames: ~30 s of work
+        wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
+        t0 = time.monotonic()
+        assert [c.delete(f"/jobs/{job['id']}").status_code for _ in range(2)] == [204, 204]
+        assert c.get(f"/jobs/{job['id']}").status_code == 404
+        ended = re.compile(rf"\[{job['id']}\] succeeded in [0-9.]+s: 'canceled'")  # Celery's line for the task
+        wait_for(lambda: ended.search(worker.log()), 15, 0.1, "the worker to stop the job")
+        assert time.monotonic() - t0 < 15
+        assert "raised unexpected" not in worker.log() and "Traceback" not in worker.log(), worker.log()
+        assert objects_of(api.settings.storage_dir, job["id"]) == []
 
 
 def test_time_limit_fails_the_job(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
