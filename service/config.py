@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = Field(
         8, description="Uploads one API process takes at once; past it POST /jobs answers 503 busy."
     )
+    body_idle_timeout_s: float = Field(
+        30, gt=0, description="Seconds a request body may go without a byte before the request is refused (408 "
+        "upload_stalled), so a client that stops sending mid-upload does not hold an upload slot."
+    )
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long finished jobs and their objects are kept.")
     storage: Literal["local", "s3"] = Field("local", description="Object store kind.")
     storage_dir: Path = Field(ROOT / "var" / "objects", description="Folder of the local object store.")

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api import problems
-from service.api.body_cap import BodyCap
+from service.api.body_limits import BodyLimits
 from service.api.deps import key_digests
 from service.api.metrics import JobsCollector
 from service.api.routes import account, health, jobs, previews, uploads, web
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.registry = registry
 
-    app.add_middleware(BodyCap)
+    app.add_middleware(BodyLimits, idle_timeout_s=settings.body_idle_timeout_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

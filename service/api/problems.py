@@ -61,6 +61,7 @@ def from_error(err: BackdropError, request: Request | None = None) -> JSONRespon
 _HTTP_CODES = {
     404: (RouteNotFound.code, RouteNotFound.title),
     405: (MethodNotAllowed.code, MethodNotAllowed.title),
+    408: ("upload_stalled", "Upload stalled"),
     413: ("upload_too_large", "Upload too large"),
     416: ("range_not_satisfiable", "Range not satisfiable"),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def test_bodies_read_whole_are_capped(redis_url: str, tmp_path: Path) -> None:
     """POST /uploads and /complete take small JSON that FastAPI reads whole before validating it: a
     body past ``MAX_BODY_BYTES`` is refused (413) whether its length is declared or it comes chunked,
     instead of being held in memory; media bodies (multipart, the upload PUT) are not capped by it."""
-    from service.api.body_cap import MAX_BODY_BYTES
+    from service.api.body_limits import MAX_BODY_BYTES
 
     env = job_env(redis_url, tmp_path)
     huge = {"filename": "a" * (MAX_BODY_BYTES + 10), "size": 10}
@@ -170,3 +171,33 @@ def test_bodies_read_whole_are_capped(redis_url: str, tmp_path: Path) -> None:
         up = reserve(c, big)
         assert put(up, big.read_bytes()).status_code == 204
         assert c.post("/uploads", json={"filename": "x.mp4", "size": 10}).status_code == 201  # small JSON: as before
+
+
+def test_a_stalled_upload_is_refused_and_frees_its_slot(redis_url: str, tmp_path: Path) -> None:
+    """A client that sends the headers and the start of a large upload, then nothing, is answered 408
+    upload_stalled after ``body_idle_timeout_s`` and its upload slot is free again (with one slot,
+    the next upload is taken instead of answered 503 busy)."""
+    env = job_env(redis_url, tmp_path, BACKDROP_BODY_IDLE_TIMEOUT_S="1", BACKDROP_MAX_CONCURRENT_UPLOADS="1")
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        head = (
+            f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 10000000\r\n\r\n"
+            '--XyZ\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n"
+        ).encode() + b"\0" * 10_000
+        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
+            s.sendall(head)
+            t0 = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = s.recv(65536)
+                if not data:
+                    break
+                answer += data
+        assert time.monotonic() - t0 < 5
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "upload_stalled"
+        with open(asl_clip(), "rb") as f:
+            r = c.post("/jobs", files={"video": f}, data={"background_color": "#000000"})
+        assert r.status_code == 202, r.text
+        assert not any((tmp_path / "spool").iterdir())  # the stalled upload's spool is gone

@@ -1,0 +1,80 @@
+"""Limits on request bodies: a size cap on those read into memory whole, and an idle timeout on all.
+
+FastAPI reads a route's body into memory before validating it (``POST /uploads``, ``POST
+/uploads/{id}/complete``, any JSON), whatever its size: a 200 MB ``filename`` took the API process
+from 213 to 759 MB before the model refused it.  Media never come that way: multipart bodies
+(``POST /jobs``, ``POST /previews``) are spooled to disk by ``service.api.uploads`` under their own
+limits, and ``PUT /uploads/{id}`` streams to the store, counted against the size the upload
+declared.  Every other body is counted as it is received and refused past ``MAX_BODY_BYTES`` with
+413 ``upload_too_large``, the same answer a body declared too large by its ``Content-Length`` gets
+before anything is read.
+
+Uvicorn bounds a request's headers but not the wait for its body: a client that sent the headers
+and a few bytes of a large upload and then nothing held an upload slot for as long as it kept the
+connection open (eight such connections kept every ``POST /jobs`` at 503 ``busy``).  So while a
+body is incomplete, each wait for its next bytes is bounded by ``body_idle_timeout_s``; past it the
+request is refused with 408 ``upload_stalled`` and the route's slot and spool are released.  Once the
+body is complete, receiving is left alone (a long download waits on it for the client's disconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import problems
+from service.errors import UploadTooLarge
+
+#: Most bytes of a body read whole: far above any JSON this API takes (``POST /jobs`` takes 64 KB).
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _streamed(scope: Scope) -> bool:
+    """Whether the request's body is streamed to disk by its route, not read whole."""
+    if scope["method"] == "PUT":
+        return True
+    content_type = dict(scope["headers"]).get(b"content-type", b"")
+    return content_type.split(b";", 1)[0].strip().lower() == b"multipart/form-data"
+
+
+class BodyLimits:
+    """The size cap and the idle timeout of the module doc.  Both are raised inside the route's
+    read, where FastAPI passes an ``HTTPException`` on to the app's handlers (problem+json); it turns
+    any other error there into a 400."""
+
+    def __init__(self, app: ASGIApp, idle_timeout_s: float, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.idle_timeout_s, self.max_bytes = app, idle_timeout_s, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cap = None if _streamed(scope) else self.max_bytes
+        too_large = f"the request body exceeds {self.max_bytes} bytes (media go as multipart, by URL or by upload)"
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if cap is not None and declared.isdigit() and int(declared) > cap:
+            await problems.from_error(UploadTooLarge(too_large))(scope, receive, send)
+            return
+        seen, complete = 0, False
+
+        async def limited() -> Message:
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"no bytes of the request body for {self.idle_timeout_s:g} s") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            seen += len(message.get("body", b""))
+            if cap is not None and seen > cap:
+                raise HTTPException(413, too_large)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+__all__ = ["MAX_BODY_BYTES", "BodyLimits"]
