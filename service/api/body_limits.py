@@ -31,12 +31,11 @@ from service.errors import UploadTooLarge
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def _streamed(scope: Scope) -> bool:
+def _streamed(method: str, headers: dict[bytes, bytes]) -> bool:
     """Whether the request's body is streamed to disk by its route, not read whole."""
-    if scope["method"] == "PUT":
+    if method == "PUT":
         return True
-    content_type = dict(scope["headers"]).get(b"content-type", b"")
-    return content_type.split(b";", 1)[0].strip().lower() == b"multipart/form-data"
+    return headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower() == b"multipart/form-data"
 
 
 class BodyLimits:
@@ -51,9 +50,10 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cap = None if _streamed(scope) else self.max_bytes
+        headers = dict(scope["headers"])
+        cap = None if _streamed(scope["method"], headers) else self.max_bytes
         too_large = f"the request body exceeds {self.max_bytes} bytes (media go as multipart, by URL or by upload)"
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared = headers.get(b"content-length", b"")
         if cap is not None and declared.isdigit() and int(declared) > cap:
             await problems.from_error(UploadTooLarge(too_large))(scope, receive, send)
             return
