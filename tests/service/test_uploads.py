@@ -84,6 +84,9 @@ def test_unknown_foreign_incomplete_and_expired_uploads(redis_url: str, tmp_path
         assert r.status_code == 422 and r.json()["code"] == "upload_not_found"  # another tenant's
         big = c.post("/uploads", json={"filename": "x.mp4", "size": api.settings.max_upload_bytes + 1})
         assert big.status_code == 413 and big.json()["code"] == "upload_too_large"
+        for size in (True, 10.0, "10", 0):  # a size is a whole number of bytes, never a boolean taken as 1
+            r = c.post("/uploads", json={"filename": "x.mp4", "size": size})
+            assert r.status_code == 422 and r.json()["code"] == "validation_error", (size, r.text)
         stored = tmp_path / "objects" / "uploads" / up["id"]
         assert any(stored.iterdir())
         time.sleep(1.5)  # past upload_ttl_s

@@ -55,9 +55,9 @@ class UploadCreate(BaseModel):
         "application/octet-stream", max_length=100, pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$",
         description="Sent back in `headers`: the PUT must carry it",
     )
-    size: int = Field(ge=1, description="Bytes; at most max_upload_bytes")
+    size: int = Field(ge=1, strict=True, description="Bytes; at most max_upload_bytes")
     part_size: int | None = Field(
-        None, ge=MIN_PART_BYTES, le=5 * 1024**3,
+        None, ge=MIN_PART_BYTES, strict=True, le=5 * 1024**3,
         description="S3 only: ask for a multipart upload with parts of this size (automatic above 100 MiB)",
     )
 
@@ -85,7 +85,7 @@ class UploadPublic(BaseModel):
 class CompletedPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    number: int = Field(ge=1, le=MAX_PARTS)
+    number: int = Field(ge=1, le=MAX_PARTS, strict=True)
     etag: str = Field(min_length=1, max_length=200)
 
 
