@@ -74,7 +74,8 @@ class JobCreate:
         kind = form_background_kind(has_background_file, form.background_color, form.background_blur)
         if form.background_blur_strength is not None and kind != "blur":
             raise InvalidParameter("background_blur_strength is only for a blurred background (background_blur=true)")
-        chosen: dict[str, Any] = {k: fields[k] for k in API_OPTION_FIELDS if k in fields}
+        # a blank field is a field not given, as for the form fields above (an HTML form sends empty inputs)
+        chosen: dict[str, Any] = {k: fields[k] for k in API_OPTION_FIELDS if fields.get(k, "").strip()}
         chosen.setdefault("model", default_model)
         options = Options.parse(**chosen, background=kind)
         color = form.background_color if kind == "color" else None

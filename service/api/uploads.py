@@ -191,7 +191,10 @@ async def parse_multipart(
     ``tick`` is called in the parsing thread after each batch (it keeps a queue reservation alive)."""
     ctype, params = parse_options_header(content_type or "")
     if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise RequestInvalid("send the job as multipart/form-data (a 'video' file and the options)")
+        raise RequestInvalid(
+            "send the job as multipart/form-data (a 'video' file and the options), or as JSON or a urlencoded "
+            "form naming the video by video_url or video_upload_id"
+        )
     try:
         workdir = await run_in_threadpool(_make_workdir, spool_dir)
     except OSError as e:

@@ -116,6 +116,43 @@ def test_missing_video_and_not_multipart(api: ApiServer) -> None:
         assert_problem(c.post("/jobs", json={"video": "x"}), 422, "validation_error")
 
 
+def test_blank_fields_are_fields_not_given(api: ApiServer) -> None:
+    """An HTML form sends its empty inputs: every blank field, options included, means its default."""
+    with api.client(API_KEY) as c:
+        blank = {k: "" for k in ("model", "output_format", "composite", "harmonize", "keep_points", "people",
+                                 "callback_url", "background_blur_strength")}
+        r = post(c, asl_clip(), **blank)
+        assert r.status_code == 202, r.text
+        assert r.json()["options"] == {"model": "rvm", "output_format": "mp4", "composite": "alpha", "harmonize": 0.0,
+                                       "keep_points": [], "people": "all"}
+        assert c.delete(f"/jobs/{r.json()['id']}").status_code == 204
+
+
+def test_a_urlencoded_form_names_its_inputs(api: ApiServer) -> None:
+    """``application/x-www-form-urlencoded`` takes the JSON body's fields (inputs by URL or upload id);
+    a file, a repeated field or bytes that are not a form are refused as validation_error."""
+    url = "https://93.184.216.34/clip.mp4"  # a public address: judged, never fetched without a worker
+    with api.client(API_KEY) as c:
+        r = c.post("/jobs", data={"video_url": url, "background_color": "#00ff00", "harmonize": "0.5"})
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["options"]["harmonize"] == 0.5 and job["background"] == {"kind": "color", "value": "#00ff00"}
+        assert c.delete(f"/jobs/{job['id']}").status_code == 204
+        assert_problem(c.post("/jobs", data={"video_url": "http://127.0.0.1/x.mp4", "background_blur": "true"}),
+                       422, "fetch_refused")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        for body, says in ((b"video=AAAA&background_blur=true", "multipart"),
+                           (f"video_url={url}&video_url={url}&background_blur=true".encode(), "twice"),
+                           (b"video_url=%ff%fe&background_blur=true", "urlencoded"),
+                           ("video_url=é".encode(), "urlencoded")):
+            r = c.post("/jobs", content=body, headers=form)
+            assert_problem(r, 422, "validation_error")
+            assert says in r.json()["detail"], r.text
+        assert_problem(c.post("/jobs", content=b"x=" + b"a" * 70_000, headers=form), 422, "validation_error")
+        content = c.get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]["content"]
+        assert "video_url" in content["application/x-www-form-urlencoded"]["schema"]["properties"]
+
+
 def test_auth(api: ApiServer) -> None:
     with api.client() as c:
         r = c.get("/jobs")

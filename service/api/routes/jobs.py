@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +22,7 @@ from service.admission import Admission, IdempotencyFingerprint, Reservation
 from service.api.deps import ApiKeyDep, CeleryDep, JobStoreDep, ObjectStoreDep, SettingsDep
 from service.api.routes.uploads import UploadRecord, consume_upload, load_upload
 from service.api.schemas import JobCreate, JobPublic, JobsPublic, job_form_schema
-from service.api.uploads import ParsedForm, parse_multipart, upload_slots
+from service.api.uploads import FILE_FIELDS, MAX_PARTS, ParsedForm, parse_multipart, upload_slots
 from service.errors import (
     DependencyUnavailable,
     EmptyFile,
@@ -85,6 +86,7 @@ MULTIPART_DOC: dict[str, Any] = {
                 },
             },
             "application/json": {"schema": _JSON_SCHEMA},
+            "application/x-www-form-urlencoded": {"schema": _JSON_SCHEMA},
         },
     },
     "parameters": [
@@ -156,13 +158,19 @@ class Sources:
         return {k: hashlib.sha256(v.encode()).hexdigest() for k, v in vars(self).items() if v}
 
 
-async def _json_fields(request: Request) -> dict[str, str]:
-    """The JSON body of ``POST /jobs`` as form fields (strings, as a form would send them)."""
+async def _small_body(request: Request, what: str) -> bytes:
+    """A body that names its inputs (JSON or a urlencoded form), read whole: at most ``MAX_JSON_BYTES``."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_JSON_BYTES:
-            raise RequestInvalid(f"the JSON body exceeds {MAX_JSON_BYTES} bytes (media go by URL or upload id)")
+            raise RequestInvalid(f"the {what} body exceeds {MAX_JSON_BYTES} bytes (media go by URL or upload id)")
+    return bytes(body)
+
+
+async def _json_fields(request: Request) -> dict[str, str]:
+    """The JSON body of ``POST /jobs`` as form fields (strings, as a form would send them)."""
+    body = await _small_body(request, "JSON")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -179,6 +187,27 @@ async def _json_fields(request: Request) -> dict[str, str]:
             fields[str(name)] = str(value)
         else:
             raise RequestInvalid(f"field {str(name)[:40]!r} must be a string, number or boolean")
+    return fields
+
+
+async def _urlencoded_fields(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body of ``POST /jobs`` as form fields: the same
+    fields as the JSON body (a form of this type carries no file)."""
+    body = await _small_body(request, "form")
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=MAX_PARTS)
+    except ValueError as e:  # non-ASCII bytes, percent-escapes that are not UTF-8, too many fields
+        raise RequestInvalid(f"the form body is not a valid urlencoded form: {str(e)[:200]}") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in FILE_FIELDS:
+            raise RequestInvalid(
+                f"{name!r} is a file: send files as multipart/form-data, or name the {name} by "
+                f"{name}_url or {name}_upload_id"
+            )
+        if name in fields:
+            raise RequestInvalid(f"field {name[:40]!r} sent twice")
+        fields[name] = value
     return fields
 
 
@@ -281,9 +310,11 @@ async def _submit(
         reservation = await run_in_threadpool(Admission(jobs, settings).reserve, owner)
     form: ParsedForm | None = None
     try:
-        if _is_json(request.headers.get("content-type", "")):
-            form = ParsedForm()
-            form.fields = await _json_fields(request)
+        media = _media_type(request.headers.get("content-type", ""))
+        if media == "application/json" or media.endswith("+json"):
+            form = ParsedForm(fields=await _json_fields(request))
+        elif media == "application/x-www-form-urlencoded":
+            form = ParsedForm(fields=await _urlencoded_fields(request))
         else:
             form = await parse_multipart(
                 request.headers.get("content-type", ""), request.stream(), max_file_bytes=settings.max_upload_bytes,
@@ -330,9 +361,8 @@ async def _submit(
     return _accepted(stored, request)
 
 
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
 
 
 def _url_name(url: str) -> str | None:
