@@ -89,14 +89,24 @@ def test_unknown_foreign_incomplete_and_expired_uploads(redis_url: str, tmp_path
             assert r.status_code == 422 and r.json()["code"] == "validation_error", (size, r.text)
         stored = tmp_path / "objects" / "uploads" / up["id"]
         assert any(stored.iterdir())
-        time.sleep(1.5)  # past upload_ttl_s
-        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})
+        late = reserve(c, clip)
+
+        def slow_body() -> Any:  # the upload expires (upload_ttl_s) while its bytes arrive
+            data = clip.read_bytes()
+            yield data[:1000]
+            time.sleep(1.5)
+            yield data[1000:]
+
+        r = httpx.put(late["url"], content=slow_body(), headers=late["headers"], trust_env=False, timeout=60)
+        assert r.status_code == 422 and r.json()["code"] == "upload_not_found", r.text
+        assert not any((tmp_path / "objects" / "uploads" / late["id"]).glob("*"))  # no file left that nothing sweeps
+        r = c.post("/jobs", json={"video_upload_id": up["id"], "background_blur": True})  # past upload_ttl_s
         assert r.status_code == 422 and r.json()["code"] == "upload_not_found"
         assert c.get("/jobs").json()["count"] == 0
         # the housekeeping sweep deletes the object of the upload that expired unused
         store = JobStore.from_settings(api.settings)
         counts = sweep_uploads(store, LocalStore(tmp_path / "objects").delete_prefix)
-        assert counts["uploads_deleted"] == 1 and not stored.exists()
+        assert counts["uploads_deleted"] == 2 and not stored.exists()  # both expired unused
 
 
 def test_presigned_upload_to_s3_then_a_job_from_its_id(

@@ -178,7 +178,7 @@ async def create_upload(
 
 @router.put(
     "/{upload_id}", status_code=204,
-    responses={404: {"description": "upload_not_found", **_PROBLEM}, 413: {"description": "upload_too_large", **_PROBLEM}},
+    responses={422: {"description": "upload_not_found", **_PROBLEM}, 413: {"description": "upload_too_large", **_PROBLEM}},
 )
 async def put_upload(
     request: Request, upload_id: str, token: Annotated[str, Query(max_length=100)], jobs: JobStoreDep,
@@ -191,10 +191,15 @@ async def put_upload(
         raise UploadNotFound(f"no upload {upload_id[:64]!r} here (unknown, expired or a wrong token)")
     slots = upload_slots(request.app.state, settings.max_concurrent_uploads)
     slots.take()
+    dest = objects.path(rec.key)
     try:
-        await _spool(request, objects.path(rec.key), rec.size)
+        await _spool(request, dest, rec.size)
     finally:
         slots.give_back()
+    if not await run_in_threadpool(jobs.r.exists, UPLOAD_RECORD + upload_id):
+        # used by a job or expired while its bytes arrived: nothing would ever take or sweep this file
+        await run_in_threadpool(dest.unlink, True)
+        raise UploadNotFound(f"upload {upload_id!r} was used by a job or expired while it was being put")
     return Response(status_code=204)
 
 
@@ -227,7 +232,7 @@ async def _spool(request: Request, dest: Path, declared: int) -> None:
 
 @router.post(
     "/{upload_id}/complete", status_code=204,
-    responses={404: {"description": "upload_not_found", **_PROBLEM}, 409: {"description": "upload_incomplete", **_PROBLEM}},
+    responses={422: {"description": "upload_not_found", **_PROBLEM}, 409: {"description": "upload_incomplete", **_PROBLEM}},
 )
 async def complete_upload(
     upload_id: str, body: UploadComplete, owner: ApiKeyDep, jobs: JobStoreDep, objects: ObjectStoreDep
