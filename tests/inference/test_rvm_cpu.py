@@ -310,3 +310,47 @@ def test_a_concat_of_a_splits_outputs_reads_the_split_input() -> None:
     onnx.checker.check_model(model)
     assert [n.op_type for n in model.graph.node] == ["Relu", "Split", "Concat", "Add"]
     assert np.array_equal(_run_graph(model, feeds)[0], before[0])
+
+
+def test_upsamplings_run_in_the_blocked_layout_with_the_same_result(tmp_path: Path) -> None:
+    """A bilinear x2 Resize in RVM's spelling (``pytorch_half_pixel``, constant scales) gets an identity
+    convolution in front and the ``half_pixel`` mode; ONNX Runtime then runs it as its NCHWc Upsample
+    (on x86 with AVX2, where it has that layout), with the plain Resize's result.  A Resize by another
+    mode or by sizes is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from service.inference.rvm_lowres import _blocked_upsampling, cpu_flags
+
+    inits = [numpy_helper.from_array(np.array([], np.float32), "roi"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "x2"),
+             numpy_helper.from_array(np.array([], np.float32), "none"),
+             numpy_helper.from_array(np.array([1, 40, 20, 22], np.int64), "size")]
+    linear = {"mode": "linear", "coordinate_transformation_mode": "pytorch_half_pixel"}
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Resize", ["r", "roi", "x2"], ["up"], name="up", **linear),
+        helper.make_node("Resize", ["r", "roi", "x2"], ["near"], name="near", mode="nearest"),
+        helper.make_node("Resize", ["r", "roi", "none", "size"], ["sized"], name="sized", **linear),
+        helper.make_node("Add", ["up", "near"], ["y"]),
+        helper.make_node("Add", ["y", "sized"], ["z"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 40, 10, 11])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 40, 20, 22])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    feeds = {"x": np.random.default_rng(5).standard_normal((1, 40, 10, 11)).astype(np.float32)}
+    before = _run_graph(model, feeds)[0]
+    assert _blocked_upsampling(model) == 1
+    onnx.checker.check_model(model)
+    modes = {n.name: {a.name: a.s for a in n.attribute} for n in model.graph.node if n.op_type == "Resize"}
+    assert modes["up"]["coordinate_transformation_mode"] == b"half_pixel"
+    assert modes["sized"]["coordinate_transformation_mode"] == b"pytorch_half_pixel"
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    got = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.abs(got - before).max() < 1e-5
+    if "avx2" in cpu_flags():  # ONNX Runtime's NCHWc layout: x86 with AVX2 or AVX-512
+        ops = [(n.domain, n.op_type) for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+        assert ("com.microsoft.nchwc", "Upsample") in ops
