@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, cast
 import numpy as np
 
 from service.config import Settings, get_settings
-from service.errors import Canceled
+from service.errors import Canceled, InvalidParameter
 from service.inference.compositing import create_compositor
 from service.inference.harmonize import Harmonizer
 from service.inference.models import MattingModel, get_model
@@ -145,12 +145,13 @@ def replace_background(
     """
     settings = settings or get_settings()
     options = (options or ReplaceOptions()).with_background(background_kind(background))
+    output_path = Path(output_path)
+    partial = output_path.with_name(f".{output_path.name}.partial")
+    _check_output(output_path, partial, [Path(input_path)] + ([Path(background)] if background else []))
     info = window.info if window is not None else probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
     model = model or get_model(options.model, settings, load=False)  # not loaded where parts run the job
     bg = _background_for(options.output_format, background, info, settings)
-    output_path = Path(output_path)
-    partial = output_path.with_name(f".{output_path.name}.partial")
     try:
         # the GPU worker path (issue 15), where the settings ask for it and it covers the job
         from service.device_pipeline import try_device
@@ -176,6 +177,29 @@ def replace_background(
         frames=frames.count, duration_s=duration, width=info.width, height=info.height,
         output_format=options.output_format, size_bytes=output_path.stat().st_size, content_type=spec.content_type,
     )
+
+
+def _check_output(output: Path, partial: Path, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output that would replace one of the ``inputs`` (the video or a
+    background file), that is a folder, or that cannot be written where it is to go (no such folder,
+    no permission): the output is written to ``partial`` beside it and renamed at the end, so
+    without this a mistyped path failed only after the whole video had been processed, and an
+    output named like the input replaced it."""
+    if output.is_dir():
+        raise InvalidParameter(f"the output {str(output)[:200]!r} is a folder: give a file name")
+    for source in inputs:
+        try:
+            same = output.exists() and source.exists() and os.path.samefile(source, output)
+        except OSError:
+            same = False
+        if same:
+            raise InvalidParameter(f"the output {str(output)[:200]!r} is an input of the job: it would be overwritten")
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InvalidParameter(f"the output {str(output)[:200]!r} cannot be written: {exc.strerror}") from None
+    os.close(fd)
+    partial.unlink(missing_ok=True)
 
 
 def _background_for(fmt: str, spec: str | None, info: VideoInfo, settings: Settings) -> BackgroundSource | None:

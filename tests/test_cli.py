@@ -40,3 +40,27 @@ def test_bad_colour_is_refused(tmp_path: Path) -> None:
         [*BACKDROP, "replace", str(data_path("videos", "asl", "yes.mkv")), "-b", "#zzzzzz", "-o",
          str(tmp_path / "o.mp4")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "[invalid_color]" in proc.stderr
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Path) -> None:
+    """A folder, a missing folder, the input itself or the background file as the output, and a folder
+    as the input: one line with a code, at once (no frame is processed), and no input is touched."""
+    clip = tmp_path / "clip.mkv"
+    clip.write_bytes(data_path("videos", "asl", "yes.mkv").read_bytes())
+    bg = tmp_path / "bg.jpg"
+    bg.write_bytes(data_path("backgrounds", "bg_1.jpg").read_bytes())
+    before = {p: p.read_bytes() for p in (clip, bg)}
+    (tmp_path / "folder").mkdir()
+    cases = [
+        ([str(clip), "-b", "#00ff00", "-o", str(tmp_path / "folder")], "invalid_parameter", "is a folder"),
+        ([str(clip), "-b", "#00ff00", "-o", str(tmp_path / "missing" / "out.mp4")], "invalid_parameter", "cannot be written"),
+        ([str(clip), "-b", "#00ff00", "-o", str(clip)], "invalid_parameter", "would be overwritten"),
+        ([str(clip), "-b", str(bg), "-o", str(bg)], "invalid_parameter", "would be overwritten"),
+        ([str(tmp_path / "folder"), "-b", "#00ff00", "-o", str(tmp_path / "o.mp4")], "not_a_video", "not a file"),
+    ]
+    for args, code, says in cases:
+        proc = subprocess.run([*BACKDROP, "replace", *args, "-q"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert f"[{code}]" in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in (clip, bg)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg.jpg", "clip.mkv", "folder"]  # no partial file left

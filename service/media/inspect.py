@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import stat
 import struct
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -449,6 +450,21 @@ def _head(path: Path, n: int = 64) -> bytes:
         return fh.read(n)
 
 
+def _check_file(path: Path) -> None:
+    """The video is a regular file with bytes in it: else ``not_a_video`` (missing, a folder, a
+    device, unreadable) or ``empty_file``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise NotAVideo(f"file not found: {path.name}") from None
+    except OSError as exc:
+        raise NotAVideo(f"{path.name} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAVideo(f"{path.name} is not a file (a folder, a device or a pipe)")
+    if st.st_size == 0:
+        raise EmptyFile("the video file is empty (0 bytes)")
+
+
 def open_input(path: Path) -> av.container.InputContainer:
     """Open a media file for demuxing, mapping FFmpeg's failures to our codes.
 
@@ -456,16 +472,15 @@ def open_input(path: Path) -> av.container.InputContainer:
     come from the headers, and a picture is decoded only when the caller decodes it, with the
     limits it sets on its own decoder."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise NotAVideo(f"file not found: {path.name}") from None
-    if size == 0:
-        raise EmptyFile("the video file is empty (0 bytes)")
+    _check_file(path)
     try:
         return av.open(str(path), mode="r", timeout=30, container_options={"codec_whitelist": "none"})
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        if looks_like_container(_head(path)):
+        try:
+            head = _head(path)
+        except OSError as err:
+            raise NotAVideo(f"{path.name} cannot be read: {err.strerror}") from None
+        if looks_like_container(head):
             raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
         raise NotAVideo("the file is not a video this service can read") from None
 
@@ -478,8 +493,12 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     not.  Nothing is decoded."""
     settings = settings or get_settings()
     path = Path(path)
+    _check_file(path)
+    try:
+        head = _head(path)
+    except OSError as exc:  # no permission to read it
+        raise NotAVideo(f"{path.name} cannot be read: {exc.strerror}") from None
     animated = _animated_image(path, settings)
-    head = _head(path) if path.is_file() else b""
     if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
         raise NotAVideo(f"this is a still image ({head[8:12].decode('latin-1')}), not a video")
     container = open_input(path)
