@@ -194,12 +194,14 @@ def _check_output(output: Path, partial: Path, inputs: list[Path]) -> None:
             same = False
         if same:
             raise InvalidParameter(f"the output {str(output)[:200]!r} is an input of the job: it would be overwritten")
+    existed = partial.exists()  # another run's, writing now or killed: left to the run that writes it
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)
     except OSError as exc:
         raise InvalidParameter(f"the output {str(output)[:200]!r} cannot be written: {exc.strerror}") from None
     os.close(fd)
-    partial.unlink(missing_ok=True)
+    if not existed:
+        partial.unlink(missing_ok=True)
 
 
 def _background_for(fmt: str, spec: str | None, info: VideoInfo, settings: Settings) -> BackgroundSource | None:
