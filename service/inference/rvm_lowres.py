@@ -60,8 +60,10 @@ def cpu_flags() -> set[str]:
 
 
 def nchwc_block() -> int:
-    """ONNX Runtime's NCHWc block on this CPU: 16 where AVX-512 is there, else 8."""
-    return 16 if "avx512f" in cpu_flags() else 8
+    """ONNX Runtime's NCHWc block on this CPU: 16 where AVX-512 is there, 8 with AVX2, else 1 (its
+    blocked layout is for x86 with AVX2 or later only)."""
+    flags = cpu_flags()
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
 def lowres_path(source: Path, cache_dir: Path) -> Path:
@@ -110,7 +112,8 @@ def optimized_path(path: Path) -> Path:
 
 def lowres_graph(model: Any, block: int = 8) -> Any:
     """RVM's graph cut before its full-resolution step (see the module's text); ``model`` an
-    ``onnx.ModelProto`` of the published file.  Raises ``ValueError`` on a graph of another shape."""
+    ``onnx.ModelProto`` of the published file, ``block`` ONNX Runtime's NCHWc block on the CPU that
+    runs it (1: none).  Raises ``ValueError`` on a graph of another shape."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -148,7 +151,7 @@ def lowres_graph(model: Any, block: int = 8) -> Any:
     padded = _pad_image_channels(model, block)
     stacked = _stack_depthwise(model)
     skipped = _skip_split_then_concat(model)
-    blocked = _blocked_upsampling(model)
+    blocked = _blocked_upsampling(model) if block > 1 else 0  # without the layout: 4 convolutions for nothing
     _prune(g)
     onnx.checker.check_model(model)
     log.debug("RVM cut before its full-resolution step; %d convolutions padded to %d channels, %d depthwise ones "

@@ -354,3 +354,18 @@ def test_upsamplings_run_in_the_blocked_layout_with_the_same_result(tmp_path: Pa
     if "avx2" in cpu_flags():  # ONNX Runtime's NCHWc layout: x86 with AVX2 or AVX-512
         ops = [(n.domain, n.op_type) for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
         assert ("com.microsoft.nchwc", "Upsample") in ops
+
+
+def test_the_cut_pads_and_blocks_only_for_a_cpu_with_the_blocked_layout() -> None:
+    """Where ONNX Runtime has no NCHWc layout (block 1: not x86 with AVX2) the cut adds neither the
+    padding channels nor the identity convolutions, which would only cost time there."""
+    import onnx
+
+    from service.inference.rvm_lowres import lowres_graph
+
+    def added(block: int) -> tuple[int, int]:
+        nodes = lowres_graph(onnx.load(str(RVM(get_settings())._weights())), block).graph.node
+        return sum(n.op_type == "Pad" and "_padded" in n.name for n in nodes), sum(n.name.endswith("_blocked") for n in nodes)
+
+    assert added(16) == (4, 4)
+    assert added(1) == (0, 0)
