@@ -9,8 +9,32 @@ import sys
 from pathlib import Path
 
 from service.cli_service import add_commands
-from service.errors import BackdropError
+from service.errors import BackdropError, InvalidParameter
 from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS
+
+#: Output suffixes that name a container: ``-o`` with one picks the format when ``--format`` is not
+#: given (``-o person.webm`` is a WebM with alpha), and must agree with ``--format`` when it is.
+SUFFIX_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".mov": "mov"}
+
+
+def output_format(given: str | None, output: Path | None) -> str:
+    """The format of ``backdrop replace`` and ``submit``: ``--format``, else the one the output's
+    suffix names, else mp4.  A suffix naming another container than ``--format`` writes is
+    ``invalid_parameter`` (a file named .mp4 holding WebM plays nowhere)."""
+    if output is None:
+        return given or "mp4"
+    suffix = output.suffix.lower()
+    if given is None:
+        return SUFFIX_FORMATS.get(suffix, "mp4")
+    from service.media.encode import FORMATS
+
+    named = SUFFIX_FORMATS.get(suffix)
+    if named is not None and FORMATS[named].container != FORMATS[given].container:
+        raise InvalidParameter(
+            f"--format {given} writes a {FORMATS[given].extension} file, but the output is named {output.name[:100]!r}: "
+            f"name it {output.stem[:100]}{FORMATS[given].extension}, or leave --format out to write {named}"
+        )
+    return given
 
 
 def _replace(args: argparse.Namespace) -> int:
@@ -21,8 +45,8 @@ def _replace(args: argparse.Namespace) -> int:
 
     # the one options model, checked with the background before any work (replace_background checks again)
     options = Options.parse(
-        model=args.model, output_format=args.format, composite=args.composite, harmonize=args.harmonize,
-        edge_refine=args.edge_refine, background=background_kind(args.background),
+        model=args.model, output_format=output_format(args.format, Path(args.output)), composite=args.composite,
+        harmonize=args.harmonize, edge_refine=args.edge_refine, background=background_kind(args.background),
         keep_points=";".join(args.keep_person), people=args.people,
     )
     bars: list[tqdm] = []  # made on the first report, so a refused input prints no empty bar
@@ -55,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("-b", "--background", help="an image file, a video file, #RRGGBB, blur or blur:STRENGTH (0.05-1, default 0.3; larger is blurrier)")
     rep.add_argument("-o", "--output", required=True, help="the output file")
     rep.add_argument("--model", default="rvm", help=" or ".join(MODEL_NAMES) + " (default rvm)")
-    rep.add_argument("--format", default="mp4", choices=list(OUTPUT_FORMATS), help="output format (default mp4)")
+    rep.add_argument("--format", default=None, choices=list(OUTPUT_FORMATS),
+                     help="output format (default: the one the output's suffix names, .webm, .mov, .mp4; else mp4)")
     rep.add_argument("--composite", default="alpha", choices=list(COMPOSITORS), help="compositor")
     rep.add_argument("--harmonize", type=float, default=0.0, metavar="STRENGTH",
                      help="colour harmonisation strength, 0 (off) to 1; mp4 output only")

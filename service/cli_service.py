@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from service.options import OUTPUT_FORMATS
+
 
 def _run(args: argparse.Namespace) -> int:
     from service.config import get_settings
@@ -26,9 +28,11 @@ def _run(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     """Submit through ``service.client`` (retries with one Idempotency-Key, typed errors), follow
     the job, download the result."""
+    from service.cli import output_format
     from service.client import ApiError, Backdrop, JobFailed
 
-    options = {"model": args.model, "output_format": args.format, "composite": args.composite,
+    fmt = output_format(args.format, Path(args.output) if args.output else None)
+    options = {"model": args.model, "output_format": fmt, "composite": args.composite,
                "harmonize": args.harmonize, "callback_url": args.callback_url}
     last = {"line": ""}
 
@@ -73,7 +77,8 @@ def add_commands(subparsers: Any) -> None:
                      help="the service URL (env BACKDROP_API_URL)")
     sub.add_argument("--key", default=os.environ.get("BACKDROP_API_KEY"), help="API key (env BACKDROP_API_KEY)")
     sub.add_argument("--model", default="rvm")
-    sub.add_argument("--format", default="mp4", help="mp4, webm, mov, matte or greenscreen")
+    sub.add_argument("--format", default=None, choices=list(OUTPUT_FORMATS),
+                     help="output format (default: the one -o's suffix names, .webm, .mov, .mp4; else mp4)")
     sub.add_argument("--composite", default="alpha", choices=["alpha", "poisson"])
     sub.add_argument("--harmonize", type=float, default=0.0)
     sub.add_argument("--callback-url", dest="callback_url")

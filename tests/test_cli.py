@@ -64,3 +64,20 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
         assert f"[{code}]" in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert {p: p.read_bytes() for p in (clip, bg)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bg.jpg", "clip.mkv", "folder"]  # no partial file left
+
+
+def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
+    """`-o person.webm` writes WebM with alpha (no background needed) as a user expects from the name;
+    a suffix naming another container than --format is refused before any work."""
+    import av
+
+    src = str(data_path("videos", "asl", "yes.mkv"))
+    out = tmp_path / "person.webm"
+    proc = subprocess.run([*BACKDROP, "replace", src, "-o", str(out), "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with av.open(str(out)) as c:
+        assert c.format.name.startswith("matroska") and c.streams.video[0].codec_context.name == "vp9"
+    proc = subprocess.run([*BACKDROP, "replace", src, "--format", "webm", "-o", str(tmp_path / "p.mp4"), "-q"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "[invalid_parameter]" in proc.stderr and "p.webm" in proc.stderr, proc.stderr
+    assert not (tmp_path / "p.mp4").exists()
