@@ -189,8 +189,8 @@ def _check_output(output: Path, partial: Path, inputs: list[Path]) -> None:
         raise InvalidParameter(f"the output {str(output)[:200]!r} is a folder: give a file name")
     for source in inputs:
         try:
-            same = output.exists() and source.exists() and os.path.samefile(source, output)
-        except OSError:
+            same = os.path.samefile(source, output)
+        except OSError:  # either is missing (a colour or blur is no file)
             same = False
         if same:
             raise InvalidParameter(f"the output {str(output)[:200]!r} is an input of the job: it would be overwritten")

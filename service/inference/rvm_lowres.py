@@ -47,6 +47,8 @@ INPUT = "src_sm"
 OUTPUTS = ("coef_a", "coef_b", "r1o", "r2o", "r3o", "r4o")
 #: in the cut graph's file name: a cache made by an earlier form of ``lowres_graph`` is not reused
 GRAPH_VERSION = "g3"
+#: The Resize coordinate modes that ``_blocked_upsampling`` takes (the same coordinates at scale 2).
+HALF_PIXEL = (b"pytorch_half_pixel", b"half_pixel")
 STRIP_ROWS = 64  # full-resolution rows per step: ~2 MB of float work arrays at 1920 wide
 
 
@@ -242,9 +244,9 @@ def _blocked_upsampling(model: Any) -> int:
     integer scale of 2 or more; and each Resize reads the recurrent block's Concat, which stays in
     NCHW.  So the mode is respelled and a 1x1 identity convolution (exact: one weight of 1 a channel)
     put in front, which ONNX Runtime blocks like any convolution.  At 320x180 on one thread of a
-    2-core EPYC (AVX-512 VNNI) the int8 network went from 33-34.7 to 30.5-32.9 ms a frame, the float
-    one from 50.5 to 48.8; coefficients within 8e-5 of the plain Resize's.  Returns how many Resizes
-    were changed."""
+    2-core EPYC (AVX-512 VNNI) the int8 network went from 34.1-35.1 to 32.7-33.0 ms a frame, the
+    float one from 50.5 to 48.8; coefficients within 8e-5 of the plain Resize's.  Returns how many
+    Resizes were changed."""
     from onnx import helper, numpy_helper, shape_inference
 
     g = model.graph
@@ -258,9 +260,7 @@ def _blocked_upsampling(model: Any) -> int:
             continue  # a Resize by sizes, or by scales computed at run time
         attrs = {a.name: a for a in n.attribute}
         mode = attrs.get("coordinate_transformation_mode")
-        if "mode" not in attrs or attrs["mode"].s != b"linear" or mode is None:
-            continue
-        if mode.s not in (b"pytorch_half_pixel", b"half_pixel"):
+        if "mode" not in attrs or attrs["mode"].s != b"linear" or mode is None or mode.s not in HALF_PIXEL:
             continue
         scales = numpy_helper.to_array(inits[n.input[2]]).tolist()
         c = channels.get(n.input[0], 0)

@@ -465,6 +465,14 @@ def _check_file(path: Path) -> None:
         raise EmptyFile("the video file is empty (0 bytes)")
 
 
+def _video_head(path: Path) -> bytes:
+    """The video's leading bytes; ``not_a_video`` where the file cannot be read (no permission)."""
+    try:
+        return _head(path)
+    except OSError as exc:
+        raise NotAVideo(f"{path.name} cannot be read: {exc.strerror}") from None
+
+
 def open_input(path: Path) -> av.container.InputContainer:
     """Open a media file for demuxing, mapping FFmpeg's failures to our codes.
 
@@ -476,11 +484,7 @@ def open_input(path: Path) -> av.container.InputContainer:
     try:
         return av.open(str(path), mode="r", timeout=30, container_options={"codec_whitelist": "none"})
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        try:
-            head = _head(path)
-        except OSError as err:
-            raise NotAVideo(f"{path.name} cannot be read: {err.strerror}") from None
-        if looks_like_container(head):
+        if looks_like_container(_video_head(path)):
             raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
         raise NotAVideo("the file is not a video this service can read") from None
 
@@ -494,10 +498,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     settings = settings or get_settings()
     path = Path(path)
     _check_file(path)
-    try:
-        head = _head(path)
-    except OSError as exc:  # no permission to read it
-        raise NotAVideo(f"{path.name} cannot be read: {exc.strerror}") from None
+    head = _video_head(path)
     animated = _animated_image(path, settings)
     if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
         raise NotAVideo(f"this is a still image ({head[8:12].decode('latin-1')}), not a video")
