@@ -282,6 +282,15 @@ class RequestInvalid(InputError):
     title = "Request validation failed"
 
 
+class MalformedRequest(BackdropError):
+    """Bytes that are not an HTTP/1.1 request (its request line, a header or its framing, such as a
+    ``Content-Length`` that is not a number): the server answers before the app sees anything."""
+
+    code = "malformed_request"
+    status = 400
+    title = "Malformed request"
+
+
 class RouteNotFound(BackdropError):
     code = "not_found"
     status = 404

@@ -128,10 +128,12 @@ class LocalStack:
         else:
             raise SystemExit(f"Redis at {host}:{port} does not answer")
 
+        from service.api.http_protocol import HTTP_PROTOCOL  # uvicorn's 400 in problem+json
+
         py = sys.executable
         self.children.append(Child("api", [
             py, "-m", "uvicorn", "service.api.main:app", "--host", s.host, "--port", str(s.port),
-            "--no-access-log",
+            "--no-access-log", "--http", HTTP_PROTOCOL,
         ], env).start())
         if self.worker:
             # stopped with SIGQUIT: a running job gets worker_soft_shutdown_s, then goes back to the

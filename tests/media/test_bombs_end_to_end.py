@@ -18,6 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 import stack  # noqa: E402
 
+from service.api.http_protocol import HTTP_PROTOCOL  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 #: The API process (Python, FastAPI, Celery client, boto3: about 120 MB before any request).
@@ -74,7 +76,7 @@ class ApiProcess:
         self.log_path = log_path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "service.api.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
+             "--log-level", "warning", "--http", HTTP_PROTOCOL],
             cwd=stack.ROOT, env=stack.make_env(env), stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -21,6 +21,7 @@ import httpx
 import redis
 import uvicorn
 
+from service.api.http_protocol import ProblemH11Protocol
 from service.config import Settings
 
 _spec = importlib.util.spec_from_file_location("_backdrop_root_conftest", Path(__file__).parents[1] / "conftest.py")
@@ -60,6 +61,31 @@ def wait_for(pred: Any, timeout: float, interval: float = 0.1, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def raw_http(url: str, request: bytes, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    """``request`` sent as bytes to the server at ``url`` (to reach the parser below the app):
+    the answer's status, headers (names in lower case) and body, read until the server closes."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+#: Requests that uvicorn's HTTP parser (h11) refuses before the app sees them.
+MALFORMED_REQUESTS = {
+    "content-length-not-a-number": b"POST /jobs HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n",
+    "two-content-lengths": b"POST /jobs HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    "header-without-colon": b"GET /healthz HTTP/1.1\r\nHost a\r\n\r\n",
+    "request-line": b"GET\r\n\r\n",
+    "transfer-encoding-not-chunked": b"POST /jobs HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+}
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -123,7 +149,8 @@ class ApiServer:
         self.app = create_app(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        cfg = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                             http=ProblemH11Protocol)
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

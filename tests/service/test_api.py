@@ -3,6 +3,7 @@ problem+json; auth, ownership, idempotency, back-pressure, result/cancel of queu
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack import API_KEY, OTHER_KEY, ApiServer, auth_env, base_env, data_path, settings_from
+from stack import (
+    API_KEY,
+    MALFORMED_REQUESTS,
+    OTHER_KEY,
+    ApiServer,
+    auth_env,
+    base_env,
+    data_path,
+    raw_http,
+    settings_from,
+)
 
 
 def asl_clip() -> Path:
@@ -209,6 +220,20 @@ def test_problem_json_for_framework_errors(api: ApiServer) -> None:
         assert_problem(c.get("/nowhere"), 404, "not_found")
         assert_problem(c.put("/jobs"), 405, "method_not_allowed")
         assert_problem(c.get("/jobs", params={"limit": "many"}), 422, "validation_error")
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_REQUESTS))
+def test_requests_the_http_parser_refuses_are_problems(api: ApiServer, name: str) -> None:
+    """Answered by uvicorn itself, below the app: still problem+json with a stable code, the
+    connection closed, and the server goes on answering."""
+    status, headers, body = raw_http(api.url, MALFORMED_REQUESTS[name])
+    assert status == 400 and headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close" and int(headers["content-length"]) == len(body)
+    problem = json.loads(body)
+    assert problem["code"] == "malformed_request" and problem["status"] == 400
+    assert problem["type"] == "urn:backdrop:problem:malformed_request" and "Content-Length" in problem["detail"]
+    with api.client() as c:
+        assert c.get("/healthz").status_code == 200
 
 
 def test_metrics_and_readiness_without_worker(api: ApiServer) -> None:

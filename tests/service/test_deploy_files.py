@@ -14,6 +14,7 @@ import pytest
 import yaml
 from stack import ROOT
 
+from service.api.http_protocol import HTTP_PROTOCOL
 from service.config import Settings
 
 FIELDS = set(Settings.model_fields)
@@ -117,6 +118,7 @@ def test_dockerfiles(name: str) -> None:
     installs = " ".join(d["run"])
     if name == "Dockerfile.api":
         assert d["cmd"][:2] == ["uvicorn", API_MODULE]
+        assert d["cmd"][d["cmd"].index("--http") + 1] == HTTP_PROTOCOL  # uvicorn's own 400 in problem+json
         port = int(d["cmd"][d["cmd"].index("--port") + 1])
         assert port == int(d["env"]["BACKDROP_PORT"]) and d["expose"] == [port]
         assert "onnxruntime" not in installs and "[cpu]" not in installs and "[gpu]" not in installs
@@ -200,6 +202,7 @@ def test_k8s() -> None:
     api = find("Deployment", "backdrop-api")["spec"]["template"]["spec"]
     (c,) = api["containers"]
     assert c["image"].startswith("backdrop-api:") and c["command"][:2] == ["uvicorn", API_MODULE]
+    assert c["command"][c["command"].index("--http") + 1] == HTTP_PROTOCOL
     port = int(c["command"][c["command"].index("--port") + 1])
     assert c["ports"][0]["containerPort"] == port
     env = {e["name"]: e["value"] for e in c["env"]}

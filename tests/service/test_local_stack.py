@@ -4,6 +4,7 @@ it; SIGTERM stops all three."""
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
@@ -11,7 +12,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from stack import ROOT, base_env, count_frames, data_path, free_port, make_env, wait_for
+from stack import (
+    MALFORMED_REQUESTS,
+    ROOT,
+    base_env,
+    count_frames,
+    data_path,
+    free_port,
+    make_env,
+    raw_http,
+    wait_for,
+)
 
 from service.cli_service import add_commands
 
@@ -52,6 +63,10 @@ def test_run_submit_and_stop(tmp_path: Path) -> None:
                 return False
 
         wait_for(ready, 90, 0.5, "the local stack")
+        # the API process is served with the protocol that answers unparsable requests as problems
+        status, headers, body = raw_http(url, MALFORMED_REQUESTS["content-length-not-a-number"])
+        assert status == 400 and headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["code"] == "malformed_request"
         clip = sorted(data_path("videos", "asl").glob("*.mkv"))[0]
         out = tmp_path / "result.mp4"
         args = parser().parse_args(["submit", str(clip), "-b", "#224466", "-o", str(out), "--api", url,
