@@ -10,7 +10,7 @@ from pathlib import Path
 
 from service.cli_service import add_commands
 from service.errors import BackdropError, InvalidParameter
-from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS
+from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS, SCENE_FORMATS
 
 #: Output suffixes that name a container: ``-o`` with one picks the format when ``--format`` is not
 #: given (``-o person.webm`` is a WebM with alpha), and must agree with ``--format`` when it is.
@@ -49,6 +49,9 @@ def _replace(args: argparse.Namespace) -> int:
         harmonize=args.harmonize, edge_refine=args.edge_refine, background=background_kind(args.background),
         keep_points=";".join(args.keep_person), people=args.people,
     )
+    if args.background is not None and options.output_format not in SCENE_FORMATS:
+        print(f"backdrop: note: {options.output_format} output shows no background, so -b is not used (an .mp4 "
+              "output puts the person on it)", file=sys.stderr)
     bars: list[tqdm] = []  # made on the first report, so a refused input prints no empty bar
 
     def progress(done: int, total: int) -> None:

@@ -45,7 +45,7 @@ from service.media.encode import FORMATS
 from service.media.hwencode import worker_cores
 from service.media.probe import VideoInfo
 from service.options import Options
-from service.pipeline import Progress, Window, _background_for, _Count, _run
+from service.pipeline import Progress, Window, _Count, _run, background_for
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def run_parts(
         return report
 
     def work(k: int) -> None:
-        bg = _background_for(options.output_format, background, info, settings)
+        bg = background_for(options.output_format, background, info.width, info.height, settings)
         try:
             counts[k] = run(bg, files[k], reporter(k), stopped, windows[k])
         except BaseException as e:  # noqa: BLE001 - raised again by the caller's thread

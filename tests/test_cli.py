@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from conftest import data_path
-from videoutil import read_back
+from videoutil import alpha_channel, frames_rgb, read_back
 
 BACKDROP = [sys.executable, "-m", "service.cli"]
 
@@ -68,8 +68,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
 
 def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
     """`-o person.webm` writes WebM with alpha (no background needed) as a user expects from the name;
-    a suffix naming another container than --format is refused before any work."""
+    a background given anyway is not used, and the user is told so; a suffix naming another
+    container than --format is refused before any work."""
     import av
+    import numpy as np
 
     src = str(data_path("videos", "asl", "yes.mkv"))
     out = tmp_path / "person.webm"
@@ -77,6 +79,12 @@ def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     with av.open(str(out)) as c:
         assert c.format.name.startswith("matroska") and c.streams.video[0].codec_context.name == "vp9"
+    with_bg = tmp_path / "person-bg.webm"
+    proc = subprocess.run([*BACKDROP, "replace", src, "-b", str(data_path("videos", "asl", "bird.mkv")), "-o",
+                           str(with_bg), "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "webm output shows no background, so -b is not used" in proc.stderr, proc.stderr
+    assert np.array_equal(alpha_channel(with_bg), alpha_channel(out))
+    assert all(np.array_equal(a, b) for a, b in zip(frames_rgb(with_bg).values(), frames_rgb(out).values(), strict=True))
     proc = subprocess.run([*BACKDROP, "replace", src, "--format", "webm", "-o", str(tmp_path / "p.mp4"), "-q"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "[invalid_parameter]" in proc.stderr and "p.webm" in proc.stderr, proc.stderr

@@ -69,18 +69,15 @@ def render(image: Any, background: str | None, options: Any, settings: Settings)
     from service.inference.harmonize import Harmonizer
     from service.inference.models import get_model
     from service.inference.refine import EdgeRefiner
-    from service.media.background import ColorBackground, open_background
-    from service.media.encode import FORMATS, GREEN
+    from service.media.encode import FORMATS
     from service.options import background_kind
-    from service.pipeline import Batch, compose_batch, edge_refine
+    from service.pipeline import Batch, background_for, compose_batch, edge_refine
 
     options = options.with_background(background_kind(background))
     model = get_model(options.model, settings)
     h, w = image.shape[:2]
     fmt = options.output_format
-    source = ColorBackground(GREEN, w, h) if fmt == "greenscreen" else (
-        open_background(background, w, h, settings) if background else None
-    )
+    source = background_for(fmt, background, w, h, settings)
     try:
         images = image[None]
         plate = None if source is None else np.ascontiguousarray(source.frames(images, [0.0]))

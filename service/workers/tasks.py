@@ -31,6 +31,7 @@ from celery.signals import worker_process_init
 from service.config import Settings, get_settings
 from service.errors import BackdropError, Canceled, IllegalTransition, JobNotFound, TransientStorageError
 from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, VideoMeta, public_dict, result_url
+from service.options import SCENE_FORMATS
 from service.storage import create_store, job_prefix
 from service.workers import housekeeping
 from service.workers.celery_app import HOUSEKEEPING_TASK, PROCESS_TASK, WEBHOOK_TASK, app
@@ -121,6 +122,10 @@ def _input_video(job: Job, workdir: Path, store: JobStore, attempt: int, setting
 
 
 def background_spec(job: Job, workdir: Path, settings: Settings | None = None) -> str | None:
+    """The job's background as ``replace_background`` takes it (a file fetched into ``workdir``, a
+    colour, a blur), or None for an output that shows none: one given anyway is not fetched."""
+    if job.options.output_format not in SCENE_FORMATS:
+        return None
     bg = job.background
     if bg.kind == "file" and bg.url:
         from service.fetch import fetch_to_file, url_suffix

@@ -204,6 +204,10 @@ def test_url_inputs_run_end_to_end_and_fetch_errors_fail_the_job(
         assert job["video"] is None and job["progress"]["frames_total"] == 0  # not known before the worker looks
         missing = c.post("/jobs", files=form(video_url=f"{upstream.url}/missing.mp4", background_color="#00ff00"))
         assert missing.status_code == 202, missing.text
+        # webm shows no background: one given anyway is never fetched (this one would be a 404)
+        alpha = c.post("/jobs", json={"video_url": f"{upstream.url}/clip.mkv", "background_url": f"{upstream.url}/unused.jpg",
+                                      "output_format": "webm"})
+        assert alpha.status_code == 202, alpha.text
         assert upstream.hits == []  # the API never fetches
         worker.wait_ready()
 
@@ -219,3 +223,6 @@ def test_url_inputs_run_end_to_end_and_fetch_errors_fail_the_job(
         failed = wait_for(lambda: final(missing.json()["id"]), 120, 0.3, "the 404 job")
         assert failed["status"] == "failed" and failed["error"]["code"] == "fetch_failed", failed
         assert "404" in failed["error"]["message"]
+        shown = wait_for(lambda: final(alpha.json()["id"]), 300, 0.3, "the webm job")
+        assert shown["status"] == "succeeded", shown
+        assert "/unused.jpg" not in upstream.hits
