@@ -24,6 +24,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from service.inference.strips import STRIP_ROWS, resized_rows
+
 
 def _box(x: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(x, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
@@ -117,44 +119,57 @@ class EdgeRefiner:
 
     # ------------------------------------------------------------------------------------------
     def _one(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Everything is worked out at the working size (coefficients, where to refine, where the
+        scene is still); the full-resolution result is then made a strip of rows at a time
+        (``strips``): at 1080p the whole-frame version held ~120 MB of float arrays a frame."""
         h, w = alpha.shape
         s = min(1.0, self.work_side / max(h, w))
         lh, lw = max(1, round(h * s)), max(1, round(w * s))
         small = cv2.resize(frame, (lw, lh), interpolation=cv2.INTER_AREA) if s < 1 else frame
-        guide_lo = small.astype(np.float32) * (1.0 / 255.0)
-        alpha_lo = cv2.resize(alpha, (lw, lh), interpolation=cv2.INTER_AREA) if s < 1 else alpha
-        alpha = np.clip(alpha, 0.0, 1.0)
 
         unsure = ((alpha > self.sure) & (alpha < 1.0 - self.sure)).astype(np.uint8)
         if s < 1:  # any unsure full-res pixel marks its low-res pixel
             unsure = (cv2.resize(unsure, (lw, lh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-        refined: np.ndarray = alpha
+        coefficients: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if unsure.any():
+            guide_lo = small.astype(np.float32) * (1.0 / 255.0)
+            alpha_lo = cv2.resize(alpha, (lw, lh), interpolation=cv2.INTER_AREA) if s < 1 else alpha
             a, b = guided_coefficients(guide_lo, alpha_lo, self.radius, self.eps)
-            if s < 1:
-                a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-                b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
-            q = _sum_channels(a * frame.astype(np.float32)) * np.float32(1.0 / 255.0) + b
-            if self.gain != 1.0:
-                q = (q - 0.5) * self.gain + 0.5
-            np.clip(q, 0.0, 1.0, out=q)
             k = 2 * self.band + 1
-            weight: np.ndarray = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(np.float32)
-            weight = _box(weight, max(1, self.band // 2))
-            if s < 1:
-                weight = cv2.resize(weight, (w, h), interpolation=cv2.INTER_LINEAR)
-            refined = alpha + weight * (q - alpha)
+            weight = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(np.float32)
+            coefficients = (a * np.float32(1.0 / 255.0), b, _box(weight, max(1, self.band // 2)))
 
         gray = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) * (1.0 / 255.0), (5, 5), 0)
-        if (self.temporal > 0 and self._prev_alpha is not None and self._prev_gray is not None
-                and self._prev_alpha.shape == (h, w)):
+        keep = None
+        previous = self._prev_alpha
+        if (self.temporal > 0 and previous is not None and self._prev_gray is not None
+                and previous.shape == (h, w)):
             change = np.abs(gray - self._prev_gray)
             change = cv2.dilate(change, np.ones((5, 5), np.uint8))  # moving edges: a margin around them
-            keep = self.temporal * np.exp(-((change / self.motion) ** 2))
-            if s < 1:
-                keep = cv2.resize(keep, (w, h), interpolation=cv2.INTER_LINEAR)
-            refined = keep * self._prev_alpha + (1.0 - keep) * refined
-        refined = np.clip(refined, 0.0, 1.0).astype(np.float32, copy=False)
+            keep = (self.temporal * np.exp(-((change / self.motion) ** 2))).astype(np.float32)
+
+        refined = np.empty((h, w), np.float32)
+        for y0 in range(0, h, STRIP_ROWS):
+            y1 = min(h, y0 + STRIP_ROWS)
+            out = refined[y0:y1]
+            np.clip(alpha[y0:y1], 0.0, 1.0, out=out)
+            if coefficients is not None:  # out += weight * (q - out), q = sum(A * I) + b with contrast
+                a, b, weight = coefficients
+                q = _sum_channels(cv2.multiply(resized_rows(a, w, h, y0, y1), frame[y0:y1], dtype=cv2.CV_32F))
+                q += resized_rows(b, w, h, y0, y1)
+                if self.gain != 1.0:
+                    q -= 0.5
+                    q *= self.gain
+                    q += 0.5
+                np.clip(q, 0.0, 1.0, out=q)
+                q -= out
+                q *= resized_rows(weight, w, h, y0, y1)
+                out += q
+            if keep is not None and previous is not None:  # out += keep * (previous - out)
+                moved = previous[y0:y1] - out
+                moved *= resized_rows(keep, w, h, y0, y1)
+                out += moved
+            np.clip(out, 0.0, 1.0, out=out)
         self._prev_gray = gray
         self._prev_alpha = refined
         return refined

@@ -41,6 +41,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from service.inference.strips import STRIP_ROWS, resized_rows
+
 log = logging.getLogger(__name__)
 
 INPUT = "src_sm"
@@ -49,7 +51,6 @@ OUTPUTS = ("coef_a", "coef_b", "r1o", "r2o", "r3o", "r4o")
 GRAPH_VERSION = "g3"
 #: The Resize coordinate modes that ``_blocked_upsampling`` takes (the same coordinates at scale 2).
 HALF_PIXEL = (b"pytorch_half_pixel", b"half_pixel")
-STRIP_ROWS = 64  # full-resolution rows per step: ~2 MB of float work arrays at 1920 wide
 
 
 def cpu_flags() -> set[str]:
@@ -409,30 +410,24 @@ def apply_coefficients(frame: np.ndarray, coef_a: np.ndarray, coef_b: np.ndarray
         fgr = (A_rgb + 1) * x + 255 * b_rgb        pha * 255 = A_a * m + 255 * b_a
 
     A and b are resized bilinearly (half-pixel centres, edges repeated: what the graph's Resize
-    does) strip by strip with ``warpAffine``, so no full-size float array is ever made."""
+    does) strip by strip (``strips.resized_rows``), so no full-size float array is ever made."""
     height, width = frame.shape[:2]
-    h, w = coef_a.shape[1:]
     a_rgb = cv2.merge([coef_a[0] + 1.0, coef_a[1] + 1.0, coef_a[2] + 1.0])
     b_rgb = cv2.merge([coef_b[0] * 255.0, coef_b[1] * 255.0, coef_b[2] * 255.0])
     a_a, b_a = coef_a[3], coef_b[3] * 255.0  # one channel each: OpenCV warps 2-channel images ~6x slower
-    sx, sy = w / width, h / height
-    flags, border = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, cv2.BORDER_REPLICATE
     work = _strip_buffers(min(STRIP_ROWS, height), width)
     for y0 in range(0, height, STRIP_ROWS):
         y1 = min(height, y0 + STRIP_ROWS)
         rows = y1 - y0
-        size = (width, rows)
         x, fg, add, a_up, b_up, mean = (buf[:rows] for buf in work)
-        # dst (x, y) samples src ((x + 0.5)·sx − 0.5, (y0 + y + 0.5)·sy − 0.5)
-        m = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, (y0 + 0.5) * sy - 0.5]], np.float64)
         np.copyto(x, frame[y0:y1], casting="unsafe")
-        fg = cv2.warpAffine(a_rgb, m, size, dst=fg, flags=flags, borderMode=border)
+        fg = resized_rows(a_rgb, width, height, y0, y1, dst=fg)
         cv2.multiply(fg, x, dst=fg)
-        cv2.add(fg, cv2.warpAffine(b_rgb, m, size, dst=add, flags=flags, borderMode=border), dst=fg)
+        cv2.add(fg, resized_rows(b_rgb, width, height, y0, y1, dst=add), dst=fg)
         cv2.max(fg, 0.0, dst=fg)  # then round and saturate at 255: no negative is left for the abs
         cv2.convertScaleAbs(fg, dst=foreground[y0:y1])
-        a_up = cv2.warpAffine(a_a, m, size, dst=a_up, flags=flags, borderMode=border)
-        b_up = cv2.warpAffine(b_a, m, size, dst=b_up, flags=flags, borderMode=border)
+        a_up = resized_rows(a_a, width, height, y0, y1, dst=a_up)
+        b_up = resized_rows(b_a, width, height, y0, y1, dst=b_up)
         strip = alpha[y0:y1]
         np.multiply(a_up, cv2.transform(x, _MEAN, dst=mean), out=strip)
         np.add(strip, b_up, out=strip)
