@@ -24,7 +24,7 @@ from typing import Any
 from service.config import Settings, get_settings
 from service.errors import BackdropError, InputError, InvalidFrame
 from service.jobs import JobError, utcnow
-from service.options import blur_spec
+from service.options import SCENE_FORMATS, blur_spec
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore, preview_prefix
 from service.workers.celery_app import PEOPLE_CHECK_TASK, PREVIEW_SWEEP_TASK, PREVIEW_TASK, app
 from service.workers.tasks import job_store, object_store
@@ -144,7 +144,7 @@ def _render_to_store(preview: Preview, workdir: Path, options: Any, settings: Se
     objects.get_file(preview.frame_key, frame)
     image = read_frame(frame, settings)
     background = preview.background_color
-    if preview.background_key:
+    if preview.background_key and options.output_format in SCENE_FORMATS:  # else not shown: not fetched
         path = workdir / f"background{Path(preview.background_key).suffix}"
         objects.get_file(preview.background_key, path)
         background = str(path)
