@@ -95,8 +95,8 @@ class Settings(BaseSettings):
         "decoder, encoder and queues (1080p in two parts peaked at 1.19 GB, in one at 0.71 GB).",
     )
     batch_size: int = Field(
-        4, description="Frames per inference batch (fewer for frames over 1080p: a batch holds at most "
-        "4 x 1920 x 1088 pixels, which keeps a 4K job near 1.2 GB).",
+        4, description="Frames per inference batch (fewer for frames over 720p: a batch holds at most "
+        "2 x 1920 x 1088 pixels, which keeps a 1080p job under 1 GB with every option and a 4K job near 1.2 GB).",
     )
     queue_depth: int = Field(4, description="Batches buffered between pipeline stages.")
     queue_memory_mb: int = Field(
