@@ -16,7 +16,7 @@ import json
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service.api.problems import PROBLEM_JSON, TYPE_BASE
+from service.api.problems import PROBLEM_JSON, problem_body
 from service.errors import MalformedRequest
 
 #: uvicorn's ``--http`` value that serves the API with this protocol.
@@ -26,10 +26,9 @@ _DETAIL = (
     "the request is not valid HTTP/1.1: its request line, a header or its framing (such as a "
     "Content-Length that is not one number) could not be parsed; the connection is closed"
 )
-_BODY = json.dumps({
-    "type": TYPE_BASE + MalformedRequest.code, "title": MalformedRequest.title, "status": MalformedRequest.status,
-    "detail": _DETAIL, "code": MalformedRequest.code,
-}).encode()
+_BODY = json.dumps(
+    problem_body(MalformedRequest.status, MalformedRequest.code, MalformedRequest.title, _DETAIL)
+).encode()
 
 
 class ProblemH11Protocol(H11Protocol):

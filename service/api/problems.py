@@ -34,11 +34,16 @@ TYPE_BASE = "urn:backdrop:problem:"
 DEFAULT_RETRY_AFTER_S = 5
 
 
+def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+    """The members every problem of this API has (the app's answers, and the server's own 400)."""
+    return {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail, "code": code}
+
+
 def problem(
     status: int, code: str, title: str, detail: str, request: Request | None = None,
     headers: dict[str, str] | None = None, **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": TYPE_BASE + code, "title": title, "status": status, "detail": detail, "code": code}
+    body = problem_body(status, code, title, detail)
     if request is not None:
         body["instance"] = request.url.path
     body.update(extra)
