@@ -496,7 +496,7 @@ def _run(
                 break
             batch: Batch = item  # type: ignore[assignment]
             matte, state = model.predict(batch.images, state)
-            alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha)
+            alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha, out=matte.alpha)
             if selection is not None:
                 alpha = selection(batch.images, alpha)
             fg = matte.foreground

@@ -40,19 +40,24 @@ def _sum_channels(x: np.ndarray) -> np.ndarray:
     return np.asarray(cv2.transform(x, _ONES), np.float32).reshape(x.shape[:2])
 
 
-def guided_coefficients(guide: np.ndarray, p: np.ndarray, r: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Colour guided filter coefficients: ``guide`` float32 (h, w, 3) in [0, 1], ``p`` (h, w).
+def guided_coefficients(guide: list[np.ndarray], p: np.ndarray, r: int,
+                        eps: float) -> tuple[list[np.ndarray], np.ndarray]:
+    """Colour guided filter coefficients: ``guide`` the three float32 (h, w) planes of the colour
+    guide in [0, 1], ``p`` (h, w).
 
-    Returns the box-averaged ``A`` (h, w, 3) and ``b`` (h, w), so that ``q = sum(A * I) + b``."""
-    mean_i = _box(guide, r)
+    Returns the box-averaged ``A`` (three planes) and ``b`` (h, w), so that ``q = sum(A * I) + b``.
+    Everything is a plane of its own, never a (h, w, 3) or (h, w, 6) stack: at the working size
+    (480 x 270) a plane is 0.5 MB, under the mmap threshold the pipeline sets (1 MB), so these
+    temporaries come from the heap again and again, while the stacks (1.5-3 MB) came from the
+    kernel afresh each frame, zeroed a page at a time: 8,000 page faults a 1080p frame, 40 % of the
+    refiner's time."""
+    mean_i = [_box(c, r) for c in guide]
     mean_p = _box(p, r)
-    mean_ip = _box(guide * p[..., None], r)
-    cov_ip = mean_ip - mean_i * mean_p[..., None]
+    cx, cy, cz = (_box(c * p, r) - m * mean_p for c, m in zip(guide, mean_i, strict=True))
     # covariance of the guide, 3×3 per pixel (symmetric: 6 planes)
-    ii = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
-    prods = np.stack([guide[..., a] * guide[..., b] for a, b in ii], axis=-1)
-    var = _box(prods, r) - np.stack([mean_i[..., a] * mean_i[..., b] for a, b in ii], axis=-1)
-    s00, s01, s02, s11, s12, s22 = (var[..., k] for k in range(6))
+    s00, s01, s02, s11, s12, s22 = (
+        _box(guide[a] * guide[b], r) - mean_i[a] * mean_i[b] for a, b in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+    )
     s00 = s00 + eps
     s11 = s11 + eps
     s22 = s22 + eps
@@ -65,17 +70,13 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, r: int, eps: float) ->
     c22 = s00 * s11 - s01 * s01
     det = s00 * c00 + s01 * c01 + s02 * c02
     inv_det = 1.0 / det
-    cx, cy, cz = cov_ip[..., 0], cov_ip[..., 1], cov_ip[..., 2]
-    a = np.stack(
-        [
-            (c00 * cx + c01 * cy + c02 * cz) * inv_det,
-            (c01 * cx + c11 * cy + c12 * cz) * inv_det,
-            (c02 * cx + c12 * cy + c22 * cz) * inv_det,
-        ],
-        axis=-1,
-    ).astype(np.float32)
-    b = (mean_p - _sum_channels(a * mean_i)).astype(np.float32)
-    return _box(a, r), _box(b, r)
+    a = [
+        (c00 * cx + c01 * cy + c02 * cz) * inv_det,
+        (c01 * cx + c11 * cy + c12 * cz) * inv_det,
+        (c02 * cx + c12 * cy + c22 * cz) * inv_det,
+    ]
+    b = mean_p - (a[0] * mean_i[0] + a[1] * mean_i[1] + a[2] * mean_i[2])
+    return [_box(x, r) for x in a], _box(b, r)
 
 
 class EdgeRefiner:
@@ -107,37 +108,51 @@ class EdgeRefiner:
         self._prev_gray: np.ndarray | None = None
         self._prev_alpha: np.ndarray | None = None
 
-    def __call__(self, frames: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, alpha: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The refined alpha of each frame, into ``out`` when given: a float32 array of alpha's
+        shape, which may be ``alpha`` itself (the pipeline refines the model's matte in place, so
+        no frame-sized array is made afresh: at 1080p each was 2,000 page faults)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
         if alpha.shape != frames.shape[:3]:
             raise ValueError(f"alpha {alpha.shape} does not match frames {frames.shape[:3]}")
-        out = np.empty(alpha.shape, np.float32)
+        if out is None:
+            out = np.empty(alpha.shape, np.float32)
+        elif out.shape != alpha.shape or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {alpha.shape}, got {out.dtype} {out.shape}")
         for i in range(frames.shape[0]):
-            out[i] = self._one(frames[i], alpha[i].astype(np.float32, copy=False))
+            self._one(frames[i], alpha[i].astype(np.float32, copy=False), out[i])
         return out
 
     # ------------------------------------------------------------------------------------------
-    def _one(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def _one(self, frame: np.ndarray, alpha: np.ndarray, refined: np.ndarray) -> None:
         """Everything is worked out at the working size (coefficients, where to refine, where the
-        scene is still); the full-resolution result is then made a strip of rows at a time
-        (``strips``): at 1080p the whole-frame version held ~120 MB of float arrays a frame."""
+        scene is still); the full-resolution result is then written into ``refined`` (which may be
+        ``alpha``: each strip reads its rows of alpha before it writes them) a strip of rows at a
+        time (``strips``): at 1080p the whole-frame version held ~120 MB of float arrays a frame."""
         h, w = alpha.shape
         s = min(1.0, self.work_side / max(h, w))
         lh, lw = max(1, round(h * s)), max(1, round(w * s))
         small = cv2.resize(frame, (lw, lh), interpolation=cv2.INTER_AREA) if s < 1 else frame
 
-        unsure = ((alpha > self.sure) & (alpha < 1.0 - self.sure)).astype(np.uint8)
-        if s < 1:  # any unsure full-res pixel marks its low-res pixel
+        # alpha strictly between sure and 1 - sure (inRange's bounds are inclusive and compared in
+        # float32), 1 there: one uint8 plane, where numpy's comparisons made four
+        lo = np.nextafter(np.float32(self.sure), np.float32(1))
+        hi = np.nextafter(np.float32(1.0 - self.sure), np.float32(0))
+        unsure = cv2.inRange(alpha, float(lo), float(hi))
+        cv2.threshold(unsure, 0, 1, cv2.THRESH_BINARY, dst=unsure)
+        if s < 1:  # a low-res pixel is unsure where about half its area or more is (INTER_AREA's rounded mean)
             unsure = (cv2.resize(unsure, (lw, lh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
         coefficients: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if unsure.any():
-            guide_lo = small.astype(np.float32) * (1.0 / 255.0)
+            guide_lo = [c.astype(np.float32) * np.float32(1.0 / 255.0) for c in cv2.split(small)]
             alpha_lo = cv2.resize(alpha, (lw, lh), interpolation=cv2.INTER_AREA) if s < 1 else alpha
-            a, b = guided_coefficients(guide_lo, alpha_lo, self.radius, self.eps)
+            a_planes, b = guided_coefficients(guide_lo, alpha_lo, self.radius, self.eps)
             k = 2 * self.band + 1
             weight = cv2.dilate(unsure, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(np.float32)
-            coefficients = (a * np.float32(1.0 / 255.0), b, _box(weight, max(1, self.band // 2)))
+            # A in 1/255 units, as the frame's uint8 channels multiply it
+            a_frame = cv2.merge([x * np.float32(1.0 / 255.0) for x in a_planes])
+            coefficients = (a_frame, b, _box(weight, max(1, self.band // 2)))
 
         gray = cv2.GaussianBlur(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32) * (1.0 / 255.0), (5, 5), 0)
         keep = None
@@ -148,7 +163,6 @@ class EdgeRefiner:
             change = cv2.dilate(change, np.ones((5, 5), np.uint8))  # moving edges: a margin around them
             keep = (self.temporal * np.exp(-((change / self.motion) ** 2))).astype(np.float32)
 
-        refined = np.empty((h, w), np.float32)
         for y0 in range(0, h, STRIP_ROWS):
             y1 = min(h, y0 + STRIP_ROWS)
             out = refined[y0:y1]
@@ -171,5 +185,8 @@ class EdgeRefiner:
                 out += moved
             np.clip(out, 0.0, 1.0, out=out)
         self._prev_gray = gray
-        self._prev_alpha = refined
-        return refined
+        if self.temporal > 0:  # kept in a buffer of its own: ``refined`` belongs to the caller
+            if previous is None or previous.shape != refined.shape:
+                previous = np.empty_like(refined)
+            np.copyto(previous, refined)
+            self._prev_alpha = previous

@@ -90,6 +90,24 @@ def test_moving_person_no_ghost(pairs):
     assert refiner(img[None], gt[None])[0].shape == gt.shape
 
 
+def test_refines_into_the_callers_array(pairs):
+    """``out=alpha`` (the pipeline's call) gives what a new array gives, batch after batch: the
+    previous output the temporal step leans on is the refiner's own copy, not the caller's array,
+    which the caller goes on to reuse."""
+    img, gt = pairs[2]
+    frames = np.stack([np.roll(img, 4 * i, axis=1) for i in range(3)])
+    soft = np.stack([cv2.GaussianBlur(np.roll(gt, 4 * i, axis=1), (0, 0), 3) for i in range(3)])
+    fresh, in_place = EdgeRefiner(), EdgeRefiner()
+    for batch in (slice(0, 2), slice(2, 3)):
+        want = fresh(frames[batch], soft[batch])
+        given = soft[batch].copy()
+        got = in_place(frames[batch], given, out=given)
+        assert got is given and np.array_equal(got, want)
+        given[:] = 0.0
+    with pytest.raises(ValueError):
+        EdgeRefiner()(frames, soft, out=np.empty(soft.shape, np.float64))
+
+
 def test_rejects_bad_input():
     with pytest.raises(ValueError):
         EdgeRefiner()(np.zeros((1, 4, 4, 3), np.float32), np.zeros((1, 4, 4), np.float32))
