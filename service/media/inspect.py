@@ -187,6 +187,30 @@ def mp4_display_matrix(path: Path) -> tuple[int, ...] | None:
 _IDENTITY = (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
 
 
+def mp4_sample_size(path: Path) -> tuple[int, int] | None:
+    """The width and height the first video track of an MP4/MOV/3GP records in its sample
+    description (``stsd``), or None.  FFmpeg drops them when it probes MPEG-4 Part 2 and H.263
+    tracks with no decoder allowed (it waits for its parser, which needs one), so for those the
+    box is read here; the worker checks the first decoded frame's own size again."""
+    with open(path, "rb") as fh:
+        moov = _find_box(fh, 0, fh.seek(0, 2), b"moov")
+        trak = moov and next(((s, e) for k, s, e in _boxes(fh, *moov) if k == b"trak" and _is_video_track(fh, s, e)),
+                             None)
+        box = trak
+        for kind in (b"mdia", b"minf", b"stbl", b"stsd"):
+            box = box and _find_box(fh, *box, kind)
+        if not box or box[1] - box[0] < 8 + 8 + 28:
+            return None
+        # stsd: version and flags, entry count, then the first entry: its box header, 6 reserved
+        # bytes, the data reference index, 16 bytes of VisualSampleEntry fields, width, height
+        fh.seek(box[0] + 8 + 8 + 24)
+        raw = fh.read(4)
+    if len(raw) != 4:
+        return None
+    width, height = struct.unpack(">HH", raw)
+    return (width, height) if width and height else None
+
+
 def _boxes(fh: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
     """(type, payload start, payload end) of the ISO-BMFF boxes between ``start`` and ``end``."""
     out: list[tuple[bytes, int, int]] = []
@@ -516,8 +540,14 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")
         coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)
+        if (coded_w <= 0 or coded_h <= 0) and name.startswith("mov"):
+            coded_w, coded_h = mp4_sample_size(path) or (0, 0)
         if coded_w <= 0 or coded_h <= 0:
-            raise CorruptVideo("the video's headers record no frame size")
+            # Sorenson H.263 in FLV, raw DV: the size is only in the pictures, which the API never decodes
+            raise UnsupportedCodec(
+                f"{ctx.codec.name} video in {name.split(',')[0].upper()} records its frame size only inside its "
+                "pictures; this service reads the size from the headers. Re-encode it to MP4 (H.264)"
+            )
         matrix = mp4_display_matrix(path) if name.startswith("mov") else None
         rotation = rotation_from_matrix(matrix) if matrix else 0
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate

@@ -51,13 +51,20 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     return info
 
 
+#: The least cap a decoder gets, whatever the frame size: FFmpeg's MPEG-4 Part 2 and H.263 decoders
+#: check a buffer of their own of 125,440 pixels against it however small the frames are, so a
+#: 176x144 phone video (3GP, AVI) was refused as too large.  A 512x512 picture is 0.4 MB of YUV.
+MIN_DECODER_PIXELS = 512 * 512
+
+
 def decoder_pixel_cap(pixels: int, width: int = 0, height: int = 0) -> int:
     """The most pixels a decoder may allocate for frames of ``pixels``: decoders round the width up
     to their stride alignment (up to 64) and the height to whole macroblocks before they check.
     A square frame's margin is not enough for a narrow one (8x1080 is checked as 64x1080), so where
-    the headers give a size within ``pixels``, the cap leaves that margin on each side of it."""
+    the headers give a size within ``pixels``, the cap leaves that margin on each side of it.  Never
+    under ``MIN_DECODER_PIXELS``."""
     side = max(1, int(pixels**0.5))
-    square = (side + 128) * (side + 128) + pixels * 2 // 100
+    square = max(MIN_DECODER_PIXELS, (side + 128) * (side + 128) + pixels * 2 // 100)
     if 0 < width * height <= pixels:
         return max(square, (width + 128) * (height + 128))
     return square

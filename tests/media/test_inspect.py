@@ -99,7 +99,8 @@ def test_inspection_decodes_nothing(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "codec,fmt,pix_fmt",
     [("libx264", "mpegts", "yuv420p"), ("libvpx-vp9", "webm", "yuv420p"), ("mjpeg", "avi", "yuvj420p"),
-     ("mpeg2video", "mpeg", "yuv420p"), ("libx264", "flv", "yuv420p"), ("libx264", "matroska", "yuv420p")],
+     ("mpeg2video", "mpeg", "yuv420p"), ("libx264", "flv", "yuv420p"), ("libx264", "matroska", "yuv420p"),
+     ("mpeg4", "mp4", "yuv420p"), ("mpeg4", "mov", "yuv420p"), ("mpeg4", "3gp", "yuv420p")],
 )
 def test_containers_are_inspected_without_decoding(tmp_path: Path, codec: str, fmt: str, pix_fmt: str) -> None:
     """FFmpeg's stream probing runs with no decoder: sizes, rates and counts still come out (the
@@ -111,6 +112,24 @@ def test_containers_are_inspected_without_decoding(tmp_path: Path, codec: str, f
     info = inspect_video(path)
     assert (info.width, info.height, info.frames, float(info.fps)) == (96, 72, 5, 10.0)
     assert len(list(iter_frames(probe_video(path)))) == 5
+
+
+def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
+    """MPEG-4 Part 2 (above) and H.263 tracks of MP4/MOV/3GP (old phones and cameras): probing with
+    no decoder, FFmpeg leaves their size at 0, so it is read from the track's sample description;
+    the worker's first frame agrees.  Where no header holds the size at all (Sorenson H.263 in
+    FLV), the video is refused as a codec this service cannot inspect, not as a corrupt file."""
+    from service.media.probe import probe_video
+
+    phone = bombs.encode(tmp_path / "phone.3gp", small_frames(5, (176, 144)), "h263", "yuv420p", "3gp")
+    info = inspect_video(phone)
+    assert (info.width, info.height, info.frames, info.codec) == (176, 144, 5, "h263")
+    assert (probe_video(phone).width, probe_video(phone).height) == (176, 144)
+
+    flash = bombs.encode(tmp_path / "old.flv", small_frames(5, (96, 72)), "flv", "yuv420p", "flv")
+    with pytest.raises(BackdropError) as err:
+        inspect_video(flash)
+    assert err.value.code == "unsupported_codec" and "frame size" in err.value.message
 
 
 def test_heif_sent_as_the_video_is_a_still_image(tmp_path: Path) -> None:
