@@ -56,7 +56,8 @@ def _replace(args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, unit="frame", disable=args.quiet, dynamic_ncols=True))
+            # counted from the first report: else its first rate is those frames over no time (130,000 frame/s)
+            bars.append(tqdm(total=total, initial=done, unit="frame", disable=args.quiet, dynamic_ncols=True))
         bars[0].total = total
         bars[0].n = done
         bars[0].refresh()
