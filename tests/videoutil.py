@@ -84,17 +84,19 @@ def audio_packets(path: Path) -> list[bytes]:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
 
 
-def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_codec: str | None = None) -> Path:
+def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_codec: str | None = None,
+          audio_rate: int | None = None) -> Path:
     """The first ``seconds`` of the first video stream and every audio stream of ``src`` in a new
     container (chosen by ``dst``'s extension or ``fmt``): real pictures and sound in another
     wrapping.  Packets are copied as they are; the audio is re-encoded with ``audio_codec`` where
-    one is named."""
+    one is named (at ``audio_rate`` where given: Opus takes 48 kHz, not 44.1)."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
         streams = [*inp.streams.video[:1], *inp.streams.audio]
         targets = {}
+        sent: dict[int, int] = {}  # samples sent to each audio encoder
         for s in streams:
             if s.type == "audio" and audio_codec:
-                targets[s.index] = out.add_stream(audio_codec, rate=s.codec_context.sample_rate)
+                targets[s.index] = out.add_stream(audio_codec, rate=audio_rate or s.codec_context.sample_rate)
                 targets[s.index].codec_context.layout = s.codec_context.layout
             else:
                 targets[s.index] = out.add_stream_from_template(s)
@@ -104,7 +106,10 @@ def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_co
             target = targets[packet.stream_index]
             if packet.stream.type == "audio" and audio_codec:
                 for frame in packet.decode():
-                    frame.pts = None
+                    # numbered by samples from 0 (some encoders, FLAC's among them, give packets
+                    # no time of their own for frames without one)
+                    frame.pts, frame.time_base = sent.get(packet.stream_index, 0), Fraction(1, frame.sample_rate)
+                    sent[packet.stream_index] = frame.pts + frame.samples
                     out.mux(target.encode(frame))
                 continue
             packet.stream = target

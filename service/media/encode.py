@@ -52,7 +52,8 @@ class FormatSpec:
 _X264 = {"preset": "veryfast", "crf": "18", "movflags": "+faststart"}
 X264_PRESETS: tuple[str, ...] = get_args(X264Preset)  # the others (``format_spec``, the x264_preset setting)
 _MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
-_MOV_AUDIO = _MP4_AUDIO | {"pcm_s16le", "pcm_s24le"}
+#: FFmpeg's MOV muxer takes neither FLAC nor Opus (MP4's does): they are transcoded to AAC there
+_MOV_AUDIO = (_MP4_AUDIO - {"flac", "opus"}) | {"pcm_s16le", "pcm_s24le"}
 FORMATS: dict[str, FormatSpec] = {
     "mp4": FormatSpec(".mp4", "video/mp4", "mp4", "libx264", "yuv420p", False, _MP4_AUDIO, "aac", _X264),
     # VP9 at the realtime deadline; no look-ahead (libvpx keeps 25 frames by default, which that

@@ -77,6 +77,34 @@ def test_mp3_is_copied_into_mp4(tmp_path: Path) -> None:
     assert after == before
 
 
+#: an encoder for each codec an output copies (this FFmpeg build has none for Vorbis, which WebM copies)
+AUDIO_ENCODERS = {"aac": "aac", "mp3": "libmp3lame", "ac3": "ac3", "eac3": "eac3", "alac": "alac", "flac": "flac",
+                  "opus": "libopus", "pcm_s16le": "pcm_s16le", "pcm_s24le": "pcm_s24le"}
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "mov", "webm"])
+def test_every_audio_codec_an_output_copies_is_one_its_container_takes(tmp_path: Path, fmt: str) -> None:
+    """Each codec a format copies as it is goes into its container, and each other one is
+    transcoded: a MOV job with FLAC or Opus audio failed in the muxer, which takes neither."""
+    from service.media.encode import FORMATS, VideoWriter
+
+    spec = FORMATS[fmt]
+    assert spec.audio_copy - {"vorbis"} <= set(AUDIO_ENCODERS)
+    real = data_path("videos", "walking-audio.mp4")
+    for codec, encoder in AUDIO_ENCODERS.items():
+        src = remux(real, tmp_path / f"{codec}.mkv", seconds=0.5, audio_codec=encoder, audio_rate=48000)
+        info = probe_video(src)
+        out = tmp_path / f"{codec}{spec.extension}"
+        writer = VideoWriter(out, fmt, info)
+        channels = 4 if spec.alpha else 3
+        frames = np.full((info.frames, info.height, info.width, channels), 128, np.uint8)
+        writer.write(frames, [f.pts for f in iter_frames(info)])
+        writer.close()
+        (before,), (after,) = info.audio, probe_video(out).audio
+        assert after.codec == (before.codec if before.codec in spec.audio_copy else spec.audio_codec.removeprefix("lib")), codec
+        assert abs(audio_duration(out) - audio_duration(src)) < 0.1, codec
+
+
 @pytest.fixture(scope="module")
 def model_alpha() -> tuple[Path, np.ndarray]:
     """The model's own alpha for a short real clip, computed frame by frame outside the pipeline."""
