@@ -85,11 +85,12 @@ def audio_packets(path: Path) -> list[bytes]:
 
 
 def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_codec: str | None = None,
-          audio_rate: int | None = None) -> Path:
+          audio_rate: int | None = None, audio_layout: str | None = None) -> Path:
     """The first ``seconds`` of the first video stream and every audio stream of ``src`` in a new
     container (chosen by ``dst``'s extension or ``fmt``): real pictures and sound in another
     wrapping.  Packets are copied as they are; the audio is re-encoded with ``audio_codec`` where
-    one is named (at ``audio_rate`` where given: Opus takes 48 kHz, not 44.1)."""
+    one is named (at ``audio_rate`` where given: Opus takes 48 kHz, not 44.1; in ``audio_layout``,
+    the sound spread over its channels)."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
         streams = [*inp.streams.video[:1], *inp.streams.audio]
         targets = {}
@@ -97,7 +98,7 @@ def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_co
         for s in streams:
             if s.type == "audio" and audio_codec:
                 targets[s.index] = out.add_stream(audio_codec, rate=audio_rate or s.codec_context.sample_rate)
-                targets[s.index].codec_context.layout = s.codec_context.layout
+                targets[s.index].codec_context.layout = audio_layout or s.codec_context.layout
             else:
                 targets[s.index] = out.add_stream_from_template(s)
         for packet in inp.demux(*streams):

@@ -317,6 +317,41 @@ def _decoded_format(path: Path, index: int, packets: int = 64) -> tuple[int, int
     return 0, 0
 
 
+#: The channel layouts each transcoder keeps (encoded and muxed into its containers:
+#: tests/pipeline/test_formats.py); the others are mixed down to stereo, one channel stays mono.
+#: FFmpeg's AAC encoder takes no 7.1.
+KEPT_LAYOUTS = {
+    "aac": frozenset({"mono", "stereo", "2.1", "3.0", "3.0(back)", "3.1", "4.0", "quad", "quad(side)", "4.1", "5.0",
+                      "5.0(side)", "5.1", "5.1(side)", "6.0", "6.1", "7.0", "hexagonal"}),
+    "libopus": frozenset({"mono", "stereo", "3.0", "quad", "5.0", "5.1", "6.1", "7.1"}),
+}
+
+
+#: the layout a stream that names no channel order most likely has, by its number of channels
+USUAL_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def kept_layout(codec: str, layout: str, channels: int) -> str:
+    """The layout ``codec`` encodes a source of ``layout`` and ``channels`` in: its own where
+    ``KEPT_LAYOUTS`` has it, or where it names no order ("6 channels": Matroska's PCM) the usual
+    one for that many channels (5.1), else stereo (mono for one channel)."""
+    kept = KEPT_LAYOUTS.get(codec, frozenset())
+    if layout in kept:
+        return layout
+    if channels and (not layout or layout.endswith("channels")) and USUAL_LAYOUTS.get(channels) in kept:
+        return USUAL_LAYOUTS[channels]
+    return "stereo" if (channels or 2) >= 2 else "mono"
+
+
+def encoder_rate(codec: str, rate: int) -> int:
+    """``rate`` where the encoder takes it, else the next rate up it takes (its highest past them
+    all): AAC has no 192 kHz, and asked for it the job failed as its encoder opened."""
+    rates = av.codec.Codec(codec, "w").audio_rates
+    if not rates or rate in rates:
+        return rate
+    return min((r for r in rates if r >= rate), default=max(rates))
+
+
 @dataclass
 class _Route:
     source: av.audio.stream.AudioStream
@@ -330,11 +365,12 @@ class _Route:
     ) -> _Route:
         src = source.codec_context
         src_rate, src_channels = src.sample_rate, src.channels
+        src_layout = src.layout.name if src_rate and src_channels else ""
         if not (src_rate and src_channels):
             src_rate, src_channels = _decoded_format(path, source.index)
-        rate = 48000 if "opus" in codec else (src_rate or 48000)
+        rate = 48000 if "opus" in codec else encoder_rate(codec, src_rate or 48000)
         target = cast(av.AudioStream, out.add_stream(codec, rate=rate))
-        layout = "stereo" if (src_channels or 2) >= 2 else "mono"
+        layout = kept_layout(codec, src_layout, src_channels)
         target.codec_context.layout = layout
         fmt = "flt" if "opus" in codec else "fltp"
         target.codec_context.format = fmt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from conftest import data_path
@@ -103,6 +104,53 @@ def test_every_audio_codec_an_output_copies_is_one_its_container_takes(tmp_path:
         (before,), (after,) = info.audio, probe_video(out).audio
         assert after.codec == (before.codec if before.codec in spec.audio_copy else spec.audio_codec.removeprefix("lib")), codec
         assert abs(audio_duration(out) - audio_duration(src)) < 0.1, codec
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "mov", "webm"])
+def test_transcoded_audio_keeps_its_channels_and_a_rate_the_encoder_takes(tmp_path: Path, fmt: str) -> None:
+    """PCM (which MP4 and WebM do not take) in 5.1 stays 5.1 (Matroska keeps only its channel
+    count), and at 192 kHz, which AAC does not take, becomes 96 kHz (the job failed as the
+    encoder opened); Opus is 48 kHz whatever comes in."""
+    from service.media.encode import FORMATS, VideoWriter
+
+    spec = FORMATS[fmt]
+    real = data_path("videos", "walking-audio.mp4")
+    aac = spec.audio_codec == "aac"
+    for name, layout, rate, want in (("surround", "5.1", 48000, ("5.1", 48000)),
+                                     ("hi-res", "stereo", 192000, ("stereo", 96000 if aac else 48000))):
+        src = remux(real, tmp_path / f"{name}.mkv", seconds=0.5, audio_codec="pcm_s32le", audio_rate=rate,
+                    audio_layout=layout)
+        info = probe_video(src)
+        out = tmp_path / f"{name}{spec.extension}"
+        writer = VideoWriter(out, fmt, info)
+        frames = np.full((info.frames, info.height, info.width, 4 if spec.alpha else 3), 128, np.uint8)
+        writer.write(frames, [f.pts for f in iter_frames(info)])
+        writer.close()
+        with av.open(str(out)) as back:
+            ctx = back.streams.audio[0].codec_context
+            got = (ctx.layout.name, ctx.sample_rate)
+        assert got == want, name
+        assert abs(audio_duration(out) - audio_duration(src)) < 0.1, name
+
+
+@pytest.mark.parametrize("codec,fmt", [("aac", "mp4"), ("aac", "mov"), ("libopus", "webm")])
+def test_every_layout_kept_is_one_the_encoder_and_container_take(tmp_path: Path, codec: str, fmt: str) -> None:
+    from service.media.encode import KEPT_LAYOUTS
+
+    for layout in sorted(KEPT_LAYOUTS[codec]):
+        with av.open(str(tmp_path / f"l.{fmt}"), "w", format=fmt) as out:
+            stream = out.add_stream(codec, rate=48000)
+            stream.codec_context.layout = layout
+            stream.codec_context.format = "fltp" if codec == "aac" else "flt"
+            channels = stream.codec_context.layout.nb_channels
+            shape = (channels, 1024) if codec == "aac" else (1, 960 * channels)
+            frame = av.AudioFrame.from_ndarray(np.zeros(shape, np.float32), format=stream.codec_context.format.name,
+                                               layout=layout)
+            frame.sample_rate = 48000
+            out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        with av.open(str(tmp_path / f"l.{fmt}")) as back:
+            assert back.streams.audio[0].codec_context.channels == channels, layout
 
 
 @pytest.fixture(scope="module")
