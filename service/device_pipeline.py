@@ -155,18 +155,21 @@ def try_device(
 
 
 class Converter:
-    """Decoded planes → RVM's ``src`` on the device (one session per plane layout)."""
+    """Decoded planes → RVM's ``src`` on the device (one session per plane layout and matrix)."""
 
     def __init__(self, device: gpu.Device, settings: Settings, height: int, width: int):
         self.device, self.settings, self.size = device, settings, (height, width)
-        self._sessions: dict[str, tuple[Any, Any]] = {}
+        self._sessions: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-    def __call__(self, frame: PlaneFrame) -> Any:
-        if frame.layout not in self._sessions:
-            session = gpu.device_session(gpu.yuv_to_src(frame.layout, *self.size).SerializeToString(),
+    def __call__(self, frame: PlaneFrame, matrix: str = "bt601") -> Any:
+        """``matrix``: the video's own (``gpu.matrix_for``): most HD video is BT.709, which read
+        as BT.601 gave the network and the picture shifted colours."""
+        key = (frame.layout, matrix)
+        if key not in self._sessions:
+            session = gpu.device_session(gpu.yuv_to_src(frame.layout, *self.size, matrix=matrix).SerializeToString(),
                                          self.device, self.settings)
-            self._sessions[frame.layout] = (session, session.io_binding())
-        session, binding = self._sessions[frame.layout]
+            self._sessions[key] = (session, session.io_binding())
+        session, binding = self._sessions[key]
         for name, plane in frame.planes.items():
             if isinstance(plane, np.ndarray):
                 binding.bind_cpu_input(name, plane)
@@ -285,6 +288,7 @@ def run_device(
     composed: queue.Queue = queue.Queue(maxsize=depth)
     writer = VideoWriter(path, options.output_format, info, threads=threads, audio=window is None, spec=spec)
     tb = float(info.time_base)
+    matrix = gpu.matrix_for(info.colorspace)
     placeholder = np.empty((1, h, w, 3), np.uint8)
 
     def decode(seek_dts: int | None) -> Iterator[PlaneFrame]:
@@ -295,7 +299,7 @@ def run_device(
         for frame in window_frames(decode, window):
             if frame.on_device:
                 sync_decoder(device.index)
-            src = convert(frame)
+            src = convert(frame, matrix)
             back = None if still or bg is None else bg.frames(placeholder, [frame.pts * tb])[0]
             if not _put(decoded, (src, back, frame.pts, frame.duration), stop):
                 return

@@ -37,7 +37,14 @@ OPSET = 17
 MATRICES = {
     "bt601": (0.299, 0.114),
     "bt709": (0.2126, 0.0722),
+    "bt2020": (0.2627, 0.0593),
 }
+
+
+def matrix_for(colorspace: int) -> str:
+    """The matrix that turns a video's Y'CbCr into RGB, by its AVColorSpace (``VideoInfo.colorspace``):
+    BT.709, BT.2020, else BT.601 as FFmpeg's own conversion takes an unnamed one."""
+    return {1: "bt709", 9: "bt2020", 10: "bt2020"}.get(colorspace, "bt601")
 
 
 def rgb_to_ycbcr(matrix: str) -> tuple[np.ndarray, np.ndarray]:

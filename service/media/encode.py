@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 import av
 import cv2
@@ -49,6 +49,8 @@ class FormatSpec:
         return self.pix_fmt.startswith("yuv") and "420" in self.pix_fmt
 
 
+#: AVColorSpace SMPTE170M (BT.601's matrix) and AVColorRange MPEG (limited: Y' 16-235)
+SMPTE170M, MPEG_RANGE = 6, 1
 _X264 = {"preset": "veryfast", "crf": "18", "movflags": "+faststart"}
 X264_PRESETS: tuple[str, ...] = get_args(X264Preset)  # the others (``format_spec``, the x264_preset setting)
 _MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
@@ -114,6 +116,7 @@ class VideoWriter:
             if threads:
                 ctx.thread_count = threads
             ctx.time_base = self.time_base
+            self._tag(ctx)
             self.stream.time_base = self.time_base
             opts = dict(self.spec.options)
             if "movflags" in opts:
@@ -149,7 +152,7 @@ class VideoWriter:
         reuse = self.spec.pix_fmt == "yuv420p" and layout in ("rgb24", "yuv420p")
         for image, t, d in zip(frames, pts, durations, strict=True):
             image = image if yuv else self._pad(image)
-            frame = self._i420_frame(image, yuv) if reuse else av.VideoFrame.from_ndarray(image, format=layout)
+            frame = self._i420_frame(image, yuv) if reuse else self._converted(image, layout)
             frame.pts = t
             frame.time_base = self.time_base
             start = t if self._span is None else min(self._span[0], t)
@@ -157,6 +160,24 @@ class VideoWriter:
             if self.audio is not None:
                 self.audio.mux_until(float(t * self.time_base))
             self._mux(self.stream.encode(frame))
+
+    def _tag(self, target: Any) -> None:
+        """Say how the output's colours are to be read, on the encoder and on each frame (encoders
+        take a frame's tags over their own: ProRes wrote none).  RGB becomes Y'CbCr by BT.601's
+        matrix in limited range (OpenCV's I420 conversion, ``_converted``, the device path's
+        graph); the primaries and transfer are the input's, which RGB keeps.  Untagged, players
+        read HD as BT.709: a saturated red came out with 31 levels of green."""
+        target.colorspace, target.color_range = SMPTE170M, MPEG_RANGE
+        target.color_primaries, target.color_trc = self.info.color_primaries, self.info.color_trc
+
+    def _converted(self, image: np.ndarray, layout: str) -> av.VideoFrame:
+        """``image`` as a new frame in the encoder's pixel format, by BT.601 in limited range
+        (what FFmpeg did inside the encoder before, now tagged)."""
+        frame = av.VideoFrame.from_ndarray(image, format=layout)
+        if frame.format.name != self.spec.pix_fmt:
+            frame = frame.reformat(format=self.spec.pix_fmt, dst_colorspace="ITU601", dst_color_range="MPEG")
+        self._tag(frame)
+        return frame
 
     def _i420_frame(self, image: np.ndarray, yuv: bool) -> av.VideoFrame:
         """``image`` (RGB, or I420 already) in the one yuv420p frame this writer hands the encoder.
@@ -170,6 +191,7 @@ class VideoWriter:
         if self._i420 is None:
             self._i420 = (av.VideoFrame(self.width, self.height, "yuv420p"),
                           np.empty((self.height * 3 // 2, self.width), np.uint8))
+            self._tag(self._i420[0])
         frame, scratch = self._i420
         i420 = image if yuv else cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420, dst=scratch)
         frame.make_writable()

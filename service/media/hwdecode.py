@@ -178,14 +178,16 @@ def _open(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int) -> av.c
 
 
 def _planes(frame: av.VideoFrame, w: int, h: int, pts: int, duration: int) -> PlaneFrame:
-    if frame.format.name == "cuda" and (frame.width, frame.height) == (w, h):
+    full_range = frame.color_range == 2  # AVCOL_RANGE_JPEG: the YUV graph reads limited range
+    if frame.format.name == "cuda" and (frame.width, frame.height) == (w, h) and not full_range:
         sw = frame.sw_format.name if frame.sw_format is not None else ""
         if sw == "nv12":
             on_gpu = {"y": DevicePlane.from_dlpack(frame.planes[0]), "uv": DevicePlane.from_dlpack(frame.planes[1])}
             return PlaneFrame("nv12", dict(on_gpu), pts, duration, frame)
-    if frame.format.name not in ("yuv420p", "nv12") or (frame.width, frame.height) != (w, h):
-        # another size, bit depth or subsampling (or a hardware frame of one): to the host, yuv420p
-        frame = frame.reformat(format="yuv420p", width=w, height=h)
+    if frame.format.name not in ("yuv420p", "nv12") or (frame.width, frame.height) != (w, h) or full_range:
+        # another size, bit depth, subsampling or range (or a hardware frame of one): to the host,
+        # yuv420p in limited range
+        frame = frame.reformat(format="yuv420p", width=w, height=h, dst_color_range="MPEG")
     layout, planes = _host_planes(frame)
     return PlaneFrame(layout, planes, pts, duration, frame)
 

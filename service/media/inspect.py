@@ -99,6 +99,13 @@ class VideoInfo:
     #: The video track's own length in ``time_base`` ticks, where the container records one (the
     #: sum of its frame durations, which may end before the last frame's timestamp + duration).
     track_ticks: int | None = None
+    #: Its colours as FFmpeg numbers them (AVColorPrimaries, AVColorTransferCharacteristic,
+    #: AVColorSpace; 2 = unspecified): from the headers, then the first decoded frame.  The
+    #: decoder turns the pictures into RGB with the matrix named; the writer tags its output with
+    #: the primaries and transfer, which RGB keeps (``service.media.encode``).
+    color_primaries: int = 2
+    color_trc: int = 2
+    colorspace: int = 2
 
     @property
     def width(self) -> int:
@@ -565,6 +572,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             path=path, container=name, codec=ctx.codec.name, coded_width=coded_w, coded_height=coded_h,
             rotation=rotation, fps=fps, time_base=time_base, frames=0, duration_s=duration,
             track_ticks=int(stream.duration) if stream.duration else None,
+            color_primaries=int(ctx.color_primaries or 2), color_trc=int(ctx.color_trc or 2),
+            colorspace=int(ctx.colorspace or 2),
             audio=tuple(
                 AudioInfo(a.index, a.codec_context.codec.canonical_name, a.codec_context.sample_rate or 0,
                           a.codec_context.channels or 0)

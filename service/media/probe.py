@@ -44,11 +44,19 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         stream = container.streams.video[0]
         limit_decoder(stream, settings.max_pixels)
         first = _first_frame(container, stream, info, settings.max_pixels)
-        info = replace(info, coded_width=first.width, coded_height=first.height, rotation=frame_rotation(first))
+        info = replace(info, coded_width=first.width, coded_height=first.height, rotation=frame_rotation(first),
+                       color_primaries=_known(first.color_primaries, info.color_primaries),
+                       color_trc=_known(first.color_trc, info.color_trc),
+                       colorspace=_known(first.colorspace, info.colorspace))
     finally:
         container.close()
     check_limits(info, settings)
     return info
+
+
+def _known(frame_value: int | None, header_value: int) -> int:
+    """The frame's colour property where it names one (not 2, unspecified), else the header's."""
+    return int(frame_value) if frame_value not in (None, 0, 2) else header_value
 
 
 #: The least cap a decoder gets, whatever the frame size: FFmpeg's MPEG-4 Part 2 and H.263 decoders

@@ -45,16 +45,35 @@ NO_GPU = not Path("/dev/nvidiactl").exists()
 SIZE = (180, 320)  # height, width of the test clip
 
 
-def make_clip(path: Path, frames: int = 6) -> Path:
-    """The first frames of a shared clip at 320×180, H.264 yuv420p at 30000/1001."""
+def make_clip(path: Path, frames: int = 6, colorspace: int | None = None, color_range: int | None = None,
+              bars: bool = False) -> Path:
+    """The first frames of a shared clip at 320×180, H.264 yuv420p at 30000/1001; with
+    ``colorspace`` (AVColorSpace: 1 BT.709, 6 BT.601, 9 BT.2020) and ``color_range`` (1 limited,
+    2 full), converted so and tagged so; with ``bars``, saturated colour bars over the top third
+    (where the matrix shows: the desk is nearly grey)."""
     rate = Fraction(30000, 1001)
+    names = {1: "ITU709", 6: "ITU601", 9: "BT2020"}
     with av.open(str(data_path("videos", "desk.mp4"))) as src, av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
+        tags = {"colorspace": colorspace, "color_range": color_range}
+        for name, value in tags.items():
+            if value is not None:
+                setattr(stream.codec_context, name, value)
         for i, frame in enumerate(src.decode(video=0)):
             if i >= frames:
                 break
-            small = frame.reformat(width=SIZE[1], height=SIZE[0], format="yuv420p")
+            if bars:
+                rgb = frame.reformat(width=SIZE[1], height=SIZE[0], format="rgb24").to_ndarray()
+                colours = [(230, 30, 30), (30, 200, 40), (40, 40, 220), (240, 220, 20), (220, 30, 200), (20, 210, 220)]
+                for k, colour in enumerate(colours):
+                    rgb[: SIZE[0] // 3, k * SIZE[1] // 6 : (k + 1) * SIZE[1] // 6] = colour
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            small = frame.reformat(width=SIZE[1], height=SIZE[0], format="yuv420p",
+                                   dst_colorspace=names.get(colorspace or 0), dst_color_range=color_range)
+            for name, value in tags.items():
+                if value is not None:
+                    setattr(small, name, value)
             small.pts, small.time_base = i, 1 / rate
             out.mux(stream.encode(small))
         out.mux(stream.encode(None))
@@ -208,6 +227,28 @@ def test_decoder_falls_back_to_the_cpu_with_the_same_frames(clip: Path) -> None:
     src = _run(convert, **planes[0].planes)
     diff = np.abs(src[0].transpose(1, 2, 0) * 255 - frames[0].image)
     assert diff.mean() < 2.0 and np.percentile(diff, 99) < 12
+
+
+@pytest.mark.parametrize("colorspace,color_range", [(1, 1), (9, 1), (6, 2)])
+def test_the_yuv_graph_reads_each_video_as_its_decoder_does(tmp_path: Path, colorspace: int, color_range: int) -> None:
+    """BT.709 (most HD video), BT.2020, and a full-range BT.601 video (phones, MJPEG): the device
+    path's YUV → RGB gives the RGB the ordinary decoder gives.  All were read as limited-range
+    BT.601 before, which moves each by several levels."""
+    info = probe_video(make_clip(tmp_path / "clip.mp4", 1, colorspace, color_range, bars=True))
+    assert info.colorspace == colorspace
+    plane = next(iter(iter_planes(info, nvdec=False, on_device=False)))
+    want = next(iter(iter_frames(info))).image.astype(np.float64)
+
+    def error(matrix: str, planes: dict) -> float:  # type: ignore[type-arg]
+        src = _run(gpu.yuv_to_src(plane.layout, info.height, info.width, matrix), **planes)
+        return float(np.abs(src[0].transpose(1, 2, 0) * 255 - want).mean())
+
+    assert error(gpu.matrix_for(info.colorspace), plane.planes) < 1.5
+    with av.open(str(info.path)) as c:  # the same frame as it is stored, read as limited-range BT.601
+        stored = next(c.decode(video=0)).to_ndarray(format="yuv420p")
+    h, w = info.height, info.width
+    raw = {"y": stored[:h], "u": stored[h:].reshape(h, w // 2)[: h // 2], "v": stored[h:].reshape(h, w // 2)[h // 2:]}
+    assert error("bt601", raw) > 2 * error(gpu.matrix_for(info.colorspace), plane.planes)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

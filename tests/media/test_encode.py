@@ -8,9 +8,10 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pytest
 
 from service.config import get_settings
-from service.media.encode import VideoWriter
+from service.media.encode import FORMATS, VideoWriter
 from service.media.probe import probe_video
 
 WIDTH, HEIGHT = 642, 362  # half of 362 is odd: the chroma planes are not whole rows of the I420 array
@@ -96,3 +97,34 @@ def test_webm_hands_back_a_packet_for_each_frame(tmp_path: Path) -> None:
     back = _decoded(tmp_path / "out.webm")
     assert len(back) == 4 and np.abs(back[3] - frames[3]).mean() < 3.0
 
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "mov"])
+def test_the_output_says_how_its_colours_are_read(tmp_path: Path, fmt: str) -> None:
+    """Each output names the matrix and range its RGB was converted by (BT.601, limited) and keeps
+    the input's primaries and transfer.  Untagged, players read HD as BT.709 (a saturated red came
+    out with 31 levels of green), and the MOV's ProRes carried no tags even when the encoder had them."""
+    frames = _frames(3)
+    src = tmp_path / "in.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        ctx = stream.codec_context
+        ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range = 1, 1, 1, 1  # BT.709 throughout
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p", dst_colorspace="ITU709")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    info = probe_video(src, get_settings())
+    assert (info.color_primaries, info.color_trc, info.colorspace) == (1, 1, 1)
+    spec = FORMATS[fmt]
+    out_path = tmp_path / f"out{spec.extension}"
+    writer = VideoWriter(out_path, fmt, info, audio=False)
+    rgba = np.concatenate([frames, np.full(frames.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    writer.write(rgba if spec.alpha else frames, [0, 1, 2])
+    writer.close()
+    with av.open(str(out_path)) as c:
+        first = next(c.decode(video=0))
+        assert (first.colorspace, first.color_range, first.color_primaries, first.color_trc) == (6, 1, 1, 1)
+        back = first.to_ndarray(format="rgb24").astype(np.int16)
+    assert np.abs(back - frames[0, : back.shape[0], : back.shape[1]]).mean() < 3.0
