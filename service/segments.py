@@ -208,7 +208,7 @@ def run_parts(
         return report
 
     def work(k: int) -> None:
-        bg = background_for(options.output_format, background, info.width, info.height, settings)
+        bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect))
         try:
             counts[k] = run(bg, files[k], reporter(k), stopped, windows[k])
         except BaseException as e:  # noqa: BLE001 - raised again by the caller's thread

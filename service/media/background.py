@@ -20,7 +20,13 @@ import numpy as np
 
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
-from service.media.inspect import BackgroundInfo, inspect_background, parse_color, validate_background
+from service.media.inspect import (
+    BackgroundInfo,
+    inspect_background,
+    parse_color,
+    sample_aspect,
+    validate_background,
+)
 from service.media.probe import frame_rotation, limit_decoder, open_input, too_large_after_error
 from service.options import blur_strength
 
@@ -35,14 +41,17 @@ class BackgroundSource(Protocol):
     def close(self) -> None: ...
 
 
-def cover(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def cover(image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0) -> np.ndarray:
     """Scale ``image`` so it covers width×height, keeping its aspect, and crop the centre.
+    ``pixel_aspect``: the output's pixels' width over their height, over the image's (an
+    anamorphic 720x480 output shown 16:9 takes a crop of 16:9, squeezed into its frame).
 
     The centre is cropped first and only it is scaled: scaling the whole picture first would make
     a picture of extreme aspect (1×50 million pixels) tens of gigabytes."""
     h, w = image.shape[:2]
-    scale = max(width / w, height / h)
-    cw, ch = min(w, max(1, round(width / scale))), min(h, max(1, round(height / scale)))
+    shown = width * pixel_aspect  # the output's width in the image's pixels' units
+    scale = max(shown / w, height / h)
+    cw, ch = min(w, max(1, round(shown / scale))), min(h, max(1, round(height / scale)))
     x, y = (w - cw) // 2, (h - ch) // 2
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     return np.ascontiguousarray(cv2.resize(image[y : y + ch, x : x + cw], (width, height), interpolation=interp))
@@ -61,8 +70,8 @@ class ColorBackground:
 
 
 class ImageBackground(ColorBackground):
-    def __init__(self, image: np.ndarray, width: int, height: int):
-        self.plate = cover(image, width, height)
+    def __init__(self, image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0):
+        self.plate = cover(image, width, height, pixel_aspect)
 
 
 class BlurBackground:
@@ -95,9 +104,12 @@ class VideoBackground:
     past ``pixels`` before allocating them, and a pass over more than ``max_frames`` frames stops:
     either fails the job with ``background_too_large``."""
 
-    def __init__(self, path: Path, width: int, height: int, pixels: int, max_frames: int):
+    def __init__(self, path: Path, width: int, height: int, pixels: int, max_frames: int,
+                 pixel_aspect: float = 1.0):
         self.path, self.width, self.height = path, width, height
         self.pixels, self.max_frames = pixels, max_frames
+        self.pixel_aspect = pixel_aspect  # the output's
+        self.own_aspect = 1.0  # the background's, read with its length
         self._container: av.container.InputContainer | None = None
         self._iter: Iterator[tuple[float, np.ndarray]] | None = None
         self._current: tuple[float, np.ndarray] | None = None
@@ -117,6 +129,7 @@ class VideoBackground:
                     self._check_count(count)
             if count == 0:
                 raise CorruptBackground("the background video has no frames")
+            self.own_aspect = float(sample_aspect(stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio))
             start = _start_s(stream)
             return max(end - start, 1e-3)
         except av.error.FFmpegError as exc:
@@ -168,7 +181,8 @@ class VideoBackground:
         if rot:
             img = np.rot90(img, rot)
         t = float(frame.time) - start if frame.time is not None else 0.0
-        return t, cover(img, self.width, self.height)
+        own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
+        return t, cover(img, self.width, self.height, self.pixel_aspect / own)
 
     def _at(self, t: float) -> np.ndarray:
         t = t % self.duration
@@ -210,8 +224,10 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def open_background(spec: str, width: int, height: int, settings: Settings | None = None) -> BackgroundSource:
-    """The background source for ``spec`` at the output size."""
+def open_background(spec: str, width: int, height: int, settings: Settings | None = None,
+                    pixel_aspect: float = 1.0) -> BackgroundSource:
+    """The background source for ``spec`` at the output size, whose pixels are ``pixel_aspect``
+    as wide as they are high (``VideoInfo.pixel_aspect``)."""
     settings = settings or get_settings()
     spec = spec.strip()
     strength = blur_strength(spec)
@@ -222,10 +238,10 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     path = Path(spec)
     info = inspect_background(path, settings)
     if info.kind == "image":
-        return ImageBackground(_read_image(path, info), width, height)
+        return ImageBackground(_read_image(path, info), width, height, pixel_aspect)
     pixels = info.width * info.height
     if info.kind == "animated":
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)
     else:
         max_frames = settings.max_frames
-    return VideoBackground(path, width, height, pixels, max_frames)
+    return VideoBackground(path, width, height, pixels, max_frames, pixel_aspect)

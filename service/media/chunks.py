@@ -232,6 +232,7 @@ def info_to_json(info: VideoInfo) -> str:
     d["path"] = str(info.path)
     d["fps"] = str(info.fps)
     d["time_base"] = str(info.time_base)
+    d["sample_aspect"] = str(info.sample_aspect)
     d["audio"] = [asdict(a) for a in info.audio]
     return json.dumps(d, default=str)
 
@@ -241,6 +242,7 @@ def info_from_json(raw: str | bytes) -> VideoInfo:
     d["path"] = Path(d["path"])
     d["fps"] = Fraction(d["fps"])
     d["time_base"] = Fraction(d["time_base"])
+    d["sample_aspect"] = Fraction(d.get("sample_aspect", "1"))  # a plan written before it was kept
     d["audio"] = tuple(AudioInfo(**a) for a in d["audio"])
     return VideoInfo(**d)
 

@@ -117,6 +117,8 @@ class VideoWriter:
                 ctx.thread_count = threads
             ctx.time_base = self.time_base
             self._tag(ctx)
+            if info.pixel_aspect != 1:  # anamorphic: shown as wide as the input is
+                ctx.sample_aspect_ratio = info.pixel_aspect
             self.stream.time_base = self.time_base
             opts = dict(self.spec.options)
             if "movflags" in opts:

@@ -106,6 +106,9 @@ class VideoInfo:
     color_primaries: int = 2
     color_trc: int = 2
     colorspace: int = 2
+    #: Width of a stored pixel over its height (DV, HDV and DVD video store 16:9 pictures in
+    #: narrower frames): the output keeps it, and backgrounds are fitted to the picture as shown.
+    sample_aspect: Fraction = Fraction(1)
 
     @property
     def width(self) -> int:
@@ -119,6 +122,12 @@ class VideoInfo:
     @property
     def has_audio(self) -> bool:
         return bool(self.audio)
+
+    @property
+    def pixel_aspect(self) -> Fraction:
+        """``sample_aspect`` of the upright frames the pipeline makes (turned a quarter, a pixel's
+        width and height swap)."""
+        return 1 / self.sample_aspect if self.rotation in (90, 270) else self.sample_aspect
 
 
 @dataclass(frozen=True)
@@ -574,6 +583,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             track_ticks=int(stream.duration) if stream.duration else None,
             color_primaries=int(ctx.color_primaries or 2), color_trc=int(ctx.color_trc or 2),
             colorspace=int(ctx.colorspace or 2),
+            sample_aspect=sample_aspect(stream.sample_aspect_ratio or ctx.sample_aspect_ratio),
             audio=tuple(
                 AudioInfo(a.index, a.codec_context.codec.canonical_name, a.codec_context.sample_rate or 0,
                           a.codec_context.channels or 0)
@@ -598,6 +608,15 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         container.close()
     check_limits(info, settings)
     return info
+
+
+def sample_aspect(value: Fraction | None) -> Fraction:
+    """A stream's sample aspect ratio as the pipeline uses it: 1 where none is recorded (0/1) or
+    where it is past 1:4 or 4:1, which no real camera or disc writes."""
+    if not value or value <= 0:
+        return Fraction(1)
+    value = Fraction(value).limit_denominator(1000)
+    return value if Fraction(1, 4) <= value <= 4 else Fraction(1)
 
 
 def _animated_image(path: Path, settings: Settings) -> ImageHeader | None:

@@ -202,3 +202,39 @@ def test_avi_b_frames_keep_their_display_order() -> None:
     info = probe_video(data_path("videos", "odd", "mpeg4-ac3.avi"))
     pts = [f.pts for f in iter_frames(info)]
     assert pts == list(range(pts[0], pts[0] + len(pts)))  # one tick (= one frame) apart
+
+
+def test_anamorphic_video_keeps_its_shape(tmp_path: Path) -> None:
+    """A 720x480 video of 32:27 pixels (DV, DVD: shown 16:9): the output says so too, and a 16:9
+    background fills it whole, squeezed as the picture is, instead of a 3:2 crop of it that the
+    player then stretched (the output said square pixels: the picture itself came out 3:2)."""
+    from fractions import Fraction
+
+    import cv2
+
+    from service.media.background import cover
+
+    src = tmp_path / "dv.mp4"
+    with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 720, 480, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(32, 27)
+        for _, frame in zip(range(6), inp.decode(video=0), strict=False):
+            out.mux(stream.encode(frame.reformat(width=720, height=480, format="yuv420p")))
+        out.mux(stream.encode(None))
+    info = probe_video(src)
+    assert info.sample_aspect == Fraction(32, 27)
+    bg_path = data_path("backgrounds", "Bridge_by_Sander_Klootwijk.jpg")  # 1920x1080
+    result = tmp_path / "out.mp4"
+    replace_background(src, str(bg_path), result)
+    with av.open(str(result)) as back:
+        assert back.streams.video[0].sample_aspect_ratio == Fraction(32, 27)
+        first = next(back.decode(video=0)).to_ndarray(format="rgb24").astype(np.float64)
+    bg = cv2.cvtColor(cv2.imread(str(bg_path)), cv2.COLOR_BGR2RGB)
+    squeezed, cropped = cover(bg, 720, 480, 32 / 27), cover(bg, 720, 480)
+    sides = np.r_[0:80, 640:720]  # the desk's person sits in the middle
+
+    def off(plate: np.ndarray) -> float:
+        return float(np.abs(first[:, sides] - plate[:, sides]).mean())
+
+    assert off(squeezed) < 4 and off(squeezed) < 0.5 * off(cropped), (off(squeezed), off(cropped))
