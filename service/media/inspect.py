@@ -552,6 +552,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         if not container.streams.video:
             raise NoVideoStream("the file has no video stream")
         stream = container.streams.video[0]
+        if stream.disposition & av.stream.Disposition.attached_pic:  # FFmpeg lists cover art after the video
+            raise NoVideoStream("the file has no video stream, only a cover picture (an audio file?)")
         ctx = stream.codec_context
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")

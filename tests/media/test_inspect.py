@@ -132,6 +132,34 @@ def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
     assert err.value.code == "unsupported_codec" and "frame size" in err.value.message
 
 
+def test_an_audio_file_with_cover_art_has_no_video_stream(tmp_path: Path) -> None:
+    """FFmpeg lists an M4A's cover picture as a video stream: it is no video, and the answer says
+    so (it was refused as a codec whose size the headers lack)."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    path = tmp_path / "song.m4a"
+    cover = bombs.png_bytes(160, 90)
+    with av.open(str(path), "w", format="mp4") as out:
+        audio = out.add_stream("aac", rate=48000, layout="stereo")
+        art = out.add_stream("png")
+        art.width, art.height, art.pix_fmt = 160, 90, "rgb24"
+        art.disposition = av.stream.Disposition.attached_pic
+        packet = av.Packet(cover)
+        packet.stream, packet.pts, packet.dts, packet.time_base = art, 0, 0, fractions.Fraction(1, 90000)
+        out.mux(packet)
+        for k in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, k * 1024
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+    with pytest.raises(BackdropError) as err:
+        inspect_video(path)
+    assert err.value.code == "no_video_stream" and "cover" in err.value.message
+
+
 def test_heif_sent_as_the_video_is_a_still_image(tmp_path: Path) -> None:
     path = tmp_path / "photo.heic"
     path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200))
