@@ -11,8 +11,10 @@ a frame smaller than the probed size is scaled to it, so every frame downstream 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -44,7 +46,18 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
         k = info.rotation // 90
         step = _pts_step(info)
         guess = _TimestampGuess(trust_dts=info.container == "avi")
+        deinterlace = Deinterlacer()
+        timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
         last_pts: int | None = None
+
+        def upright(frames: list[av.VideoFrame]) -> Iterator[DecodedFrame]:
+            for frame in frames:
+                image = _image(frame, info, pixels)
+                if k:
+                    image = np.ascontiguousarray(np.rot90(image, k))
+                pts, duration = timing.popleft()
+                yield DecodedFrame(image, pts, duration)
+
         try:
             for frame in container.decode(stream):
                 pts = guess(frame.pts, frame.dts)
@@ -53,10 +66,10 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
                 if last_pts is not None and pts <= last_pts:
                     pts = last_pts + 1  # keep the order the decoder gives; never two frames at one time
                 last_pts = pts
-                image = _image(frame, info, pixels)
-                if k:
-                    image = np.ascontiguousarray(np.rot90(image, k))
-                yield DecodedFrame(image, int(pts), int(frame.duration or step))
+                timing.append((int(pts), int(frame.duration or step)))
+                frame.pts = pts
+                yield from upright(deinterlace(frame))
+            yield from upright(deinterlace.flush())
         except av.error.FFmpegError as exc:
             if too_large_after_error(stream, pixels):
                 raise VideoTooLarge(
@@ -66,6 +79,62 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
             raise CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})") from None
     finally:
         container.close()
+
+
+class Deinterlacer:
+    """Interlaced pictures (1080i broadcast, AVCHD camcorders, DV) made whole frames by FFmpeg's
+    ``bwdif``: one frame out for each frame in (``send_frame``), one frame behind, and only the
+    frames flagged interlaced are changed.  Without it the two woven fields of each picture went
+    through the model and into a progressive output, which players do not deinterlace: every edge
+    in motion came out combed.  Progressive video never builds the filter; a change of frame size
+    or format rebuilds it."""
+
+    OPTIONS = "mode=send_frame:parity=auto:deint=interlaced"
+
+    def __init__(self) -> None:
+        self._graph: av.filter.Graph | None = None
+        self._shape: tuple[int, int, str] | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
+        """The frames that come out for ``frame`` (none while the filter holds it, two at a rebuild)."""
+        shape = (frame.width, frame.height, frame.format.name)
+        out = self.flush() if self._graph is not None and shape != self._shape else []
+        if self._graph is None:
+            if not frame.interlaced_frame:
+                return [*out, frame]
+            self._graph, self._shape = self._build(frame), shape
+        self._graph.vpush(frame)
+        return out + self._pull()
+
+    def flush(self) -> list[av.VideoFrame]:
+        """The frames the filter still holds (at the end, or before a rebuild)."""
+        if self._graph is None:
+            return []
+        self._graph.vpush(None)
+        out = self._pull()
+        self._graph = None
+        return out
+
+    @staticmethod
+    def _build(frame: av.VideoFrame) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
+                                  time_base=frame.time_base or Fraction(1, 90000))
+        bwdif = graph.add("bwdif", Deinterlacer.OPTIONS)
+        sink = graph.add("buffersink")
+        source.link_to(bwdif)
+        bwdif.link_to(sink)
+        graph.configure()
+        return graph
+
+    def _pull(self) -> list[av.VideoFrame]:
+        assert self._graph is not None
+        out: list[av.VideoFrame] = []
+        while True:
+            try:
+                out.append(self._graph.vpull())
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return out
 
 
 def _image(frame: av.VideoFrame, info: VideoInfo, pixels: int) -> np.ndarray:
