@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ import av
 import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
-from service.media.decode import _pts_step, _TimestampGuess
+from service.media.decode import Deinterlacer, _pts_step, _TimestampGuess
 from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
         limit_decoder(stream, pixels)
         step = _pts_step(info)
         guess = _TimestampGuess(trust_dts=info.container == "avi")
+        deinterlace = Deinterlacer()  # on the host, as the CPU decoder's frames are (decode.iter_frames)
+        timing: deque[tuple[int, int]] = deque()
         last_pts: int | None = None
         try:
             for frame in container.decode(stream):
@@ -148,7 +151,14 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
                 last_pts = pts
                 if frame.width * frame.height > pixels:
                     raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
-                yield _planes(frame, w, h, int(pts), int(frame.duration or step))
+                if frame.interlaced_frame and frame.format.name == "cuda":
+                    frame = frame.reformat(format="yuv420p")  # NVDEC's fields, woven: to the host for bwdif
+                timing.append((int(pts), int(frame.duration or step)))
+                frame.pts = pts
+                for out in deinterlace(frame):
+                    yield _planes(out, w, h, *timing.popleft())
+            for out in deinterlace.flush():
+                yield _planes(out, w, h, *timing.popleft())
         except av.error.FFmpegError as exc:
             if too_large_after_error(stream, pixels):
                 raise VideoTooLarge(f"a frame after time {last_pts} is larger than the probed {w}x{h}") from None

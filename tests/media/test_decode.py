@@ -61,3 +61,17 @@ def test_progressive_video_is_left_as_it_is(tmp_path: Path) -> None:
     with av.open(str(path)) as c:
         plain = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert all(np.array_equal(f.image, p) for f, p in zip(iter_frames(probe_video(path)), plain, strict=True))
+
+
+def test_the_device_paths_decoder_deinterlaces_too(tmp_path: Path) -> None:
+    """The device path's planes (here from the CPU decoder, as on a machine without NVDEC; NVDEC's
+    interlaced frames go through the host the same way) are the same whole frames."""
+    from service.media.hwdecode import iter_planes
+
+    path, shown = _panning(tmp_path / "interlaced.mp4", interlaced=True)
+    info = probe_video(path)
+    planes = list(iter_planes(info, nvdec=False, on_device=False))
+    frames = list(iter_frames(info))
+    assert [(p.pts, p.duration) for p in planes] == [(f.pts, f.duration) for f in frames]
+    progressive = np.mean([_combing(s) for s in shown])
+    assert max(_combing(p.frame.to_ndarray(format="rgb24")) for p in planes) < progressive
