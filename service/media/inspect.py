@@ -50,6 +50,10 @@ from service.errors import (
 IMAGE_FORMATS = ("image2", "_pipe")
 #: Demuxers that turn any text into "video" (ANSI art): a text file is not a video.
 TEXT_FORMATS = ("tty",)
+#: Codecs whose frame size some containers keep only inside the pictures, which the API never
+#: decodes (Sorenson H.263 in FLV, raw DV; MPEG-4 Part 2 and H.263 outside MP4/MOV/3GP): such a
+#: video is a codec this service cannot inspect, not a corrupt file.
+PICTURE_SIZED_CODECS = frozenset({"flv", "dvvideo", "h263", "h263p", "mpeg4"})
 #: Leading bytes of the video containers we know: a file that starts like one but will not open is
 #: corrupt (typically truncated), not "not a video".  Old QuickTime files may start with an atom
 #: other than ``ftyp``.
@@ -560,12 +564,13 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)
         if (coded_w <= 0 or coded_h <= 0) and name.startswith("mov"):
             coded_w, coded_h = mp4_sample_size(path) or (0, 0)
-        if coded_w <= 0 or coded_h <= 0:
-            # Sorenson H.263 in FLV, raw DV: the size is only in the pictures, which the API never decodes
+        if (coded_w <= 0 or coded_h <= 0) and ctx.codec.name in PICTURE_SIZED_CODECS:
             raise UnsupportedCodec(
                 f"{ctx.codec.name} video in {name.split(',')[0].upper()} records its frame size only inside its "
                 "pictures; this service reads the size from the headers. Re-encode it to MP4 (H.264)"
             )
+        if coded_w <= 0 or coded_h <= 0:
+            raise CorruptVideo("the video's headers record no frame size")
         matrix = mp4_display_matrix(path) if name.startswith("mov") else None
         rotation = rotation_from_matrix(matrix) if matrix else 0
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
