@@ -406,6 +406,11 @@ def test_result_range_errors_are_problems(api: ApiServer) -> None:
         assert r.headers["content-range"] == f"bytes */{len(payload)}"
         for bad in ("items=0-1", "bytes=9-3", "bytes", "bytes=-"):
             assert_problem(c.get(url, headers={"Range": bad}), 400, "invalid_range")
+        # HEAD: a GET's headers, no video (clients and players ask it for the size first)
+        head = c.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(payload)) and head.headers["content-type"] == "video/mp4"
+        assert head.headers["accept-ranges"] == "bytes"
 
 
 def test_multipart_body_cut_short(api: ApiServer) -> None:

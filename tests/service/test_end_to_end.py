@@ -141,6 +141,10 @@ def test_end_to_end_s3_presigned_and_webhook(redis_url: str, tmp_path: Path, wor
             assert count_frames(tmp_path / "out.webm")[0] == done["result"]["frames"] == job["video"]["frames"]
             redirect = c.get(f"/jobs/{job['id']}/result", follow_redirects=False)
             assert redirect.status_code == 307 and redirect.headers["location"].startswith(s3_endpoint)
+            # HEAD is answered from the job's record: S3 refuses HEAD on a URL presigned for GET
+            head = c.head(f"/jobs/{job['id']}/result", follow_redirects=False)
+            assert head.status_code == 200 and head.headers["content-length"] == str(done["result"]["size"])
+            assert head.headers["content-type"] == "video/webm" and head.content == b""
             keys = api.app.state.objects.keys(f"jobs/{job['id']}/")
             assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["input.mkv", "output.webm"]
 

@@ -539,8 +539,9 @@ async def read_job(request: Request, job_id: str, owner: ApiKeyDep, jobs: JobSto
     return _public(job, request)
 
 
-@router.get(
+@router.api_route(
     "/{job_id}/result",
+    methods=["GET", "HEAD"],
     response_class=Response,
     responses={200: {"description": "the output video"}, 206: {"description": "a byte range"},
                307: {"description": "redirect to a presigned URL"}, 409: {"description": "result_not_ready"}},
@@ -548,12 +549,18 @@ async def read_job(request: Request, job_id: str, owner: ApiKeyDep, jobs: JobSto
 async def read_job_result(
     request: Request, job_id: str, owner: ApiKeyDep, jobs: JobStoreDep, objects: ObjectStoreDep, settings: SettingsDep
 ) -> Response:
-    """The output video: a redirect to a presigned URL on S3, streamed (with Range) on the local store."""
+    """The output video: a redirect to a presigned URL on S3, streamed (with Range) on the local
+    store.  HEAD gives a GET's headers without the video (size, type, that ranges are taken)."""
     job = await run_in_threadpool(jobs.get_for, owner, job_id)
     if job.status is not JobStatus.SUCCEEDED or job.result is None:
         raise ResultNotReady(f"job {job_id} is {job.status.value}; its result is not available")
     filename = f"{job.id}{Path(job.result.key).suffix}"
     url = await run_in_threadpool(objects.presigned_url, job.result.key, settings.presign_ttl_s, filename)
+    if url and request.method == "HEAD":  # a URL presigned for GET refuses HEAD: the job's record answers
+        return Response(headers={
+            "content-length": str(job.result.size), "content-type": job.result.content_type,
+            "accept-ranges": "bytes", "content-disposition": f'attachment; filename="{filename}"',
+        })
     if url:
         return RedirectResponse(url, status_code=307)
     path = objects.path(job.result.key)
