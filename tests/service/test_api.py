@@ -174,6 +174,7 @@ def test_auth(api: ApiServer) -> None:
         assert_problem(post(c, asl_clip()), 401, "unauthorized")
     with api.client() as c:
         assert c.get("/healthz").status_code == 200  # probes need no key
+        assert c.head("/healthz").status_code == 200 and c.head("/readyz").status_code == 200  # uptime monitors
 
 
 def test_job_lifecycle_without_worker(api: ApiServer) -> None:

@@ -15,9 +15,9 @@ from service.api.problems import problem
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=["GET", "HEAD"])
 async def read_health() -> dict[str, str]:
-    """Liveness: the process answers."""
+    """Liveness: the process answers (to HEAD too, as uptime monitors ask)."""
     return {"status": "ok"}
 
 
@@ -44,7 +44,7 @@ def _checks(jobs: Any, objects: Any, celery: Any, timeout: float) -> tuple[dict[
     return out, workers
 
 
-@router.get("/readyz", responses={503: {"description": "not_ready"}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"description": "not_ready"}})
 async def read_readiness(
     request: Request, settings: SettingsDep, jobs: JobStoreDep, objects: ObjectStoreDep, celery: CeleryDep
 ) -> Any:
