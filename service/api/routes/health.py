@@ -15,7 +15,8 @@ from service.api.problems import problem
 router = APIRouter(tags=["health"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"])
+@router.head("/healthz", include_in_schema=False)
+@router.get("/healthz")
 async def read_health() -> dict[str, str]:
     """Liveness: the process answers (to HEAD too, as uptime monitors ask)."""
     return {"status": "ok"}
@@ -44,7 +45,8 @@ def _checks(jobs: Any, objects: Any, celery: Any, timeout: float) -> tuple[dict[
     return out, workers
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], responses={503: {"description": "not_ready"}})
+@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", responses={503: {"description": "not_ready"}})
 async def read_readiness(
     request: Request, settings: SettingsDep, jobs: JobStoreDep, objects: ObjectStoreDep, celery: CeleryDep
 ) -> Any:
