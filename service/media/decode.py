@@ -44,32 +44,14 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
         pixels = info.coded_width * info.coded_height
         limit_decoder(stream, pixels)
         k = info.rotation // 90
-        step = _pts_step(info)
-        guess = _TimestampGuess(trust_dts=info.container == "avi")
-        deinterlace = Deinterlacer()
-        timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
         last_pts: int | None = None
-
-        def upright(frames: list[av.VideoFrame]) -> Iterator[DecodedFrame]:
-            for frame in frames:
+        try:
+            for frame, pts, duration in timed_frames(container, stream, info):
+                last_pts = pts
                 image = _image(frame, info, pixels)
                 if k:
                     image = np.ascontiguousarray(np.rot90(image, k))
-                pts, duration = timing.popleft()
                 yield DecodedFrame(image, pts, duration)
-
-        try:
-            for frame in container.decode(stream):
-                pts = guess(frame.pts, frame.dts)
-                if pts is None:
-                    pts = 0 if last_pts is None else last_pts + step
-                if last_pts is not None and pts <= last_pts:
-                    pts = last_pts + 1  # keep the order the decoder gives; never two frames at one time
-                last_pts = pts
-                timing.append((int(pts), int(frame.duration or step)))
-                frame.pts = pts
-                yield from upright(deinterlace(frame))
-            yield from upright(deinterlace.flush())
         except av.error.FFmpegError as exc:
             if too_large_after_error(stream, pixels):
                 raise VideoTooLarge(
@@ -81,13 +63,39 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
         container.close()
 
 
+def timed_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                 info: VideoInfo) -> Iterator[tuple[av.VideoFrame, int, int]]:
+    """The stream's frames in display order as (frame, pts, duration) in its time base: the pts
+    strictly increasing (``_TimestampGuess``, else one frame on from the last), interlaced frames
+    made whole (``Deinterlacer``).  This decoder's and the device path's (``hwdecode``)."""
+    step = _pts_step(info)
+    guess = _TimestampGuess(trust_dts=info.container == "avi")
+    deinterlace = Deinterlacer()
+    timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
+    last_pts: int | None = None
+    for frame in container.decode(stream):
+        pts = guess(frame.pts, frame.dts)
+        if pts is None:
+            pts = 0 if last_pts is None else last_pts + step
+        if last_pts is not None and pts <= last_pts:
+            pts = last_pts + 1  # keep the order the decoder gives; never two frames at one time
+        last_pts = pts
+        timing.append((int(pts), int(frame.duration or step)))
+        frame.pts = pts
+        for out in deinterlace(frame):
+            yield (out, *timing.popleft())
+    for out in deinterlace.flush():
+        yield (out, *timing.popleft())
+
+
 class Deinterlacer:
     """Interlaced pictures (1080i broadcast, AVCHD camcorders, DV) made whole frames by FFmpeg's
     ``bwdif``: one frame out for each frame in (``send_frame``), one frame behind, and only the
     frames flagged interlaced are changed.  Without it the two woven fields of each picture went
     through the model and into a progressive output, which players do not deinterlace: every edge
     in motion came out combed.  Progressive video never builds the filter; a change of frame size
-    or format rebuilds it."""
+    or format rebuilds it.  An interlaced frame of NVDEC's (the device path) is brought to the host
+    for it."""
 
     OPTIONS = "mode=send_frame:parity=auto:deint=interlaced"
 
@@ -97,6 +105,8 @@ class Deinterlacer:
 
     def __call__(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
         """The frames that come out for ``frame`` (none while the filter holds it, two at a rebuild)."""
+        if frame.interlaced_frame and frame.format.name == "cuda":
+            frame = frame.reformat(format="yuv420p")  # NVDEC's woven fields: bwdif runs on the host
         shape = (frame.width, frame.height, frame.format.name)
         out = self.flush() if self._graph is not None and shape != self._shape else []
         if self._graph is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import av
 import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
-from service.media.decode import Deinterlacer, _pts_step, _TimestampGuess
+from service.media.decode import timed_frames
 from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
 
 log = logging.getLogger(__name__)
@@ -136,29 +135,13 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
         w, h = info.coded_width, info.coded_height
         pixels = w * h
         limit_decoder(stream, pixels)
-        step = _pts_step(info)
-        guess = _TimestampGuess(trust_dts=info.container == "avi")
-        deinterlace = Deinterlacer()  # on the host, as the CPU decoder's frames are (decode.iter_frames)
-        timing: deque[tuple[int, int]] = deque()
         last_pts: int | None = None
         try:
-            for frame in container.decode(stream):
-                pts = guess(frame.pts, frame.dts)
-                if pts is None:
-                    pts = 0 if last_pts is None else last_pts + step
-                if last_pts is not None and pts <= last_pts:
-                    pts = last_pts + 1
+            for frame, pts, duration in timed_frames(container, stream, info):
                 last_pts = pts
                 if frame.width * frame.height > pixels:
                     raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
-                if frame.interlaced_frame and frame.format.name == "cuda":
-                    frame = frame.reformat(format="yuv420p")  # NVDEC's fields, woven: to the host for bwdif
-                timing.append((int(pts), int(frame.duration or step)))
-                frame.pts = pts
-                for out in deinterlace(frame):
-                    yield _planes(out, w, h, *timing.popleft())
-            for out in deinterlace.flush():
-                yield _planes(out, w, h, *timing.popleft())
+                yield _planes(frame, w, h, pts, duration)
         except av.error.FFmpegError as exc:
             if too_large_after_error(stream, pixels):
                 raise VideoTooLarge(f"a frame after time {last_pts} is larger than the probed {w}x{h}") from None
