@@ -129,7 +129,7 @@ class VideoBackground:
                     self._check_count(count)
             if count == 0:
                 raise CorruptBackground("the background video has no frames")
-            self.own_aspect = float(sample_aspect(stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio))
+            self.own_aspect = float(sample_aspect(stream))
             start = _start_s(stream)
             return max(end - start, 1e-3)
         except av.error.FFmpegError as exc:

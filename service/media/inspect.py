@@ -590,7 +590,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             track_ticks=int(stream.duration) if stream.duration else None,
             color_primaries=int(ctx.color_primaries or 2), color_trc=int(ctx.color_trc or 2),
             colorspace=int(ctx.colorspace or 2),
-            sample_aspect=sample_aspect(stream.sample_aspect_ratio or ctx.sample_aspect_ratio),
+            sample_aspect=sample_aspect(stream),
             audio=tuple(
                 AudioInfo(a.index, a.codec_context.codec.canonical_name, a.codec_context.sample_rate or 0,
                           a.codec_context.channels or 0)
@@ -617,9 +617,11 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     return info
 
 
-def sample_aspect(value: Fraction | None) -> Fraction:
-    """A stream's sample aspect ratio as the pipeline uses it: 1 where none is recorded (0/1) or
-    where it is past 1:4 or 4:1, which no real camera or disc writes."""
+def sample_aspect(stream: av.video.stream.VideoStream) -> Fraction:
+    """A stream's sample aspect ratio (the container's, else the codec's) as the pipeline uses it:
+    1 where none is recorded (0/1) or where it is past 1:4 or 4:1, which no real camera or disc
+    writes."""
+    value = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
     if not value or value <= 0:
         return Fraction(1)
     value = Fraction(value).limit_denominator(1000)
