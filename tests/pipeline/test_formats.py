@@ -78,6 +78,18 @@ def test_mp3_is_copied_into_mp4(tmp_path: Path) -> None:
     assert after == before
 
 
+def _written(src: Path, fmt: str, out: Path) -> Path:
+    """``out``: ``src``'s timing and audio as the writer of ``fmt`` carries them, under grey frames."""
+    from service.media.encode import FORMATS, VideoWriter
+
+    info = probe_video(src)
+    writer = VideoWriter(out, fmt, info)
+    frames = np.full((info.frames, info.height, info.width, 4 if FORMATS[fmt].alpha else 3), 128, np.uint8)
+    writer.write(frames, [f.pts for f in iter_frames(info)])
+    writer.close()
+    return out
+
+
 #: an encoder for each codec an output copies (this FFmpeg build has none for Vorbis, which WebM copies)
 AUDIO_ENCODERS = {"aac": "aac", "mp3": "libmp3lame", "ac3": "ac3", "eac3": "eac3", "alac": "alac", "flac": "flac",
                   "opus": "libopus", "pcm_s16le": "pcm_s16le", "pcm_s24le": "pcm_s24le"}
@@ -87,21 +99,15 @@ AUDIO_ENCODERS = {"aac": "aac", "mp3": "libmp3lame", "ac3": "ac3", "eac3": "eac3
 def test_every_audio_codec_an_output_copies_is_one_its_container_takes(tmp_path: Path, fmt: str) -> None:
     """Each codec a format copies as it is goes into its container, and each other one is
     transcoded: a MOV job with FLAC or Opus audio failed in the muxer, which takes neither."""
-    from service.media.encode import FORMATS, VideoWriter
+    from service.media.encode import FORMATS
 
     spec = FORMATS[fmt]
     assert spec.audio_copy - {"vorbis"} <= set(AUDIO_ENCODERS)
     real = data_path("videos", "walking-audio.mp4")
     for codec, encoder in AUDIO_ENCODERS.items():
         src = remux(real, tmp_path / f"{codec}.mkv", seconds=0.5, audio_codec=encoder, audio_rate=48000)
-        info = probe_video(src)
-        out = tmp_path / f"{codec}{spec.extension}"
-        writer = VideoWriter(out, fmt, info)
-        channels = 4 if spec.alpha else 3
-        frames = np.full((info.frames, info.height, info.width, channels), 128, np.uint8)
-        writer.write(frames, [f.pts for f in iter_frames(info)])
-        writer.close()
-        (before,), (after,) = info.audio, probe_video(out).audio
+        out = _written(src, fmt, tmp_path / f"{codec}{spec.extension}")
+        (before,), (after,) = probe_video(src).audio, probe_video(out).audio
         assert after.codec == (before.codec if before.codec in spec.audio_copy else spec.audio_codec.removeprefix("lib")), codec
         assert abs(audio_duration(out) - audio_duration(src)) < 0.1, codec
 
@@ -111,7 +117,7 @@ def test_transcoded_audio_keeps_its_channels_and_a_rate_the_encoder_takes(tmp_pa
     """PCM (which MP4 and WebM do not take) in 5.1 stays 5.1 (Matroska keeps only its channel
     count), and at 192 kHz, which AAC does not take, becomes 96 kHz (the job failed as the
     encoder opened); Opus is 48 kHz whatever comes in."""
-    from service.media.encode import FORMATS, VideoWriter
+    from service.media.encode import FORMATS
 
     spec = FORMATS[fmt]
     real = data_path("videos", "walking-audio.mp4")
@@ -120,12 +126,7 @@ def test_transcoded_audio_keeps_its_channels_and_a_rate_the_encoder_takes(tmp_pa
                                      ("hi-res", "stereo", 192000, ("stereo", 96000 if aac else 48000))):
         src = remux(real, tmp_path / f"{name}.mkv", seconds=0.5, audio_codec="pcm_s32le", audio_rate=rate,
                     audio_layout=layout)
-        info = probe_video(src)
-        out = tmp_path / f"{name}{spec.extension}"
-        writer = VideoWriter(out, fmt, info)
-        frames = np.full((info.frames, info.height, info.width, 4 if spec.alpha else 3), 128, np.uint8)
-        writer.write(frames, [f.pts for f in iter_frames(info)])
-        writer.close()
+        out = _written(src, fmt, tmp_path / f"{name}{spec.extension}")
         with av.open(str(out)) as back:
             ctx = back.streams.audio[0].codec_context
             got = (ctx.layout.name, ctx.sample_rate)
