@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar, cast
 import cv2
 import numpy as np
 
+from service.array_pool import ArrayPool, Empty
 from service.config import Settings, get_settings
 from service.errors import Canceled, InvalidParameter
 from service.inference.compositing import create_compositor
@@ -360,16 +361,18 @@ def queue_depth(settings: Settings, batch_bytes: int) -> int:
 
 
 def _batches(
-    info: VideoInfo, bg: BackgroundSource | None, size: int, threads: int, window: Window | None = None
+    info: VideoInfo, bg: BackgroundSource | None, size: int, threads: int, window: Window | None = None,
+    empty: Empty = np.empty,
 ) -> Iterator[Batch]:
-    """The decoded frames in batches of ``size`` (``frames_per_batch``), each with its background."""
+    """The decoded frames in batches of ``size`` (``frames_per_batch``), each with its background;
+    ``empty`` makes the batch's array of frames."""
     buf: list[np.ndarray] = []
     pts: list[int] = []
     durations: list[int] = []
     tb = float(info.time_base)
 
     def flush() -> Batch:
-        images = np.stack(buf)
+        images = np.stack(buf, out=empty((len(buf), *buf[0].shape), np.uint8))
         times = [p * tb for p in pts]
         back = None if bg is None else bg.frames(images, times)
         if back is not None and back.strides[0] != 0:  # one plate broadcast over the batch stays one plate
@@ -447,13 +450,15 @@ def _run(
     decoded: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 6))
     composed: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 13))
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
-    compositor = create_compositor(options.composite)
+    # a batch's frames, matte, foreground and output, reused (a batch in each queue place and stage)
+    pool = ArrayPool(keep=decoded.maxsize + composed.maxsize + 3)
+    compositor = create_compositor(options.composite, pool.empty)
     decode_threads, encode_threads = codec_threads(model, settings)
     writer = VideoWriter(path, options.output_format, info, threads=encode_threads, audio=window is None,
                          spec=format_spec(options.output_format, settings.x264_preset))
 
     def read() -> None:
-        for batch in _batches(info, bg, batch_frames, decode_threads, window):
+        for batch in _batches(info, bg, batch_frames, decode_threads, window, pool.empty):
             if not _put(decoded, batch, stop):
                 return
         _put(decoded, _END, stop)
@@ -469,7 +474,7 @@ def _run(
                 batch, alpha, fg = _from_pts(batch, alpha, fg, window.start_pts)  # warm-up dropped
                 if not batch.pts:
                     continue
-            frames = compose_batch(spec.alpha, options.output_format, batch, alpha, fg, compositor)
+            frames = compose_batch(spec.alpha, options.output_format, batch, alpha, fg, compositor, pool.empty)
             pts = batch.pts
             writer.write(frames, pts, batch.durations)
             count.count += len(pts)
@@ -496,7 +501,7 @@ def _run(
             if item is _END:
                 break
             batch: Batch = item  # type: ignore[assignment]
-            matte, state = model.predict(batch.images, state)
+            matte, state = model.predict(batch.images, state, empty=pool.empty)
             alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha, out=matte.alpha)
             if selection is not None:
                 alpha = selection(batch.images, alpha)
@@ -556,20 +561,21 @@ def compose_batch(
     alpha: np.ndarray,
     foreground: np.ndarray | None,
     compositor: Callable[..., np.ndarray],
+    empty: Empty = np.empty,
 ) -> np.ndarray:
-    """The output frames of a batch: the matte, the person with its alpha, or the person
-    composited on the batch's background (used by the writer stage and by previews).  Channels
+    """The output frames of a batch, made by ``empty``: the matte, the person with its alpha, or the
+    person composited on the batch's background (used by the writer stage and by previews).  Channels
     are joined by OpenCV a frame at a time: numpy's concatenate along the last axis took 10 ms a
     1080p frame, a fifth of the writer's whole time for a MOV job, OpenCV's merge 2 ms."""
     if fmt == "matte":
         grey = _alpha8(alpha)
-        matte = np.empty((*grey.shape, 3), np.uint8)
+        matte = empty((*grey.shape, 3), np.uint8)
         for i, a in enumerate(grey):
             cv2.cvtColor(a, cv2.COLOR_GRAY2RGB, dst=matte[i])
         return matte
     if alpha_out:
         fg = batch.images if foreground is None else foreground
-        rgba = np.empty((*alpha.shape, 4), np.uint8)
+        rgba = empty((*alpha.shape, 4), np.uint8)
         for i, a in enumerate(_alpha8(alpha)):
             cv2.merge([fg[i], a], dst=rgba[i])
         return rgba

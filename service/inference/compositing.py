@@ -13,6 +13,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from service.array_pool import Empty
 from service.errors import InvalidParameter
 
 
@@ -24,7 +25,11 @@ class Compositor(Protocol):
 
 class AlphaCompositor:
     """``out = a·F + (1 − a)·B``.  F is the model's foreground prediction where it has one: the
-    input pixels at a soft edge still hold old background, which would show as a halo."""
+    input pixels at a soft edge still hold old background, which would show as a halo.  Its
+    output and work arrays are made by ``empty`` (a job's ``ArrayPool``)."""
+
+    def __init__(self, empty: Empty = np.empty) -> None:
+        self.empty = empty
 
     def __call__(
         self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray, foreground: np.ndarray | None = None
@@ -35,8 +40,8 @@ class AlphaCompositor:
         fgs, bgs, alphas = (x if x.ndim == nd else x[None] for x, nd in ((fg, 4), (background, 4), (alpha, 3)))
         n = max(len(fgs), len(bgs), len(alphas))
         fgs, bgs, alphas = (np.broadcast_to(x, (n, *x.shape[1:])) for x in (fgs, bgs, alphas))
-        out = np.empty(bgs.shape, np.uint8)
-        rest = np.empty(alphas.shape[1:], np.float32)  # 1 − a, one frame at a time
+        out = self.empty(bgs.shape, np.uint8)
+        rest = self.empty(alphas.shape[1:], np.float32)  # 1 − a, one frame at a time
         for i in range(n):
             a = np.ascontiguousarray(alphas[i], dtype=np.float32)
             np.subtract(1.0, a, out=rest)
@@ -51,14 +56,14 @@ class CompositorName(StrEnum):
     POISSON = "poisson"
 
 
-def create_compositor(name: str) -> Compositor:
-    """A fresh compositor for one job."""
+def create_compositor(name: str, empty: Empty = np.empty) -> Compositor:
+    """A fresh compositor for one job, whose output frames ``empty`` makes."""
     try:
         key = CompositorName(name)
     except ValueError:
         raise InvalidParameter(f"unknown compositor {name!r}; choose alpha or poisson") from None
     if key is CompositorName.ALPHA:
-        return AlphaCompositor()
+        return AlphaCompositor(empty)
     from service.inference.poisson import PoissonCompositor
 
-    return PoissonCompositor()
+    return PoissonCompositor(empty=empty)

@@ -43,6 +43,8 @@ import cv2
 import numpy as np
 from scipy import fft as sfft
 
+from service.array_pool import Empty
+
 _CUTOFF = float(np.exp(-3.0))
 
 
@@ -68,12 +70,14 @@ class PoissonCompositor:
     agree = 8.0  # seam-step difference (8-bit levels) beyond which the carried estimate is dropped
     min_decay_px = 1.0  # the person-side decay spans at least this many low-res pixels
 
-    def __init__(self, decay: float = 0.025, stiffness: float = 16.0, temporal: float = 0.6, use_gpu: bool = True):
+    def __init__(self, decay: float = 0.025, stiffness: float = 16.0, temporal: float = 0.6, use_gpu: bool = True,
+                 empty: Empty = np.empty):
         if decay <= 0 or stiffness < 1 or not 0 <= temporal < 1:
             raise ValueError("decay > 0, stiffness ≥ 1, 0 ≤ temporal < 1")
         self.decay = decay
         self.stiffness = stiffness
         self.temporal = temporal
+        self.empty = empty  # makes the output frames (a job's ArrayPool)
         self._gpu = _cupy() if use_gpu else None
         self.reset()
 
@@ -244,7 +248,7 @@ class PoissonCompositor:
             return self(frames[None], alpha[None], background[None], None if foreground is None else foreground[None])[0]
         if frames.shape[:3] != alpha.shape or background.shape != frames.shape:
             raise ValueError(f"shapes differ: frames {frames.shape}, alpha {alpha.shape}, background {background.shape}")
-        out = np.empty(frames.shape, np.uint8)
+        out = self.empty(frames.shape, np.uint8)
         for i in range(frames.shape[0]):
             self._frame(fg[i], background[i], alpha[i], out[i])
         return out

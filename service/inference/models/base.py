@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from service.array_pool import Empty
 from service.config import Settings, get_settings
 from service.inference.sessions import Session, create_session
 
@@ -69,12 +70,13 @@ class MattingModel:
         """Per-job state (``None`` for models without memory)."""
         return None
 
-    def predict(self, frames: np.ndarray, state: Any = None) -> tuple[Matte, Any]:
-        """``frames``: uint8 (N, H, W, 3) RGB.  Returns the matte at frame size and the next state."""
+    def predict(self, frames: np.ndarray, state: Any = None, *, empty: Empty = np.empty) -> tuple[Matte, Any]:
+        """``frames``: uint8 (N, H, W, 3) RGB.  Returns the matte at frame size and the next state;
+        its full-size arrays are made by ``empty`` (a job's ``ArrayPool``)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
         self.load()
-        return self._predict(frames, state)
+        return self._predict(frames, state, empty)
 
     __call__ = predict
 
@@ -82,7 +84,7 @@ class MattingModel:
     def _weights(self) -> Path:
         raise NotImplementedError
 
-    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
+    def _predict(self, frames: np.ndarray, state: Any, empty: Empty) -> tuple[Matte, Any]:
         raise NotImplementedError
 
     def _session_file(self) -> Path:

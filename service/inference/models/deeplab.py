@@ -32,6 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from service.array_pool import Empty
 from service.config import Settings
 from service.errors import ModelNotFound
 from service.inference.models.base import Matte, MattingModel
@@ -149,12 +150,12 @@ class DeepLabV3Plus(MattingModel):
             state.prob = prob[i].copy()
         return state
 
-    def _predict(self, frames: np.ndarray, state: Any) -> tuple[Matte, Any]:
+    def _predict(self, frames: np.ndarray, state: Any, empty: Empty) -> tuple[Matte, Any]:
         n, height, width, _ = frames.shape
         prob = self.probabilities(frames)
         state = self.smooth(prob, state)
-        alpha = np.empty((n, height, width), np.float32)
+        alpha = empty((n, height, width), np.float32)
         for i in range(n):
-            alpha[i] = cv2.resize(prob[i], (width, height), interpolation=cv2.INTER_LINEAR)
+            cv2.resize(prob[i], (width, height), dst=alpha[i], interpolation=cv2.INTER_LINEAR)
         np.clip(alpha, 0.0, 1.0, out=alpha)
         return Matte(alpha=alpha, foreground=None), state

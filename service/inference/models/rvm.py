@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from service.array_pool import Empty
 from service.inference.models.base import Matte, MattingModel, cpu_first
 from service.inference.weights import locate
 
@@ -97,13 +98,13 @@ class RVM(MattingModel):
         self.int8 = True
         return path
 
-    def _predict(self, frames: np.ndarray, state: RVMState | None) -> tuple[Matte, RVMState]:
+    def _predict(self, frames: np.ndarray, state: RVMState | None, empty: Empty) -> tuple[Matte, RVMState]:
         n, h, w, _ = frames.shape
         state = state if state is not None else RVMState()
         if state.shape != (h, w) or not state.rec:
             state = RVMState((h, w), [np.zeros((1, 1, 1, 1), np.float32)] * 4)
         if self.lowres:
-            return self._predict_lowres(frames, state)
+            return self._predict_lowres(frames, state, empty)
         ratio = np.array([downsample_ratio(h, w, self.settings.rvm_long_side)], np.float32)
         alphas, fgrs = [], []
         # RVM's recurrence runs along the batch axis only inside one call when it is exported with
@@ -124,13 +125,13 @@ class RVM(MattingModel):
         foreground = np.stack([cv2.convertScaleAbs(cv2.merge(list(f)), alpha=255.0) for f in fgrs])
         return Matte(alpha=alpha, foreground=foreground), state
 
-    def _predict_lowres(self, frames: np.ndarray, state: RVMState) -> tuple[Matte, RVMState]:
+    def _predict_lowres(self, frames: np.ndarray, state: RVMState, empty: Empty) -> tuple[Matte, RVMState]:
         from service.inference.rvm_lowres import apply_coefficients, shrink
 
         n, h, w, _ = frames.shape
         ratio = downsample_ratio(h, w, self.settings.rvm_long_side)
-        alpha = np.empty((n, h, w), np.float32)
-        foreground = np.empty((n, h, w, 3), np.uint8)
+        alpha = empty((n, h, w), np.float32)
+        foreground = empty((n, h, w, 3), np.uint8)
         for i in range(n):
             coef_a, coef_b, *rec = self.session.run(
                 None,

@@ -1,0 +1,61 @@
+"""A job's full-size arrays (the batch of frames, the matte, the foreground, the output and the
+compositor's work array) come from its ``ArrayPool`` and are used again batch after batch, and the
+video it writes is the same, byte for byte, as a job that makes every array afresh: no array is
+overwritten while a queue or a stage still holds it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import data_path
+
+from service import pipeline
+from service.array_pool import ArrayPool
+from service.config import get_settings
+from service.pipeline import ReplaceOptions, replace_background
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from chunkclip import build_clip  # noqa: E402
+
+
+class _CountingPool(ArrayPool):
+    pools: list[_CountingPool] = []
+
+    def __init__(self, keep: int = 8) -> None:
+        super().__init__(keep)
+        self.asked = 0
+        _CountingPool.pools.append(self)
+
+    def empty(self, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+        self.asked += 1
+        return super().empty(shape, dtype)
+
+
+@pytest.mark.parametrize("fmt,options", [
+    ("mp4", {}),
+    ("mov", {}),
+    ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}),
+])
+def test_a_job_reuses_its_arrays_and_writes_the_same_video(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, str]
+) -> None:
+    clip = build_clip(data_path("videos", "walking-sideways.mp4"), tmp_path / "clip.mp4", 2, 640, audio=False)
+    settings = get_settings().model_copy(update={"segments": 1, "batch_size": 2, "queue_depth": 2})
+    job = ReplaceOptions(output_format=fmt, **options)  # type: ignore[arg-type]
+    background = str(data_path("backgrounds", "bg_1.jpg")) if fmt == "mp4" else None
+
+    monkeypatch.setattr(pipeline, "ArrayPool", lambda keep: _CountingPool(keep=0))  # makes every array afresh
+    replace_background(clip, background, tmp_path / f"fresh.{fmt}", job, settings=settings)
+    monkeypatch.setattr(pipeline, "ArrayPool", _CountingPool)
+    _CountingPool.pools.clear()
+    result = replace_background(clip, background, tmp_path / f"reused.{fmt}", job, settings=settings)
+
+    [pool] = _CountingPool.pools
+    assert result.frames >= 40
+    assert pool.asked >= 3 * (result.frames // 2)  # at least frames, matte and output for each batch
+    assert pool.made <= pool.asked // 3
+    assert (tmp_path / f"reused.{fmt}").read_bytes() == (tmp_path / f"fresh.{fmt}").read_bytes()
