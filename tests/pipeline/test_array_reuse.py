@@ -25,8 +25,8 @@ from chunkclip import build_clip  # noqa: E402
 class _CountingPool(ArrayPool):
     pools: list[_CountingPool] = []
 
-    def __init__(self, keep: int = 8) -> None:
-        super().__init__(keep)
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(max_bytes)
         self.asked = 0
         _CountingPool.pools.append(self)
 
@@ -48,7 +48,7 @@ def test_a_job_reuses_its_arrays_and_writes_the_same_video(
     job = ReplaceOptions(output_format=fmt, **options)  # type: ignore[arg-type]
     background = str(data_path("backgrounds", "bg_1.jpg")) if fmt == "mp4" else None
 
-    monkeypatch.setattr(pipeline, "ArrayPool", lambda keep: _CountingPool(keep=0))  # makes every array afresh
+    monkeypatch.setattr(pipeline, "ArrayPool", lambda max_bytes: _CountingPool(0))  # makes every array afresh
     replace_background(clip, background, tmp_path / f"fresh.{fmt}", job, settings=settings)
     monkeypatch.setattr(pipeline, "ArrayPool", _CountingPool)
     _CountingPool.pools.clear()

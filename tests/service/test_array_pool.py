@@ -11,7 +11,7 @@ from service.array_pool import ArrayPool
 
 
 def test_a_dropped_array_is_handed_out_again() -> None:
-    pool = ArrayPool()
+    pool = ArrayPool(max_bytes=1 << 20)
     first = pool.empty((2, 4, 4, 3), np.uint8)
     address = first.ctypes.data
     del first
@@ -24,7 +24,7 @@ def test_a_dropped_array_is_handed_out_again() -> None:
 def test_an_array_still_referred_to_is_never_handed_out() -> None:
     """A batch in a queue, a view of one frame, a caller that keeps its result: each keeps its
     array out of the pool, and what it holds is never overwritten."""
-    pool = ArrayPool()
+    pool = ArrayPool(max_bytes=1 << 20)
     kept = pool.empty((3, 8), np.uint8)
     kept[:] = 7
     view = pool.empty((3, 8), np.uint8)[1]  # only a view of the second array is left
@@ -41,17 +41,18 @@ def test_an_array_still_referred_to_is_never_handed_out() -> None:
     assert pool.made == 4
 
 
-def test_the_pool_keeps_no_more_than_were_in_use_and_at_most_keep() -> None:
-    pool = ArrayPool(keep=2)
+def test_the_pool_keeps_no_more_than_were_in_use_and_at_most_max_bytes() -> None:
+    pool = ArrayPool(max_bytes=2 * 64)
     held = [pool.empty((16,), np.float32) for _ in range(4)]  # four in use at once: two are pooled
     pooled = {a.ctypes.data for a in held[:2]}
     del held
     again = [pool.empty((16,), np.float32) for _ in range(3)]
-    assert {a.ctypes.data for a in again[:2]} == pooled and pool.made == 5
+    assert {a.ctypes.data for a in again[:2]} == pooled and pool.made == 5 and pool.held_bytes == 128
+    assert pool.empty((8,), np.float32).ctypes.data not in pooled  # the budget is spent: made afresh
 
 
 def test_threads_never_share_an_array() -> None:
-    pool = ArrayPool()
+    pool = ArrayPool(max_bytes=1 << 20)
     errors: list[str] = []
 
     def work(k: int) -> None:
