@@ -20,6 +20,7 @@ import numpy as np
 
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
+from service.media.decode import RgbConverter
 from service.media.inspect import (
     BackgroundInfo,
     inspect_background,
@@ -114,6 +115,7 @@ class VideoBackground:
         self._iter: Iterator[tuple[float, np.ndarray]] | None = None
         self._current: tuple[float, np.ndarray] | None = None
         self._next: tuple[float, np.ndarray] | None = None
+        self._rgb: RgbConverter | None = None
         self.duration = self._measure()
 
     def _measure(self) -> float:
@@ -176,10 +178,11 @@ class VideoBackground:
             raise BackgroundTooLarge(f"the background holds more than {self.max_frames} frames")
 
     def _fit(self, frame: av.VideoFrame, rot: int, start: float) -> tuple[float, np.ndarray]:
-        """(time, picture upright and covering the output) of one background frame."""
-        img = frame.to_ndarray(format="rgb24")
-        if rot:
-            img = np.rot90(img, rot)
+        """(time, picture upright and covering the output) of one background frame, made RGB as the
+        video's frames are (``decode.RgbConverter``: its matrix, a pooled buffer)."""
+        if self._rgb is None or (self._rgb.width, self._rgb.height) != (frame.width, frame.height):
+            self._rgb = RgbConverter(frame.width, frame.height, rot * 90)
+        img = self._rgb(frame)
         t = float(frame.time) - start if frame.time is not None else 0.0
         own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
         return t, cover(img, self.width, self.height, self.pixel_aspect / own)

@@ -11,6 +11,7 @@ a frame smaller than the probed size is scaled to it, so every frame downstream 
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
 from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,7 +46,7 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
             stream.codec_context.thread_count = threads
         pixels = info.coded_width * info.coded_height
         limit_decoder(stream, pixels)
-        rgb = RgbConverter(info)
+        rgb = RgbConverter(info.coded_width, info.coded_height, info.rotation)
         last_pts: int | None = None
         try:
             for frame, pts, duration in timed_frames(container, stream, info):
@@ -146,8 +149,10 @@ class Deinterlacer:
 
 
 class RgbConverter:
-    """Decoded frames as upright RGB arrays at the probed (coded) size: a frame larger than that is
-    refused, a smaller one scaled up, and a rotation tag applied (``transpose``, or both flips).
+    """Decoded frames as upright RGB arrays at ``width`` x ``height`` (the video's probed, coded
+    size): a frame larger than that is refused, a smaller one scaled up, and ``rotation`` (the
+    video's tag: degrees counter-clockwise) applied by ``transpose`` or both flips.  The video's
+    decoder and a background video's use it.
 
     An FFmpeg filter graph does it, not ``to_ndarray(format="rgb24")``: that made a fresh frame
     buffer for every picture, past glibc's mmap threshold as the pipeline sets it, so the kernel
@@ -156,11 +161,16 @@ class RgbConverter:
     to it when the array, a view of one, is dropped.  The pixels are swscale's as before (bilinear,
     the frame's own matrix and range): the same bytes for 8-bit 4:2:0, 4:2:2, 4:4:4, RGB and
     grey video; 10-bit and 4:1:1 (DV) video, which the scale filter dithers or samples its own way,
-    differ by a quarter to half a level on average, more at sharp colour edges.  The graph is built again when the frames' size, format, matrix or range change."""
+    differ by a quarter to half a level on average, more at sharp colour edges.  The graph is built
+    again when the frames' size, format, matrix or range change.
 
-    def __init__(self, info: VideoInfo) -> None:
-        self.width, self.height = info.coded_width, info.coded_height
-        self.rotation = info.rotation
+    The frame's primaries and transfer are set to unspecified before it goes in (no conversion
+    between them is made, and swscale refuses reserved values, which some encoders write), and a
+    matrix swscale has no conversion for is read as the nearest it has (``nearest_matrix``): either
+    failed the whole job as a corrupt video."""
+
+    def __init__(self, width: int, height: int, rotation: int = 0) -> None:
+        self.width, self.height, self.rotation = width, height, rotation
         self._graph: av.filter.Graph | None = None
         self._key: tuple[object, ...] | None = None
 
@@ -168,6 +178,8 @@ class RgbConverter:
         if frame.width * frame.height > self.width * self.height:
             raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, "
                                 f"larger than the probed {self.width}x{self.height}")
+        frame.color_primaries = frame.color_trc = UNSPECIFIED
+        frame.colorspace = nearest_matrix(int(frame.colorspace))
         key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range))
         if self._graph is None or key != self._key:
             self._graph, self._key = self._build(frame), key
@@ -190,6 +202,28 @@ class RgbConverter:
             a.link_to(b)
         graph.configure()
         return graph
+
+
+UNSPECIFIED = 2  # FFmpeg's code for an unspecified matrix, primaries or transfer
+#: The matrices swscale converts by: RGB, BT.709, unspecified (read as BT.601), FCC, BT.470BG,
+#: SMPTE 170M, SMPTE 240M, BT.2020 non-constant luminance.
+SWSCALE_MATRICES = frozenset({0, 1, 2, 4, 5, 6, 7, 9})
+
+
+def nearest_matrix(colorspace: int) -> int:
+    """``colorspace`` where swscale has it; BT.2020's constant-luminance and ICtCp forms as BT.2020's
+    non-constant one; any other (YCgCo, SMPTE 2085, chromaticity-derived, reserved) unspecified."""
+    if colorspace in SWSCALE_MATRICES:
+        return colorspace
+    nearest = 9 if colorspace in (10, 14) else UNSPECIFIED
+    if colorspace not in _WARNED:
+        _WARNED.add(colorspace)
+        log.warning("colour matrix %s has no conversion here; read as %s", colorspace,
+                    "BT.2020" if nearest == 9 else "BT.601")
+    return nearest
+
+
+_WARNED: set[int] = set()
 
 
 #: The filters that turn a picture upright, by the rotation its tag asks for (counter-clockwise, as

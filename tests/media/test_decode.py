@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import data_path
 
-from service.media.decode import iter_frames
+from service.media.decode import RgbConverter, iter_frames
 from service.media.probe import probe_video
 
 
@@ -156,3 +156,49 @@ def test_frames_reuse_the_graphs_buffers(tmp_path: Path) -> None:
     shapes = [f.image.shape for f in frames]
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert shapes == [(720, 1280, 3)] * 12 and faults < 50 * len(shapes)
+
+
+def _tagged_only(path: Path, colorspace: int, color_trc: int = 1, color_primaries: int = 1) -> Path:
+    """Six frames of a real picture converted by BT.601 and tagged with another matrix."""
+    with av.open(str(data_path("videos", "desk.mp4"))) as src:
+        pictures = [f.to_ndarray(format="rgb24", width=320, height=180) for _, f in zip(range(6), src.decode(video=0),
+                                                                                        strict=False)]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        ctx = stream.codec_context
+        ctx.colorspace, ctx.color_trc, ctx.color_primaries = colorspace, color_trc, color_primaries
+        for t, picture in enumerate(pictures):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+            frame.colorspace, frame.color_trc, frame.color_primaries, frame.pts = colorspace, color_trc, color_primaries, t
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("colorspace,read_as", [(8, 2), (10, 9), (14, 9)])
+def test_a_matrix_swscale_has_not_is_read_as_the_nearest(tmp_path: Path, colorspace: int, read_as: int) -> None:
+    """YCgCo, BT.2020's constant-luminance form and ICtCp have no conversion in swscale: such a
+    video failed as corrupt.  It is read as BT.601 (unspecified) or BT.2020, with a warning."""
+    path = _tagged_only(tmp_path / "clip.mp4", colorspace, 14 if read_as == 9 else 1, 9 if read_as == 9 else 1)
+    with av.open(str(path)) as c:
+        assert int(next(c.decode(video=0)).colorspace) == colorspace
+    with av.open(str(path)) as c:
+        expected = []
+        for f in c.decode(video=0):
+            f.colorspace, f.color_trc, f.color_primaries = read_as, 2, 2
+            expected.append(f.to_ndarray(format="rgb24"))
+    frames = [f.image for f in iter_frames(probe_video(path))]
+    assert len(frames) == 6 and all(np.array_equal(f, e) for f, e in zip(frames, expected, strict=True))
+
+
+@pytest.mark.parametrize("tag", ["color_trc", "color_primaries"])
+def test_reserved_primaries_or_transfer_convert_as_unspecified(tag: str) -> None:
+    """swscale refuses reserved values (some encoders write them); no conversion between primaries
+    or transfers is made, so they are set aside as PyAV's own conversion sets them aside."""
+    info = probe_video(data_path("videos", "desk.mp4"))
+    with av.open(str(info.path)) as c:
+        frame = next(c.decode(video=0))
+    expected = frame.to_ndarray(format="rgb24")
+    setattr(frame, tag, 3)  # reserved
+    assert np.array_equal(RgbConverter(info.coded_width, info.coded_height)(frame), expected)
