@@ -348,6 +348,15 @@ def _return_freed_frames() -> None:
 BATCH_PIXELS = 2 * 1920 * 1088
 
 
+#: Largest frame whose batches' arrays a job reuses (``ArrayPool``, up to what its two queues may
+#: hold).  Arrays the pool holds while they are idle are memory the job keeps: at 1080p 40-90 MB
+#: more at the peak for 395,000 -> 70,000 page faults; at 4K, where a batch is one frame and each
+#: array 25-33 MB, 125 MB more (1.18 -> 1.30 GB, 30 frames) for no system time saved.  Parts side
+#: by side (``service.segments``), which already double the pipelines, make theirs afresh: a 720p
+#: job with every option in two parts peaked at 1.02-1.04 GB pooled, 0.96 GB not.
+POOLED_PIXELS = 1920 * 1088
+
+
 def frames_per_batch(settings: Settings, pixels: int) -> int:
     """Frames in one batch of frames of ``pixels`` each: ``batch_size``, fewer where that many would
     pass ``BATCH_PIXELS``; always at least one."""
@@ -451,10 +460,8 @@ def _run(
     decoded: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 6))
     composed: queue.Queue = queue.Queue(maxsize=queue_depth(settings, pixels * 13))
     count = _Count(tick_s=float(info.time_base), frame_s=float(1 / info.fps))
-    # a batch's frames, matte, foreground and output, reused up to a queue's memory in all; parts
-    # side by side (service.segments), which already double the pipelines, make theirs afresh (a
-    # 720p job with every option in two parts peaked at 1.02-1.04 GB pooled, 0.96 GB not)
-    pool = ArrayPool(max_bytes=settings.queue_memory_mb * 2**20 if reuse_arrays else 0)
+    pool = ArrayPool(max_bytes=2 * settings.queue_memory_mb * 2**20 if reuse_arrays and frame_pixels <= POOLED_PIXELS
+                     else 0)
     compositor = create_compositor(options.composite, pool.empty)
     decode_threads, encode_threads = codec_threads(model, settings)
     writer = VideoWriter(path, options.output_format, info, threads=encode_threads, audio=window is None,

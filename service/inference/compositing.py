@@ -26,10 +26,12 @@ class Compositor(Protocol):
 class AlphaCompositor:
     """``out = a·F + (1 − a)·B``.  F is the model's foreground prediction where it has one: the
     input pixels at a soft edge still hold old background, which would show as a halo.  Its
-    output and work arrays are made by ``empty`` (a job's ``ArrayPool``)."""
+    output is made by ``empty`` (a job's ``ArrayPool``); its one-frame work array, which never
+    leaves a call, is its own and made once."""
 
     def __init__(self, empty: Empty = np.empty) -> None:
         self.empty = empty
+        self._rest: np.ndarray | None = None
 
     def __call__(
         self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray, foreground: np.ndarray | None = None
@@ -41,7 +43,9 @@ class AlphaCompositor:
         n = max(len(fgs), len(bgs), len(alphas))
         fgs, bgs, alphas = (np.broadcast_to(x, (n, *x.shape[1:])) for x in (fgs, bgs, alphas))
         out = self.empty(bgs.shape, np.uint8)
-        rest = self.empty(alphas.shape[1:], np.float32)  # 1 − a, one frame at a time
+        if self._rest is None or self._rest.shape != alphas.shape[1:]:
+            self._rest = np.empty(alphas.shape[1:], np.float32)  # 1 − a, one frame at a time
+        rest = self._rest
         for i in range(n):
             a = np.ascontiguousarray(alphas[i], dtype=np.float32)
             np.subtract(1.0, a, out=rest)
