@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     queue_memory_mb: int = Field(
         128, ge=1,
         description="Most memory the frames waiting between two pipeline stages take (fewer than queue_depth "
-        "batches of large frames; at least one).",
+        "batches of large frames; at least one); a job up to 1080p also reuses up to twice this in frame-sized arrays.",
     )
     decode_threads: int = Field(
         0, description="Decoder threads (0 = automatic: 1 while the model runs on the CPU, else FFmpeg's choice)."
