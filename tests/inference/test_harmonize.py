@@ -86,3 +86,23 @@ def test_degenerate_frames_and_temporal_smoothing():
     smooth(np.full_like(edited, 255), mask, np.zeros_like(edited))
     raw2 = Harmonizer(1.0).predict(np.full_like(edited, 255)[None], mask[None], np.zeros_like(edited)[None])[0]
     np.testing.assert_allclose(smooth._state, 0.8 * raw + 0.2 * raw2, atol=1e-5)
+
+
+def test_the_transform_is_worked_a_strip_at_a_time_into_its_place() -> None:
+    """``apply_params`` works a strip of rows at a time, straight into a crop of a frame: every
+    pixel as the transform's formula gives it (float64 here, within a level), nothing outside
+    the crop touched."""
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    params = identity_params() + rng.normal(0.0, 0.2, harmonize.N_PARAMS).astype(np.float32)
+    crop = frame[100:900, 300:1700]
+    out = np.zeros_like(frame)
+    apply_params(crop, params, out=out[100:900, 300:1700])
+    m, b = params[:9].reshape(3, 3).astype(np.float64), params[9:12].astype(np.float64)
+    lut = np.maximum(crop / 255.0, 1e-4) ** np.exp(params[12:15].astype(np.float64))
+    expected = np.clip(lut @ m.T * 255.0 + b * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.abs(out[100:900, 300:1700].astype(int) - expected).max() <= 1
+    outside = np.ones(frame.shape[:2], bool)
+    outside[100:900, 300:1700] = False
+    assert not out[outside].any()
+    assert np.array_equal(apply_params(crop, params), out[100:900, 300:1700])  # a new array: the same
