@@ -59,8 +59,8 @@ def identity_params() -> np.ndarray:
     return p
 
 
-#: Bytes of one float work array of ``apply_params``: under glibc's mmap threshold as the pipeline
-#: pins it (1 MB), so the heap reuses them from strip to strip.
+#: Bytes of one float work array of ``apply_params`` (made once a call, used for every strip):
+#: under glibc's mmap threshold as the pipeline pins it (1 MB), so they come from the heap.
 STRIP_BYTES = 512 * 1024
 
 

@@ -68,13 +68,17 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
                  info: VideoInfo) -> Iterator[tuple[av.VideoFrame, int, int]]:
     """The stream's frames in display order as (frame, pts, duration) in its time base: the pts
     strictly increasing (``_TimestampGuess``, else one frame on from the last), interlaced frames
-    made whole (``Deinterlacer``).  This decoder's and the device path's (``hwdecode``)."""
+    made whole (``Deinterlacer``); a frame larger than the probed (coded) size is refused
+    (``VideoTooLarge``).  This decoder's and the device path's (``hwdecode``)."""
     step = _pts_step(info)
     guess = _TimestampGuess(trust_dts=info.container == "avi")
     deinterlace = Deinterlacer()
     timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
     last_pts: int | None = None
+    w, h = info.coded_width, info.coded_height
     for frame in container.decode(stream):
+        if frame.width * frame.height > w * h:
+            raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
         pts = guess(frame.pts, frame.dts)
         if pts is None:
             pts = 0 if last_pts is None else last_pts + step
@@ -128,15 +132,7 @@ class Deinterlacer:
 
     @staticmethod
     def _build(frame: av.VideoFrame) -> av.filter.Graph:
-        graph = av.filter.Graph()
-        source = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format,
-                                  time_base=frame.time_base or Fraction(1, 90000))
-        bwdif = graph.add("bwdif", Deinterlacer.OPTIONS)
-        sink = graph.add("buffersink")
-        source.link_to(bwdif)
-        bwdif.link_to(sink)
-        graph.configure()
-        return graph
+        return filter_chain(frame, [("bwdif", Deinterlacer.OPTIONS)])
 
     def _pull(self) -> list[av.VideoFrame]:
         assert self._graph is not None
@@ -150,9 +146,9 @@ class Deinterlacer:
 
 class RgbConverter:
     """Decoded frames as upright RGB arrays at ``width`` x ``height`` (the video's probed, coded
-    size): a frame larger than that is refused, a smaller one scaled up, and ``rotation`` (the
-    video's tag: degrees counter-clockwise) applied by ``transpose`` or both flips.  The video's
-    decoder and a background video's use it.
+    size; ``timed_frames`` has refused larger frames): a smaller one scaled up, and ``rotation``
+    (the video's tag: degrees counter-clockwise) applied by ``transpose`` or both flips.  The
+    video's decoder and a background video's (at each frame's own size) use it.
 
     An FFmpeg filter graph does it, not ``to_ndarray(format="rgb24")``: that made a fresh frame
     buffer for every picture, past glibc's mmap threshold as the pipeline sets it, so the kernel
@@ -175,9 +171,6 @@ class RgbConverter:
         self._key: tuple[object, ...] | None = None
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        if frame.width * frame.height > self.width * self.height:
-            raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, "
-                                f"larger than the probed {self.width}x{self.height}")
         frame.color_primaries = frame.color_trc = UNSPECIFIED
         frame.colorspace = nearest_matrix(int(frame.colorspace))
         key = (frame.width, frame.height, frame.format.name, int(frame.colorspace), int(frame.color_range))
@@ -188,20 +181,23 @@ class RgbConverter:
         return image
 
     def _build(self, frame: av.VideoFrame) -> av.filter.Graph:
-        graph = av.filter.Graph()
-        chain = [
-            graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=frame.format.name,
-                      time_base=str(frame.time_base or Fraction(1, 90000)), pixel_aspect="1/1",
-                      colorspace=str(int(frame.colorspace)), range=str(int(frame.color_range))),
-            graph.add("scale", f"w={self.width}:h={self.height}:flags=bilinear"),
-            graph.add("format", "pix_fmts=rgb24"),
-        ]
-        chain += [graph.add(*step) for step in ROTATIONS[self.rotation]]
-        chain.append(graph.add("buffersink"))
-        for a, b in zip(chain, chain[1:], strict=False):
-            a.link_to(b)
-        graph.configure()
-        return graph
+        steps = [("scale", f"w={self.width}:h={self.height}:flags=bilinear"), ("format", "pix_fmts=rgb24"),
+                 *ROTATIONS[self.rotation]]
+        return filter_chain(frame, steps, colorspace=str(int(frame.colorspace)), range=str(int(frame.color_range)))
+
+
+def filter_chain(frame: av.VideoFrame, steps: list[tuple[str, str]], **source: str) -> av.filter.Graph:
+    """A configured graph: a source of frames like ``frame`` (with ``source``'s further options),
+    then the filters ``steps`` (name, arguments) in turn, then a sink (``vpush`` / ``vpull``)."""
+    graph = av.filter.Graph()
+    chain = [graph.add("buffer", video_size=f"{frame.width}x{frame.height}", pix_fmt=frame.format.name,
+                       time_base=str(frame.time_base or Fraction(1, 90000)), pixel_aspect="1/1", **source)]
+    chain += [graph.add(name, args) for name, args in steps]
+    chain.append(graph.add("buffersink"))
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.link_to(b)
+    graph.configure()
+    return graph
 
 
 UNSPECIFIED = 2  # FFmpeg's code for an unspecified matrix, primaries or transfer

@@ -139,8 +139,6 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
         try:
             for frame, pts, duration in timed_frames(container, stream, info):
                 last_pts = pts
-                if frame.width * frame.height > pixels:
-                    raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
                 yield _planes(frame, w, h, pts, duration)
         except av.error.FFmpegError as exc:
             if too_large_after_error(stream, pixels):
