@@ -82,19 +82,26 @@ def test_the_device_paths_decoder_deinterlaces_too(tmp_path: Path) -> None:
 
 
 def _tagged_clip(path: Path, pix_fmt: str, colorspace: int, color_range: int,
-                 size: tuple[int, int] = (320, 180), count: int = 8) -> Path:
-    """``count`` frames of a real picture stored as ``pix_fmt``, converted and tagged with that matrix
-    (1 BT.709, 5 BT.601, 9 BT.2020) and range (1 limited, 2 full)."""
+                 size: tuple[int, int] = (320, 180), count: int = 8, converted: bool = True,
+                 trc_primaries: tuple[int, int] = (2, 2)) -> Path:
+    """``count`` frames of a real picture stored as ``pix_fmt``, tagged with matrix ``colorspace``
+    (1 BT.709, 5 BT.601, 9 BT.2020, ...), range ``color_range`` (1 limited, 2 full) and transfer
+    and primaries ``trc_primaries``; converted by that matrix, or (``converted=False``, for a
+    matrix PyAV cannot convert by) by BT.601."""
     with av.open(str(data_path("videos", "walking-audio.mp4"))) as src:
         picture = cv2.resize(next(src.decode(video=0)).to_ndarray(format="rgb24"), size)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = *size, pix_fmt
-        stream.codec_context.colorspace, stream.codec_context.color_range = colorspace, color_range
+        ctx = stream.codec_context
+        ctx.colorspace, ctx.color_range = colorspace, color_range
+        ctx.color_trc, ctx.color_primaries = trc_primaries
         for t in range(count):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.roll(picture, 7 * t, axis=1)), format="rgb24")
-            frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace, dst_color_range=color_range)
+            frame = (frame.reformat(format=pix_fmt, dst_colorspace=colorspace, dst_color_range=color_range)
+                     if converted else frame.reformat(format=pix_fmt))
             frame.colorspace, frame.color_range, frame.pts = colorspace, color_range, t
+            frame.color_trc, frame.color_primaries = trc_primaries
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return path
@@ -158,29 +165,12 @@ def test_frames_reuse_the_graphs_buffers(tmp_path: Path) -> None:
     assert shapes == [(720, 1280, 3)] * 12 and faults < 50 * len(shapes)
 
 
-def _tagged_only(path: Path, colorspace: int, color_trc: int = 1, color_primaries: int = 1) -> Path:
-    """Six frames of a real picture converted by BT.601 and tagged with another matrix."""
-    with av.open(str(data_path("videos", "desk.mp4"))) as src:
-        pictures = [f.to_ndarray(format="rgb24", width=320, height=180) for _, f in zip(range(6), src.decode(video=0),
-                                                                                        strict=False)]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
-        ctx = stream.codec_context
-        ctx.colorspace, ctx.color_trc, ctx.color_primaries = colorspace, color_trc, color_primaries
-        for t, picture in enumerate(pictures):
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
-            frame.colorspace, frame.color_trc, frame.color_primaries, frame.pts = colorspace, color_trc, color_primaries, t
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path
-
-
 @pytest.mark.parametrize("colorspace,read_as", [(8, 2), (10, 9), (14, 9)])
 def test_a_matrix_swscale_has_not_is_read_as_the_nearest(tmp_path: Path, colorspace: int, read_as: int) -> None:
     """YCgCo, BT.2020's constant-luminance form and ICtCp have no conversion in swscale: such a
     video failed as corrupt.  It is read as BT.601 (unspecified) or BT.2020, with a warning."""
-    path = _tagged_only(tmp_path / "clip.mp4", colorspace, 14 if read_as == 9 else 1, 9 if read_as == 9 else 1)
+    path = _tagged_clip(tmp_path / "clip.mp4", "yuv420p", colorspace, 1, count=6, converted=False,
+                        trc_primaries=(14, 9) if read_as == 9 else (1, 1))
     with av.open(str(path)) as c:
         assert int(next(c.decode(video=0)).colorspace) == colorspace
     with av.open(str(path)) as c:
