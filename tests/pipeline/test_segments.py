@@ -20,8 +20,15 @@ from service.media import chunks
 from service.media.chunks import chunk_pts
 from service.media.decode import iter_frames
 from service.media.probe import probe_video
-from service.pipeline import ReplaceOptions, replace_background
-from service.segments import MIN_FRAMES, MIN_FRAMES_SMALL, part_count, plan_segments, try_segments
+from service.pipeline import BATCH_PIXELS, ReplaceOptions, frames_per_batch, replace_background
+from service.segments import (
+    MIN_FRAMES,
+    MIN_FRAMES_SMALL,
+    part_count,
+    plan_segments,
+    settings_per_part,
+    try_segments,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chunkclip import build_clip  # noqa: E402
@@ -50,6 +57,22 @@ def test_part_count_follows_cores_and_length() -> None:
     assert part_count(auto, 1000, full_hd, cores=2) == (1, 2)  # 1080p: one part (memory)
     assert part_count(auto.model_copy(update={"segments": 1}), 1000, small, cores=8) == (1, 8)
     assert part_count(auto.model_copy(update={"segments": 3}), 1000, small, cores=2) == (3, 1)
+
+
+def test_the_parts_batches_and_queues_together_hold_what_one_pipeline_may() -> None:
+    """At most ``BATCH_PIXELS`` (a frame a part at least) and ``queue_memory_mb`` over all the parts.
+    Each part's stages hold a batch while they work on it, so a part's batches are smaller: a 720p
+    job with every option in two parts peaked at 0.94 GB with batches of four frames, 0.75-0.77 with two."""
+    base = get_settings().model_copy(update={"batch_size": 4, "queue_memory_mb": 128})
+    for width, height in [(640, 360), (1280, 720), (1920, 1080)]:
+        pixels = width * height
+        for parts in (2, 3, 4):
+            each = settings_per_part(base, parts, 1, pixels)
+            assert parts * frames_per_batch(each, pixels) * pixels <= max(BATCH_PIXELS, parts * pixels)
+            assert parts * each.queue_memory_mb <= base.queue_memory_mb
+            assert each.intra_op_threads == 1
+    assert settings_per_part(base, 2, 1, 1280 * 720).batch_size == 2
+    assert settings_per_part(base, 2, 1, 640 * 360).batch_size == 4  # small frames keep their batches
 
 
 @pytest.mark.parametrize("parts", [2, 3])
