@@ -148,8 +148,7 @@ def try_segments(
 
     def run(bg: BackgroundSource | None, file: Path, report: Progress, stopped: Callable[[], bool],
             window: Window) -> _Count:
-        return _run(window.info, bg, file, options, part_model, part_settings, report, stopped, window,
-                    reuse_arrays=False)
+        return _run(window.info, bg, file, options, part_model, part_settings, report, stopped, window)
 
     with opencv_threads(threads):
         return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)

@@ -35,16 +35,18 @@ class _CountingPool(ArrayPool):
         return super().empty(shape, dtype)
 
 
-@pytest.mark.parametrize("fmt,options", [
-    ("mp4", {}),
-    ("mov", {}),
-    ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}),
+@pytest.mark.parametrize("fmt,options,parts", [
+    ("mp4", {}, 1),
+    ("mov", {}, 1),
+    ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}, 1),
+    ("mp4", {}, 2),  # side by side (service.segments), a pool each
 ])
 def test_a_job_reuses_its_arrays_and_writes_the_same_video(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, str], parts: int
 ) -> None:
-    clip = build_clip(data_path("videos", "walking-sideways.mp4"), tmp_path / "clip.mp4", 2, 640, audio=False)
-    settings = get_settings().model_copy(update={"segments": 1, "batch_size": 2, "queue_depth": 2})
+    seconds = 2 if parts == 1 else 5  # two parts of 640-wide frames need 112 frames
+    clip = build_clip(data_path("videos", "walking-sideways.mp4"), tmp_path / "clip.mp4", seconds, 640, audio=False)
+    settings = get_settings().model_copy(update={"segments": parts, "batch_size": 2, "queue_depth": 2})
     job = ReplaceOptions(output_format=fmt, **options)  # type: ignore[arg-type]
     background = str(data_path("backgrounds", "bg_1.jpg")) if fmt == "mp4" else None
 
@@ -54,8 +56,9 @@ def test_a_job_reuses_its_arrays_and_writes_the_same_video(
     _CountingPool.pools.clear()
     result = replace_background(clip, background, tmp_path / f"reused.{fmt}", job, settings=settings)
 
-    [pool] = _CountingPool.pools
-    assert result.frames >= 40
-    assert pool.asked >= 3 * (result.frames // 2)  # at least frames, matte and output for each batch
-    assert pool.made <= pool.asked // 3
+    assert len(_CountingPool.pools) == parts
+    assert result.frames >= 40 * parts
+    pools = _CountingPool.pools
+    assert sum(p.asked for p in pools) >= 3 * (result.frames // 2)  # at least frames, matte and output for each batch
+    assert all(p.made <= p.asked // 3 for p in pools)
     assert (tmp_path / f"reused.{fmt}").read_bytes() == (tmp_path / f"fresh.{fmt}").read_bytes()
