@@ -383,7 +383,7 @@ def _batches(
     empty: Empty = np.empty,
 ) -> Iterator[Batch]:
     """The decoded frames in batches of ``size`` (``frames_per_batch``), each with its background;
-    ``empty`` makes the batch's array of frames."""
+    ``empty`` makes the batch's arrays: its frames, and its background where one is made for it."""
     buf: list[np.ndarray] = []
     pts: list[int] = []
     durations: list[int] = []
@@ -392,7 +392,7 @@ def _batches(
     def flush() -> Batch:
         images = np.stack(buf, out=empty((len(buf), *buf[0].shape), np.uint8))
         times = [p * tb for p in pts]
-        back = None if bg is None else bg.frames(images, times)
+        back = None if bg is None else bg.frames(images, times, empty)
         if back is not None and back.strides[0] != 0:  # one plate broadcast over the batch stays one plate
             back = np.ascontiguousarray(back)
         return Batch(images, list(pts), list(durations), back)

@@ -18,6 +18,7 @@ import av
 import cv2
 import numpy as np
 
+from service.array_pool import ArrayPool, Empty
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
 from service.media.decode import RgbConverter
@@ -35,27 +36,34 @@ __all__ = ["BackgroundSource", "open_background", "parse_color", "validate_backg
 
 
 class BackgroundSource(Protocol):
-    def frames(self, images: np.ndarray, times: list[float]) -> np.ndarray:
-        """Background for each frame of a batch: ``images`` uint8 (N, H, W, 3), ``times`` seconds."""
+    def frames(self, images: np.ndarray, times: list[float], empty: Empty = np.empty) -> np.ndarray:
+        """Background for each frame of a batch: ``images`` uint8 (N, H, W, 3), ``times`` seconds;
+        ``empty`` makes the array a background made for the batch is written into (a job's
+        ``ArrayPool``: at 1080p each new one was 1,500 page faults a frame)."""
         ...
 
     def close(self) -> None: ...
 
 
-def cover(image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0) -> np.ndarray:
+def cover(image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0,
+          out: np.ndarray | None = None) -> np.ndarray:
     """Scale ``image`` so it covers width×height, keeping its aspect, and crop the centre.
     ``pixel_aspect``: the output's pixels' width over their height, over the image's (an
     anamorphic 720x480 output shown 16:9 takes a crop of 16:9, squeezed into its frame).
 
     The centre is cropped first and only it is scaled: scaling the whole picture first would make
-    a picture of extreme aspect (1×50 million pixels) tens of gigabytes."""
+    a picture of extreme aspect (1×50 million pixels) tens of gigabytes.  ``out``: a uint8
+    (height, width, 3) array to write into."""
     h, w = image.shape[:2]
     shown = width * pixel_aspect  # the output's width in the image's pixels' units
     scale = max(shown / w, height / h)
     cw, ch = min(w, max(1, round(shown / scale))), min(h, max(1, round(height / scale)))
     x, y = (w - cw) // 2, (h - ch) // 2
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(image[y : y + ch, x : x + cw], (width, height), interpolation=interp))
+    crop = image[y : y + ch, x : x + cw]
+    if out is not None:
+        return cv2.resize(crop, (width, height), dst=out, interpolation=interp)
+    return np.ascontiguousarray(cv2.resize(crop, (width, height), interpolation=interp))
 
 
 class ColorBackground:
@@ -63,7 +71,7 @@ class ColorBackground:
         self.plate = np.empty((height, width, 3), np.uint8)
         self.plate[:] = rgb
 
-    def frames(self, images: np.ndarray, times: list[float]) -> np.ndarray:
+    def frames(self, images: np.ndarray, times: list[float], empty: Empty = np.empty) -> np.ndarray:
         return np.broadcast_to(self.plate, images.shape)
 
     def close(self) -> None:
@@ -84,13 +92,13 @@ class BlurBackground:
     def __init__(self, width: int, height: int, strength: float = 0.03):
         self.sigma = max(2.0, strength * max(width, height) / 4)
 
-    def frames(self, images: np.ndarray, times: list[float]) -> np.ndarray:
-        out = np.empty_like(images)
+    def frames(self, images: np.ndarray, times: list[float], empty: Empty = np.empty) -> np.ndarray:
+        out = empty(images.shape, np.uint8)
         for i, img in enumerate(images):
             h, w = img.shape[:2]
             small = cv2.resize(img, (max(1, w // 4), max(1, h // 4)), interpolation=cv2.INTER_AREA)
             small = cv2.GaussianBlur(small, (0, 0), self.sigma)
-            out[i] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+            cv2.resize(small, (w, h), dst=out[i], interpolation=cv2.INTER_LINEAR)
         return out
 
     def close(self) -> None:
@@ -116,6 +124,8 @@ class VideoBackground:
         self._current: tuple[float, np.ndarray] | None = None
         self._next: tuple[float, np.ndarray] | None = None
         self._rgb: RgbConverter | None = None
+        # the pictures at the output size: the current one, the next, and the one being made
+        self._fitted = ArrayPool(max_bytes=3 * width * height * 3)
         self.duration = self._measure()
 
     def _measure(self) -> float:
@@ -185,7 +195,8 @@ class VideoBackground:
         img = self._rgb(frame)
         t = float(frame.time) - start if frame.time is not None else 0.0
         own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
-        return t, cover(img, self.width, self.height, self.pixel_aspect / own)
+        fitted = self._fitted.empty((self.height, self.width, 3), np.uint8)
+        return t, cover(img, self.width, self.height, self.pixel_aspect / own, out=fitted)
 
     def _at(self, t: float) -> np.ndarray:
         t = t % self.duration
@@ -196,9 +207,9 @@ class VideoBackground:
             self._current, self._next = self._next, next(self._iter, None)
         return self._current[1]
 
-    def frames(self, images: np.ndarray, times: list[float]) -> np.ndarray:
+    def frames(self, images: np.ndarray, times: list[float], empty: Empty = np.empty) -> np.ndarray:
         try:
-            return np.stack([self._at(t) for t in times])
+            return np.stack([self._at(t) for t in times], out=empty((len(times), self.height, self.width, 3), np.uint8))
         except av.error.FFmpegError as exc:
             raise CorruptBackground(f"the background video cannot be decoded ({exc.__class__.__name__})") from None
 

@@ -1,7 +1,7 @@
-"""A job's full-size arrays (the batch of frames, the matte, the foreground, the output and the
-compositor's work array) come from its ``ArrayPool`` and are used again batch after batch, and the
-video it writes is the same, byte for byte, as a job that makes every array afresh: no array is
-overwritten while a queue or a stage still holds it."""
+"""A job's full-size arrays (the batch of frames and a background made for it, the matte, the
+foreground, the output and the compositor's work array) come from its ``ArrayPool`` and are used
+again batch after batch, and the video it writes is the same, byte for byte, as a job that makes
+every array afresh: no array is overwritten while a queue or a stage still holds it."""
 
 from __future__ import annotations
 
@@ -35,20 +35,23 @@ class _CountingPool(ArrayPool):
         return super().empty(shape, dtype)
 
 
-@pytest.mark.parametrize("fmt,options,parts", [
-    ("mp4", {}, 1),
-    ("mov", {}, 1),
-    ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}, 1),
-    ("mp4", {}, 2),  # side by side (service.segments), a pool each
+@pytest.mark.parametrize("fmt,options,parts,background", [
+    ("mp4", {}, 1, "backgrounds/bg_1.jpg"),
+    ("mov", {}, 1, None),
+    ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}, 1, "backgrounds/bg_1.jpg"),
+    ("mp4", {}, 1, "blur"),
+    ("mp4", {}, 2, "videos/desk.mp4"),  # side by side (service.segments), a pool each
 ])
 def test_a_job_reuses_its_arrays_and_writes_the_same_video(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, str], parts: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, str], parts: int,
+    background: str | None,
 ) -> None:
     seconds = 2 if parts == 1 else 5  # two parts of 640-wide frames need 112 frames
     clip = build_clip(data_path("videos", "walking-sideways.mp4"), tmp_path / "clip.mp4", seconds, 640, audio=False)
     settings = get_settings().model_copy(update={"segments": parts, "batch_size": 2, "queue_depth": 2})
     job = ReplaceOptions(output_format=fmt, **options)  # type: ignore[arg-type]
-    background = str(data_path("backgrounds", "bg_1.jpg")) if fmt == "mp4" else None
+    if background is not None and "/" in background:
+        background = str(data_path(*background.split("/")))
 
     monkeypatch.setattr(pipeline, "ArrayPool", lambda max_bytes: _CountingPool(0))  # makes every array afresh
     replace_background(clip, background, tmp_path / f"fresh.{fmt}", job, settings=settings)
