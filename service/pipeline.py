@@ -525,7 +525,7 @@ def _run(
                 alpha = selection(batch.images, alpha)
             fg = matte.foreground
             if harmonizer is not None and batch.background is not None:
-                fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background)
+                fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background, pool.empty)
             if not _put(composed, (batch, alpha, fg), stop):
                 break
         _put(composed, _END, stop)

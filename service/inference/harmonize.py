@@ -18,6 +18,7 @@ import threading
 import cv2
 import numpy as np
 
+from service.array_pool import Empty
 from service.config import Settings, get_settings
 from service.errors import InvalidParameter
 from service.inference.sessions import Session, create_session
@@ -110,6 +111,7 @@ class Harmonizer:
         self._settings = settings
         self._session: Session | None = None
         self._state: np.ndarray | None = None
+        self._where: np.ndarray | None = None
 
     def reset(self) -> None:
         self._state = None
@@ -135,21 +137,28 @@ class Harmonizer:
         params = self.session.run(None, {"image": image, "mask": mask})[0]
         return np.asarray(params, dtype=np.float32).reshape(n, N_PARAMS)
 
-    def __call__(self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
+    def __call__(self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray,
+                 empty: Empty = np.empty) -> np.ndarray:
+        """The harmonised frames, in an array ``empty`` makes (the job's ``ArrayPool``)."""
         if frames.ndim == 3:
             return self(frames[None], alpha[None], background[None])[0]
         if self.strength == 0.0:
             return frames.copy()
         params = self.predict(frames, alpha, background)
         eye = identity_params()
-        out = np.empty_like(frames)
+        out = empty(frames.shape, frames.dtype)
+        # one byte a pixel, kept for both tests of alpha on every frame (numpy's comparisons made a
+        # new 2 MB plane each at 1080p)
+        if self._where is None or self._where.shape != alpha.shape[1:]:
+            self._where = np.empty(alpha.shape[1:], np.bool_)
+        where = self._where
         for i in range(frames.shape[0]):
             p = params[i]
-            if not np.isfinite(p).all() or not (alpha[i] > 0.5).any():
+            if not np.isfinite(p).all() or not np.greater(alpha[i], 0.5, out=where).any():
                 p = eye if self._state is None else self._state  # no person: keep the last transform
             self._state = p if self._state is None else self.smoothing * self._state + (1 - self.smoothing) * p
             # only the person is taken from the result: the rest of the frame is left as it was
-            x, y, w, h = cv2.boundingRect((alpha[i] > 0).astype(np.uint8))
+            x, y, w, h = cv2.boundingRect(np.greater(alpha[i], 0, out=where).view(np.uint8))
             out[i] = frames[i]
             if w and h:
                 apply_params(frames[i, y : y + h, x : x + w], eye + self.strength * (self._state - eye),

@@ -39,11 +39,11 @@ class _CountingPool(ArrayPool):
     ("mp4", {}, 1, "backgrounds/bg_1.jpg"),
     ("mov", {}, 1, None),
     ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}, 1, "backgrounds/bg_1.jpg"),
-    ("mp4", {}, 1, "blur"),
+    ("mp4", {"harmonize": 0.7}, 1, "blur"),
     ("mp4", {}, 2, "videos/desk.mp4"),  # side by side (service.segments), a pool each
 ])
 def test_a_job_reuses_its_arrays_and_writes_the_same_video(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, str], parts: int,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, options: dict[str, Any], parts: int,
     background: str | None,
 ) -> None:
     seconds = 2 if parts == 1 else 5  # two parts of 640-wide frames need 112 frames
