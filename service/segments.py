@@ -10,10 +10,10 @@ pipeline in its own thread (``pipeline._run`` with a ``Window``: decoding from a
 by a seek, the model warmed on ``chunk_warmup_frames`` frames before the span, the span encoded
 without audio), with one model session shared by the parts and ``cores // parts`` threads for
 each call; then the encoded parts are joined by packet copy with the input's audio muxed once
-(``chunks.join_chunks``).  Each part gets ``queue_memory_mb / parts`` for its queues, and batches of at most
-``BATCH_PIXELS / parts`` (a part's stages each hold a batch while they work on it: a 720p job in two
-parts with batches of four frames peaked 120-180 MB higher than with two, no faster), so the
-process stays as small as one pipeline.
+(``chunks.join_chunks``).  Each part gets ``queue_memory_mb / parts`` for its queues and batches
+of at most ``BATCH_PIXELS / parts`` pixels (``settings_per_part``: a part's stages each hold a
+batch while they work on it, and a 720p job in two parts with batches of four frames peaked
+120-180 MB higher than with two, no faster), so the process stays as small as one pipeline.
 
 Not cut: chunk tasks (already one span of a job), jobs choosing people (a clip-wide tracker),
 inputs whose container cannot keep exact timestamps (``chunks.chunk_muxer``: MP4/MOV family only),
