@@ -38,6 +38,18 @@ def _unshared_count() -> int:
     return sys.getrefcount(held[0])
 
 
+def kept_array(owner: object, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A C-contiguous ``dtype`` array of ``shape`` over storage that ``owner`` keeps as attribute
+    ``name``, made anew only when too small or of another type: for a work array that never leaves
+    one call of a stage (the pool is for arrays handed on), so its pages are not new every frame."""
+    size = int(np.prod(shape))
+    buf: np.ndarray | None = getattr(owner, name, None)
+    if buf is None or buf.dtype != np.dtype(dtype) or buf.size < size:
+        buf = np.empty(size, dtype)
+        setattr(owner, name, buf)
+    return buf[:size].reshape(shape)
+
+
 class ArrayPool:
     """``empty(shape, dtype)`` as ``np.empty``, from arrays made before where one is free."""
 
@@ -64,4 +76,4 @@ class ArrayPool:
             return array
 
 
-__all__ = ["ArrayPool", "Empty"]
+__all__ = ["ArrayPool", "Empty", "kept_array"]

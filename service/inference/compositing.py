@@ -13,7 +13,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from service.array_pool import Empty
+from service.array_pool import Empty, kept_array
 from service.errors import InvalidParameter
 
 
@@ -31,7 +31,6 @@ class AlphaCompositor:
 
     def __init__(self, empty: Empty = np.empty) -> None:
         self.empty = empty
-        self._rest: np.ndarray | None = None
 
     def __call__(
         self, frames: np.ndarray, alpha: np.ndarray, background: np.ndarray, foreground: np.ndarray | None = None
@@ -43,9 +42,7 @@ class AlphaCompositor:
         n = max(len(fgs), len(bgs), len(alphas))
         fgs, bgs, alphas = (np.broadcast_to(x, (n, *x.shape[1:])) for x in (fgs, bgs, alphas))
         out = self.empty(bgs.shape, np.uint8)
-        if self._rest is None or self._rest.shape != alphas.shape[1:]:
-            self._rest = np.empty(alphas.shape[1:], np.float32)  # 1 − a, one frame at a time
-        rest = self._rest
+        rest = kept_array(self, "_rest", alphas.shape[1:], np.float32)  # 1 − a, one frame at a time
         for i in range(n):
             a = np.ascontiguousarray(alphas[i], dtype=np.float32)
             np.subtract(1.0, a, out=rest)

@@ -18,7 +18,7 @@ import threading
 import cv2
 import numpy as np
 
-from service.array_pool import Empty
+from service.array_pool import Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import InvalidParameter
 from service.inference.sessions import Session, create_session
@@ -111,7 +111,6 @@ class Harmonizer:
         self._settings = settings
         self._session: Session | None = None
         self._state: np.ndarray | None = None
-        self._where: np.ndarray | None = None
 
     def reset(self) -> None:
         self._state = None
@@ -149,9 +148,7 @@ class Harmonizer:
         out = empty(frames.shape, frames.dtype)
         # one byte a pixel, kept for both tests of alpha on every frame (numpy's comparisons made a
         # new 2 MB plane each at 1080p)
-        if self._where is None or self._where.shape != alpha.shape[1:]:
-            self._where = np.empty(alpha.shape[1:], np.bool_)
-        where = self._where
+        where = kept_array(self, "_where", alpha.shape[1:], np.bool_)
         for i in range(frames.shape[0]):
             p = params[i]
             if not np.isfinite(p).all() or not np.greater(alpha[i], 0.5, out=where).any():

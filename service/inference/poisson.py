@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 from scipy import fft as sfft
 
-from service.array_pool import Empty
+from service.array_pool import Empty, kept_array
 
 _CUTOFF = float(np.exp(-3.0))
 
@@ -58,16 +58,6 @@ def _cupy():
     except Exception:
         pass
     return None
-
-
-def _kept(owner: object, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A C-contiguous array of ``shape`` over the start of ``owner.name``, grown when too small."""
-    buf: np.ndarray = getattr(owner, name)
-    size = int(np.prod(shape))
-    if buf.size < size:
-        buf = np.empty(size, buf.dtype)
-        setattr(owner, name, buf)
-    return buf[:size].reshape(shape)
 
 
 class PoissonCompositor:
@@ -89,10 +79,6 @@ class PoissonCompositor:
         self.temporal = temporal
         self.empty = empty  # makes the output frames (a job's ArrayPool)
         self._gpu = _cupy() if use_gpu else None
-        # a frame's worth of bytes for the person's box and of float32 for its clipped alpha, kept:
-        # made afresh for every 1080p frame they were 2 and up to 8 MB of new pages from the kernel
-        self._mask = np.empty(0, np.bool_)
-        self._alpha = np.empty(0, np.float32)
         self.reset()
 
     def reset(self) -> None:
@@ -126,7 +112,9 @@ class PoissonCompositor:
         """Composite one frame into ``out`` (uint8 (H, W, 3))."""
         H, W = alpha.shape
         out[...] = B
-        mask = _kept(self, "_mask", alpha.shape)
+        # the person's box and clipped alpha in arrays it keeps (``kept_array``): made afresh for
+        # every 1080p frame they were 2 and up to 8 MB of new pages from the kernel
+        mask = kept_array(self, "_mask", alpha.shape, np.bool_)
         bx, by, bw, bh = cv2.boundingRect(np.greater(alpha, 0, out=mask).view(np.uint8))  # bool → uint8 view
         if bw == 0 or bh == 0:  # no person (NaN counts as zero): the background, exactly
             self._carry = None
@@ -146,7 +134,7 @@ class PoissonCompositor:
         lh2, lw2 = max(-(-h // S), 2), max(-(-w // S), 2)  # coarse grid (background side)
         lh, lw = lh2 * c, lw2 * c  # fine grid (person side), covers the crop
         Fc, Bc = F[y0:y1, x0:x1], B[y0:y1, x0:x1]
-        ac = np.fmax(alpha[y0:y1, x0:x1], np.float32(0.0), out=_kept(self, "_alpha", (h, w)))  # NaN → 0
+        ac = np.fmax(alpha[y0:y1, x0:x1], np.float32(0.0), out=kept_array(self, "_alpha", (h, w), np.float32))  # NaN → 0
         np.minimum(ac, np.float32(1.0), out=ac)
 
         def low(img: np.ndarray, f: int, n: tuple[int, int]) -> np.ndarray:

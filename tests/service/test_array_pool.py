@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from service.array_pool import ArrayPool
+from service.array_pool import ArrayPool, kept_array
 
 
 def test_a_dropped_array_is_handed_out_again() -> None:
@@ -69,3 +69,21 @@ def test_threads_never_share_an_array() -> None:
     for t in threads:
         t.join()
     assert not errors and pool.made <= 8
+
+
+def test_a_kept_array_reuses_its_storage_until_it_is_too_small_or_of_another_type() -> None:
+    """``kept_array``: a stage's own work array, kept on the stage between calls."""
+
+    class Stage:
+        pass
+
+    stage = Stage()
+    first = kept_array(stage, "_work", (4, 6), np.float32)
+    assert first.shape == (4, 6) and first.dtype == np.float32 and first.flags.c_contiguous
+    smaller = kept_array(stage, "_work", (3, 5), np.float32)  # a smaller crop: the same storage
+    assert smaller.flags.c_contiguous and smaller.ctypes.data == first.ctypes.data
+    larger = kept_array(stage, "_work", (5, 6), np.float32)  # grown
+    assert larger.shape == (5, 6) and larger.ctypes.data != first.ctypes.data
+    assert kept_array(stage, "_work", (2, 2), np.float32).ctypes.data == larger.ctypes.data
+    other = kept_array(stage, "_work", (2, 2), np.bool_)  # another type: made anew
+    assert other.dtype == np.bool_ and other.shape == (2, 2)
