@@ -14,6 +14,7 @@ anywhere stops every stage and leaves no output file behind.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -317,9 +318,19 @@ def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:
     return settings.decode_threads or auto, settings.encode_threads or auto
 
 
-_MMAP_SET = False
+@functools.cache
+def _glibc() -> Any:
+    """The C library's malloc controls (``mallopt``, ``malloc_trim``), or None where it is not glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
+@functools.cache  # once a process
 def _return_freed_frames() -> None:
     """Blocks of 1 MB and more (frames, mattes) come from mmap and go back to the system when freed.
 
@@ -334,18 +345,10 @@ def _return_freed_frames() -> None:
     job took 1.5 million page faults and 6 s of system time for 150 frames; a 32 MB trim threshold
     keeps up to that much free at the top of each heap: 350,000 faults, 3 s, for 20 MB more at the
     peak (README, RVM on a CPU)."""
-    global _MMAP_SET
-    if _MMAP_SET:
-        return
-    _MMAP_SET = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 32 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def release_free_memory() -> None:
@@ -355,12 +358,9 @@ def release_free_memory() -> None:
     worker process that runs job after job would otherwise keep that much idle (six jobs of three
     kinds in one process: 340 -> 503 MB resident after each; with this 272 -> 466 MB, where the
     process that kept the 128 KB threshold took 277 -> 422 MB)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 #: Most pixels one batch holds: ``batch_size`` frames up to 720p, two at 1080p, one at 4K.  Each
