@@ -142,7 +142,8 @@ def try_device(
                     part: Window) -> _Count:
                 return run_device(part.info, part_bg, file, options, part_settings, device, report, stopped, part)
 
-            return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)
+            return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run,
+                             decode_threads=settings.decode_threads)
         return run_device(info, bg, path, options, settings, device, progress, cancel, window)
     except (BackdropError, MemoryError):
         raise  # the input's fault, a cancel or the job's own limits: the same on any path

@@ -154,7 +154,8 @@ def replace_background(
     info = window.info if window is not None else probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
     model = model or get_model(options.model, settings, load=False)  # not loaded where parts run the job
-    bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect))
+    bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect),
+                        codec_threads(model, settings)[0])
     try:
         # the GPU worker path (issue 15), where the settings ask for it and it covers the job
         from service.device_pipeline import try_device
@@ -209,16 +210,17 @@ def _check_output(output: Path, partial: Path, inputs: list[Path]) -> None:
 
 
 def background_for(fmt: str, spec: str | None, width: int, height: int, settings: Settings,
-                   pixel_aspect: float = 1.0) -> BackgroundSource | None:
+                   pixel_aspect: float = 1.0, threads: int = 0) -> BackgroundSource | None:
     """The background the frames of ``fmt`` are put on (jobs and previews): None for an output that
     shows none (webm and mov carry alpha, matte is the mask), whose background, if one was given
     anyway, is never read: a blurred or video one would be made frame by frame for nothing (a
-    1080p webm job peaked at 1.12 GB with ``blur``, 0.97 GB without)."""
+    1080p webm job peaked at 1.12 GB with ``blur``, 0.97 GB without).  ``threads``: a background
+    video's decoder threads, the job's decoder's (``codec_threads``)."""
     if fmt == "greenscreen":
         return ColorBackground(GREEN, width, height)
     if spec is None or fmt not in SCENE_FORMATS:
         return None
-    return open_background(spec, width, height, settings, pixel_aspect)
+    return open_background(spec, width, height, settings, pixel_aspect, threads)
 
 
 @dataclass

@@ -47,7 +47,7 @@ from service.media.encode import FORMATS
 from service.media.hwencode import worker_cores
 from service.media.probe import VideoInfo
 from service.options import Options
-from service.pipeline import Progress, Window, _Count, _run, background_for, frames_per_batch
+from service.pipeline import Progress, Window, _Count, _run, background_for, codec_threads, frames_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ def try_segments(
         return _run(window.info, bg, file, options, part_model, part_settings, report, stopped, window)
 
     with opencv_threads(threads):
-        return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run)
+        return run_parts(windows, info, background, path, options, part_settings, progress, cancel, run,
+                         decode_threads=codec_threads(part_model, part_settings)[0])
 
 
 def settings_per_part(settings: Settings, parts: int, threads: int, pixels: int) -> Settings:
@@ -190,10 +191,12 @@ PartRun = Callable[[BackgroundSource | None, Path, Progress, Callable[[], bool],
 def run_parts(
     windows: list[Window], info: VideoInfo, background: str | None, path: Path, options: Options,
     settings: Settings, progress: Progress | None, cancel: Callable[[], bool] | None, run: PartRun,
+    *, decode_threads: int = 0,
 ) -> _Count:
     """Each window through ``run`` (the ordinary pipeline, or the device path's) in its own thread,
     then the parts joined into ``path`` with the input's audio.  A failure or a cancel in any part
-    stops them all; no part file is left."""
+    stops them all; no part file is left.  ``decode_threads``: each part's background video decoder's
+    (its own decoder's, 0 = FFmpeg's choice)."""
     from service.media.chunks import join_chunks
 
     lock = threading.Lock()
@@ -218,7 +221,8 @@ def run_parts(
         return report
 
     def work(k: int) -> None:
-        bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect))
+        bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect),
+                            decode_threads)
         try:
             counts[k] = run(bg, files[k], reporter(k), stopped, windows[k])
         except BaseException as e:  # noqa: BLE001 - raised again by the caller's thread

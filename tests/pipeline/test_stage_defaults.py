@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import data_path
+from videoutil import remux
+
 from service.config import get_settings
 from service.inference.models import create_model
-from service.pipeline import ReplaceOptions, codec_threads, edge_refine
+from service.pipeline import ReplaceOptions, codec_threads, edge_refine, replace_background
 
 
 def _cpu_settings(**update: object):
@@ -27,3 +36,34 @@ def test_codecs_get_one_thread_each_beside_a_cpu_model_unless_set() -> None:
     assert model.providers[0] == "CPUExecutionProvider"
     assert codec_threads(model, settings) == (1, 1)
     assert codec_threads(model, _cpu_settings(decode_threads=3, encode_threads=2)) == (3, 2)
+
+
+def _thread_names() -> set[str]:
+    names = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.add(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names
+
+
+@pytest.mark.parametrize(("parts", "seconds"), [(1, 1.0), (2, 6.6)])
+def test_a_background_video_is_decoded_with_the_jobs_decoder_threads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, parts: int, seconds: float
+) -> None:
+    """Beside a CPU model every decoder of a job has one thread, the background video's too (in each
+    part where the video runs in parts): FFmpeg's frame threads each hold frames of their own (a 4K
+    background's three took 50 MB more).  FFmpeg names the frame threads it starts
+    ``av:<codec>:df<n>``; none may run while the job does."""
+    clip = remux(data_path("videos", "desk.mp4"), tmp_path / "in.mp4", seconds)
+    background = data_path("videos", "walking-sideways.mp4")
+    settings = get_settings().model_copy(update={"providers": ["CPUExecutionProvider"], "segments": parts,
+                                                 "progress_interval_s": 0.0})
+    seen: set[str] = set()
+    with caplog.at_level(logging.INFO, logger="service.segments"):
+        replace_background(clip, str(background), tmp_path / "out.mp4", settings=settings,
+                           progress=lambda done, total: seen.update(_thread_names()))
+    assert ("runs in 2 parts" in caplog.text) == (parts == 2)
+    assert seen  # looked at while the job ran
+    assert not [name for name in seen if re.fullmatch(r"av:\w+:df\d+", name)], seen
