@@ -540,7 +540,7 @@ def _run(
             matte, state = model.predict(batch.images, state, empty=pool.empty)
             alpha = matte.alpha if refiner is None else refiner(batch.images, matte.alpha, out=matte.alpha)
             if selection is not None:
-                alpha = selection(batch.images, alpha)
+                alpha = selection(batch.images, alpha, pool.empty)
             fg = matte.foreground
             if harmonizer is not None and batch.background is not None:
                 fg = harmonizer(batch.images if fg is None else fg, alpha, batch.background, pool.empty)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from service.array_pool import Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import Canceled, NoPersonAtPoint, NoPersonFound
 from service.inference.sessions import Session, create_session
@@ -352,17 +353,22 @@ def clip_coverage(
     return covered
 
 
-def keep_multiplier(owners: np.ndarray, keep: set[int], size: tuple[int, int]) -> np.ndarray:
+def keep_multiplier(owners: np.ndarray, keep: set[int], size: tuple[int, int],
+                    out: np.ndarray | None = None) -> np.ndarray:
     """float32 (H, W) in [0, 1] for ``size`` = (W, H): 1 on the kept people and a margin of
     ``KEEP_MARGIN`` grid pixels around them, 0 on everyone else's pixels and the rest; upsampled
-    bilinearly, so the alpha it multiplies keeps its soft edges."""
+    bilinearly, so the alpha it multiplies keeps its soft edges.  ``out``: a float32 (H, W) array to
+    write it into."""
     kept = np.isin(owners, list(keep))
     others = (owners != 0) & ~kept
     kernel = np.ones((2 * KEEP_MARGIN + 1, 2 * KEEP_MARGIN + 1), np.uint8)
     grid = cv2.dilate(kept.astype(np.uint8), kernel).astype(bool) & ~others
+    if out is None:
+        out = np.empty(size[::-1], np.float32)
     if grid.all():
-        return np.ones(size[::-1], np.float32)
-    return cv2.resize(grid.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+        out.fill(1.0)
+        return out
+    return cv2.resize(grid.astype(np.float32), size, dst=out, interpolation=cv2.INTER_LINEAR)
 
 
 class PeopleSelection:
@@ -384,14 +390,19 @@ class PeopleSelection:
                                        every or settings.people_detect_every)
         self.keep: set[int] | None = None
 
-    def __call__(self, frames: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-        out = np.empty_like(alpha)
+    def __call__(self, frames: np.ndarray, alpha: np.ndarray, empty: Empty = np.empty) -> np.ndarray:
+        """``alpha`` (N, H, W) with only the chosen people, in an array ``empty`` makes (the job's
+        ``ArrayPool``).  The multiplier is a work array kept between calls: a new selected alpha,
+        multiplier and product for each 1080p frame were 500 page faults a frame (150 frames with
+        ``people=largest``: 227,000 -> 152,000 faults in all)."""
+        out = empty(alpha.shape, np.float32)
         h, w = alpha.shape[1:]
+        multiplier = kept_array(self, "_multiplier", (h, w), np.float32)
         for i, (frame, a) in enumerate(zip(frames, alpha, strict=True)):
             owners = self.splitter.split(frame, a)
             if self.keep is None:
                 self.keep = self._choose(owners, w, h)
-            out[i] = a * keep_multiplier(owners, self.keep, (w, h))
+            np.multiply(a, keep_multiplier(owners, self.keep, (w, h), out=multiplier), out=out[i])
         return out
 
     def _choose(self, owners: np.ndarray, w: int, h: int) -> set[int]:

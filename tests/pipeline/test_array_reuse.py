@@ -40,6 +40,7 @@ class _CountingPool(ArrayPool):
     ("mov", {}, 1, None),
     ("mp4", {"model": "deeplabv3plus", "composite": "poisson"}, 1, "backgrounds/bg_1.jpg"),
     ("mp4", {"harmonize": 0.7}, 1, "blur"),
+    ("mp4", {"people": "largest", "edge_refine": True}, 1, "videos/walking-sideways.mp4"),  # the selected alpha
     ("mp4", {}, 2, "videos/desk.mp4"),  # side by side (service.segments), a pool each
 ])
 def test_a_job_reuses_its_arrays_and_writes_the_same_video(
@@ -47,7 +48,9 @@ def test_a_job_reuses_its_arrays_and_writes_the_same_video(
     background: str | None,
 ) -> None:
     seconds = 2 if parts == 1 else 5  # two parts of 640-wide frames need 112 frames
-    clip = build_clip(data_path("videos", "walking-sideways.mp4"), tmp_path / "clip.mp4", seconds, 640, audio=False)
+    # people=largest needs a person on the first frame: desk.mp4 has one, walking-sideways.mp4 not yet
+    source = "desk.mp4" if "people" in options else "walking-sideways.mp4"
+    clip = build_clip(data_path("videos", source), tmp_path / "clip.mp4", seconds, 640, audio=False)
     settings = get_settings().model_copy(update={"segments": parts, "batch_size": 2, "queue_depth": 2})
     job = ReplaceOptions(output_format=fmt, **options)  # type: ignore[arg-type]
     if background is not None and "/" in background:
