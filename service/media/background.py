@@ -29,7 +29,13 @@ from service.media.inspect import (
     sample_aspect,
     validate_background,
 )
-from service.media.probe import frame_rotation, limit_decoder, open_input, too_large_after_error
+from service.media.probe import (
+    frame_rotation,
+    limit_decoder,
+    open_input,
+    thread_decoder,
+    too_large_after_error,
+)
 from service.options import blur_strength
 
 __all__ = ["BackgroundSource", "open_background", "parse_color", "validate_background"]
@@ -159,9 +165,7 @@ class VideoBackground:
         self.close()
         self._container = open_input(self.path)
         stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if self.threads:
-            stream.codec_context.thread_count = self.threads
+        thread_decoder(stream, self.threads)
         limit_decoder(stream, self.pixels)
         start = _start_s(stream)
 

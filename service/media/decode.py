@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
-from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
+from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, too_large_after_error
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,7 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
         stream = container.streams.video[0]
         if seek_dts is not None:
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
+        thread_decoder(stream, threads)
         pixels = info.coded_width * info.coded_height
         limit_decoder(stream, pixels)
         rgb = RgbConverter(info.coded_width, info.coded_height, info.rotation)

@@ -23,7 +23,7 @@ import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
 from service.media.decode import timed_frames
-from service.media.probe import VideoInfo, limit_decoder, open_input, too_large_after_error
+from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, too_large_after_error
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,7 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
         if seek_dts is not None:
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         if not nvdec:  # NVDEC decodes asynchronously on its own; frame threads only add surfaces held
-            stream.thread_type = "AUTO"
-            if threads:
-                stream.codec_context.thread_count = threads
+            thread_decoder(stream, threads)
         w, h = info.coded_width, info.coded_height
         pixels = w * h
         limit_decoder(stream, pixels)

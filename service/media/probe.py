@@ -31,7 +31,7 @@ from service.media.inspect import (
 
 __all__ = [
     "AudioInfo", "VideoInfo", "check_limits", "decoder_pixel_cap", "frame_rotation", "limit_decoder",
-    "normalise_rotation", "open_input", "probe_video", "too_large_after_error",
+    "normalise_rotation", "open_input", "probe_video", "thread_decoder", "too_large_after_error",
 ]
 
 
@@ -84,6 +84,15 @@ def limit_decoder(stream: av.video.stream.VideoStream, pixels: int) -> None:
     ctx = stream.codec_context
     cap = decoder_pixel_cap(pixels, ctx.width or 0, ctx.height or 0)
     ctx.options = {**(ctx.options or {}), "max_pixels": str(cap)}
+
+
+def thread_decoder(stream: av.video.stream.VideoStream, threads: int) -> None:
+    """Let FFmpeg thread the stream's decoder (frame or slice threads, as the codec allows) with
+    ``threads`` threads, 0 = FFmpeg's choice (``pipeline.codec_threads`` says how many a job's
+    decoders get)."""
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.codec_context.thread_count = threads
 
 
 def too_large_after_error(stream: av.video.stream.VideoStream, pixels: int) -> bool:
