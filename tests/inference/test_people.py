@@ -12,6 +12,7 @@ import pytest
 from conftest import data_path
 from people_scenes import bench_people
 
+from service.array_pool import ArrayPool
 from service.errors import NoPersonAtPoint, NoPersonFound
 from service.inference.people import (
     Detection,
@@ -149,6 +150,27 @@ def test_selection_by_point_largest_and_refusals(detector: PersonDetector) -> No
         PeopleSelection([(400, 10)], detector=detector)(sc.frames, alpha)
     with pytest.raises(NoPersonFound):
         PeopleSelection(largest=True, detector=detector)(sc.frames, np.zeros_like(alpha))
+
+
+def test_each_call_gives_the_caller_an_alpha_of_its_own(detector: PersonDetector) -> None:
+    """The selected alpha of one batch is still the same after the next batch's (the pipeline's
+    queues hold it), whether made by ``np.empty`` or by a job's pool, and the values do not depend
+    on which: the multiplier is the only array the selection keeps between calls."""
+    sc = scene(2, frames=4)
+    alpha = cv2.GaussianBlur((sc.masks[0] | sc.masks[1]).astype(np.float32).transpose(1, 2, 0), (5, 5), 0)
+    alpha = np.ascontiguousarray(alpha.transpose(2, 0, 1))
+    pool = ArrayPool(max_bytes=1 << 30)
+    outputs = {}
+    for name, empty in (("fresh", np.empty), ("pooled", pool.empty)):
+        selection = PeopleSelection([sc.start_point(0)], detector=detector)
+        first = selection(sc.frames[:2], alpha[:2], empty)
+        kept = first.copy()
+        second = selection(sc.frames[2:], alpha[2:], empty)
+        assert np.array_equal(first, kept), name
+        assert not np.shares_memory(first, second), name
+        outputs[name] = np.concatenate([first, second])
+    assert np.array_equal(outputs["fresh"], outputs["pooled"])
+    assert (outputs["fresh"] < alpha).any()  # the other person was taken out
 
 
 def test_people_found_on_the_first_frame_give_points_that_select_them(detector: PersonDetector) -> None:
