@@ -229,7 +229,7 @@ def quality() -> None:
     """The DAVIS IoU of the fp32 published graph and of each speed option."""
     from service.inference.rvm_int8 import int8_wanted
 
-    served = "int8" if int8_wanted(get_settings().rvm_int8) else "float"  # rvm_int8=auto: int8 where the CPU has VNNI
+    served = "int8" if int8_wanted(get_settings().rvm_int8) else "float"  # rvm_int8=auto: int8 where the CPU has AVX2
     options: list[tuple[str, dict[str, object], int]] = [
         ("fp32 published graph, whole", {"rvm_cpu_lowres": False}, 1),
         ("cut graph, float", {"rvm_int8": "off"}, 1),
