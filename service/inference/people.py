@@ -53,6 +53,8 @@ MATTE_THRESHOLD = 0.1  # alpha above this is someone's (the soft edge below it i
 KEEP_MARGIN = 2  # grid pixels around a kept person left untouched (its soft edge)
 STRAY_REACH = 0.08  # a matte blob touching no seed goes to the nearest person within this × grid long side
 POINT_REACH = 3  # grid pixels around a chosen point searched for a person
+DUPLICATE_JOINTS = 0.05  # joints this close (× box diagonal) make two detections one person
+DUPLICATE_IOU = 0.9  # ... or, with under two joints confident in both, boxes this alike
 
 _LOCK = threading.Lock()
 _SESSIONS: dict[str, Session] = {}
@@ -109,7 +111,35 @@ class PersonDetector:
             ymin, xmin, ymax, xmax = row[51:55] * SIZE / scale
             people.append(Detection(np.array([xmin, ymin, xmax, ymax], np.float32),
                                     keypoints.astype(np.float32), score))
-        return sorted(people, key=lambda d: -d.score)
+        return without_duplicates(sorted(people, key=lambda d: -d.score))
+
+
+def same_person(a: Detection, b: Detection) -> bool:
+    """Whether two detections of one frame are one person found twice: their joints confident in both
+    (at least two) lie within ``DUPLICATE_JOINTS`` of the box diagonal of each other, or, with fewer
+    such joints, their boxes overlap by an IoU over ``DUPLICATE_IOU``.  Two people side by side, one
+    behind the other or hugging have their joints in different places."""
+    both = (a.keypoints[:, 2] >= MIN_KEYPOINT_SCORE) & (b.keypoints[:, 2] >= MIN_KEYPOINT_SCORE)
+    if both.sum() >= 2:
+        apart = np.hypot(*(a.keypoints[both, :2] - b.keypoints[both, :2]).T)
+        diagonal = max(float(np.hypot(*(a.box[2:] - a.box[:2]))), float(np.hypot(*(b.box[2:] - b.box[:2]))), 1.0)
+        return float(np.median(apart)) < DUPLICATE_JOINTS * diagonal
+    return float(iou(a.box[None], b.box[None])[0, 0]) > DUPLICATE_IOU
+
+
+def without_duplicates(people: list[Detection]) -> list[Detection]:
+    """``people`` (best score first) less each one that repeats a better-scored one (``same_person``).
+
+    MoveNet MultiPose now and then returns one person twice, with the same joints and a lower score
+    for the second: a close-up face of ``talking-head.mp4`` on its 48th frame, scores 0.29 and 0.21.
+    Taken as two people, the second's skeleton drew over the first's and took the person's every
+    pixel under a new track id, so ``people=largest`` dropped the person it had chosen for the rest
+    of the clip."""
+    kept: list[Detection] = []
+    for person in people:
+        if not any(same_person(person, better) for better in kept):
+            kept.append(person)
+    return kept
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

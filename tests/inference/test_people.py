@@ -23,6 +23,7 @@ from service.inference.people import (
     first_frame_people,
     keep_multiplier,
     people_found,
+    without_duplicates,
 )
 
 
@@ -73,6 +74,56 @@ def test_tracker_holds_identities_and_starts_new_ones() -> None:
         assert {tid: round(float(d.box[0])) for tid, d in got.items()} == {ids[0]: 8 * step, ids[200]: 200 + 8 * step}
     got = tracker.update([det(40), det(240), det(500)])
     assert len(got) == 3 and max(got) not in ids.values()
+
+
+def _person(x: float, score: float, *, joints: int = 17, shift: float = 0.0, tall: float = 200.0) -> Detection:
+    """A standing person at ``x``: joints down the middle of the box, the first ``joints`` of them
+    confident, each moved by ``shift`` pixels."""
+    keypoints = np.zeros((17, 3), np.float32)
+    keypoints[:, 0] = x + 30 + shift
+    keypoints[:, 1] = np.linspace(20, tall - 20, 17) + shift
+    keypoints[:joints, 2] = 0.7
+    return Detection(np.array([x, 0, x + 60, tall], np.float32), keypoints, score)
+
+
+def test_one_person_found_twice_is_one_detection() -> None:
+    """MoveNet now and then returns a person twice, the same joints at a lower score (talking-head.mp4,
+    frame 48): the second is dropped.  People whose boxes overlap but whose joints differ stay."""
+    twice = without_duplicates([_person(100, 0.29), _person(102, 0.21, shift=2)])
+    assert [d.score for d in twice] == [0.29]
+    side_by_side = without_duplicates([_person(100, 0.5), _person(150, 0.4)])
+    assert len(side_by_side) == 2
+    # one behind the other: boxes overlap by an IoU of ~0.8, joints 15 px apart on a 200 px person
+    behind = without_duplicates([_person(100, 0.5), _person(105, 0.4, shift=15)])
+    assert len(behind) == 2
+    # too few joints confident in both to compare: near-identical boxes are one person, others two
+    assert len(without_duplicates([_person(100, 0.5, joints=1), _person(101, 0.3, joints=1)])) == 1
+    assert len(without_duplicates([_person(100, 0.5, joints=1), _person(110, 0.3, joints=1)])) == 2
+
+
+def test_the_chosen_person_stays_when_the_detector_finds_them_twice(detector: PersonDetector) -> None:
+    """talking-head.mp4 shows one person throughout; on frame 48 (a detector frame at the default
+    ``people_detect_every``) MoveNet found them twice.  The second detection used to draw its skeleton
+    over the first and take every pixel under a new track id, so ``people=largest`` dropped the person
+    from there on.  Checked on a real matte: the kept alpha is the whole matte on every frame."""
+    import av
+
+    from service.inference.models import get_model
+
+    model = get_model("rvm")
+    selection = PeopleSelection(largest=True, detector=detector)
+    state = model.new_state()
+    with av.open(str(data_path("videos", "talking-head.mp4"))) as clip:
+        for i, frame in enumerate(clip.decode(video=0)):
+            image = frame.to_ndarray(format="rgb24")[None]
+            if i == 48:
+                assert len(detector(image[0])) == 1
+            matte, state = model.predict(image, state)
+            kept = selection(image, matte.alpha)
+            assert kept.sum() >= 0.95 * matte.alpha.sum(), f"frame {i}: the person was dropped"
+            if i == 56:
+                break
+    assert selection.keep == {1} and set(selection.splitter.tracker.tracks) == {1}
 
 
 def test_each_matte_pixel_has_one_owner_and_a_held_object_stays_with_its_person(detector: PersonDetector) -> None:
