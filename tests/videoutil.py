@@ -85,12 +85,13 @@ def audio_packets(path: Path) -> list[bytes]:
 
 
 def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_codec: str | None = None,
-          audio_rate: int | None = None, audio_layout: str | None = None) -> Path:
+          audio_rate: int | None = None, audio_layout: str | None = None, video_delay_s: float = 0.0) -> Path:
     """The first ``seconds`` of the first video stream and every audio stream of ``src`` in a new
     container (chosen by ``dst``'s extension or ``fmt``): real pictures and sound in another
     wrapping.  Packets are copied as they are; the audio is re-encoded with ``audio_codec`` where
     one is named (at ``audio_rate`` where given: Opus takes 48 kHz, not 44.1; in ``audio_layout``,
-    the sound spread over its channels)."""
+    the sound spread over its channels).  ``video_delay_s`` later on every video timestamp (a clip
+    cut from a recording keeps its times)."""
     with av.open(str(src)) as inp, av.open(str(dst), "w", format=fmt) as out:
         streams = [*inp.streams.video[:1], *inp.streams.audio]
         targets = {}
@@ -113,6 +114,9 @@ def remux(src: Path, dst: Path, seconds: float, fmt: str | None = None, audio_co
                     sent[packet.stream_index] = frame.pts + frame.samples
                     out.mux(target.encode(frame))
                 continue
+            if packet.stream.type == "video" and video_delay_s:
+                delay = round(video_delay_s / packet.time_base)
+                packet.pts, packet.dts = packet.pts + delay, packet.dts + delay
             packet.stream = target
             out.mux(packet)
         if audio_codec:

@@ -579,15 +579,18 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         fps = Fraction(fps)
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
         if stream.duration:
-            duration = float(stream.duration * time_base)
+            declared = float(stream.duration * time_base)
         elif container.duration:
-            duration = container.duration / av.time_base
+            declared = container.duration / av.time_base
         else:
-            duration = 0.0
+            declared = 0.0
+        # Only MP4/MOV declare the track's own length for certain: elsewhere FFmpeg's "duration" can
+        # be where the stream ends (Matroska's DURATION tag) or an estimate, and the start time it
+        # gives is the file's earliest (the sound's, say), so the packets below tell the length.
         info = VideoInfo(
             path=path, container=name, codec=ctx.codec.name, coded_width=coded_w, coded_height=coded_h,
-            rotation=rotation, fps=fps, time_base=time_base, frames=0, duration_s=duration,
-            track_ticks=int(stream.duration) if stream.duration else None,
+            rotation=rotation, fps=fps, time_base=time_base, frames=0,
+            duration_s=declared if name.startswith("mov") else 0.0,
             color_primaries=int(ctx.color_primaries or 2), color_trc=int(ctx.color_trc or 2),
             colorspace=int(ctx.colorspace or 2),
             sample_aspect=sample_aspect(stream),
@@ -599,18 +602,29 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             ),
         )
         check_limits(info, settings)  # the frame size and the declared duration, before demuxing
-        frames = count_packets(container, stream)
+        scan = scan_packets(container, stream, settings.max_frames)
+        frames = scan.count
+        if not stream.average_rate:  # none recorded: FFmpeg's guess is the time base (1000 in Matroska)
+            fps = scan.rate(time_base) or fps
+        frame_ticks = float(1 / (fps * time_base))
+        span = scan.span(frame_ticks)
+        track = track_length(name, stream.duration, scan.first_pts, span, frame_ticks)
         # MP4/MOV headers index every sample, so fewer packets than listed means the file was cut
         # short.  (AVI headers count dropped frames too, Matroska lists none: no such check there.)
         if name.startswith("mov") and stream.frames and frames < stream.frames:
             raise CorruptVideo(
                 f"the video is truncated: the container lists {stream.frames} frames, the file holds {frames}"
             )
+        if track:
+            duration = float(track * time_base)
+        else:  # the shorter of the declared length and the packets' span: an end time declared as
+            # the length, or a timestamp jump in the packets, each makes one of them too long
+            duration = min([d for d in (declared, float((span or 0) * time_base)) if d > 0] or [0.0])
         if frames <= 0:
             frames = max(1, math.ceil(duration * fps - 1e-6))
         if duration <= 0:
             duration = float(frames / fps)
-        info = replace(info, frames=frames, duration_s=duration)
+        info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track)
     finally:
         container.close()
     check_limits(info, settings)
@@ -649,17 +663,74 @@ def _animated_image(path: Path, settings: Settings) -> ImageHeader | None:
     return header
 
 
-def count_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-    """Count the video packets of a container just opened by demuxing (no decoding: cheap).  A
-    cut-off file shows up here as a demuxer error or as fewer packets than the header promised."""
-    count = 0
+@dataclass(frozen=True)
+class PacketScan:
+    """What demuxing a video stream's packets tells: how many there are and the times they span."""
+
+    count: int
+    first_pts: int | None = None
+    last_pts: int | None = None  # the latest presentation time
+    last_duration: int = 0  # that packet's duration, 0 where it records none
+    timed_end: int | None = None  # the latest pts + duration among the packets that record one
+
+    def rate(self, time_base: Fraction) -> Fraction | None:
+        """Frames a second as the packets' times give it (for a container that records no rate)."""
+        if self.count < 2 or self.first_pts is None or self.last_pts is None or self.last_pts <= self.first_pts:
+            return None
+        return (Fraction(self.count - 1) / ((self.last_pts - self.first_pts) * time_base)).limit_denominator(1001)
+
+    def span(self, frame_ticks: float) -> int | None:
+        """Ticks from the first frame shown to the end of the last (``frame_ticks`` long where its
+        packet records no duration), where the packets are timed."""
+        if self.first_pts is None or self.last_pts is None:
+            return None
+        end = self.last_pts + (self.last_duration or round(frame_ticks))
+        return max(end, self.timed_end or end) - self.first_pts
+
+
+def track_length(
+    container: str, declared: int | None, first_pts: int | None, span: int | None, frame_ticks: float
+) -> int | None:
+    """The video track's own length in ticks where the file records it, else None (the frames'
+    timing is all there is).  MP4/MOV record it in the sample table (FFmpeg's stream duration).
+    Matroska records where the track ends (its DURATION tag, as FFmpeg writes it): less the first
+    frame's time, taken only where that lands within a frame of the packets' ``span``, since other
+    muxers may have written a length there.  Elsewhere FFmpeg's figure is an estimate."""
+    if not declared or declared <= 0:
+        return None
+    if container.startswith("mov"):
+        return int(declared)
+    if container.startswith("matroska") and span and first_pts is not None:
+        length = int(declared) - first_pts
+        return length if abs(length - span) <= frame_ticks else None
+    return None
+
+
+def scan_packets(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, max_frames: int
+) -> PacketScan:
+    """Count the video packets of a container just opened, and the times they span, by demuxing
+    (no decoding: cheap), stopping at the first packet past ``max_frames``.  A cut-off file shows
+    up here as a demuxer error or as fewer packets than the header promised."""
+    count, first, last, last_duration, timed_end = 0, None, None, 0, None
     try:
         for packet in container.demux(stream):
-            if packet.size:
-                count += 1
+            if not packet.size:
+                continue
+            count += 1
+            if count > max_frames:
+                raise VideoTooLarge(f"the video has more frames than the limit of {max_frames}")
+            if packet.pts is None:
+                continue
+            pts, duration = int(packet.pts), int(packet.duration or 0)
+            first = pts if first is None else min(first, pts)
+            if last is None or pts > last:
+                last, last_duration = pts, duration
+            if duration > 0:
+                timed_end = pts + duration if timed_end is None else max(timed_end, pts + duration)
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
-    return count
+    return PacketScan(count, first, last, last_duration, timed_end)
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:

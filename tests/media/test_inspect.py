@@ -12,6 +12,7 @@ from pathlib import Path
 import bombs
 import pytest
 from conftest import data_path
+from videoutil import remux
 
 from service.config import Settings
 from service.errors import BackdropError
@@ -274,6 +275,30 @@ def test_all_zero_display_matrix_is_no_rotation(tmp_path: Path) -> None:
     info = probe_video(path)
     assert (info.rotation, info.width, info.height) == (0, 96, 72)
     assert {f.image.shape for f in iter_frames(info)} == {(72, 96, 3)}
+
+
+# --- length -------------------------------------------------------------------------------------
+def test_a_clip_whose_times_start_late_is_as_long_as_its_frames(tmp_path: Path) -> None:
+    """Matroska records where a track ends (the DURATION tag FFmpeg writes), not how long it is:
+    ``bird.mkv``'s 63 frames at 30 fps start at 33 ms and end at 2133, so it lasts 2100 ms.  A
+    second of real video with times from 1000 s on (a clip cut from a recording, times kept) lasts
+    as long as the same second from 0, and is not a 1001-second video over the duration limit."""
+    bird = inspect_video(data_path("videos", "asl", "bird.mkv"))
+    assert (bird.frames, bird.track_ticks, bird.duration_s) == (63, 2100, pytest.approx(2.1))
+    walk = data_path("videos", "walking-audio.mp4")
+    plain = inspect_video(remux(walk, tmp_path / "plain.mkv", seconds=1.0))
+    late = inspect_video(remux(walk, tmp_path / "late.mkv", seconds=1.0, video_delay_s=1000.0))
+    assert late.frames == plain.frames > 20
+    assert late.track_ticks == plain.track_ticks
+    assert late.fps == plain.fps == 30  # from the packets: these Matroska files record no rate
+    assert late.duration_s == plain.duration_s == pytest.approx(plain.frames / 30, abs=0.002)
+
+
+def test_one_frame_past_the_frame_limit_is_refused(tmp_path: Path) -> None:
+    """Packets are counted up to the limit (and no further): one frame past it is refused."""
+    bird = data_path("videos", "asl", "bird.mkv")
+    assert inspect_video(bird, Settings(max_frames=63)).frames == 63
+    assert code_of(inspect_video, bird, Settings(max_frames=62)) == "video_too_large"
 
 
 # --- the worker's second look ---------------------------------------------------------------------

@@ -67,6 +67,21 @@ def test_adts_aac_in_mpeg_ts_is_carried_into_mp4(tmp_path: Path) -> None:
     assert read_back(out).frames == read_back(src).frames
 
 
+def test_pictures_that_start_after_the_sound_keep_their_length(tmp_path: Path) -> None:
+    """A clip whose pictures start 5 s after its sound (Matroska, whose DURATION tag says where the
+    track ends): the output's pictures keep their times and their length, and its last frame is
+    not held for the 5 s (the track's end was taken for its length)."""
+    src = remux(data_path("videos", "walking-audio.mp4"), tmp_path / "late.mkv", seconds=1.0, video_delay_s=5.0)
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#101010", out, ReplaceOptions(output_format="matte"))
+    before, after = read_back(src), read_back(out)
+    frame = 1 / float(before.fps)
+    assert after.frames == before.frames > 20
+    assert after.pts_s[0] == pytest.approx(before.pts_s[0], abs=0.002) and before.pts_s[0] >= 5.0
+    assert after.duration_s == pytest.approx(before.pts_s[-1] - before.pts_s[0] + frame, abs=frame / 2)
+    assert audio_duration(out) < 1.2
+
+
 def test_mp3_is_copied_into_mp4(tmp_path: Path) -> None:
     """MP3 is read by FFmpeg's ``mp3float`` decoder; it is still MP3, which MP4 takes as it is."""
     src = remux(data_path("videos", "walking-audio.mp4"), tmp_path / "walk.mkv", seconds=1.0, audio_codec="libmp3lame")
