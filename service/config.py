@@ -181,6 +181,10 @@ class Settings(BaseSettings):
         30, gt=0, description="Seconds a request body may go without a byte before the request is refused (408 "
         "upload_stalled), so a client that stops sending mid-upload does not hold an upload slot."
     )
+    body_min_rate_bytes_s: int = Field(
+        4096, ge=0, description="Slowest a request body may come on average once body_idle_timeout_s has passed, in "
+        "bytes a second (408 upload_stalled), so a client that drips bytes does not hold an upload slot either; 0: no minimum."
+    )
     job_ttl_s: int = Field(7 * 24 * 3600, description="How long finished jobs and their objects are kept.")
     storage: Literal["local", "s3"] = Field("local", description="Object store kind.")
     storage_dir: Path = Field(ROOT / "var" / "objects", description="Folder of the local object store.")

@@ -13,13 +13,18 @@ Uvicorn bounds a request's headers but not the wait for its body: a client that 
 and a few bytes of a large upload and then nothing held an upload slot for as long as it kept the
 connection open (eight such connections kept every ``POST /jobs`` at 503 ``busy``).  So while a
 body is incomplete, each wait for its next bytes is bounded by ``body_idle_timeout_s``; past it the
-request is refused with 408 ``upload_stalled`` and the route's slot and spool are released.  Once the
-body is complete, receiving is left alone (a long download waits on it for the client's disconnect).
+request is refused with 408 ``upload_stalled`` and the route's slot and spool are released.  A client
+that drips a byte just inside each wait (a "slow POST") would hold the slot as long, so past that
+first wait the body must also average ``body_min_rate_bytes_s`` (as Apache's ``mod_reqtimeout``
+asks with ``MinRate``): the deadline for the bytes so far is the idle timeout plus one second for
+each ``min_rate`` bytes received.  Once the body is complete, receiving is left alone (a long
+download waits on it for the client's disconnect).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,8 +48,8 @@ class BodyLimits:
     read, where FastAPI passes an ``HTTPException`` on to the app's handlers (problem+json); it turns
     any other error there into a 400."""
 
-    def __init__(self, app: ASGIApp, idle_timeout_s: float, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.idle_timeout_s, self.max_bytes = app, idle_timeout_s, max_bytes
+    def __init__(self, app: ASGIApp, idle_timeout_s: float, min_rate: int = 0, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.idle_timeout_s, self.min_rate, self.max_bytes = app, idle_timeout_s, min_rate, max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,15 +62,22 @@ class BodyLimits:
         if cap is not None and declared.isdigit() and int(declared) > cap:
             await problems.from_error(UploadTooLarge(too_large))(scope, receive, send)
             return
-        seen, complete = 0, False
+        seen, complete, started = 0, False, time.monotonic()
 
         async def limited() -> Message:
             nonlocal seen, complete
             if complete:
                 return await receive()
+            wait = self.idle_timeout_s
+            if self.min_rate:  # the deadline the average rate sets for the bytes so far
+                wait = min(wait, started + self.idle_timeout_s + seen / self.min_rate - time.monotonic())
             try:
-                message = await asyncio.wait_for(receive(), self.idle_timeout_s)
+                message = await asyncio.wait_for(receive(), max(wait, 0.0))
             except TimeoutError:
+                if wait < self.idle_timeout_s:
+                    raise HTTPException(
+                        408, f"the request body came at under {self.min_rate} bytes a second on average"
+                    ) from None
                 raise HTTPException(408, f"no bytes of the request body for {self.idle_timeout_s:g} s") from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True

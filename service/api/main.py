@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.registry = registry
 
-    app.add_middleware(BodyLimits, idle_timeout_s=settings.body_idle_timeout_s)
+    app.add_middleware(BodyLimits, idle_timeout_s=settings.body_idle_timeout_s, min_rate=settings.body_min_rate_bytes_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

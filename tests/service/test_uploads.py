@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from stack import API_KEY, OTHER_KEY, ApiServer, auth_env, base_env, data_path, s3_env, settings_from
 from test_end_to_end import asl_clip, poll
 
@@ -186,31 +187,50 @@ def test_bodies_read_whole_are_capped(redis_url: str, tmp_path: Path) -> None:
         assert c.post("/uploads", json={"filename": "x.mp4", "size": 10}).status_code == 201  # small JSON: as before
 
 
-def test_a_stalled_upload_is_refused_and_frees_its_slot(redis_url: str, tmp_path: Path) -> None:
-    """A client that sends the headers and the start of a large upload, then nothing, is answered 408
-    upload_stalled after ``body_idle_timeout_s`` and its upload slot is free again (with one slot,
-    the next upload is taken instead of answered 503 busy)."""
-    env = job_env(redis_url, tmp_path, BACKDROP_BODY_IDLE_TIMEOUT_S="1", BACKDROP_MAX_CONCURRENT_UPLOADS="1")
-    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
-        head = (
-            f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
-            "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 10000000\r\n\r\n"
-            '--XyZ\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n'
-            "Content-Type: video/mp4\r\n\r\n"
-        ).encode() + b"\0" * 10_000
-        with socket.create_connection(("127.0.0.1", api.port), timeout=10) as s:
-            s.sendall(head)
-            t0 = time.monotonic()
-            answer = b""
-            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+def _slow_upload_answer(port: int, drip: bytes = b"", every_s: float = 0.0) -> tuple[bytes, float]:
+    """Send the headers and the start of a 10 MB multipart upload, then ``drip`` every ``every_s``
+    seconds (nothing where ``drip`` is empty) until the server answers, for at most 20 s: its answer
+    and how long it took."""
+    head = (
+        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: 10000000\r\n\r\n"
+        '--XyZ\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode() + b"\0" * 10_000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        t0 = time.monotonic()
+        answer = b""
+        s.settimeout(every_s or 10)
+        while (b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}")) and time.monotonic() - t0 < 20:
+            try:
                 data = s.recv(65536)
-                if not data:
-                    break
-                answer += data
-        assert time.monotonic() - t0 < 5
+            except TimeoutError:
+                s.sendall(drip)
+                continue
+            if not data:
+                break
+            answer += data
+    return answer, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("drip", [b"", b"\0" * 1000], ids=["stalled", "dripping"])
+def test_a_stalled_or_dripping_upload_is_refused_and_frees_its_slot(redis_url: str, tmp_path: Path, drip: bytes) -> None:
+    """A client that sends the headers and the start of a large upload, then nothing, is answered 408
+    upload_stalled after ``body_idle_timeout_s``; one that sends a little just inside each such wait
+    (a "slow POST": here 1000 bytes every 0.3 s, 3.3 KB/s against a minimum of 20 KB/s), once its
+    average falls behind ``body_min_rate_bytes_s``.  Either way its upload slot is free again (with
+    one slot, the next upload is taken instead of answered 503 busy) and its spool is gone."""
+    env = job_env(redis_url, tmp_path, BACKDROP_BODY_IDLE_TIMEOUT_S="1", BACKDROP_MAX_CONCURRENT_UPLOADS="1",
+                  BACKDROP_BODY_MIN_RATE_BYTES_S="20000")
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        answer, took = _slow_upload_answer(api.port, drip, 0.3 if drip else 0.0)
+        assert took < 5
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "upload_stalled"
+        problem = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert problem["code"] == "upload_stalled"
+        assert ("bytes a second" in problem["detail"]) == bool(drip), problem
         with open(asl_clip(), "rb") as f:
             r = c.post("/jobs", files={"video": f}, data={"background_color": "#000000"})
         assert r.status_code == 202, r.text
-        assert not any((tmp_path / "spool").iterdir())  # the stalled upload's spool is gone
+        assert not any((tmp_path / "spool").iterdir())  # the refused upload's spool is gone
