@@ -309,7 +309,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
         if held is not None:
             if held.dts is not None and first_dts is not None and first_pts is not None:
                 before_last = held.dts - first_dts
-                track = whole.track_ticks
+                track = whole.track_from(first_pts)
                 length = track if track and track > before_last else end - first_pts
                 held.duration = max(1, length - before_last)
             out.mux(held)

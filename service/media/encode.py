@@ -241,7 +241,7 @@ class VideoWriter:
             if last is not None and last.dts is not None and self._first_dts is not None and self._span:
                 start, end = self._span
                 before_last = last.dts - self._first_dts
-                track = self.info.track_ticks
+                track = self.info.track_from(start)
                 length = track if track and track > before_last else end - start
                 last.duration = max(1, length - before_last)
             if last is not None:

@@ -103,6 +103,9 @@ class VideoInfo:
     #: The video track's own length in ``time_base`` ticks, where the container records one (the
     #: sum of its frame durations, which may end before the last frame's timestamp + duration).
     track_ticks: int | None = None
+    #: The video's earliest packet time (``time_base`` ticks), where the packets are timed: the
+    #: track's length counts from it.
+    first_pts: int | None = None
     #: Its colours as FFmpeg numbers them (AVColorPrimaries, AVColorTransferCharacteristic,
     #: AVColorSpace; 2 = unspecified): from the headers, then the first decoded frame.  The
     #: decoder turns the pictures into RGB with the matrix named; the writer tags its output with
@@ -132,6 +135,14 @@ class VideoInfo:
         """``sample_aspect`` of the upright frames the pipeline makes (turned a quarter, a pixel's
         width and height swap)."""
         return 1 / self.sample_aspect if self.rotation in (90, 270) else self.sample_aspect
+
+    def track_from(self, first_shown: int) -> int | None:
+        """The track's length counted from ``first_shown``, the first frame an output shows: later
+        than the track's first where frames before the first keyframe could not be decoded (a
+        clip cut mid-GOP), whose time the output does not have."""
+        if not self.track_ticks or self.first_pts is None or first_shown <= self.first_pts:
+            return self.track_ticks
+        return self.track_ticks - (first_shown - self.first_pts)
 
 
 @dataclass(frozen=True)
@@ -624,7 +635,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             frames = max(1, math.ceil(duration * fps - 1e-6))
         if duration <= 0:
             duration = float(frames / fps)
-        info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track)
+        info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track, first_pts=scan.first_pts)
     finally:
         container.close()
     check_limits(info, settings)

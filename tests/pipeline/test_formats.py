@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -80,6 +81,34 @@ def test_pictures_that_start_after_the_sound_keep_their_length(tmp_path: Path) -
     assert after.pts_s[0] == pytest.approx(before.pts_s[0], abs=0.002) and before.pts_s[0] >= 5.0
     assert after.duration_s == pytest.approx(before.pts_s[-1] - before.pts_s[0] + frame, abs=frame / 2)
     assert audio_duration(out) < 1.2
+
+
+def test_a_clip_cut_before_a_keyframe_ends_where_its_frames_end(tmp_path: Path) -> None:
+    """A clip whose packets start 15 frames before a keyframe (cut from a longer video mid-GOP, as
+    a recorder or a packet-copying cutter leaves it): those frames cannot be decoded, so the output
+    starts at the keyframe, and its last frame still ends where the input's does (the track's
+    length counted from the first packet held it that much longer)."""
+    whole = tmp_path / "whole.mkv"  # real frames, a keyframe every 30, no B-frames: decode order is display order
+    with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(whole), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(30000, 1001), options={"bframes": "0", "g": "30"})
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == 75:
+                break
+            out.mux(stream.encode(frame.reformat(320, 180)))
+        out.mux(stream.encode(None))
+    src = tmp_path / "cut.mkv"
+    with av.open(str(whole)) as inp, av.open(str(src), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in [p for p in inp.demux(video=0) if p.size][15:]:  # the keyframes are 0, 30, 60
+            packet.stream = stream
+            out.mux(packet)
+    out_path = tmp_path / "out.mp4"
+    replace_background(src, "#101010", out_path, ReplaceOptions(output_format="matte"))
+    before, after = read_back(whole), read_back(out_path)
+    assert after.frames == 45  # from the keyframe at 30
+    assert after.pts_s == pytest.approx(before.pts_s[30:], abs=0.002)
+    assert after.pts_s[0] + after.duration_s == pytest.approx(before.pts_s[0] + before.duration_s, abs=0.002)
 
 
 def test_mp3_is_copied_into_mp4(tmp_path: Path) -> None:
