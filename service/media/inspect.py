@@ -612,7 +612,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 if a.codec_context is not None
             ),
         )
-        check_limits(info, settings)  # the frame size and the declared duration, before demuxing
+        check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
         scan = scan_packets(container, stream, settings.max_frames)
         frames = scan.count
         if not stream.average_rate:  # none recorded: FFmpeg's guess is the time base (1000 in Matroska)
