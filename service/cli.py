@@ -15,15 +15,29 @@ from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS, SCENE_FORM
 #: Output suffixes that name a container: ``-o`` with one picks the format when ``--format`` is not
 #: given (``-o person.webm`` is a WebM with alpha), and must agree with ``--format`` when it is.
 SUFFIX_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".webm": "webm", ".mov": "mov"}
+#: Suffixes of containers this service does not write: ``-o out.mkv`` asks for Matroska, and MP4
+#: under that name would be a file whose name says what it is not.  Other names (none, ``.out``)
+#: get MP4 as before.
+OTHER_CONTAINERS = frozenset({".mkv", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp",
+                              ".ogv", ".gif", ".mxf"})
 
 
 def output_format(given: str | None, output: Path | None) -> str:
     """The format of ``backdrop replace`` and ``submit``: ``--format``, else the one the output's
-    suffix names, else mp4.  A suffix naming another container than ``--format`` writes is
-    ``invalid_parameter`` (a file named .mp4 holding WebM plays nowhere)."""
+    suffix names, else mp4.  A suffix naming another container than ``--format`` writes, or one
+    this service does not write (``.mkv``, ``.avi``), is ``invalid_parameter`` (a file named .mp4
+    holding WebM plays nowhere)."""
     if output is None:
         return given or "mp4"
     suffix = output.suffix.lower()
+    if suffix in OTHER_CONTAINERS:
+        ours = given or "mp4"
+        from service.media.encode import FORMATS
+
+        raise InvalidParameter(
+            f"the output is named {output.name[:100]!r}, but backdrop writes MP4 (.mp4), MOV (.mov) or WebM (.webm): "
+            f"name it {output.stem[:100]}{FORMATS[ours].extension}"
+        )
     if given is None:
         return SUFFIX_FORMATS.get(suffix, "mp4")
     from service.media.encode import FORMATS

@@ -45,8 +45,8 @@ def test_bad_colour_is_refused(tmp_path: Path) -> None:
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Path) -> None:
     """A folder, a missing folder, the input itself or the background file as the output, and a folder
     as the input: one line with a code, at once (no frame is processed), and no input is touched."""
-    clip = tmp_path / "clip.mkv"
-    clip.write_bytes(data_path("videos", "asl", "yes.mkv").read_bytes())
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(data_path("videos", "walking-sideways.mp4").read_bytes())
     bg = tmp_path / "bg.jpg"
     bg.write_bytes(data_path("backgrounds", "bg_1.jpg").read_bytes())
     before = {p: p.read_bytes() for p in (clip, bg)}
@@ -63,7 +63,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
         assert proc.returncode == 2, (args, proc.stderr)
         assert f"[{code}]" in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert {p: p.read_bytes() for p in (clip, bg)} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg.jpg", "clip.mkv", "folder"]  # no partial file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg.jpg", "clip.mp4", "folder"]  # no partial file left
 
 
 def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
@@ -89,3 +89,9 @@ def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "[invalid_parameter]" in proc.stderr and "p.webm" in proc.stderr, proc.stderr
     assert not (tmp_path / "p.mp4").exists()
+    # a container this service does not write: refused, not MP4 under a name that says otherwise
+    for name, fix in (("p.mkv", "p.mp4"), ("p.AVI", "p.mp4")):
+        proc = subprocess.run([*BACKDROP, "replace", src, "-b", "#000000", "-o", str(tmp_path / name), "-q"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "[invalid_parameter]" in proc.stderr and fix in proc.stderr, proc.stderr
+        assert not (tmp_path / name).exists()
