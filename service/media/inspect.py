@@ -615,8 +615,12 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
         scan = scan_packets(container, stream, settings.max_frames)
         frames = scan.count
-        if not stream.average_rate:  # none recorded: FFmpeg's guess is the time base (1000 in Matroska)
-            fps = scan.rate(time_base) or fps
+        measured = scan.rate(time_base)
+        if measured and (not stream.average_rate or (name.startswith("matroska") and not 2 / 3 <= fps / measured <= 1.5)):
+            # none recorded (FFmpeg's guess is the time base: 1000 in Matroska), or Matroska's
+            # DefaultDuration, a constant a muxer copied from somewhere, far from the frames' own
+            # rate (a remux wrote 15360 fps for a 10 fps clip): the packets' times say it
+            fps = measured
         frame_ticks = float(1 / (fps * time_base))
         span = scan.span(frame_ticks)
         track = track_length(name, stream.duration, scan.first_pts, span, frame_ticks)

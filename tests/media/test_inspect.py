@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import bombs
@@ -292,6 +293,30 @@ def test_a_clip_whose_times_start_late_is_as_long_as_its_frames(tmp_path: Path) 
     assert late.track_ticks == plain.track_ticks
     assert late.fps == plain.fps == 30  # from the packets: these Matroska files record no rate
     assert late.duration_s == plain.duration_s == pytest.approx(plain.frames / 30, abs=0.002)
+
+
+def test_a_matroska_rate_far_from_its_frames_is_taken_from_them(tmp_path: Path) -> None:
+    """Matroska's rate is one constant a muxer fills from somewhere: H.264 whose own timing says
+    1/15360 s a tick (an encoder's time base), copied into Matroska, was read as 15360 frames a
+    second for a 10 fps clip; the packets' times give 10."""
+    import av
+
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 15360)
+        for i, frame in enumerate(inp.decode(video=0)):
+            if i == 20:
+                break
+            picture = frame.reformat(320, 180)
+            picture.pts, picture.time_base = i * 1536, Fraction(1, 15360)
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode(None))
+    assert inspect_video(clip).fps == 10  # MP4: FFmpeg counts the samples
+    mkv = inspect_video(remux(clip, tmp_path / "clip.mkv", seconds=60.0))
+    assert (mkv.fps, mkv.frames) == (10, 20)
+    assert mkv.duration_s == pytest.approx(2.0, abs=0.002)
 
 
 def test_one_frame_past_the_frame_limit_is_refused(tmp_path: Path) -> None:
