@@ -24,7 +24,7 @@ from typing import Any
 
 import av
 
-from service.media.encode import FORMATS, AudioCarrier
+from service.media.encode import FORMATS, AudioCarrier, last_frame_duration
 from service.media.inspect import AudioInfo, VideoInfo, open_input
 
 #: Containers whose chunks keep the input's timestamps exactly (see module doc).
@@ -308,10 +308,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                 src.close()
         if held is not None:
             if held.dts is not None and first_dts is not None and first_pts is not None:
-                before_last = held.dts - first_dts
-                track = whole.track_from(first_pts)
-                length = track if track and track > before_last else end - first_pts
-                held.duration = max(1, length - before_last)
+                held.duration = last_frame_duration(whole, first_pts, end, first_dts, held.dts)
             out.mux(held)
         if carrier is not None:
             carrier.finish()

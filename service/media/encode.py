@@ -92,6 +92,17 @@ def format_spec(fmt: str, x264_preset: str | None = None) -> FormatSpec:
     return replace(spec, options={**spec.options, "preset": x264_preset})
 
 
+def last_frame_duration(info: VideoInfo, first_pts: int, end_pts: int, first_dts: int, last_dts: int) -> int:
+    """How long an output's last packet (in decode order, at ``last_dts``) lasts so that the video
+    is as long as the input's track (``VideoInfo.track_from``, counted from the output's first
+    frame, ``first_pts``), or, where the input records none, ends at ``end_pts``, its last frame's
+    end: encoders assume a constant rate, which changes the length of variable-rate input."""
+    before_last = last_dts - first_dts
+    track = info.track_from(first_pts)
+    length = track if track and track > before_last else end_pts - first_pts
+    return max(1, length - before_last)
+
+
 class VideoWriter:
     """Writes frames with given timestamps (input time base) and the input's audio to ``path``."""
 
@@ -239,11 +250,7 @@ class VideoWriter:
             self._mux(self.stream.encode(None))
             last = self._held
             if last is not None and last.dts is not None and self._first_dts is not None and self._span:
-                start, end = self._span
-                before_last = last.dts - self._first_dts
-                track = self.info.track_from(start)
-                length = track if track and track > before_last else end - start
-                last.duration = max(1, length - before_last)
+                last.duration = last_frame_duration(self.info, *self._span, self._first_dts, last.dts)
             if last is not None:
                 self.out.mux(last)
                 self._held = None
