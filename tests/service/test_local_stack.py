@@ -151,3 +151,63 @@ def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> No
         code = proc.wait(90)
         log.close()
     assert code == 0, (tmp_path / "stack.log").read_text()[-3000:]
+
+
+def _start_stack(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "service.local_stack"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_a_second_run_waits_for_a_stopping_one_and_is_refused_beside_a_running_one(tmp_path: Path) -> None:
+    """`backdrop run` restarted while the last one is still stopping (its job getting its soft shutdown)
+    waits for it, and for the Redis it stops, rather than using that Redis and losing its broker a
+    moment later; then it starts its own Redis on the same data, and the job put back by the stop
+    finishes under it.  Started beside a running one (another API port) it is refused, naming it."""
+    redis_port, api_port = free_port(), free_port()
+    env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port),
+                            BACKDROP_WORKER_SOFT_SHUTDOWN_S="4"))
+    del env["BACKDROP_OPEN_MODE"]
+    url = f"http://127.0.0.1:{api_port}"
+
+    def ready() -> bool:
+        try:
+            r = httpx.get(url + "/readyz", timeout=2, trust_env=False)
+            return r.status_code == 200 and (r.json().get("workers") or 0) >= 2
+        except httpx.HTTPError:
+            return False
+
+    first = _start_stack(env, tmp_path / "first.log")
+    second = None
+    try:
+        wait_for(ready, 120, 0.5, "the first stack")
+        beside = subprocess.run([sys.executable, "-m", "service.local_stack"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, env=dict(env, BACKDROP_PORT=str(free_port())))
+        assert beside.returncode != 0 and f"another backdrop run (pid {first.pid})" in beside.stderr, beside
+        assert first.poll() is None and ready()
+
+        clip = data_path("videos", "talking-head.mp4")
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
+            with open(clip, "rb") as f:
+                job = c.post("/jobs", files={"video": (clip.name, f)}, data={"background_color": "#336699"}).json()
+            wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
+        first.send_signal(signal.SIGTERM)
+        second = _start_stack(env, tmp_path / "second.log")
+        assert first.wait(90) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        wait_for(ready, 120, 0.5, "the second stack")
+        log = (tmp_path / "second.log").read_text()
+        assert f"stopping with the backdrop run that started it (pid {first.pid}); waiting" in log, log[-3000:]
+        assert "redis: started" in log, log[-3000:]
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
+            done = wait_for(
+                lambda: (j := c.get(f"/jobs/{job['id']}").json())["status"] in ("succeeded", "failed") and j,
+                180, 0.5, "the job to end under the second stack",
+            )
+        assert done["status"] == "succeeded", ((tmp_path / "second.log").read_text()[-3000:], done)
+        assert second.poll() is None
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(90)
