@@ -23,6 +23,8 @@ import math
 import re
 import stat
 import struct
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -616,10 +618,10 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         scan = scan_packets(container, stream, settings.max_frames)
         frames = scan.count
         measured = scan.rate(time_base)
-        if measured and (not stream.average_rate or (name.startswith("matroska") and not 2 / 3 <= fps / measured <= 1.5)):
-            # none recorded (FFmpeg's guess is the time base: 1000 in Matroska), or Matroska's
-            # DefaultDuration, a constant a muxer copied from somewhere, far from the frames' own
-            # rate (a remux wrote 15360 fps for a 10 fps clip): the packets' times say it
+        if measured and (not stream.average_rate or (declares_rate(name) and not 2 / 3 <= fps / measured <= 1.5)):
+            # none recorded (FFmpeg's guess is the time base: 1000 in Matroska), or a declared
+            # constant far from the frames' own rate (a remux wrote 15360 fps for a 10 fps clip in
+            # Matroska's DefaultDuration; FLV's metadata said 1000): the packets' times say it
             fps = measured
         frame_ticks = float(1 / (fps * time_base))
         span = scan.span(frame_ticks)
@@ -678,6 +680,15 @@ def _animated_image(path: Path, settings: Settings) -> ImageHeader | None:
     return header
 
 
+def declares_rate(container: str) -> bool:
+    """Whether FFmpeg's frame rate for ``container`` is a constant the file declares (Matroska's
+    DefaultDuration, FLV's or ASF's metadata), which muxers fill from wherever, so that the packets'
+    own rate is the one to trust when the two are far apart.  Not MP4/MOV, where FFmpeg counts the
+    samples, nor MPEG-TS/PS, where a field picture can be a packet of its own (packets twice as often
+    as frames)."""
+    return not container.startswith(("mov", "mpeg"))
+
+
 @dataclass(frozen=True)
 class PacketScan:
     """What demuxing a video stream's packets tells: how many there are and the times they span."""
@@ -687,12 +698,16 @@ class PacketScan:
     last_pts: int | None = None  # the latest presentation time
     last_duration: int = 0  # that packet's duration, 0 where it records none
     timed_end: int | None = None  # the latest pts + duration among the packets that record one
+    steps: tuple[int, int] = (0, 0)  # (how many, ticks in all) of the ordinary steps between frame times
 
     def rate(self, time_base: Fraction) -> Fraction | None:
-        """Frames a second as the packets' times give it (for a container that records no rate)."""
-        if self.count < 2 or self.first_pts is None or self.last_pts is None or self.last_pts <= self.first_pts:
+        """Frames a second as the packets' times give it: the mean of the ordinary steps between
+        consecutive frame times, so that a jump in the timestamps (a splice, a pause in a recording)
+        does not count as frames' time."""
+        count, ticks = self.steps
+        if count < 1 or ticks <= 0:
             return None
-        return (Fraction(self.count - 1) / ((self.last_pts - self.first_pts) * time_base)).limit_denominator(1001)
+        return (Fraction(count) / (ticks * time_base)).limit_denominator(1001)
 
     def span(self, frame_ticks: float) -> int | None:
         """Ticks from the first frame shown to the end of the last (``frame_ticks`` long where its
@@ -701,6 +716,19 @@ class PacketScan:
             return None
         end = self.last_pts + (self.last_duration or round(frame_ticks))
         return max(end, self.timed_end or end) - self.first_pts
+
+
+def ordinary_steps(times: Sequence[int]) -> tuple[int, int]:
+    """(count, total) of the steps between consecutive distinct ``times`` (in display order) that are
+    at most four times the median step: a frame shown longer (frames dropped) is ordinary, a jump in
+    the timestamps is not."""
+    ordered = sorted(set(times))
+    steps = [b - a for a, b in zip(ordered[:-1], ordered[1:], strict=True)]
+    if not steps:
+        return 0, 0
+    typical = sorted(steps)[len(steps) // 2]
+    ordinary = [d for d in steps if d <= 4 * typical]
+    return len(ordinary), sum(ordinary)
 
 
 def track_length(
@@ -728,6 +756,7 @@ def scan_packets(
     (no decoding: cheap), stopping at the first packet past ``max_frames``.  A cut-off file shows
     up here as a demuxer error or as fewer packets than the header promised."""
     count, first, last, last_duration, timed_end = 0, None, None, 0, None
+    times = array("q")
     try:
         for packet in container.demux(stream):
             if not packet.size:
@@ -738,6 +767,7 @@ def scan_packets(
             if packet.pts is None:
                 continue
             pts, duration = int(packet.pts), int(packet.duration or 0)
+            times.append(pts)
             first = pts if first is None else min(first, pts)
             if last is None or pts > last:
                 last, last_duration = pts, duration
@@ -745,7 +775,7 @@ def scan_packets(
                 timed_end = pts + duration if timed_end is None else max(timed_end, pts + duration)
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
-    return PacketScan(count, first, last, last_duration, timed_end)
+    return PacketScan(count, first, last, last_duration, timed_end, ordinary_steps(times))
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:

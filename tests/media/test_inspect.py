@@ -21,6 +21,7 @@ from service.media.inspect import (
     inspect_background,
     inspect_video,
     mp4_display_matrix,
+    ordinary_steps,
     read_image_header,
     rotation_from_matrix,
 )
@@ -295,10 +296,10 @@ def test_a_clip_whose_times_start_late_is_as_long_as_its_frames(tmp_path: Path) 
     assert late.duration_s == plain.duration_s == pytest.approx(plain.frames / 30, abs=0.002)
 
 
-def test_a_matroska_rate_far_from_its_frames_is_taken_from_them(tmp_path: Path) -> None:
-    """Matroska's rate is one constant a muxer fills from somewhere: H.264 whose own timing says
-    1/15360 s a tick (an encoder's time base), copied into Matroska, was read as 15360 frames a
-    second for a 10 fps clip; the packets' times give 10."""
+def test_a_declared_rate_far_from_the_frames_is_taken_from_them(tmp_path: Path) -> None:
+    """Matroska's and FLV's rate is one constant a muxer fills from somewhere: H.264 whose own timing
+    says 1/15360 s a tick (an encoder's time base), copied into Matroska, was read as 15360 frames a
+    second for a 10 fps clip, and FLV's as 1000 (its time base); the packets' times give 10."""
     import av
 
     clip = tmp_path / "clip.mp4"
@@ -314,9 +315,22 @@ def test_a_matroska_rate_far_from_its_frames_is_taken_from_them(tmp_path: Path) 
             out.mux(stream.encode(picture))
         out.mux(stream.encode(None))
     assert inspect_video(clip).fps == 10  # MP4: FFmpeg counts the samples
-    mkv = inspect_video(remux(clip, tmp_path / "clip.mkv", seconds=60.0))
-    assert (mkv.fps, mkv.frames) == (10, 20)
-    assert mkv.duration_s == pytest.approx(2.0, abs=0.002)
+    for ext in ("mkv", "flv"):
+        info = inspect_video(remux(clip, tmp_path / f"clip.{ext}", seconds=60.0))
+        assert (ext, info.fps, info.frames) == (ext, 10, 20)
+        assert info.duration_s == pytest.approx(2.0, abs=0.002)
+
+
+def test_the_packets_rate_leaves_out_jumps_in_their_times() -> None:
+    """The mean step between frame times, leaving out jumps (a splice, a paused recording) and
+    keeping frames shown longer (two dropped); rounded millisecond times average out."""
+    ms_at_30 = [round(i * 1000 / 30) for i in range(60)]
+    assert ordinary_steps(ms_at_30) == (59, 1967)
+    spliced = ms_at_30 + [100_000 + t for t in ms_at_30]
+    assert ordinary_steps(list(reversed(spliced))) == (118, 2 * 1967)
+    dropped = [t for i, t in enumerate(ms_at_30) if i not in (30, 31)]
+    assert ordinary_steps(dropped) == (57, 1967)
+    assert ordinary_steps([5]) == ordinary_steps([]) == (0, 0)
 
 
 def test_one_frame_past_the_frame_limit_is_refused(tmp_path: Path) -> None:
