@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from service.cli_service import add_commands
-from service.errors import BackdropError, InvalidParameter
+from service.errors import BackdropError, InvalidParameter, disk_full
 from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS, SCENE_FORMATS
 
 #: Output suffixes that name a container: ``-o`` with one picks the format when ``--format`` is not
@@ -121,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except OSError as exc:
+            full = disk_full(exc, "that holds the output or the temporary folder")
+            if full is None:
+                raise
+            raise full from exc
     except BackdropError as exc:
         print(f"backdrop: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2

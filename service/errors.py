@@ -5,6 +5,8 @@ problem+json in one handler.  Codes are part of the public contract: never renam
 
 from __future__ import annotations
 
+import errno
+
 
 class BackdropError(Exception):
     code = "internal_error"
@@ -315,6 +317,28 @@ class TransientStorageError(StorageError):
     """A storage failure worth retrying (timeouts, throttling, 5xx)."""
 
     code = "storage_unavailable"
+
+
+class DiskFull(TransientStorageError):
+    """A disk this service writes to is full or over its quota: a job is retried with the other
+    transient storage failures (space comes back as results expire and other jobs end), then fails
+    with this code; ``backdrop replace`` stops with it."""
+
+    code = "disk_full"
+    title = "Out of disk space"
+
+
+def disk_full(exc: BaseException, where: str) -> DiskFull | None:
+    """``exc`` as ``DiskFull`` where it is, or was raised while handling or because of, a write to a
+    full disk (ENOSPC, EDQUOT: PyAV's errors and the stores' wrapped ones too), else None."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFull(f"no space left on the disk {where}")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # --- inputs by URL and direct uploads (issue 17) -------------------------------------------------

@@ -35,6 +35,18 @@ def test_errors_are_one_line_with_a_code(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_a_full_disk_is_one_line_with_its_code(tmp_path: Path) -> None:
+    """The output's disk fills while the video is written (its partial file is ``/dev/full``, where
+    every write fails with the kernel's ENOSPC): ``disk_full`` in one line, and nothing left behind."""
+    out = tmp_path / "out.mp4"
+    (tmp_path / ".out.mp4.partial").symlink_to("/dev/full")
+    proc = subprocess.run([*BACKDROP, "replace", str(data_path("videos", "asl", "yes.mkv")), "-b", "#ffffff",
+                           "-o", str(out), "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "[disk_full]: no space left on the disk" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_colour_is_refused(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*BACKDROP, "replace", str(data_path("videos", "asl", "yes.mkv")), "-b", "#zzzzzz", "-o",

@@ -17,6 +17,7 @@ the video as it is written (read from a second demuxer of the input), so nothing
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -256,16 +257,25 @@ class VideoWriter:
                 self._held = None
             if self.audio is not None:
                 self.audio.finish()
-        finally:
+        except BaseException:
             self.abort()
+            raise
+        if self.audio is not None:
+            self.audio.close()
+            self.audio = None
+        out, self.out = self.out, None  # type: ignore[assignment]
+        out.close()  # writes the trailer (MP4's index): a failure here is the file's, and raises
 
     def abort(self) -> None:
+        """Give the file up (the caller deletes it).  Closing it may fail again, as a full disk fails
+        the trailer too: that must not hide the error that ended the writing."""
         if self.audio is not None:
             self.audio.close()
             self.audio = None
         if self.out is not None:
-            self.out.close()
-            self.out = None  # type: ignore[assignment]
+            out, self.out = self.out, None  # type: ignore[assignment]
+            with contextlib.suppress(OSError, av.error.FFmpegError):
+                out.close()
 
     def _pad(self, image: np.ndarray) -> np.ndarray:
         dh, dw = self.height - image.shape[0], self.width - image.shape[1]

@@ -37,7 +37,7 @@ from celery import group
 from celery.exceptions import SoftTimeLimitExceeded
 
 from service.config import Settings, get_settings
-from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError
+from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError, disk_full
 from service.jobs import Job, JobResult, JobStatus, JobStore
 from service.storage import job_prefix
 from service.workers.celery_app import CHUNK_TASK, JOIN_TASK, app
@@ -306,7 +306,9 @@ def process_chunk(self: Any, job_id: str, index: int, attempt: int) -> str:
 def _failed(task: Any, store: JobStore, job_id: str, e: Exception, settings: Settings, what: str) -> str:
     """How a chunk or join task that raised ``e`` ends: a storage hiccup is retried (with backoff,
     up to ``task_max_retries``); anything else fails the whole job with its code — ``time_limit``
-    past the soft limit, the error's own code, or ``internal_error`` (logged in full here)."""
+    past the soft limit, the error's own code, or ``internal_error`` (logged in full here).  A full
+    disk counts as a storage hiccup."""
+    e = disk_full(e, "of the worker") or e
     if isinstance(e, TransientStorageError):
         if task.request.retries < settings.task_max_retries:
             raise task.retry(exc=e, countdown=min(60, 2 ** (task.request.retries + 1))) from e

@@ -29,7 +29,14 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from service.config import Settings, get_settings
-from service.errors import BackdropError, Canceled, IllegalTransition, JobNotFound, TransientStorageError
+from service.errors import (
+    BackdropError,
+    Canceled,
+    IllegalTransition,
+    JobNotFound,
+    TransientStorageError,
+    disk_full,
+)
 from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, VideoMeta, public_dict, result_url
 from service.options import SCENE_FORMATS
 from service.storage import create_store, job_prefix
@@ -366,12 +373,22 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: Heartbeat
         fail_job(store, job_id, "time_limit", "the job ran past its time limit")
         return "failed"
     except BackdropError as e:
+        _raise_if_disk_full(job_id, e)  # a local store's write failure, say
         fail_job(store, job_id, e.code, e.message)
         return "failed"
     except Exception as e:  # noqa: BLE001 - reported on the job, logged in full here
+        _raise_if_disk_full(job_id, e)
         log.exception("job %s failed", job_id)
         fail_job(store, job_id, "internal_error", f"{type(e).__name__}: {e}")
         return "failed"
+
+
+def _raise_if_disk_full(job_id: str, e: Exception) -> None:
+    """A full disk under the worker (its spool, a local store) is retried like a storage outage."""
+    full = disk_full(e, "of the worker")
+    if full is not None:
+        log.warning("job %s: %s", job_id, e)
+        raise full from e
 
 
 def fail_job(store: JobStore, job_id: str, code: str, message: str) -> None:

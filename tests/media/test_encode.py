@@ -3,6 +3,9 @@ gives each frame its own picture and FFmpeg's colours, also where half the heigh
 
 from __future__ import annotations
 
+import errno
+import resource
+import signal
 from pathlib import Path
 
 import av
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 from service.config import get_settings
+from service.errors import StorageError, disk_full
 from service.media.encode import FORMATS, VideoWriter
 from service.media.probe import probe_video
 
@@ -128,3 +132,52 @@ def test_the_output_says_how_its_colours_are_read(tmp_path: Path, fmt: str) -> N
         assert (first.colorspace, first.color_range, first.color_primaries, first.color_trc) == (6, 1, 1, 1)
         back = first.to_ndarray(format="rgb24").astype(np.int16)
     assert np.abs(back - frames[0, : back.shape[0], : back.shape[1]]).mean() < 3.0
+
+
+def test_a_write_that_fails_midway_raises_its_own_error_once(tmp_path: Path) -> None:
+    """A write that fails once the file has begun (a disk filling up; here the kernel's file-size
+    limit, EFBIG, which one process may lower for itself) raises from the writer, and giving the
+    abandoned file up, as the pipeline's failure path does, is quiet: its close fails the same way,
+    and raised there, hiding the error that ended the job (and the CLI printed a traceback)."""
+    frames = _frames(6)
+    info = probe_video(_source(tmp_path / "in.mp4", frames), get_settings())
+    writer = VideoWriter(tmp_path / "out.mp4", "mp4", info, audio=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, hard))
+    try:
+        with pytest.raises(OSError) as caught:
+            for k in range(100):
+                writer.write(frames, list(range(6 * k, 6 * k + 6)))
+        assert caught.value.errno == errno.EFBIG
+        writer.abort()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_full_disk_reads_as_disk_full(tmp_path: Path) -> None:
+    """Writing to ``/dev/full`` (the kernel's ENOSPC on every write) fails with ENOSPC, which reads as
+    ``disk_full``: raw, wrapped (a store's StorageError) or raised while handling it."""
+    frames = _frames(6)
+    info = probe_video(_source(tmp_path / "in.mp4", frames), get_settings())
+    writer = VideoWriter(Path("/dev/full"), "mp4", info, audio=False)
+    with pytest.raises(OSError) as caught:
+        writer.write(frames, list(range(6)))
+        writer.close()
+    assert caught.value.errno == errno.ENOSPC
+    full = disk_full(caught.value, "of the test")
+    assert full is not None and (full.code, full.message) == ("disk_full", "no space left on the disk of the test")
+    try:
+        raise StorageError("local store write failed") from caught.value
+    except StorageError as wrapped:
+        assert disk_full(wrapped, "x") is not None
+    try:
+        try:
+            raise caught.value
+        except OSError:
+            raise RuntimeError("cleanup failed too") from None
+    except RuntimeError as during:
+        assert disk_full(during, "x") is not None
+    assert disk_full(FileNotFoundError(errno.ENOENT, "gone"), "x") is None
+    assert disk_full(ValueError("not an OSError"), "x") is None
