@@ -100,6 +100,15 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _ready_with_workers(url: str) -> bool:
+    """The stack's API answers ready and counts its video and preview workers."""
+    try:
+        r = httpx.get(url + "/readyz", timeout=2, trust_env=False)
+        return r.status_code == 200 and (r.json().get("workers") or 0) >= 2
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.mark.slow
 def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> None:
     """The worker's main process SIGKILLed mid-job: `backdrop run` starts it again (the API and Redis
@@ -120,14 +129,7 @@ def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> No
             found = [p for p in _children(proc.pid) if f"-Q {env['BACKDROP_QUEUE_NAME']} " in _cmdline(p)]
             return found[0] if found else None
 
-        def ready() -> bool:
-            try:
-                r = httpx.get(url + "/readyz", timeout=2, trust_env=False)
-                return r.status_code == 200 and (r.json().get("workers") or 0) >= 2
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, 120, 0.5, "the local stack and both workers")
+        wait_for(lambda: _ready_with_workers(url), 120, 0.5, "the local stack and both workers")
         clip = sorted(data_path("videos", "asl").glob("*.mkv"))[0]
         with httpx.Client(base_url=url, trust_env=False, timeout=30) as c:
             with open(clip, "rb") as f:
@@ -172,11 +174,7 @@ def test_a_second_run_waits_for_a_stopping_one_and_is_refused_beside_a_running_o
     url = f"http://127.0.0.1:{api_port}"
 
     def ready() -> bool:
-        try:
-            r = httpx.get(url + "/readyz", timeout=2, trust_env=False)
-            return r.status_code == 200 and (r.json().get("workers") or 0) >= 2
-        except httpx.HTTPError:
-            return False
+        return _ready_with_workers(url)
 
     first = _start_stack(env, tmp_path / "first.log")
     second = None
