@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +53,26 @@ def _listening(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _stop_with_parent(sig: int) -> Callable[[], None] | None:
+    """On Linux, what a child runs before its program: it gets ``sig`` (its own stop signal) when the
+    stack's process dies, however it dies (SIGKILL, the OOM killer), instead of living on holding its
+    port or its job.  Elsewhere nothing (a stack killed outright leaves its children)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, sig)
+        if os.getppid() != parent:  # the stack died between the fork and the line above
+            os.kill(os.getpid(), sig)
+
+    return arm
 
 
 class RedisOwner:
@@ -96,12 +117,18 @@ class RedisOwner:
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], stop_signal: int = signal.SIGTERM,
+                 *, stops_with_stack: bool = True):
+        """``stops_with_stack``: gets ``stop_signal`` if the stack's process dies (``_stop_with_parent``).
+        Not Redis: the workers put their jobs back through it as they stop, and hung without it; left
+        running, the next ``backdrop run`` finds it (its owner gone, ``RedisOwner``) and uses it."""
         self.name, self.argv, self.env, self.stop_signal = name, argv, env, stop_signal
+        self.stops_with_stack = stops_with_stack
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Child:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True,
+                                     preexec_fn=_stop_with_parent(self.stop_signal) if self.stops_with_stack else None)
         return self
 
     def alive(self) -> bool:
@@ -163,7 +190,7 @@ class LocalStack:
             self.children.append(Child("redis", [
                 binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
                 "--appendonly", "yes", "--save", "", "--protected-mode", "yes",
-            ], env).start())
+            ], env, stops_with_stack=False).start())
             deadline = time.monotonic() + 10
             while not _listening(host, port):
                 if time.monotonic() > deadline or not self.children[-1].alive():

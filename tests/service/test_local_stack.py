@@ -209,3 +209,49 @@ def test_a_second_run_waits_for_a_stopping_one_and_is_refused_beside_a_running_o
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(90)
+
+
+@pytest.mark.slow
+def test_a_run_killed_outright_takes_its_children_with_it(tmp_path: Path) -> None:
+    """`backdrop run` SIGKILLed (the OOM killer, `kill -9`, a supervisor's timeout) cannot stop its
+    children: the API and the workers get their own stop signals from the kernel instead (they lived
+    on, holding the API's port and the queues).  Redis stays up, with no owner: the next `backdrop
+    run` uses it."""
+    import os
+    import socket
+
+    from service.local_stack import RedisOwner
+
+    redis_port, api_port = free_port(), free_port()
+    env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port),
+                            BACKDROP_WORKER_SOFT_SHUTDOWN_S="2"))
+    del env["BACKDROP_OPEN_MODE"]
+    proc = _start_stack(env, tmp_path / "stack.log")
+    try:
+        wait_for(lambda: _ready_with_workers(f"http://127.0.0.1:{api_port}"), 120, 0.5, "the local stack")
+        children = _children(proc.pid)
+        redis = [p for p in children if "redis-server" in _cmdline(p)]
+        assert len(children) == 5 and len(redis) == 1, [_cmdline(p) for p in children]  # and three workers
+        descendants = [p for p in children + [g for c in children for g in _children(c)] if p not in redis]
+    finally:
+        proc.kill()
+        proc.wait(10)
+    try:
+        def gone() -> bool:
+            return not [p for p in descendants if Path(f"/proc/{p}").exists() and "zombie" not in _state(p)]
+
+        wait_for(gone, 60, 0.5, "the killed stack's API and workers to end")
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", api_port)) != 0, "the API's port is still open"
+        assert RedisOwner.of("127.0.0.1", redis_port) is None  # up, and no live stack owns it
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", redis_port)) == 0
+    finally:
+        os.kill(redis[0], signal.SIGTERM)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
