@@ -7,7 +7,7 @@ Redis is the system ``redis-server`` if one is on PATH, else the binary the ``re
 ships; if something already answers on the configured port it is used as is, unless another
 ``backdrop run`` started it (``RedisOwner``): that one stops its Redis when it stops, so a stack
 started while it is stopping waits for it to end, and one started beside it is refused.  Each child runs in
-its own process group.  A worker that dies is started again (its whole process group is killed
+its own process group, and on Linux all but Redis get their stop signal if the stack is killed outright.  A worker that dies is started again (its whole process group is killed
 first, so no orphaned pool process keeps a job); the reaper then puts its job back in the queue
 once the job's lease lapses.  If the API or Redis dies, everything stops.  Ctrl-C or SIGTERM stops
 the workers (a running job gets a few seconds, then is put back in the queue for the next start),
