@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
 from service.cli_service import add_commands
+from service.cli_stdio import info_stream, piped
 from service.errors import BackdropError, InvalidParameter, disk_full
-from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS, SCENE_FORMATS
+from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS, SCENE_FORMATS, Options, background_kind
 
 #: Output suffixes that name a container: ``-o`` with one picks the format when ``--format`` is not
 #: given (``-o person.webm`` is a WebM with alpha), and must agree with ``--format`` when it is.
@@ -52,10 +55,7 @@ def output_format(given: str | None, output: Path | None) -> str:
 
 
 def _replace(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from service.options import Options, background_kind
-    from service.pipeline import replace_background
+    from service.media.encode import FORMATS
 
     # the one options model, checked with the background before any work (replace_background checks again)
     options = Options.parse(
@@ -63,6 +63,16 @@ def _replace(args: argparse.Namespace) -> int:
         harmonize=args.harmonize, edge_refine=args.edge_refine, background=background_kind(args.background),
         keep_points=";".join(args.keep_person), people=args.people,
     )
+    with piped(args.input, args.output, FORMATS[options.output_format].extension) as (src, out):
+        assert out is not None  # -o is required
+        return _replace_files(args, Path(src), out, options)
+
+
+def _replace_files(args: argparse.Namespace, src: Path, out: Path, options: Options) -> int:
+    from tqdm import tqdm
+
+    from service.pipeline import replace_background
+
     if args.background is not None and options.output_format not in SCENE_FORMATS:
         print(f"backdrop: note: {options.output_format} output shows no background, so -b is not used (an .mp4 "
               "output puts the person on it)", file=sys.stderr)
@@ -77,13 +87,13 @@ def _replace(args: argparse.Namespace) -> int:
         bars[0].refresh()
 
     try:
-        result = replace_background(Path(args.input), args.background, Path(args.output), options, progress=progress)
+        result = replace_background(src, args.background, out, options, progress=progress)
     finally:
         for bar in bars:
             bar.close()
-    if not args.quiet:
+    if not args.quiet:  # beside the video, not in it, where the video goes to standard output
         print(f"{args.output}: {result.frames} frames, {result.duration_s:.2f}s, {result.width}x{result.height}, "
-              f"{result.size_bytes} bytes")
+              f"{result.size_bytes} bytes", file=info_stream(args.output))
     return 0
 
 
@@ -93,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     rep = sub.add_parser("replace", help="replace the background of one video file")
-    rep.add_argument("input", help="the input video")
+    rep.add_argument("input", help="the input video (- for standard input)")
     rep.add_argument("-b", "--background", help="an image file, a video file, #RRGGBB, blur or blur:STRENGTH (0.05-1, default 0.3; larger is blurrier)")
-    rep.add_argument("-o", "--output", required=True, help="the output file")
+    rep.add_argument("-o", "--output", required=True, help="the output file (- for standard output)")
     rep.add_argument("--model", default="rvm", help=" or ".join(MODEL_NAMES) + " (default rvm)")
     rep.add_argument("--format", default=None, choices=list(OUTPUT_FORMATS),
                      help="output format (default: the one the output's suffix names, .webm, .mov, .mp4; else mp4)")
@@ -131,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     except BackdropError as exc:
         print(f"backdrop: error [{exc.code}]: {exc.message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # what reads standard output went away (``| head``): end as a Unix tool killed by SIGPIPE
+        # does, quietly, and keep Python from failing again as it flushes stdout on the way out
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         print("backdrop: interrupted", file=sys.stderr)
         return 130

@@ -29,6 +29,7 @@ def _submit(args: argparse.Namespace) -> int:
     """Submit through ``service.client`` (retries with one Idempotency-Key, typed errors), follow
     the job, download the result."""
     from service.cli import output_format
+    from service.cli_stdio import STDIO, info_stream, piped
     from service.client import ApiError, Backdrop, JobFailed
 
     fmt = output_format(args.format, Path(args.output) if args.output else None)
@@ -42,23 +43,29 @@ def _submit(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
             last["line"] = line
 
-    with Backdrop(args.api, args.key, timeout=args.timeout) as bd:
+    info = info_stream(args.output)
+    with Backdrop(args.api, args.key, timeout=args.timeout) as bd, \
+            piped(args.video, args.output) as (video, output):
         try:
-            job = bd.submit(args.video, args.background or "blur", **options)
-            print(f"job {job['id']} queued")
+            job = bd.submit(video, args.background or "blur", **options)
+            print(f"job {job['id']} queued", file=info)
             if args.no_wait:
                 return 0
             job = bd.wait(job["id"], progress=progress, poll_s=args.poll)
             suffix = Path(job["result"].get("url") or ".mp4").suffix.split("?")[0] or ".mp4"
-            stem = Path(args.video).stem if "://" not in args.video else job["id"]
-            out = bd.download(job["id"], args.output or f"{stem}-backdrop{suffix}")
+            stem = Path(args.video).stem if "://" not in args.video and args.video != STDIO else job["id"]
+            out = bd.download(job["id"], output or f"{stem}-backdrop{suffix}")
         except JobFailed as e:
             print(f"backdrop submit: job {e.job['status']}: {e.code}: {e.detail}", file=sys.stderr)
             return 1
         except ApiError as e:
             print(f"backdrop submit: {e.code}: {e.detail or e.title}", file=sys.stderr)
             return 2
-    print(f"{out}: {job['result']['frames']} frames, {job['result']['size']} bytes")
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:  # the video or background named
+            print(f"backdrop submit: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+            return 2
+    print(f"{args.output if args.output == STDIO else out}: {job['result']['frames']} frames, "
+          f"{job['result']['size']} bytes", file=info)
     return 0
 
 
@@ -70,9 +77,9 @@ def add_commands(subparsers: Any) -> None:
     run.set_defaults(func=_run)
 
     sub = subparsers.add_parser("submit", help="send a video to a running service and fetch the result")
-    sub.add_argument("video", help="the input video: a file or an http(s) URL (fetched by the service)")
+    sub.add_argument("video", help="the input video: a file, an http(s) URL (fetched by the service) or - (standard input)")
     sub.add_argument("-b", "--background", help="an image or video file or http(s) URL, #RRGGBB, or blur / blur:STRENGTH (0.05-1; default blur)")
-    sub.add_argument("-o", "--output", help="where the result goes (default: VIDEO-backdrop.EXT)")
+    sub.add_argument("-o", "--output", help="where the result goes (default: VIDEO-backdrop.EXT; - for standard output)")
     sub.add_argument("--api", default=os.environ.get("BACKDROP_API_URL", "http://127.0.0.1:8000"),
                      help="the service URL (env BACKDROP_API_URL)")
     sub.add_argument("--key", default=os.environ.get("BACKDROP_API_KEY"), help="API key (env BACKDROP_API_KEY)")

@@ -47,6 +47,47 @@ def test_a_full_disk_is_one_line_with_its_code(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_standard_input_and_output_carry_the_video(tmp_path: Path) -> None:
+    """`backdrop replace - -o - < in > out`, as with other Unix video tools: the video comes back on
+    standard output, the summary on standard error (a file named "-" was written to the current
+    folder, and standard output stayed empty).  A reader that stops early (`| head`) ends it as
+    SIGPIPE would, quietly; a terminal as the input or the output is refused."""
+    import fcntl
+    import os
+    import pty
+
+    clip = data_path("videos", "asl", "yes.mkv")
+    with open(clip, "rb") as stdin:
+        proc = subprocess.run([*BACKDROP, "replace", "-", "-b", "#336699", "-o", "-"], stdin=stdin,
+                              capture_output=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out.mp4"
+    out.write_bytes(proc.stdout)
+    assert read_back(out).frames == read_back(clip).frames
+    assert b"-: 65 frames" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+    early = subprocess.Popen([*BACKDROP, "replace", str(clip), "-b", "#336699", "-o", "-",
+                              "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert early.stdout is not None and early.stderr is not None
+    fcntl.fcntl(early.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)  # a 128 kB video cannot fit in the pipe
+    assert len(os.read(early.stdout.fileno(), 100)) == 100
+    early.stdout.close()
+    assert early.wait(300) == 141
+    assert early.stderr.read() == b""
+
+    terminal, other_end = pty.openpty()
+    try:
+        for args, stdin in (([str(clip), "-o", "-"], None), (["-", "-o", str(tmp_path / "o.mp4")], terminal)):
+            proc = subprocess.run([*BACKDROP, "replace", *args, "-b", "#336699"], stdin=stdin,
+                                  stdout=terminal if stdin is None else None, stderr=subprocess.PIPE, text=True,
+                                  timeout=60)
+            assert proc.returncode == 2 and "[invalid_parameter]" in proc.stderr and "terminal" in proc.stderr, proc.stderr
+    finally:
+        os.close(terminal)
+        os.close(other_end)
+
+
 def test_bad_colour_is_refused(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*BACKDROP, "replace", str(data_path("videos", "asl", "yes.mkv")), "-b", "#zzzzzz", "-o",

@@ -39,11 +39,15 @@ def test_commands_are_registered() -> None:
     assert parser().parse_args(["run", "--port", "8123"]).port == 8123
 
 
-def test_submit_reports_problems(tmp_path: Path) -> None:
-    # nothing listens there: a connection error, not a traceback of ours
-    args = parser().parse_args(["submit", str(tmp_path / "missing.mp4"), "--api", f"http://127.0.0.1:{free_port()}"])
-    with pytest.raises((FileNotFoundError, httpx.HTTPError)):
-        args.func(args)
+def test_submit_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A video that is not there, or an API that does not answer: one line and exit status 2, not a
+    traceback (a missing file was one)."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not read: nothing answers")
+    for video, says in ((tmp_path / "missing.mp4", "cannot read"), (clip, "connection_error")):
+        args = parser().parse_args(["submit", str(video), "--api", f"http://127.0.0.1:{free_port()}"])
+        assert args.func(args) == 2
+        assert says in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -73,6 +77,15 @@ def test_run_submit_and_stop(tmp_path: Path) -> None:
                                     "--poll", "0.3", "-q"])
         assert args.func(args) == 0
         assert count_frames(out)[0] == count_frames(clip)[0]
+        # through pipes: the video from standard input, the result to standard output, the lines to stderr
+        with open(clip, "rb") as stdin:
+            piped = subprocess.run([sys.executable, "-m", "service.cli", "submit", "-", "-b", "#224466", "-o", "-",
+                                    "--api", url, "--poll", "0.3", "-q"], stdin=stdin, capture_output=True,
+                                   cwd=tmp_path, env=env, timeout=180)
+        assert piped.returncode == 0 and b"queued" in piped.stderr, piped.stderr
+        (tmp_path / "piped.mp4").write_bytes(piped.stdout)
+        assert count_frames(tmp_path / "piped.mp4")[0] == count_frames(clip)[0]
+        assert not (tmp_path / "-").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
