@@ -61,8 +61,8 @@ def _submit(args: argparse.Namespace) -> int:
         except ApiError as e:
             print(f"backdrop submit: {e.code}: {e.detail or e.title}", file=sys.stderr)
             return 2
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:  # the video or background named
-            print(f"backdrop submit: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as e:  # a file named that cannot be used
+            print(f"backdrop submit: cannot open {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
     print(f"{args.output if args.output == STDIO else out}: {job['result']['frames']} frames, "
           f"{job['result']['size']} bytes", file=info)

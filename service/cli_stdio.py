@@ -26,8 +26,9 @@ def info_stream(output: str | None) -> TextIO:
 @contextmanager
 def piped(video: str, output: str | None, extension: str = "") -> Iterator[tuple[str, Path | None]]:
     """(the input, the output) to work with, ``-`` replaced by files in a temporary folder (in
-    ``spool_dir`` where one is set): standard input is copied in first, and the output is copied to
-    standard output once the body ends without an error.  A terminal there is refused."""
+    ``spool_dir`` where one is set): standard input is copied in first, and the output, where the body
+    made one (a failed job makes none), is copied to standard output once the body ends without an
+    error.  A terminal there is refused."""
     for name, given, stream, hint in (("input", video, sys.stdin, "pipe a video in"),
                                       ("output", output, sys.stdout, "redirect it to a file")):
         if given == STDIO and stream.isatty():
@@ -44,7 +45,7 @@ def piped(video: str, output: str | None, extension: str = "") -> Iterator[tuple
                 shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
         out = Path(tmp) / f"output{extension}" if output == STDIO else Path(output) if output else None
         yield video, out
-        if output == STDIO and out is not None:
+        if output == STDIO and out is not None and out.exists():  # not where the body ended without one
             _to_stdout(out)
 
 

@@ -44,7 +44,7 @@ def test_submit_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[s
     traceback (a missing file was one)."""
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"not read: nothing answers")
-    for video, says in ((tmp_path / "missing.mp4", "cannot read"), (clip, "connection_error")):
+    for video, says in ((tmp_path / "missing.mp4", "cannot open"), (clip, "connection_error")):
         args = parser().parse_args(["submit", str(video), "--api", f"http://127.0.0.1:{free_port()}"])
         assert args.func(args) == 2
         assert says in capsys.readouterr().err
@@ -86,6 +86,10 @@ def test_run_submit_and_stop(tmp_path: Path) -> None:
         (tmp_path / "piped.mp4").write_bytes(piped.stdout)
         assert count_frames(tmp_path / "piped.mp4")[0] == count_frames(clip)[0]
         assert not (tmp_path / "-").exists()
+        refused = subprocess.run([sys.executable, "-m", "service.cli", "submit", "-", "-o", "-", "--api", url, "-q"],
+                                 input=b"not a video", capture_output=True, cwd=tmp_path, env=env, timeout=60)
+        assert refused.returncode == 2 and refused.stdout == b"", refused
+        assert b"not_a_video" in refused.stderr and b"Traceback" not in refused.stderr, refused.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
