@@ -260,21 +260,21 @@ class VideoWriter:
         except BaseException:
             self.abort()
             raise
-        if self.audio is not None:
-            self.audio.close()
-            self.audio = None
-        out, self.out = self.out, None  # type: ignore[assignment]
-        out.close()  # writes the trailer (MP4's index): a failure here is the file's, and raises
+        self._release(ignoring=())  # writes the trailer (MP4's index): a failure here is the file's, and raises
 
     def abort(self) -> None:
         """Give the file up (the caller deletes it).  Closing it may fail again, as a full disk fails
         the trailer too: that must not hide the error that ended the writing."""
+        self._release(ignoring=(OSError, av.error.FFmpegError))
+
+    def _release(self, ignoring: tuple[type[BaseException], ...]) -> None:
+        """Close the audio's input and the output file, once, ignoring the errors of ``ignoring``."""
         if self.audio is not None:
             self.audio.close()
             self.audio = None
         if self.out is not None:
             out, self.out = self.out, None  # type: ignore[assignment]
-            with contextlib.suppress(OSError, av.error.FFmpegError):
+            with contextlib.suppress(*ignoring):
                 out.close()
 
     def _pad(self, image: np.ndarray) -> np.ndarray:

@@ -755,8 +755,8 @@ def scan_packets(
     """Count the video packets of a container just opened, and the times they span, by demuxing
     (no decoding: cheap), stopping at the first packet past ``max_frames``.  A cut-off file shows
     up here as a demuxer error or as fewer packets than the header promised."""
-    count, first, last, last_duration, timed_end = 0, None, None, 0, None
-    times = array("q")
+    count, last, last_duration, timed_end = 0, None, 0, None
+    times = array("q")  # every timed packet's pts: its first frame's time and the steps between
     try:
         for packet in container.demux(stream):
             if not packet.size:
@@ -768,14 +768,13 @@ def scan_packets(
                 continue
             pts, duration = int(packet.pts), int(packet.duration or 0)
             times.append(pts)
-            first = pts if first is None else min(first, pts)
             if last is None or pts > last:
                 last, last_duration = pts, duration
             if duration > 0:
                 timed_end = pts + duration if timed_end is None else max(timed_end, pts + duration)
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
-    return PacketScan(count, first, last, last_duration, timed_end, ordinary_steps(times))
+    return PacketScan(count, min(times) if times else None, last, last_duration, timed_end, ordinary_steps(times))
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:

@@ -50,13 +50,18 @@ def test_submit_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert says in capsys.readouterr().err
 
 
+def _start_stack(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``backdrop run`` as a process of its own, its output (and its children's) in ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "service.local_stack"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
 @pytest.mark.slow
 def test_run_submit_and_stop(tmp_path: Path) -> None:
     redis_port, api_port = free_port(), free_port()
     env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port)))
-    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.local_stack"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = _start_stack(env, tmp_path / "stack.log")
     try:
         url = f"http://127.0.0.1:{api_port}"
 
@@ -93,7 +98,6 @@ def test_run_submit_and_stop(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
-        log.close()
     assert code == 0, (tmp_path / "stack.log").read_text()[-3000:]
     for port in (redis_port, api_port):
         import socket
@@ -137,9 +141,7 @@ def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> No
     env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port),
                             BACKDROP_JOB_LEASE_S="3", BACKDROP_HOUSEKEEPING_INTERVAL_S="2"))
     del env["BACKDROP_OPEN_MODE"]  # `backdrop run` sets it itself when no keys are given
-    log = open(tmp_path / "stack.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.local_stack"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = _start_stack(env, tmp_path / "stack.log")
     url = f"http://127.0.0.1:{api_port}"
     try:
         def video_worker() -> int | None:
@@ -168,14 +170,7 @@ def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> No
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(90)
-        log.close()
     assert code == 0, (tmp_path / "stack.log").read_text()[-3000:]
-
-
-def _start_stack(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "service.local_stack"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
