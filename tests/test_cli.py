@@ -21,6 +21,7 @@ def test_replace_writes_the_video(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert read_back(out).frames == read_back(src).frames
     assert "frames" in proc.stdout
+    assert "100%" in proc.stderr and "frame/s" in proc.stderr, proc.stderr  # the progress bar, ended full
 
 
 def test_errors_are_one_line_with_a_code(tmp_path: Path) -> None:
@@ -129,7 +130,7 @@ def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
     src = str(data_path("videos", "asl", "yes.mkv"))
     out = tmp_path / "person.webm"
     proc = subprocess.run([*BACKDROP, "replace", src, "-o", str(out), "-q"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", proc.stderr  # -q: no bar, no summary
     with av.open(str(out)) as c:
         assert c.format.name.startswith("matroska") and c.streams.video[0].codec_context.name == "vp9"
     with_bg = tmp_path / "person-bg.webm"

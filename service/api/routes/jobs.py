@@ -573,10 +573,14 @@ class _RangeFileResponse(FileResponse):
     """Starlette's ``FileResponse`` answers a bad ``Range`` with its own text/plain 400/416; here
     they are our errors, so they come out as problem+json with a code (``invalid_range``,
     ``range_not_satisfiable`` with ``Content-Range: bytes */size``).  Raised before anything is
-    sent, they reach the app's exception handlers."""
+    sent, they reach the app's exception handlers.  A range in a unit other than bytes is ignored,
+    as RFC 9110 (14.2) requires of an origin server: the whole file, 200."""
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
+        unit, sep, _ = http_range.partition("=")
+        if sep and unit.strip().lower() != "bytes":
+            return []  # FileResponse sends the whole file for no ranges
         try:
             return super()._parse_range_header(http_range, file_size)
         except MalformedRangeHeader as e:
