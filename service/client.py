@@ -23,9 +23,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -154,10 +155,11 @@ class Backdrop(_Base):
         self.http.close()
 
     def _request(self, method: str, path: str, *, build: Callable[[ExitStack], dict[str, Any]] | None = None,
-                 **kw: Any) -> httpx.Response:
-        """One API call with the retries; ``build`` makes the body afresh for each attempt (files reopened)."""
+                 bare: bool = False, **kw: Any) -> httpx.Response:
+        """One API call with the retries; ``build`` makes the body afresh for each attempt (files
+        reopened); ``bare``: without the API key (a presigned or token URL)."""
         url = path if _is_url(path) else self.base_url + path
-        base_headers = {**self.headers, **kw.pop("headers", {})}
+        base_headers = {**({} if bare else self.headers), **kw.pop("headers", {})}
         for attempt in range(self.max_retries + 1):
             with ExitStack() as stack:
                 extra = build(stack) if build else {}
@@ -181,51 +183,29 @@ class Backdrop(_Base):
         ``callback_url``); the job as the API answered it.  Retried safely (one Idempotency-Key)."""
         fields, files = _plan(video, background, options)
         key = idempotency_key or uuid.uuid4().hex
-
-        def build(stack: ExitStack) -> dict[str, Any]:
-            if not files:
-                return {"json": fields, "headers": {"Idempotency-Key": key}}
-            opened = {n: (p.name, stack.enter_context(open(p, "rb"))) for n, p in files.items()}  # noqa: SIM115
-            data = {k: _form_value(v) for k, v in fields.items()}
-            return {"files": opened, "data": data, "headers": {"Idempotency-Key": key}}
-
+        build = partial(_submit_body, fields, files, key)
         return self._request("POST", "/jobs", build=build).json()  # type: ignore[no-any-return]
 
-    def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> Upload:
-        """Send a file straight to the service's store (``POST /uploads``, then its PUT or parts)."""
+    def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream", *,
+               part_size: int | None = None) -> Upload:
+        """Send a file straight to the service's store (``POST /uploads``, then its PUT or parts:
+        on S3 a file over 100 MiB, or any with ``part_size``, goes in parts of at least that many
+        bytes), read a chunk at a time as it is sent."""
         p = Path(path)
-        size = p.stat().st_size
-        up = self._request("POST", "/uploads", json={"filename": p.name, "content_type": content_type, "size": size}).json()
+        request = _upload_request(p, content_type, part_size)
+        size = request["size"]
+        up = self._request("POST", "/uploads", json=request).json()
         if up.get("multipart"):
             mp = up["multipart"]
             parts = []
             for part in mp["parts"]:
-                chunk = _read_part(p, part["number"], mp["part_size"])
-                r = self._put(part["url"], chunk, {})
+                body = partial(_file_body, p, *_part_range(part["number"], mp["part_size"], size))
+                r = self._request("PUT", part["url"], build=body, bare=True)
                 parts.append({"number": part["number"], "etag": r.headers["etag"]})
             self._request("POST", mp["complete_url"], json={"parts": parts})
         else:
-            with open(p, "rb") as f:
-                self._put(up["url"], f, up["headers"])
+            self._request("PUT", up["url"], headers=up["headers"], build=partial(_file_body, p, 0, size), bare=True)
         return Upload(up["id"])
-
-    def _put(self, url: str, body: BinaryIO | bytes, headers: dict[str, str]) -> httpx.Response:
-        """A PUT to a presigned (or token) URL: no API key, retried like the rest."""
-        for attempt in range(self.max_retries + 1):
-            if not isinstance(body, bytes):
-                body.seek(0)
-            try:
-                r = self.http.put(url, content=body, headers=headers)  # a file: sent with its Content-Length
-            except httpx.TransportError as e:
-                if attempt == self.max_retries:
-                    raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
-                time.sleep(self._delay(attempt, None))
-                continue
-            if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
-                time.sleep(self._delay(attempt, _retry_after(r)))
-                continue
-            return self._check(r)
-        raise AssertionError("unreachable")
 
     def get(self, job_id: str) -> Job:
         return self._request("GET", f"/jobs/{job_id}").json()  # type: ignore[no-any-return]
@@ -319,32 +299,28 @@ class AsyncBackdrop(_Base):
         """See :meth:`Backdrop.submit`."""
         fields, files = _plan(video, background, options)
         key = idempotency_key or uuid.uuid4().hex
-
-        def build(stack: ExitStack) -> dict[str, Any]:
-            if not files:
-                return {"json": fields, "headers": {"Idempotency-Key": key}}
-            # httpx's async client wants the file bodies in memory or async; inputs are read per attempt
-            opened = {n: (p.name, p.read_bytes()) for n, p in files.items()}
-            data = {k: _form_value(v) for k, v in fields.items()}
-            return {"files": opened, "data": data, "headers": {"Idempotency-Key": key}}
-
+        # the files go as httpx reads a multipart body on either client: 64 KiB at a time as it is sent
+        build = partial(_submit_body, fields, files, key)
         return (await self._request("POST", "/jobs", build=build)).json()  # type: ignore[no-any-return]
 
-    async def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream") -> Upload:
-        """See :meth:`Backdrop.upload` (each part or the file is read into memory when sent)."""
+    async def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream", *,
+                     part_size: int | None = None) -> Upload:
+        """See :meth:`Backdrop.upload`."""
         p = Path(path)
-        body = {"filename": p.name, "content_type": content_type, "size": p.stat().st_size}
-        up = (await self._request("POST", "/uploads", json=body)).json()
+        request = _upload_request(p, content_type, part_size)
+        size = request["size"]
+        up = (await self._request("POST", "/uploads", json=request)).json()
         if up.get("multipart"):
             mp = up["multipart"]
             parts = []
             for part in mp["parts"]:
-                chunk = _read_part(p, part["number"], mp["part_size"])
-                r = await self._request("PUT", part["url"], content=chunk, bare=True)
+                part_body = partial(_file_body, p, *_part_range(part["number"], mp["part_size"], size), is_async=True)
+                r = await self._request("PUT", part["url"], build=part_body, bare=True)
                 parts.append({"number": part["number"], "etag": r.headers["etag"]})
             await self._request("POST", mp["complete_url"], json={"parts": parts})
         else:
-            await self._request("PUT", up["url"], content=p.read_bytes(), headers=up["headers"], bare=True)
+            whole = partial(_file_body, p, 0, size, is_async=True)
+            await self._request("PUT", up["url"], headers=up["headers"], build=whole, bare=True)
         return Upload(up["id"])
 
     async def get(self, job_id: str) -> Job:
@@ -392,7 +368,48 @@ class AsyncBackdrop(_Base):
         return (await self._request("GET", "/jobs", params={"offset": offset, "limit": limit})).json()  # type: ignore[no-any-return]
 
 
-def _read_part(path: Path, number: int, part_size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek((number - 1) * part_size)
-        return f.read(part_size)
+def _submit_body(fields: dict[str, Any], files: dict[str, Path], key: str, stack: ExitStack) -> dict[str, Any]:
+    """A ``POST /jobs`` body, made afresh for each attempt: JSON for references alone, else
+    multipart with the files opened in ``stack`` (httpx reads them as it sends)."""
+    if not files:
+        return {"json": fields, "headers": {"Idempotency-Key": key}}
+    opened = {n: (p.name, stack.enter_context(open(p, "rb"))) for n, p in files.items()}  # noqa: SIM115
+    data = {k: _form_value(v) for k, v in fields.items()}
+    return {"files": opened, "data": data, "headers": {"Idempotency-Key": key}}
+
+
+def _upload_request(path: Path, content_type: str, part_size: int | None) -> dict[str, Any]:
+    body = {"filename": path.name, "content_type": content_type, "size": path.stat().st_size}
+    return body if part_size is None else {**body, "part_size": part_size}
+
+
+def _part_range(number: int, part_size: int, size: int) -> tuple[int, int]:
+    """(start, length) of part ``number`` (from 1) of a ``size``-byte file."""
+    start = (number - 1) * part_size
+    return start, min(part_size, size - start)
+
+
+def _file_body(path: Path, start: int, length: int, stack: ExitStack, *, is_async: bool = False) -> dict[str, Any]:
+    """A PUT body of ``length`` bytes of ``path`` from ``start``, read a chunk at a time as it is sent
+    (a 2 GiB video is never in memory; the async client held it there, three times over), with
+    its Content-Length (an upload URL takes exactly the declared size, and a presigned S3 PUT
+    refuses a chunked body).  Opened for each attempt, closed with the attempt's ``stack``."""
+    f = stack.enter_context(open(path, "rb"))  # noqa: SIM115
+    f.seek(start)
+    chunks = _chunks(f, length)
+    return {"content": _in_thread(chunks) if is_async else chunks, "headers": {"Content-Length": str(length)}}
+
+
+def _chunks(f: BinaryIO, length: int) -> Iterator[bytes]:
+    while length > 0:
+        chunk = f.read(min(CHUNK, length))
+        if not chunk:
+            raise OSError(f"{f.name} ended {length} bytes short of the size declared for its upload")
+        length -= len(chunk)
+        yield chunk
+
+
+async def _in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``chunks`` for the async client, each read off the event loop."""
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
