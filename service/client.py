@@ -231,17 +231,32 @@ class Backdrop(_Base):
             time.sleep(poll_s)
 
     def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
-        """Write the result to ``path`` (through a ``.part`` file, renamed when complete)."""
+        """Write the result to ``path`` (through a ``.part`` file, renamed when complete; removed
+        if the download fails).  Retried like the other calls; a transfer cut off is taken up
+        where it stopped (a Range request for the rest), here or on S3."""
         out = Path(path)
         tmp = out.with_name(out.name + ".part")
         url = self.base_url + f"/jobs/{job_id}/result"
-        with self.http.stream("GET", url, headers=self.headers, follow_redirects=True) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise ApiError.from_response(r)
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_bytes(CHUNK):
-                    f.write(chunk)
+        with _Partial(tmp) as f:
+            for attempt in range(self.max_retries + 1):
+                try:
+                    with self.http.stream("GET", url, headers={**self.headers, **_rest(f)}, follow_redirects=True) as r:
+                        if _whole_already(r, f):
+                            break
+                        if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+                            time.sleep(self._delay(attempt, _retry_after(r)))
+                            continue
+                        if r.status_code >= 400:
+                            r.read()
+                            raise ApiError.from_response(r)
+                        _take_up(r, f)
+                        for chunk in r.iter_bytes(CHUNK):
+                            f.write(chunk)
+                    break
+                except httpx.TransportError as e:
+                    if attempt == self.max_retries:
+                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
+                    time.sleep(self._delay(attempt, None))
         os.replace(tmp, out)
         return out
 
@@ -348,16 +363,31 @@ class AsyncBackdrop(_Base):
             await asyncio.sleep(poll_s)
 
     async def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """See :meth:`Backdrop.download`."""
         out = Path(path)
         tmp = out.with_name(out.name + ".part")
         url = self.base_url + f"/jobs/{job_id}/result"
-        async with self.http.stream("GET", url, headers=self.headers, follow_redirects=True) as r:
-            if r.status_code >= 400:
-                await r.aread()
-                raise ApiError.from_response(r)
-            with open(tmp, "wb") as f:  # noqa: ASYNC230 - chunks of 1 MiB to a local file
-                async for chunk in r.aiter_bytes(CHUNK):
-                    f.write(chunk)
+        with _Partial(tmp) as f:  # chunks of 1 MiB to a local file
+            for attempt in range(self.max_retries + 1):
+                try:
+                    async with self.http.stream("GET", url, headers={**self.headers, **_rest(f)},
+                                                follow_redirects=True) as r:
+                        if _whole_already(r, f):
+                            break
+                        if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+                            await asyncio.sleep(self._delay(attempt, _retry_after(r)))
+                            continue
+                        if r.status_code >= 400:
+                            await r.aread()
+                            raise ApiError.from_response(r)
+                        _take_up(r, f)
+                        async for chunk in r.aiter_bytes(CHUNK):
+                            f.write(chunk)
+                    break
+                except httpx.TransportError as e:
+                    if attempt == self.max_retries:
+                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
+                    await asyncio.sleep(self._delay(attempt, None))
         os.replace(tmp, out)
         return out
 
@@ -366,6 +396,40 @@ class AsyncBackdrop(_Base):
 
     async def list_jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
         return (await self._request("GET", "/jobs", params={"offset": offset, "limit": limit})).json()  # type: ignore[no-any-return]
+
+
+class _Partial:
+    """The ``.part`` file a download writes, open for writing; removed if the download fails."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> BinaryIO:
+        self.file = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
+        return self.file
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.file.close()
+        if exc_type is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _rest(f: BinaryIO) -> dict[str, str]:
+    """The Range header that asks for what ``f`` does not hold yet (none for a fresh download)."""
+    return {"Range": f"bytes={f.tell()}-"} if f.tell() else {}
+
+
+def _whole_already(r: httpx.Response, f: BinaryIO) -> bool:
+    """Whether the Range asked only for bytes past the end: the cut came after the last byte."""
+    return r.status_code == 416 and f.tell() > 0 and r.headers.get("content-range") == f"bytes */{f.tell()}"
+
+
+def _take_up(r: httpx.Response, f: BinaryIO) -> None:
+    """Where ``r``'s body goes in ``f``: after what it holds where ``r`` is the rest of it (a 206
+    from that byte), else from the start (a server that answers a Range with the whole file)."""
+    if f.tell() and not (r.status_code == 206 and r.headers.get("content-range", "").startswith(f"bytes {f.tell()}-")):
+        f.seek(0)
+        f.truncate()
 
 
 def _submit_body(fields: dict[str, Any], files: dict[str, Path], key: str, stack: ExitStack) -> dict[str, Any]:

@@ -256,3 +256,28 @@ def count_frames(path: Path) -> tuple[int, int, int, bool]:
                 w, h = f.width, f.height
             n += 1
         return n, w, h, bool(c.streams.audio)
+
+
+def succeeded_job(settings: Settings, payload: bytes, owner: str = "alice") -> str:
+    """A job of ``owner`` that succeeded with ``payload`` as its output, moved through the real
+    job store and stored in the real object store (what a worker does at the end of a job)."""
+    from service.jobs import Job, JobResult, JobStatus, JobStore
+    from service.storage import create_store, job_prefix
+
+    store = JobStore.from_settings(settings)
+    job = Job(owner=owner)
+    store.create(job)
+    store.transition(job.id, JobStatus.RUNNING)
+    key = f"{job_prefix(job.id)}output.mp4"
+    src = Path(settings.spool_dir or "/tmp") / f"{job.id}.mp4"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(payload)
+    create_store(settings).put_file(key, src, "video/mp4")
+    src.unlink()
+
+    def done(j: Job) -> None:
+        j.result = JobResult(key=key, size=len(payload), duration_s=1.0, format="mp4", content_type="video/mp4",
+                             frames=1, width=2, height=2)
+
+    store.transition(job.id, JobStatus.SUCCEEDED, mutate=done)
+    return job.id

@@ -21,6 +21,7 @@ from stack import (
     data_path,
     raw_http,
     settings_from,
+    succeeded_job,
 )
 
 
@@ -369,34 +370,9 @@ def test_listing_bounds(api: ApiServer) -> None:
         assert r.status_code == 200 and r.json()["data"] == []
 
 
-def _succeeded_job(api: ApiServer, payload: bytes) -> str:
-    """A job of tenant alice that succeeded with ``payload`` as its output, moved through the real
-    job store and stored in the real object store (what a worker does at the end of a job)."""
-    from service.jobs import Job, JobResult, JobStatus, JobStore
-    from service.storage import create_store, job_prefix
-
-    store = JobStore.from_settings(api.settings)
-    job = Job(owner="alice")
-    store.create(job)
-    store.transition(job.id, JobStatus.RUNNING)
-    key = f"{job_prefix(job.id)}output.mp4"
-    src = Path(api.settings.spool_dir or "/tmp") / f"{job.id}.mp4"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_bytes(payload)
-    create_store(api.settings).put_file(key, src, "video/mp4")
-    src.unlink()
-
-    def done(j: Job) -> None:
-        j.result = JobResult(key=key, size=len(payload), duration_s=1.0, format="mp4", content_type="video/mp4",
-                             frames=1, width=2, height=2)
-
-    store.transition(job.id, JobStatus.SUCCEEDED, mutate=done)
-    return job.id
-
-
 def test_result_range_errors_are_problems(api: ApiServer) -> None:
     payload = bytes(range(256)) * 4
-    job_id = _succeeded_job(api, payload)
+    job_id = succeeded_job(api.settings, payload)
     with api.client(API_KEY) as c:
         url = f"/jobs/{job_id}/result"
         ok = c.get(url, headers={"Range": "bytes=10-19"})

@@ -1,6 +1,6 @@
 """``service.client``: the sync and async clients against the real API and a real worker, typed
-errors, and the retry of a submit whose answer was lost (a loopback TCP proxy drops it), which must
-not make two jobs.  ``backdrop submit`` through it."""
+errors, the retry of a submit whose answer was lost (a loopback TCP proxy drops it), which must
+not make two jobs, and a download cut off midway, taken up where it stopped.  ``backdrop submit`` through it."""
 
 from __future__ import annotations
 
@@ -27,20 +27,23 @@ from stack import (
     make_env,
     s3_env,
     settings_from,
+    succeeded_job,
 )
 from test_end_to_end import asl_clip
 
 from service.client import ApiError, AsyncBackdrop, Backdrop, JobFailed, Upload
 
 
-class DroppingProxy:
-    """A TCP proxy on 127.0.0.1 to ``target_port``.  The first connection that carries a
-    ``POST /jobs`` is forwarded to the API, which answers; the answer is swallowed and the client's
-    connection closed, as a network that fails after the server acted would."""
+class FaultyProxy:
+    """A TCP proxy on 127.0.0.1 to ``target_port``.  The first ``times`` connections whose request
+    carries ``trigger`` are forwarded to the API, which answers; the client gets only the first
+    ``keep`` bytes of that answer before its connection is closed, as a network that fails after
+    the server acted would (``keep=0``: the answer is lost whole)."""
 
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.dropped = 0
+    def __init__(self, target_port: int, trigger: bytes, keep: int = 0, times: int = 1):
+        self.target_port, self.trigger, self.keep, self.left = target_port, trigger, keep, times
+        self.cut = 0
+        self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -54,18 +57,26 @@ class DroppingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            state = {"post": False}
+            state = {"faulty": False}
             threading.Thread(target=self._pipe, args=(client, upstream, state, False), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, state, True), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, state: dict[str, bool], answers: bool) -> None:
+        budget = self.keep
         try:
             while data := src.recv(65536):
-                if not answers and b"POST /jobs " in data:
-                    state["post"] = True
-                if answers and state["post"] and self.dropped == 0:
-                    self.dropped += 1  # the API has answered: the job exists; the client never hears of it
-                    break
+                if not answers and self.trigger in data:
+                    with self.lock:
+                        if self.left > 0:
+                            self.left -= 1
+                            state["faulty"] = True
+                if answers and state["faulty"]:
+                    dst.sendall(data[:budget])
+                    budget -= min(budget, len(data))
+                    if budget == 0:
+                        self.cut += 1  # the API has answered; the client hears only the start of it
+                        break
+                    continue
                 dst.sendall(data)
         except OSError:
             pass
@@ -86,12 +97,12 @@ def test_client_end_to_end_retry_errors_and_cli(redis_url: str, tmp_path: Path, 
     worker = worker_factory(env)
     clip = asl_clip()
     with ApiServer(settings_from(env)) as api:
-        proxy = DroppingProxy(api.port)
+        proxy = FaultyProxy(api.port, b"POST /jobs ")
         try:
             with Backdrop(proxy.url, API_KEY, backoff_s=0.1) as bd:
                 # the first answer is lost; the retry carries the same Idempotency-Key: one job
                 job = bd.submit(clip, background="#00ff00", output_format="mp4")
-                assert proxy.dropped == 1
+                assert proxy.cut == 1
                 listed = bd.list_jobs()
                 assert listed["count"] == 1 and listed["data"][0]["id"] == job["id"]
 
@@ -231,7 +242,8 @@ def test_clients_send_a_file_a_chunk_at_a_time(redis_url: str, tmp_path: Path) -
 
 def test_clients_upload_in_parts_to_s3(redis_url: str, tmp_path: Path, s3_endpoint: str) -> None:
     """Asked for parts (or over 100 MiB on S3), each client PUTs every part, from the file, to its
-    presigned URL and completes the upload: the stored object is the file."""
+    presigned URL and completes the upload: the stored object is the file.  A result downloads
+    from its presigned URL."""
     env = base_env(redis_url, tmp_path, **auth_env(), **s3_env(s3_endpoint))
     src = tmp_path / "parts.mp4"
     src.write_bytes(os.urandom(11 * 1024**2 + 123))  # three parts, the last one short
@@ -239,3 +251,50 @@ def test_clients_upload_in_parts_to_s3(redis_url: str, tmp_path: Path, s3_endpoi
         sent = _send_both_ways(api, env, src, part_size=5 * 1024**2)
         want = hashlib.sha256(src.read_bytes()).hexdigest()
         assert [_stored_digest(api, i, tmp_path) for i in sent["ids"]] == [want, want]
+        # and a result comes back through the redirect to its presigned URL
+        job_id = succeeded_job(api.settings, src.read_bytes())
+        for kind in ("sync", "async"):
+            _download(kind, api.url, job_id, tmp_path / f"{kind}.mp4")
+            assert (tmp_path / f"{kind}.mp4").read_bytes() == src.read_bytes(), kind
+
+
+def _download(kind: str, url: str, job_id: str, out: Path, max_retries: int = 4) -> None:
+    if kind == "sync":
+        with Backdrop(url, API_KEY, max_retries=max_retries, backoff_s=0.05) as bd:
+            bd.download(job_id, out)
+        return
+
+    async def fetch() -> None:
+        async with AsyncBackdrop(url, API_KEY, max_retries=max_retries, backoff_s=0.05) as abd:
+            await abd.download(job_id, out)
+
+    asyncio.run(fetch())
+
+
+def test_a_download_cut_off_is_taken_up_where_it_stopped(redis_url: str, tmp_path: Path) -> None:
+    """The connection drops twice partway through the result: each client asks for the rest (a
+    Range from the bytes it has) and the file comes out whole.  Without the retries the transport
+    error reached the caller and a .part file stayed behind."""
+    env = base_env(redis_url, tmp_path, **auth_env())
+    payload = os.urandom(3 * 1024**2 + 17)
+    with ApiServer(settings_from(env)) as api:
+        job_id = succeeded_job(api.settings, payload)
+        for run in ("sync", "async"):
+            proxy = FaultyProxy(api.port, b"/result", keep=700_000, times=2)
+            out = tmp_path / f"{run}.mp4"
+            try:
+                _download(run, proxy.url, job_id, out)
+            finally:
+                proxy.close()
+            assert proxy.cut == 2 and out.read_bytes() == payload, run
+            assert not out.with_name(out.name + ".part").exists()
+        # cut off more times than the retries allow: a connection_error, and no file left behind
+        proxy = FaultyProxy(api.port, b"/result", keep=700_000, times=5)
+        out = tmp_path / "lost.mp4"
+        try:
+            with pytest.raises(ApiError) as e:
+                _download("sync", proxy.url, job_id, out, max_retries=2)
+        finally:
+            proxy.close()
+        assert e.value.code == "connection_error" and proxy.cut == 3
+        assert not out.exists() and not out.with_name(out.name + ".part").exists()
