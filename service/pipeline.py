@@ -37,6 +37,7 @@ from service.inference.models import MattingModel, get_model
 from service.inference.people import PeopleSelection, PersonDetector, PersonFound, clip_coverage, people_found
 from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
+from service.media.colour_space import SRGB, ColourSpace
 from service.media.decode import iter_frames
 from service.media.encode import FORMATS, GREEN, VideoWriter, format_spec
 from service.media.probe import VideoInfo, probe_video
@@ -155,7 +156,7 @@ def replace_background(
     spec = FORMATS[options.output_format]
     model = model or get_model(options.model, settings, load=False)  # not loaded where parts run the job
     bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect),
-                        codec_threads(model, settings)[0])
+                        codec_threads(model, settings)[0], video_space(info))
     try:
         # the GPU worker path (issue 15), where the settings ask for it and it covers the job
         from service.device_pipeline import try_device
@@ -210,17 +211,24 @@ def _check_output(output: Path, partial: Path, inputs: list[Path]) -> None:
 
 
 def background_for(fmt: str, spec: str | None, width: int, height: int, settings: Settings,
-                   pixel_aspect: float = 1.0, threads: int = 0) -> BackgroundSource | None:
+                   pixel_aspect: float = 1.0, threads: int = 0, space: ColourSpace = SRGB) -> BackgroundSource | None:
     """The background the frames of ``fmt`` are put on (jobs and previews): None for an output that
     shows none (webm and mov carry alpha, matte is the mask), whose background, if one was given
     anyway, is never read: a blurred or video one would be made frame by frame for nothing (a
     1080p webm job peaked at 1.12 GB with ``blur``, 0.97 GB without).  ``threads``: a background
-    video's decoder threads, the job's decoder's (``codec_threads``)."""
+    video's decoder threads, the job's decoder's (``codec_threads``).  ``space``: the video's
+    colour space (``video_space``), which the background is brought into; a preview's frame is a
+    browser's sRGB picture.  The green screen's green stays the code value keyers look for."""
     if fmt == "greenscreen":
         return ColorBackground(GREEN, width, height)
     if spec is None or fmt not in SCENE_FORMATS:
         return None
-    return open_background(spec, width, height, settings, pixel_aspect, threads)
+    return open_background(spec, width, height, settings, pixel_aspect, threads, space)
+
+
+def video_space(info: VideoInfo) -> ColourSpace:
+    """The colour space the video's frames, and so its output, are in."""
+    return ColourSpace(info.color_primaries, info.color_trc)
 
 
 @dataclass

@@ -47,7 +47,16 @@ from service.media.encode import FORMATS
 from service.media.hwencode import worker_cores
 from service.media.probe import VideoInfo
 from service.options import Options
-from service.pipeline import Progress, Window, _Count, _run, background_for, codec_threads, frames_per_batch
+from service.pipeline import (
+    Progress,
+    Window,
+    _Count,
+    _run,
+    background_for,
+    codec_threads,
+    frames_per_batch,
+    video_space,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +231,7 @@ def run_parts(
 
     def work(k: int) -> None:
         bg = background_for(options.output_format, background, info.width, info.height, settings, float(info.pixel_aspect),
-                            decode_threads)
+                            decode_threads, video_space(info))
         try:
             counts[k] = run(bg, files[k], reporter(k), stopped, windows[k])
         except BaseException as e:  # noqa: BLE001 - raised again by the caller's thread

@@ -21,6 +21,7 @@ import numpy as np
 from service.array_pool import ArrayPool, Empty
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
+from service.media.colour_space import SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
 from service.media.inspect import (
     BackgroundInfo,
@@ -73,9 +74,11 @@ def cover(image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0,
 
 
 class ColorBackground:
-    def __init__(self, rgb: tuple[int, int, int], width: int, height: int):
+    """One colour, given in sRGB, as the video's colour space has it (``space``)."""
+
+    def __init__(self, rgb: tuple[int, int, int], width: int, height: int, space: ColourSpace = SRGB):
         self.plate = np.empty((height, width, 3), np.uint8)
-        self.plate[:] = rgb
+        self.plate[:] = in_space(np.array([[rgb]], np.uint8), SRGB, space)[0, 0]
 
     def frames(self, images: np.ndarray, times: list[float], empty: Empty = np.empty) -> np.ndarray:
         return np.broadcast_to(self.plate, images.shape)
@@ -85,8 +88,11 @@ class ColorBackground:
 
 
 class ImageBackground(ColorBackground):
-    def __init__(self, image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0):
-        self.plate = cover(image, width, height, pixel_aspect)
+    """A still picture (sRGB), covering the frame, in the video's colour space (``space``)."""
+
+    def __init__(self, image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0,
+                 space: ColourSpace = SRGB):
+        self.plate = in_space(cover(image, width, height, pixel_aspect), SRGB, space)
 
 
 class BlurBackground:
@@ -125,8 +131,9 @@ class VideoBackground:
     every option on it peaked at 1.0-1.07 GB, 0.96-0.98 GB with one."""
 
     def __init__(self, path: Path, width: int, height: int, pixels: int, max_frames: int,
-                 pixel_aspect: float = 1.0, threads: int = 0):
+                 pixel_aspect: float = 1.0, threads: int = 0, space: ColourSpace = SRGB):
         self.path, self.width, self.height = path, width, height
+        self.space = space  # the video's: each picture is brought from its own into it
         self.pixels, self.max_frames = pixels, max_frames
         self.threads = threads
         self.pixel_aspect = pixel_aspect  # the output's
@@ -201,14 +208,20 @@ class VideoBackground:
 
     def _fit(self, frame: av.VideoFrame, rot: int, start: float) -> tuple[float, np.ndarray]:
         """(time, picture upright and covering the output) of one background frame, made RGB as the
-        video's frames are (``decode.RgbConverter``: its matrix, a pooled buffer)."""
+        video's frames are (``decode.RgbConverter``: its matrix, a pooled buffer), in the video's
+        colour space."""
         if self._rgb is None or (self._rgb.width, self._rgb.height) != (frame.width, frame.height):
             self._rgb = RgbConverter(frame.width, frame.height, rot * 90)
+        own_space = ColourSpace(int(frame.color_primaries), int(frame.color_trc))  # the converter unsets them
         img = self._rgb(frame)
         t = float(frame.time) - start if frame.time is not None else 0.0
         own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
-        fitted = self._fitted.empty((self.height, self.width, 3), np.uint8)
-        return t, cover(img, self.width, self.height, self.pixel_aspect / own, out=fitted)
+        fitted = cover(img, self.width, self.height, self.pixel_aspect / own,
+                       out=self._fitted.empty((self.height, self.width, 3), np.uint8))
+        convert = converter(own_space, self.space)
+        if convert is None:
+            return t, fitted
+        return t, convert(fitted, out=self._fitted.empty((self.height, self.width, 3), np.uint8))
 
     def _at(self, t: float) -> np.ndarray:
         t = t % self.duration
@@ -251,24 +264,25 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
 
 
 def open_background(spec: str, width: int, height: int, settings: Settings | None = None,
-                    pixel_aspect: float = 1.0, threads: int = 0) -> BackgroundSource:
+                    pixel_aspect: float = 1.0, threads: int = 0, space: ColourSpace = SRGB) -> BackgroundSource:
     """The background source for ``spec`` at the output size, whose pixels are ``pixel_aspect``
     as wide as they are high (``VideoInfo.pixel_aspect``); a video's decoder gets ``threads``
-    (0 = FFmpeg's choice)."""
+    (0 = FFmpeg's choice).  ``space``: the video's colour space, which the background is brought
+    into (an HDR video's, ``colour_space``); a blurred one is the video's own already."""
     settings = settings or get_settings()
     spec = spec.strip()
     strength = blur_strength(spec)
     if strength is not None:
         return BlurBackground(width, height, strength / 10)
     if spec.startswith("#"):
-        return ColorBackground(parse_color(spec), width, height)
+        return ColorBackground(parse_color(spec), width, height, space)
     path = Path(spec)
     info = inspect_background(path, settings)
     if info.kind == "image":
-        return ImageBackground(_read_image(path, info), width, height, pixel_aspect)
+        return ImageBackground(_read_image(path, info), width, height, pixel_aspect, space)
     pixels = info.width * info.height
     if info.kind == "animated":
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)
     else:
         max_frames = settings.max_frames
-    return VideoBackground(path, width, height, pixels, max_frames, pixel_aspect, threads)
+    return VideoBackground(path, width, height, pixels, max_frames, pixel_aspect, threads, space)
