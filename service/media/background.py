@@ -260,7 +260,29 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
         raise CorruptBackground("the background image cannot be decoded")
     if image.shape[0] * image.shape[1] > info.width * info.height:
         raise BackgroundTooLarge("the background image is larger than its header declares")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    alpha = _alpha(path, rgb.shape[:2])
+    if alpha is None:
+        return rgb
+    return (rgb * alpha[..., None] + 0.5).astype(np.uint8)  # on black, as a video shows what has nothing behind it
+
+
+def _alpha(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The picture's opacity (float32, 0 to 1) where its format carries one (PNG, WebP, GIF) and it
+    has one; else None.  ``IMREAD_COLOR`` drops it and keeps the colours stored under it, which a
+    transparent pixel may hold as anything: a logo's see-through surround came out red.  None too
+    where the colour read came out another shape (turned by an EXIF orientation, which
+    ``IMREAD_UNCHANGED`` does not apply)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if not (head.startswith((b"\x89PNG", b"GIF8")) or head[8:12] == b"WEBP"):
+        return None
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 3 or raw.shape[2] != 4 or raw.shape[:2] != shape:
+        return None
+    full = 65535.0 if raw.dtype == np.uint16 else 255.0  # a 16-bit PNG's, else 8 bits
+    opacity: np.ndarray = raw[..., 3].astype(np.float32) * np.float32(1 / full)
+    return opacity
 
 
 def open_background(spec: str, width: int, height: int, settings: Settings | None = None,

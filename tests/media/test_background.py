@@ -1,6 +1,7 @@
 """Blur strength of a ``blur`` background (service/media/background.py, service/options.py):
 ``blur`` is ``blur:0.3`` (the blur the service always had), a larger strength blurs more, and a
-malformed or out-of-range strength is ``invalid_parameter`` wherever a spec is read."""
+malformed or out-of-range strength is ``invalid_parameter`` wherever a spec is read.  A picture
+with transparency is shown on black."""
 
 from __future__ import annotations
 
@@ -71,3 +72,28 @@ def test_the_worker_spec_carries_the_strength(tmp_path: Path) -> None:
 
     assert background_spec(Job(background=Background(kind="blur", value="0.6")), tmp_path) == "blur:0.6"
     assert background_spec(Job(background=Background(kind="blur")), tmp_path) == "blur"
+
+
+@pytest.mark.parametrize("name,depth", [("bg.png", np.uint8), ("bg16.png", np.uint16), ("bg.webp", np.uint8)])
+def test_a_transparent_picture_is_shown_on_black(tmp_path: Path, name: str, depth: type) -> None:
+    """What a transparent pixel stores under its opacity is anything (here red); it used to show."""
+    full = np.iinfo(depth).max
+    bgra = np.zeros((60, 80, 4), depth)
+    bgra[..., 2] = full  # red, hidden
+    bgra[20:40, 20:60] = (full, full // 2, 0, full)  # an opaque blue-ish box
+    bgra[45:55, 20:60] = (full, full, full, full // 2)  # white at half opacity
+    path = tmp_path / name
+    assert cv2.imwrite(str(path), bgra, [cv2.IMWRITE_WEBP_QUALITY, 101])  # lossless WebP
+    source = open_background(str(path), 80, 60)
+    plate = source.frames(np.zeros((1, 60, 80, 3), np.uint8), [0.0])[0]
+    source.close()
+    assert plate[5, 5].tolist() == [0, 0, 0]
+    assert np.abs(plate[30, 40].astype(int) - [0, 127, 255]).max() <= 1
+    assert np.abs(plate[50, 40].astype(int) - 128).max() <= 1
+    # an opaque picture is as it was
+    assert cv2.imwrite(str(tmp_path / "opaque.png"), bgra[..., :3])
+    source = open_background(str(tmp_path / "opaque.png"), 80, 60)
+    opaque = source.frames(np.zeros((1, 60, 80, 3), np.uint8), [0.0])[0]
+    source.close()
+    want = cv2.cvtColor(bgra[..., :3], cv2.COLOR_BGR2RGB)
+    assert np.array_equal(opaque, want if depth == np.uint8 else (want // 257).astype(np.uint8))
