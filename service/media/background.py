@@ -211,9 +211,11 @@ class VideoBackground:
         video's frames are (``decode.RgbConverter``: its matrix, a pooled buffer), in the video's
         colour space."""
         if self._rgb is None or (self._rgb.width, self._rgb.height) != (frame.width, frame.height):
-            self._rgb = RgbConverter(frame.width, frame.height, rot * 90)
+            self._rgb = RgbConverter(frame.width, frame.height, rot * 90, alpha=True)
         own_space = ColourSpace(int(frame.color_primaries), int(frame.color_trc))  # the converter unsets them
         img = self._rgb(frame)
+        if img.shape[-1] == 4:  # an animated GIF or PNG, or a video, with transparency
+            img = on_black(img[..., :3], img[..., 3].astype(np.float32) * np.float32(1 / 255))
         t = float(frame.time) - start if frame.time is not None else 0.0
         own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
         fitted = cover(img, self.width, self.height, self.pixel_aspect / own,
@@ -262,15 +264,19 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
         raise BackgroundTooLarge("the background image is larger than its header declares")
     rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     alpha = _alpha(path, rgb.shape[:2])
-    if alpha is None:
-        return rgb
-    return (rgb * alpha[..., None] + 0.5).astype(np.uint8)  # on black, as a video shows what has nothing behind it
+    return rgb if alpha is None else on_black(rgb, alpha)
+
+
+def on_black(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+    """A see-through picture (``opacity`` float32, 0 to 1) shown on black, as a video shows what has
+    nothing behind it: what a transparent pixel stores under its opacity may be anything."""
+    return (rgb * opacity[..., None] + 0.5).astype(np.uint8)  # type: ignore[no-any-return]
 
 
 def _alpha(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The picture's opacity (float32, 0 to 1) where its format carries one (PNG, WebP, GIF) and it
-    has one; else None.  ``IMREAD_COLOR`` drops it and keeps the colours stored under it, which a
-    transparent pixel may hold as anything: a logo's see-through surround came out red.  None too
+    has one; else None.  ``IMREAD_COLOR`` drops it and keeps the colours stored under it: a logo's
+    see-through surround came out red.  None too
     where the colour read came out another shape (turned by an EXIF orientation, which
     ``IMREAD_UNCHANGED`` does not apply)."""
     with open(path, "rb") as f:

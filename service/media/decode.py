@@ -163,8 +163,9 @@ class RgbConverter:
     matrix swscale has no conversion for is read as the nearest it has (``nearest_matrix``): either
     failed the whole job as a corrupt video."""
 
-    def __init__(self, width: int, height: int, rotation: int = 0) -> None:
+    def __init__(self, width: int, height: int, rotation: int = 0, alpha: bool = False) -> None:
         self.width, self.height, self.rotation = width, height, rotation
+        self.alpha = alpha  # RGBA for frames whose format carries opacity (a background's: shown on black)
         self._graph: av.filter.Graph | None = None
         self._key: tuple[object, ...] | None = None
 
@@ -179,9 +180,16 @@ class RgbConverter:
         return image
 
     def _build(self, frame: av.VideoFrame) -> av.filter.Graph:
-        steps = [("scale", f"w={self.width}:h={self.height}:flags=bilinear"), ("format", "pix_fmts=rgb24"),
+        layout = "rgba" if self.alpha and has_alpha(frame.format) else "rgb24"
+        steps = [("scale", f"w={self.width}:h={self.height}:flags=bilinear"), ("format", f"pix_fmts={layout}"),
                  *ROTATIONS[self.rotation]]
         return filter_chain(frame, steps, colorspace=str(int(frame.colorspace)), range=str(int(frame.color_range)))
+
+
+def has_alpha(fmt: av.VideoFormat) -> bool:
+    """Whether pictures in ``fmt`` can be see-through: an alpha plane, or a palette (GIF's, whose
+    entries carry one)."""
+    return fmt.has_palette or any(c.is_alpha for c in fmt.components)
 
 
 def filter_chain(frame: av.VideoFrame, steps: list[tuple[str, str]], **source: str) -> av.filter.Graph:

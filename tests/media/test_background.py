@@ -97,3 +97,40 @@ def test_a_transparent_picture_is_shown_on_black(tmp_path: Path, name: str, dept
     source.close()
     want = cv2.cvtColor(bgra[..., :3], cv2.COLOR_BGR2RGB)
     assert np.array_equal(opaque, want if depth == np.uint8 else (want // 257).astype(np.uint8))
+
+
+def _animated(path: Path) -> Path:
+    """Two frames with a red (APNG) or white (GIF) stored under full transparency around an opaque box."""
+    frames = []
+    for _ in range(2):
+        rgba = np.zeros((60, 80, 4), np.uint8)
+        rgba[..., 0] = 255
+        rgba[20:40, 20:60] = (0, 128, 255, 255)
+        frames.append(rgba)
+    if path.suffix == ".gif":
+        animation = cv2.Animation()
+        animation.frames = [cv2.cvtColor(f, cv2.COLOR_RGBA2BGRA) for f in frames]
+        animation.durations = [200, 200]
+        assert cv2.imwriteanimation(str(path), animation)
+        return path
+    import av
+
+    with av.open(str(path), "w", format="apng") as out:
+        stream = out.add_stream("apng", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 80, 60, "rgba"
+        for k, rgba in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba")
+            frame.pts = k
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("name", ["anim.png", "anim.gif"])
+def test_a_transparent_animation_is_shown_on_black(tmp_path: Path, name: str) -> None:
+    source = open_background(str(_animated(tmp_path / name)), 80, 60)
+    assert type(source).__name__ == "VideoBackground"
+    plate = source.frames(np.zeros((2, 60, 80, 3), np.uint8), [0.0, 0.2])
+    source.close()
+    assert (plate[:, 5, 5] == 0).all()
+    assert np.abs(plate[:, 30, 40].astype(int) - [0, 128, 255]).max() <= 16  # GIF's palette rounds
