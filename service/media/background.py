@@ -276,9 +276,8 @@ def on_black(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
 def _alpha(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     """The picture's opacity (float32, 0 to 1) where its format carries one (PNG, WebP, GIF) and it
     has one; else None.  ``IMREAD_COLOR`` drops it and keeps the colours stored under it: a logo's
-    see-through surround came out red.  None too
-    where the colour read came out another shape (turned by an EXIF orientation, which
-    ``IMREAD_UNCHANGED`` does not apply)."""
+    see-through surround came out red.  None too where the colour read came out another shape
+    (turned by an EXIF orientation, which ``IMREAD_UNCHANGED`` does not apply)."""
     with open(path, "rb") as f:
         head = f.read(12)
     if not (head.startswith((b"\x89PNG", b"GIF8")) or head[8:12] == b"WEBP"):
