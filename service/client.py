@@ -211,13 +211,22 @@ class Backdrop(_Base):
         return self._request("GET", f"/jobs/{job_id}").json()  # type: ignore[no-any-return]
 
     def wait(self, job_id: str, *, progress: ProgressCallback | None = None, timeout: float | None = None,
-             poll_s: float = 1.0) -> Job:
+             poll_s: float = 1.0, outage_s: float = 300.0) -> Job:
         """Poll until the job ends; ``progress(job)`` on each change.  The succeeded job, or
-        ``JobFailed``; ``TimeoutError`` after ``timeout`` seconds."""
+        ``JobFailed``; ``TimeoutError`` after ``timeout`` seconds.  The job goes on while the API
+        is restarted or overloaded, so polls that fail for that (no connection, 429/502/503/504,
+        each after its own retries) are polled through for up to ``outage_s`` seconds in a row."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last: Any = None
+        outage: float | None = None
         while True:
-            job = self.get(job_id)
+            try:
+                job = self.get(job_id)
+            except ApiError as e:
+                outage = _outage_since(e, outage, outage_s, deadline)
+                time.sleep(poll_s)
+                continue
+            outage = None
             seen = (job["status"], job["progress"]["frames_done"], job["progress"]["frames_total"])
             if progress is not None and seen != last:
                 progress(job)
@@ -342,12 +351,19 @@ class AsyncBackdrop(_Base):
         return (await self._request("GET", f"/jobs/{job_id}")).json()  # type: ignore[no-any-return]
 
     async def wait(self, job_id: str, *, progress: Callable[[Job], Any | Awaitable[Any]] | None = None,
-                   timeout: float | None = None, poll_s: float = 1.0) -> Job:
+                   timeout: float | None = None, poll_s: float = 1.0, outage_s: float = 300.0) -> Job:
         """See :meth:`Backdrop.wait` (``progress`` may be a coroutine function)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         last: Any = None
+        outage: float | None = None
         while True:
-            job = await self.get(job_id)
+            try:
+                job = await self.get(job_id)
+            except ApiError as e:
+                outage = _outage_since(e, outage, outage_s, deadline)
+                await asyncio.sleep(poll_s)
+                continue
+            outage = None
             seen = (job["status"], job["progress"]["frames_done"], job["progress"]["frames_total"])
             if progress is not None and seen != last:
                 result = progress(job)
@@ -396,6 +412,18 @@ class AsyncBackdrop(_Base):
 
     async def list_jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
         return (await self._request("GET", "/jobs", params={"offset": offset, "limit": limit})).json()  # type: ignore[no-any-return]
+
+
+def _outage_since(error: ApiError, since: float | None, outage_s: float, deadline: float | None) -> float:
+    """When ``wait``'s poll failed with ``error``: the time the outage began (``since``, or now),
+    where polling goes on; ``error`` itself where it says something other than an outage, or the
+    outage has lasted ``outage_s``, or the wait's deadline has passed."""
+    now = time.monotonic()
+    since = now if since is None else since
+    outage = error.code == "connection_error" or error.status in _RETRY_STATUSES
+    if not outage or now - since >= outage_s or (deadline is not None and now > deadline):
+        raise error
+    return since
 
 
 class _Partial:

@@ -261,15 +261,30 @@ def count_frames(path: Path) -> tuple[int, int, int, bool]:
 def succeeded_job(settings: Settings, payload: bytes, owner: str = "alice") -> str:
     """A job of ``owner`` that succeeded with ``payload`` as its output, moved through the real
     job store and stored in the real object store (what a worker does at the end of a job)."""
-    from service.jobs import Job, JobResult, JobStatus, JobStore
-    from service.storage import create_store, job_prefix
+    job_id = running_job(settings, owner)
+    finish_job(settings, job_id, payload)
+    return job_id
+
+
+def running_job(settings: Settings, owner: str = "alice") -> str:
+    """A job of ``owner`` that a worker has started, in the real job store."""
+    from service.jobs import Job, JobStatus, JobStore
 
     store = JobStore.from_settings(settings)
     job = Job(owner=owner)
     store.create(job)
     store.transition(job.id, JobStatus.RUNNING)
-    key = f"{job_prefix(job.id)}output.mp4"
-    src = Path(settings.spool_dir or "/tmp") / f"{job.id}.mp4"
+    return job.id
+
+
+def finish_job(settings: Settings, job_id: str, payload: bytes) -> None:
+    """The running job ``job_id`` succeeds with ``payload`` as its output, stored in the real
+    object store."""
+    from service.jobs import Job, JobResult, JobStatus, JobStore
+    from service.storage import create_store, job_prefix
+
+    key = f"{job_prefix(job_id)}output.mp4"
+    src = Path(settings.spool_dir or "/tmp") / f"{job_id}.mp4"
     src.parent.mkdir(parents=True, exist_ok=True)
     src.write_bytes(payload)
     create_store(settings).put_file(key, src, "video/mp4")
@@ -279,5 +294,4 @@ def succeeded_job(settings: Settings, payload: bytes, owner: str = "alice") -> s
         j.result = JobResult(key=key, size=len(payload), duration_s=1.0, format="mp4", content_type="video/mp4",
                              frames=1, width=2, height=2)
 
-    store.transition(job.id, JobStatus.SUCCEEDED, mutate=done)
-    return job.id
+    JobStore.from_settings(settings).transition(job_id, JobStatus.SUCCEEDED, mutate=done)

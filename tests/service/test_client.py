@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from stack import (
     auth_env,
     base_env,
     count_frames,
+    finish_job,
     make_env,
+    running_job,
     s3_env,
     settings_from,
     succeeded_job,
@@ -43,6 +46,7 @@ class FaultyProxy:
     def __init__(self, target_port: int, trigger: bytes, keep: int = 0, times: int = 1):
         self.target_port, self.trigger, self.keep, self.left = target_port, trigger, keep, times
         self.cut = 0
+        self.down = False  # while True, every connection is closed as it comes: the API is gone
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -56,6 +60,9 @@ class FaultyProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             state = {"faulty": False}
             threading.Thread(target=self._pipe, args=(client, upstream, state, False), daemon=True).start()
@@ -298,3 +305,54 @@ def test_a_download_cut_off_is_taken_up_where_it_stopped(redis_url: str, tmp_pat
             proxy.close()
         assert e.value.code == "connection_error" and proxy.cut == 3
         assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+def _wait(kind: str, url: str, job_id: str, ended: dict[str, Any]) -> None:
+    """``wait`` for the job with one client or the other; what it returned or raised into ``ended``."""
+    try:
+        if kind == "sync":
+            with Backdrop(url, API_KEY, max_retries=1, backoff_s=0.05) as bd:
+                ended["job"] = bd.wait(job_id, poll_s=0.1, timeout=60)
+            return
+
+        async def poll() -> dict[str, Any]:
+            async with AsyncBackdrop(url, API_KEY, max_retries=1, backoff_s=0.05) as abd:
+                return await abd.wait(job_id, poll_s=0.1, timeout=60)
+
+        ended["job"] = asyncio.run(poll())
+    except Exception as e:  # noqa: BLE001 - the test reads it
+        ended["error"] = e
+
+
+def test_wait_polls_through_an_outage(redis_url: str, tmp_path: Path) -> None:
+    """The API goes away for a while (restarted, redeployed) as a job runs: ``wait`` polls on
+    through the failures and returns the job as it ended.  It raised connection_error once one
+    poll's own retries were spent (here one, 0.05 s on)."""
+    env = base_env(redis_url, tmp_path, **auth_env())
+    with ApiServer(settings_from(env)) as api:
+        for kind in ("sync", "async"):
+            job_id = running_job(api.settings)
+            proxy = FaultyProxy(api.port, b"no trigger")
+            ended: dict[str, Any] = {}
+            thread = threading.Thread(target=_wait, args=(kind, proxy.url, job_id, ended))
+            thread.start()
+            time.sleep(0.5)
+            proxy.down = True
+            time.sleep(2.0)
+            finish_job(api.settings, job_id, b"video")
+            proxy.down = False
+            thread.join(30)
+            proxy.close()
+            assert ended.get("job", {}).get("status") == "succeeded", (kind, ended)
+        # an outage longer than outage_s is an error, as before
+        job_id = running_job(api.settings)
+        proxy = FaultyProxy(api.port, b"no trigger")
+        proxy.down = True
+        with Backdrop(proxy.url, API_KEY, max_retries=1, backoff_s=0.05) as bd, pytest.raises(ApiError) as e:
+            bd.wait(job_id, poll_s=0.1, outage_s=1.0)
+        proxy.close()
+        assert e.value.code == "connection_error"
+        # and a refusal is not an outage: raised at once
+        with Backdrop(api.url, API_KEY) as bd, pytest.raises(ApiError) as e:
+            bd.wait("0" * 32, poll_s=0.1)
+        assert e.value.code == "job_not_found"
