@@ -454,10 +454,14 @@ def _whole_already(r: httpx.Response, f: BinaryIO) -> bool:
 
 def _take_up(r: httpx.Response, f: BinaryIO) -> None:
     """Where ``r``'s body goes in ``f``: after what it holds where ``r`` is the rest of it (a 206
-    from that byte), else from the start (a server that answers a Range with the whole file)."""
-    if f.tell() and not (r.status_code == 206 and r.headers.get("content-range", "").startswith(f"bytes {f.tell()}-")):
+    from that byte), from the start where it is the whole file (not a 206: a server may ignore a
+    Range).  A part from anywhere else would write bytes where they do not belong: refused."""
+    if r.status_code != 206:
         f.seek(0)
         f.truncate()
+    elif not r.headers.get("content-range", "").startswith(f"bytes {f.tell()}-"):
+        raise ApiError("unexpected_range", r.status_code, "Unexpected range",
+                       f"asked for the result from byte {f.tell()}, the server sent {r.headers.get('content-range')!r}")
 
 
 def _submit_body(fields: dict[str, Any], files: dict[str, Path], key: str, stack: ExitStack) -> dict[str, Any]:

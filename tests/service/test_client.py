@@ -356,3 +356,23 @@ def test_wait_polls_through_an_outage(redis_url: str, tmp_path: Path) -> None:
         with Backdrop(api.url, API_KEY) as bd, pytest.raises(ApiError) as e:
             bd.wait("0" * 32, poll_s=0.1)
         assert e.value.code == "job_not_found"
+
+
+def test_a_resumed_download_takes_only_the_rest() -> None:
+    """Where a download resumes from byte n: a 206 from n is appended, a whole file (200) replaces
+    what was written, and a 206 from elsewhere is refused rather than written at the wrong place."""
+    import io
+
+    import httpx
+
+    from service.client import _take_up
+
+    f = io.BytesIO(b"x" * 1000)
+    f.seek(1000)
+    _take_up(httpx.Response(206, headers={"content-range": "bytes 1000-1999/2000"}), f)
+    assert f.tell() == 1000
+    with pytest.raises(ApiError) as e:
+        _take_up(httpx.Response(206, headers={"content-range": "bytes 500-1999/2000"}), f)
+    assert e.value.code == "unexpected_range" and f.tell() == 1000
+    _take_up(httpx.Response(200), f)
+    assert f.tell() == 0 and f.getvalue() == b""
