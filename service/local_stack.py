@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from service.config import ROOT, Settings, get_settings
+from service.parent_death import parent_death
 
 
 def redis_binary() -> str | None:
@@ -56,23 +57,10 @@ def _listening(host: str, port: int) -> bool:
 
 
 def _stop_with_parent(sig: int) -> Callable[[], None] | None:
-    """On Linux, what a child runs before its program: it gets ``sig`` (its own stop signal) when the
-    stack's process dies, however it dies (SIGKILL, the OOM killer), instead of living on holding its
-    port or its job.  Elsewhere nothing (a stack killed outright leaves its children)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    parent = os.getpid()
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        prctl(pr_set_pdeathsig, sig)
-        if os.getppid() != parent:  # the stack died between the fork and the line above
-            os.kill(os.getpid(), sig)
-
-    return arm
+    """What a child runs before its program: it gets ``sig`` (its own stop signal) when the stack's
+    process dies, however it dies (SIGKILL, the OOM killer), instead of living on holding its port
+    or its job (``parent_death``; off Linux, a stack killed outright leaves its children)."""
+    return parent_death(sig, os.getpid())
 
 
 class RedisOwner:
@@ -136,23 +124,31 @@ class Child:
 
     def restart(self) -> Child:
         """Kill what is left of the process group (orphaned pool processes), then start again."""
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self._kill_group()
         return self.start()
 
     def stop(self, timeout: float) -> None:
-        if not self.alive():
+        """The stop signal to the main process, which stops its own children; SIGKILL to the whole
+        group after ``timeout``, and to what is left of it once the main process has ended: a
+        worker's embedded beat, whose own shutdown can lose a race, went on alone for good."""
+        if self.proc is None:
             return
-        assert self.proc is not None
         try:
-            self.proc.send_signal(self.stop_signal)  # the main process: it stops its own children
-            self.proc.wait(timeout)
+            if self.alive():
+                self.proc.send_signal(self.stop_signal)
+                self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self._kill_group()
             self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import beat_embedded_init, worker_process_init
 
 from service.config import Settings, get_settings
 from service.errors import (
@@ -39,6 +39,7 @@ from service.errors import (
 )
 from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, VideoMeta, public_dict, result_url
 from service.options import SCENE_FORMATS
+from service.parent_death import parent_death
 from service.storage import create_store, job_prefix
 from service.workers import housekeeping
 from service.workers.celery_app import HOUSEKEEPING_TASK, PROCESS_TASK, WEBHOOK_TASK, app
@@ -77,6 +78,19 @@ def _load_models(**_: Any) -> None:
         log.info("model %s loaded in worker process %d", settings.model, os.getpid())
     except Exception:  # noqa: BLE001 - a job will report the error with its code
         log.exception("could not preload model %s", settings.model)
+
+
+@beat_embedded_init.connect
+def _beat_dies_with_its_worker(**_: Any) -> None:
+    """The beat a worker runs (``-B``: the light worker's housekeeping) is a process of its own.
+    When its worker died without stopping it (SIGKILL), or its own shutdown lost a race (the
+    SystemExit of its stop signal raised inside a ``__del__``, which Python ignores), it lived on
+    alone, sending housekeeping into a queue nobody read, for good.  It now gets SIGKILL from the
+    kernel when its worker's process ends (Linux); its schedule file is rebuilt if left half
+    written."""
+    arm = parent_death(signal.SIGKILL, os.getppid())
+    if arm is not None:
+        arm()
 
 
 class Heartbeat(threading.Thread):

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -267,3 +268,69 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group (a test that fails must not leave it running)."""
+    import os
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists() or "zombie" in _state(pid)
+
+
+#: A main process that exits on SIGTERM, leaving behind a process of its group that ignores it: a
+#: worker's embedded beat whose own shutdown lost its race (the SystemExit of its stop signal raised
+#: inside a __del__, which Python ignores) did just that, and went on alone for good.
+_LEAVES_ONE_BEHIND = """
+import signal, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+time.sleep(600)
+"""
+
+
+def test_a_stopped_child_leaves_nothing_of_its_group() -> None:
+    import os
+
+    from service.local_stack import Child
+
+    child = Child("light-worker", [sys.executable, "-c", _LEAVES_ONE_BEHIND], dict(os.environ)).start()
+    assert child.proc is not None
+    pid = child.proc.pid
+    try:
+        wait_for(lambda: _children(pid) != [], 10, 0.05, "the process it leaves")
+        (left,) = _children(pid)
+        time.sleep(0.3)  # its SIGTERM handler is set
+        child.stop(timeout=10)
+        assert child.proc.returncode == 0  # the main process stopped on its signal, as asked
+        wait_for(lambda: _gone(left), 10, 0.05, "the process left behind to go")
+    finally:
+        _kill_group(pid)
+
+
+def test_a_workers_beat_dies_with_it(redis_url: str, tmp_path: Path) -> None:
+    """The light worker's beat is a process of its own: its worker SIGKILLed, it went on sending
+    housekeeping into a queue nobody read.  It now gets SIGKILL from the kernel."""
+    from stack import Worker
+
+    worker = Worker(base_env(redis_url, tmp_path, BACKDROP_HOUSEKEEPING_INTERVAL_S="1"), "light-beat",
+                    tmp_path / "light.log", light=True).start()
+    try:
+        worker.wait_ready()
+        assert worker.proc is not None
+        wait_for(lambda: b"Sending due task" in worker.log_path.read_bytes(), 30, 0.2, "the beat")
+        (beat,) = _children(worker.proc.pid)
+        assert "celery" in _cmdline(beat)
+        worker.proc.kill()  # the main process alone: nothing of it stops its beat
+        worker.proc.wait(10)
+        wait_for(lambda: _gone(beat), 10, 0.05, "the beat to go")
+    finally:
+        if worker.proc is not None:
+            _kill_group(worker.proc.pid)
+        worker.stop()
