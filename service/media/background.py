@@ -9,7 +9,7 @@ looped to the input's length and resampled to its frame rate by timestamp.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -139,7 +139,7 @@ class VideoBackground:
         self.pixel_aspect = pixel_aspect  # the output's
         self.own_aspect = 1.0  # the background's, read with its length
         self._container: av.container.InputContainer | None = None
-        self._iter: Iterator[tuple[float, np.ndarray]] | None = None
+        self._iter: Generator[tuple[float, np.ndarray], None, None] | None = None
         self._current: tuple[float, np.ndarray] | None = None
         self._next: tuple[float, np.ndarray] | None = None
         self._rgb: RgbConverter | None = None
@@ -176,7 +176,7 @@ class VideoBackground:
         limit_decoder(stream, self.pixels)
         start = _start_s(stream)
 
-        def gen() -> Iterator[tuple[float, np.ndarray]]:
+        def gen() -> Generator[tuple[float, np.ndarray], None, None]:
             rot = None
             try:
                 frames = self._container.decode(stream)  # type: ignore[union-attr]
@@ -241,6 +241,12 @@ class VideoBackground:
             raise CorruptBackground(f"the background video cannot be decoded ({exc.__class__.__name__})") from None
 
     def close(self) -> None:
+        """Close the file, and end the generator that decodes it: the generator holds the decoder
+        (its frame threads, ``av:<codec>:df<n>``, and their frames), and it and this object refer
+        to each other, so until the garbage collector came round they outlived the close."""
+        if self._iter is not None:
+            self._iter.close()
+            self._iter = None
         if self._container is not None:
             self._container.close()
             self._container = None

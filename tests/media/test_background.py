@@ -134,3 +134,26 @@ def test_a_transparent_animation_is_shown_on_black(tmp_path: Path, name: str) ->
     source.close()
     assert (plate[:, 5, 5] == 0).all()
     assert np.abs(plate[:, 30, 40].astype(int) - [0, 128, 255]).max() <= 16  # GIF's palette rounds
+
+
+def test_a_closed_background_video_leaves_no_decoder_threads(tmp_path: Path) -> None:
+    """Closing a background video ends its decoder: its frame threads (FFmpeg names them
+    ``av:<codec>:df<n>``) lived on, with their frames, until the garbage collector came round, and
+    a later job in the same process counted them as its own."""
+    import os
+    import re
+
+    def decoder_threads() -> list[str]:
+        names = []
+        for task in os.listdir("/proc/self/task"):
+            try:
+                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+            except OSError:
+                pass
+        return [n for n in names if re.fullmatch(r"av:\w+:df\d+", n)]
+
+    source = open_background(str(_animated(tmp_path / "anim.png")), 80, 60, threads=3)
+    source.frames(np.zeros((1, 60, 80, 3), np.uint8), [0.0])
+    assert decoder_threads()  # FFmpeg's frame threads are there while it decodes
+    source.close()
+    assert decoder_threads() == []
