@@ -19,6 +19,7 @@ that ends failed or canceled, from ``wait``, as :class:`JobFailed`.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import os
 import re
 import time
@@ -81,8 +82,18 @@ class Upload:
 
 
 def _retry_after(r: httpx.Response) -> float | None:
-    value = r.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
+    """The wait a ``Retry-After`` asks, in seconds: a number of them, or an HTTP date (RFC 9110
+    10.2.3), as gateways and load balancers send it."""
+    value = r.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _is_url(value: object) -> bool:
@@ -128,6 +139,20 @@ class _Base:
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         return min(self.max_wait_s, retry_after if retry_after is not None else self.backoff_s * 2**attempt)
 
+    def _after_error(self, attempt: int, e: httpx.TransportError) -> float:
+        """The pause before trying again after a failed connection or transfer; once the
+        retries are spent, ``connection_error``."""
+        if attempt == self.max_retries:
+            raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
+        return self._delay(attempt, None)
+
+    def _after_answer(self, attempt: int, r: httpx.Response) -> float | None:
+        """The pause before trying again after a busy or gateway answer (429/502/503/504,
+        honouring Retry-After), or None when this answer is the one to act on."""
+        if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+            return self._delay(attempt, _retry_after(r))
+        return None
+
     @staticmethod
     def _check(r: httpx.Response) -> httpx.Response:
         if r.status_code >= 400:
@@ -167,12 +192,10 @@ class Backdrop(_Base):
                 try:
                     r = self.http.request(method, url, headers=headers, **kw, **extra)
                 except httpx.TransportError as e:
-                    if attempt == self.max_retries:
-                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
-                    time.sleep(self._delay(attempt, None))
+                    time.sleep(self._after_error(attempt, e))
                     continue
-            if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
-                time.sleep(self._delay(attempt, _retry_after(r)))
+            if (pause := self._after_answer(attempt, r)) is not None:
+                time.sleep(pause)
                 continue
             return self._check(r)
         raise AssertionError("unreachable")
@@ -252,8 +275,8 @@ class Backdrop(_Base):
                     with self.http.stream("GET", url, headers={**self.headers, **_rest(f)}, follow_redirects=True) as r:
                         if _whole_already(r, f):
                             break
-                        if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
-                            time.sleep(self._delay(attempt, _retry_after(r)))
+                        if (pause := self._after_answer(attempt, r)) is not None:
+                            time.sleep(pause)
                             continue
                         if r.status_code >= 400:
                             r.read()
@@ -263,9 +286,7 @@ class Backdrop(_Base):
                             f.write(chunk)
                     break
                 except httpx.TransportError as e:
-                    if attempt == self.max_retries:
-                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
-                    time.sleep(self._delay(attempt, None))
+                    time.sleep(self._after_error(attempt, e))
         os.replace(tmp, out)
         return out
 
@@ -308,12 +329,10 @@ class AsyncBackdrop(_Base):
                 try:
                     r = await self.http.request(method, url, headers=headers, **kw, **extra)
                 except httpx.TransportError as e:
-                    if attempt == self.max_retries:
-                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
-                    await asyncio.sleep(self._delay(attempt, None))
+                    await asyncio.sleep(self._after_error(attempt, e))
                     continue
-            if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
-                await asyncio.sleep(self._delay(attempt, _retry_after(r)))
+            if (pause := self._after_answer(attempt, r)) is not None:
+                await asyncio.sleep(pause)
                 continue
             return self._check(r)
         raise AssertionError("unreachable")
@@ -390,8 +409,8 @@ class AsyncBackdrop(_Base):
                                                 follow_redirects=True) as r:
                         if _whole_already(r, f):
                             break
-                        if r.status_code in _RETRY_STATUSES and attempt < self.max_retries:
-                            await asyncio.sleep(self._delay(attempt, _retry_after(r)))
+                        if (pause := self._after_answer(attempt, r)) is not None:
+                            await asyncio.sleep(pause)
                             continue
                         if r.status_code >= 400:
                             await r.aread()
@@ -401,9 +420,7 @@ class AsyncBackdrop(_Base):
                             f.write(chunk)
                     break
                 except httpx.TransportError as e:
-                    if attempt == self.max_retries:
-                        raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
-                    await asyncio.sleep(self._delay(attempt, None))
+                    await asyncio.sleep(self._after_error(attempt, e))
         os.replace(tmp, out)
         return out
 

@@ -5,6 +5,7 @@ not make two jobs, and a download cut off midway, taken up where it stopped.  ``
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import json
 import os
@@ -41,10 +42,12 @@ class FaultyProxy:
     """A TCP proxy on 127.0.0.1 to ``target_port``.  The first ``times`` connections whose request
     carries ``trigger`` are forwarded to the API, which answers; the client gets only the first
     ``keep`` bytes of that answer before its connection is closed, as a network that fails after
-    the server acted would (``keep=0``: the answer is lost whole)."""
+    the server acted would (``keep=0``: the answer is lost whole).  With ``busy``, the first ``times``
+    such requests are not forwarded: the proxy answers them itself with ``busy`` (a whole HTTP
+    answer), as a gateway in front of an API that is restarting would."""
 
-    def __init__(self, target_port: int, trigger: bytes, keep: int = 0, times: int = 1):
-        self.target_port, self.trigger, self.keep, self.left = target_port, trigger, keep, times
+    def __init__(self, target_port: int, trigger: bytes, keep: int = 0, times: int = 1, busy: bytes = b""):
+        self.target_port, self.trigger, self.keep, self.left, self.busy = target_port, trigger, keep, times, busy
         self.cut = 0
         self.down = False  # while True, every connection is closed as it comes: the API is gone
         self.lock = threading.Lock()
@@ -77,6 +80,10 @@ class FaultyProxy:
                         if self.left > 0:
                             self.left -= 1
                             state["faulty"] = True
+                    if state["faulty"] and self.busy:
+                        self.cut += 1
+                        src.sendall(self.busy)  # answered here; the API never sees the request
+                        break
                 if answers and state["faulty"]:
                     dst.sendall(data[:budget])
                     budget -= min(budget, len(data))
@@ -305,6 +312,59 @@ def test_a_download_cut_off_is_taken_up_where_it_stopped(redis_url: str, tmp_pat
             proxy.close()
         assert e.value.code == "connection_error" and proxy.cut == 3
         assert not out.exists() and not out.with_name(out.name + ".part").exists()
+
+
+def _busy(retry_after: str) -> bytes:
+    """A gateway's 503 (plain text, as nginx or a load balancer sends it) with ``Retry-After``."""
+    body = b"503 Service Temporarily Unavailable"
+    return (b"HTTP/1.1 503 Service Temporarily Unavailable\r\nContent-Type: text/plain\r\n"
+            b"Retry-After: " + retry_after.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+def test_busy_answers_are_retried_after_the_wait_they_ask(redis_url: str, tmp_path: Path) -> None:
+    """A 503 from a gateway is tried again after its Retry-After (in seconds or as an HTTP date),
+    not after the client's own short backoff, by both clients, for an API call and for the
+    download; once the retries are spent it is raised with its status and the wait it asked."""
+    env = base_env(redis_url, tmp_path, **auth_env())
+    payload = os.urandom(300_000)
+    with ApiServer(settings_from(env)) as api:
+        job_id = succeeded_job(api.settings, payload)
+        for kind in ("sync", "async"):
+            for seconds, least in (("1", 2.0), ("", 1.0)):
+                # the date is to the second, 2-3 s on: the first wait is that long, the second none
+                retry_after = seconds or email.utils.formatdate(time.time() + 3, usegmt=True)
+                proxy = FaultyProxy(api.port, f"/jobs/{job_id}".encode(), times=2, busy=_busy(retry_after))
+                out = tmp_path / f"{kind}.mp4"
+                started = time.monotonic()
+                try:
+                    job = _get(kind, proxy.url, job_id)  # two 503s, then the job
+                    proxy.left = 1
+                    _download(kind, proxy.url, job_id, out)  # one 503, then the file
+                finally:
+                    proxy.close()
+                assert job["status"] == "succeeded" and out.read_bytes() == payload, kind
+                assert proxy.cut == 3 and time.monotonic() - started >= least, (kind, retry_after)
+        proxy = FaultyProxy(api.port, b"/jobs/", times=3, busy=_busy("7"))
+        try:
+            with Backdrop(proxy.url, API_KEY, max_retries=2, backoff_s=0.05, max_wait_s=0.2) as bd:
+                with pytest.raises(ApiError) as e:
+                    bd.get(job_id)
+        finally:
+            proxy.close()
+        assert (e.value.code, e.value.status, e.value.retry_after_s, proxy.cut) == ("http_503", 503, 7.0, 3)
+
+
+def _get(kind: str, url: str, job_id: str) -> dict[str, Any]:
+    if kind == "sync":
+        with Backdrop(url, API_KEY, backoff_s=0.05) as bd:
+            return bd.get(job_id)
+
+    async def get() -> dict[str, Any]:
+        async with AsyncBackdrop(url, API_KEY, backoff_s=0.05) as abd:
+            return await abd.get(job_id)
+
+    return asyncio.run(get())
 
 
 def _wait(kind: str, url: str, job_id: str, ended: dict[str, Any]) -> None:
