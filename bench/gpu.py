@@ -60,12 +60,12 @@ from service.device_pipeline import Converter, DeviceCount, device_parts, run_de
 from service.inference import gpu  # noqa: E402
 from service.inference.models import get_model  # noqa: E402
 from service.inference.models.rvm_device import DeviceRVM  # noqa: E402
-from service.media.background import open_background  # noqa: E402
 from service.media.encode import X264_PRESETS, VideoWriter  # noqa: E402
 from service.media.hwdecode import cuda_decode_available, iter_planes, sync_decoder  # noqa: E402
 from service.media.hwencode import device_format, nvenc_available, worker_cores  # noqa: E402
 from service.media.probe import probe_video  # noqa: E402
 from service.options import Options  # noqa: E402
+from service.pipeline import background_for, video_space  # noqa: E402
 from service.segments import MIN_FRAMES  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "gpu"
@@ -258,7 +258,10 @@ def end_to_end(settings: Settings, device: gpu.Device, info: Any, background: Pa
     ``segments`` = ``parts``: the clip in parts side by side, joined."""
     stamps: list[tuple[float, int]] = []
     spec = str(background) if background else "#3060a0"
-    bg = open_background(spec, info.width, info.height, settings)
+    # as a job opens it: brought into the video's colour space, at its pixel aspect
+    bg = background_for(Options().output_format, spec, info.width, info.height, settings, float(info.pixel_aspect),
+                        space=video_space(info))
+    assert bg is not None
 
     def progress(done: int, total: int) -> None:
         stamps.append((time.monotonic(), done))

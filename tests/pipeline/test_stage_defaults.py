@@ -49,10 +49,10 @@ def _threads() -> dict[str, str]:
     return names
 
 
-def _thread_names(before: dict[str, str] | None = None) -> set[str]:
+def _thread_names(before: dict[str, str]) -> set[str]:
     """The names of this process's threads, but those already running ``before`` (an earlier
     test's decoder that the garbage collector has not freed yet is not this job's)."""
-    return {name for task, name in _threads().items() if before is None or task not in before}
+    return {name for task, name in _threads().items() if task not in before}
 
 
 @pytest.mark.parametrize(("parts", "seconds"), [(1, 1.0), (2, 6.6)])
