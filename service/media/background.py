@@ -18,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from service.array_pool import ArrayPool, Empty
+from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
 from service.media.colour_space import SRGB, ColourSpace, converter, in_space
@@ -218,12 +218,13 @@ class VideoBackground:
             img = on_black(img[..., :3], img[..., 3].astype(np.float32) * np.float32(1 / 255))
         t = float(frame.time) - start if frame.time is not None else 0.0
         own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
-        fitted = cover(img, self.width, self.height, self.pixel_aspect / own,
-                       out=self._fitted.empty((self.height, self.width, 3), np.uint8))
+        shape = (self.height, self.width, 3)
         convert = converter(own_space, self.space)
         if convert is None:
-            return t, fitted
-        return t, convert(fitted, out=self._fitted.empty((self.height, self.width, 3), np.uint8))
+            return t, cover(img, self.width, self.height, self.pixel_aspect / own, out=self._fitted.empty(shape, np.uint8))
+        # in another colour space, the picture at the output size is only a step: a work array
+        fitted = cover(img, self.width, self.height, self.pixel_aspect / own, out=kept_array(self, "_covered", shape, np.uint8))
+        return t, convert(fitted, out=self._fitted.empty(shape, np.uint8))
 
     def _at(self, t: float) -> np.ndarray:
         t = t % self.duration
