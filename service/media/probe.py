@@ -4,16 +4,14 @@ decoded, within the limits, before any work is spent on the video.
 Every way an upload can be wrong maps to its own error code (``service.errors``): an empty file, a
 file that is no media at all (or a still image), a container with no video stream, a truncated or
 corrupt file, a codec this build cannot decode, or a video over the limits in settings.  Headers can
-lie, so the first frame's real size is checked against the limits again, and it is the frame's own
-display matrix (every container, not only MP4) that sets the rotation.
+lie, so the first frame's real size is checked against the limits again, and outside MP4/MOV (whose
+boxes the headers read) it is the frame's own display matrix that sets the rotation.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import av
 
@@ -26,7 +24,6 @@ from service.media.inspect import (
     inspect_video,
     normalise_rotation,
     open_input,
-    rotation_from_matrix,
 )
 
 __all__ = [
@@ -44,7 +41,10 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         stream = container.streams.video[0]
         limit_decoder(stream, settings.max_pixels)
         first = _first_frame(container, stream, info, settings.max_pixels)
-        info = replace(info, coded_width=first.width, coded_height=first.height, rotation=frame_rotation(first),
+        # an MP4's or MOV's rotation is read from its boxes (inspect_video); another container's
+        # (Matroska's projection) or a codec's (an orientation SEI) only from the decoded frame
+        rotation = info.rotation if info.container.startswith("mov") else frame_rotation(first)
+        info = replace(info, coded_width=first.width, coded_height=first.height, rotation=rotation,
                        color_primaries=_known(first.color_primaries, info.color_primaries),
                        color_trc=_known(first.color_trc, info.color_trc),
                        colorspace=_known(first.colorspace, info.colorspace))
@@ -103,12 +103,20 @@ def too_large_after_error(stream: av.video.stream.VideoStream, pixels: int) -> b
 
 
 def frame_rotation(frame: av.VideoFrame) -> int:
-    """The rotation a frame's display matrix asks for (0 without one, or with a degenerate one)."""
-    side_data: Any = frame.side_data  # a mapping by type name (PyAV's stub says otherwise)
-    data = side_data.get("DISPLAYMATRIX")
-    if data is None or data.buffer_size != 36:
+    """The rotation (0/90/180/270, counter-clockwise) a frame's display matrix asks for: 0 without
+    one, or with one that is no such rotation (an odd angle; a degenerate matrix, whose NaN PyAV
+    gives as INT_MIN).  A mirror reads as 180 here: ``probe_video`` takes an MP4's or MOV's rotation
+    from its boxes (``inspect.rotation_from_matrix``), which tells a mirror from a turn.
+
+    Read through PyAV's ``frame.rotation``, never ``frame.side_data``: PyAV 18 wraps each side
+    data's metadata in a Dictionary that frees it when collected, and the frame frees it again.
+    A PNG's ICC profile carries its name there, so a PNG or APNG with an ``iCCP`` chunk, as a
+    video or a background, crashed the worker (SIGSEGV) at its next garbage collection, in
+    whichever job it was running by then."""
+    angle = frame.rotation
+    if not -180 <= angle <= 180 or angle % 90:
         return 0
-    return rotation_from_matrix(struct.unpack("=9i", bytes(data)))
+    return angle % 360
 
 
 def _first_frame(

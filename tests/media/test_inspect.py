@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -277,6 +278,58 @@ def test_all_zero_display_matrix_is_no_rotation(tmp_path: Path) -> None:
     info = probe_video(path)
     assert (info.rotation, info.width, info.height) == (0, 96, 72)
     assert {f.image.shape for f in iter_frames(info)} == {(72, 96, 3)}
+
+
+@pytest.mark.parametrize(("matrix", "rotation"), [
+    ([0, -1 << 16, 0, 1 << 16, 0, 0, 0, 0, 1 << 30], 90),
+    ([-1 << 16, 0, 0, 0, -1 << 16, 0, 0, 0, 1 << 30], 180),
+    ([0, 1 << 16, 0, -1 << 16, 0, 0, 0, 0, 1 << 30], 270),
+    ([0] * 9, 0),  # degenerate: PyAV gives its NaN as INT_MIN
+    ([46341, 46341, 0, -46341, 46341, 0, 0, 0, 1 << 30], 0),  # 45 degrees
+])
+def test_a_matroska_rotation_is_read_from_the_frame(tmp_path: Path, matrix: list[int], rotation: int) -> None:
+    from service.media.probe import probe_video
+
+    path = bombs.encode(tmp_path / "turned.mkv", small_frames(2), "libx264", "yuv420p", "matroska", matrix=matrix)
+    assert inspect_video(path).rotation == 0  # the headers do not say: the decoded frame does
+    assert probe_video(path).rotation == rotation
+
+
+def test_a_mirror_in_an_mp4_is_no_rotation(tmp_path: Path) -> None:
+    """MP4's and MOV's rotation comes from their boxes, which tell a mirror from a half turn (the
+    frame's rotation, all PyAV gives safely, cannot)."""
+    from service.media.probe import probe_video
+
+    mirror = [-1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30]
+    path = bombs.encode(tmp_path / "mirror.mp4", small_frames(2), "libx264", "yuv420p", "mp4", matrix=mirror)
+    assert probe_video(path).rotation == 0
+
+
+def test_a_png_with_a_colour_profile_does_not_crash_the_process(tmp_path: Path) -> None:
+    """A PNG's ICC profile comes with its name in the decoded frame's side data.  Reading a frame's
+    rotation through PyAV's ``frame.side_data`` wrapped that name in a Dictionary, which freed it when
+    collected, and the frame freed it again: one APNG with an ``iCCP`` chunk, given as a video or a
+    background, killed the worker (SIGSEGV) at its next garbage collection, in whichever job it ran
+    by then.  In a process of its own, as a crash would take pytest with it."""
+    apng = bombs.apng(tmp_path / "anim.png", 64, 48, frames=3)
+    raw = apng.read_bytes()  # FFmpeg hands the profile on whatever it holds
+    apng.write_bytes(raw[:33] + bombs.chunk(b"iCCP", b"Display P3\0\0" + zlib.compress(bytes(500))) + raw[33:])
+    script = (
+        "import gc, sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from service.media.probe import probe_video\n"
+        "from service.media.background import open_background\n"
+        "path = Path(sys.argv[1])\n"
+        "info = probe_video(path)\n"
+        "source = open_background(str(path), 64, 48)\n"
+        "source.frames(np.zeros((3, 48, 64, 3), np.uint8), [0.0, 0.1, 0.2])\n"
+        "source.close()\n"
+        "del source\n"
+        "gc.collect()\n"
+        "print('read', info.width, info.height, info.rotation)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script, str(apng)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "read 64 48 0" in run.stdout, (run.returncode, run.stderr[-2000:])
 
 
 # --- length -------------------------------------------------------------------------------------
