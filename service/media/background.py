@@ -21,6 +21,7 @@ import numpy as np
 from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
+from service.media import icc
 from service.media.colour_space import SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
 from service.media.inspect import (
@@ -88,11 +89,12 @@ class ColorBackground:
 
 
 class ImageBackground(ColorBackground):
-    """A still picture (sRGB), covering the frame, in the video's colour space (``space``)."""
+    """A still picture, covering the frame, in the video's colour space (``space``): from sRGB, or
+    from the colour space its ``profile`` names (``icc``), brought into sRGB at the output size."""
 
     def __init__(self, image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0,
-                 space: ColourSpace = SRGB):
-        self.plate = in_space(cover(image, width, height, pixel_aspect), SRGB, space)
+                 space: ColourSpace = SRGB, profile: icc.RgbProfile | None = None):
+        self.plate = in_space(icc.to_srgb(cover(image, width, height, pixel_aspect), profile), SRGB, space)
 
 
 class BlurBackground:
@@ -145,6 +147,7 @@ class VideoBackground:
         self._rgb: RgbConverter | None = None
         # the pictures at the output size: the current one, the next, and the one being made
         self._fitted = ArrayPool(max_bytes=3 * width * height * 3)
+        self._profile = _profile(path)  # an animated PNG's or WebP's, like a still one's
         self.duration = self._measure()
 
     def _measure(self) -> float:
@@ -216,6 +219,7 @@ class VideoBackground:
         img = self._rgb(frame)
         if img.shape[-1] == 4:  # an animated GIF or PNG, or a video, with transparency
             img = on_black(img[..., :3], img[..., 3].astype(np.float32) * np.float32(1 / 255))
+        img = icc.to_srgb(img, self._profile)
         t = float(frame.time) - start if frame.time is not None else 0.0
         own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
         shape = (self.height, self.width, 3)
@@ -274,6 +278,12 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
     return rgb if alpha is None else on_black(rgb, alpha)
 
 
+def _profile(path: Path) -> icc.RgbProfile | None:
+    """The colour profile a picture (or an animated one) carries, where it is one ``icc`` applies."""
+    profile = icc.embedded_profile(path)
+    return icc.parse(profile) if profile else None
+
+
 def on_black(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
     """A see-through picture (``opacity`` float32, 0 to 1) shown on black, as a video shows what has
     nothing behind it: what a transparent pixel stores under its opacity may be anything."""
@@ -313,7 +323,7 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     path = Path(spec)
     info = inspect_background(path, settings)
     if info.kind == "image":
-        return ImageBackground(_read_image(path, info), width, height, pixel_aspect, space)
+        return ImageBackground(_read_image(path, info), width, height, pixel_aspect, space, _profile(path))
     pixels = info.width * info.height
     if info.kind == "animated":
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)

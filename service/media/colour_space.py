@@ -100,14 +100,35 @@ def _converter(transfer: str, gamut: str, to_transfer: str, to_gamut: str) -> Co
         if to_transfer == "hlg":  # the inverse OOTF: display light back to scene light
             luma = np.maximum(_luma(light), 1e-9)
             light *= (luma ** (-0.2 / 1.2))[..., None]
-        np.clip(light, 0.0, 1.0, out=light)
-        index = (np.sqrt(light) * (_LEVELS - 1) + 0.5).astype(np.uint16)
-        return np.take(encode, index, out=out)
+        return _encode(light, encode, out)
 
     return convert
 
 
 _PEAK = {"sdr": SDR_WHITE_NITS, "hlg": HLG_PEAK_NITS, "pq": PQ_PEAK_NITS}
+
+
+def srgb_to_light(v: np.ndarray) -> np.ndarray:
+    """sRGB's code values (0 to 1) to linear light (IEC 61966-2-1), as a picture's colours are
+    read in a colour-managed viewer (``icc``)."""
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)  # type: ignore[no-any-return]
+
+
+def srgb_from_light(light: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Linear light (float32, 0 to 1, clipped beyond) to sRGB's uint8 code values."""
+    return _encode(light, _srgb_table(), out)
+
+
+def _encode(light: np.ndarray, table: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """Light (float32, clipped here to 0-1, in place) to code values through an ``_encoding_table``."""
+    np.clip(light, 0.0, 1.0, out=light)
+    index = (np.sqrt(light) * (_LEVELS - 1) + 0.5).astype(np.uint16)
+    return np.take(table, index, out=out)
+
+
+@cache
+def _srgb_table() -> np.ndarray:
+    return _encoding_table("srgb")
 
 
 def _luma(light: np.ndarray) -> np.ndarray:
@@ -135,6 +156,8 @@ def _encoding_table(transfer: str) -> np.ndarray:
     light = (np.arange(_LEVELS, dtype=np.float64) / (_LEVELS - 1)) ** 2
     if transfer == "sdr":
         v = light ** (1 / 2.4)
+    elif transfer == "srgb":
+        v = np.where(light <= 0.0031308, 12.92 * light, 1.055 * light ** (1 / 2.4) - 0.055)
     elif transfer == "pq":
         m1, m2, c1, c2, c3 = _PQ
         p = light**m1
