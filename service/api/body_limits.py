@@ -1,11 +1,11 @@
 """Limits on request bodies: a size cap on those read into memory whole, and an idle timeout on all.
 
 FastAPI reads a route's body into memory before validating it (``POST /uploads``, ``POST
-/uploads/{id}/complete``, any JSON), whatever its size: a 200 MB ``filename`` took the API process
-from 213 to 759 MB before the model refused it.  Media never come that way: multipart bodies
-(``POST /jobs``, ``POST /previews``) are spooled to disk by ``service.api.uploads`` under their own
-limits, and ``PUT /uploads/{id}`` streams to the store, counted against the size the upload
-declared.  Every other body is counted as it is received and refused past ``MAX_BODY_BYTES`` with
+/uploads/{id}/complete``, any JSON), whatever its size and type: a 200 MB ``filename`` took the
+API process from 213 to 759 MB before the model refused it.  Media never come that way: multipart
+bodies to ``POST /jobs`` and ``POST /previews`` are spooled to disk by ``service.api.uploads`` under
+their own limits, and ``PUT /uploads/{id}`` streams to the store, counted against the size the
+upload declared.  Every other body is counted as it is received and refused past ``MAX_BODY_BYTES`` with
 413 ``upload_too_large``, the same answer a body declared too large by its ``Content-Length`` gets
 before anything is read.
 
@@ -36,11 +36,26 @@ from service.errors import UploadTooLarge
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def _streamed(method: str, headers: dict[bytes, bytes]) -> bool:
-    """Whether the request's body is streamed to disk by its route, not read whole."""
-    if method == "PUT":
-        return True
-    return headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower() == b"multipart/form-data"
+#: The routes that read their body a piece at a time, by method and path (``/uploads/{id}``: one
+#: segment after ``/uploads``): every other route's body is read whole.
+_STREAMING_POSTS = frozenset({"/jobs", "/previews"})
+
+
+def _streamed(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    """Whether the request goes to a route that streams its body to disk or to the store, not
+    one that FastAPI reads whole.  The route is told by its path, not by the body's type alone: a
+    multipart body sent to ``POST /uploads`` was taken for a streamed one and read whole, uncapped,
+    before the API key was checked (500 MB took the API to 1 GB without a key)."""
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    path = path.rstrip("/")
+    if scope["method"] == "PUT":
+        parts = path.split("/")
+        return len(parts) == 3 and parts[1] == "uploads" and bool(parts[2])
+    multipart = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower() == b"multipart/form-data"
+    return scope["method"] == "POST" and multipart and path in _STREAMING_POSTS
 
 
 class BodyLimits:
@@ -56,7 +71,7 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        cap = None if _streamed(scope["method"], headers) else self.max_bytes
+        cap = None if _streamed(scope, headers) else self.max_bytes
         too_large = f"the request body exceeds {self.max_bytes} bytes (media go as multipart, by URL or by upload)"
         declared = headers.get(b"content-length", b"")
         if cap is not None and declared.isdigit() and int(declared) > cap:

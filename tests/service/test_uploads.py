@@ -179,6 +179,14 @@ def test_bodies_read_whole_are_capped(redis_url: str, tmp_path: Path) -> None:
         assert "chunked" in chunked.request.headers.get("transfer-encoding", "")
         r = c.post("/uploads/0123/complete", json={"parts": [{"number": 1, "etag": "x" * (MAX_BODY_BYTES + 10)}]})
         assert r.status_code == 413, r.text
+        # a body that calls itself multipart is capped all the same where its route reads it whole,
+        # with a key or without: it was taken for a streamed one and read whole before the key was checked
+        multipart = {"Content-Type": "multipart/form-data; boundary=x"}
+        for path in ("/uploads", "/uploads/0123/complete"):
+            for key in (True, False):
+                headers = multipart if key else {**multipart, "Authorization": ""}
+                r = c.post(path, content=(b"a" * 65536 for _ in range(2 * MAX_BODY_BYTES // 65536)), headers=headers)
+                assert r.status_code == 413 and r.json()["code"] == "upload_too_large", (path, key, r.text)
         # a media upload larger than the cap still goes through, by PUT
         big = tmp_path / "big.bin"
         big.write_bytes(os.urandom(MAX_BODY_BYTES * 2))
