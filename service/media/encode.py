@@ -399,6 +399,8 @@ class _Route:
     target: av.stream.Stream  # an AudioStream where it transcodes
     resampler: av.AudioResampler | None
     encoder_rate: int | None
+    #: where the next transcoded sample goes, in samples at ``encoder_rate`` (None before the first)
+    next_pts: int | None = None
 
     @classmethod
     def transcoding(
@@ -438,8 +440,20 @@ class _Route:
             out.mux(packet)
 
     def _encode(self, frames: list[av.AudioFrame], out: av.container.OutputContainer) -> None:
+        """Encode resampled frames at the source's times, in samples at the output rate (a
+        resampler with nothing to convert hands frames on in the source's time base): audio that
+        starts after the video, or resumes after a gap, stays where it was, as copied audio does.
+        They were counted from 0, so audio that began 0.5 s in played 0.5 s early.  A time that
+        would go back (overlapping or untimed source frames) follows on."""
+        rate = self.encoder_rate or 48000
         for frame in frames:
-            frame.pts = None  # let the encoder count samples; the resampler re-times them anyway
+            pts = self.next_pts
+            if frame.pts is not None and frame.time_base is not None:
+                pts = round(frame.pts * frame.time_base * rate)
+            if pts is None or (self.next_pts is not None and pts - self.next_pts < rate // 1000):
+                pts = self.next_pts or 0  # within a millisecond: the rounding of the source's times
+            frame.pts, frame.time_base = pts, Fraction(1, rate)
+            self.next_pts = pts + frame.samples
             for packet in cast(av.AudioStream, self.target).encode(frame):
                 out.mux(packet)
 

@@ -283,3 +283,64 @@ def test_anamorphic_video_keeps_its_shape(tmp_path: Path) -> None:
         return float(np.abs(first[:, sides] - plate[:, sides]).mean())
 
     assert off(squeezed) < 4 and off(squeezed) < 0.5 * off(cropped), (off(squeezed), off(cropped))
+
+
+def _late_audio(path: Path, codec: str, video_start_s: float, audio_start_s: float) -> Path:
+    """A second of a real clip's frames (10 fps) from ``video_start_s``, and a tone from
+    ``audio_start_s`` to the end, in ``codec``: audio that starts after the video, as a recording
+    cut from a longer one, or a track laid under a clip, may."""
+    frames = [f.image for _, f in zip(range(10), iter_frames(probe_video(data_path("videos", "asl", "bird.mkv"))), strict=False)]
+    rate = 48000
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        video.codec_context.time_base = Fraction(1, 10)
+        audio = out.add_stream(codec, rate=rate)
+        audio.layout = "mono"
+        fmt = audio.codec_context.format.name
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = round(video_start_s * 10) + i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        start = round(audio_start_s * rate)
+        tone = np.sin(2 * np.pi * 440 * np.arange(round((video_start_s + 1 - audio_start_s) * rate)) / rate) * 0.5
+        for k in range(0, len(tone), 1024):
+            block = tone[k:k + 1024]
+            samples = (block * 32767).astype(np.int16) if fmt.startswith("s16") else block.astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(samples[None, :], format=fmt, layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, start + k, Fraction(1, rate)
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+    return path
+
+
+def _onset_after_video(path: Path) -> float:
+    """When the tone is first heard, in seconds after the first video frame is shown."""
+    with av.open(str(path)) as media:
+        first = next(media.decode(video=0))
+        shown = float(first.pts * first.time_base)
+    with av.open(str(path)) as media:
+        for frame in media.decode(audio=0):
+            loud = np.nonzero(np.abs(frame.to_ndarray().astype(np.float64)).max(axis=0) > 0.1 * (
+                32767 if frame.format.name.startswith("s16") else 1))[0]
+            if len(loud):
+                return float(frame.pts * frame.time_base) + loud[0] / frame.sample_rate - shown
+    raise AssertionError("no tone")
+
+
+@pytest.mark.parametrize(("codec", "container", "fmt"), [
+    ("pcm_s16le", "mov", "mp4"),  # MP4 takes no PCM: AAC
+    ("flac", "mkv", "mov"),  # MOV takes no FLAC: AAC
+    ("flac", "mkv", "webm"),  # Opus
+    ("flac", "mkv", "mp4"),  # copied, as a reference
+])
+@pytest.mark.parametrize("video_start_s", [0.0, 10.0])
+def test_audio_that_starts_late_keeps_its_place(tmp_path: Path, codec: str, container: str, fmt: str,
+                                                video_start_s: float) -> None:
+    """Audio 0.5 s after the video starts is heard 0.5 s after it in the output, transcoded or
+    copied.  Transcoded audio was counted from the video's start: it played 0.5 s early."""
+    src = _late_audio(tmp_path / f"late.{container}", codec, video_start_s, video_start_s + 0.5)
+    assert _onset_after_video(src) == pytest.approx(0.5, abs=0.01)
+    out = _written(src, fmt, tmp_path / f"out.{fmt}")
+    assert _onset_after_video(out) == pytest.approx(0.5, abs=0.03), fmt
