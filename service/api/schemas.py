@@ -49,6 +49,12 @@ class JobForm(BaseModel):
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
+    @field_validator("background_blur", mode="before")
+    @classmethod
+    def _empty_is_false(cls, v: object) -> object:
+        """A blank ``background_blur`` (an HTML form's empty input) is one not given: no blur."""
+        return False if isinstance(v, str) and not v.strip() else v
+
 
 @dataclass(frozen=True)
 class JobCreate:

@@ -165,6 +165,10 @@ class _Parser:
     def on_part_end(self) -> None:
         if self._file is not None:
             self.close()
+            if not self._file.filename and not self._file.size:
+                # what an HTML form sends for a file input left empty: a field not given
+                del self.form.files[self._file.field]
+                self._file.path.unlink(missing_ok=True)
         elif self._field is not None:
             if self._field in self.form.fields:
                 raise RequestInvalid(f"field {self._field!r} sent twice")

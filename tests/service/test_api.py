@@ -132,12 +132,26 @@ def test_blank_fields_are_fields_not_given(api: ApiServer) -> None:
     """An HTML form sends its empty inputs: every blank field, options included, means its default."""
     with api.client(API_KEY) as c:
         blank = {k: "" for k in ("model", "output_format", "composite", "harmonize", "keep_points", "people",
-                                 "callback_url", "background_blur_strength")}
+                                 "callback_url", "background_blur", "background_blur_strength")}
         r = post(c, asl_clip(), **blank)
         assert r.status_code == 202, r.text
         assert r.json()["options"] == {"model": "rvm", "output_format": "mp4", "composite": "alpha", "harmonize": 0.0,
                                        "keep_points": [], "people": "all"}
         assert c.delete(f"/jobs/{r.json()['id']}").status_code == 204
+        # a file input left empty: a part named, with no file name and no bytes
+        nothing = ("", b"", "application/octet-stream")
+        with open(asl_clip(), "rb") as v:
+            r = c.post("/jobs", files={"video": ("v.mkv", v), "background": nothing}, data={"background_color": "#000000"})
+        assert r.status_code == 202 and r.json()["background"] == {"kind": "color", "value": "#000000"}, r.text
+        assert c.delete(f"/jobs/{r.json()['id']}").status_code == 204
+        with open(asl_clip(), "rb") as v:
+            blank_only = c.post("/jobs", files={"video": ("v.mkv", v), "background": nothing})
+        with open(asl_clip(), "rb") as v:
+            none_given = c.post("/jobs", files={"video": ("v.mkv", v)})
+        assert_problem(blank_only, 422, "invalid_background")  # no background given, not an empty_file
+        assert blank_only.json()["detail"] == none_given.json()["detail"]
+        assert_problem(c.post("/jobs", files={"video": nothing}, data={"background_color": "#000000"}), 422,
+                       "validation_error")
 
 
 def test_a_urlencoded_form_names_its_inputs(api: ApiServer) -> None:
