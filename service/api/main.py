@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -19,6 +20,7 @@ from service.api.routes import account, health, jobs, previews, uploads, web
 from service.config import Settings, get_settings, is_loopback
 from service.errors import OpenModeRefused
 from service.jobs import JobStore
+from service.spool import sweep_orphans
 from service.storage import S3Store, create_store
 from service.workers.celery_app import create_celery
 
@@ -57,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 objects.ensure_bucket()
             except Exception:  # noqa: BLE001 - /readyz reports it
                 log.warning("bucket %s is not reachable yet", settings.s3_bucket, exc_info=True)
+        swept = await run_in_threadpool(sweep_orphans, settings.spool_dir)  # an API process that died left them
+        if swept:
+            log.warning("removed %d work folders of processes that died", swept)
         yield
         app.state.jobs.r.close()
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import Busy, DependencyUnavailable, RequestInvalid, UploadTooLarge
+from service.spool import Workdir
 
 MAX_FIELD_BYTES = 8 * 1024
 MAX_PARTS = 32
@@ -80,15 +79,15 @@ class SpooledFile:
 class ParsedForm:
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, SpooledFile] = field(default_factory=dict)
-    workdir: Path | None = None
+    spool: Workdir | None = None  # where the file parts are written
+
+    @property
+    def workdir(self) -> Path | None:
+        return self.spool.path if self.spool is not None else None
 
     def cleanup(self) -> None:
-        for f in self.files.values():
-            f.path.unlink(missing_ok=True)
-        if self.workdir is not None:
-            for p in self.workdir.glob("*"):
-                p.unlink(missing_ok=True)
-            self.workdir.rmdir()
+        if self.spool is not None:
+            self.spool.remove()
 
 
 def _suffix(filename: str) -> str:
@@ -97,8 +96,8 @@ def _suffix(filename: str) -> str:
 
 
 class _Parser:
-    def __init__(self, workdir: Path, max_file_bytes: int):
-        self.form = ParsedForm(workdir=workdir)
+    def __init__(self, spool: Workdir, max_file_bytes: int):
+        self.form = ParsedForm(spool=spool)
         self.max_file_bytes = max_file_bytes
         self._name = b""
         self._value = b""
@@ -200,10 +199,10 @@ async def parse_multipart(
             "form naming the video by video_url or video_upload_id"
         )
     try:
-        workdir = await run_in_threadpool(_make_workdir, spool_dir)
+        spool = await run_in_threadpool(Workdir, "upload-", spool_dir)
     except OSError as e:
         raise _spool_failed(e) from e
-    p = _Parser(workdir, max_file_bytes)
+    p = _Parser(spool, max_file_bytes)
     callbacks = {
         "on_part_begin": p.on_part_begin,
         "on_part_data": p.on_part_data,
@@ -252,12 +251,6 @@ async def parse_multipart(
 def _spool_failed(e: OSError) -> DependencyUnavailable:
     """The spool folder is full or unusable: the server's trouble, not the caller's (503)."""
     return DependencyUnavailable(f"the upload could not be spooled ({e.strerror or type(e).__name__}); retry later")
-
-
-def _make_workdir(spool_dir: Path | None) -> Path:
-    if spool_dir is not None:
-        os.makedirs(spool_dir, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="upload-", dir=spool_dir))
 
 
 async def _discard(p: _Parser) -> None:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +37,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from service.config import Settings, get_settings
 from service.errors import BackdropError, Canceled, IllegalTransition, TransientStorageError, disk_full
 from service.jobs import Job, JobResult, JobStatus, JobStore
+from service.spool import Workdir
 from service.storage import job_prefix
 from service.workers.celery_app import CHUNK_TASK, JOIN_TASK, app
 from service.workers.tasks import (
@@ -192,11 +191,11 @@ class _Leased:
         self.held = store.acquire_lease(name, self.token)
         self.beat = Heartbeat(store, name, self.token, max(0.2, settings.job_lease_s / 3))
         self.workdir: Path | None = None
+        self._workdir: Workdir | None = None
         if self.held:
             self.beat.start()
-            if settings.spool_dir is not None:
-                os.makedirs(settings.spool_dir, exist_ok=True)
-            self.workdir = Path(tempfile.mkdtemp(prefix=f"chunk-{name[:8]}-", dir=settings.spool_dir))
+            self._workdir = Workdir(f"chunk-{name[:8]}-", settings.spool_dir)
+            self.workdir = self._workdir.path
 
     def close(self) -> None:
         if not self.held:
@@ -206,8 +205,8 @@ class _Leased:
             self.store.release_lease(self.name, self.token)
         except Exception:  # noqa: BLE001 - Redis is gone: the lease lapses by itself
             log.warning("could not release the lease %s", self.name, exc_info=True)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._workdir is not None:
+            self._workdir.remove()
 
 
 def _usable(store: JobStore, job_id: str, attempt: int) -> tuple[Job | None, dict[str, str]]:

@@ -15,8 +15,6 @@ previews.  Import-light at module level: every worker imports this module.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from service.errors import BackdropError, InputError, InvalidFrame
 from service.jobs import JobError, utcnow
 from service.options import SCENE_FORMATS, blur_spec
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore, preview_prefix
+from service.spool import Workdir
 from service.workers.celery_app import PEOPLE_CHECK_TASK, PREVIEW_SWEEP_TASK, PREVIEW_TASK, app
 from service.workers.tasks import job_store, object_store
 
@@ -120,9 +119,9 @@ def make_preview(preview_id: str) -> str:
     preview.status = PreviewStatus.RUNNING
     store.save(preview)
     t0 = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix=f"preview-{preview_id[:8]}-", dir=settings.spool_dir))
+    held = Workdir(f"preview-{preview_id[:8]}-", settings.spool_dir)
     try:
-        _render_to_store(preview, workdir, Options.parse(**preview.options), settings)
+        _render_to_store(preview, held.path, Options.parse(**preview.options), settings)
         preview.status = PreviewStatus.SUCCEEDED
     except BackdropError as e:
         preview.status, preview.error = PreviewStatus.FAILED, JobError(code=e.code, message=e.message[:1000])
@@ -131,7 +130,7 @@ def make_preview(preview_id: str) -> str:
         preview.status = PreviewStatus.FAILED
         preview.error = JobError(code="internal_error", message=f"{type(e).__name__}: {e}"[:1000])
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        held.remove()
     preview.finished_at = utcnow()
     preview.seconds = round(time.monotonic() - t0, 3)
     store.save(preview)
@@ -182,9 +181,9 @@ def check_people(check_id: str, input_key: str, options: dict[str, Any]) -> str:
     from service.pipeline import first_frame_people
 
     settings = get_settings()
-    workdir = Path(tempfile.mkdtemp(prefix=f"check-{check_id[:8]}-", dir=settings.spool_dir))
+    held = Workdir(f"check-{check_id[:8]}-", settings.spool_dir)
     try:
-        video = workdir / f"input{Path(input_key).suffix}"
+        video = held.path / f"input{Path(input_key).suffix}"
         object_store().get_file(input_key, video)
         found = first_frame_people(video, Options.parse(**options), settings=settings)
         verdict = CheckAnswer(ok=True, people=len(found))
@@ -195,7 +194,7 @@ def check_people(check_id: str, input_key: str, options: dict[str, Any]) -> str:
         log.exception("people check %s failed", check_id)
         verdict = CheckAnswer(ok=False, message=f"{type(e).__name__}: {e}"[:1000])
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        held.remove()
     answer(job_store().r, check_id, verdict)
     return "ok" if verdict.ok else str(verdict.code)
 

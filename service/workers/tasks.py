@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -40,6 +38,7 @@ from service.errors import (
 from service.jobs import Job, JobError, JobResult, JobStatus, JobStore, VideoMeta, public_dict, result_url
 from service.options import SCENE_FORMATS
 from service.parent_death import parent_death
+from service.spool import Workdir, sweep_orphans
 from service.storage import create_store, job_prefix
 from service.workers import housekeeping
 from service.workers.celery_app import HOUSEKEEPING_TASK, PROCESS_TASK, WEBHOOK_TASK, app
@@ -71,6 +70,9 @@ def _load_models(**_: Any) -> None:
     global _store, _objects
     _store, _objects = None, None  # connections are never shared across fork
     settings = get_settings()
+    swept = sweep_orphans(settings.spool_dir)  # a process this one replaces may have died with its folders
+    if swept:
+        log.warning("removed %d work folders of worker processes that died", swept)
     try:
         from service.inference.models import get_model
 
@@ -230,7 +232,7 @@ def process_job(self: Any, job_id: str) -> str:
         return "leased"
 
     beat: Heartbeat | None = None
-    workdir: Path | None = None
+    workdir: Workdir | None = None
     outcome = "failed"
     t0 = time.monotonic()
     try:
@@ -240,11 +242,9 @@ def process_job(self: Any, job_id: str) -> str:
             return "failed"
         beat = Heartbeat(store, job_id, token, max(0.2, settings.job_lease_s / 3))
         beat.start()
-        if settings.spool_dir is not None:
-            # the API's uploads used to create it; a job from a URL or an upload id may come first.
-            # If it cannot be made, the error ends this attempt and the reaper counts it (the cap).
-            os.makedirs(settings.spool_dir, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"job-{job_id[:8]}-", dir=settings.spool_dir))
+        # the spool is made here if need be (a job from a URL or an upload id may come before any
+        # upload through the API); if it cannot be, the error ends this attempt and the reaper counts it
+        workdir = Workdir(f"job-{job_id[:8]}-", settings.spool_dir)
         hard = (job.time_limit_s or 0) + settings.task_time_grace_s
 
         def start(j: Job) -> None:
@@ -261,7 +261,7 @@ def process_job(self: Any, job_id: str) -> str:
             return "skipped"  # canceled (or finished) between the checks above and now
         _inject_fault(settings)
         attempt = job.attempts
-        outcome = _run(job, attempt, workdir, store, beat, settings)
+        outcome = _run(job, attempt, workdir.path, store, beat, settings)
         if outcome == "succeeded":
             job_now = store.get(job_id)
             store.record_processing(time.monotonic() - t0, job_now.result.frames if job_now and job_now.result else 0)
@@ -284,7 +284,7 @@ def process_job(self: Any, job_id: str) -> str:
         except Exception:  # noqa: BLE001 - Redis is gone: the lease lapses by itself
             log.warning("could not release the lease of %s", job_id, exc_info=True)
         if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            workdir.remove()
         if outcome in ("succeeded", "failed", "canceled"):
             notify_callback(store, job_id)
 

@@ -46,6 +46,8 @@ def test_a_job_that_kills_its_worker_fails_worker_lost_after_the_cap(
             assert again["status"] == "failed" and again["attempts"] == 3
             assert redis.Redis.from_url(redis_url).zcard("backdrop:running") == 0
             assert worker.proc is not None and worker.proc.poll() is None  # the worker itself lives on
+            # each killed process's work folder went with the process that took its place
+            assert not list(Path(env["BACKDROP_SPOOL_DIR"]).glob("job-*")), worker.log()
     finally:
         receiver.close()
 

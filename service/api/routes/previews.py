@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from service.errors import (
 )
 from service.options import BLUR_STRENGTH_DEFAULT, BLUR_STRENGTH_MAX, BLUR_STRENGTH_MIN
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore
+from service.spool import Workdir
 from service.workers.celery_app import PREVIEW_TASK
 
 log = logging.getLogger(__name__)
@@ -199,10 +198,6 @@ def _check_pictures(files: dict[str, Path], settings: Any) -> tuple[int, int]:
     return header.width, header.height
 
 
-def _workdir(spool_dir: Path | None) -> Path:
-    if spool_dir is not None:
-        spool_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="preview-", dir=spool_dir))
 
 
 def _suffix(path: Path) -> str:
@@ -249,9 +244,9 @@ async def create_preview(
     slots.take()
     try:
         body = await _read_body(request)
-        workdir = await run_in_threadpool(_workdir, settings.spool_dir)
+        spool = await run_in_threadpool(Workdir, "preview-", settings.spool_dir)
         try:
-            fields, files = await run_in_threadpool(_parse, request.headers.get("content-type", ""), body, workdir)
+            fields, files = await run_in_threadpool(_parse, request.headers.get("content-type", ""), body, spool.path)
             del body
             if "frame" not in files:
                 raise RequestInvalid("the 'frame' file field is required")
@@ -268,7 +263,7 @@ async def create_preview(
                 preview.background_key = preview.prefix + "background" + _suffix(files["background"])
             await run_in_threadpool(_put, objects, preview, files)
         finally:
-            await run_in_threadpool(shutil.rmtree, workdir, True)
+            await run_in_threadpool(spool.remove)
     finally:
         slots.give_back()
     store = _store(request)
