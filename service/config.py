@@ -232,7 +232,10 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(50, description="Jobs before a worker process is replaced.")
     progress_interval_s: float = Field(0.25, description="Least time between progress writes.")
     upload_chunk_bytes: int = Field(1024 * 1024, description="Chunk size of object copies; S3 multipart part size (at least 5 MiB).")
-    spool_dir: Path | None = Field(None, description="Folder for upload/worker temp files (None = system temp).")
+    spool_dir: Path | None = Field(
+        None, description="Folder for upload/worker temp files (None = system temp); the folders of a process that "
+        "died are removed as a worker or the API starts.",
+    )
     idempotency_ttl_s: int = Field(24 * 3600, description="How long an Idempotency-Key maps to its job.")
     jobs_page_size: int = Field(20, description="Default page size of GET /jobs (at most 100).")
     task_time_base_s: float = Field(120.0, description="Soft time limit of a job: this base plus task_time_per_video_s per video second.")
