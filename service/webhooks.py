@@ -83,6 +83,8 @@ def _target(url: str, refuse: type[InputError] = CallbackRefused) -> httpx.URL:
         raise refuse(f"{what} must be an absolute http(s) URL")
     if target.userinfo:
         raise refuse(f"{what} must not carry credentials")
+    if target.port is not None and not 0 < target.port < 65536:
+        raise refuse(f"{what} names port {target.port}, which no host has")  # httpx parses up to 2**32
     return target
 
 

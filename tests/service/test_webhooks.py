@@ -149,6 +149,7 @@ def test_sign_and_verify() -> None:
         "ftp://example.com/", "http://user:pw@example.com/", "not a url", "http:///x",
         "http://xn--/", "https://xn--zz-/", "http://xn--a.com/",  # malformed IDNA A-labels
         "http://" + "a" * 2100 + ".com/",
+        "http://93.184.216.34:99999/x", "https://93.184.216.34:0/x",  # ports no host has (httpx parses them)
     ],
 )
 def test_private_encoded_and_odd_urls_are_refused(url: str) -> None:
