@@ -175,6 +175,11 @@ def test_a_urlencoded_form_names_its_inputs(api: ApiServer) -> None:
             assert_problem(r, 422, "validation_error")
             assert says in r.json()["detail"], r.text
         assert_problem(c.post("/jobs", content=b"x=" + b"a" * 70_000, headers=form), 422, "validation_error")
+        # a JSON body likewise: a key twice is refused, not settled by the last one
+        twice = f'{{"video_url": "{url}", "background_color": "#000000", "background_color": "#ffffff"}}'
+        r = c.post("/jobs", content=twice.encode(), headers={"Content-Type": "application/json"})
+        assert_problem(r, 422, "validation_error")
+        assert "'background_color' sent twice" in r.json()["detail"], r.text
         content = c.get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]["content"]
         assert "video_url" in content["application/x-www-form-urlencoded"]["schema"]["properties"]
 

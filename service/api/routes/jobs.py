@@ -168,11 +168,22 @@ async def _small_body(request: Request, what: str) -> bytes:
     return bytes(body)
 
 
+def _no_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are all different: a field sent twice is refused, as a form's is,
+    not decided by whichever came last."""
+    data: dict[str, object] = {}
+    for name, value in pairs:
+        if name in data:
+            raise ValueError(f"field {name[:40]!r} sent twice")
+        data[name] = value
+    return data
+
+
 async def _json_fields(request: Request) -> dict[str, str]:
     """The JSON body of ``POST /jobs`` as form fields (strings, as a form would send them)."""
     body = await _small_body(request, "JSON")
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_no_repeats)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestInvalid(f"the body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
