@@ -39,7 +39,7 @@ from service.inference.refine import EdgeRefiner
 from service.media.background import BackgroundSource, ColorBackground, open_background
 from service.media.colour_space import SRGB, ColourSpace
 from service.media.decode import iter_frames
-from service.media.encode import FORMATS, GREEN, VideoWriter, format_spec
+from service.media.encode import FORMATS, GREEN, VideoWriter, format_spec, output_size
 from service.media.probe import VideoInfo, probe_video
 from service.options import SCENE_FORMATS, Options, background_kind
 
@@ -179,8 +179,9 @@ def replace_background(
             bg.close()
         release_free_memory()
     duration = frames.duration
+    width, height = output_size(info, spec)  # the file's: 4:2:0 stores even sizes only
     return ReplaceResult(
-        frames=frames.count, duration_s=duration, width=info.width, height=info.height,
+        frames=frames.count, duration_s=duration, width=width, height=height,
         output_format=options.output_format, size_bytes=output_path.stat().st_size, content_type=spec.content_type,
     )
 

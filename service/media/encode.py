@@ -45,9 +45,15 @@ class FormatSpec:
     options: dict[str, str] = field(default_factory=dict)
 
     @property
-    def even(self) -> bool:
-        """Chroma-subsampled formats need even frame sizes."""
+    def even_height(self) -> bool:
+        """4:2:0 stores chroma for pairs of rows: an even height."""
         return self.pix_fmt.startswith("yuv") and "420" in self.pix_fmt
+
+    @property
+    def even_width(self) -> bool:
+        """4:2:0 stores chroma for pairs of columns, and FFmpeg's ProRes encoders take even widths
+        only (a 161-wide video's MOV job failed as the encoder opened)."""
+        return self.even_height or self.codec.startswith("prores")
 
 
 #: AVColorSpace SMPTE170M (BT.601's matrix) and AVColorRange MPEG (limited: Y' 16-235)
@@ -104,6 +110,13 @@ def last_frame_duration(info: VideoInfo, first_pts: int, end_pts: int, first_dts
     return max(1, length - before_last)
 
 
+def output_size(info: VideoInfo, spec: FormatSpec) -> tuple[int, int]:
+    """The width and height an output in ``spec`` is written at: the video's as shown, one column
+    or row more, a copy of its edge, where it is odd and the codec stores even sizes only."""
+    return (info.width + (info.width % 2 if spec.even_width else 0),
+            info.height + (info.height % 2 if spec.even_height else 0))
+
+
 class VideoWriter:
     """Writes frames with given timestamps (input time base) and the input's audio to ``path``."""
 
@@ -115,8 +128,7 @@ class VideoWriter:
         (another libx264 preset, ``format_spec``; the device path's NVENC, ``service.media.hwencode``)."""
         self.spec = spec or FORMATS[fmt]
         self.info = info
-        self.width = info.width + (info.width % 2 if self.spec.even else 0)
-        self.height = info.height + (info.height % 2 if self.spec.even else 0)
+        self.width, self.height = output_size(info, self.spec)
         self.time_base = info.time_base
         self._frame_ticks = max(1, round(1 / (info.fps * info.time_base)))
         self.out = av.open(str(path), mode="w", format=self.spec.container)

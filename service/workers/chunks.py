@@ -336,7 +336,7 @@ def join_chunks(self: Any, job_id: str, attempt: int) -> str:
     """Concatenate the encoded chunks, mux the input's audio once, store the result, finish the job."""
     from service.media.chunks import ChunkPlan, info_from_json
     from service.media.chunks import join_chunks as join_files
-    from service.media.encode import OUTPUT_FORMATS
+    from service.media.encode import FORMATS, OUTPUT_FORMATS, output_size
 
     settings = get_settings()
     store = job_store()
@@ -380,10 +380,11 @@ def join_chunks(self: Any, job_id: str, attempt: int) -> str:
         key = f"{job_prefix(job_id)}output{ext}"
         size = objects.put_file(key, out, content_type)
         tb = whole.time_base
+        width, height = output_size(whole, FORMATS[job.options.output_format])
         res = JobResult(
             key=key, size=size, duration_s=float((joined.end_pts - joined.first_pts) * tb),
             format=job.options.output_format, content_type=content_type, frames=joined.frames,
-            width=whole.width, height=whole.height,
+            width=width, height=height,
         )
 
         def done(j: Job) -> None:

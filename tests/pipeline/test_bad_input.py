@@ -252,3 +252,16 @@ def test_hostile_backgrounds_fail_with_a_code(tmp_path: Path, make: str, code: s
     with pytest.raises(BackdropError) as err:
         replace_background(data_path("videos", "asl", "bird.mkv"), str(bg), tmp_path / "o.mp4")
     assert err.value.code == code, err.value.message
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "mov", "webm"])
+def test_an_odd_size_result_says_the_size_of_its_file(tmp_path: Path, fmt: str) -> None:
+    """A 161x121 video comes out 162x122 where the codec stores even sizes only (the edge copied),
+    and the job's result says the size of the file it hands over, not of the input."""
+    from videoutil import read_back
+
+    src = bombs.encode(tmp_path / "odd.mkv", _clip_frames(4, 161, 121), "libx264rgb", "rgb24", "matroska")
+    out = tmp_path / f"o.{fmt}"
+    result = replace_background(src, "#3366cc", out, ReplaceOptions(output_format=fmt))
+    back = read_back(out)
+    assert (result.width, result.height) == (back.width, back.height), fmt
