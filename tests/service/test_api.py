@@ -400,7 +400,12 @@ def test_result_range_errors_are_problems(api: ApiServer) -> None:
         r = c.get(url, headers={"Range": "bytes=5000-"})
         assert_problem(r, 416, "range_not_satisfiable")
         assert r.headers["content-range"] == f"bytes */{len(payload)}"
-        for bad in ("bytes=9-3", "bytes", "bytes=-"):
+        assert_problem(c.get(url, headers={"Range": "bytes=5000-,6000-6001"}), 416, "range_not_satisfiable")
+        # a set with one range that can be served is served that range (RFC 9110 14.1.1)
+        some = c.get(url, headers={"Range": f"bytes=10-19,{len(payload)}-"})
+        assert some.status_code == 206 and some.content == payload[10:20], some.text
+        assert some.headers["content-range"] == f"bytes 10-19/{len(payload)}"
+        for bad in ("bytes=9-3", "bytes", "bytes=-", "bytes=5000-,9-3"):
             assert_problem(c.get(url, headers={"Range": bad}), 400, "invalid_range")
         # a unit other than bytes is ignored (RFC 9110, 14.2: an origin server MUST): the whole file
         other = c.get(url, headers={"Range": "items=0-1"})

@@ -585,11 +585,13 @@ class _RangeFileResponse(FileResponse):
     they are our errors, so they come out as problem+json with a code (``invalid_range``,
     ``range_not_satisfiable`` with ``Content-Range: bytes */size``).  Raised before anything is
     sent, they reach the app's exception handlers.  A range in a unit other than bytes is ignored,
-    as RFC 9110 (14.2) requires of an origin server: the whole file, 200."""
+    as RFC 9110 (14.2) requires of an origin server: the whole file, 200.  A set of ranges is
+    satisfiable where one of them is (14.1.1): those that start past the end are left out, and
+    416 is for a set with none left (Starlette answered 416 if any one started past it)."""
 
     @classmethod
     def _parse_range_header(cls, http_range: str, file_size: int) -> list[tuple[int, int]]:
-        unit, sep, _ = http_range.partition("=")
+        unit, sep, specs = http_range.partition("=")
         if sep and unit.strip().lower() != "bytes":
             return []  # FileResponse sends the whole file for no ranges
         try:
@@ -597,9 +599,19 @@ class _RangeFileResponse(FileResponse):
         except MalformedRangeHeader as e:
             raise InvalidRange(f"bad Range header: {e.content}") from None
         except StarletteRangeNotSatisfiable:
+            within = [spec for spec in specs.split(",") if cls._starts_within(spec, file_size)]
+            if within and len(within) < len(specs.split(",")):
+                return cls._parse_range_header("bytes=" + ",".join(within), file_size)
             raise RangeNotSatisfiable(
                 f"the Range starts past the end of the {file_size}-byte file", size=file_size
             ) from None
+
+    @classmethod
+    def _starts_within(cls, spec: str, file_size: int) -> bool:
+        try:
+            return all(start < file_size for start, _ in cls._parse_ranges(spec, file_size))
+        except MalformedRangeHeader:
+            return True  # reported as malformed by the parse of the rest
 
 
 @router.delete("/{job_id}", status_code=204, responses={404: {"description": "job_not_found"}})
