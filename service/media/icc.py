@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -103,40 +104,42 @@ def _jpeg_profile(f: BinaryIO) -> bytes | None:
 
 def _png_profile(f: BinaryIO) -> bytes | None:
     """The ``iCCP`` chunk before the image data: a name, a compression byte and the zlib stream."""
-    read = f.read
-    read(8)
-    while True:
-        head = read(8)
-        if len(head) < 8:
+    f.seek(8)
+    for kind, length in _chunks(f, riff=False):
+        if kind in (b"IDAT", b"IEND") or (kind == b"iCCP" and length > MAX_PROFILE_BYTES):
             return None
-        length, kind = struct.unpack(">I4s", head)
-        if kind in (b"IDAT", b"IEND"):
-            return None
-        if kind != b"iCCP":
-            f.seek(length + 4, 1)  # and its CRC
-            continue
-        if length > MAX_PROFILE_BYTES:
-            return None
-        body = read(length)
-        inflate = zlib.decompressobj()
-        profile = inflate.decompress(body[body.index(b"\0") + 2:], MAX_PROFILE_BYTES)
-        return None if inflate.unconsumed_tail else profile
+        if kind == b"iCCP":
+            body = f.read(length)
+            inflate = zlib.decompressobj()
+            profile = inflate.decompress(body[body.index(b"\0") + 2:], MAX_PROFILE_BYTES)
+            return None if inflate.unconsumed_tail else profile
+    return None
 
 
 def _webp_profile(f: BinaryIO) -> bytes | None:
     """The ``ICCP`` chunk of an extended WebP (its ``VP8X`` header comes first)."""
-    read = f.read
-    read(12)
-    while True:
-        head = read(8)
-        if len(head) < 8:
-            return None
-        kind, length = struct.unpack("<4sI", head)
+    f.seek(12)
+    for kind, length in _chunks(f, riff=True):
         if kind == b"ICCP":
-            return read(length) if length <= MAX_PROFILE_BYTES else None
+            return f.read(length) if length <= MAX_PROFILE_BYTES else None
         if kind in (b"VP8 ", b"VP8L", b"ANIM", b"ANMF", b"ALPH"):
             return None  # the ICCP chunk comes before these
-        f.seek(length + (length & 1), 1)
+    return None
+
+
+def _chunks(f: BinaryIO, riff: bool) -> Iterator[tuple[bytes, int]]:
+    """(kind, length) of each chunk of a PNG (length, kind, data, CRC) or a RIFF file such as WebP
+    (kind, little-endian length, data padded to even), the file at the chunk's data; the next is
+    read from past it, whatever the caller read."""
+    while len(head := f.read(8)) == 8:
+        if riff:
+            kind, length = struct.unpack("<4sI", head)
+            end = f.tell() + length + (length & 1)
+        else:
+            length, kind = struct.unpack(">I4s", head)
+            end = f.tell() + length + 4
+        yield kind, length
+        f.seek(end)
 
 
 def parse(profile: bytes) -> RgbProfile | None:
