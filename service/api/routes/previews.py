@@ -198,8 +198,6 @@ def _check_pictures(files: dict[str, Path], settings: Any) -> tuple[int, int]:
     return header.width, header.height
 
 
-
-
 def _suffix(path: Path) -> str:
     with open(path, "rb") as fh:
         return ".png" if fh.read(4) == b"\x89PNG" else ".jpg"
