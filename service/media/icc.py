@@ -203,7 +203,7 @@ def _curve(tag: bytes) -> np.ndarray:
             raise ValueError("unknown parametric curve")
         p = list(_s15(tag, 12, sizes[kind])) + [0.0] * (7 - sizes[kind])
         g, a, b, c, d, e, f = p
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             if kind == 0:
                 return v**g
             if kind == 1:  # CIE 122-1966

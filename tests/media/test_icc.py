@@ -211,7 +211,8 @@ def test_an_animated_png_with_a_profile_is_read_in_srgb(tmp_path: Path) -> None:
     profile(P3_COLORANTS, b"mAB \0\0\0\0"),  # a curve that is not one
     profile(((0, 0, 0), (0, 0, 0), (0, 0, 0)), para(*SRGB_PARA)),  # colorants that map every colour to black
     profile(P3_COLORANTS, b"curv\0\0\0\0" + struct.pack(">I", 0xFFFFFFFF)),  # a table longer than the profile
-    profile(P3_COLORANTS, para(2.4, 0.0, 0.0, 0.0, 0.0)),  # a curve that divides by zero
+    profile(P3_COLORANTS, para(2.4, 0.0, 0.0, 0.0, 0.0)),  # a curve that is black throughout
+    profile(P3_COLORANTS, para(2.2, 0.0, 0.0)),  # a curve that divides by zero
     b"\0" * 5000,
 ])
 def test_a_profile_that_cannot_be_applied_leaves_the_picture_as_read(tmp_path: Path, bad: bytes) -> None:
