@@ -31,6 +31,7 @@ def _submit(args: argparse.Namespace) -> int:
     from service.cli import output_format
     from service.cli_stdio import STDIO, info_stream, piped
     from service.client import ApiError, Backdrop, JobFailed
+    from service.pipeline import check_output
 
     fmt = output_format(args.format, Path(args.output) if args.output else None)
     options = {"model": args.model, "output_format": fmt, "composite": args.composite,
@@ -46,6 +47,9 @@ def _submit(args: argparse.Namespace) -> int:
     info = info_stream(args.output)
     with Backdrop(args.api, args.key, timeout=args.timeout) as bd, \
             piped(args.video, args.output) as (video, output):
+        if output is not None and args.output != STDIO:
+            # refused before the upload, as backdrop replace refuses it: the same output rules
+            output = check_output(Path(output), [Path(p) for p in (video, args.background) if p and Path(p).is_file()])
         try:
             job = bd.submit(video, args.background or "blur", **options)
             print(f"job {job['id']} queued", file=info)

@@ -31,6 +31,8 @@ def piped(video: str, output: str | None, extension: str = "") -> Iterator[tuple
     error.  A terminal there is refused."""
     for name, given, stream, hint in (("input", video, sys.stdin, "pipe a video in"),
                                       ("output", output, sys.stdout, "redirect it to a file")):
+        if given is not None and not given.strip():
+            raise InvalidParameter(f"the {name} is an empty name: give a file name, or - for standard {name}")
         if given == STDIO and stream.isatty():
             raise InvalidParameter(f"the {name} is '-' (standard {name}), which is a terminal here: {hint}, or name a file")
     if STDIO not in (video, output):
@@ -38,7 +40,10 @@ def piped(video: str, output: str | None, extension: str = "") -> Iterator[tuple
         return
     from service.config import get_settings
 
-    with tempfile.TemporaryDirectory(prefix="backdrop-", dir=get_settings().spool_dir) as tmp:
+    spool_dir = get_settings().spool_dir
+    if spool_dir is not None:  # made if need be, as the service's work folders make it (service.spool)
+        os.makedirs(spool_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="backdrop-", dir=spool_dir) as tmp:
         if video == STDIO:
             video = str(Path(tmp) / "input")
             with open(video, "wb") as f:

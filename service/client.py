@@ -267,9 +267,8 @@ class Backdrop(_Base):
         if the download fails).  Retried like the other calls; a transfer cut off is taken up
         where it stopped (a Range request for the rest), here or on S3."""
         out = Path(path)
-        tmp = out.with_name(out.name + ".part")
         url = self.base_url + f"/jobs/{job_id}/result"
-        with _Partial(tmp) as f:
+        with _Partial(out) as f:
             for attempt in range(self.max_retries + 1):
                 try:
                     with self.http.stream("GET", url, headers={**self.headers, **_rest(f)}, follow_redirects=True) as r:
@@ -287,7 +286,6 @@ class Backdrop(_Base):
                     break
                 except httpx.TransportError as e:
                     time.sleep(self._after_error(attempt, e))
-        os.replace(tmp, out)
         return out
 
     def cancel(self, job_id: str) -> None:
@@ -400,9 +398,8 @@ class AsyncBackdrop(_Base):
     async def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
         """See :meth:`Backdrop.download`."""
         out = Path(path)
-        tmp = out.with_name(out.name + ".part")
         url = self.base_url + f"/jobs/{job_id}/result"
-        with _Partial(tmp) as f:  # chunks of 1 MiB to a local file
+        with _Partial(out) as f:  # chunks of 1 MiB to a local file
             for attempt in range(self.max_retries + 1):
                 try:
                     async with self.http.stream("GET", url, headers={**self.headers, **_rest(f)},
@@ -421,7 +418,6 @@ class AsyncBackdrop(_Base):
                     break
                 except httpx.TransportError as e:
                     await asyncio.sleep(self._after_error(attempt, e))
-        os.replace(tmp, out)
         return out
 
     async def cancel(self, job_id: str) -> None:
@@ -444,10 +440,11 @@ def _outage_since(error: ApiError, since: float | None, outage_s: float, deadlin
 
 
 class _Partial:
-    """The ``.part`` file a download writes, open for writing; removed if the download fails."""
+    """The ``.part`` file a download writes beside ``out``, open for writing: renamed to ``out``
+    when the download is complete, removed if it fails, or if the rename does (``out`` a folder)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, out: Path):
+        self.out, self.path = out, out.with_name(out.name + ".part")
 
     def __enter__(self) -> BinaryIO:
         self.file = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
@@ -455,7 +452,10 @@ class _Partial:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.file.close()
-        if exc_type is not None:
+        try:
+            if exc_type is None:
+                os.replace(self.path, self.out)
+        finally:
             self.path.unlink(missing_ok=True)
 
 

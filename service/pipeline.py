@@ -149,9 +149,9 @@ def replace_background(
     """
     settings = settings or get_settings()
     options = (options or ReplaceOptions()).with_background(background_kind(background))
-    output_path = Path(output_path)
+    output_path = check_output(Path(output_path), [Path(input_path)] + ([Path(background)] if background else []))
     partial = output_path.with_name(f".{output_path.name}.partial")
-    _check_output(output_path, partial, [Path(input_path)] + ([Path(background)] if background else []))
+    _check_writable(output_path, partial)
     info = window.info if window is not None else probe_video(Path(input_path), settings)
     spec = FORMATS[options.output_format]
     model = model or get_model(options.model, settings, load=False)  # not loaded where parts run the job
@@ -186,21 +186,38 @@ def replace_background(
     )
 
 
-def _check_output(output: Path, partial: Path, inputs: list[Path]) -> None:
-    """Refuse, before any work, an output that would replace one of the ``inputs`` (the video or a
-    background file), that is a folder, or that cannot be written where it is to go (no such folder,
-    no permission): the output is written to ``partial`` beside it and renamed at the end, so
-    without this a mistyped path failed only after the whole video had been processed, and an
-    output named like the input replaced it."""
+def check_output(output: Path, inputs: list[Path]) -> Path:
+    """The file an output named ``output`` is written to, refused before any work where it would
+    replace one of the ``inputs`` (the video or a background file), is a folder, or is something
+    other than a file (a device, a FIFO, a socket), or its folder does not exist: an output is
+    written beside it and renamed into place at the end (``replace_background``, the client's
+    download), so without this a mistyped path failed only after the whole video had been
+    processed, an output named like the input replaced it, and ``-o /dev/null`` run as root
+    replaced the device with a file.  A symbolic link is written through: the file it points to
+    is the output, as a shell's ``>`` writes it, not the link replaced."""
+    shown = repr(str(output)[:200])
+    if output.is_symlink():
+        output = Path(os.path.realpath(output))
     if output.is_dir():
-        raise InvalidParameter(f"the output {str(output)[:200]!r} is a folder: give a file name")
+        raise InvalidParameter(f"the output {shown} is a folder: give a file name")
+    if output.exists() and not output.is_file():
+        raise InvalidParameter(f"the output {shown} is not a file (a device, a FIFO or a socket): give a file "
+                               "name, or - for standard output")
     for source in inputs:
         try:
             same = os.path.samefile(source, output)
         except OSError:  # either is missing (a colour or blur is no file)
             same = False
         if same:
-            raise InvalidParameter(f"the output {str(output)[:200]!r} is an input of the job: it would be overwritten")
+            raise InvalidParameter(f"the output {shown} is an input of the job: it would be overwritten")
+    if not output.parent.is_dir():
+        raise InvalidParameter(f"the output {shown} cannot be written: its folder does not exist")
+    return output
+
+
+def _check_writable(output: Path, partial: Path) -> None:
+    """Refuse an output that cannot be written where it is to go (no permission, a read-only
+    disk), by opening the ``partial`` file it is written to first."""
     existed = partial.exists()  # another run's, writing now or killed: left to the run that writes it
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT, 0o644)

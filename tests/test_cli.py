@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import data_path
 from videoutil import alpha_channel, frames_rgb, read_back
 
@@ -105,7 +110,10 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
     bg.write_bytes(data_path("backgrounds", "bg_1.jpg").read_bytes())
     before = {p: p.read_bytes() for p in (clip, bg)}
     (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # as a device would be: run as root, -o /dev/null replaced the device with a file
     cases = [
+        ([str(clip), "-b", "#00ff00", "-o", str(tmp_path / "fifo")], "invalid_parameter", "is not a file"),
+        ([str(clip), "-b", "#00ff00", "-o", ""], "invalid_parameter", "empty name"),
         ([str(clip), "-b", "#00ff00", "-o", str(tmp_path / "folder")], "invalid_parameter", "is a folder"),
         ([str(clip), "-b", "#00ff00", "-o", str(tmp_path / "missing" / "out.mp4")], "invalid_parameter", "cannot be written"),
         ([str(clip), "-b", "#00ff00", "-o", str(clip)], "invalid_parameter", "would be overwritten"),
@@ -117,7 +125,41 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
         assert proc.returncode == 2, (args, proc.stderr)
         assert f"[{code}]" in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert {p: p.read_bytes() for p in (clip, bg)} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg.jpg", "clip.mp4", "folder"]  # no partial file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bg.jpg", "clip.mp4", "fifo", "folder"]  # no partial file left
+    assert stat.S_ISFIFO((tmp_path / "fifo").lstat().st_mode)
+
+
+def test_an_output_that_is_a_link_is_written_through(tmp_path: Path) -> None:
+    """``-o link.mp4`` writes the file the link points to, as a shell's ``>`` would; the link stays."""
+    (tmp_path / "target.mp4").write_bytes(b"old")
+    (tmp_path / "link.mp4").symlink_to("target.mp4")
+    proc = subprocess.run([*BACKDROP, "replace", str(data_path("videos", "asl", "yes.mkv")), "-b", "#00ff00", "-o",
+                           str(tmp_path / "link.mp4"), "-q"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "link.mp4").is_symlink() and read_back(tmp_path / "target.mp4").frames > 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_leaves_nothing_behind(tmp_path: Path, signum: int) -> None:
+    """``kill`` (or ``timeout``) and Ctrl-C stop a run the same way: the partial output of each
+    part and the copy of standard input are removed, and the exit status says which signal.  SIGTERM
+    ended the process where it stood, leaving them behind."""
+    spool = tmp_path / "spool"
+    clip = data_path("videos", "desk.mp4")  # long enough to run in parts on this machine
+    with open(clip, "rb") as stdin:
+        proc = subprocess.Popen([*BACKDROP, "replace", "-", "-b", "#00ff00", "-o", str(tmp_path / "out.mp4"), "-q"],
+                                stdin=stdin, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "BACKDROP_SPOOL_DIR": str(spool)})
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*out.mp4.partial*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # frames being written
+        assert proc.poll() is None and list(tmp_path.glob("*out.mp4.partial*")), proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "terminate called" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"] and list(spool.iterdir()) == [], err
 
 
 def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
@@ -149,3 +191,20 @@ def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and "[invalid_parameter]" in proc.stderr and fix in proc.stderr, proc.stderr
         assert not (tmp_path / name).exists()
+
+
+def test_submit_refuses_an_output_it_cannot_write_before_uploading(tmp_path: Path) -> None:
+    """``backdrop submit`` checks its output as ``replace`` does, before anything is sent (no server
+    answers here): it overwrote the source video named as the output, and a folder or a missing
+    folder failed only once the whole job had run, leaving the download's .part behind."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(data_path("videos", "asl", "yes.mkv").read_bytes())
+    before = clip.read_bytes()
+    (tmp_path / "folder").mkdir()
+    for output, says in ((clip, "would be overwritten"), (tmp_path / "folder", "is a folder"),
+                         (tmp_path / "missing" / "o.mp4", "folder does not exist")):
+        proc = subprocess.run([*BACKDROP, "submit", str(clip), "-b", "#00ff00", "-o", str(output), "--api",
+                               "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert clip.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "folder"]
