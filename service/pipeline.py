@@ -332,7 +332,7 @@ def first_frame_people(
     selection = people_selection(options, settings) or PeopleSelection(settings=settings)
     selection(image, alpha)
     assert selection.splitter.owners is not None
-    return people_found(selection.splitter, selection.splitter.owners)
+    return people_found(selection.splitter, selection.splitter.owners, (image.shape[2], image.shape[1]))
 
 
 def codec_threads(model: MattingModel, settings: Settings) -> tuple[int, int]:

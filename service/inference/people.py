@@ -330,8 +330,11 @@ class PersonFound:
     score: float
 
 
-def people_found(splitter: PersonSplitter, owners: np.ndarray) -> list[PersonFound]:
-    """The people of the frame ``splitter`` last split (its owner grid ``owners``), largest first."""
+def people_found(splitter: PersonSplitter, owners: np.ndarray, size: tuple[int, int]) -> list[PersonFound]:
+    """The people of the frame ``splitter`` last split (its owner grid ``owners``), largest first;
+    boxes and points within the frame (``size``: its width and height), where the detector's box
+    may run past its edge (a box 481 rows down on a 480-row frame)."""
+    width, height = size
     found = []
     for tid, det in splitter.detections.items():
         mine = (owners == tid).astype(np.uint8)
@@ -339,8 +342,9 @@ def people_found(splitter: PersonSplitter, owners: np.ndarray) -> list[PersonFou
             continue
         depth = cv2.distanceTransform(np.pad(mine, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
         gy, gx = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        point = (int((gx + 0.5) / splitter.scale), int((gy + 0.5) / splitter.scale))
-        box = tuple(int(round(float(v))) for v in det.box)
+        point = (min(width - 1, int((gx + 0.5) / splitter.scale)), min(height - 1, int((gy + 0.5) / splitter.scale)))
+        x0, y0, x1, y1 = (int(round(float(v))) for v in det.box)
+        box = (max(0, x0), max(0, y0), min(width, x1), min(height, y1))
         found.append((int(mine.sum()), PersonFound(tid, box, point, round(det.score, 3))))  # type: ignore[arg-type]
     return [p for _, p in sorted(found, key=lambda f: -f[0])]
 
@@ -349,7 +353,7 @@ def first_frame_people(frame: np.ndarray, alpha: np.ndarray, settings: Settings 
     """The people of one frame (its matte ``alpha`` at frame size), for a UI to offer: what
     ``PeopleSelection`` will find on a job's first frame, with the same ids."""
     splitter = PersonSplitter(PersonDetector(settings))
-    return people_found(splitter, splitter.split(frame, alpha))
+    return people_found(splitter, splitter.split(frame, alpha), (frame.shape[1], frame.shape[0]))
 
 
 def largest_person(owners: np.ndarray, coverage: dict[int, float] | None = None) -> int:

@@ -58,10 +58,14 @@ def read_frame(path: Path, settings: Settings) -> Any:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def render(image: Any, background: str | None, options: Any, settings: Settings) -> tuple[Any, Any | None]:
-    """(cut-out RGBA, what the output format shows or None for webm/mov) of one RGB frame.
+def render(image: Any, background: str | None, options: Any, settings: Settings) -> tuple[Any, Any | None, Any]:
+    """(cut-out RGBA, what the output format shows or None for webm/mov, the alpha of everyone on
+    it) of one RGB frame.
 
-    The steps of ``service.pipeline._run`` for a first batch of one frame, and its compositing."""
+    The steps of ``service.pipeline._run`` for a first batch of one frame, and its compositing: with
+    the people the options choose (``keep_points``, ``people``), as the job will show them (they
+    were ignored: a preview with one person chosen showed both); the alpha before that choice
+    lists everyone, so the page can offer the others."""
     import numpy as np
 
     from service.inference.compositing import create_compositor
@@ -70,7 +74,7 @@ def render(image: Any, background: str | None, options: Any, settings: Settings)
     from service.inference.refine import EdgeRefiner
     from service.media.encode import FORMATS
     from service.options import background_kind
-    from service.pipeline import Batch, background_for, compose_batch, edge_refine
+    from service.pipeline import Batch, background_for, compose_batch, edge_refine, people_selection
 
     options = options.with_background(background_kind(background))
     model = get_model(options.model, settings)
@@ -85,14 +89,16 @@ def render(image: Any, background: str | None, options: Any, settings: Settings)
             source.close()
     batch = Batch(images, [0], [1], plate)
     matte, _ = model.predict(images, model.new_state())
-    alpha = matte.alpha if not edge_refine(options, settings, model) else EdgeRefiner()(images, matte.alpha)
+    everyone = matte.alpha if not edge_refine(options, settings, model) else EdgeRefiner()(images, matte.alpha)
+    selection = people_selection(options, settings)
+    alpha = everyone if selection is None else selection(images, everyone)
     fg = matte.foreground
     if options.harmonize > 0 and plate is not None:
         fg = Harmonizer(options.harmonize, settings)(images if fg is None else fg, alpha, plate)
     compositor = create_compositor(options.composite)
     cutout = compose_batch(True, "webm", batch, alpha, fg, compositor)[0]
     shown = None if FORMATS[fmt].alpha else compose_batch(False, fmt, batch, alpha, fg, compositor)[0]
-    return cutout, shown
+    return cutout, shown, everyone[0]
 
 
 def _write(path: Path, image: Any, rgba: bool) -> None:
@@ -149,26 +155,23 @@ def _render_to_store(preview: Preview, workdir: Path, options: Any, settings: Se
         background = str(path)
     elif options.background == "blur":
         background = blur_spec(preview.background_blur_strength)
-    cutout, shown = render(image, background, options, settings)
+    cutout, shown, everyone = render(image, background, options, settings)
     _write(workdir / CUTOUT, cutout, rgba=True)
     objects.put_file(preview.prefix + CUTOUT, workdir / CUTOUT, "image/png")
     if shown is not None:
         _write(workdir / COMPOSITE, shown, rgba=False)
         objects.put_file(preview.prefix + COMPOSITE, workdir / COMPOSITE, "image/jpeg")
     preview.has_composite = shown is not None
-    preview.people = people_of(image, cutout, settings)
+    preview.people = people_of(image, everyone, settings)
 
 
-def people_of(image: Any, cutout: Any, settings: Settings) -> list[dict[str, Any]]:
-    """The people on the frame (choosing who stays, issue 14), split by the preview's own matte (the
-    cut-out's alpha), as JSON-ready dicts."""
+def people_of(image: Any, alpha: Any, settings: Settings) -> list[dict[str, Any]]:
+    """The people on the frame (choosing who stays, issue 14), split by the preview's own matte
+    (everyone's, before a choice of people), as JSON-ready dicts."""
     from dataclasses import asdict
-
-    import numpy as np
 
     from service.inference.people import first_frame_people
 
-    alpha = cutout[..., 3].astype(np.float32) / 255.0
     return [asdict(p) for p in first_frame_people(image, alpha, settings)]
 
 

@@ -228,7 +228,7 @@ def test_people_found_on_the_first_frame_give_points_that_select_them(detector: 
     sc = scene(2, frames=1)
     alpha = (sc.masks[0, 0] | sc.masks[1, 0]).astype(np.float32)
     splitter = PersonSplitter(detector)
-    found = people_found(splitter, splitter.split(sc.frames[0], alpha))
+    found = people_found(splitter, splitter.split(sc.frames[0], alpha), (sc.frames[0].shape[1], sc.frames[0].shape[0]))
     assert len(found) == 2
     largest = int(np.argmax(sc.masks[:, 0].sum(axis=(1, 2))))
     for rank, p in enumerate(found):
@@ -239,6 +239,8 @@ def test_people_found_on_the_first_frame_give_points_that_select_them(detector: 
         ys, xs = np.nonzero(sc.masks[person, 0])
         x0, y0, x1, y1 = p.box
         assert abs(x0 - xs.min()) < 20 and abs(x1 - xs.max()) < 20 and abs(y0 - ys.min()) < 30
+        h, w = sc.frames[0].shape[:2]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, p.box  # within the frame, as the detector's may not be
         # sent back as a keep point, it keeps that person
         out = PeopleSelection([p.point], detector=detector)(sc.frames, alpha[None])
         assert ((out[0] > 0.5) == sc.masks[person, 0]).mean() > 0.99

@@ -18,18 +18,20 @@ from stack import data_path
 pytestmark = pytest.mark.slow
 
 
-def preview(url: str, frame: np.ndarray) -> dict[str, Any]:
+def preview(url: str, frame: np.ndarray, **fields: str) -> dict[str, Any]:
     ok, png = cv2.imencode(".png", frame[..., ::-1])
     assert ok
     with httpx.Client(base_url=url, trust_env=False, timeout=60) as c:
         body = c.post("/previews", files={"frame": ("frame.png", png.tobytes(), "image/png")},
-                      data={"background_color": "#00ff00"}).json()
+                      data={"background_color": "#00ff00", **fields}).json()
         deadline = time.monotonic() + 60
         while body.get("status") not in ("succeeded", "failed"):
             assert time.monotonic() < deadline, body
             time.sleep(0.1)
             body = c.get(f"/previews/{body['id']}").json()
-    assert body["status"] == "succeeded", body
+        assert body["status"] == "succeeded", body
+        cutout = np.frombuffer(c.get(body["cutout_url"], follow_redirects=True).content, np.uint8)
+    body["alpha"] = cv2.imdecode(cutout, cv2.IMREAD_UNCHANGED)[..., 3]
     return body
 
 
@@ -50,6 +52,13 @@ def test_the_preview_lists_the_people_of_the_frame(previews: Any) -> None:
         assert isinstance(p["id"], int) and 0 < p["score"] <= 1
         found.append(person)
     assert sorted(found) == [0, 1] and found[0] == int(np.argmax(sizes))  # both, largest first
+
+    # one of them chosen, as a job would be: the preview shows that one, and still lists both
+    x, y = people[1]["point"]
+    chosen = preview(previews.url, scene.frames[0], keep_points=f"{x},{y}")
+    assert len(chosen["people"]) == 2
+    kept, other = scene.masks[found[1], 0], scene.masks[found[0], 0] & ~scene.masks[found[1], 0]
+    assert (chosen["alpha"][kept] > 128).mean() > 0.9 and (chosen["alpha"][other] > 128).mean() < 0.05
 
     background = np.ascontiguousarray(cv2.imread(str(data_path("backgrounds", bp.BACKGROUND)))[:360, :480, ::-1])
     assert preview(previews.url, background)["people"] == []
