@@ -39,7 +39,7 @@ def _submit(args: argparse.Namespace) -> int:
     last = {"line": ""}
 
     def progress(job: dict[str, Any]) -> None:
-        line = f"{job['status']} {job['progress']['frames_done']}/{job['progress']['frames_total']} frames"
+        line = f"{job['status']} {job['progress'].get('frames_done')}/{job['progress'].get('frames_total')} frames"
         if line != last["line"] and not args.quiet:
             print(line, file=sys.stderr)
             last["line"] = line
@@ -56,7 +56,8 @@ def _submit(args: argparse.Namespace) -> int:
             if args.no_wait:
                 return 0
             job = bd.wait(job["id"], progress=progress, poll_s=args.poll)
-            suffix = Path(job["result"].get("url") or ".mp4").suffix.split("?")[0] or ".mp4"
+            result: dict[str, Any] = job["result"] if isinstance(job.get("result"), dict) else {}
+            suffix = Path(str(result.get("url") or ".mp4")).suffix.split("?")[0] or ".mp4"
             stem = Path(args.video).stem if "://" not in args.video and args.video != STDIO else job["id"]
             out = bd.download(job["id"], output or f"{stem}-backdrop{suffix}")
         except JobFailed as e:
@@ -68,8 +69,8 @@ def _submit(args: argparse.Namespace) -> int:
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:  # a file named that cannot be used
             print(f"backdrop submit: cannot open {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
-    print(f"{args.output if args.output == STDIO else out}: {job['result']['frames']} frames, "
-          f"{job['result']['size']} bytes", file=info)
+    print(f"{args.output if args.output == STDIO else out}: {result.get('frames')} frames, "
+          f"{result.get('size')} bytes", file=info)
     return 0
 
 

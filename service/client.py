@@ -81,6 +81,27 @@ class Upload:
     id: str
 
 
+def _body(r: httpx.Response) -> dict[str, Any]:
+    """The JSON object an answer carries; a server that is not Backdrop (a proxy's HTML page,
+    another API) is ``unexpected_response``, not a JSONDecodeError or a KeyError."""
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError("unexpected_response", r.status_code, "not a JSON object",
+                       f"{r.request.url} answered {r.text[:200]!r}")
+    return body
+
+
+def _job(r: httpx.Response) -> Job:
+    """``_body``, checked for what a job has (its id, status and progress)."""
+    job = _body(r)
+    if not (isinstance(job.get("id"), str) and isinstance(job.get("status"), str) and isinstance(job.get("progress"), dict)):
+        raise ApiError("unexpected_response", r.status_code, "not a job", f"{r.request.url} answered {r.text[:200]!r}")
+    return job
+
+
 def _retry_after(r: httpx.Response) -> float | None:
     """The wait a ``Retry-After`` asks, in seconds: a number of them, or an HTTP date (RFC 9110
     10.2.3), as gateways and load balancers send it."""
@@ -139,9 +160,12 @@ class _Base:
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         return min(self.max_wait_s, retry_after if retry_after is not None else self.backoff_s * 2**attempt)
 
-    def _after_error(self, attempt: int, e: httpx.TransportError) -> float:
+    def _after_error(self, attempt: int, e: httpx.RequestError) -> float:
         """The pause before trying again after a failed connection or transfer; once the
-        retries are spent, ``connection_error``."""
+        retries are spent, ``connection_error``.  Any other failure of the request (redirects
+        without end) is ``unexpected_response`` at once."""
+        if not isinstance(e, httpx.TransportError):
+            raise ApiError("unexpected_response", 0, type(e).__name__, str(e)) from e
         if attempt == self.max_retries:
             raise ApiError("connection_error", 0, type(e).__name__, str(e)) from e
         return self._delay(attempt, None)
@@ -191,7 +215,7 @@ class Backdrop(_Base):
                 headers = {**base_headers, **extra.pop("headers", {})}
                 try:
                     r = self.http.request(method, url, headers=headers, **kw, **extra)
-                except httpx.TransportError as e:
+                except httpx.RequestError as e:
                     time.sleep(self._after_error(attempt, e))
                     continue
             if (pause := self._after_answer(attempt, r)) is not None:
@@ -207,7 +231,7 @@ class Backdrop(_Base):
         fields, files = _plan(video, background, options)
         key = idempotency_key or uuid.uuid4().hex
         build = partial(_submit_body, fields, files, key)
-        return self._request("POST", "/jobs", build=build).json()  # type: ignore[no-any-return]
+        return _job(self._request("POST", "/jobs", build=build))
 
     def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream", *,
                part_size: int | None = None) -> Upload:
@@ -217,7 +241,7 @@ class Backdrop(_Base):
         p = Path(path)
         request = _upload_request(p, content_type, part_size)
         size = request["size"]
-        up = self._request("POST", "/uploads", json=request).json()
+        up = _body(self._request("POST", "/uploads", json=request))
         if up.get("multipart"):
             mp = up["multipart"]
             parts = []
@@ -231,7 +255,7 @@ class Backdrop(_Base):
         return Upload(up["id"])
 
     def get(self, job_id: str) -> Job:
-        return self._request("GET", f"/jobs/{job_id}").json()  # type: ignore[no-any-return]
+        return _job(self._request("GET", f"/jobs/{job_id}"))
 
     def wait(self, job_id: str, *, progress: ProgressCallback | None = None, timeout: float | None = None,
              poll_s: float = 1.0, outage_s: float = 300.0) -> Job:
@@ -250,7 +274,7 @@ class Backdrop(_Base):
                 time.sleep(poll_s)
                 continue
             outage = None
-            seen = (job["status"], job["progress"]["frames_done"], job["progress"]["frames_total"])
+            seen = (job["status"], job["progress"].get("frames_done"), job["progress"].get("frames_total"))
             if progress is not None and seen != last:
                 progress(job)
             last = seen
@@ -284,7 +308,7 @@ class Backdrop(_Base):
                         for chunk in r.iter_bytes(CHUNK):
                             f.write(chunk)
                     break
-                except httpx.TransportError as e:
+                except httpx.RequestError as e:
                     time.sleep(self._after_error(attempt, e))
         return out
 
@@ -293,7 +317,7 @@ class Backdrop(_Base):
         self._request("DELETE", f"/jobs/{job_id}")
 
     def list_jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
-        return self._request("GET", "/jobs", params={"offset": offset, "limit": limit}).json()  # type: ignore[no-any-return]
+        return _body(self._request("GET", "/jobs", params={"offset": offset, "limit": limit}))
 
 
 class AsyncBackdrop(_Base):
@@ -326,7 +350,7 @@ class AsyncBackdrop(_Base):
                 headers = {**base_headers, **extra.pop("headers", {})}
                 try:
                     r = await self.http.request(method, url, headers=headers, **kw, **extra)
-                except httpx.TransportError as e:
+                except httpx.RequestError as e:
                     await asyncio.sleep(self._after_error(attempt, e))
                     continue
             if (pause := self._after_answer(attempt, r)) is not None:
@@ -342,7 +366,7 @@ class AsyncBackdrop(_Base):
         key = idempotency_key or uuid.uuid4().hex
         # the files go as httpx reads a multipart body on either client: 64 KiB at a time as it is sent
         build = partial(_submit_body, fields, files, key)
-        return (await self._request("POST", "/jobs", build=build)).json()  # type: ignore[no-any-return]
+        return _job(await self._request("POST", "/jobs", build=build))
 
     async def upload(self, path: str | os.PathLike[str], content_type: str = "application/octet-stream", *,
                      part_size: int | None = None) -> Upload:
@@ -350,7 +374,7 @@ class AsyncBackdrop(_Base):
         p = Path(path)
         request = _upload_request(p, content_type, part_size)
         size = request["size"]
-        up = (await self._request("POST", "/uploads", json=request)).json()
+        up = _body(await self._request("POST", "/uploads", json=request))
         if up.get("multipart"):
             mp = up["multipart"]
             parts = []
@@ -365,7 +389,7 @@ class AsyncBackdrop(_Base):
         return Upload(up["id"])
 
     async def get(self, job_id: str) -> Job:
-        return (await self._request("GET", f"/jobs/{job_id}")).json()  # type: ignore[no-any-return]
+        return _job(await self._request("GET", f"/jobs/{job_id}"))
 
     async def wait(self, job_id: str, *, progress: Callable[[Job], Any | Awaitable[Any]] | None = None,
                    timeout: float | None = None, poll_s: float = 1.0, outage_s: float = 300.0) -> Job:
@@ -381,7 +405,7 @@ class AsyncBackdrop(_Base):
                 await asyncio.sleep(poll_s)
                 continue
             outage = None
-            seen = (job["status"], job["progress"]["frames_done"], job["progress"]["frames_total"])
+            seen = (job["status"], job["progress"].get("frames_done"), job["progress"].get("frames_total"))
             if progress is not None and seen != last:
                 result = progress(job)
                 if asyncio.iscoroutine(result):
@@ -416,7 +440,7 @@ class AsyncBackdrop(_Base):
                         async for chunk in r.aiter_bytes(CHUNK):
                             f.write(chunk)
                     break
-                except httpx.TransportError as e:
+                except httpx.RequestError as e:
                     await asyncio.sleep(self._after_error(attempt, e))
         return out
 
@@ -424,7 +448,7 @@ class AsyncBackdrop(_Base):
         await self._request("DELETE", f"/jobs/{job_id}")
 
     async def list_jobs(self, offset: int = 0, limit: int = 20) -> dict[str, Any]:
-        return (await self._request("GET", "/jobs", params={"offset": offset, "limit": limit})).json()  # type: ignore[no-any-return]
+        return _body(await self._request("GET", "/jobs", params={"offset": offset, "limit": limit}))
 
 
 def _outage_since(error: ApiError, since: float | None, outage_s: float, deadline: float | None) -> float:

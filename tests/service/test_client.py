@@ -436,3 +436,69 @@ def test_a_resumed_download_takes_only_the_rest() -> None:
     assert e.value.code == "unexpected_range" and f.tell() == 1000
     _take_up(httpx.Response(200), f)
     assert f.tell() == 0 and f.getvalue() == b""
+
+
+class _NotBackdrop:
+    """A local HTTP server that answers as something other than Backdrop would: ``mode`` says how."""
+
+    def __init__(self, mode: str):
+        import http.server
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, status: int, body: bytes, ctype: str = "application/json", **headers: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if outer.mode == "html":
+                    self._send(202, b"<html><body>Accepted</body></html>", "text/html")
+                elif outer.mode == "array":
+                    self._send(202, b"[1, 2]")
+                else:
+                    self._send(202, json.dumps({"id": "j1", "status": "queued", "progress": {}}).encode())
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.endswith("/result"):
+                    self._send(302, b"", Location=self.path)  # to itself, without end
+                elif outer.mode == "no_progress":
+                    self._send(200, json.dumps({"id": "j1", "status": "running"}).encode())
+                else:
+                    self._send(200, json.dumps({"id": "j1", "status": "succeeded", "progress": {},
+                                                "result": {"url": "/jobs/j1/result"}}).encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.mode = mode
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["html", "array", "no_progress", "loop"])
+def test_a_server_that_is_not_backdrop_is_one_line(tmp_path: Path, mode: str) -> None:
+    """``backdrop submit`` against a server that answers otherwise than Backdrop (an HTML page, a
+    JSON array, a job without progress, a result that redirects to itself): one line with
+    ``unexpected_response``, exit 2, and no file left (tracebacks before: JSONDecodeError,
+    TypeError, KeyError, TooManyRedirects)."""
+    server = _NotBackdrop(mode)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "service.cli", "submit", str(asl_clip()), "-b", "#00ff00",
+                               "-o", str(tmp_path / "out.mp4"), "--api", server.url, "--poll", "0.1"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+    finally:
+        server.close()
+    assert proc.returncode == 2 and "unexpected_response" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == [], proc.stderr
