@@ -12,8 +12,9 @@ sends the join" are one atomic step, and a chunk sent twice is counted once.
 Failures, as for whole jobs:
 - a chunk runs under a lease of its own (``lease:{id}:c{n}``) kept by a heartbeat; a chunk whose
   worker process dies is handed back to the broker (``reject_on_worker_lost``) and redone alone; a
-  whole worker that dies leaves it unacknowledged, and the broker redelivers it after its
-  visibility timeout.  Starts are counted per chunk: after ``max_attempts`` the job fails
+  whole worker that dies leaves it unacknowledged, which the broker would redeliver only after its
+  visibility timeout: the reaper runs the job again, whole, once the message has been held past
+  ``housekeeping.held_too_long_s`` with no lease.  Starts are counted per chunk: after ``max_attempts`` the job fails
   ``worker_lost``;
 - a chunk that fails fails the job; the other chunks see it at their next cancel poll and stop;
 - cancel: every chunk polls the flag (and the job's state), stops, and the objects go;

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: kombu's Redis transport: messages wait in a list named after the queue (plus one list per
 #: priority step) and, once a worker has taken them, in this hash until they are acknowledged.
 UNACKED_KEY = "unacked"
+#: ... and, for each of those, when it was taken (a sorted set of delivery tags by time)
+UNACKED_INDEX_KEY = "unacked_index"
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
 #: How long an object deletion that failed waits before the sweeper tries it again.
@@ -55,6 +57,35 @@ def broker_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
     return ids
 
 
+def held_long_ids(client: redis.Redis, held_s: float) -> set[str]:
+    """Task ids of the messages a worker took more than ``held_s`` ago and has not acknowledged.
+
+    A live worker takes one message per process (``worker_prefetch_multiplier`` 1) and starts it at
+    once, and a chunk takes its lease as it starts; a retry's countdown (60 s at most) is held the
+    same way, without a lease.  A chunk message held longer than that with no lease is one whose
+    whole worker died (a node or container gone): Kombu gives it back only after the visibility
+    timeout, which is as long as the hard time limit, so the job waited until its deadline and then
+    failed ``time_limit``, hours later for a long video."""
+    before = time.time() - held_s
+    tags: list[Any] = list(client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", before))
+    if not tags:
+        return set()
+    ids: set[str] = set()
+    for raw in client.hmget(UNACKED_KEY, tags):
+        try:
+            msg = json.loads(raw or b"")[0]  # [message, exchange, routing_key]
+            ids.add(str(msg["headers"]["id"]))
+        except (TypeError, ValueError, KeyError, IndexError):
+            continue
+    return ids
+
+
+def held_too_long_s(settings: Settings) -> float:
+    """How long a chunk's message may be held by a worker without the chunk's lease before its
+    worker counts as gone (``held_long_ids``): well past a retry's countdown and a few leases."""
+    return max(75.0, 10 * settings.job_lease_s)
+
+
 def queued_grace_s(settings: Settings) -> float:
     """How long a queued job may go without a broker message before it is sent again: longer than
     the moment between the API storing the job and sending its message."""
@@ -73,8 +104,10 @@ def reap(
 
     A job cut into chunks (issue 16) holds no lease of its own while its chunks wait or run: it is
     alive while a chunk or its join holds a lease or has a message in the broker (waiting, or
-    taken and not yet acknowledged: a chunk whose worker died goes back there), until its
-    deadline.  With none of these it is settled like any other (back to the queue, whole)."""
+    taken and not yet acknowledged: a chunk whose worker process died goes back there), until its
+    deadline; a message taken longer ago than ``held_too_long_s`` whose chunk holds no lease is
+    one whose whole worker died, and does not count.  With none of these it is settled like any
+    other (back to the queue, whole)."""
     counts = {"requeued": 0, "failed": 0, "resent": 0, "orphans": 0}
     for state in (JobStatus.RUNNING, JobStatus.QUEUED):
         for jid in store.ids_in(state):
@@ -83,6 +116,7 @@ def reap(
                 cleanup(jid)
                 counts["orphans"] += 1
     present: set[str] | None = None
+    held_long: set[str] = set()
     for jid in store.ids_in(JobStatus.RUNNING):
         if store.lease_holder(jid):
             continue
@@ -91,8 +125,9 @@ def reap(
         if chunked and current is not None:
             if present is None:
                 present = broker_task_ids(store.r, [settings.queue_name])
+                held_long = held_long_ids(store.r, held_too_long_s(settings))
             late = current.deadline_at is not None and datetime.now(UTC) >= current.deadline_at
-            alive = store.chunk_leases(jid) or any(i.startswith(jid + ".") for i in present)
+            alive = store.chunk_leases(jid) or any(i.startswith(jid + ".") and i not in held_long for i in present)
             if alive and not late:
                 continue
         job = store.settle_abandoned(jid, settings.max_attempts)

@@ -150,6 +150,34 @@ def test_a_chunk_whose_worker_dies_is_redone_alone(
         assert again["status"] == "succeeded" and again["attempts"] == 1
 
 
+def test_a_chunked_job_whose_whole_worker_dies_is_run_again(
+    redis_url: str, tmp_path: Path, worker_factory: Any, clip20: Path
+) -> None:
+    """The whole video worker is SIGKILLed (a node or container gone) while it runs a chunk: the
+    chunk's message stays taken in the broker until the visibility timeout (as long as the hard
+    time limit), so the job waited for its deadline and failed time_limit.  Once the message has
+    been held past ``held_too_long_s`` with no chunk lease, the reaper runs the job again, whole,
+    on the worker that is left."""
+    from service.workers.housekeeping import held_too_long_s
+
+    env = _env(redis_url, tmp_path, BACKDROP_JOB_LEASE_S="2", BACKDROP_HOUSEKEEPING_INTERVAL_S="1")
+    first = worker_factory(env, "a")
+    store = _store(env)
+    with ApiServer(settings_from(env)) as api, api.client() as c:
+        first.wait_ready()
+        job = submit(c, clip20, output_format="matte")
+        jid = job["id"]
+        wait_for(lambda: int(store.chunk_state(jid).get("done:0", 0)) > 0, 240, 0.05, "chunk 0 under way")
+        killed = time.monotonic()
+        first.kill()
+        second = worker_factory(env, "b")
+        second.wait_ready()
+        done = poll(c, jid, {"succeeded", "failed"}, held_too_long_s(settings_from(env)) + 240)
+        assert done["status"] == "succeeded" and done["attempts"] == 2, (done, second.log())
+        assert done["result"]["frames"] == 200
+        assert time.monotonic() - killed < held_too_long_s(settings_from(env)) + 240
+
+
 def test_cancel_midway_stops_every_chunk_and_leaves_nothing(
     redis_url: str, tmp_path: Path, worker_factory: Any, clip20: Path
 ) -> None:
