@@ -45,11 +45,17 @@ def broker_task_ids(client: redis.Redis, queues: Iterable[str]) -> set[str]:
         for name in (q, *(f"{q}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS)):
             raws.extend(client.lrange(name, 0, -1))
     raws.extend(client.hvals(UNACKED_KEY))
+    return _task_ids(raws)
+
+
+def _task_ids(raws: Iterable[Any]) -> set[str]:
+    """The task ids of Kombu messages as Redis holds them: a waiting message is the message's JSON,
+    an unacknowledged one ``[message, exchange, routing_key]``; anything else is skipped."""
     ids: set[str] = set()
     for raw in raws:
         try:
-            msg = json.loads(raw)
-            if isinstance(msg, list):  # unacked entries are [message, exchange, routing_key]
+            msg = json.loads(raw or b"")
+            if isinstance(msg, list):
                 msg = msg[0]
             ids.add(str(msg["headers"]["id"]))
         except (ValueError, KeyError, TypeError, IndexError):
@@ -70,14 +76,7 @@ def held_long_ids(client: redis.Redis, held_s: float) -> set[str]:
     tags: list[Any] = list(client.zrangebyscore(UNACKED_INDEX_KEY, "-inf", before))
     if not tags:
         return set()
-    ids: set[str] = set()
-    for raw in client.hmget(UNACKED_KEY, tags):
-        try:
-            msg = json.loads(raw or b"")[0]  # [message, exchange, routing_key]
-            ids.add(str(msg["headers"]["id"]))
-        except (TypeError, ValueError, KeyError, IndexError):
-            continue
-    return ids
+    return _task_ids(client.hmget(UNACKED_KEY, tags))
 
 
 def held_too_long_s(settings: Settings) -> float:

@@ -178,3 +178,26 @@ def test_reaper_requeues_lost_jobs_and_resends_lost_messages(store: JobStore, re
     cleaned: list[str] = []
     reap(store, settings, send=lambda j: None, notify=lambda jid: None, cleanup=cleaned.append)
     assert cleaned == [ghost] and store.r.zscore("backdrop:running", ghost) is None
+
+
+def test_held_long_ids_reads_only_messages_taken_long_ago(store: JobStore) -> None:
+    """Kombu keeps a taken message in the ``unacked`` hash and when it was taken in
+    ``unacked_index``: only those taken before the cut count, and entries that are not a Kombu
+    message (or whose hash entry is gone) are skipped, not fatal."""
+    import json
+    import time
+
+    from service.workers.housekeeping import UNACKED_INDEX_KEY, UNACKED_KEY, broker_task_ids, held_long_ids
+
+    def entry(task_id: str) -> str:
+        return json.dumps([{"headers": {"id": task_id}, "body": ""}, "", "video"])
+
+    now = time.time()
+    store.r.hset(UNACKED_KEY, mapping={"t-old": entry("old-task"), "t-new": entry("new-task"),
+                                      "t-bad": "not json", "t-odd": json.dumps({"no": "headers"})})
+    store.r.zadd(UNACKED_INDEX_KEY, {"t-old": now - 300, "t-new": now - 5, "t-bad": now - 300,
+                                     "t-odd": now - 300, "t-gone": now - 300})
+    assert held_long_ids(store.r, 75) == {"old-task"}
+    assert held_long_ids(store.r, 1) == {"old-task", "new-task"}
+    assert held_long_ids(store.r, 3600) == set()
+    assert broker_task_ids(store.r, ["video"]) == {"old-task", "new-task"}
