@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,19 +38,22 @@ def piped(video: str, output: str | None, extension: str = "") -> Iterator[tuple
         yield video, Path(output) if output else None
         return
     from service.config import get_settings
+    from service.spool import Workdir, sweep_orphans
 
     spool_dir = get_settings().spool_dir
-    if spool_dir is not None:  # made if need be, as the service's work folders make it (service.spool)
-        os.makedirs(spool_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="backdrop-", dir=spool_dir) as tmp:
+    sweep_orphans(spool_dir)  # a run killed outright (SIGKILL, the OOM killer) left its copy of stdin
+    held = Workdir("backdrop-", spool_dir)
+    try:
         if video == STDIO:
-            video = str(Path(tmp) / "input")
+            video = str(held.path / "input")
             with open(video, "wb") as f:
                 shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
-        out = Path(tmp) / f"output{extension}" if output == STDIO else Path(output) if output else None
+        out = held.path / f"output{extension}" if output == STDIO else Path(output) if output else None
         yield video, out
         if output == STDIO and out is not None and out.exists():  # not where the body ended without one
             _to_stdout(out)
+    finally:
+        held.remove()
 
 
 def _to_stdout(path: Path) -> None:

@@ -1,6 +1,7 @@
 """Work folders under the spool, and the sweep that removes those whose process died.
 
-Each job, chunk, preview, people check and upload gets a folder of its own under ``spool_dir``
+Each job, chunk, preview, people check and upload, and each CLI run that reads standard input or
+writes standard output (``backdrop-``), gets a folder of its own under ``spool_dir``
 (the system's temp folder by default) and removes it when done, in a ``finally``.  A process that
 dies does not get there: a worker killed by a segfault, by the kernel for memory, or by its time
 limit left the job's input and half-written output behind for good (the reaper ran the job again,
@@ -23,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 #: the work folders' name prefixes (``Workdir``'s ``prefix``): only these are swept
-PREFIXES = ("job-", "chunk-", "preview-", "check-", "upload-")
+PREFIXES = ("job-", "chunk-", "preview-", "check-", "upload-", "backdrop-")
 OWNER = ".owner"
 
 

@@ -162,6 +162,29 @@ def test_a_stopped_run_leaves_nothing_behind(tmp_path: Path, signum: int) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"] and list(spool.iterdir()) == [], err
 
 
+def test_a_killed_run_s_copy_of_standard_input_is_swept_by_the_next_run(tmp_path: Path) -> None:
+    """A run killed outright (SIGKILL, the OOM killer) cannot clean up: its copy of standard input
+    stayed in the spool for good.  Its folder is held by a lock the kernel drops (service.spool), so
+    the next run that uses the spool removes it."""
+    spool = tmp_path / "spool"
+    env = {**os.environ, "BACKDROP_SPOOL_DIR": str(spool)}
+    with open(data_path("videos", "desk.mp4"), "rb") as stdin:
+        proc = subprocess.Popen([*BACKDROP, "replace", "-", "-b", "#00ff00", "-o", str(tmp_path / "a.mp4"), "-q"],
+                                stdin=stdin, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("*a.mp4.partial*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=30)
+    left = [p.name for p in spool.iterdir()]
+    assert len(left) == 1 and left[0].startswith("backdrop-") and (spool / left[0] / "input").exists(), left
+    with open(data_path("videos", "asl", "yes.mkv"), "rb") as stdin:
+        done = subprocess.run([*BACKDROP, "replace", "-", "-b", "#00ff00", "-o", str(tmp_path / "b.mp4"), "-q"],
+                              stdin=stdin, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert list(spool.iterdir()) == []
+
+
 def test_the_output_suffix_picks_the_format(tmp_path: Path) -> None:
     """`-o person.webm` writes WebM with alpha (no background needed) as a user expects from the name;
     a background given anyway is not used, and the user is told so; a suffix naming another
