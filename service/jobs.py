@@ -68,6 +68,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def timestamp(when: datetime | None) -> str | None:
+    """``when`` as the API writes times: ISO 8601 in UTC with ``Z``, as pydantic writes them, so
+    that a job created (a JSONResponse), fetched (a response model) and called back reads alike."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+
+
 class Progress(BaseModel):
     frames_done: int = 0  # a chunked job: the sum over its chunks
     frames_total: int = 0
@@ -555,9 +561,9 @@ def public_dict(job: Job, result_url: str | None) -> dict[str, Any]:
             "chunks_total": job.progress.chunks_total,
             "chunks_done": job.progress.chunks_done,
         },
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "created_at": timestamp(job.created_at),
+        "started_at": timestamp(job.started_at),
+        "finished_at": timestamp(job.finished_at),
         "error": job.error.model_dump() if job.error else None,
         "result": result,
         "options": job.options.model_dump(),

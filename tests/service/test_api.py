@@ -208,7 +208,10 @@ def test_job_lifecycle_without_worker(api: ApiServer) -> None:
                                   "keep_points": [], "people": "all"}
         assert job["video"]["width"] == 640 and job["video"]["height"] == 480
 
-        assert alice.get(f"/jobs/{job['id']}").json()["id"] == job["id"]
+        fetched = alice.get(f"/jobs/{job['id']}").json()
+        assert fetched["id"] == job["id"]
+        # the answer to POST and to GET write the same time the same way (POST wrote +00:00, GET Z)
+        assert job["created_at"] == fetched["created_at"] and job["created_at"].endswith("Z")
         assert_problem(bob.get(f"/jobs/{job['id']}"), 404, "job_not_found")  # another key's job
         assert_problem(bob.delete(f"/jobs/{job['id']}"), 404, "job_not_found")
         assert_problem(alice.get("/jobs/0123456789abcdef0123456789abcdef"), 404, "job_not_found")

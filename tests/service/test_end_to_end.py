@@ -156,6 +156,7 @@ def test_end_to_end_s3_presigned_and_webhook(redis_url: str, tmp_path: Path, wor
             assert verify(tenant_secret, sig, body) and not verify(WEBHOOK_SECRET, sig, body)
             payload = json.loads(body)
             assert payload["id"] == job["id"] and payload["status"] == "succeeded"
+            assert (payload["created_at"], payload["finished_at"]) == (done["created_at"], done["finished_at"])
             assert payload["result"]["url"].startswith(s3_endpoint)
     finally:
         receiver.close()

@@ -35,6 +35,7 @@ from service.errors import (
     UnsupportedBackground,
     UploadTooLarge,
 )
+from service.jobs import timestamp
 from service.options import BLUR_STRENGTH_DEFAULT, BLUR_STRENGTH_MAX, BLUR_STRENGTH_MIN
 from service.previews import COMPOSITE, CUTOUT, Preview, PreviewStatus, PreviewStore
 from service.spool import Workdir
@@ -122,8 +123,8 @@ def _public(request: Request, preview: Preview) -> dict[str, Any]:
     return {
         "id": preview.id,
         "status": preview.status.value,
-        "created_at": preview.created_at.isoformat(),
-        "finished_at": preview.finished_at.isoformat() if preview.finished_at else None,
+        "created_at": timestamp(preview.created_at),
+        "finished_at": timestamp(preview.finished_at),
         "width": preview.width,
         "height": preview.height,
         "seconds": preview.seconds,
