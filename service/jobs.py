@@ -398,7 +398,11 @@ class JobStore:
     def chunk_progress(self, job_id: str, attempt: int, index: int, done: int, finished: bool = False) -> tuple[int, int]:
         """Frames written by chunk ``index`` (and, with ``finished``, that it is complete): the
         job's ``frames_done`` becomes the sum over its chunks and ``chunks_done`` the chunks
-        finished.  (chunks done, chunks total); (0, 0) once the job no longer runs under ``attempt``."""
+        finished.  (chunks done, chunks total); (0, 0) once the job no longer runs under ``attempt``.
+
+        A chunk run again within the attempt (its worker died) counts from 0 again; its count stays
+        at the most it reached until the new run passes it, so a client's progress never goes back
+        while the job's attempt is the same."""
         key, ckey = P + f"job:{job_id}", P + f"chunks:{job_id}"
         out = {"v": (0, 0)}
 
@@ -410,7 +414,8 @@ class JobStore:
             if job.status is not JobStatus.RUNNING or job.attempts != attempt:
                 return
             state = {_s(k): _s(v) for k, v in pipe.hgetall(ckey).items()}
-            state[f"done:{index}"] = str(done)
+            done_here = max(done, int(state.get(f"done:{index}", 0)))
+            state[f"done:{index}"] = str(done_here)
             if finished:
                 state[f"finished:{index}"] = "1"
             frames = sum(int(v) for k, v in state.items() if k.startswith("done:"))
@@ -418,7 +423,7 @@ class JobStore:
             job.progress = Progress(frames_done=frames, frames_total=job.progress.frames_total,
                                     chunks_total=job.progress.chunks_total, chunks_done=finished_n)
             pipe.multi()
-            pipe.hset(ckey, f"done:{index}", str(done))
+            pipe.hset(ckey, f"done:{index}", str(done_here))
             if finished:
                 pipe.hset(ckey, f"finished:{index}", "1")
             pipe.set(key, job.model_dump_json(), keepttl=True)

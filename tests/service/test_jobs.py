@@ -7,7 +7,7 @@ import redis
 
 from service.config import Settings
 from service.errors import IllegalTransition, JobNotFound
-from service.jobs import TERMINAL, Job, JobStatus, JobStore, can_move, public_dict
+from service.jobs import TERMINAL, Job, JobStatus, JobStore, P, can_move, public_dict
 
 
 @pytest.fixture
@@ -201,3 +201,26 @@ def test_held_long_ids_reads_only_messages_taken_long_ago(store: JobStore) -> No
     assert held_long_ids(store.r, 1) == {"old-task", "new-task"}
     assert held_long_ids(store.r, 3600) == set()
     assert broker_task_ids(store.r, ["video"]) == {"old-task", "new-task"}
+
+
+def test_chunk_progress_sums_chunks_and_never_goes_back_within_an_attempt(store: JobStore) -> None:
+    """frames_done is the sum over the chunks; a chunk run again (its worker died) starts counting
+    from 0, which made a client's progress drop from 70 to 30 frames mid-job.  A new attempt starts
+    again from 0, as the job itself does."""
+    job = _running(store, 1)
+    assert store.start_chunks(job.id, 1, 2, {"count": "2"})
+    assert store.chunk_progress(job.id, 1, 0, 40) == (0, 2)
+    store.chunk_progress(job.id, 1, 1, 30)
+    assert store.get(job.id).progress.frames_done == 70  # type: ignore[union-attr]
+    store.chunk_progress(job.id, 1, 0, 5)  # chunk 0 run again
+    assert store.get(job.id).progress.frames_done == 70  # type: ignore[union-attr]
+    assert store.chunk_progress(job.id, 1, 0, 50, finished=True) == (1, 2)
+    progress = store.get(job.id).progress  # type: ignore[union-attr]
+    assert (progress.frames_done, progress.chunks_done) == (80, 1)
+    assert store.chunk_progress(job.id, 2, 1, 60) == (0, 0)  # not this job's attempt: nothing written
+    assert store.get(job.id).progress.frames_done == 80  # type: ignore[union-attr]
+    again = store.get(job.id).model_copy(update={"attempts": 2})  # type: ignore[union-attr]
+    store.r.set(P + f"job:{job.id}", again.model_dump_json())  # the reaper sent it again, a worker took it
+    assert store.start_chunks(job.id, 2, 2, {"count": "2"})
+    store.chunk_progress(job.id, 2, 0, 10)
+    assert store.get(job.id).progress.frames_done == 10  # type: ignore[union-attr]
