@@ -25,6 +25,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
+from service.media import avif
 from service.media.colour_space import srgb_from_light, srgb_to_light
 
 #: the largest profile read; a matrix/TRC profile is a few kB, one with a 4096-entry curve per channel 25 kB
@@ -50,8 +51,8 @@ class RgbProfile:
 
 
 def embedded_profile(path: Path) -> bytes | None:
-    """The ICC profile embedded in a JPEG (APP2 ``ICC_PROFILE``), PNG (``iCCP``) or WebP (``ICCP``)
-    picture, or None.  Read from the file's headers without decoding it; bounded by
+    """The ICC profile embedded in a JPEG (APP2 ``ICC_PROFILE``), PNG (``iCCP``), WebP (``ICCP``)
+    or AVIF (``colr``) picture, or None.  Read from the file's headers without decoding it; bounded by
     ``MAX_PROFILE_BYTES`` (a PNG's is compressed: inflated no further than that)."""
     try:
         with open(path, "rb") as f:
@@ -63,6 +64,9 @@ def embedded_profile(path: Path) -> bytes | None:
                 return _png_profile(f)
             if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
                 return _webp_profile(f)
+            if avif.is_avif(f.read(64)):
+                icc = avif.read_header(f, f.seek(0, 2)).icc
+                return icc if icc is not None and len(icc) <= MAX_PROFILE_BYTES else None
     except (OSError, struct.error, zlib.error, ValueError):
         return None
     return None
@@ -216,9 +220,9 @@ def _curve(tag: bytes) -> np.ndarray:
     raise ValueError("not a tone curve")
 
 
-def _srgb_colorants() -> np.ndarray:
-    """sRGB's colorants adapted to D50 as its ICC profile writes them (Bradford)."""
-    xy = ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060))
+def _colorants(xy: tuple[tuple[float, float], ...]) -> np.ndarray:
+    """The colorants of RGB primaries at chromaticities ``xy`` with a D65 white, adapted to D50 as
+    an ICC profile writes them (Bradford)."""
     columns = np.stack([np.array([x / y, 1.0, (1 - x - y) / y]) for x, y in xy], axis=1)
     to_xyz = columns * np.linalg.solve(columns, _D65_XYZ)
     cone = _BRADFORD
@@ -226,8 +230,27 @@ def _srgb_colorants() -> np.ndarray:
     return adapt @ to_xyz  # type: ignore[no-any-return]
 
 
-_SRGB_COLORANTS = _srgb_colorants()
+_SRGB_COLORANTS = _colorants(((0.640, 0.330), (0.300, 0.600), (0.150, 0.060)))
 _SRGB_TO_LIGHT = srgb_to_light(np.arange(256, dtype=np.float64) / 255)
+#: CICP colour primaries (ITU-T H.273) with a D65 white that a picture may name instead of an ICC
+#: profile (AVIF's ``nclx``): BT.709 (sRGB's), BT.2020 and Display P3
+_CICP_PRIMARIES = {
+    1: ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060)),
+    9: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046)),
+    12: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060)),
+}
+#: CICP transfers of pictures for an SDR display: unspecified, BT.709, BT.601, sRGB, BT.2020 (10 and
+#: 12 bits).  They are read with sRGB's curve, as browsers show such pictures; PQ and HLG (HDR) are not.
+_CICP_SDR_TRANSFERS = (1, 2, 6, 13, 14, 15)
+
+
+def from_cicp(primaries: int, transfer: int) -> RgbProfile | None:
+    """The profile that CICP numbers describe, where ``to_srgb`` can apply it: Display P3 or BT.2020
+    primaries with an SDR transfer.  None for sRGB's own (BT.709 or unspecified primaries) and for
+    what it cannot (other primaries, HDR transfers), which leave the picture as read."""
+    if primaries not in _CICP_PRIMARIES or primaries == 1 or transfer not in _CICP_SDR_TRANSFERS:
+        return None
+    return RgbProfile(np.stack([_SRGB_TO_LIGHT] * 3), _colorants(_CICP_PRIMARIES[primaries]))
 
 
 def to_srgb(image: np.ndarray, profile: RgbProfile | None) -> np.ndarray:

@@ -10,10 +10,10 @@ decodes (``service.media.probe``, ``decode``, ``background``): headers can lie.
 Import-light on purpose (PyAV and the standard library; no numpy, OpenCV or ONNX Runtime): the API
 imports it.
 
-Backgrounds accepted: still PNG, JPEG, WebP, GIF and BMP images (``max_background_pixels``);
+Backgrounds accepted: still PNG, JPEG, WebP, GIF, BMP and AVIF images (``max_background_pixels``);
 animated GIF and APNG (each frame within the video frame limits, and frames × pixels within
 ``max_animated_background_pixels``); videos in the containers ``CONTAINER_MAGIC`` lists (the video
-limits).  Everything else — SVG, TIFF, HEIC, text, animated WebP (this build's FFmpeg cannot decode
+limits).  Everything else — SVG, TIFF, HEIC (HEVC pictures), text, animated WebP (this build's FFmpeg cannot decode
 it) — is refused with ``unsupported_background``.
 """
 
@@ -47,6 +47,7 @@ from service.errors import (
     UnsupportedCodec,
     VideoTooLarge,
 )
+from service.media import avif
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -151,7 +152,7 @@ class VideoInfo:
 class ImageHeader:
     """What an image file's header says: its format, canvas size and number of frames."""
 
-    format: str  # png, jpeg, gif, webp, bmp
+    format: str  # png, jpeg, gif, webp, bmp, avif
     width: int
     height: int
     frames: int = 1
@@ -308,6 +309,8 @@ def sniff_image(head: bytes) -> str | None:
         return "webp"
     if head[:2] == b"BM" and len(head) >= 26:
         return "bmp"
+    if avif.is_avif(head):
+        return "avif"
     return None
 
 
@@ -317,7 +320,7 @@ def read_image_header(path: Path) -> ImageHeader:
     block complete; WebP: every chunk within the file; BMP: the rows the header promises).
     Raises ``ImageHeaderError`` when the header is malformed or the data cut short."""
     with open(path, "rb") as fh:
-        head = fh.read(32)
+        head = fh.read(64)
         kind = sniff_image(head)
         if kind is None:
             raise ImageHeaderError("not an image this service reads")
@@ -492,7 +495,15 @@ def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
     return ImageHeader("bmp", width, height)
 
 
-_PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp}
+def _avif(fh: BinaryIO, size: int) -> ImageHeader:
+    try:
+        header = avif.read_header(fh, size)
+    except avif.AvifError as exc:
+        raise ImageHeaderError(str(exc)) from None
+    return ImageHeader("avif", header.width, header.height)
+
+
+_PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp, "avif": _avif}
 
 
 # --- videos ---------------------------------------------------------------------------------------
@@ -846,9 +857,9 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
         return BackgroundInfo("video", info.width, info.height, info.frames)
     lead = head.lstrip().lower()
     if lead.startswith((b"<?xml", b"<svg", b"<!doctype svg")):
-        raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF or BMP")
+        raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF, BMP or AVIF")
     raise UnsupportedBackground(
-        "the background is not a supported type: PNG, JPEG, WebP, GIF or BMP images, or an MP4/MOV, "
+        "the background is not a supported type: PNG, JPEG, WebP, GIF, BMP or AVIF images, or an MP4/MOV, "
         "Matroska/WebM, AVI, MPEG-PS, FLV or Ogg video"
     )
 

@@ -122,6 +122,25 @@ def test_bad_background_file(api: ApiServer, files: dict[str, Path]) -> None:
     assert_problem(r, 422, "empty_file")
 
 
+def test_an_avif_background_is_taken_and_a_lying_one_refused(api: ApiServer) -> None:
+    """An AVIF picture is a background like a PNG; one whose header hides a larger AV1 frame is
+    refused at the door, before a worker decodes it."""
+    import cv2
+    import numpy as np
+
+    ok, data = cv2.imencode(".avif", np.full((48, 64, 3), 90, np.uint8), [cv2.IMWRITE_AVIF_QUALITY, 100])
+    assert ok
+    good = data.tobytes()
+    at = good.find(b"ispe") + 8
+    lying = good[:at] + (8).to_bytes(4, "big") + (6).to_bytes(4, "big") + good[at + 8:]
+    with api.client(API_KEY) as c, open(asl_clip(), "rb") as v:
+        r = c.post("/jobs", files={"video": ("v.mkv", v), "background": ("bg.avif", good, "image/avif")})
+        assert r.status_code == 202, r.text
+        v.seek(0)
+        r = c.post("/jobs", files={"video": ("v.mkv", v), "background": ("bg.avif", lying, "image/avif")})
+        assert_problem(r, 422, "corrupt_background")
+
+
 def test_missing_video_and_not_multipart(api: ApiServer) -> None:
     with api.client(API_KEY) as c:
         assert_problem(c.post("/jobs", data={"background_color": "#000000"}), 422, "validation_error")
