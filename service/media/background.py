@@ -21,7 +21,7 @@ import numpy as np
 from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
-from service.media import avif, icc
+from service.media import heif, icc
 from service.media.colour_space import SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
 from service.media.inspect import (
@@ -268,9 +268,9 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
     """The still picture in ``path`` as RGB, once ``inspect_background`` has checked its header
     against the limits (a 0.9 MB PNG can declare 30000×30000); the decoded size is checked against
     the header.  ``cv2.imread`` streams the file: an upload may be far larger than its pixels."""
-    header = _avif_header(path)
+    header = _heif_header(path)
     if header is not None:
-        return _read_avif(path, info, header)
+        return _read_heif(path, info, header)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise CorruptBackground("the background image cannot be decoded")
@@ -281,22 +281,32 @@ def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
     return rgb if alpha is None else on_black(rgb, alpha)
 
 
-def _avif_header(path: Path) -> avif.AvifHeader | None:
-    """The AVIF header of ``path``, or None for any other file."""
+def _heif_header(path: Path) -> heif.HeifHeader | None:
+    """The HEIF header of ``path`` (an AVIF or HEIC picture), or None for any other file."""
     with open(path, "rb") as f:
-        if not avif.is_avif(f.read(64)):
+        if heif.kind(f.read(64)) is None:
             return None
         try:
-            return avif.read_header(f, f.seek(0, 2))
-        except avif.AvifError as exc:
+            return heif.read_header(f, f.seek(0, 2))
+        except heif.HeifError as exc:
             raise CorruptBackground(str(exc)) from None
 
 
-def _read_avif(path: Path, info: BackgroundInfo, header: avif.AvifHeader) -> np.ndarray:
-    """An AVIF picture as RGB, upright, on black where it is see-through.  Decoded once, as stored
-    (``IMREAD_UNCHANGED``: 1, 3 or 4 channels, 8 bits or the file's 10 or 12 in 16), then turned
-    and mirrored as its header says: OpenCV's reader applies neither (an Exif orientation in the
-    file is not the picture's: HEIF's is ``irot``/``imir``)."""
+def _read_heif(path: Path, info: BackgroundInfo, header: heif.HeifHeader) -> np.ndarray:
+    """A HEIF picture as RGB, upright, then turned and mirrored as its header says (``irot``,
+    ``imir``; an Exif orientation in the file is not the picture's)."""
+    rgb = _read_avif(path, info, header) if header.format == "avif" else _read_heic(path, header)
+    turned = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
+    if header.rotation in turned:
+        rgb = cv2.rotate(rgb, turned[header.rotation])
+    if header.mirror is not None:
+        rgb = cv2.flip(rgb, header.mirror)
+    return np.ascontiguousarray(rgb)
+
+
+def _read_avif(path: Path, info: BackgroundInfo, header: heif.HeifHeader) -> np.ndarray:
+    """An AVIF picture, on black where it is see-through.  Decoded once by OpenCV's libavif, as
+    stored (``IMREAD_UNCHANGED``: 1, 3 or 4 channels, 8 bits or the file's 10 or 12 in 16)."""
     try:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error:  # libavif's parse or decode errors are raised, not returned as None
@@ -309,26 +319,49 @@ def _read_avif(path: Path, info: BackgroundInfo, header: avif.AvifHeader) -> np.
         top = (1 << header.depth) - 1 if header.depth in (10, 12) else 65535
         raw = cv2.convertScaleAbs(raw, alpha=255 / top)
     if raw.ndim == 2 or raw.shape[2] == 1:
-        rgb = cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)
-    else:
-        rgb = cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)
-        if raw.shape[2] == 4:
-            rgb = on_black(rgb, raw[..., 3].astype(np.float32) * np.float32(1 / 255))
-    turned = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
-    if header.rotation in turned:
-        rgb = cv2.rotate(rgb, turned[header.rotation])
-    if header.mirror is not None:
-        rgb = cv2.flip(rgb, header.mirror)
-    return np.ascontiguousarray(rgb)
+        return cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)  # type: ignore[no-any-return]
+    rgb = cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)
+    if raw.shape[2] == 4:
+        rgb = on_black(rgb, raw[..., 3].astype(np.float32) * np.float32(1 / 255))
+    return rgb  # type: ignore[no-any-return]
+
+
+def _read_heic(path: Path, header: heif.HeifHeader) -> np.ndarray:
+    """A HEIC picture: each tile decoded by FFmpeg's HEVC decoder, which may allocate no more
+    than the tile's declared size (``max_pixels``), made RGB with the matrix and range its header
+    names (``nclx``; else the bitstream's), and put in its place in the grid.  An alpha plane, rare in
+    photos, is not applied."""
+    canvas = np.zeros((header.height, header.width, 3), np.uint8)
+    with open(path, "rb") as f:
+        for index, tile in enumerate(header.tiles):
+            ctx = av.CodecContext.create("hevc", "r")
+            ctx.extradata = tile.config
+            ctx.options = {"max_pixels": str(tile.width * tile.height)}
+            try:
+                frames = [*ctx.decode(av.Packet(heif.item_bytes(f, header, tile))), *ctx.decode(None)]
+            except av.FFmpegError:
+                frames = []
+            if not frames:
+                raise CorruptBackground("the HEIC background cannot be decoded")
+            frame = frames[0]
+            if (frame.width, frame.height) != (tile.width, tile.height):
+                raise CorruptBackground(f"the HEIC's pictures are coded at {frame.width}x{frame.height}, "
+                                        f"its header says {tile.width}x{tile.height}")
+            if header.cicp is not None:
+                frame.colorspace, frame.color_range = header.cicp[2], 2 if header.cicp[3] else 1
+            top, left = (index // header.columns) * tile.height, (index % header.columns) * tile.width
+            part = canvas[top:top + tile.height, left:left + tile.width]
+            part[...] = RgbConverter(tile.width, tile.height)(frame)[:part.shape[0], :part.shape[1]]
+    return canvas
 
 
 def _profile(path: Path) -> icc.RgbProfile | None:
     """The colour profile a picture (or an animated one) carries, where it is one ``icc`` applies:
-    an embedded ICC profile, or an AVIF's CICP numbers."""
+    an embedded ICC profile, or a HEIF picture's CICP numbers."""
     profile = icc.embedded_profile(path)
     if profile:
         return icc.parse(profile)
-    header = _avif_header(path)
+    header = _heif_header(path)
     if header is not None and header.cicp is not None:
         return icc.from_cicp(*header.cicp[:2])
     return None

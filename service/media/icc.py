@@ -25,7 +25,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from service.media import avif
+from service.media import heif
 from service.media.colour_space import srgb_from_light, srgb_to_light
 
 #: the largest profile read; a matrix/TRC profile is a few kB, one with a 4096-entry curve per channel 25 kB
@@ -52,7 +52,7 @@ class RgbProfile:
 
 def embedded_profile(path: Path) -> bytes | None:
     """The ICC profile embedded in a JPEG (APP2 ``ICC_PROFILE``), PNG (``iCCP``), WebP (``ICCP``)
-    or AVIF (``colr``) picture, or None.  Read from the file's headers without decoding it; bounded by
+    or HEIF (AVIF, HEIC: ``colr``) picture, or None.  Read from the file's headers without decoding it; bounded by
     ``MAX_PROFILE_BYTES`` (a PNG's is compressed: inflated no further than that)."""
     try:
         with open(path, "rb") as f:
@@ -64,8 +64,8 @@ def embedded_profile(path: Path) -> bytes | None:
                 return _png_profile(f)
             if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
                 return _webp_profile(f)
-            if avif.is_avif(f.read(64)):
-                icc = avif.read_header(f, f.seek(0, 2)).icc
+            if heif.kind(f.read(64)):
+                icc = heif.read_header(f, f.seek(0, 2)).icc
                 return icc if icc is not None and len(icc) <= MAX_PROFILE_BYTES else None
     except (OSError, struct.error, zlib.error, ValueError):
         return None
@@ -233,7 +233,7 @@ def _colorants(xy: tuple[tuple[float, float], ...]) -> np.ndarray:
 _SRGB_COLORANTS = _colorants(((0.640, 0.330), (0.300, 0.600), (0.150, 0.060)))
 _SRGB_TO_LIGHT = srgb_to_light(np.arange(256, dtype=np.float64) / 255)
 #: CICP colour primaries (ITU-T H.273) with a D65 white that a picture may name instead of an ICC
-#: profile (AVIF's ``nclx``): BT.709 (sRGB's), BT.2020 and Display P3
+#: profile (HEIF's ``nclx``): BT.709 (sRGB's), BT.2020 and Display P3
 _CICP_PRIMARIES = {
     1: ((0.640, 0.330), (0.300, 0.600), (0.150, 0.060)),
     9: ((0.708, 0.292), (0.170, 0.797), (0.131, 0.046)),

@@ -10,11 +10,11 @@ decodes (``service.media.probe``, ``decode``, ``background``): headers can lie.
 Import-light on purpose (PyAV and the standard library; no numpy, OpenCV or ONNX Runtime): the API
 imports it.
 
-Backgrounds accepted: still PNG, JPEG, WebP, GIF, BMP and AVIF images (``max_background_pixels``);
+Backgrounds accepted: still PNG, JPEG, WebP, GIF, BMP, AVIF and HEIC images (``max_background_pixels``);
 animated GIF and APNG (each frame within the video frame limits, and frames × pixels within
 ``max_animated_background_pixels``); videos in the containers ``CONTAINER_MAGIC`` lists (the video
-limits).  Everything else — SVG, TIFF, HEIC (HEVC pictures), text, animated WebP (this build's FFmpeg cannot decode
-it) — is refused with ``unsupported_background``.
+limits).  Everything else — SVG, TIFF, text, animated WebP (this build's FFmpeg cannot decode it) — is
+refused with ``unsupported_background``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from service.errors import (
     UnsupportedCodec,
     VideoTooLarge,
 )
-from service.media import avif
+from service.media import heif
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -152,7 +152,7 @@ class VideoInfo:
 class ImageHeader:
     """What an image file's header says: its format, canvas size and number of frames."""
 
-    format: str  # png, jpeg, gif, webp, bmp, avif
+    format: str  # png, jpeg, gif, webp, bmp, avif, heic
     width: int
     height: int
     frames: int = 1
@@ -309,9 +309,7 @@ def sniff_image(head: bytes) -> str | None:
         return "webp"
     if head[:2] == b"BM" and len(head) >= 26:
         return "bmp"
-    if avif.is_avif(head):
-        return "avif"
-    return None
+    return heif.kind(head)
 
 
 def read_image_header(path: Path) -> ImageHeader:
@@ -495,15 +493,15 @@ def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
     return ImageHeader("bmp", width, height)
 
 
-def _avif(fh: BinaryIO, size: int) -> ImageHeader:
+def _heif(fh: BinaryIO, size: int) -> ImageHeader:
     try:
-        header = avif.read_header(fh, size)
-    except avif.AvifError as exc:
+        header = heif.read_header(fh, size)
+    except heif.HeifError as exc:
         raise ImageHeaderError(str(exc)) from None
-    return ImageHeader("avif", header.width, header.height)
+    return ImageHeader(header.format, header.width, header.height)
 
 
-_PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp, "avif": _avif}
+_PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp, "avif": _heif, "heic": _heif}
 
 
 # --- videos ---------------------------------------------------------------------------------------
@@ -567,9 +565,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     path = Path(path)
     _check_file(path)
     head = _video_head(path)
-    animated = _animated_image(path, settings)
     if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
         raise NotAVideo(f"this is a still image ({head[8:12].decode('latin-1')}), not a video")
+    animated = _animated_image(path, settings)
     container = open_input(path)
     try:
         name = container.format.name
@@ -857,9 +855,9 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
         return BackgroundInfo("video", info.width, info.height, info.frames)
     lead = head.lstrip().lower()
     if lead.startswith((b"<?xml", b"<svg", b"<!doctype svg")):
-        raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF, BMP or AVIF")
+        raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC")
     raise UnsupportedBackground(
-        "the background is not a supported type: PNG, JPEG, WebP, GIF, BMP or AVIF images, or an MP4/MOV, "
+        "the background is not a supported type: PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC images, or an MP4/MOV, "
         "Matroska/WebM, AVI, MPEG-PS, FLV or Ogg video"
     )
 

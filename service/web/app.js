@@ -143,10 +143,16 @@ function videoFrame(file) {
   });
 }
 
-// A still picture (an image, or the first frame of a video) as a JPEG Blob, at most 2048 px long.
+// A still picture (an image, or the first frame of a video) as a JPEG Blob, at most 2048 px long;
+// a picture this browser cannot decode (HEIC outside Safari) goes as it is, for the server to read.
 async function stillPicture(file) {
   if (file.type.startsWith("video/")) return videoFrame(file);
-  const bmp = await createImageBitmap(file);
+  let bmp;
+  try {
+    bmp = await createImageBitmap(file);
+  } catch {
+    return file;
+  }
   const scale = Math.min(1, 2048 / Math.max(bmp.width, bmp.height));
   const canvas = document.createElement("canvas");
   canvas.width = Math.max(1, Math.round(bmp.width * scale));
@@ -219,7 +225,7 @@ async function fillOptions(form, forPreview) {
     if (!f) throw new ApiError(0, "Choose a background image or video, or another kind of background.");
     if (forPreview) {
       if (!state.bgFrame) state.bgFrame = await stillPicture(f);
-      form.append("background", state.bgFrame, "background.jpg");
+      form.append("background", state.bgFrame, state.bgFrame === f ? f.name : "background.jpg");
     } else form.append("background", f, f.name);
   }
   form.append("model", $("model").value || (state.limits && state.limits.default_model) || "rvm");

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_icc import P3_TO_XYZ, _decode_srgb, expected, patches, read
 
-from service.errors import BackdropError, BackgroundTooLarge, CorruptBackground, UnsupportedBackground
+from service.errors import BackdropError, BackgroundTooLarge, CorruptBackground
 from service.media.inspect import inspect_background
 
 
@@ -124,8 +124,8 @@ def test_avif_headers_are_checked_before_anything_is_decoded(tmp_path: Path) -> 
     huge = write(tmp_path, "huge.avif", data[:at] + struct.pack(">II", 30000, 30000) + data[at + 8:])
     with pytest.raises(BackgroundTooLarge):
         inspect_background(huge)
-    heic = write(tmp_path, "photo.heic", data[:8] + b"heic" + data[12:])
-    with pytest.raises(UnsupportedBackground):
+    heic = write(tmp_path, "photo.heic", data[:8] + b"heic" + data[12:])  # a HEIC holding AV1
+    with pytest.raises(CorruptBackground, match="not HEVC"):
         inspect_background(heic)
 
 

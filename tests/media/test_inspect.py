@@ -182,7 +182,7 @@ def test_a_stream_that_shrinks_is_scaled_to_its_probed_size(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "name,content",
     [("svg", bombs.SVG), ("text", b"this is not a picture\n" * 20), ("tiff", b"II*\x00" + bytes(100)),
-     ("heic", b"\x00\x00\x00\x18ftypheic" + bytes(100))],
+     ("jxl", b"\xff\x0a" + bytes(100))],
 )
 def test_unknown_backgrounds_are_unsupported(tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / f"bg.{name}"

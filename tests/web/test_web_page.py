@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from clips import first_frame_jpeg, short_clip
+from heicfile import heic
 from playwright.sync_api import expect
 from stack import count_frames, data_path
 from webstack import WebStack, start_stack, stop_stack
@@ -242,9 +243,10 @@ def test_the_preview_of_a_rotated_video_is_upright(web: WebStack, page_factory: 
     log.check()
 
 
-def test_every_kind_of_background_previews(web: WebStack, clip: Path, page_factory: Any) -> None:
-    """Built-in picture, an uploaded video (its first frame is sent), blur, and transparent (no
-    composite; the output format follows)."""
+def test_every_kind_of_background_previews(web: WebStack, clip: Path, page_factory: Any, tmp_path: Path) -> None:
+    """Built-in picture, an uploaded video (its first frame is sent), an iPhone's HEIC photo (which
+    Chromium cannot decode: the file itself is sent, and the server reads it), blur, and transparent
+    (no composite; the output format follows)."""
     page, log, shot = page_factory(web.url)
     page.get_by_test_id("video-input").set_input_files(str(clip))
     preview = page.get_by_test_id("preview")
@@ -261,6 +263,10 @@ def test_every_kind_of_background_previews(web: WebStack, clip: Path, page_facto
     shot("builtin")
     page.get_by_label("Your image or video").check()
     changed(lambda: page.locator("#bg-file").set_input_files(str(data_path("videos", "walking-sideways.mp4"))))
+    photo = tmp_path / "IMG_0001.HEIC"
+    photo.write_bytes(heic(np.full((96, 128, 3), (200, 40, 40), np.uint8), tile=64))
+    changed(lambda: page.locator("#bg-file").set_input_files(str(photo)))
+    assert _close(_pixel(page, "#preview-composite", 3, 3), "#c82828", 12)
     changed(lambda: page.get_by_label("Blur the original").check())
     changed(lambda: page.get_by_label("Transparent").check())
     assert page.locator("#format").input_value() == "webm"

@@ -1,0 +1,114 @@
+"""HEIC backgrounds (an iPhone's photos): checked from their headers, decoded tile by tile by
+FFmpeg's HEVC decoder, assembled, turned and brought into sRGB.
+
+No library here writes HEIC, so ``heicfile.heic`` does (tests/heicfile.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from heicfile import heic
+from test_icc import P3, P3_TO_XYZ, _decode_srgb, expected, patches, read
+
+from service.errors import BackdropError, BackgroundTooLarge, CorruptBackground
+from service.media.inspect import inspect_background
+
+
+def big_patches() -> np.ndarray:
+    """``patches`` at twice the size (128x96): 2x2 tiles of 64."""
+    return cv2.resize(patches(), (128, 96), interpolation=cv2.INTER_NEAREST)
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def close(a: np.ndarray, b: np.ndarray, most: int = 3) -> bool:
+    """Within ``most`` levels (8-bit YUV and back) more than 3 pixels from the patches' edges, every
+    32 pixels (4:2:0 colour is halved, then interpolated, there)."""
+    ys, xs = np.arange(a.shape[0]), np.arange(a.shape[1])
+    near = lambda v: np.minimum(v % 32, 32 - v % 32) < 3  # noqa: E731
+    inner = ~near(ys)[:, None] & ~near(xs)[None, :]
+    diff = np.abs(a.astype(int) - b.astype(int)).max(axis=-1)
+    return bool(diff[inner].max() <= most)
+
+
+def test_a_heic_in_one_piece_and_in_tiles_reads_as_the_picture(tmp_path: Path) -> None:
+    """An iPhone cuts its photo into 512x512 tiles, the last row and column running past the
+    picture: each is decoded, put in its place, and the picture cropped out."""
+    rgb = big_patches()
+    whole = write(tmp_path, "whole.heic", heic(rgb))
+    tiled = write(tmp_path, "tiled.heic", heic(rgb, tile=64))  # 2x2 tiles of 64 over 128x96
+    info = inspect_background(tiled)
+    assert (info.kind, info.width, info.height) == ("image", 128, 96)
+    one, many = read(whole, 128, 96), read(tiled, 128, 96)
+    assert close(one, rgb) and close(many, rgb) and close(one, many, 1)
+
+
+def test_a_heic_s_own_colour_range_is_honoured(tmp_path: Path) -> None:
+    """Full-range YUV, as phones write it, said by the header's nclx: read as the bitstream's
+    default (limited range) it came out with its contrast raised, darks crushed."""
+    rgb = big_patches()
+    got = read(write(tmp_path, "full.heic", heic(rgb, full_range=True)), 128, 96)
+    assert close(got, rgb)
+
+
+def test_a_heic_is_turned_and_its_display_p3_profile_applied(tmp_path: Path) -> None:
+    rgb = big_patches()
+    turned = read(write(tmp_path, "irot.heic", heic(rgb, tile=64, irot=3)), 96, 128)  # 270° anticlockwise
+    assert close(turned, np.rot90(rgb, 3))
+    plain = read(write(tmp_path, "plain.heic", heic(rgb)), 128, 96)
+    p3 = read(write(tmp_path, "p3.heic", heic(rgb, icc=P3)), 128, 96)
+    assert np.abs(p3.astype(int) - expected(plain, P3_TO_XYZ, _decode_srgb)).max() <= 1
+
+
+def test_heic_headers_that_do_not_add_up_are_refused(tmp_path: Path) -> None:
+    rgb = big_patches()
+    data = heic(rgb, tile=64)
+    with pytest.raises(CorruptBackground, match="cut short"):
+        inspect_background(write(tmp_path, "cut.heic", data[:-40]))
+    with pytest.raises(CorruptBackground, match="has 4 tiles"):
+        inspect_background(write(tmp_path, "count.heic", heic(rgb, tile=64, grid=(3, 3))))
+    with pytest.raises(CorruptBackground, match="do not make"):
+        inspect_background(write(tmp_path, "cover.heic", heic(rgb, tile=64, tile_size=(16, 16))))
+    with pytest.raises(BackgroundTooLarge):
+        inspect_background(write(tmp_path, "huge.heic", heic(rgb, declared=(40000, 30000))))
+
+
+def test_a_heic_tile_coded_larger_than_its_header_says_is_refused(tmp_path: Path) -> None:
+    """The header says 32x32 tiles over a 64x48 picture; each tile's HEVC is 64x64: the decoder
+    may not allocate past the tile's declared size (``max_pixels``)."""
+    path = write(tmp_path, "liar.heic", heic(big_patches(), tile=64, tile_size=(32, 32), declared=(64, 48)))
+    assert inspect_background(path).width == 64
+    with pytest.raises(CorruptBackground, match="cannot be decoded"):  # not decoded, then found too large
+        read(path, 64, 48)
+    smaller = write(tmp_path, "smaller.heic", heic(big_patches(), declared=(256, 192)))
+    with pytest.raises(CorruptBackground, match="coded at 128x96, its header says 256x192"):
+        read(smaller, 128, 96)
+
+
+def test_damaged_heic_files_are_refused_cleanly(tmp_path: Path) -> None:
+    """Bytes changed at random, in the header and in the HEVC data, and files cut short: each is
+    read or refused with a Backdrop error, never another exception."""
+    rng = random.Random(11)
+    sources = [heic(big_patches(), tile=64), heic(big_patches(), icc=P3, irot=1)]
+    refused = 0
+    for n in range(150):
+        damaged = bytearray(rng.choice(sources))
+        for _ in range(rng.randint(1, 4)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if n % 5 == 0:
+            damaged = damaged[:rng.randrange(len(damaged))]
+        path = write(tmp_path, f"d{n}.heic", bytes(damaged))
+        try:
+            inspect_background(path)
+            read(path, 128, 96)
+        except BackdropError:
+            refused += 1
+    assert 10 < refused < 150
