@@ -170,7 +170,10 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
         w, h = tiles[0].width, tiles[0].height
         if any((t.width, t.height) != (w, h) for t in tiles):
             raise HeifError(f"the {name}'s grid tiles differ in size")
-        if not ((columns - 1) * w < width <= columns * w and (rows - 1) * h < height <= rows * h):
+        # MIAF's rule (the last row and column reach into the picture), and with one row or column
+        # tiles no more than twice the picture: the decoder allocates for a whole tile
+        if not ((columns - 1) * w < width <= columns * w <= 2 * width
+                and (rows - 1) * h < height <= rows * h <= 2 * height):
             raise HeifError(f"the {name}'s {rows}x{columns} tiles of {w}x{h} do not make its {width}x{height} picture")
     else:
         found = types.get(primary, b"none").decode("latin-1")

@@ -77,6 +77,8 @@ def test_heic_headers_that_do_not_add_up_are_refused(tmp_path: Path) -> None:
         inspect_background(write(tmp_path, "count.heic", heic(rgb, tile=64, grid=(3, 3))))
     with pytest.raises(CorruptBackground, match="do not make"):
         inspect_background(write(tmp_path, "cover.heic", heic(rgb, tile=64, tile_size=(16, 16))))
+    with pytest.raises(CorruptBackground, match="do not make"):  # one tile, declared far larger than the picture
+        inspect_background(write(tmp_path, "vast.heic", heic(rgb[:64, :64], tile=64, tile_size=(30000, 30000))))
     with pytest.raises(BackgroundTooLarge):
         inspect_background(write(tmp_path, "huge.heic", heic(rgb, declared=(40000, 30000))))
 
