@@ -22,7 +22,7 @@ from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
 from service.media import heif, icc
-from service.media.colour_space import SRGB, ColourSpace, converter, in_space
+from service.media.colour_space import HLG, PQ, SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
 from service.media.inspect import (
     BackgroundInfo,
@@ -90,11 +90,12 @@ class ColorBackground:
 
 class ImageBackground(ColorBackground):
     """A still picture, covering the frame, in the video's colour space (``space``): from sRGB, or
-    from the colour space its ``profile`` names (``icc``), brought into sRGB at the output size."""
+    from the colour space its ``profile`` names (``icc``), brought into sRGB at the output size, or
+    from its own HDR space (``own``: a HEIF picture's CICP numbers), as an HDR video background is."""
 
     def __init__(self, image: np.ndarray, width: int, height: int, pixel_aspect: float = 1.0,
-                 space: ColourSpace = SRGB, profile: icc.RgbProfile | None = None):
-        self.plate = in_space(icc.to_srgb(cover(image, width, height, pixel_aspect), profile), SRGB, space)
+                 space: ColourSpace = SRGB, profile: icc.RgbProfile | None = None, own: ColourSpace = SRGB):
+        self.plate = in_space(icc.to_srgb(cover(image, width, height, pixel_aspect), profile), own, space)
 
 
 class BlurBackground:
@@ -355,6 +356,14 @@ def _read_heic(path: Path, header: heif.HeifHeader) -> np.ndarray:
     return canvas
 
 
+def _hdr_space(path: Path) -> ColourSpace | None:
+    """The HDR colour space (PQ or HLG) a HEIF picture's CICP numbers name, else None."""
+    header = _heif_header(path)
+    if header is None or header.cicp is None or header.cicp[1] not in (PQ, HLG):
+        return None
+    return ColourSpace(header.cicp[0], header.cicp[1])
+
+
 def _profile(path: Path) -> icc.RgbProfile | None:
     """The colour profile a picture (or an animated one) carries, where it is one ``icc`` applies:
     an embedded ICC profile, or a HEIF picture's CICP numbers."""
@@ -406,7 +415,9 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     path = Path(spec)
     info = inspect_background(path, settings)
     if info.kind == "image":
-        return ImageBackground(_read_image(path, info), width, height, pixel_aspect, space, _profile(path))
+        own = _hdr_space(path)
+        profile = None if own is not None else _profile(path)
+        return ImageBackground(_read_image(path, info), width, height, pixel_aspect, space, profile, own or SRGB)
     pixels = info.width * info.height
     if info.kind == "animated":
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)

@@ -240,7 +240,8 @@ _CICP_PRIMARIES = {
     12: ((0.680, 0.320), (0.265, 0.690), (0.150, 0.060)),
 }
 #: CICP transfers of pictures for an SDR display: unspecified, BT.709, BT.601, sRGB, BT.2020 (10 and
-#: 12 bits).  They are read with sRGB's curve, as browsers show such pictures; PQ and HLG (HDR) are not.
+#: 12 bits).  They are read with sRGB's curve, as browsers show such pictures; PQ and HLG (HDR) are
+#: colour_space's (``background.ImageBackground``'s ``own``).
 _CICP_SDR_TRANSFERS = (1, 2, 6, 13, 14, 15)
 
 

@@ -115,6 +115,16 @@ def test_an_avif_in_display_p3_is_read_in_srgb(tmp_path: Path) -> None:
     assert np.array_equal(srgb, rgb)
 
 
+def test_an_hdr_avif_is_brought_to_sdr_like_an_hdr_background_video(tmp_path: Path) -> None:
+    """BT.2020 with PQ's transfer (nclx 9/16), as HDR photos are written: PQ's code for SDR's white
+    (203 nits, 148 of 255) is white behind an SDR video, not the grey it was read as."""
+    grey = np.full((48, 64, 3), 148, np.uint8)
+    got = read(write(tmp_path, "pq.avif", with_cicp(avif(grey), 9, 16)))
+    assert np.abs(got.astype(int) - 255).max() <= 3
+    hlg = read(write(tmp_path, "hlg.avif", with_cicp(avif(np.full((48, 64, 3), 191, np.uint8)), 9, 18)))
+    assert hlg.min() >= 252  # HLG's reference white is 75% of its signal
+
+
 def test_avif_headers_are_checked_before_anything_is_decoded(tmp_path: Path) -> None:
     data = avif(patches())
     cut = write(tmp_path, "cut.avif", data[: len(data) - 50])
