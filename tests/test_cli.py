@@ -147,9 +147,12 @@ def test_a_stopped_run_leaves_nothing_behind(tmp_path: Path, signum: int) -> Non
     spool = tmp_path / "spool"
     clip = data_path("videos", "desk.mp4")  # long enough to run in parts on this machine
     with open(clip, "rb") as stdin:
+        # as from a terminal: a shell without job control starts its background commands (and so
+        # these tests, when run with &) with SIGINT ignored, and Python keeps ignoring it then
         proc = subprocess.Popen([*BACKDROP, "replace", "-", "-b", "#00ff00", "-o", str(tmp_path / "out.mp4"), "-q"],
                                 stdin=stdin, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "BACKDROP_SPOOL_DIR": str(spool)})
+                                env={**os.environ, "BACKDROP_SPOOL_DIR": str(spool)},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("*out.mp4.partial*")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
