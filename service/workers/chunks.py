@@ -41,6 +41,7 @@ from service.jobs import Job, JobResult, JobStatus, JobStore
 from service.spool import Workdir
 from service.storage import job_prefix
 from service.workers.celery_app import CHUNK_TASK, JOIN_TASK, app
+from service.workers.housekeeping import retry_delay_s
 from service.workers.tasks import (
     Heartbeat,
     background_spec,
@@ -311,7 +312,7 @@ def _failed(task: Any, store: JobStore, job_id: str, e: Exception, settings: Set
     e = disk_full(e, "of the worker") or e
     if isinstance(e, TransientStorageError):
         if task.request.retries < settings.task_max_retries:
-            raise task.retry(exc=e, countdown=min(60, 2 ** (task.request.retries + 1))) from e
+            raise task.retry(exc=e, countdown=retry_delay_s(task.request.retries)) from e
         return _fail_chunked(store, job_id, e.code, e.message)
     if isinstance(e, SoftTimeLimitExceeded):
         return _fail_chunked(store, job_id, "time_limit", "the job ran past its time limit")

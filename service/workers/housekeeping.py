@@ -67,7 +67,7 @@ def held_long_ids(client: redis.Redis, held_s: float) -> set[str]:
     """Task ids of the messages a worker took more than ``held_s`` ago and has not acknowledged.
 
     A live worker takes one message per process (``worker_prefetch_multiplier`` 1) and starts it at
-    once, and a chunk takes its lease as it starts; a retry's countdown (60 s at most) is held the
+    once, and a chunk takes its lease as it starts; a retry's countdown (``retry_delay_s``) is held the
     same way, without a lease.  A chunk message held longer than that with no lease is one whose
     whole worker died (a node or container gone): Kombu gives it back only after the visibility
     timeout, which is as long as the hard time limit, so the job waited until its deadline and then
@@ -79,10 +79,16 @@ def held_long_ids(client: redis.Redis, held_s: float) -> set[str]:
     return _task_ids(client.hmget(UNACKED_KEY, tags))
 
 
+def retry_delay_s(retries: int) -> float:
+    """How long a job or chunk waits before its retry number ``retries`` + 1 after a storage
+    hiccup (a Celery countdown: its worker holds the message meanwhile): 2, 4, 8, ... up to 60 s."""
+    return float(min(60, 2 ** (retries + 1)))
+
+
 def held_too_long_s(settings: Settings) -> float:
     """How long a chunk's message may be held by a worker without the chunk's lease before its
-    worker counts as gone (``held_long_ids``): well past a retry's countdown and a few leases."""
-    return max(75.0, 10 * settings.job_lease_s)
+    worker counts as gone (``held_long_ids``): well past the longest retry countdown and a few leases."""
+    return max(retry_delay_s(settings.task_max_retries - 1) + 15, 10 * settings.job_lease_s)
 
 
 def queued_grace_s(settings: Settings) -> float:

@@ -273,7 +273,7 @@ def process_job(self: Any, job_id: str) -> str:
             except IllegalTransition:
                 return "canceled"
             outcome = "retry"
-            raise self.retry(exc=e, countdown=min(60, 2 ** (self.request.retries + 1))) from e
+            raise self.retry(exc=e, countdown=housekeeping.retry_delay_s(self.request.retries)) from e
         fail_job(store, job_id, e.code, e.message)
         return "failed"
     finally:

@@ -160,7 +160,9 @@ def test_a_chunked_job_whose_whole_worker_dies_is_run_again(
     on the worker that is left."""
     from service.workers.housekeeping import held_too_long_s
 
-    env = _env(redis_url, tmp_path, BACKDROP_JOB_LEASE_S="2", BACKDROP_HOUSEKEEPING_INTERVAL_S="1")
+    # short leases and few retries (so short countdowns): the reaper gives up on the message sooner
+    env = _env(redis_url, tmp_path, BACKDROP_JOB_LEASE_S="2", BACKDROP_HOUSEKEEPING_INTERVAL_S="1",
+               BACKDROP_TASK_MAX_RETRIES="2")
     first = worker_factory(env, "a")
     store = _store(env)
     with ApiServer(settings_from(env)) as api, api.client() as c:

@@ -224,3 +224,14 @@ def test_chunk_progress_sums_chunks_and_never_goes_back_within_an_attempt(store:
     assert store.start_chunks(job.id, 2, 2, {"count": "2"})
     store.chunk_progress(job.id, 2, 0, 10)
     assert store.get(job.id).progress.frames_done == 10  # type: ignore[union-attr]
+
+
+def test_a_chunk_message_counts_as_abandoned_only_past_the_longest_retry_countdown() -> None:
+    """A retry's countdown holds its message without a lease (2, 4, 8, ... s): held_too_long_s
+    stays past the longest one the settings allow, and past ten leases."""
+    from service.workers.housekeeping import held_too_long_s, retry_delay_s
+
+    assert [retry_delay_s(r) for r in range(7)] == [2, 4, 8, 16, 32, 60, 60]
+    assert held_too_long_s(Settings(task_max_retries=5, job_lease_s=1)) == 32 + 15
+    assert held_too_long_s(Settings(task_max_retries=2, job_lease_s=2)) == 20
+    assert held_too_long_s(Settings(task_max_retries=9, job_lease_s=1)) == 60 + 15
