@@ -3,8 +3,10 @@ same timestamps (so the same duration and frame rate), upright."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -26,6 +28,23 @@ EXACT_FPS = {"desk.mp4": Fraction(30000, 1001), "walking-sideways.mp4": Fraction
 BACKGROUNDS = ["backgrounds/bg_1.jpg", "#2a7fff", "videos_gt/hike.mp4", "blur"]
 
 
+@pytest.fixture(scope="module")
+def replaced(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path, str], tuple[Path, Any]]:
+    """``replace_background`` with the default options, each (clip, background) run once for the
+    module: the orientation test looks at the same outputs the validity test made."""
+    root = tmp_path_factory.mktemp("replaced")
+    done: dict[tuple[str, str], tuple[Path, Any]] = {}
+
+    def run(src: Path, background: str) -> tuple[Path, Any]:
+        key = (str(src), background)
+        if key not in done:
+            out = root / f"out{len(done)}.mp4"
+            done[key] = (out, replace_background(src, background, out, ReplaceOptions()))
+        return done[key]
+
+    return run
+
+
 def test_clip_folders_are_there() -> None:
     """The glob above found the folders (else the parametrised test below would be empty)."""
     assert data_path("videos", "asl").is_dir() and data_path("videos", "odd").is_dir()
@@ -35,14 +54,13 @@ def test_clip_folders_are_there() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("clip", CLIPS, ids=[c.split("/")[-1] for c in CLIPS])
-def test_clip_comes_out_valid(clip: str, tmp_path: Path) -> None:
+def test_clip_comes_out_valid(clip: str, replaced: Callable[[Path, str], tuple[Path, Any]]) -> None:
     src = data_path(*clip.split("/"))
     bg = BACKGROUNDS[CLIPS.index(clip) % len(BACKGROUNDS)]
     if clip.endswith(("rotated-tag-90.mp4", "walking-sideways.mp4")):
-        bg = "blur"  # keeps the picture close to the input, so orientation can be compared
+        bg = "blur"  # keeps the picture close to the input, so orientation can be compared (test_orientation)
     background = bg if bg.startswith("#") or bg == "blur" else str(data_path(*bg.split("/")))
-    out = tmp_path / "out.mp4"
-    result = replace_background(src, background, out, ReplaceOptions())
+    out, result = replaced(src, background)
 
     before, after = read_back(src), read_back(out)
     assert after.frames == before.frames == result.frames
@@ -67,12 +85,11 @@ def _regular(pts: list[float]) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rotated-tag-90.mp4", "walking-sideways.mp4"])
-def test_orientation(name: str, tmp_path: Path) -> None:
+def test_orientation(name: str, replaced: Callable[[Path, str], tuple[Path, Any]]) -> None:
     """A rotation tag is applied (the output is upright, untagged); pixels stored sideways with
     no tag come out exactly as they went in."""
     src = data_path("videos", name)
-    out = tmp_path / "out.mp4"
-    replace_background(src, "blur", out)
+    out, _ = replaced(src, "blur")
     idx = {5, 60}
     got = frames_rgb(out, idx)
     want = frames_rgb(src, idx, upright=True)
