@@ -215,14 +215,14 @@ def _item_bytes(fh: BinaryIO, idat: bytes, place: Place | None, most: int | None
     method, extents = place
     out = bytearray()
     for offset, length in extents:
-        want = length if length else (1 << 62)  # 0: to the end of the file
+        want: int | None = length or None  # 0: to the end of the file (or of idat)
         if most is not None:
-            want = min(want, most - len(out))
+            want = min(want or most, most - len(out))
         if method == 0:
             fh.seek(offset)
-            out += fh.read(want)
+            out += fh.read(-1 if want is None else want)
         else:
-            out += idat[offset:offset + want]
+            out += idat[offset:None if want is None else offset + want]
         if most is not None and len(out) >= most:
             break
     return bytes(out)
@@ -255,14 +255,14 @@ def _meta_box(fh: BinaryIO, size: int) -> bytes:
         elif box_size == 0:
             box_size = size - pos
         if box_size < body - pos or pos + box_size > size:
-            raise HeifError(f"the AVIF is cut short (its {kind.decode('latin-1')!r} box)")
+            raise HeifError(f"the picture is cut short (its {kind.decode('latin-1')!r} box)")
         if kind == b"meta":
             if box_size > MAX_META_BYTES:
-                raise HeifError("the AVIF's header (meta box) is too large")
+                raise HeifError("the picture's header (meta box) is too large")
             fh.seek(body)
             return fh.read(pos + box_size - body)
         pos += box_size
-    raise HeifError("the AVIF has no meta box")
+    raise HeifError("the picture has no meta box")
 
 
 def _primary(data: bytes, start: int, end: int) -> int:
@@ -293,11 +293,11 @@ def _locations(data: bytes, start: int, end: int, size: int, idat_size: int) -> 
     offset_size, length_size = data[pos] >> 4, data[pos] & 15
     base_size, index_size = data[pos + 1] >> 4, data[pos + 1] & 15
     if any(s not in (0, 4, 8) for s in (offset_size, length_size, base_size)):
-        raise HeifError("the AVIF's item locations (iloc) are malformed")
+        raise HeifError("the picture's item locations (iloc) are malformed")
     pos += 2
     count, pos = _uint(data, pos, 2 if version < 2 else 4)
     if count > MAX_ITEMS:
-        raise HeifError("the AVIF lists too many items")
+        raise HeifError("the picture lists too many items")
     places: dict[int, Place] = {}
     for _ in range(count):
         item, pos = _uint(data, pos, 2 if version < 2 else 4)
@@ -316,11 +316,11 @@ def _locations(data: bytes, start: int, end: int, size: int, idat_size: int) -> 
             length, pos = _uint(data, pos, length_size)
             limit = size if method == 0 else idat_size if method == 1 else None
             if limit is not None and base + offset + length > limit:
-                raise HeifError("the AVIF is cut short: a picture's bytes lie past the end of the file")
+                raise HeifError("the picture is cut short: its bytes run past the end of the file")
             extents.append((base + offset, length))
         places[item] = (method, extents)
     if pos > end:
-        raise HeifError("the AVIF's item locations (iloc) run past their box")
+        raise HeifError("the picture's item locations (iloc) run past their box")
     return places
 
 
@@ -414,7 +414,7 @@ def _uint(data: bytes, pos: int, n: int) -> tuple[int, int]:
     if n == 0:
         return 0, pos
     if pos + n > len(data):
-        raise HeifError("the AVIF's header is cut short")
+        raise HeifError("the picture's header is cut short")
     return int.from_bytes(data[pos:pos + n], "big"), pos + n
 
 
@@ -429,7 +429,7 @@ def _properties(data: bytes, start: int, end: int) -> tuple[list[tuple[bytes, by
             version, flags = data[body], int.from_bytes(data[body + 1:body + 4], "big")
             count, pos = _uint(data, body + 4, 4)
             if count > MAX_ITEMS:
-                raise HeifError("the AVIF lists too many items")
+                raise HeifError("the picture lists too many items")
             for _ in range(count):
                 item, pos = _uint(data, pos, 2 if version < 1 else 4)
                 n, pos = _uint(data, pos, 1)

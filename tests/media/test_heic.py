@@ -6,6 +6,7 @@ No library here writes HEIC, so ``heicfile.heic`` does (tests/heicfile.py)."""
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 
 import cv2
@@ -66,6 +67,19 @@ def test_a_heic_is_turned_and_its_display_p3_profile_applied(tmp_path: Path) -> 
     plain = read(write(tmp_path, "plain.heic", heic(rgb)), 128, 96)
     p3 = read(write(tmp_path, "p3.heic", heic(rgb, icc=P3)), 128, 96)
     assert np.abs(p3.astype(int) - expected(plain, P3_TO_XYZ, _decode_srgb)).max() <= 1
+
+
+def test_a_heic_whose_picture_runs_to_the_end_of_the_file_is_read(tmp_path: Path) -> None:
+    """An item location of length 0 means "to the end of the file": reading that as a length
+    asked Python for 2**62 bytes (MemoryError)."""
+    rgb = big_patches()
+    data = heic(rgb)
+    at = data.find(b"iloc") + 4 + 4 + 2 + 2  # version and flags, sizes, count: then item 1's entry
+    item, method, ref, extents, offset, length = struct.unpack_from(">HHHHII", data, at)
+    assert (item, extents, length) == (1, 1, len(data) - offset)
+    to_end = data[:at + 12] + bytes(4) + data[at + 16:]
+    got = read(write(tmp_path, "to-end.heic", to_end), 128, 96)
+    assert np.array_equal(got, read(write(tmp_path, "plain.heic", data), 128, 96))
 
 
 def test_heic_headers_that_do_not_add_up_are_refused(tmp_path: Path) -> None:
