@@ -110,8 +110,12 @@ def test_redis_restarted_under_a_running_job(tmp_path: Path, worker_factory: Any
         with ApiServer(settings_from(env)) as api, api.client() as c:
             worker.wait_ready()
             job = submit(c, asl_clip(), background_blur="true")
-            wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2,
-                     "progress")
+            try:
+                seen = wait_for(lambda: (j := c.get(f"/jobs/{job['id']}").json())["progress"]["frames_done"] > 0
+                                or j["status"] in ("failed", "canceled") and j, 120, 0.2, "progress")
+            except AssertionError:  # seen once in a dozen full runs, not alone: say where the job was
+                seen = c.get(f"/jobs/{job['id']}").json()
+            assert seen is True, (seen, worker.log()[-4000:])
             server.stop()
             r = c.get(f"/jobs/{job['id']}")  # the API answers the outage cleanly
             assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json", r.text
