@@ -265,11 +265,11 @@ def _start_s(stream: av.video.stream.VideoStream) -> float:
     return float(stream.start_time * stream.time_base)
 
 
-def _read_image(path: Path, info: BackgroundInfo) -> np.ndarray:
+def _read_image(path: Path, info: BackgroundInfo, header: heif.HeifHeader | None) -> np.ndarray:
     """The still picture in ``path`` as RGB, once ``inspect_background`` has checked its header
     against the limits (a 0.9 MB PNG can declare 30000×30000); the decoded size is checked against
-    the header.  ``cv2.imread`` streams the file: an upload may be far larger than its pixels."""
-    header = _heif_header(path)
+    the header.  ``cv2.imread`` streams the file: an upload may be far larger than its pixels.
+    ``header``: the picture's HEIF header where it is an AVIF or HEIC (``_heif_header``)."""
     if header is not None:
         return _read_heif(path, info, header)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -333,6 +333,7 @@ def _read_heic(path: Path, header: heif.HeifHeader) -> np.ndarray:
     names (``nclx``; else the bitstream's), and put in its place in the grid.  An alpha plane, rare in
     photos, is not applied."""
     canvas = np.zeros((header.height, header.width, 3), np.uint8)
+    rgb = RgbConverter(header.tiles[0].width, header.tiles[0].height)  # a grid's tiles are all one size
     with open(path, "rb") as f:
         for index, tile in enumerate(header.tiles):
             ctx = av.CodecContext.create("hevc", "r")
@@ -352,28 +353,26 @@ def _read_heic(path: Path, header: heif.HeifHeader) -> np.ndarray:
                 frame.colorspace, frame.color_range = header.cicp[2], 2 if header.cicp[3] else 1
             top, left = (index // header.columns) * tile.height, (index % header.columns) * tile.width
             part = canvas[top:top + tile.height, left:left + tile.width]
-            part[...] = RgbConverter(tile.width, tile.height)(frame)[:part.shape[0], :part.shape[1]]
+            part[...] = rgb(frame)[:part.shape[0], :part.shape[1]]
     return canvas
 
 
-def _hdr_space(path: Path) -> ColourSpace | None:
+def _hdr_space(header: heif.HeifHeader | None) -> ColourSpace | None:
     """The HDR colour space (PQ or HLG) a HEIF picture's CICP numbers name, else None."""
-    header = _heif_header(path)
     if header is None or header.cicp is None or header.cicp[1] not in (PQ, HLG):
         return None
     return ColourSpace(header.cicp[0], header.cicp[1])
 
 
-def _profile(path: Path) -> icc.RgbProfile | None:
+def _profile(path: Path, header: heif.HeifHeader | None = None) -> icc.RgbProfile | None:
     """The colour profile a picture (or an animated one) carries, where it is one ``icc`` applies:
-    an embedded ICC profile, or a HEIF picture's CICP numbers."""
-    profile = icc.embedded_profile(path)
-    if profile:
-        return icc.parse(profile)
-    header = _heif_header(path)
-    if header is not None and header.cicp is not None:
-        return icc.from_cicp(*header.cicp[:2])
-    return None
+    an embedded ICC profile, else a HEIF picture's CICP numbers (from its ``header``)."""
+    if header is None:
+        profile = icc.embedded_profile(path)
+        return icc.parse(profile) if profile else None
+    if header.icc and len(header.icc) <= icc.MAX_PROFILE_BYTES:
+        return icc.parse(header.icc)
+    return icc.from_cicp(*header.cicp[:2]) if header.cicp is not None else None
 
 
 def on_black(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
@@ -415,9 +414,10 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
     path = Path(spec)
     info = inspect_background(path, settings)
     if info.kind == "image":
-        own = _hdr_space(path)
-        profile = None if own is not None else _profile(path)
-        return ImageBackground(_read_image(path, info), width, height, pixel_aspect, space, profile, own or SRGB)
+        header = _heif_header(path)  # read once: its colours, then its pictures
+        own = _hdr_space(header)
+        profile = None if own is not None else _profile(path, header)
+        return ImageBackground(_read_image(path, info, header), width, height, pixel_aspect, space, profile, own or SRGB)
     pixels = info.width * info.height
     if info.kind == "animated":
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)

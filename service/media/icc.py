@@ -25,7 +25,6 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from service.media import heif
 from service.media.colour_space import srgb_from_light, srgb_to_light
 
 #: the largest profile read; a matrix/TRC profile is a few kB, one with a 4096-entry curve per channel 25 kB
@@ -51,9 +50,10 @@ class RgbProfile:
 
 
 def embedded_profile(path: Path) -> bytes | None:
-    """The ICC profile embedded in a JPEG (APP2 ``ICC_PROFILE``), PNG (``iCCP``), WebP (``ICCP``)
-    or HEIF (AVIF, HEIC: ``colr``) picture, or None.  Read from the file's headers without decoding it; bounded by
-    ``MAX_PROFILE_BYTES`` (a PNG's is compressed: inflated no further than that)."""
+    """The ICC profile embedded in a JPEG (APP2 ``ICC_PROFILE``), PNG (``iCCP``) or WebP (``ICCP``)
+    picture, or None (a HEIF picture's is in its ``heif.HeifHeader``, read once with the rest of its
+    header).  Read from the file's headers without decoding it; bounded by ``MAX_PROFILE_BYTES`` (a
+    PNG's is compressed: inflated no further than that)."""
     try:
         with open(path, "rb") as f:
             head = f.read(12)
@@ -64,9 +64,6 @@ def embedded_profile(path: Path) -> bytes | None:
                 return _png_profile(f)
             if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
                 return _webp_profile(f)
-            if heif.kind(f.read(64)):
-                icc = heif.read_header(f, f.seek(0, 2)).icc
-                return icc if icc is not None and len(icc) <= MAX_PROFILE_BYTES else None
     except (OSError, struct.error, zlib.error, ValueError):
         return None
     return None
