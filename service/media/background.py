@@ -37,6 +37,7 @@ from service.media.probe import (
     open_input,
     thread_decoder,
     too_large_after_error,
+    video_stream,
 )
 from service.options import blur_strength
 
@@ -154,7 +155,7 @@ class VideoBackground:
     def _measure(self) -> float:
         container = open_input(self.path)
         try:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             end = 0.0
             count = 0
             for packet in container.demux(stream):
@@ -175,7 +176,7 @@ class VideoBackground:
     def _restart(self) -> None:
         self.close()
         self._container = open_input(self.path)
-        stream = self._container.streams.video[0]
+        stream = video_stream(self._container)
         thread_decoder(stream, self.threads)
         limit_decoder(stream, self.pixels)
         start = _start_s(stream)

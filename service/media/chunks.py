@@ -25,7 +25,7 @@ from typing import Any
 import av
 
 from service.media.encode import FORMATS, AudioCarrier, last_frame_duration
-from service.media.inspect import AudioInfo, VideoInfo, open_input
+from service.media.inspect import AudioInfo, VideoInfo, open_input, video_stream
 
 #: Containers whose chunks keep the input's timestamps exactly (see module doc).
 _CHUNK_MUXER = {"mov": "mov", "mp4": "mov", "m4a": "mov", "3gp": "mov", "3g2": "mov", "mj2": "mov"}
@@ -76,7 +76,7 @@ def video_packets(path: Path) -> list[tuple[int, int | None, bool]]:
     """(pts, dts, keyframe) of every video packet, in decode order (demuxed, never decoded)."""
     container = open_input(path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         out: list[tuple[int, int | None, bool]] = []
         for p in container.demux(stream):
             if p.size == 0 and p.pts is None:
@@ -179,7 +179,7 @@ def split_video(info: VideoInfo, plan: ChunkPlan, folder: Path) -> list[Path]:
     outs: dict[int, tuple[Any, Any]] = {}
     times: list[int] = []
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         i = -1
         for packet in container.demux(stream):
             if packet.size == 0 and packet.pts is None:

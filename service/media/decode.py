@@ -21,7 +21,14 @@ import av
 import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
-from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, too_large_after_error
+from service.media.probe import (
+    VideoInfo,
+    limit_decoder,
+    open_input,
+    thread_decoder,
+    too_large_after_error,
+    video_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,7 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) 
     the keyframe at or before that decode time (stream time base) instead of the first packet."""
     container = open_input(info.path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         if seek_dts is not None:
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         thread_decoder(stream, threads)

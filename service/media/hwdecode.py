@@ -23,7 +23,14 @@ import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
 from service.media.decode import timed_frames
-from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, too_large_after_error
+from service.media.probe import (
+    VideoInfo,
+    limit_decoder,
+    open_input,
+    thread_decoder,
+    too_large_after_error,
+    video_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +132,7 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
     ``seek_dts``: from the keyframe at or before that decode time, as ``decode.iter_frames``."""
     container = _open(info, nvdec=nvdec, on_device=on_device, device=device)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         if seek_dts is not None:
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         if not nvdec:  # NVDEC decodes asynchronously on its own; frame threads only add surfaces held

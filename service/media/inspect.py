@@ -539,6 +539,21 @@ def _video_head(path: Path) -> bytes:
         raise NotAVideo(f"{path.name} cannot be read: {exc.strerror}") from None
 
 
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The video a file holds: its first video stream that is not cover art, unless that one is a
+    single picture and another holds more.  An animated AVIF is such a file: FFmpeg lists its still
+    picture (the item a viewer shows first) before the sequence, so the first stream alone made a
+    ten-second animation one frame.  Every reader of an input (inspecting, decoding, splitting
+    into chunks, a background video) takes the same one."""
+    if not container.streams.video:
+        raise NoVideoStream("the file has no video stream")
+    moving = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        raise NoVideoStream("the file has no video stream, only a cover picture (an audio file?)")
+    first, longest = moving[0], max(moving, key=lambda s: s.frames)
+    return longest if first.frames <= 1 < longest.frames else first
+
+
 def open_input(path: Path) -> av.container.InputContainer:
     """Open a media file for demuxing, mapping FFmpeg's failures to our codes.
 
@@ -575,11 +590,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             raise NotAVideo("this is a text file, not a video")
         if any(tag in name for tag in IMAGE_FORMATS):
             raise NotAVideo(f"this is a still image ({name}), not a video")
-        if not container.streams.video:
-            raise NoVideoStream("the file has no video stream")
-        stream = container.streams.video[0]
-        if stream.disposition & av.stream.Disposition.attached_pic:  # FFmpeg lists cover art after the video
-            raise NoVideoStream("the file has no video stream, only a cover picture (an audio file?)")
+        stream = video_stream(container)
         ctx = stream.codec_context
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")

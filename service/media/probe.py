@@ -24,11 +24,13 @@ from service.media.inspect import (
     inspect_video,
     normalise_rotation,
     open_input,
+    video_stream,
 )
 
 __all__ = [
     "AudioInfo", "VideoInfo", "check_limits", "decoder_pixel_cap", "frame_rotation", "limit_decoder",
     "normalise_rotation", "open_input", "probe_video", "thread_decoder", "too_large_after_error",
+    "video_stream",
 ]
 
 
@@ -38,7 +40,7 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     info = inspect_video(path, settings)
     container = open_input(path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         limit_decoder(stream, settings.max_pixels)
         first = _first_frame(container, stream, info, settings.max_pixels)
         # an MP4's or MOV's rotation is read from its boxes (inspect_video); another container's

@@ -20,7 +20,8 @@ import pytest
 from test_icc import P3_TO_XYZ, _decode_srgb, expected, patches, read
 
 from service.errors import BackdropError, BackgroundTooLarge, CorruptBackground
-from service.media.inspect import inspect_background
+from service.media.background import open_background
+from service.media.inspect import inspect_background, inspect_video
 
 
 def avif(rgb: np.ndarray, depth: int = 8) -> bytes:
@@ -151,29 +152,52 @@ def test_an_avif_whose_header_understates_its_picture_is_refused_before_decoding
             inspect_background(small)
 
 
-def ffmpeg_avif(rgb: np.ndarray) -> bytes:
+def ffmpeg_avif(*pictures: np.ndarray) -> bytes:
     """An AVIF as FFmpeg writes it (SVT-AV1): its AV1 sequence header is the full one, with
-    operating points, where libavif's is the reduced one of a still picture.
+    operating points, where libavif's is the reduced one of a still picture.  More than one picture
+    makes an animated AVIF (``avis``) at 10 frames/s: a still item (the first picture) and the sequence.
 
     Encoded in a process of its own: SVT-AV1 run as root makes the calling process SCHED_FIFO at
     priority 99, and every process it starts after inherits that (the service stacks of later tests
     then starved their own threads, and jobs stalled for minutes)."""
+    height, width = pictures[0].shape[:2]
     script = (
         "import io, sys, av, numpy as np\n"
-        "rgb = np.frombuffer(sys.stdin.buffer.read(), np.uint8).reshape(int(sys.argv[1]), int(sys.argv[2]), 3)\n"
+        "h, w = int(sys.argv[1]), int(sys.argv[2])\n"
+        "data = np.frombuffer(sys.stdin.buffer.read(), np.uint8).reshape(-1, h, w, 3)\n"
         "out = io.BytesIO()\n"
         "with av.open(out, 'w', format='avif') as container:\n"
-        "    stream = container.add_stream('libsvtav1', rate=1)\n"
-        "    stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], 'yuv420p'\n"
-        "    container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')))\n"
+        "    stream = container.add_stream('libsvtav1', rate=10)\n"
+        "    stream.width, stream.height, stream.pix_fmt = w, h, 'yuv420p'\n"
+        "    for rgb in data:\n"
+        "        container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format='rgb24')))\n"
         "    container.mux(stream.encode())\n"
         "sys.stdout.buffer.write(out.getvalue())\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(rgb.shape[0]), str(rgb.shape[1])],
-                          input=np.ascontiguousarray(rgb).tobytes(),
+    done = subprocess.run([sys.executable, "-c", script, str(height), str(width)],
+                          input=np.ascontiguousarray(np.stack(pictures)).tobytes(),
                           capture_output=True, timeout=120, check=True)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
     return done.stdout
+
+
+def test_an_animated_avif_plays_its_sequence_not_its_still_picture(tmp_path: Path) -> None:
+    """FFmpeg lists an animated AVIF's still picture before its sequence: read as the first stream,
+    a background of ten pictures was one, and so was the same file sent as the video."""
+    levels = [20 + 22 * i for i in range(10)]
+    data = ffmpeg_avif(*(np.full((48, 64, 3), level, np.uint8) for level in levels))
+    assert data[8:12] == b"avis"
+    path = write(tmp_path, "anim.avif", data)
+    info = inspect_background(path)
+    assert (info.kind, info.frames) == ("video", 10)
+    source = open_background(str(path), 64, 48)
+    try:
+        shown = source.frames(np.zeros((3, 48, 64, 3), np.uint8), [0.05, 0.45, 0.95])
+    finally:
+        source.close()
+    assert np.abs(shown.mean(axis=(1, 2, 3)) - [levels[0], levels[4], levels[9]]).max() < 6
+    video = inspect_video(path)
+    assert (video.frames, video.duration_s, video.fps) == (10, 1.0, 10)
 
 
 def test_damaged_avif_headers_are_refused_cleanly(tmp_path: Path) -> None:
