@@ -159,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt as stop:
-        print("backdrop: " + ("terminated" if isinstance(stop, Terminated) else "interrupted"), file=sys.stderr)
-        code = 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+        terminated = isinstance(stop, Terminated)
+        print("backdrop: " + ("terminated" if terminated else "interrupted"), file=sys.stderr)
+        code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
         if argv is None:  # the command itself, not a caller in Python
             # cleaned up by now; a native thread (onnxruntime's or FFmpeg's) may still be running,
             # and finalising the interpreter under it aborted the process (SIGABRT, "terminate

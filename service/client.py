@@ -52,12 +52,7 @@ class ApiError(Exception):
 
     @classmethod
     def from_response(cls, r: httpx.Response) -> ApiError:
-        try:
-            body = r.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
+        body = _json_object(r) or {}
         return cls(
             str(body.get("code") or f"http_{r.status_code}"), r.status_code, str(body.get("title") or r.reason_phrase),
             str(body.get("detail") or r.text[:500]), _retry_after(r),
@@ -81,14 +76,20 @@ class Upload:
     id: str
 
 
-def _body(r: httpx.Response) -> dict[str, Any]:
-    """The JSON object an answer carries; a server that is not Backdrop (a proxy's HTML page,
-    another API) is ``unexpected_response``, not a JSONDecodeError or a KeyError."""
+def _json_object(r: httpx.Response) -> dict[str, Any] | None:
+    """The JSON object an answer carries, or None where it carries none (not JSON, or an array)."""
     try:
         body = r.json()
     except ValueError:
-        body = None
-    if not isinstance(body, dict):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _body(r: httpx.Response) -> dict[str, Any]:
+    """The JSON object an answer carries; a server that is not Backdrop (a proxy's HTML page,
+    another API) is ``unexpected_response``, not a JSONDecodeError or a KeyError."""
+    body = _json_object(r)
+    if body is None:
         raise ApiError("unexpected_response", r.status_code, "not a JSON object",
                        f"{r.request.url} answered {r.text[:200]!r}")
     return body
