@@ -65,9 +65,10 @@ def _stop_with_parent(sig: int) -> Callable[[], None] | None:
 
 class RedisOwner:
     """Which ``backdrop run`` started a Redis, in a file in that Redis's data directory: the Redis's
-    pid, the stack's pid, and whether the stack is ``running`` or ``stopping``.  Found from the Redis
-    itself (its pid and ``CONFIG GET dir``), so it is the one answering on the port, not a file left
-    behind by one that has gone."""
+    pid, the stack's pid, whether the stack is ``running`` or ``stopping``, and when the stack's
+    process started (``_started``), so that another process given its pid after it died is not
+    taken for it.  Found from the Redis itself (its pid and ``CONFIG GET dir``), so it is the one
+    answering on the port, not a file left behind by one that has gone."""
 
     FILE = "backdrop-run.owner"
 
@@ -75,7 +76,7 @@ class RedisOwner:
         self.path, self.redis_pid = data_dir / self.FILE, redis_pid
 
     def mark(self, state: str) -> None:
-        self.path.write_text(f"{self.redis_pid} {os.getpid()} {state}\n")
+        self.path.write_text(f"{self.redis_pid} {os.getpid()} {state} {_started(os.getpid()) or '-'}\n")
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -90,7 +91,7 @@ class RedisOwner:
             with redis.Redis(host=host, port=port, socket_timeout=2) as client:
                 pid = int(client.info("server")["process_id"])
                 data_dir = Path(str(client.config_get("dir")["dir"]))
-            redis_pid, stack_pid, state = (data_dir / cls.FILE).read_text().split()
+            redis_pid, stack_pid, state, started = (data_dir / cls.FILE).read_text().split()
         except (redis.RedisError, OSError, KeyError, ValueError):
             return None
         if int(redis_pid) != pid or int(stack_pid) == os.getpid():
@@ -101,7 +102,20 @@ class RedisOwner:
             return None  # its stack was killed outright: nothing will stop this Redis
         except PermissionError:
             pass  # alive, another user's
+        now = _started(int(stack_pid))
+        if started != "-" and now is not None and now != started:
+            return None  # its stack has gone and another process has its pid
         return int(stack_pid), state
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot: ``/proc/<pid>/stat``'s 22nd field), or
+    None where that cannot be read (no ``/proc``: macOS)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2:].split()[19]  # fields from the 3rd on, after the name
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class Child:

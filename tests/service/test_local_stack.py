@@ -259,6 +259,19 @@ def test_a_run_killed_outright_takes_its_children_with_it(tmp_path: Path) -> Non
         assert RedisOwner.of("127.0.0.1", redis_port) is None  # up, and no live stack owns it
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", redis_port)) == 0
+        # the dead stack's pid given to another process: not its owner, as the start times differ
+        owner = next(Path(f"/proc/{redis[0]}/cwd").glob(RedisOwner.FILE))
+        redis_pid, stack_pid, state, started = owner.read_text().split()
+        assert (int(redis_pid), int(stack_pid), state) == (redis[0], proc.pid, "running")
+        with subprocess.Popen(["sleep", "60"]) as other:
+            try:
+                owner.write_text(f"{redis_pid} {other.pid} running {started}\n")
+                assert RedisOwner.of("127.0.0.1", redis_port) is None
+                own_start = Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+                owner.write_text(f"{redis_pid} {other.pid} running {own_start}\n")
+                assert RedisOwner.of("127.0.0.1", redis_port) == (other.pid, "running")
+            finally:
+                other.kill()
     finally:
         os.kill(redis[0], signal.SIGTERM)
 
