@@ -48,13 +48,19 @@ def hevc(rgb: np.ndarray, full_range: bool) -> tuple[bytes, bytes]:
 
 def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, icc: bytes | None = None,
          irot: int | None = None, grid: tuple[int, int] | None = None, tile_size: tuple[int, int] | None = None,
-         declared: tuple[int, int] | None = None) -> bytes:
+         declared: tuple[int, int] | None = None, av1: tuple[bytes, bytes] | None = None,
+         nclx: tuple[int, int, int, bool] | None = None, exif: bytes | None = None,
+         crop: tuple[int, int, int, int] | None = None) -> bytes:
     """A HEIC of ``rgb``: one HEVC item, or a grid of ``tile``-pixel tiles (the last row and
     column cropped).  ``grid``, ``tile_size``, ``declared`` (the picture's size): what the header
-    says instead of the truth."""
+    says instead of the truth.  ``av1``: an AVIF instead, of this coded picture (av1C body, OBUs)
+    of ``rgb``, in one piece.  ``nclx``: its colour numbers (else BT.709 primaries, sRGB transfer
+    and BT.601 matrix, as ``hevc`` codes it).  ``exif``: an Exif item after the picture's data.
+    ``crop``: a clean aperture (``clap``: left, top, width, height), applied before ``irot``."""
     height, width = rgb.shape[:2]
-    if tile is None:
-        pieces = [hevc(rgb, full_range)]
+    kind, setup, brand = (b"av01", b"av1C", b"avif") if av1 else (b"hvc1", b"hvcC", b"heic")
+    if av1 is not None or tile is None:
+        pieces = [av1 or hevc(rgb, full_range)]
         rows = columns = 1
     else:
         rows, columns = -(-height // tile), -(-width // tile)
@@ -65,13 +71,19 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
     tw, th = tile_size or ((tile, tile) if tile else (width, height))
     width, height = declared or (width, height)
     coded = [2 + i for i in range(len(pieces))] if tile else [1]
-    colr = box(b"colr", b"nclx" + struct.pack(">HHH", 1, 13, 5) + bytes([0x80 if full_range else 0]))
-    props = [box(b"hvcC", pieces[0][0]), full(b"ispe", 0, struct.pack(">II", tw, th)),
+    primaries, transfer, matrix, full_range = nclx or (1, 13, 5, full_range)
+    colr = box(b"colr", b"nclx" + struct.pack(">HHH", primaries, transfer, matrix) + bytes([0x80 if full_range else 0]))
+    props = [box(setup, pieces[0][0]), full(b"ispe", 0, struct.pack(">II", tw, th)),
              full(b"ispe", 0, struct.pack(">II", width, height)), colr]
     mine = [3, 4]  # the picture's own: its size and colours
     if icc is not None:
         props.append(box(b"colr", b"prof" + icc))
         mine.append(len(props))
+    if crop is not None:  # its size, then its centre's offset from the picture's, in halves
+        left, top, w, h = crop
+        props.append(box(b"clap", struct.pack(">IIIIiIiI", w, 1, h, 1, 2 * left + w - width, 2,
+                                              2 * top + h - height, 2)))
+        mine.append(0x80 | len(props))
     if irot is not None:
         props.append(box(b"irot", bytes([irot])))
         mine.append(0x80 | len(props))
@@ -84,7 +96,10 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
         struct.pack(">HB", item, len(ps)) + bytes(ps) for item, ps in sorted(links.items())))
     rows, columns = grid or (rows, columns)
     description = bytes([0, 0, rows - 1, columns - 1]) + struct.pack(">HH", width, height)
-    items = [(1, b"grid" if tile else b"hvc1")] + [(i, b"hvc1") for i in coded if i != 1]
+    items = [(1, b"grid" if tile else kind)] + [(i, kind) for i in coded if i != 1]
+    exif_item = max(coded) + 1
+    if exif is not None:
+        items.append((exif_item, b"Exif"))
     iinf = full(b"iinf", 0, struct.pack(">H", len(items)) + b"".join(
         full(b"infe", 2, struct.pack(">HH4s", item, 0, kind) + b"\0") for item, kind in items))
 
@@ -93,16 +108,22 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
         for item, (_, data) in zip(coded, pieces, strict=True):
             places.append(struct.pack(">HHHHII", item, 0, 0, 1, at, len(data)))
             at += len(data)
+        if exif is not None:
+            places.append(struct.pack(">HHHHII", exif_item, 0, 0, 1, at, len(exif)))
         if tile:
             places.insert(0, struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(description)))
         iloc = full(b"iloc", 1, bytes([0x44, 0]) + struct.pack(">H", len(places)) + b"".join(places))
         parts = [full(b"hdlr", 0, bytes(4) + b"pict" + bytes(13)), full(b"pitm", 0, struct.pack(">H", 1)), iloc, iinf,
                  box(b"iprp", box(b"ipco", b"".join(props)) + ipma)]
+        refs = box(b"cdsc", struct.pack(">HHH", exif_item, 1, 1)) if exif is not None else b""
         if tile:
-            parts += [full(b"iref", 0, box(b"dimg", struct.pack(">HH", 1, len(coded)) + b"".join(
-                struct.pack(">H", i) for i in coded))), box(b"idat", description)]
+            refs += box(b"dimg", struct.pack(">HH", 1, len(coded)) + b"".join(struct.pack(">H", i) for i in coded))
+        if refs:
+            parts.append(full(b"iref", 0, refs))
+        if tile:
+            parts.append(box(b"idat", description))
         return full(b"meta", 0, b"".join(parts))
 
-    ftyp = box(b"ftyp", b"heic" + bytes(4) + b"mif1heic")
+    ftyp = box(b"ftyp", brand + bytes(4) + b"mif1" + brand)
     first = len(ftyp) + len(meta(0)) + 8
-    return ftyp + meta(first) + box(b"mdat", b"".join(data for _, data in pieces))
+    return ftyp + meta(first) + box(b"mdat", b"".join(data for _, data in pieces) + (exif or b""))

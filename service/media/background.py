@@ -9,10 +9,10 @@ looped to the input's length and resampled to its frame rate by timestamp.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from fractions import Fraction
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol, cast
 
 import av
 import cv2
@@ -32,6 +32,7 @@ from service.media.inspect import (
     validate_background,
 )
 from service.media.probe import (
+    decoder_pixel_cap,
     frame_rotation,
     limit_decoder,
     open_input,
@@ -272,7 +273,7 @@ def _read_image(path: Path, info: BackgroundInfo, header: heif.HeifHeader | None
     the header.  ``cv2.imread`` streams the file: an upload may be far larger than its pixels.
     ``header``: the picture's HEIF header where it is an AVIF or HEIC (``_heif_header``)."""
     if header is not None:
-        return _read_heif(path, info, header)
+        return _read_heif(path, header)
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise CorruptBackground("the background image cannot be decoded")
@@ -294,10 +295,23 @@ def _heif_header(path: Path) -> heif.HeifHeader | None:
             raise CorruptBackground(str(exc)) from None
 
 
-def _read_heif(path: Path, info: BackgroundInfo, header: heif.HeifHeader) -> np.ndarray:
-    """A HEIF picture as RGB, upright, then turned and mirrored as its header says (``irot``,
-    ``imir``; an Exif orientation in the file is not the picture's)."""
-    rgb = _read_avif(path, info, header) if header.format == "avif" else _read_heic(path, header)
+def _read_heif(path: Path, header: heif.HeifHeader) -> np.ndarray:
+    """A HEIF picture as RGB, on black where its alpha plane makes it see-through, cut to its clean
+    aperture (``clap``), then turned and mirrored as its header says (``irot``, ``imir``; an Exif
+    orientation in the file is not the picture's).
+
+    Decoded here tile by tile (HEVC by FFmpeg's decoder, AV1 by dav1d), not by OpenCV's libavif:
+    that refused every AVIF whose header ends within its first 500 bytes with Exif after it (how
+    libavif itself writes a photo with Exif and no ICC profile), and applied no crop or turn."""
+    first = header.picture.tiles[0]
+    to_rgb = RgbConverter(first.width, first.height)  # a grid's tiles are all one size
+    with open(path, "rb") as f:
+        rgb = _assemble(f, header, header.picture, lambda frame: to_rgb(_with_colours(frame, header)))
+        if header.alpha is not None:
+            rgb = on_black(rgb, _assemble(f, header, header.alpha, _opacity))
+    if header.crop is not None:
+        left, top, width, height = header.crop
+        rgb = rgb[top:top + height, left:left + width]
     turned = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
     if header.rotation in turned:
         rgb = cv2.rotate(rgb, turned[header.rotation])
@@ -306,56 +320,59 @@ def _read_heif(path: Path, info: BackgroundInfo, header: heif.HeifHeader) -> np.
     return np.ascontiguousarray(rgb)
 
 
-def _read_avif(path: Path, info: BackgroundInfo, header: heif.HeifHeader) -> np.ndarray:
-    """An AVIF picture, on black where it is see-through.  Decoded once by OpenCV's libavif, as
-    stored (``IMREAD_UNCHANGED``: 1, 3 or 4 channels, 8 bits or the file's 10 or 12 in 16)."""
-    try:
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    except cv2.error:  # libavif's parse or decode errors are raised, not returned as None
-        raw = None
-    if raw is None:
-        raise CorruptBackground("the AVIF background cannot be decoded")
-    if raw.shape[0] * raw.shape[1] > info.width * info.height:
-        raise BackgroundTooLarge("the background image is larger than its header declares")
-    if raw.dtype == np.uint16:
-        top = (1 << header.depth) - 1 if header.depth in (10, 12) else 65535
-        raw = cv2.convertScaleAbs(raw, alpha=255 / top)
-    if raw.ndim == 2 or raw.shape[2] == 1:
-        return cv2.cvtColor(raw, cv2.COLOR_GRAY2RGB)  # type: ignore[no-any-return]
-    rgb = cv2.cvtColor(raw[..., :3], cv2.COLOR_BGR2RGB)
-    if raw.shape[2] == 4:
-        rgb = on_black(rgb, raw[..., 3].astype(np.float32) * np.float32(1 / 255))
-    return rgb  # type: ignore[no-any-return]
-
-
-def _read_heic(path: Path, header: heif.HeifHeader) -> np.ndarray:
-    """A HEIC picture: each tile decoded by FFmpeg's HEVC decoder, which may allocate no more
-    than the tile's declared size (``max_pixels``), made RGB with the matrix and range its header
-    names (``nclx``; else the bitstream's), and put in its place in the grid.  An alpha plane, rare in
-    photos, is not applied."""
-    canvas = np.zeros((header.height, header.width, 3), np.uint8)
-    rgb = RgbConverter(header.tiles[0].width, header.tiles[0].height)  # a grid's tiles are all one size
-    with open(path, "rb") as f:
-        for index, tile in enumerate(header.tiles):
-            ctx = av.CodecContext.create("hevc", "r")
-            ctx.extradata = tile.config
-            ctx.options = {"max_pixels": str(tile.width * tile.height)}
-            try:
-                frames = [*ctx.decode(av.Packet(heif.item_bytes(f, header, tile))), *ctx.decode(None)]
-            except av.FFmpegError:
-                frames = []
-            if not frames:
-                raise CorruptBackground("the HEIC background cannot be decoded")
-            frame = frames[0]
-            if (frame.width, frame.height) != (tile.width, tile.height):
-                raise CorruptBackground(f"the HEIC's pictures are coded at {frame.width}x{frame.height}, "
-                                        f"its header says {tile.width}x{tile.height}")
-            if header.cicp is not None:
-                frame.colorspace, frame.color_range = header.cicp[2], 2 if header.cicp[3] else 1
-            top, left = (index // header.columns) * tile.height, (index % header.columns) * tile.width
-            part = canvas[top:top + tile.height, left:left + tile.width]
-            part[...] = rgb(frame)[:part.shape[0], :part.shape[1]]
+def _assemble(f: BinaryIO, header: heif.HeifHeader, coded: heif.Coded,
+              convert: Callable[[av.VideoFrame], np.ndarray]) -> np.ndarray:
+    """A picture (or its alpha plane) at the header's size: each tile decoded, made an array by
+    ``convert``, put in its place in the grid, and what runs past the picture cut off."""
+    name = header.format.upper()
+    canvas: np.ndarray | None = None
+    for index, tile in enumerate(coded.tiles):
+        ctx = cast(av.video.codeccontext.VideoCodecContext,
+                   av.CodecContext.create("hevc" if header.format == "heic" else "libdav1d", "r"))
+        ctx.extradata = tile.config
+        # the decoder may allocate for the tile's declared size, with its stride's margin, no more
+        ctx.options = {"max_pixels": str(decoder_pixel_cap(tile.width * tile.height, tile.width, tile.height))}
+        try:
+            frames = [*ctx.decode(av.Packet(heif.item_bytes(f, header, tile))), *ctx.decode(None)]
+        except av.FFmpegError:
+            frames = []
+        if not frames:
+            raise CorruptBackground(f"the {name} background cannot be decoded")
+        frame = frames[0]
+        if (frame.width, frame.height) != (tile.width, tile.height):
+            raise CorruptBackground(f"the {name}'s pictures are coded at {frame.width}x{frame.height}, "
+                                    f"its header says {tile.width}x{tile.height}")
+        part = convert(frame)
+        if canvas is None:
+            canvas = np.zeros((header.height, header.width, *part.shape[2:]), part.dtype)
+        top, left = (index // coded.columns) * tile.height, (index % coded.columns) * tile.width
+        place = canvas[top:top + tile.height, left:left + tile.width]
+        place[...] = part[:place.shape[0], :place.shape[1]]
+    assert canvas is not None  # read_header: a picture has at least one tile
     return canvas
+
+
+def _with_colours(frame: av.VideoFrame, header: heif.HeifHeader) -> av.VideoFrame:
+    """A tile to be made RGB with the matrix and range its header names (``nclx``), which rule
+    over the bitstream's."""
+    if header.cicp is not None:
+        frame.colorspace, frame.color_range = header.cicp[2], 2 if header.cicp[3] else 1
+    return frame
+
+
+def _opacity(frame: av.VideoFrame) -> np.ndarray:
+    """An alpha plane's tile as opacity (float32, 0 to 1): its luma samples at their bit depth,
+    full range unless the bitstream says limited (libavif writes alpha full range)."""
+    bits = frame.format.components[0].bits
+    plane = frame.planes[0]
+    dtype = np.dtype(np.uint16 if bits > 8 else np.uint8)
+    rows = np.frombuffer(memoryview(plane), dtype).reshape(plane.height, -1)[:, :frame.width]
+    if int(frame.color_range) == 1:  # MPEG (limited) range
+        low, span = 16 << (bits - 8), 219 << (bits - 8)
+    else:
+        low, span = 0, (1 << bits) - 1
+    opacity: np.ndarray = np.clip((rows.astype(np.float32) - low) * np.float32(1 / span), 0, 1)
+    return opacity
 
 
 def _hdr_space(header: heif.HeifHeader | None) -> ColourSpace | None:

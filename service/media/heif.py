@@ -3,13 +3,12 @@
 A HEIF (ISO-BMFF) file's ``meta`` box lists the items (the picture, or a grid of tiles; an alpha
 plane; Exif), where their bytes lie (``iloc``), how they refer to each other (``iref``: a grid's
 tiles) and their properties (``iprp``): the size (``ispe``), a quarter-turn (``irot``) and mirror
-(``imir``) to apply when showing it, the colours (``colr``: CICP numbers or an ICC profile), the bit
-depth (``pixi``) and the codec's set-up (``av1C``, ``hvcC``).  An AVIF's pictures are AV1, a HEIC's
-(an iPhone's photos) HEVC, a large one cut into 512x512 tiles.  OpenCV reads AVIF (libavif) but
-applies neither the turn nor the mirror and ignores the colours; nothing here reads HEIC but FFmpeg's
-HEVC decoder, tile by tile.  So the worker decodes and assembles from here
-(``service.media.background``); the API checks the size against the limits before anything is
-decoded.
+(``imir``) to apply when showing it, the colours (``colr``: CICP numbers or an ICC profile) and the
+codec's set-up (``av1C``, ``hvcC``).  An AVIF's pictures are AV1, a HEIC's
+(an iPhone's photos) HEVC, a large one cut into 512x512 tiles; either may have an alpha plane (an
+auxiliary picture, ``auxl``) and a clean aperture (``clap``: a crop).  The worker decodes each
+coded picture with FFmpeg and assembles them from here (``service.media.background``); the API
+checks the size against the limits before anything is decoded.
 
 Standard library only: the API imports it (through ``service.media.inspect``).
 """
@@ -57,18 +56,25 @@ class Tile:
 
 
 @dataclass(frozen=True)
+class Coded:
+    """A picture as coded: in one piece, or a grid of tiles of one size, row by row."""
+
+    columns: int  # tiles across (1 for a picture in one piece)
+    tiles: tuple[Tile, ...]
+
+
+@dataclass(frozen=True)
 class HeifHeader:
     format: Format
-    width: int  # as stored, before ``rotation``
+    width: int  # as stored, before ``crop`` and ``rotation``
     height: int
-    depth: int  # bits per sample: 8, 10 or 12
-    rotation: int  # degrees anticlockwise to show it upright: 0, 90, 180 or 270, turned first
+    crop: tuple[int, int, int, int] | None  # clap's clean aperture (left, top, width, height), cut out first
+    rotation: int  # degrees anticlockwise to show it upright: 0, 90, 180 or 270, turned next
     mirror: int | None  # then imir's axis: 0 exchanges top and bottom, 1 left and right (cv2.flip's codes); None
     icc: bytes | None  # an ICC profile (colr prof/rICC)
     cicp: tuple[int, int, int, bool] | None  # colr nclx: primaries, transfer, matrix, full range
-    has_alpha: bool
-    columns: int  # tiles across (1 for a picture in one piece)
-    tiles: tuple[Tile, ...]
+    picture: Coded
+    alpha: Coded | None  # its alpha plane (an auxiliary picture of the same size), if it has one
     idat: bytes  # the meta box's own item data (a grid's description), where items lie in it
 
 
@@ -158,13 +164,16 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
             raise HeifError(f"a picture in the {name} has no decoder set-up ({setup.decode()})")
         return Tile(*size_of(item), config, places[item])
 
-    width, height = size_of(primary)
-    tiles: tuple[Tile, ...]
-    if types.get(primary) == codec:
-        columns, tiles = 1, (tile(primary),)
-    elif types.get(primary) == b"grid":
-        rows, columns = _grid(_item_bytes(fh, idat, places.get(primary), 16), width, height, name)
-        tiles = tuple(tile(t) for t in refs.get((primary, b"dimg"), []))
+    def coded(item: int) -> Coded:
+        """The picture ``item`` (the primary one or its alpha plane), in one piece or a grid."""
+        width, height = size_of(item)
+        if types.get(item) == codec:
+            return Coded(1, (tile(item),))
+        if types.get(item) != b"grid":
+            found = types.get(item, b"none").decode("latin-1")
+            raise HeifError(f"the {name}'s picture is not {'AV1' if form == 'avif' else 'HEVC'} (its item is {found!r})")
+        rows, columns = _grid(_item_bytes(fh, idat, places.get(item), 16), width, height, name)
+        tiles = tuple(tile(t) for t in refs.get((item, b"dimg"), []))
         if len(tiles) != rows * columns:
             raise HeifError(f"the {name}'s grid of {rows}x{columns} has {len(tiles)} tiles")
         w, h = tiles[0].width, tiles[0].height
@@ -175,16 +184,25 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
         if not ((columns - 1) * w < width <= columns * w <= 2 * width
                 and (rows - 1) * h < height <= rows * h <= 2 * height):
             raise HeifError(f"the {name}'s {rows}x{columns} tiles of {w}x{h} do not make its {width}x{height} picture")
-    else:
-        found = types.get(primary, b"none").decode("latin-1")
-        raise HeifError(f"the {name}'s picture is not {'AV1' if form == 'avif' else 'HEVC'} (its primary item is {found!r})")
+        return Coded(columns, tiles)
+
+    width, height = size_of(primary)
+    picture = coded(primary)
     for item, item_type in types.items():
         if item_type == b"av01":  # the picture, its tiles, its alpha plane: each decoded within its size
-            coded = _coded_size(_item_bytes(fh, idat, places.get(item), AV1_HEAD_BYTES))
+            coded_size = _coded_size(_item_bytes(fh, idat, places.get(item), AV1_HEAD_BYTES))
             shown = size_of(item)
-            if coded[0] > shown[0] or coded[1] > shown[1]:
+            if coded_size[0] > shown[0] or coded_size[1] > shown[1]:
                 raise HeifError(f"an AVIF picture declared {shown[0]}x{shown[1]} holds AV1 frames of "
-                                f"up to {coded[0]}x{coded[1]}")
+                                f"up to {coded_size[0]}x{coded_size[1]}")
+    planes = [item for (item, kind), targets in refs.items() if kind == b"auxl" and primary in targets
+              and (aux := of(item).get(b"auxC")) is not None and aux[4:].split(b"\0")[0] in ALPHA_URNS]
+    alpha = None
+    if planes:
+        if size_of(planes[0]) != (width, height):
+            raise HeifError(f"the {name}'s alpha plane is {'x'.join(map(str, size_of(planes[0])))}, "
+                            f"its picture {width}x{height}")
+        alpha = coded(planes[0])
     mine = of(primary)
     rotation = (mine[b"irot"][0] & 3) * 90 if mine.get(b"irot") else 0
     mirror = mine[b"imir"][0] & 1 if mine.get(b"imir") else None
@@ -192,11 +210,8 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
     if cicp is None and types.get(primary) == b"grid":
         _, cicp = _colours([body for box, body in _all(props, assoc.get(next(iter(refs[(primary, b"dimg")])), []))
                             if box == b"colr"])
-    has_alpha = any(
-        (p := of(item).get(b"auxC")) is not None and p[4:].split(b"\0")[0] in ALPHA_URNS for item in types
-    )
-    return HeifHeader(form, width, height, _depth(mine, tiles[0].config, setup), rotation, mirror, icc, cicp,
-                      has_alpha, columns, tiles, idat)
+    crop = _clean_aperture(mine.get(b"clap"), width, height)
+    return HeifHeader(form, width, height, crop, rotation, mirror, icc, cicp, picture, alpha, idat)
 
 
 def _all(props: list[tuple[bytes, bytes]], indices: list[int]) -> list[tuple[bytes, bytes]]:
@@ -469,14 +484,19 @@ def _colours(boxes: list[bytes]) -> tuple[bytes | None, tuple[int, int, int, boo
     return icc, cicp
 
 
-def _depth(mine: dict[bytes, bytes], config: bytes, setup: bytes) -> int:
-    """Bits per sample: the picture's ``pixi``, else its (or its first tile's) decoder set-up."""
-    pixi = mine.get(b"pixi")
-    if pixi is not None and len(pixi) >= 6 and pixi[4] > 0:
-        return int(pixi[5])
-    if setup == b"hvcC":  # bitDepthLumaMinus8
-        return 8 + (config[19] & 7) if len(config) > 19 else 8
-    if len(config) < 3:
-        return 8
-    high, twelve = config[2] >> 6 & 1, config[2] >> 5 & 1
-    return 12 if high and twelve else 10 if high else 8
+def _clean_aperture(clap: bytes | None, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The (left, top, width, height) a ``clap`` property cuts out of a ``width`` x ``height``
+    picture (ISO/IEC 14496-12 12.1.4: a size, and the offset of its centre from the picture's, as
+    fractions), rounded to whole pixels; None without one, or where it does not lie in the picture
+    (shown whole, as MIAF readers do with a clean aperture they cannot apply)."""
+    if clap is None or len(clap) < 32:
+        return None
+    wn, wd, hn, hd, xn, xd, yn, yd = struct.unpack_from(">IIIIiIiI", clap)
+    if 0 in (wd, hd, xd, yd):
+        return None
+    w, h = round(wn / wd), round(hn / hd)
+    left = round(xn / xd + (width - 1) / 2 - (w - 1) / 2)
+    top = round(yn / yd + (height - 1) / 2 - (h - 1) / 2)
+    if w < 1 or h < 1 or left < 0 or top < 0 or left + w > width or top + h > height:
+        return None
+    return None if (left, top, w, h) == (0, 0, width, height) else (left, top, w, h)

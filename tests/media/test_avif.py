@@ -17,9 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from heicfile import heic
 from test_icc import P3_TO_XYZ, _decode_srgb, expected, patches, read
 
 from service.errors import BackdropError, BackgroundTooLarge, CorruptBackground
+from service.media import heif
 from service.media.background import open_background
 from service.media.inspect import inspect_background, inspect_video
 
@@ -125,6 +127,27 @@ def test_an_hdr_avif_is_brought_to_sdr_like_an_hdr_background_video(tmp_path: Pa
     assert np.abs(got.astype(int) - 255).max() <= 3
     hlg = read(write(tmp_path, "hlg.avif", with_cicp(avif(np.full((48, 64, 3), 191, np.uint8)), 9, 18)))
     assert hlg.min() >= 252  # HLG's reference white is 75% of its signal
+
+
+def test_an_avif_with_exif_after_a_short_header_is_read(tmp_path: Path) -> None:
+    """How libavif writes a photo with Exif and no ICC profile: a header of a few hundred bytes,
+    the Exif after the picture.  OpenCV's reader parses only the first 500 bytes to tell whether a
+    file is AVIF, fails for want of the Exif, and declines it (``imread`` gives None); 15 of 16 of
+    Microsoft's sample AVIFs were refused so.  The picture, in one piece and lossless, is the same
+    coded picture as a plain AVIF's, taken out of one OpenCV wrote."""
+    rgb = patches()
+    plain = write(tmp_path, "plain.avif", avif(rgb))
+    with open(plain, "rb") as f:
+        header = heif.read_header(f, len(plain.read_bytes()))
+        coded = heif.item_bytes(f, header, header.picture.tiles[0])
+    assert header.cicp is not None
+    exif = bytes(4) + b"MM\0*" + struct.pack(">IHI", 8, 0, 0)  # no offset, big-endian TIFF, an empty IFD
+    data = heic(rgb, av1=(header.picture.tiles[0].config, coded), nclx=header.cicp, exif=exif)
+    assert data.find(b"mdat") < 500 and data.rfind(b"MM\0*") > 500
+    path = write(tmp_path, "exif.avif", data)
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None  # OpenCV's own reader declines it
+    assert inspect_background(path).kind == "image"
+    assert np.array_equal(read(path), rgb)
 
 
 def test_avif_headers_are_checked_before_anything_is_decoded(tmp_path: Path) -> None:

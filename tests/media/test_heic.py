@@ -52,6 +52,21 @@ def test_a_heic_in_one_piece_and_in_tiles_reads_as_the_picture(tmp_path: Path) -
     assert close(one, rgb) and close(many, rgb) and close(one, many, 1)
 
 
+@pytest.mark.parametrize("size", [(100, 60), (1596, 1064)])
+def test_a_heic_of_any_width_is_read(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Widths that are not a multiple of 64 (a 1596x1064 photo from a converter): the decoder
+    checks its pixel limit against the width rounded up to its stride, and a limit of exactly the
+    picture's size refused them all ("cannot be decoded"); phones' 512x512 tiles hid it."""
+    width, height = size
+    rgb = np.empty((height, width, 3), np.uint8)  # smooth ramps: 4:2:0 colour loses nothing
+    rgb[..., 0] = np.linspace(30, 220, width, dtype=np.uint8)[None, :]
+    rgb[..., 1] = np.linspace(200, 40, height, dtype=np.uint8)[:, None]
+    rgb[..., 2] = 90
+    got = read(write(tmp_path, "odd.heic", heic(rgb)), width, height)
+    diff = np.abs(got.astype(int) - rgb.astype(int))
+    assert diff.max() <= 6 and diff.mean() < 2  # limited-range YUV and back
+
+
 def test_a_heic_s_own_colour_range_is_honoured(tmp_path: Path) -> None:
     """Full-range YUV, as phones write it, said by the header's nclx: read as the bitstream's
     default (limited range) it came out with its contrast raised, darks crushed."""
@@ -67,6 +82,15 @@ def test_a_heic_is_turned_and_its_display_p3_profile_applied(tmp_path: Path) -> 
     plain = read(write(tmp_path, "plain.heic", heic(rgb)), 128, 96)
     p3 = read(write(tmp_path, "p3.heic", heic(rgb, icc=P3)), 128, 96)
     assert np.abs(p3.astype(int) - expected(plain, P3_TO_XYZ, _decode_srgb)).max() <= 1
+
+
+def test_a_heic_is_cut_to_its_clean_aperture_before_it_is_turned(tmp_path: Path) -> None:
+    """``clap`` (a camera's crop, kept as a property): cut out first, then ``irot``, as MIAF orders
+    them; the whole coded picture was shown."""
+    rgb = big_patches()
+    got = read(write(tmp_path, "clap.heic", heic(rgb, tile=64, crop=(10, 6, 50, 40), irot=1)), 40, 50)
+    assert got.shape == (50, 40, 3)
+    assert np.abs(got.astype(int) - np.rot90(rgb[6:46, 10:60])).mean() < 2
 
 
 def test_a_heic_whose_picture_runs_to_the_end_of_the_file_is_read(tmp_path: Path) -> None:
@@ -98,12 +122,17 @@ def test_heic_headers_that_do_not_add_up_are_refused(tmp_path: Path) -> None:
 
 
 def test_a_heic_tile_coded_larger_than_its_header_says_is_refused(tmp_path: Path) -> None:
-    """The header says 32x32 tiles over a 64x48 picture; each tile's HEVC is 64x64: the decoder
-    may not allocate past the tile's declared size (``max_pixels``)."""
-    path = write(tmp_path, "liar.heic", heic(big_patches(), tile=64, tile_size=(32, 32), declared=(64, 48)))
+    """The header says 32x32 tiles over a 64x48 picture: tiles whose HEVC is 640x640 are refused by
+    the decoder before it allocates (``max_pixels``: the declared size and a stride's margin), and
+    tiles of 64x64, within that margin, once decoded."""
+    bomb = cv2.resize(patches(), (1280, 1280), interpolation=cv2.INTER_NEAREST)
+    path = write(tmp_path, "bomb.heic", heic(bomb, tile=640, tile_size=(32, 32), declared=(64, 48)))
     assert inspect_background(path).width == 64
-    with pytest.raises(CorruptBackground, match="cannot be decoded"):  # not decoded, then found too large
+    with pytest.raises(CorruptBackground, match="cannot be decoded"):  # not decoded
         read(path, 64, 48)
+    liar = write(tmp_path, "liar.heic", heic(big_patches(), tile=64, tile_size=(32, 32), declared=(64, 48)))
+    with pytest.raises(CorruptBackground, match="coded at 64x64, its header says 32x32"):
+        read(liar, 64, 48)
     smaller = write(tmp_path, "smaller.heic", heic(big_patches(), declared=(256, 192)))
     with pytest.raises(CorruptBackground, match="coded at 128x96, its header says 256x192"):
         read(smaller, 128, 96)
