@@ -23,12 +23,17 @@ def full(kind: bytes, version: int, body: bytes, flags: int = 0) -> bytes:
 
 def hevc(rgb: np.ndarray, full_range: bool) -> tuple[bytes, bytes]:
     """(hvcC body, the picture's NAL units each after its 4-byte length) of ``rgb`` coded by x265,
-    losslessly, in BT.601 YUV 4:2:0."""
+    losslessly, in BT.601 YUV 4:2:0; a 2-D ``rgb`` (an alpha plane) as it is, monochrome."""
+    grey = rgb.ndim == 2
     ctx = av.CodecContext.create("libx265", "w")
-    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = rgb.shape[1], rgb.shape[0], "yuv420p", Fraction(1, 25)
+    ctx.width, ctx.height, ctx.time_base = rgb.shape[1], rgb.shape[0], Fraction(1, 25)
+    ctx.pix_fmt = "gray" if grey else "yuv420p"
+    if grey:
+        ctx.color_range = 2  # full: an alpha plane's 0 and 255 are clear and opaque, as libheif writes it
     ctx.options = {"x265-params": "lossless=1:log-level=error"}
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    frame = frame.reformat(format="yuv420p", dst_colorspace=5, dst_color_range=2 if full_range else 1)
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="gray" if grey else "rgb24")
+    if not grey:
+        frame = frame.reformat(format="yuv420p", dst_colorspace=5, dst_color_range=2 if full_range else 1)
     stream = b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode(None)])
     nals = [n for n in re.split(b"\x00\x00\x00\x01|\x00\x00\x01", stream) if n]
     arrays = {32: [], 33: [], 34: []}  # VPS, SPS, PPS
@@ -50,13 +55,14 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
          irot: int | None = None, grid: tuple[int, int] | None = None, tile_size: tuple[int, int] | None = None,
          declared: tuple[int, int] | None = None, av1: tuple[bytes, bytes] | None = None,
          nclx: tuple[int, int, int, bool] | None = None, exif: bytes | None = None,
-         crop: tuple[int, int, int, int] | None = None) -> bytes:
+         crop: tuple[int, int, int, int] | None = None, alpha: np.ndarray | None = None) -> bytes:
     """A HEIC of ``rgb``: one HEVC item, or a grid of ``tile``-pixel tiles (the last row and
     column cropped).  ``grid``, ``tile_size``, ``declared`` (the picture's size): what the header
     says instead of the truth.  ``av1``: an AVIF instead, of this coded picture (av1C body, OBUs)
     of ``rgb``, in one piece.  ``nclx``: its colour numbers (else BT.709 primaries, sRGB transfer
     and BT.601 matrix, as ``hevc`` codes it).  ``exif``: an Exif item after the picture's data.
-    ``crop``: a clean aperture (``clap``: left, top, width, height), applied before ``irot``."""
+    ``crop``: a clean aperture (``clap``: left, top, width, height), applied before ``irot``.
+    ``alpha``: an alpha plane (uint8, the picture's size), a monochrome HEVC item of its own."""
     height, width = rgb.shape[:2]
     kind, setup, brand = (b"av01", b"av1C", b"avif") if av1 else (b"hvc1", b"hvcC", b"heic")
     if av1 is not None or tile is None:
@@ -88,6 +94,11 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
         props.append(box(b"irot", bytes([irot])))
         mine.append(0x80 | len(props))
     links = {i: [0x81, 2] for i in coded}  # hvcC (essential), the tile's size
+    alpha_item = max(coded) + 2
+    if alpha is not None:
+        opacity = hevc(alpha, True)
+        props += [box(b"hvcC", opacity[0]), full(b"auxC", 0, b"urn:mpeg:hevc:2015:auxid:1\0")]
+        links[alpha_item] = [0x80 | len(props) - 1, 3, 0x80 | len(props)]
     if tile:
         links[1] = mine
     else:
@@ -100,6 +111,8 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
     exif_item = max(coded) + 1
     if exif is not None:
         items.append((exif_item, b"Exif"))
+    if alpha is not None:
+        items.append((alpha_item, b"hvc1"))
     iinf = full(b"iinf", 0, struct.pack(">H", len(items)) + b"".join(
         full(b"infe", 2, struct.pack(">HH4s", item, 0, kind) + b"\0") for item, kind in items))
 
@@ -110,12 +123,17 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
             at += len(data)
         if exif is not None:
             places.append(struct.pack(">HHHHII", exif_item, 0, 0, 1, at, len(exif)))
+            at += len(exif)
+        if alpha is not None:
+            places.append(struct.pack(">HHHHII", alpha_item, 0, 0, 1, at, len(opacity[1])))
         if tile:
             places.insert(0, struct.pack(">HHHHII", 1, 1, 0, 1, 0, len(description)))
         iloc = full(b"iloc", 1, bytes([0x44, 0]) + struct.pack(">H", len(places)) + b"".join(places))
         parts = [full(b"hdlr", 0, bytes(4) + b"pict" + bytes(13)), full(b"pitm", 0, struct.pack(">H", 1)), iloc, iinf,
                  box(b"iprp", box(b"ipco", b"".join(props)) + ipma)]
         refs = box(b"cdsc", struct.pack(">HHH", exif_item, 1, 1)) if exif is not None else b""
+        if alpha is not None:
+            refs += box(b"auxl", struct.pack(">HHH", alpha_item, 1, 1))
         if tile:
             refs += box(b"dimg", struct.pack(">HH", 1, len(coded)) + b"".join(struct.pack(">H", i) for i in coded))
         if refs:
@@ -126,4 +144,5 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
 
     ftyp = box(b"ftyp", brand + bytes(4) + b"mif1" + brand)
     first = len(ftyp) + len(meta(0)) + 8
-    return ftyp + meta(first) + box(b"mdat", b"".join(data for _, data in pieces) + (exif or b""))
+    tail = (exif or b"") + (opacity[1] if alpha is not None else b"")
+    return ftyp + meta(first) + box(b"mdat", b"".join(data for _, data in pieces) + tail)

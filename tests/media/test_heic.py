@@ -93,6 +93,19 @@ def test_a_heic_is_cut_to_its_clean_aperture_before_it_is_turned(tmp_path: Path)
     assert np.abs(got.astype(int) - np.rot90(rgb[6:46, 10:60])).mean() < 2
 
 
+def test_a_heic_with_an_alpha_plane_is_shown_on_black(tmp_path: Path) -> None:
+    """A cut-out (a sticker, a product shot) saved as HEIC: its alpha plane, an auxiliary HEVC
+    picture, is applied as a PNG's or an AVIF's is; what lay under the see-through part showed."""
+    rgb = big_patches()
+    alpha = np.zeros(rgb.shape[:2], np.uint8)
+    alpha[:, 40:] = np.linspace(0, 255, 88).astype(np.uint8)[None, :]
+    got = read(write(tmp_path, "alpha.heic", heic(rgb, tile=64, alpha=alpha)), 128, 96)
+    plain = read(write(tmp_path, "plain.heic", heic(rgb, tile=64)), 128, 96)
+    want = (plain * (alpha[..., None] / 255) + 0.5).astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert got[:, :40].max() == 0 and np.array_equal(got[:, -1], plain[:, -1])
+
+
 def test_a_heic_whose_picture_runs_to_the_end_of_the_file_is_read(tmp_path: Path) -> None:
     """An item location of length 0 means "to the end of the file": reading that as a length
     asked Python for 2**62 bytes (MemoryError)."""
