@@ -106,7 +106,7 @@ def plan_segments(info: VideoInfo, parts: int, warmup: int) -> list[Window] | No
     except NotChunkable as e:
         log.info("the video runs in one part: %s", e)
         return None
-    order = sorted(p for p, _, _ in packets)
+    order = sorted(pts for pts, _, _, shown in packets if shown)  # the frames shown, in display order
     if len(order) < parts * min_part_frames(info.width * info.height) or len(set(order)) != len(order):
         return None
     clean = clean_keyframes(packets)

@@ -72,36 +72,41 @@ def chunk_muxer(info: VideoInfo) -> str:
     raise NotChunkable(f"container {info.container!r} is not cut into chunks")
 
 
-def video_packets(path: Path) -> list[tuple[int, int | None, bool]]:
-    """(pts, dts, keyframe) of every video packet, in decode order (demuxed, never decoded)."""
+#: (pts, dts, keyframe, shown) of a video packet: ``shown`` False for one an MP4 edit list leaves
+#: out (decoded, for the frames that refer to it, but never displayed: ``Packet.is_discard``).
+PacketInfo = tuple[int, int | None, bool, bool]
+
+
+def video_packets(path: Path) -> list[PacketInfo]:
+    """(pts, dts, keyframe, shown) of every video packet, in decode order (demuxed, never decoded)."""
     container = open_input(path)
     try:
         stream = video_stream(container)
-        out: list[tuple[int, int | None, bool]] = []
+        out: list[PacketInfo] = []
         for p in container.demux(stream):
             if p.size == 0 and p.pts is None:
                 continue  # end-of-stream marker
             if p.pts is None:
                 raise NotChunkable("a video packet has no timestamp")
-            out.append((int(p.pts), None if p.dts is None else int(p.dts), bool(p.is_keyframe)))
+            out.append((int(p.pts), None if p.dts is None else int(p.dts), bool(p.is_keyframe), not p.is_discard))
         return out
     finally:
         container.close()
 
 
-def clean_keyframes(packets: Sequence[tuple[int, int | None, bool]]) -> list[int]:
+def clean_keyframes(packets: Sequence[PacketInfo]) -> list[int]:
     """Indices of the keyframes (of ``video_packets``) a decode may start at for a clean cut: every
     packet before one in decode order displays before it, so nothing from there on is lost."""
     clean: list[int] = []
     latest = -(2**63)  # the latest time shown by the packets so far
-    for i, (pts, _, key) in enumerate(packets):
+    for i, (pts, _, key, _) in enumerate(packets):
         if key and latest < pts:
             clean.append(i)
         latest = max(latest, pts)
     return clean
 
 
-def clean_start(packets: Sequence[tuple[int, int | None, bool]], clean: Sequence[int], pts: int) -> int | None:
+def clean_start(packets: Sequence[PacketInfo], clean: Sequence[int], pts: int) -> int | None:
     """The last of the ``clean`` keyframes (indices into ``packets``) that displays at or before
     ``pts``: where a decode starts so that the frame at ``pts`` and every one after it come out whole
     (the warm-up of a chunk, or of a part).  None when there is none."""
@@ -121,10 +126,10 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
         return None
     muxer = chunk_muxer(info)
     scanned = video_packets(info.path)
-    packets = [(pts, key) for pts, _, key in scanned]
-    if len(packets) < 2:
+    packets = [(pts, key) for pts, _, key, _ in scanned]
+    order = sorted(pts for pts, _, _, shown in scanned if shown)  # display order of the frames shown
+    if len(order) < 2:
         return None
-    order = sorted(p for p, _ in packets)  # display order
     if len(set(order)) != len(order):
         raise NotChunkable("two video packets share a timestamp")
     tb = info.time_base
@@ -166,6 +171,10 @@ def plan_chunks(info: VideoInfo, chunk_s: float, warmup: int) -> ChunkPlan | Non
         else:
             stop = len(packets)
             frames = len(order) - pos
+            if any(pts > last for pts, _ in packets):
+                # packets an edit list leaves out after the last frame shown: copied into the
+                # chunk's own file, they would be shown there; the window ends before them
+                end = last + 1
         chunks.append(ChunkSpan(n, start, end, model_from, frames, pos - from_pos, begin, stop))
     return ChunkPlan(tuple(chunks), muxer)
 

@@ -636,7 +636,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         )
         check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
         scan = scan_packets(container, stream, settings.max_frames)
-        frames = scan.count
+        frames = scan.count - scan.discarded  # the frames a decoder gives
         measured = scan.rate(time_base)
         if measured and (not stream.average_rate or (declares_rate(name) and not 2 / 3 <= fps / measured <= 1.5)):
             # none recorded (FFmpeg's guess is the time base: 1000 in Matroska), or a declared
@@ -648,9 +648,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         track = track_length(name, stream.duration, scan.first_pts, span, frame_ticks)
         # MP4/MOV headers index every sample, so fewer packets than listed means the file was cut
         # short.  (AVI headers count dropped frames too, Matroska lists none: no such check there.)
-        if name.startswith("mov") and stream.frames and frames < stream.frames:
+        if name.startswith("mov") and stream.frames and scan.count < stream.frames:
             raise CorruptVideo(
-                f"the video is truncated: the container lists {stream.frames} frames, the file holds {frames}"
+                f"the video is truncated: the container lists {stream.frames} frames, the file holds {scan.count}"
             )
         if track:
             duration = float(track * time_base)
@@ -713,8 +713,9 @@ def declares_rate(container: str) -> bool:
 class PacketScan:
     """What demuxing a video stream's packets tells: how many there are and the times they span."""
 
-    count: int
-    first_pts: int | None = None
+    count: int  # all of them, also those an MP4 edit list leaves out (``discarded``)
+    discarded: int = 0
+    first_pts: int | None = None  # of the frames shown, as are the times below
     last_pts: int | None = None  # the latest presentation time
     last_duration: int = 0  # that packet's duration, 0 where it records none
     timed_end: int | None = None  # the latest pts + duration among the packets that record one
@@ -775,7 +776,7 @@ def scan_packets(
     """Count the video packets of a container just opened, and the times they span, by demuxing
     (no decoding: cheap), stopping at the first packet past ``max_frames``.  A cut-off file shows
     up here as a demuxer error or as fewer packets than the header promised."""
-    count, last, last_duration, timed_end = 0, None, 0, None
+    count, discarded, last, last_duration, timed_end = 0, 0, None, 0, None
     times = array("q")  # every timed packet's pts: its first frame's time and the steps between
     try:
         for packet in container.demux(stream):
@@ -784,6 +785,9 @@ def scan_packets(
             count += 1
             if count > max_frames:
                 raise VideoTooLarge(f"the video has more frames than the limit of {max_frames}")
+            if packet.is_discard:  # decoded for the frames that refer to it, never shown
+                discarded += 1
+                continue
             if packet.pts is None:
                 continue
             pts, duration = int(packet.pts), int(packet.duration or 0)
@@ -794,7 +798,8 @@ def scan_packets(
                 timed_end = pts + duration if timed_end is None else max(timed_end, pts + duration)
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
-    return PacketScan(count, min(times) if times else None, last, last_duration, timed_end, ordinary_steps(times))
+    return PacketScan(count, discarded, min(times) if times else None, last, last_duration, timed_end,
+                      ordinary_steps(times))
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:

@@ -68,7 +68,7 @@ def test_a_warm_up_decodes_from_a_clean_keyframe(clip: Path, monkeypatch: pytest
 
     info = probe_video(clip)
     tick = chunk_pts(clip)[1] - chunk_pts(clip)[0]
-    packets = [(i * tick, None, i % 7 == 0) for i in range(100)]
+    packets = [(i * tick, None, i % 7 == 0, True) for i in range(100)]
     packets[28], packets[29] = packets[29], packets[28]  # decode order: 27, 29, 28 (key), 30
     monkeypatch.setattr(chunks, "video_packets", lambda _path: packets)
     plan = plan_chunks(info, 3.0, 5)
