@@ -506,12 +506,22 @@ _PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp,
 
 # --- videos ---------------------------------------------------------------------------------------
 def looks_like_container(head: bytes) -> bool:
+    """Whether ``head`` (``HEAD_BYTES`` of a file) starts like a video container we know."""
     if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
         return False
-    return any(head[off : off + len(magic)] == magic for off, magic in CONTAINER_MAGIC)
+    if any(head[off : off + len(magic)] == magic for off, magic in CONTAINER_MAGIC):
+        return True
+    # MPEG-TS (HLS segments, camcorders' .mts): 188-byte packets each starting 0x47, or 192 with a
+    # 4-byte time code before each (M2TS); three in a row, as FFmpeg's own probe asks
+    return any(len(head) >= first + 2 * size + 1 and all(head[first + k * size] == 0x47 for k in range(3))
+               for first, size in ((0, 188), (4, 192)))
 
 
-def _head(path: Path, n: int = 64) -> bytes:
+#: How much of a file is read to tell what it is: three MPEG-TS packets (``looks_like_container``).
+HEAD_BYTES = 3 * 192 + 4
+
+
+def _head(path: Path, n: int = HEAD_BYTES) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
 
@@ -874,7 +884,7 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
         raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC")
     raise UnsupportedBackground(
         "the background is not a supported type: PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC images, or an MP4/MOV, "
-        "Matroska/WebM, AVI, MPEG-PS, FLV or Ogg video"
+        "Matroska/WebM, AVI, MPEG-PS, MPEG-TS, FLV or Ogg video"
     )
 
 

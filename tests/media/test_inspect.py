@@ -19,6 +19,7 @@ from videoutil import remux
 from service.config import Settings
 from service.errors import BackdropError
 from service.media.inspect import (
+    BackgroundInfo,
     inspect_background,
     inspect_video,
     mp4_display_matrix,
@@ -116,6 +117,20 @@ def test_containers_are_inspected_without_decoding(tmp_path: Path, codec: str, f
     info = inspect_video(path)
     assert (info.width, info.height, info.frames, float(info.fps)) == (96, 72, 5, 10.0)
     assert len(list(iter_frames(probe_video(path)))) == 5
+    assert inspect_background(path).kind == "video"  # each is a background video too
+
+
+def test_mpeg_ts_backgrounds_are_videos(tmp_path: Path) -> None:
+    """MPEG-TS (HLS segments, a camcorder's .mts, Blu-ray's .m2ts with a time code before each
+    packet) has no magic number, only a sync byte every 188 (or 192) bytes: it was taken as a video
+    but refused as a background (``unsupported_background``)."""
+    for name, options in (("clip.ts", None), ("clip.m2ts", {"mpegts_m2ts_mode": "1"})):
+        path = bombs.encode(tmp_path / name, small_frames(5), "libx264", "yuv420p", "mpegts", options=options)
+        assert path.read_bytes()[4 if options else 0] == 0x47
+        assert inspect_background(path) == BackgroundInfo("video", 96, 72, 5)
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(b"\x47" + bytes(187) + b"\x47" + bytes(100))  # two packets' worth is not enough
+    assert code_of(inspect_background, noise) == "unsupported_background"
 
 
 def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:

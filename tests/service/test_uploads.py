@@ -14,6 +14,7 @@ import httpx
 import pytest
 from stack import API_KEY, OTHER_KEY, ApiServer, auth_env, base_env, data_path, s3_env, settings_from
 from test_end_to_end import asl_clip, poll
+from videoutil import remux
 
 from service.jobs import JobStore
 from service.storage import LocalStore
@@ -242,3 +243,16 @@ def test_a_stalled_or_dripping_upload_is_refused_and_frees_its_slot(redis_url: s
             r = c.post("/jobs", files={"video": f}, data={"background_color": "#000000"})
         assert r.status_code == 202, r.text
         assert not any((tmp_path / "spool").iterdir())  # the refused upload's spool is gone
+
+
+def test_mpeg_ts_uploaded_to_s3_is_taken_as_video_and_background(redis_url: str, tmp_path: Path, s3_endpoint: str) -> None:
+    """On S3 only an upload's leading bytes are checked before the job is taken: 64 of them could
+    not show MPEG-TS (a sync byte every 188), so an HLS segment or a camcorder's .mts was refused
+    ``not_a_video``, and as a background ``unsupported_background``."""
+    ts = remux(asl_clip(), tmp_path / "clip.ts", seconds=1.0)
+    env = base_env(redis_url, tmp_path, **auth_env(), **s3_env(s3_endpoint))
+    with ApiServer(settings_from(env)) as api, api.client(API_KEY) as c:
+        video, background = reserve(c, ts, "video/mp2t"), reserve(c, ts, "video/mp2t")
+        assert put(video, ts.read_bytes()).status_code == 200 and put(background, ts.read_bytes()).status_code == 200
+        r = c.post("/jobs", json={"video_upload_id": video["id"], "background_upload_id": background["id"]})
+        assert r.status_code == 202, r.text

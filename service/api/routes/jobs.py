@@ -244,9 +244,9 @@ async def _stored_upload(
             await run_in_threadpool(_validate_background, str(path), settings)
             return rec, None
         return rec, await run_in_threadpool(_probe, path, settings)
-    from service.media.inspect import looks_like_container, sniff_image
+    from service.media.inspect import HEAD_BYTES, looks_like_container, sniff_image
 
-    head = await run_in_threadpool(uploads.objects.read_head, rec.key, 64)
+    head = await run_in_threadpool(uploads.objects.read_head, rec.key, HEAD_BYTES)
     image = sniff_image(head)
     if background and not (image or looks_like_container(head)):
         raise UnsupportedBackground("the uploaded background is not a supported image or video type")
