@@ -69,8 +69,11 @@ CONTAINER_MAGIC = (
     (0, b"OggS"),
 )
 #: ISO-BMFF major brands of still pictures (HEIF, AVIF): an ``ftyp`` box that is not a video
-#: (FFmpeg's MOV demuxer opens their image items as one-frame streams).
-IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"avif", b"heim")
+#: (FFmpeg's MOV demuxer opens their image items as one-frame streams).  Besides AVIF and HEIC:
+#: HEIF's generic brands, its compact form (``mif3``), and H.264, layered HEVC, JPEG, JPEG 2000 and
+#: VVC pictures, which this service does not read.
+IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"mif2", b"mif3", b"miaf", b"avif", b"heim", b"heis", b"avci",
+                b"jpeg", b"j2ki", b"vvic")
 #: A JPEG's end-of-image marker is looked for in this many bytes at the end of the file (after the
 #: scan), so that trailers some cameras append stay accepted.
 JPEG_TAIL = 1 << 20
@@ -879,6 +882,11 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
     if looks_like_container(head):
         info = _background_video(path, settings)
         return BackgroundInfo("video", info.width, info.height, info.frames)
+    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:  # a HEIF picture, not AVIF or HEIC
+        raise UnsupportedBackground(
+            f"this HEIF picture ({head[8:12].decode('latin-1')}) is coded in a way this service does not read: "
+            "send AVIF, HEIC (HEVC), PNG or JPEG"
+        )
     lead = head.lstrip().lower()
     if lead.startswith((b"<?xml", b"<svg", b"<!doctype svg")):
         raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC")

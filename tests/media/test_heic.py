@@ -15,8 +15,14 @@ import pytest
 from heicfile import heic
 from test_icc import P3, P3_TO_XYZ, _decode_srgb, expected, patches, read
 
-from service.errors import BackdropError, BackgroundTooLarge, CorruptBackground
-from service.media.inspect import inspect_background
+from service.errors import (
+    BackdropError,
+    BackgroundTooLarge,
+    CorruptBackground,
+    NotAVideo,
+    UnsupportedBackground,
+)
+from service.media.inspect import inspect_background, inspect_video
 
 
 def big_patches() -> np.ndarray:
@@ -149,6 +155,20 @@ def test_a_heic_tile_coded_larger_than_its_header_says_is_refused(tmp_path: Path
     smaller = write(tmp_path, "smaller.heic", heic(big_patches(), declared=(256, 192)))
     with pytest.raises(CorruptBackground, match="coded at 128x96, its header says 256x192"):
         read(smaller, 128, 96)
+
+
+@pytest.mark.parametrize("brand", [b"avci", b"mif3", b"jpeg"])
+def test_a_heif_picture_coded_otherwise_is_refused_as_such(tmp_path: Path, brand: bytes) -> None:
+    """HEIF holding H.264 (``avci``), in its compact form (``mif3``) or JPEG: refused as a HEIF
+    picture this service does not read, where it was opened as a video and refused as "corrupt or
+    truncated" or as having "no video stream"."""
+    data = heic(big_patches())
+    assert data[8:12] == b"heic" and data[16:24] == b"mif1heic"
+    path = write(tmp_path, "other.heif", data[:8] + brand + data[12:20] + brand + data[24:])
+    with pytest.raises(UnsupportedBackground, match=f"HEIF picture \\({brand.decode()}\\)"):
+        inspect_background(path)
+    with pytest.raises(NotAVideo, match="still image"):
+        inspect_video(path)
 
 
 def test_damaged_heic_files_are_refused_cleanly(tmp_path: Path) -> None:
