@@ -180,9 +180,10 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
         if any((t.width, t.height) != (w, h) for t in tiles):
             raise HeifError(f"the {name}'s grid tiles differ in size")
         # MIAF's rule (the last row and column reach into the picture), and with one row or column
-        # tiles no more than twice the picture: the decoder allocates for a whole tile
-        if not ((columns - 1) * w < width <= columns * w <= 2 * width
-                and (rows - 1) * h < height <= rows * h <= 2 * height):
+        # tiles no more than twice the picture, or one coding block (64) more: the decoder allocates
+        # for a whole tile (libheif writes a picture 29 wide in one tile 64 wide)
+        if not ((columns - 1) * w < width <= columns * w <= max(2 * width, width + 64)
+                and (rows - 1) * h < height <= rows * h <= max(2 * height, height + 64)):
             raise HeifError(f"the {name}'s {rows}x{columns} tiles of {w}x{h} do not make its {width}x{height} picture")
         return Coded(columns, tiles)
 
