@@ -229,6 +229,24 @@ def mp4_sample_size(path: Path) -> tuple[int, int] | None:
     description (``stsd``), or None.  FFmpeg drops them when it probes MPEG-4 Part 2 and H.263
     tracks with no decoder allowed (it waits for its parser, which needs one), so for those the
     box is read here; the worker checks the first decoded frame's own size again."""
+    # stsd: version and flags, entry count, then the first entry: its box header, 6 reserved
+    # bytes, the data reference index, 16 bytes of VisualSampleEntry fields, width, height
+    raw = _sample_entry_bytes(path, 8 + 24, 4)
+    if raw is None:
+        return None
+    width, height = struct.unpack(">HH", raw)
+    return (width, height) if width and height else None
+
+
+def mp4_encrypted(path: Path) -> bool:
+    """Whether the first video track of an MP4/MOV is encrypted (Common Encryption, DRM): its
+    sample entry is ``encv`` (the codec's own, ``avc1`` or ``hvc1``, moved into its ``sinf``)."""
+    return _sample_entry_bytes(path, 4, 4) == b"encv"
+
+
+def _sample_entry_bytes(path: Path, offset: int, n: int) -> bytes | None:
+    """``n`` bytes at ``offset`` in the first sample entry (the box, from its size field) of the
+    first video track's ``stsd``, or None.  Only the ``moov`` box is read."""
     with open(path, "rb") as fh:
         moov = _find_box(fh, 0, fh.seek(0, 2), b"moov")
         trak = moov and next(((s, e) for k, s, e in _boxes(fh, *moov) if k == b"trak" and _is_video_track(fh, s, e)),
@@ -236,16 +254,11 @@ def mp4_sample_size(path: Path) -> tuple[int, int] | None:
         box = trak
         for kind in (b"mdia", b"minf", b"stbl", b"stsd"):
             box = box and _find_box(fh, *box, kind)
-        if not box or box[1] - box[0] < 8 + 8 + 28:
+        if not box or box[1] - box[0] < 8 + offset + n:
             return None
-        # stsd: version and flags, entry count, then the first entry: its box header, 6 reserved
-        # bytes, the data reference index, 16 bytes of VisualSampleEntry fields, width, height
-        fh.seek(box[0] + 8 + 8 + 24)
-        raw = fh.read(4)
-    if len(raw) != 4:
-        return None
-    width, height = struct.unpack(">HH", raw)
-    return (width, height) if width and height else None
+        fh.seek(box[0] + 8 + offset)  # past stsd's version, flags and entry count
+        raw = fh.read(n)
+    return raw if len(raw) == n else None
 
 
 def _boxes(fh: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
@@ -567,6 +580,9 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     return longest if first.frames <= 1 < longest.frames else first
 
 
+ENCRYPTED = "the video is encrypted (DRM): this service reads unencrypted video only"
+
+
 def open_input(path: Path) -> av.container.InputContainer:
     """Open a media file for demuxing, mapping FFmpeg's failures to our codes.
 
@@ -579,6 +595,8 @@ def open_input(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r", timeout=30, container_options={"codec_whitelist": "none"})
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if looks_like_container(_video_head(path)):
+            if mp4_encrypted(path):  # FFmpeg opens no fragmented CENC file without its key
+                raise UnsupportedCodec(ENCRYPTED) from None
             raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
         raise NotAVideo("the file is not a video this service can read") from None
 
@@ -605,6 +623,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             raise NotAVideo(f"this is a still image ({name}), not a video")
         stream = video_stream(container)
         ctx = stream.codec_context
+        if stream.metadata.get("enc_key_id") or (name.startswith("mov") and mp4_encrypted(path)):
+            raise UnsupportedCodec(ENCRYPTED)  # Matroska/WebM's ContentEncryption, MP4's encv
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")
         coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)

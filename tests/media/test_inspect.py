@@ -133,6 +133,19 @@ def test_mpeg_ts_backgrounds_are_videos(tmp_path: Path) -> None:
     assert code_of(inspect_background, noise) == "unsupported_background"
 
 
+def test_an_encrypted_mp4_is_refused_as_encrypted(tmp_path: Path) -> None:
+    """Common Encryption (DRM): the track's sample entry is ``encv``.  Without its key FFmpeg
+    cannot open a fragmented one or decode any, and it was refused as "corrupt or truncated"."""
+    data = bombs.encode(tmp_path / "clip.mp4", small_frames(5), "libx264", "yuv420p", "mp4").read_bytes()
+    at = data.index(b"avc1", data.index(b"stsd"))
+    (tmp_path / "drm.mp4").write_bytes(data[:at] + b"encv" + data[at + 4:])
+    for inspect in (inspect_video, inspect_background):
+        with pytest.raises(BackdropError, match="encrypted") as err:
+            inspect(tmp_path / "drm.mp4")
+        assert err.value.code == ("unsupported_codec" if inspect is inspect_video else "unsupported_background")
+    assert inspect_video(tmp_path / "clip.mp4").frames == 5
+
+
 def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
     """MPEG-4 Part 2 (above) and H.263 tracks of MP4/MOV/3GP (old phones and cameras): probing with
     no decoder, FFmpeg leaves their size at 0, so it is read from the track's sample description;
