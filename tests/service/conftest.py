@@ -23,7 +23,9 @@ from stack import (
     wait_for,
 )
 
-_db_counter = iter(range(1, 60))
+#: one database of the session's Redis for each test that asks (flushed first), more than the tests use:
+#: the 60th test to ask failed at setup (StopIteration) when there were 59
+_db_counter = iter(range(1, 1024))
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +34,7 @@ def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     d = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(d), "--databases", "64"],
+         "--dir", str(d), "--databases", "1024"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
