@@ -55,14 +55,16 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
          irot: int | None = None, grid: tuple[int, int] | None = None, tile_size: tuple[int, int] | None = None,
          declared: tuple[int, int] | None = None, av1: tuple[bytes, bytes] | None = None,
          nclx: tuple[int, int, int, bool] | None = None, exif: bytes | None = None,
-         crop: tuple[int, int, int, int] | None = None, alpha: np.ndarray | None = None) -> bytes:
+         crop: tuple[int, int, int, int] | None = None, alpha: np.ndarray | None = None,
+         premultiplied: bool = False) -> bytes:
     """A HEIC of ``rgb``: one HEVC item, or a grid of ``tile``-pixel tiles (the last row and
     column cropped).  ``grid``, ``tile_size``, ``declared`` (the picture's size): what the header
     says instead of the truth.  ``av1``: an AVIF instead, of this coded picture (av1C body, OBUs)
     of ``rgb``, in one piece.  ``nclx``: its colour numbers (else BT.709 primaries, sRGB transfer
     and BT.601 matrix, as ``hevc`` codes it).  ``exif``: an Exif item after the picture's data.
     ``crop``: a clean aperture (``clap``: left, top, width, height), applied before ``irot``.
-    ``alpha``: an alpha plane (uint8, the picture's size), a monochrome HEVC item of its own."""
+    ``alpha``: an alpha plane (uint8, the picture's size), a monochrome HEVC item of its own;
+    ``premultiplied``: ``rgb`` is already multiplied by it (a ``prem`` reference)."""
     height, width = rgb.shape[:2]
     kind, setup, brand = (b"av01", b"av1C", b"avif") if av1 else (b"hvc1", b"hvcC", b"heic")
     if av1 is not None or tile is None:
@@ -134,6 +136,8 @@ def heic(rgb: np.ndarray, tile: int | None = None, *, full_range: bool = False, 
         refs = box(b"cdsc", struct.pack(">HHH", exif_item, 1, 1)) if exif is not None else b""
         if alpha is not None:
             refs += box(b"auxl", struct.pack(">HHH", alpha_item, 1, 1))
+        if premultiplied:
+            refs += box(b"prem", struct.pack(">HHH", 1, 1, alpha_item))
         if tile:
             refs += box(b"dimg", struct.pack(">HH", 1, len(coded)) + b"".join(struct.pack(">H", i) for i in coded))
         if refs:

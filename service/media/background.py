@@ -307,7 +307,7 @@ def _read_heif(path: Path, header: heif.HeifHeader) -> np.ndarray:
     to_rgb = RgbConverter(first.width, first.height)  # a grid's tiles are all one size
     with open(path, "rb") as f:
         rgb = _assemble(f, header, header.picture, lambda frame: to_rgb(_with_colours(frame, header)))
-        if header.alpha is not None:
+        if header.alpha is not None and not header.premultiplied:  # premultiplied: on black already
             rgb = on_black(rgb, _assemble(f, header, header.alpha, _opacity))
     if header.crop is not None:
         left, top, width, height = header.crop

@@ -75,6 +75,7 @@ class HeifHeader:
     cicp: tuple[int, int, int, bool] | None  # colr nclx: primaries, transfer, matrix, full range
     picture: Coded
     alpha: Coded | None  # its alpha plane (an auxiliary picture of the same size), if it has one
+    premultiplied: bool  # its colours already multiplied by that alpha (a ``prem`` reference to it)
     idat: bytes  # the meta box's own item data (a grid's description), where items lie in it
 
 
@@ -204,6 +205,7 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
             raise HeifError(f"the {name}'s alpha plane is {'x'.join(map(str, size_of(planes[0])))}, "
                             f"its picture {width}x{height}")
         alpha = coded(planes[0])
+    premultiplied = alpha is not None and planes[0] in refs.get((primary, b"prem"), [])
     mine = of(primary)
     rotation = (mine[b"irot"][0] & 3) * 90 if mine.get(b"irot") else 0
     mirror = mine[b"imir"][0] & 1 if mine.get(b"imir") else None
@@ -212,7 +214,7 @@ def _read_header(fh: BinaryIO, size: int, form: Format) -> HeifHeader:
         _, cicp = _colours([body for box, body in _all(props, assoc.get(next(iter(refs[(primary, b"dimg")])), []))
                             if box == b"colr"])
     crop = _clean_aperture(mine.get(b"clap"), width, height)
-    return HeifHeader(form, width, height, crop, rotation, mirror, icc, cicp, picture, alpha, idat)
+    return HeifHeader(form, width, height, crop, rotation, mirror, icc, cicp, picture, alpha, premultiplied, idat)
 
 
 def _all(props: list[tuple[bytes, bytes]], indices: list[int]) -> list[tuple[bytes, bytes]]:

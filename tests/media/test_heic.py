@@ -118,6 +118,10 @@ def test_a_heic_with_an_alpha_plane_is_shown_on_black(tmp_path: Path) -> None:
     want = (plain * (alpha[..., None] / 255) + 0.5).astype(np.uint8)
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
     assert got[:, :40].max() == 0 and np.array_equal(got[:, -1], plain[:, -1])
+    # colours stored already multiplied by the alpha (``prem``): not multiplied again
+    premultiplied = heic(np.ascontiguousarray(want), tile=64, alpha=alpha, premultiplied=True)
+    again = read(write(tmp_path, "prem.heic", premultiplied), 128, 96)
+    assert np.abs(again.astype(int) - want.astype(int)).mean() < 1 and again[:, 100:].mean() > 0.9 * want[:, 100:].mean()
 
 
 def test_a_heic_whose_picture_runs_to_the_end_of_the_file_is_read(tmp_path: Path) -> None:
