@@ -521,9 +521,17 @@ _PARSERS = {"png": _png, "jpeg": _jpeg, "gif": _gif, "webp": _webp, "bmp": _bmp,
 
 
 # --- videos ---------------------------------------------------------------------------------------
+def still_picture_brand(head: bytes) -> str | None:
+    """The major brand of a HEIF still picture (``IMAGE_BRANDS``) whose ``ftyp`` box ``head``
+    starts with, else None: an ISO-BMFF file that is not a video."""
+    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
+        return head[8:12].decode("latin-1")
+    return None
+
+
 def looks_like_container(head: bytes) -> bool:
     """Whether ``head`` (``HEAD_BYTES`` of a file) starts like a video container we know."""
-    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
+    if still_picture_brand(head):
         return False
     if any(head[off : off + len(magic)] == magic for off, magic in CONTAINER_MAGIC):
         return True
@@ -610,9 +618,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     settings = settings or get_settings()
     path = Path(path)
     _check_file(path)
-    head = _video_head(path)
-    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:
-        raise NotAVideo(f"this is a still image ({head[8:12].decode('latin-1')}), not a video")
+    brand = still_picture_brand(_video_head(path))
+    if brand:
+        raise NotAVideo(f"this is a still image ({brand}), not a video")
     animated = _animated_image(path, settings)
     container = open_input(path)
     try:
@@ -902,10 +910,10 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
     if looks_like_container(head):
         info = _background_video(path, settings)
         return BackgroundInfo("video", info.width, info.height, info.frames)
-    if head[4:8] == b"ftyp" and head[8:12] in IMAGE_BRANDS:  # a HEIF picture, not AVIF or HEIC
+    brand = still_picture_brand(head)
+    if brand:  # a HEIF picture, not AVIF or HEIC (sniff_image took those)
         raise UnsupportedBackground(
-            f"this HEIF picture ({head[8:12].decode('latin-1')}) is coded in a way this service does not read: "
-            "send AVIF, HEIC (HEVC), PNG or JPEG"
+            f"this HEIF picture ({brand}) is coded in a way this service does not read: send AVIF, HEIC (HEVC), PNG or JPEG"
         )
     lead = head.lstrip().lower()
     if lead.startswith((b"<?xml", b"<svg", b"<!doctype svg")):
