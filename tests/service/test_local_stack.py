@@ -233,7 +233,7 @@ def test_a_run_killed_outright_takes_its_children_with_it(tmp_path: Path) -> Non
     import os
     import socket
 
-    from service.local_stack import RedisOwner
+    from service.local_stack import RedisOwner, _started
 
     redis_port, api_port = free_port(), free_port()
     env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port),
@@ -267,8 +267,7 @@ def test_a_run_killed_outright_takes_its_children_with_it(tmp_path: Path) -> Non
             try:
                 owner.write_text(f"{redis_pid} {other.pid} running {started}\n")
                 assert RedisOwner.of("127.0.0.1", redis_port) is None
-                own_start = Path(f"/proc/{other.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-                owner.write_text(f"{redis_pid} {other.pid} running {own_start}\n")
+                owner.write_text(f"{redis_pid} {other.pid} running {_started(other.pid)}\n")
                 assert RedisOwner.of("127.0.0.1", redis_port) == (other.pid, "running")
             finally:
                 other.kill()
