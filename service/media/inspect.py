@@ -199,13 +199,32 @@ def rotation_from_matrix(matrix: tuple[int, ...] | list[int]) -> int:
     return k
 
 
-def mp4_display_matrix(path: Path) -> tuple[int, ...] | None:
-    """The display matrix of the first video track of an MP4/MOV, as FFmpeg computes it (the track
-    header's matrix times the movie header's), read from the boxes without decoding; None when the
-    file records none.  Only the ``moov`` box is read."""
+@dataclass(frozen=True)
+class Mp4VideoTrack:
+    """What the first video track of an MP4/MOV/3GP records in its boxes, read without decoding.
+
+    ``matrix``: its display matrix as FFmpeg computes it (the track header's times the movie
+    header's), None without a track header.  ``entry``: the type of its first sample entry
+    (``avc1``, ``hvc1``; ``encv`` where it is encrypted by Common Encryption, the codec's own moved
+    into its ``sinf``).  ``size``: the width and height that entry records, None where zero or
+    absent: FFmpeg drops them when it probes MPEG-4 Part 2 and H.263 tracks with no decoder allowed
+    (it waits for its parser, which needs one); the worker checks the first decoded frame's own size
+    again."""
+
+    matrix: tuple[int, ...] | None
+    entry: bytes | None
+    size: tuple[int, int] | None
+
+    @property
+    def encrypted(self) -> bool:
+        return self.entry == b"encv"
+
+
+def mp4_video_track(path: Path) -> Mp4VideoTrack | None:
+    """The first video track of an MP4/MOV (``Mp4VideoTrack``), or None where the file has no
+    ``moov`` box or no video track in it.  Only the ``moov`` box is read, once."""
     with open(path, "rb") as fh:
-        size = fh.seek(0, 2)
-        moov = _find_box(fh, 0, size, b"moov")
+        moov = _find_box(fh, 0, fh.seek(0, 2), b"moov")
         if moov is None:
             return None
         movie: tuple[int, ...] = _IDENTITY
@@ -214,51 +233,30 @@ def mp4_display_matrix(path: Path) -> tuple[int, ...] | None:
                 movie = _matrix_at(fh, start, 36, 28) or movie
             elif kind == b"trak" and _is_video_track(fh, start, end):
                 tkhd = _find_box(fh, start, end, b"tkhd")
-                if tkhd is None:
-                    return None
-                track = _matrix_at(fh, tkhd[0], 40, 52)
-                return _mul(track or _IDENTITY, movie)
+                track = tkhd and _matrix_at(fh, tkhd[0], 40, 52)
+                matrix = _mul(track or _IDENTITY, movie) if tkhd else None
+                return Mp4VideoTrack(matrix, *_sample_entry(fh, start, end))
     return None
 
 
 _IDENTITY = (65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
 
 
-def mp4_sample_size(path: Path) -> tuple[int, int] | None:
-    """The width and height the first video track of an MP4/MOV/3GP records in its sample
-    description (``stsd``), or None.  FFmpeg drops them when it probes MPEG-4 Part 2 and H.263
-    tracks with no decoder allowed (it waits for its parser, which needs one), so for those the
-    box is read here; the worker checks the first decoded frame's own size again."""
-    # stsd: version and flags, entry count, then the first entry: its box header, 6 reserved
+def _sample_entry(fh: BinaryIO, start: int, end: int) -> tuple[bytes | None, tuple[int, int] | None]:
+    """The type of the first sample entry in the ``trak`` box between ``start`` and ``end``, and the
+    width and height it records (None where zero)."""
+    box: tuple[int, int] | None = (start, end)
+    for kind in (b"mdia", b"minf", b"stbl", b"stsd"):
+        box = box and _find_box(fh, *box, kind)
+    # stsd: version and flags, entry count, then the first entry: its size and type, 6 reserved
     # bytes, the data reference index, 16 bytes of VisualSampleEntry fields, width, height
-    raw = _sample_entry_bytes(path, 8 + 24, 4)
-    if raw is None:
-        return None
-    width, height = struct.unpack(">HH", raw)
-    return (width, height) if width and height else None
-
-
-def mp4_encrypted(path: Path) -> bool:
-    """Whether the first video track of an MP4/MOV is encrypted (Common Encryption, DRM): its
-    sample entry is ``encv`` (the codec's own, ``avc1`` or ``hvc1``, moved into its ``sinf``)."""
-    return _sample_entry_bytes(path, 4, 4) == b"encv"
-
-
-def _sample_entry_bytes(path: Path, offset: int, n: int) -> bytes | None:
-    """``n`` bytes at ``offset`` in the first sample entry (the box, from its size field) of the
-    first video track's ``stsd``, or None.  Only the ``moov`` box is read."""
-    with open(path, "rb") as fh:
-        moov = _find_box(fh, 0, fh.seek(0, 2), b"moov")
-        trak = moov and next(((s, e) for k, s, e in _boxes(fh, *moov) if k == b"trak" and _is_video_track(fh, s, e)),
-                             None)
-        box = trak
-        for kind in (b"mdia", b"minf", b"stbl", b"stsd"):
-            box = box and _find_box(fh, *box, kind)
-        if not box or box[1] - box[0] < 8 + offset + n:
-            return None
-        fh.seek(box[0] + 8 + offset)  # past stsd's version, flags and entry count
-        raw = fh.read(n)
-    return raw if len(raw) == n else None
+    if not box or box[1] - box[0] < 8 + 8:
+        return None, None
+    fh.seek(box[0] + 8)
+    raw = fh.read(36) if box[1] - box[0] >= 8 + 36 else fh.read(8)
+    entry = raw[4:8]
+    width, height = struct.unpack(">HH", raw[32:36]) if len(raw) == 36 else (0, 0)
+    return entry, ((width, height) if width and height else None)
 
 
 def _boxes(fh: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
@@ -603,7 +601,8 @@ def open_input(path: Path) -> av.container.InputContainer:
         return av.open(str(path), mode="r", timeout=30, container_options={"codec_whitelist": "none"})
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if looks_like_container(_video_head(path)):
-            if mp4_encrypted(path):  # FFmpeg opens no fragmented CENC file without its key
+            track = mp4_video_track(path)
+            if track and track.encrypted:  # FFmpeg opens no fragmented CENC file without its key
                 raise UnsupportedCodec(ENCRYPTED) from None
             raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
         raise NotAVideo("the file is not a video this service can read") from None
@@ -631,13 +630,14 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             raise NotAVideo(f"this is a still image ({name}), not a video")
         stream = video_stream(container)
         ctx = stream.codec_context
-        if stream.metadata.get("enc_key_id") or (name.startswith("mov") and mp4_encrypted(path)):
+        mp4 = mp4_video_track(path) if name.startswith("mov") else None
+        if stream.metadata.get("enc_key_id") or (mp4 and mp4.encrypted):
             raise UnsupportedCodec(ENCRYPTED)  # Matroska/WebM's ContentEncryption, MP4's encv
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")
         coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)
-        if (coded_w <= 0 or coded_h <= 0) and name.startswith("mov"):
-            coded_w, coded_h = mp4_sample_size(path) or (0, 0)
+        if (coded_w <= 0 or coded_h <= 0) and mp4:
+            coded_w, coded_h = mp4.size or (0, 0)
         if (coded_w <= 0 or coded_h <= 0) and ctx.codec.name in PICTURE_SIZED_CODECS:
             raise UnsupportedCodec(
                 f"{ctx.codec.name} video in {name.split(',')[0].upper()} records its frame size only inside its "
@@ -645,8 +645,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             )
         if coded_w <= 0 or coded_h <= 0:
             raise CorruptVideo("the video's headers record no frame size")
-        matrix = mp4_display_matrix(path) if name.startswith("mov") else None
-        rotation = rotation_from_matrix(matrix) if matrix else 0
+        rotation = rotation_from_matrix(mp4.matrix) if mp4 and mp4.matrix else 0
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not fps or fps <= 0:
             raise CorruptVideo("the video stream has no usable frame rate")

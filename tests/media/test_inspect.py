@@ -22,7 +22,7 @@ from service.media.inspect import (
     BackgroundInfo,
     inspect_background,
     inspect_video,
-    mp4_display_matrix,
+    mp4_video_track,
     ordinary_steps,
     read_image_header,
     rotation_from_matrix,
@@ -291,7 +291,9 @@ def test_rotation_from_display_matrices() -> None:
 
 def test_rotation_tag_read_from_the_mp4_boxes() -> None:
     clip = data_path("videos", "rotated-tag-90.mp4")
-    assert rotation_from_matrix(mp4_display_matrix(clip) or ()) == 90
+    track = mp4_video_track(clip)
+    assert track is not None and track.matrix is not None and not track.encrypted
+    assert rotation_from_matrix(track.matrix) == 90
     info = inspect_video(clip)
     assert (info.width, info.height, info.rotation) == (540, 960, 90)
 
@@ -301,7 +303,8 @@ def test_all_zero_display_matrix_is_no_rotation(tmp_path: Path) -> None:
     from service.media.probe import probe_video
 
     path = bombs.zero_matrix_mp4(tmp_path / "zero.mp4", small_frames(4))
-    assert mp4_display_matrix(path) == (0,) * 9
+    track = mp4_video_track(path)
+    assert track is not None and track.matrix == (0,) * 9
     assert inspect_video(path).rotation == 0
     info = probe_video(path)
     assert (info.rotation, info.width, info.height) == (0, 96, 72)
