@@ -23,6 +23,7 @@ import numpy as np
 
 from service.errors import CorruptVideo, VideoTooLarge
 from service.media.decode import timed_frames
+from service.media.inspect import OPEN_OPTIONS
 from service.media.probe import (
     VideoInfo,
     limit_decoder,
@@ -163,8 +164,7 @@ def _open(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int) -> av.c
     # frame by frame the code below sees which.
     accel = HWAccel("cuda", device=str(device), allow_software_fallback=True, is_hw_owned=on_device)
     try:
-        return av.open(str(info.path), mode="r", timeout=30, container_options={"codec_whitelist": "none"},
-                       hwaccel=accel)
+        return av.open(str(info.path), **OPEN_OPTIONS, hwaccel=accel)
     except av.error.FFmpegError as exc:
         if not on_device:
             raise

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import av
 
@@ -589,16 +589,22 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
 ENCRYPTED = "the video is encrypted (DRM): this service reads unencrypted video only"
 
 
-def open_input(path: Path) -> av.container.InputContainer:
-    """Open a media file for demuxing, mapping FFmpeg's failures to our codes.
+# How every input is opened.  No decoder may run while FFmpeg probes the streams (``codec_whitelist``):
+# sizes and codec come from the headers, and a picture is decoded only when the caller decodes it,
+# with the limits it sets on its own decoder.  Metadata that is not UTF-8 (a title or comment
+# in Latin-1 from an old camera or Photoshop) is read with its odd bytes replaced: PyAV's default
+# raised UnicodeDecodeError while opening, and the video was refused as corrupt.
+OPEN_OPTIONS: dict[str, Any] = {
+    "mode": "r", "timeout": 30, "container_options": {"codec_whitelist": "none"}, "metadata_errors": "replace",
+}
 
-    No decoder may run while FFmpeg probes the streams (``codec_whitelist=none``): sizes and codec
-    come from the headers, and a picture is decoded only when the caller decodes it, with the
-    limits it sets on its own decoder."""
+
+def open_input(path: Path) -> av.container.InputContainer:
+    """Open a media file for demuxing (``OPEN_OPTIONS``), mapping FFmpeg's failures to our codes."""
     path = Path(path)
     _check_file(path)
     try:
-        return av.open(str(path), mode="r", timeout=30, container_options={"codec_whitelist": "none"})
+        return av.open(str(path), **OPEN_OPTIONS)
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if looks_like_container(_video_head(path)):
             track = mp4_video_track(path)

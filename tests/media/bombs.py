@@ -98,9 +98,11 @@ def frames_of(src: Path, count: int, width: int, height: int) -> list[np.ndarray
 
 
 def encode(path: Path, images: list[np.ndarray], codec: str, pix_fmt: str, fmt: str | None = None,
-           rate: int = 10, matrix: list[int] | None = None, options: dict[str, str] | None = None) -> Path:
+           rate: int = 10, matrix: list[int] | None = None, options: dict[str, str] | None = None,
+           metadata: dict[str, str] | None = None) -> Path:
     h, w = images[0].shape[:2]
     with av.open(str(path), "w", format=fmt, options=options) as out:
+        out.metadata.update(metadata or {})
         s = out.add_stream(codec, rate=rate)
         s.width, s.height, s.pix_fmt = w, h, pix_fmt
         if matrix is not None:

@@ -146,6 +146,22 @@ def test_an_encrypted_mp4_is_refused_as_encrypted(tmp_path: Path) -> None:
     assert inspect_video(tmp_path / "clip.mp4").frames == 5
 
 
+def test_metadata_that_is_not_utf8_is_read(tmp_path: Path) -> None:
+    """A title or comment in Latin-1 (an old camera, Photoshop's "®" as 0xA8): PyAV raised
+    UnicodeDecodeError while opening the file, and the video was refused as corrupt."""
+    from service.media.probe import probe_video
+
+    for fmt in ("mp4", "matroska"):
+        clip = bombs.encode(tmp_path / f"clip.{fmt}", small_frames(5), "libx264", "yuv420p", fmt,
+                            metadata={"title": "Studio QQ 4.0", "comment": "Studio QQ 4.0"})
+        data = clip.read_bytes()
+        assert data.count(b"QQ") >= 2
+        clip.write_bytes(data.replace(b"QQ", b"\xa8\xa8"))
+        info = probe_video(clip)
+        assert (info.width, info.height, info.frames) == (96, 72, 5)
+        assert inspect_background(clip).kind == "video"
+
+
 def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
     """MPEG-4 Part 2 (above) and H.263 tracks of MP4/MOV/3GP (old phones and cameras): probing with
     no decoder, FFmpeg leaves their size at 0, so it is read from the track's sample description;
