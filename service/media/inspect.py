@@ -77,6 +77,8 @@ IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"mif2", b"mif3", b"miaf", b"avif", b
 #: A JPEG's end-of-image marker is looked for in this many bytes at the end of the file (after the
 #: scan), so that trailers some cameras append stay accepted.
 JPEG_TAIL = 1 << 20
+#: Bytes that may stand between a JPEG's segments before the next marker (libjpeg skips any number).
+JPEG_RESYNC = 1 << 16
 #: Longest side of a still background (JPEG's own limit; libpng refuses past 1,000,000 rows).
 MAX_IMAGE_SIDE = 65535
 #: Chunks/markers walked before the picture data starts; a header longer than this is refused.
@@ -159,6 +161,9 @@ class ImageHeader:
     width: int
     height: int
     frames: int = 1
+    # why the picture cannot be decoded here, where its header alone shows it (a 12-bit or lossless
+    # JPEG, a JPEG inside a BMP); empty where it can
+    unsupported: str = ""
 
 
 @dataclass(frozen=True)
@@ -377,19 +382,22 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 
 
 def _jpeg(fh: BinaryIO, size: int) -> ImageHeader:
-    pos, width, height = 2, 0, 0
+    pos, width, height, unsupported = 2, 0, 0, ""
     for _ in range(MAX_HEADER_ITEMS):
         fh.seek(pos)
-        byte = fh.read(1)
-        if byte != b"\xff":
+        # Bytes where a marker should be (a segment whose length is off by a few, junk an editor
+        # left): libjpeg skips them up to the next 0xFF with a warning, and so do browsers.
+        skip = fh.read(JPEG_RESYNC).find(b"\xff")
+        if skip < 0:
             raise ImageHeaderError("the JPEG is cut short or malformed before its scan")
+        fh.seek(pos + skip + 1)
         marker = fh.read(1)
         while marker == b"\xff":  # fill bytes
             marker = fh.read(1)
         if not marker:
             raise ImageHeaderError("the JPEG is cut short before its scan")
         m = marker[0]
-        if m == 0x01 or 0xD0 <= m <= 0xD8:
+        if m in (0x00, 0x01) or 0xD0 <= m <= 0xD8:  # no segment follows (0xFF 0x00: junk, skipped)
             pos = fh.tell()
             continue
         if m == 0xD9:
@@ -397,7 +405,8 @@ def _jpeg(fh: BinaryIO, size: int) -> ImageHeader:
         segment = fh.tell()
         (length,) = struct.unpack(">H", fh.read(2))
         if m in _SOF:
-            height, width = struct.unpack(">xHH", fh.read(5))
+            precision, height, width = struct.unpack(">BHH", fh.read(5))
+            unsupported = _jpeg_unsupported(m, precision)
         pos = segment + length
         if m == 0xDA:
             break
@@ -411,7 +420,21 @@ def _jpeg(fh: BinaryIO, size: int) -> ImageHeader:
     fh.seek(start)
     if b"\xff\xd9" not in fh.read(size - start):
         raise ImageHeaderError("the JPEG is cut short (no end-of-image marker after its scan)")
-    return ImageHeader("jpeg", width, height)
+    return ImageHeader("jpeg", width, height, unsupported=unsupported)
+
+
+def _jpeg_unsupported(sof: int, precision: int) -> str:
+    """Why a JPEG of this coding (its SOF marker) and sample precision cannot be decoded here (the
+    8-bit baseline, extended and progressive codings can), else ""."""
+    if sof in (0xC3, 0xC7, 0xCB, 0xCF):
+        kind = "lossless"
+    elif sof in (0xC5, 0xC6, 0xCD, 0xCE):
+        kind = "hierarchical"
+    elif precision != 8:
+        kind = f"{precision}-bit"
+    else:
+        return ""
+    return f"this JPEG is {kind} (a medical or scientific coding), which this service does not read: send an 8-bit JPEG or a PNG"
 
 
 def _gif(fh: BinaryIO, size: int) -> ImageHeader:
@@ -498,8 +521,11 @@ def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
         compression = 0
     else:
         width, height, _, bpp, compression = struct.unpack("<iiHHI", fh.read(16))
-    if compression not in (0, 1, 2, 3, 6):  # RGB, RLE8, RLE4, bit fields; not embedded JPEG/PNG
-        raise ImageHeaderError(f"BMP compression {compression} is not supported")
+    if compression in (4, 5):
+        return ImageHeader("bmp", width, abs(height), unsupported="this BMP holds a JPEG or PNG inside it, which this "
+                           "service does not read: send the JPEG or PNG itself")
+    if compression not in (0, 1, 2, 3, 6):  # RGB, RLE8, RLE4, bit fields
+        raise ImageHeaderError(f"the BMP's compression ({compression}) is unknown")
     height = abs(height)
     need = offset + ((width * bpp + 31) // 32) * 4 * height if compression in (0, 3, 6) else offset + 1
     if need > size:
@@ -903,6 +929,8 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
             header = read_image_header(path)
         except ImageHeaderError as exc:
             raise CorruptBackground(str(exc)) from None
+        if header.unsupported:
+            raise UnsupportedBackground(header.unsupported)
         if header.frames <= 1:
             check_image_pixels(header.width, header.height, settings)
             return BackgroundInfo("image", header.width, header.height, 1)

@@ -49,6 +49,8 @@ def read_frame(path: Path, settings: Settings) -> Any:
         raise InvalidFrame(f"the frame: {exc}") from None
     if header.format not in ("png", "jpeg") or header.frames != 1:
         raise InvalidFrame("the frame must be one PNG or JPEG picture")
+    if header.unsupported:
+        raise InvalidFrame(f"the frame: {header.unsupported}")
     check_frame_size(header.width, header.height, settings, InvalidFrame)
     image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:

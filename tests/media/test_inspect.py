@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import bombs
+import numpy as np
 import pytest
 from conftest import data_path
 from videoutil import remux
@@ -244,6 +245,45 @@ def test_jpeg_cut_after_its_header(tmp_path: Path) -> None:
     half = tmp_path / "half.jpg"
     half.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     assert code_of(inspect_background, half) == "corrupt_background"
+
+
+def test_jpeg_with_junk_between_its_segments(tmp_path: Path) -> None:
+    """Bytes where a marker should be (an editor's segment length off by a few, junk after a
+    header): libjpeg skips them up to the next marker with a warning, as browsers do; they were
+    refused as "malformed before its scan" (Photoshop and camera files among Pillow's samples)."""
+    import cv2
+
+    from service.media.background import open_background
+
+    picture = np.tile(np.arange(0, 240, 2, dtype=np.uint8)[None, :, None], (80, 1, 3))
+    data = cv2.imencode(".jpg", picture)[1].tobytes()
+    dqt = data.index(b"\xff\xdb")
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(data[:dqt] + b"\x00\x11junk\xff\x00" + data[dqt:])
+    assert inspect_background(junk) == BackgroundInfo("image", 120, 80, 1)
+    plate = open_background(str(junk), 120, 80).frames(np.empty((1, 80, 120, 3), np.uint8), [0.0])[0]
+    assert np.abs(plate.astype(int) - cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                                                   cv2.COLOR_BGR2RGB)).max() <= 1
+    nothing = tmp_path / "nothing.jpg"
+    nothing.write_bytes(data[:dqt] + bytes(70000) + data[dqt:])  # no marker within reach
+    assert code_of(inspect_background, nothing) == "corrupt_background"
+
+
+@pytest.mark.parametrize("sof,precision", [(0xC3, 8), (0xC0, 12), (0xC7, 8), (0xC5, 8)])
+def test_jpeg_codings_not_decoded_are_unsupported(tmp_path: Path, sof: int, precision: int) -> None:
+    """Lossless, hierarchical and 12-bit JPEGs (medical, scientific) passed the header check and
+    failed in the worker as "cannot be decoded" (``corrupt_background``); they are named as such
+    before the job is taken."""
+    import cv2
+
+    data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    at = data.index(b"\xff\xc0")
+    data[at + 1], data[at + 4] = sof, precision
+    path = tmp_path / "odd.jpg"
+    path.write_bytes(bytes(data))
+    with pytest.raises(BackdropError, match="this JPEG is (lossless|hierarchical|12-bit)") as err:
+        inspect_background(path)
+    assert (err.value.code, err.value.status) == ("unsupported_background", 415)
 
 
 def test_png_cut_in_its_data(tmp_path: Path) -> None:

@@ -79,6 +79,11 @@ def test_previews_belong_to_their_tenant_and_refuse_bad_frames(web: WebStack, tm
         bad = c.post("/previews", headers=alice, files={"frame": ("f.jpg", text.read_bytes())},
                      data={"background_color": "#000000"})
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_frame", bad.text
+        twelve = bytearray(frame.read_bytes())  # a 12-bit JPEG: its header reads, its pictures do not
+        twelve[twelve.index(b"\xff\xc0") + 4] = 12
+        odd = c.post("/previews", headers=alice, files={"frame": ("f.jpg", bytes(twelve))},
+                     data={"background_color": "#000000"})
+        assert odd.status_code == 422 and "12-bit" in odd.json()["detail"], odd.text
         video_bg = c.post("/previews", headers=alice, files={
             "frame": ("f.jpg", frame.read_bytes()),
             "background": ("bg.mp4", data_path("videos", "rotated-tag-90.mp4").read_bytes()),

@@ -189,6 +189,8 @@ def _check_pictures(files: dict[str, Path], settings: Any) -> tuple[int, int]:
         raise InvalidFrame(f"the frame is not a PNG or JPEG picture: {exc}") from None
     if header.format not in ("png", "jpeg") or header.frames != 1:
         raise InvalidFrame(f"the frame must be one PNG or JPEG picture, not {header.format.upper()}")
+    if header.unsupported:
+        raise InvalidFrame(f"the frame: {header.unsupported}")
     check_frame_size(header.width, header.height, settings, InvalidFrame)
     if "background" in files:
         info = inspect_background(files["background"], settings)
