@@ -21,13 +21,16 @@ import numpy as np
 from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
 from service.errors import BackgroundTooLarge, CorruptBackground
-from service.media import heif, icc
+from service.media import bmp, heif, icc
 from service.media.colour_space import HLG, PQ, SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
 from service.media.inspect import (
     BackgroundInfo,
+    ImageHeader,
+    ImageHeaderError,
     inspect_background,
     parse_color,
+    read_image_header,
     sample_aspect,
     validate_background,
 )
@@ -274,14 +277,67 @@ def _read_image(path: Path, info: BackgroundInfo, header: heif.HeifHeader | None
     ``header``: the picture's HEIF header where it is an AVIF or HEIC (``_heif_header``)."""
     if header is not None:
         return _read_heif(path, header)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        image_header = read_image_header(path)
+    except ImageHeaderError as exc:
+        raise CorruptBackground(str(exc)) from None
+    if image_header.format in ("png", "webp", "gif"):
+        return _read_with_alpha(path, info, image_header)
+    masked = bmp.read_masked(path) if image_header.format == "bmp" else None
+    if masked is not None:
+        rgb, opacity = masked
+        return rgb if opacity is None else on_black(rgb, opacity)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # JPEG (turned by its Exif orientation), other BMPs
     if image is None:
         raise CorruptBackground("the background image cannot be decoded")
     if image.shape[0] * image.shape[1] > info.width * info.height:
         raise BackgroundTooLarge("the background image is larger than its header declares")
-    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    alpha = _alpha(path, rgb.shape[:2])
-    return rgb if alpha is None else on_black(rgb, alpha)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # type: ignore[no-any-return]
+
+
+def _read_with_alpha(path: Path, info: BackgroundInfo, header: ImageHeader) -> np.ndarray:
+    """A PNG, WebP or GIF as RGB, shown on black where it is see-through (``on_black``), then turned
+    as its Exif orientation says.
+
+    Read once as stored (``IMREAD_UNCHANGED``): colours, alpha and the orientation are all applied
+    here.  OpenCV's colour read turned the picture by its Exif orientation but its unchanged read
+    (the only one with alpha) did not, so a turned logo lost its transparency or had it laid on
+    crooked; and it ignores a grey PNG's see-through colour (``tRNS``), and a 16-bit RGB one's, so
+    what the file marks see-through showed its stored grey."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise CorruptBackground("the background image cannot be decoded")
+    if raw.shape[0] * raw.shape[1] > info.width * info.height:
+        raise BackgroundTooLarge("the background image is larger than its header declares")
+    stored = raw if raw.ndim == 3 else raw[..., None]
+    opacity: np.ndarray | None = None
+    if stored.shape[2] == 4:
+        full = 65535.0 if raw.dtype == np.uint16 else 255.0  # a 16-bit PNG's, else 8 bits
+        opacity = stored[..., 3].astype(np.float32) * np.float32(1 / full)
+    elif header.transparent:
+        key = np.array(header.transparent[::-1], raw.dtype)  # as stored: BGR, or one grey
+        opacity = np.any(stored != key, axis=2).astype(np.float32)
+    colours = stored[..., :3] if stored.shape[2] >= 3 else np.repeat(stored, 3, axis=2)
+    if colours.dtype == np.uint16:
+        colours = cv2.convertScaleAbs(colours, alpha=1 / 257)  # rounded to 8 bits
+    rgb = cv2.cvtColor(np.ascontiguousarray(colours), cv2.COLOR_BGR2RGB)
+    if opacity is not None:
+        rgb = on_black(rgb, opacity)
+    return np.ascontiguousarray(_oriented(rgb, header.orientation))
+
+
+def _oriented(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``image`` turned and mirrored as an Exif orientation (1-8) says it is to be shown."""
+    if orientation in (5, 7):  # across a diagonal
+        image = cv2.transpose(image)
+        return cv2.rotate(image, cv2.ROTATE_180) if orientation == 7 else image
+    turns = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
+    flips = {2: 1, 4: 0}
+    if orientation in turns:
+        return cv2.rotate(image, turns[orientation])
+    if orientation in flips:
+        return cv2.flip(image, flips[orientation])
+    return image
 
 
 def _heif_header(path: Path) -> heif.HeifHeader | None:
@@ -397,23 +453,6 @@ def on_black(rgb: np.ndarray, opacity: np.ndarray) -> np.ndarray:
     """A see-through picture (``opacity`` float32, 0 to 1) shown on black, as a video shows what has
     nothing behind it: what a transparent pixel stores under its opacity may be anything."""
     return (rgb * opacity[..., None] + 0.5).astype(np.uint8)  # type: ignore[no-any-return]
-
-
-def _alpha(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The picture's opacity (float32, 0 to 1) where its format carries one (PNG, WebP, GIF) and it
-    has one; else None.  ``IMREAD_COLOR`` drops it and keeps the colours stored under it: a logo's
-    see-through surround came out red.  None too where the colour read came out another shape
-    (turned by an EXIF orientation, which ``IMREAD_UNCHANGED`` does not apply)."""
-    with open(path, "rb") as f:
-        head = f.read(12)
-    if not (head.startswith((b"\x89PNG", b"GIF8")) or head[8:12] == b"WEBP"):
-        return None
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 3 or raw.shape[2] != 4 or raw.shape[:2] != shape:
-        return None
-    full = 65535.0 if raw.dtype == np.uint16 else 255.0  # a 16-bit PNG's, else 8 bits
-    opacity: np.ndarray = raw[..., 3].astype(np.float32) * np.float32(1 / full)
-    return opacity
 
 
 def open_background(spec: str, width: int, height: int, settings: Settings | None = None,

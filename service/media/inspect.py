@@ -77,6 +77,8 @@ IMAGE_BRANDS = (b"heic", b"heix", b"mif1", b"mif2", b"mif3", b"miaf", b"avif", b
 #: A JPEG's end-of-image marker is looked for in this many bytes at the end of the file (after the
 #: scan), so that trailers some cameras append stay accepted.
 JPEG_TAIL = 1 << 20
+#: Exif data read for its orientation (the first directory comes first; a thumbnail may follow).
+EXIF_BYTES = 1 << 16
 #: Bytes that may stand between a JPEG's segments before the next marker (libjpeg skips any number).
 JPEG_RESYNC = 1 << 16
 #: Longest side of a still background (JPEG's own limit; libpng refuses past 1,000,000 rows).
@@ -164,6 +166,12 @@ class ImageHeader:
     # why the picture cannot be decoded here, where its header alone shows it (a 12-bit or lossless
     # JPEG, a JPEG inside a BMP); empty where it can
     unsupported: str = ""
+    # the Exif orientation (1-8) a PNG's eXIf chunk or a WebP's EXIF chunk records (a JPEG's is
+    # applied by its decoder)
+    orientation: int = 1
+    # a PNG with no alpha channel: the grey or RGB sample its tRNS chunk makes see-through, as a
+    # decoder gives it (1-, 2- and 4-bit grey widened to 8 bits); empty where none
+    transparent: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -352,16 +360,24 @@ def read_image_header(path: Path) -> ImageHeader:
 
 
 def _png(fh: BinaryIO, size: int) -> ImageHeader:
-    pos, width, height, frames = 8, 0, 0, 1
+    pos, width, height, frames, depth, colour = 8, 0, 0, 1, 8, 0
+    orientation, transparent = 1, ()
     for _ in range(MAX_HEADER_ITEMS):
         fh.seek(pos)
         length, tag = struct.unpack(">I4s", fh.read(8))
         if pos == 8 and tag != b"IHDR":
             raise ImageHeaderError("the PNG does not start with its IHDR chunk")
         if tag == b"IHDR":
-            width, height = struct.unpack(">II", fh.read(8))
+            width, height, depth, colour = struct.unpack(">IIBB", fh.read(10))
         elif tag == b"acTL":
             frames = max(1, struct.unpack(">I", fh.read(4))[0])
+        elif tag == b"eXIf":
+            orientation = exif_orientation(fh.read(min(length, EXIF_BYTES)))
+        elif tag == b"tRNS" and colour in (0, 2):  # grey or RGB; a palette's is the decoder's
+            samples = struct.unpack(f">{length // 2}H", fh.read(length - length % 2))
+            if len(samples) == (1 if colour == 0 else 3):
+                # a grey sample's bits past the depth are ignored, as libpng does
+                transparent = samples if depth >= 8 else ((samples[0] & ((1 << depth) - 1)) * (255 // ((1 << depth) - 1)),)
         elif tag == b"IDAT":
             break
         elif tag == b"IEND":
@@ -374,7 +390,25 @@ def _png(fh: BinaryIO, size: int) -> ImageHeader:
     fh.seek(max(0, size - 4096))
     if b"IEND\xaeB`\x82" not in fh.read():
         raise ImageHeaderError("the PNG is cut short (no IEND chunk at its end)")
-    return ImageHeader("png", width, height, frames)
+    return ImageHeader("png", width, height, frames, orientation=orientation, transparent=transparent)
+
+
+def exif_orientation(data: bytes) -> int:
+    """The orientation (1-8) that Exif data (a TIFF header and its first directory, after an
+    ``Exif\\0\\0`` prefix where a writer put one) records; 1 where it records none or is malformed."""
+    data = data.removeprefix(b"Exif\0\0")
+    order = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if order is None or len(data) < 8:
+        return 1
+    (ifd,) = struct.unpack(order + "I", data[4:8])
+    if ifd + 2 > len(data):
+        return 1
+    (count,) = struct.unpack(order + "H", data[ifd:ifd + 2])
+    for at in range(ifd + 2, min(ifd + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind, _, value = struct.unpack(order + "HHIH", data[at:at + 10])
+        if tag == 0x0112 and kind == 3:  # Orientation, a SHORT
+            return value if 1 <= value <= 8 else 1
+    return 1
 
 
 #: JPEG start-of-frame markers (baseline, extended, progressive, lossless; Huffman or arithmetic).
@@ -485,7 +519,7 @@ class _Window:
 
 def _webp(fh: BinaryIO, size: int) -> ImageHeader:
     fh.seek(12)
-    pos, width, height, frames, has_image = 12, 0, 0, 0, False
+    pos, width, height, frames, has_image, orientation = 12, 0, 0, 0, False, 1
     for _ in range(1_000_000):
         if pos + 8 > size:
             break
@@ -505,12 +539,15 @@ def _webp(fh: BinaryIO, size: int) -> ImageHeader:
         elif tag == b"VP8L" and not width:
             (bits,) = struct.unpack("<I", body[1:5])
             width, height = (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        elif tag == b"EXIF":
+            fh.seek(pos + 8)
+            orientation = exif_orientation(fh.read(min(length, EXIF_BYTES)))
         has_image |= tag in (b"VP8 ", b"VP8L", b"ANMF")
         frames += tag == b"ANMF"
         pos += 8 + length + (length & 1)
     if not has_image:
         raise ImageHeaderError("the WebP holds no image")
-    return ImageHeader("webp", width, height, max(1, frames))
+    return ImageHeader("webp", width, height, max(1, frames), orientation=orientation)
 
 
 def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
@@ -522,8 +559,8 @@ def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
     else:
         width, height, _, bpp, compression = struct.unpack("<iiHHI", fh.read(16))
     if compression in (4, 5):
-        return ImageHeader("bmp", width, abs(height), unsupported="this BMP holds a JPEG or PNG inside it, which this "
-                           "service does not read: send the JPEG or PNG itself")
+        return ImageHeader("bmp", width, abs(height), unsupported="this BMP's coding (a JPEG or PNG inside it, or "
+                           "OS/2's 24-bit run lengths) is not one this service reads: send a PNG or JPEG")
     if compression not in (0, 1, 2, 3, 6):  # RGB, RLE8, RLE4, bit fields
         raise ImageHeaderError(f"the BMP's compression ({compression}) is unknown")
     height = abs(height)

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from bombs import chunk
 from conftest import data_path
 
 from service.errors import BackdropError
@@ -97,6 +98,119 @@ def test_a_transparent_picture_is_shown_on_black(tmp_path: Path, name: str, dept
     source.close()
     want = cv2.cvtColor(bgra[..., :3], cv2.COLOR_BGR2RGB)
     assert np.array_equal(opaque, want if depth == np.uint8 else (want // 257).astype(np.uint8))
+
+
+def _plate(path: Path, width: int, height: int) -> np.ndarray:
+    source = open_background(str(path), width, height)
+    plate = source.frames(np.zeros((1, height, width, 3), np.uint8), [0.0])[0].copy()
+    source.close()
+    return plate
+
+
+def _with_chunk(png: bytes, tag: bytes, data: bytes) -> bytes:
+    """A PNG with one more chunk before its image data."""
+    at = png.index(b"IDAT") - 4
+    return png[:at] + chunk(tag, data) + png[at:]
+
+
+def test_a_png_key_colour_is_see_through(tmp_path: Path) -> None:
+    """Grey PNGs (any depth) and 16-bit RGB ones mark one colour see-through (``tRNS``) instead of
+    carrying alpha; OpenCV ignores it, and what the file hides showed its stored colour."""
+    grey = np.full((60, 80), 200, np.uint8)
+    grey[20:40, 20:60] = 90
+    png = cv2.imencode(".png", grey)[1].tobytes()
+    (tmp_path / "grey.png").write_bytes(_with_chunk(png, b"tRNS", (200).to_bytes(2, "big")))
+    plate = _plate(tmp_path / "grey.png", 80, 60)
+    assert plate[5, 5].tolist() == [0, 0, 0] and plate[30, 40].tolist() == [90, 90, 90]
+    bilevel = cv2.imencode(".png", np.where(grey == 200, 255, 0).astype(np.uint8), [cv2.IMWRITE_PNG_BILEVEL, 1])[1]
+    assert bilevel.tobytes()[24] == 1  # one bit a pixel: its key 1 is white
+    (tmp_path / "bits.png").write_bytes(_with_chunk(bilevel.tobytes(), b"tRNS", (1).to_bytes(2, "big")))
+    plate = _plate(tmp_path / "bits.png", 80, 60)
+    assert plate[5, 5].tolist() == [0, 0, 0] and plate[30, 40].tolist() == [0, 0, 0]
+    (tmp_path / "opaque.png").write_bytes(bilevel.tobytes())
+    assert _plate(tmp_path / "opaque.png", 80, 60)[5, 5].tolist() == [255, 255, 255]
+    deep = np.zeros((60, 80, 3), np.uint16)
+    deep[...] = (1000, 2000, 3000)  # BGR, the key
+    deep[20:40, 20:60] = (65535, 0, 0)  # opaque blue
+    key = b"".join(v.to_bytes(2, "big") for v in (3000, 2000, 1000))  # R, G, B
+    (tmp_path / "deep.png").write_bytes(_with_chunk(cv2.imencode(".png", deep)[1].tobytes(), b"tRNS", key))
+    plate = _plate(tmp_path / "deep.png", 80, 60)
+    assert plate[5, 5].tolist() == [0, 0, 0] and plate[30, 40].tolist() == [0, 0, 255]
+
+
+def _exif(orientation: int, prefix: bytes = b"") -> bytes:
+    """Exif data (big-endian TIFF) with one tag, the orientation."""
+    return prefix + b"MM\x00\x2a\x00\x00\x00\x08\x00\x01" + bytes.fromhex("01120003 00000001") + \
+        orientation.to_bytes(2, "big") + bytes(2) + bytes(4)
+
+
+def _webp(bgra: np.ndarray, exif: bytes) -> bytes:
+    """A lossless WebP in the extended layout (VP8X), with an EXIF chunk after its picture."""
+    simple = cv2.imencode(".webp", bgra, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+    h, w = bgra.shape[:2]
+    vp8x = b"VP8X" + (10).to_bytes(4, "little") + bytes([0x18, 0, 0, 0]) + (w - 1).to_bytes(3, "little") + \
+        (h - 1).to_bytes(3, "little")
+    body = b"WEBP" + vp8x + simple[12:] + b"EXIF" + len(exif).to_bytes(4, "little") + exif + bytes(len(exif) % 2)
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_a_turned_transparent_picture_keeps_its_transparency(tmp_path: Path, orientation: int) -> None:
+    """A PNG or WebP with alpha and an Exif orientation: OpenCV's colour read turned it, its read
+    with alpha did not, so the transparency was dropped (its shape differed) or laid on crooked."""
+    bgra = np.zeros((60, 80, 4), np.uint8)
+    bgra[..., 2] = 255  # red, hidden
+    bgra[10:20, 5:15] = (255, 0, 0, 255)  # an opaque blue box near the top left corner
+    shown = np.zeros((60, 80, 3), np.uint8)
+    shown[10:20, 5:15] = (0, 0, 255)
+    want = {2: shown[:, ::-1], 3: shown[::-1, ::-1], 4: shown[::-1], 5: shown.transpose(1, 0, 2),
+            6: np.rot90(shown, -1), 7: shown[::-1, ::-1].transpose(1, 0, 2),
+            8: np.rot90(shown, 1)}[orientation]
+    png = cv2.imencode(".png", bgra)[1].tobytes()
+    (tmp_path / "turned.png").write_bytes(_with_chunk(png, b"eXIf", _exif(orientation)))
+    (tmp_path / "turned.webp").write_bytes(_webp(bgra, _exif(orientation)))
+    (tmp_path / "prefixed.webp").write_bytes(_webp(bgra, _exif(orientation, b"Exif\x00\x00")))
+    h, w = want.shape[:2]
+    for name in ("turned.png", "turned.webp", "prefixed.webp"):
+        assert np.array_equal(_plate(tmp_path / name, w, h), want), name
+
+
+def _bmp(pixels: np.ndarray, masks: tuple[int, ...], header: int = 124, compression: int = 3) -> bytes:
+    """A BMP of 16- or 32-bit ``pixels`` (rows top first, stored bottom first) with its colour masks
+    (red, green, blue and alpha) in a V5 (124), V4 (108) or V3 (56) header."""
+    import struct
+
+    height, width = pixels.shape
+    bits = pixels.dtype.itemsize * 8
+    stride = (width * bits + 31) // 32 * 4
+    rows = b"".join(row.astype(f"<u{bits // 8}").tobytes().ljust(stride, b"\0") for row in pixels[::-1])
+    info = struct.pack("<IiiHHIIiiII4I", header, width, height, 1, bits, compression, len(rows), 2835, 2835, 0, 0,
+                       *masks).ljust(header, b"\0")[:header]
+    return b"BM" + struct.pack("<IHHI", 14 + header + len(rows), 0, 0, 14 + header) + info + rows
+
+
+def test_bmp_colour_masks_and_alpha(tmp_path: Path) -> None:
+    """16- and 32-bit BMPs lay their colours out by bit masks: OpenCV read a 32-bit one with other
+    masks in wrong colours, refused 16-bit ones with a V3-V5 header, and dropped the alpha."""
+    want = np.zeros((6, 10, 3), np.uint8)
+    want[1:3, 2:8] = (255, 128, 0)  # orange, opaque; the rest see-through, storing white
+    orange = want[..., 0] > 0
+    # alpha in the low byte, then blue, green, red (masks bmpsuite's rgb32bf-style files use)
+    wide = np.where(orange, (0xFF << 24) | (0x80 << 16) | (0 << 8) | 0xFF, 0xFFFFFF00).astype(np.uint32)
+    (tmp_path / "wide.bmp").write_bytes(_bmp(wide, (0xFF000000, 0xFF0000, 0xFF00, 0xFF)))
+    # 5-6-5 without alpha: white stays white
+    packed = np.where(orange, (31 << 11) | (32 << 5), 0xFFFF).astype(np.uint16)
+    (tmp_path / "packed.bmp").write_bytes(_bmp(packed, (0xF800, 0x7E0, 0x1F, 0), header=56))
+    # BI_RGB at 32 bits with alpha in the fourth byte
+    plain = np.where(orange, 0xFFFF8000, 0x00FFFFFF).astype(np.uint32)
+    (tmp_path / "plain.bmp").write_bytes(_bmp(plain, (0, 0, 0, 0), header=108, compression=0))
+    for name in ("wide.bmp", "plain.bmp"):
+        assert np.abs(_plate(tmp_path / name, 10, 6).astype(int) - want).max() <= 1, name
+    white = np.where(orange[..., None], want, 255)
+    assert np.abs(_plate(tmp_path / "packed.bmp", 10, 6).astype(int) - white).max() <= 2
+    plain_opaque = np.where(orange, 0x00FF8000, 0x00FFFFFF).astype(np.uint32)  # every alpha 0: opaque
+    (tmp_path / "opaque.bmp").write_bytes(_bmp(plain_opaque, (0, 0, 0, 0), header=40, compression=0))
+    assert np.abs(_plate(tmp_path / "opaque.bmp", 10, 6).astype(int) - white).max() <= 1
 
 
 def _animated(path: Path) -> Path:
