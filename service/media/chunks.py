@@ -317,7 +317,9 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                 src.close()
         if held is not None:
             if held.dts is not None and first_dts is not None and first_pts is not None:
-                held.duration = last_frame_duration(whole, first_pts, end, first_dts, held.dts)
+                # the chunks' times start at 0 (``VideoInfo.origin``); the input's track does not
+                held.duration = last_frame_duration(whole, first_pts + whole.origin, end + whole.origin, first_dts,
+                                                    held.dts)
             out.mux(held)
         if carrier is not None:
             carrier.finish()

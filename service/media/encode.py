@@ -179,12 +179,11 @@ class VideoWriter:
         for image, t, d in zip(frames, pts, durations, strict=True):
             image = image if yuv else self._pad(image)
             frame = self._i420_frame(image, yuv) if reuse else self._converted(image, layout)
-            frame.pts = t
+            frame.pts = t - self.info.origin  # the output starts at 0 (``VideoInfo.origin``)
             frame.time_base = self.time_base
-            start = t if self._span is None else min(self._span[0], t)
-            self._span = (start, max(t + d, self._span[1] if self._span else 0))
+            self._span = (t, t + d) if self._span is None else (min(self._span[0], t), max(self._span[1], t + d))
             if self.audio is not None:
-                self.audio.mux_until(float(t * self.time_base))
+                self.audio.mux_until(float(frame.pts * self.time_base))
             self._mux(self.stream.encode(frame))
 
     def _tag(self, target: Any) -> None:
@@ -302,25 +301,27 @@ class _AudioCarrier:
     def __init__(self, info: VideoInfo, out: av.container.OutputContainer, spec: FormatSpec):
         self.input = open_input(info.path)
         self.out = out
+        self.origin = info.origin * info.time_base  # where the input starts: the output's 0
         self.routes: dict[int, _Route] = {}
         for stream in self.input.streams.audio:
             if _copyable(stream, spec):
-                self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None)
+                self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin)
             else:
-                self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path)
+                self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path, self.origin)
         self._packets: Iterator[av.Packet] = self.input.demux(*self.input.streams.audio)
         self._pending: av.Packet | None = None
         self._done = False
 
     def mux_until(self, seconds: float) -> None:
-        """Write every audio packet that starts before ``seconds``."""
+        """Write every audio packet that starts before ``seconds`` of the output."""
         while not self._done:
             packet = self._pending or next(self._packets, None)
             self._pending = None
             if packet is None:
                 self._done = True
                 return
-            if packet.pts is not None and packet.time_base is not None and float(packet.pts * packet.time_base) > seconds:
+            if packet.pts is not None and packet.time_base is not None and \
+                    float(packet.pts * packet.time_base - self.origin) > seconds:
                 self._pending = packet
                 return
             self._route(packet)
@@ -411,12 +412,15 @@ class _Route:
     target: av.stream.Stream  # an AudioStream where it transcodes
     resampler: av.AudioResampler | None
     encoder_rate: int | None
+    #: where the input starts, in seconds: the output's 0 (``VideoInfo.origin``)
+    origin: Fraction
     #: where the next transcoded sample goes, in samples at ``encoder_rate`` (None before the first)
     next_pts: int | None = None
 
     @classmethod
     def transcoding(
-        cls, source: av.audio.stream.AudioStream, out: av.container.OutputContainer, codec: str, path: Path
+        cls, source: av.audio.stream.AudioStream, out: av.container.OutputContainer, codec: str, path: Path,
+        origin: Fraction,
     ) -> _Route:
         src = source.codec_context
         src_rate, src_channels = src.sample_rate, src.channels
@@ -430,10 +434,15 @@ class _Route:
         fmt = "flt" if "opus" in codec else "fltp"
         target.codec_context.format = fmt
         target.codec_context.time_base = Fraction(1, rate)
-        return cls(source, target, av.AudioResampler(format=fmt, layout=layout, rate=rate), rate)
+        return cls(source, target, av.AudioResampler(format=fmt, layout=layout, rate=rate), rate, origin)
 
     def carry(self, packet: av.Packet, out: av.container.OutputContainer) -> None:
+        """Copy or transcode ``packet`` into the output, its time moved back by ``origin``."""
         if self.resampler is None:
+            if packet.time_base is not None and self.origin:
+                shift = round(self.origin / Fraction(packet.time_base))
+                packet.pts = None if packet.pts is None else packet.pts - shift
+                packet.dts = None if packet.dts is None else packet.dts - shift
             packet.stream = self.target
             out.mux(packet)
             return
@@ -461,7 +470,7 @@ class _Route:
         for frame in frames:
             pts = self.next_pts
             if frame.pts is not None and frame.time_base is not None:
-                pts = round(frame.pts * frame.time_base * rate)
+                pts = round((frame.pts * frame.time_base - self.origin) * rate)
             if pts is None or (self.next_pts is not None and pts - self.next_pts < rate // 1000):
                 pts = self.next_pts or 0  # within a millisecond: the rounding of the source's times
             frame.pts, frame.time_base = pts, Fraction(1, rate)

@@ -116,6 +116,12 @@ class VideoInfo:
     #: The video's earliest packet time (``time_base`` ticks), where the packets are timed: the
     #: track's length counts from it.
     first_pts: int | None = None
+    #: Where the input starts (``time_base`` ticks): its first frame shown, or its sound where that
+    #: starts earlier.  The output starts there at 0, as FFmpeg's own command line does it: an HLS
+    #: or DASH segment cut from the middle of a stream starts seconds (minutes) in, and an MPEG-TS
+    #: whose clock wrapped starts below 0 (its frames came out hidden by MP4's edit list: a video
+    #: with no picture at all); audio and video keep their distance.
+    origin: int = 0
     #: Its colours as FFmpeg numbers them (AVColorPrimaries, AVColorTransferCharacteristic,
     #: AVColorSpace; 2 = unspecified): from the headers, then the first decoded frame.  The
     #: decoder turns the pictures into RGB with the matrix named; the writer tags its output with
@@ -770,7 +776,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             frames = max(1, math.ceil(duration * fps - 1e-6))
         if duration <= 0:
             duration = float(frames / fps)
-        info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track, first_pts=scan.first_pts)
+        info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track, first_pts=scan.first_pts,
+                       origin=start_of(container, scan.first_pts, time_base))
     finally:
         container.close()
     check_limits(info, settings)
@@ -918,6 +925,16 @@ def check_frame_size(width: int, height: int, settings: Settings, error: type[Ba
         raise error(
             f"frame size {width}x{height} exceeds the limit ({s.max_width}x{s.max_height}, {s.max_pixels} pixels)"
         )
+
+
+def start_of(container: av.container.InputContainer, first_pts: int | None, time_base: Fraction) -> int:
+    """Where the input starts in ``time_base`` ticks (``VideoInfo.origin``): its first frame shown,
+    or its earliest audio stream's start where that is earlier (as the demuxer has it: not decoded)."""
+    if first_pts is None:
+        return 0
+    audio = [math.floor(a.start_time * Fraction(a.time_base) / time_base)
+             for a in container.streams.audio if a.start_time is not None and a.time_base]
+    return min([first_pts, *audio])
 
 
 def check_limits(info: VideoInfo, settings: Settings) -> None:

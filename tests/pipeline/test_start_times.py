@@ -1,0 +1,67 @@
+"""Inputs whose clock does not start at 0: an HLS or DASH segment cut from the middle of a stream,
+an MPEG-TS whose 33-bit clock wraps round.  The output starts at 0 whatever the input's clock
+said, as FFmpeg's own command line makes it, with the sound as far from the pictures as it was.
+They kept the input's times: MP4's edit list then hid every frame before 0 (the wrapped TS came
+out with no picture at all) and put an empty stretch before a segment that started late."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from videoutil import read_back
+
+from service.media.probe import probe_video
+from service.pipeline import ReplaceOptions, replace_background
+
+pytestmark = pytest.mark.slow
+
+FRAMES, RATE, SOUND_LATE = 20, 10, 0.3  # the sound starts 0.3 s after the first frame
+
+
+def _ts(path: Path, start: int) -> Path:
+    """An MPEG-TS of 20 frames at 10 a second and a tone from 0.3 s in, its clock (90 kHz) at
+    ``start`` at the first frame, wrapping round at 2**33 as a TS clock does."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        packets = []
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, RATE)
+            packets += video.encode(frame)
+        packets += video.encode()
+        samples = np.sin(np.arange(int(48000 * (FRAMES / RATE - SOUND_LATE))) * 0.05).astype(np.float32)
+        for at in range(0, len(samples), 1024):
+            frame = av.AudioFrame.from_ndarray(samples[None, at:at + 1024], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, at + int(48000 * SOUND_LATE), Fraction(1, 48000)
+            packets += audio.encode(frame)
+        packets += audio.encode()
+        for packet in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
+            shift = round(start * Fraction(1, 90000) / packet.time_base)
+            packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("start", [140 * 90000, (1 << 33) - 45000], ids=["late", "wrapping"])
+def test_the_output_starts_at_0(tmp_path: Path, start: int) -> None:
+    src = _ts(tmp_path / "in.ts", start)
+    info = probe_video(src)
+    assert info.frames == FRAMES
+    out = tmp_path / "out.mp4"
+    assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
+    back = read_back(out)
+    assert back.frames == FRAMES
+    assert back.pts_s[0] == pytest.approx(0, abs=1e-3)
+    assert back.duration_s == pytest.approx(FRAMES / RATE, abs=0.02)
+    with av.open(str(out)) as c:
+        sound = c.streams.audio[0]
+        first = next(float(p.pts * p.time_base) for p in c.demux(sound) if p.pts is not None)
+        assert c.duration is not None and c.duration / 1e6 == pytest.approx(FRAMES / RATE, abs=0.1)
+    assert first == pytest.approx(SOUND_LATE, abs=0.05)  # less the AAC encoders' priming, 1024 samples each
