@@ -317,9 +317,15 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                 src.close()
         if held is not None:
             if held.dts is not None and first_dts is not None and first_pts is not None:
-                # the chunks' times start at 0 (``VideoInfo.origin``); the input's track does not
-                held.duration = last_frame_duration(whole, first_pts + whole.origin, end + whole.origin, first_dts,
-                                                    held.dts)
+                # in the input's ticks, from the input's start (``VideoInfo.origin``; the chunks' times
+                # start at 0): a WebM chunk's are milliseconds, and its last frame was given the
+                # input's track length in them (a 9.6 s clip said 123 s)
+                def ticks(t: int) -> int:
+                    return round(t * tb / whole.time_base)
+
+                length = last_frame_duration(whole, ticks(first_pts) + whole.origin, ticks(end) + whole.origin,
+                                             ticks(first_dts), ticks(held.dts))
+                held.duration = max(1, round(length * whole.time_base / tb))
             out.mux(held)
         if carrier is not None:
             carrier.finish()

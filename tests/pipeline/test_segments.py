@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -169,3 +170,17 @@ def test_what_is_not_cut(tmp_path: Path, clip: Path) -> None:
     keep = ReplaceOptions(keep_points=[(80, 60)])
     assert try_segments(info, "#000000", tmp_path / "x.mp4", keep, model, two, None, None, None) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_webm_made_in_parts_is_as_long_as_its_input(tmp_path: Path, clip: Path) -> None:
+    """WebM parts count in milliseconds, the input in its own ticks: the join gave the last frame
+    the input's track length in milliseconds, and a 4 s clip's WebM said it lasted over a minute."""
+    import av
+
+    two = get_settings().model_copy(update={"segments": 2})
+    info = probe_video(clip)
+    assert info.time_base != Fraction(1, 1000)
+    replace_background(clip, None, tmp_path / "two.webm", ReplaceOptions(output_format="webm"), settings=two)
+    with av.open(str(tmp_path / "two.webm")) as c:
+        assert c.duration is not None
+        assert c.duration / 1e6 == pytest.approx(info.duration_s, abs=0.05)
