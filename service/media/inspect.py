@@ -228,11 +228,14 @@ class Mp4VideoTrack:
     into its ``sinf``).  ``size``: the width and height that entry records, None where zero or
     absent: FFmpeg drops them when it probes MPEG-4 Part 2 and H.263 tracks with no decoder allowed
     (it waits for its parser, which needs one); the worker checks the first decoded frame's own size
-    again."""
+    again.  ``fragmented``: the file's samples are in fragments (``moov`` holds ``mvex``), whose
+    length FFmpeg gives as where the last one ends (a segment cut from a stream starts seconds in)
+    or as the whole stream's (``mehd``: 3900 s for the 8 s a file held)."""
 
     matrix: tuple[int, ...] | None
     entry: bytes | None
     size: tuple[int, int] | None
+    fragmented: bool = False
 
     @property
     def encrypted(self) -> bool:
@@ -247,14 +250,16 @@ def mp4_video_track(path: Path) -> Mp4VideoTrack | None:
         if moov is None:
             return None
         movie: tuple[int, ...] = _IDENTITY
-        for kind, start, end in _boxes(fh, *moov):
+        boxes = _boxes(fh, *moov)
+        fragmented = any(kind == b"mvex" for kind, _, _ in boxes)
+        for kind, start, end in boxes:
             if kind == b"mvhd":
                 movie = _matrix_at(fh, start, 36, 28) or movie
             elif kind == b"trak" and _is_video_track(fh, start, end):
                 tkhd = _find_box(fh, start, end, b"tkhd")
                 track = tkhd and _matrix_at(fh, tkhd[0], 40, 52)
                 matrix = _mul(track or _IDENTITY, movie) if tkhd else None
-                return Mp4VideoTrack(matrix, *_sample_entry(fh, start, end))
+                return Mp4VideoTrack(matrix, *_sample_entry(fh, start, end), fragmented)
     return None
 
 
@@ -738,7 +743,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         info = VideoInfo(
             path=path, container=name, codec=ctx.codec.name, coded_width=coded_w, coded_height=coded_h,
             rotation=rotation, fps=fps, time_base=time_base, frames=0,
-            duration_s=declared if name.startswith("mov") else 0.0,
+            duration_s=declared if mp4 and not mp4.fragmented else 0.0,
             color_primaries=int(ctx.color_primaries or 2), color_trc=int(ctx.color_trc or 2),
             colorspace=int(ctx.colorspace or 2),
             sample_aspect=sample_aspect(stream),
@@ -760,7 +765,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             fps = measured
         frame_ticks = float(1 / (fps * time_base))
         span = scan.span(frame_ticks)
-        track = track_length(name, stream.duration, scan.first_pts, span, frame_ticks)
+        track = None if mp4 and mp4.fragmented else track_length(name, stream.duration, scan.first_pts, span, frame_ticks)
         # MP4/MOV headers index every sample, so fewer packets than listed means the file was cut
         # short.  (AVI headers count dropped frames too, Matroska lists none: no such check there.)
         if name.startswith("mov") and stream.frames and scan.count < stream.frames:

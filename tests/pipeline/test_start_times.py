@@ -6,6 +6,7 @@ out with no picture at all) and put an empty stretch before a segment that start
 
 from __future__ import annotations
 
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -65,3 +66,39 @@ def test_the_output_starts_at_0(tmp_path: Path, start: int) -> None:
         first = next(float(p.pts * p.time_base) for p in c.demux(sound) if p.pts is not None)
         assert c.duration is not None and c.duration / 1e6 == pytest.approx(FRAMES / RATE, abs=0.1)
     assert first == pytest.approx(SOUND_LATE, abs=0.05)  # less the AAC encoders' priming, 1024 samples each
+
+
+def test_a_fragmented_segment_from_the_middle_of_a_stream(tmp_path: Path) -> None:
+    """A fragmented MP4 (DASH, HLS fMP4, a live recording) cut from a stream 10 s in: FFmpeg gives
+    its length as where it ends (the last frame was stretched over the 10 s before it), or as the
+    whole stream's, from its ``mdhd`` (the file was refused as too long: 3900 s for 8)."""
+    src = tmp_path / "segment.mp4"
+    with av.open(str(src), "w", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.options = {"g": "5"}
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 100 + i, Fraction(1, RATE)  # 10 s in
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    # the whole stream's length in the track's media header (``mdhd``), as a packager writes it
+    data = bytearray(src.read_bytes())
+    at = data.index(b"mdhd") + 4
+    assert data[at] == 0  # version 0: creation, modification, time scale, duration (32 bits each)
+    (scale,) = struct.unpack_from(">I", data, at + 12)
+    struct.pack_into(">I", data, at + 16, 3900 * scale)
+    src.write_bytes(bytes(data))
+    with av.open(str(src)) as c:
+        declared = float(c.streams.video[0].duration * c.streams.video[0].time_base)
+    assert declared > 600  # FFmpeg's figure: the stream's, past the length limit
+    info = probe_video(src)
+    assert (info.frames, info.track_ticks) == (FRAMES, None)
+    assert info.duration_s == pytest.approx(FRAMES / RATE, abs=1e-3)
+    out = tmp_path / "out.mp4"
+    assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
+    back = read_back(out)
+    assert back.frames == FRAMES and back.pts_s[0] == pytest.approx(0, abs=1e-3)
+    assert back.duration_s == pytest.approx(FRAMES / RATE, abs=0.02)
