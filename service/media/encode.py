@@ -450,6 +450,10 @@ class _Route:
             frames = packet.decode()
         except av.error.FFmpegError:
             return  # one damaged audio packet is dropped, not the job
+        if frames and frames[0].pts is None and packet.pts is not None:
+            # a decoder that times none of its frames (WMA) is timed by its packets: the sound began
+            # where the first untimed frames were counted from, 0 (0.39 s early in an ASF clip)
+            frames[0].pts, frames[0].time_base = packet.pts, packet.time_base
         for frame in frames:
             self._encode(self.resampler.resample(cast(av.AudioFrame, frame)), out)
 

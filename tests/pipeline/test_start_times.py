@@ -102,3 +102,4 @@ def test_a_fragmented_segment_from_the_middle_of_a_stream(tmp_path: Path) -> Non
     back = read_back(out)
     assert back.frames == FRAMES and back.pts_s[0] == pytest.approx(0, abs=1e-3)
     assert back.duration_s == pytest.approx(FRAMES / RATE, abs=0.02)
+
