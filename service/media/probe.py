@@ -24,6 +24,7 @@ from service.media.inspect import (
     inspect_video,
     normalise_rotation,
     open_input,
+    sample_aspect,
     video_stream,
 )
 
@@ -46,7 +47,11 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         # an MP4's or MOV's rotation is read from its boxes (inspect_video); another container's
         # (Matroska's projection) or a codec's (an orientation SEI) only from the decoded frame
         rotation = info.rotation if info.container.startswith("mov") else frame_rotation(first)
+        # a pixel shape recorded only in the pictures (H.264's VUI in MPEG-TS, H.263): the decoder has
+        # read it now; a PAL 16:9 broadcast came out 5:4
+        aspect = info.sample_aspect if info.sample_aspect != 1 else sample_aspect(stream)
         info = replace(info, coded_width=first.width, coded_height=first.height, rotation=rotation,
+                       sample_aspect=aspect,
                        color_primaries=_known(first.color_primaries, info.color_primaries),
                        color_trc=_known(first.color_trc, info.color_trc),
                        colorspace=_known(first.colorspace, info.colorspace))

@@ -249,17 +249,19 @@ def test_avi_b_frames_keep_their_display_order() -> None:
     assert pts == list(range(pts[0], pts[0] + len(pts)))  # one tick (= one frame) apart
 
 
-def test_anamorphic_video_keeps_its_shape(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["dv.mp4", "dv.ts"])
+def test_anamorphic_video_keeps_its_shape(tmp_path: Path, name: str) -> None:
     """A 720x480 video of 32:27 pixels (DV, DVD: shown 16:9): the output says so too, and a 16:9
     background fills it whole, squeezed as the picture is, instead of a 3:2 crop of it that the
-    player then stretched (the output said square pixels: the picture itself came out 3:2)."""
+    player then stretched (the output said square pixels: the picture itself came out 3:2).
+    MPEG-TS records the pixel shape only in the pictures (H.264's VUI), read from the first one."""
     from fractions import Fraction
 
     import cv2
 
     from service.media.background import cover
 
-    src = tmp_path / "dv.mp4"
+    src = tmp_path / name
     with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(src), "w") as out:
         stream = out.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 720, 480, "yuv420p"
