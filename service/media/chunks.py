@@ -290,8 +290,8 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
         if audio_from is not None and whole.has_audio:
             carrier = AudioCarrier(replace(whole, path=audio_from), out, spec)
         held: av.Packet | None = None
+        frames, first_pts, end, reached = 0, None, 0, 0
         first_dts: int | None = None
-        frames, first_pts, end = 0, None, 0
         for part in parts:
             src = open_input(part)
             try:
@@ -311,12 +311,14 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                         carrier.mux_until(float(packet.pts * tb))
                     packet.stream = stream
                     if held is not None:
+                        if held.pts is not None and held.dts is not None and packet.dts is not None:
+                            reached = max(reached, held.pts + packet.dts - held.dts)  # as VideoWriter._mux
                         out.mux(held)
                     held = packet
             finally:
                 src.close()
         if held is not None:
-            if held.dts is not None and first_dts is not None and first_pts is not None:
+            if held.pts is not None and held.dts is not None and first_pts is not None and first_dts is not None:
                 # in the input's ticks, from the input's start (``VideoInfo.origin``; the chunks' times
                 # start at 0): a WebM chunk's are milliseconds, and its last frame was given the
                 # input's track length in them (a 9.6 s clip said 123 s)
@@ -324,7 +326,8 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                     return round(t * tb / whole.time_base)
 
                 length = last_frame_duration(whole, ticks(first_pts) + whole.origin, ticks(end) + whole.origin,
-                                             ticks(first_dts), ticks(held.dts))
+                                             ticks(first_dts), ticks(held.dts), ticks(held.pts) + whole.origin,
+                                             ticks(reached) + whole.origin)
                 held.duration = max(1, round(length * whole.time_base / tb))
             out.mux(held)
         if carrier is not None:

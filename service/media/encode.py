@@ -99,15 +99,26 @@ def format_spec(fmt: str, x264_preset: str | None = None) -> FormatSpec:
     return replace(spec, options={**spec.options, "preset": x264_preset})
 
 
-def last_frame_duration(info: VideoInfo, first_pts: int, end_pts: int, first_dts: int, last_dts: int) -> int:
-    """How long an output's last packet (in decode order, at ``last_dts``) lasts so that the video
-    is as long as the input's track (``VideoInfo.track_from``, counted from the output's first
-    frame, ``first_pts``), or, where the input records none, ends at ``end_pts``, its last frame's
-    end: encoders assume a constant rate, which changes the length of variable-rate input."""
+def last_frame_duration(info: VideoInfo, first_pts: int, end_pts: int, first_dts: int, last_dts: int,
+                        last_pts: int, reached: int) -> int:
+    """How long an output's last packet (in decode order: at ``last_dts``, shown at ``last_pts``)
+    lasts so that the video is as long as the input's track (``VideoInfo.track_from``, counted
+    from its first frame shown, ``first_pts``), or, where the input records none, ends at
+    ``end_pts``, its last frame's end: encoders assume a constant rate, which changes the length of
+    variable-rate input.
+
+    Counted from its decode time, the samples' durations add up to that length (MP4 readers divide
+    the frames by it for the rate).  Players end a video where a packet's time plus its duration
+    reaches furthest (``reached``, by the others): where frames are reordered and unevenly timed,
+    that fell short (mediabunny's cursed-vfr.mp4 came out 7.6 s of 8.7), and then the last packet
+    lasts until the end.  Times are the input's ticks, from its start."""
     before_last = last_dts - first_dts
     track = info.track_from(first_pts)
     length = track if track and track > before_last else end_pts - first_pts
-    return max(1, length - before_last)
+    duration = max(1, length - before_last)
+    if max(reached, last_pts + duration) < first_pts + length:
+        duration = first_pts + length - last_pts
+    return duration
 
 
 def output_size(info: VideoInfo, spec: FormatSpec) -> tuple[int, int]:
@@ -161,6 +172,7 @@ class VideoWriter:
             raise
         self._span: tuple[int, int] | None = None  # first pts, end of the last frame
         self._first_dts: int | None = None
+        self._reached = 0  # where the packets muxed so far end, the furthest (``last_frame_duration``)
         self._packets = 0
         self._held: av.Packet | None = None
         self._i420: tuple[av.VideoFrame, np.ndarray] | None = None  # (the frame handed on, RGB -> I420 scratch)
@@ -237,8 +249,12 @@ class VideoWriter:
             if self._first_dts is None and packet.dts is not None:
                 self._first_dts = packet.dts
             self._steady_dts(packet)
-            if self._held is not None:
-                self.out.mux(self._held)
+            held = self._held
+            if held is not None:
+                if held.pts is not None and held.dts is not None and packet.dts is not None:
+                    # shown until the next packet's decode time after its own: an MP4 sample's length
+                    self._reached = max(self._reached, held.pts + packet.dts - held.dts)
+                self.out.mux(held)
             self._held = packet
 
     def _steady_dts(self, packet: av.Packet) -> None:
@@ -261,8 +277,11 @@ class VideoWriter:
         try:
             self._mux(self.stream.encode(None))
             last = self._held
-            if last is not None and last.dts is not None and self._first_dts is not None and self._span:
-                last.duration = last_frame_duration(self.info, *self._span, self._first_dts, last.dts)
+            if last is not None and last.pts is not None and last.dts is not None and self._first_dts is not None \
+                    and self._span:
+                # the span is in the input's times, the packets in the output's (``VideoInfo.origin``)
+                last.duration = last_frame_duration(self.info, *self._span, self._first_dts, last.dts,
+                                                    last.pts + self.info.origin, self._reached + self.info.origin)
             if last is not None:
                 self.out.mux(last)
                 self._held = None

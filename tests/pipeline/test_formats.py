@@ -86,8 +86,9 @@ def test_pictures_that_start_after_the_sound_keep_their_length(tmp_path: Path) -
 def test_a_clip_cut_before_a_keyframe_ends_where_its_frames_end(tmp_path: Path) -> None:
     """A clip whose packets start 15 frames before a keyframe (cut from a longer video mid-GOP, as
     a recorder or a packet-copying cutter leaves it): those frames cannot be decoded, so the output
-    starts at the keyframe, and its last frame still ends where the input's does (the track's
-    length counted from the first packet held it that much longer)."""
+    starts at the keyframe, as far after the clip's start as it was (the output's 0 is the clip's
+    first packet, ``VideoInfo.origin``), and its last frame still ends where the input's does (the
+    track's length counted from the first packet held it that much longer)."""
     whole = tmp_path / "whole.mkv"  # real frames, a keyframe every 30, no B-frames: decode order is display order
     with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(whole), "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(30000, 1001), options={"bframes": "0", "g": "30"})
@@ -106,9 +107,11 @@ def test_a_clip_cut_before_a_keyframe_ends_where_its_frames_end(tmp_path: Path) 
     out_path = tmp_path / "out.mp4"
     replace_background(src, "#101010", out_path, ReplaceOptions(output_format="matte"))
     before, after = read_back(whole), read_back(out_path)
+    with av.open(str(src)) as c:
+        start = min(float(p.pts * p.time_base) for p in c.demux(video=0) if p.size)
     assert after.frames == 45  # from the keyframe at 30
-    assert after.pts_s == pytest.approx(before.pts_s[30:], abs=0.002)
-    assert after.pts_s[0] + after.duration_s == pytest.approx(before.pts_s[0] + before.duration_s, abs=0.002)
+    assert after.pts_s == pytest.approx([t - start for t in before.pts_s[30:]], abs=0.002)
+    assert after.pts_s[0] + after.duration_s == pytest.approx(before.pts_s[0] + before.duration_s - start, abs=0.002)
 
 
 def test_mp3_is_copied_into_mp4(tmp_path: Path) -> None:

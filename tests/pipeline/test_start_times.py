@@ -103,3 +103,35 @@ def test_a_fragmented_segment_from_the_middle_of_a_stream(tmp_path: Path) -> Non
     assert back.frames == FRAMES and back.pts_s[0] == pytest.approx(0, abs=1e-3)
     assert back.duration_s == pytest.approx(FRAMES / RATE, abs=0.02)
 
+
+
+def test_a_variable_rate_clip_ends_where_its_track_does(tmp_path: Path) -> None:
+    """Frames shown for very different times (a screen recording, a phone that drops frames),
+    reordered in the output by its B-frames: the last packet in decode order is not the last shown,
+    and its length was counted from its decode time; the output ended 1.1 s early (mediabunny's
+    cursed-vfr.mp4: 7.6 s of 8.7)."""
+    times = [0.0, 1.1, 1.15, 1.2, 1.6, 1.65, 1.7, 2.9, 2.95, 3.0, 3.05, 4.5]  # the last shown 1.5 s: 6 s in all
+    src = tmp_path / "vfr.mp4"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        video.options = {"bf": "0"}  # in the input, decode order is display order
+        packets = []
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            packets += video.encode(frame)
+        packets += video.encode()
+        for packet, after in zip(packets, [*packets[1:], None], strict=True):
+            packet.duration = (after.pts if after else 6000) - packet.pts
+            out.mux(packet)
+    with av.open(str(src)) as c:
+        assert float(c.streams.video[0].duration * c.streams.video[0].time_base) == pytest.approx(6.0, abs=0.01)
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#00b140", out, ReplaceOptions())
+    with av.open(str(out)) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+        assert max(p.pts for p in packets) != packets[-1].pts  # the output's last in decode order is not the last shown
+        assert float(c.streams.video[0].duration * c.streams.video[0].time_base) == pytest.approx(6.0, abs=0.01)
+        assert c.duration is not None and c.duration / 1e6 == pytest.approx(6.0, abs=0.01)
