@@ -772,6 +772,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             raise CorruptVideo(
                 f"the video is truncated: the container lists {stream.frames} frames, the file holds {scan.count}"
             )
+        if scan.count == 0:  # an init segment sent alone, a recording stopped before its first frame
+            raise CorruptVideo("the video stream holds no frames")
         if track:
             duration = float(track * time_base)
         else:  # the shorter of the declared length and the packets' span: an end time declared as

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import zlib
@@ -161,6 +162,30 @@ def test_metadata_that_is_not_utf8_is_read(tmp_path: Path) -> None:
         info = probe_video(clip)
         assert (info.width, info.height, info.frames) == (96, 72, 5)
         assert inspect_background(clip).kind == "video"
+
+
+def test_an_init_segment_alone_holds_no_frames(tmp_path: Path) -> None:
+    """A DASH/HLS init segment sent without its media segments: headers, no frames.  It was refused
+    as too long (the stream's length its header declares: 888 s) or, in WebM, as too many frames
+    (60 s at the 1000 a second its time base suggests), not as the empty video it is."""
+    import av
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
+        for i, image in enumerate(small_frames(5)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = bytearray(whole.read_bytes())
+    at = data.index(b"mdhd") + 4
+    struct.pack_into(">I", data, at + 16, 888 * struct.unpack_from(">I", data, at + 12)[0])  # as a packager writes it
+    init = tmp_path / "init.mp4"
+    init.write_bytes(bytes(data[:data.index(b"moof") - 4]))
+    assert inspect_video(whole).frames == 5
+    assert code_of(inspect_video, init) == "corrupt_video"
 
 
 def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
