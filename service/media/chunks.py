@@ -24,7 +24,7 @@ from typing import Any
 
 import av
 
-from service.media.encode import FORMATS, AudioCarrier, last_frame_duration
+from service.media.encode import FORMATS, AudioCarrier, last_frame_duration, shown_until
 from service.media.inspect import AudioInfo, VideoInfo, open_input, video_stream
 
 #: Containers whose chunks keep the input's timestamps exactly (see module doc).
@@ -311,8 +311,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                         carrier.mux_until(float(packet.pts * tb))
                     packet.stream = stream
                     if held is not None:
-                        if held.pts is not None and held.dts is not None and packet.dts is not None:
-                            reached = max(reached, held.pts + packet.dts - held.dts)  # as VideoWriter._mux
+                        reached = max(reached, shown_until(held, packet) or 0)
                         out.mux(held)
                     held = packet
             finally:

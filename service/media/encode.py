@@ -121,6 +121,15 @@ def last_frame_duration(info: VideoInfo, first_pts: int, end_pts: int, first_dts
     return duration
 
 
+def shown_until(packet: av.Packet, following: av.Packet) -> int | None:
+    """Where ``packet`` stops being shown (``last_frame_duration``'s ``reached``): its presentation
+    time plus its sample's length, which in MP4 lasts until ``following``'s decode time; None where
+    either is untimed."""
+    if packet.pts is None or packet.dts is None or following.dts is None:
+        return None
+    return int(packet.pts + following.dts - packet.dts)
+
+
 def output_size(info: VideoInfo, spec: FormatSpec) -> tuple[int, int]:
     """The width and height an output in ``spec`` is written at: the video's as shown, one column
     or row more, a copy of its edge, where it is odd and the codec stores even sizes only."""
@@ -249,12 +258,9 @@ class VideoWriter:
             if self._first_dts is None and packet.dts is not None:
                 self._first_dts = packet.dts
             self._steady_dts(packet)
-            held = self._held
-            if held is not None:
-                if held.pts is not None and held.dts is not None and packet.dts is not None:
-                    # shown until the next packet's decode time after its own: an MP4 sample's length
-                    self._reached = max(self._reached, held.pts + packet.dts - held.dts)
-                self.out.mux(held)
+            if self._held is not None:
+                self._reached = max(self._reached, shown_until(self._held, packet) or 0)
+                self.out.mux(self._held)
             self._held = packet
 
     def _steady_dts(self, packet: av.Packet) -> None:

@@ -47,7 +47,7 @@ from service.errors import (
     UnsupportedCodec,
     VideoTooLarge,
 )
-from service.media import heif
+from service.media import bmp, heif
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -230,7 +230,7 @@ class Mp4VideoTrack:
     (it waits for its parser, which needs one); the worker checks the first decoded frame's own size
     again.  ``fragmented``: the file's samples are in fragments (``moov`` holds ``mvex``), whose
     length FFmpeg gives as where the last one ends (a segment cut from a stream starts seconds in)
-    or as the whole stream's (``mehd``: 3900 s for the 8 s a file held)."""
+    or as the whole stream's (the init segment's ``mdhd``: 3900 s for the 8 s a file held)."""
 
     matrix: tuple[int, ...] | None
     entry: bytes | None
@@ -562,20 +562,16 @@ def _webp(fh: BinaryIO, size: int) -> ImageHeader:
 
 
 def _bmp(fh: BinaryIO, size: int) -> ImageHeader:
-    fh.seek(10)
-    offset, dib = struct.unpack("<II", fh.read(8))
-    if dib == 12:  # OS/2 BITMAPCOREHEADER
-        width, height, _, bpp = struct.unpack("<HHHH", fh.read(8))
-        compression = 0
-    else:
-        width, height, _, bpp, compression = struct.unpack("<iiHHI", fh.read(16))
+    header = bmp.read_header(fh)
+    width, height, compression = header.width, header.height, header.compression
     if compression in (4, 5):
         return ImageHeader("bmp", width, abs(height), unsupported="this BMP's coding (a JPEG or PNG inside it, or "
                            "OS/2's 24-bit run lengths) is not one this service reads: send a PNG or JPEG")
     if compression not in (0, 1, 2, 3, 6):  # RGB, RLE8, RLE4, bit fields
         raise ImageHeaderError(f"the BMP's compression ({compression}) is unknown")
     height = abs(height)
-    need = offset + ((width * bpp + 31) // 32) * 4 * height if compression in (0, 3, 6) else offset + 1
+    rows = ((width * header.bits + 31) // 32) * 4 * height
+    need = header.offset + (rows if compression in (0, 3, 6) else 1)
     if need > size:
         raise ImageHeaderError("the BMP is cut short (fewer rows than its header declares)")
     return ImageHeader("bmp", width, height)
