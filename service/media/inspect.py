@@ -384,11 +384,10 @@ def _png(fh: BinaryIO, size: int) -> ImageHeader:
             frames = max(1, struct.unpack(">I", fh.read(4))[0])
         elif tag == b"eXIf":
             orientation = exif_orientation(fh.read(min(length, EXIF_BYTES)))
-        elif tag == b"tRNS" and colour in (0, 2):  # grey or RGB; a palette's is the decoder's
-            samples = struct.unpack(f">{length // 2}H", fh.read(length - length % 2))
-            if len(samples) == (1 if colour == 0 else 3):
-                # a grey sample's bits past the depth are ignored, as libpng does
-                transparent = samples if depth >= 8 else ((samples[0] & ((1 << depth) - 1)) * (255 // ((1 << depth) - 1)),)
+        elif tag == b"tRNS" and length == {0: 2, 2: 6}.get(colour):  # one grey or RGB sample; a palette's
+            samples = struct.unpack(f">{length // 2}H", fh.read(length))  # is the decoder's; never read more
+            # a grey sample's bits past the depth are ignored, as libpng does
+            transparent = samples if depth >= 8 else ((samples[0] & ((1 << depth) - 1)) * (255 // ((1 << depth) - 1)),)
         elif tag == b"IDAT":
             break
         elif tag == b"IEND":
