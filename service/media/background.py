@@ -20,7 +20,7 @@ import numpy as np
 
 from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
-from service.errors import BackgroundTooLarge, CorruptBackground
+from service.errors import BackgroundTooLarge, CorruptBackground, InputError
 from service.media import bmp, heif, icc
 from service.media.colour_space import HLG, PQ, SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
@@ -305,6 +305,8 @@ def _read_with_alpha(path: Path, info: BackgroundInfo, header: ImageHeader) -> n
     crooked; and it ignores a grey PNG's see-through colour (``tRNS``), and a 16-bit RGB one's, so
     what the file marks see-through showed its stored grey."""
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None and header.format == "gif":
+        raw = _gif_by_ffmpeg(path, info, header)
     if raw is None:
         raise CorruptBackground("the background image cannot be decoded")
     if raw.shape[0] * raw.shape[1] > info.width * info.height:
@@ -324,6 +326,32 @@ def _read_with_alpha(path: Path, info: BackgroundInfo, header: ImageHeader) -> n
     if opacity is not None:
         rgb = on_black(rgb, opacity)
     return np.ascontiguousarray(_oriented(rgb, header.orientation))
+
+
+def _gif_by_ffmpeg(path: Path, info: BackgroundInfo, header: ImageHeader) -> np.ndarray | None:
+    """A still GIF that OpenCV refuses, as BGRA from FFmpeg's decoder (None where it fails too).
+
+    OpenCV asserts on GIFs that browsers and FFmpeg show: a background colour index past the
+    palette (web beacons), a picture that runs past the canvas' edge (cut there).  On the GIFs both
+    read the two agree pixel for pixel, but around a picture smaller than the canvas FFmpeg paints
+    the background colour where OpenCV, and browsers, leave it see-through: so it is cleared here.
+    An animated GIF is FFmpeg's already (``VideoBackground``)."""
+    try:
+        with open_input(path) as container:
+            stream = video_stream(container)
+            limit_decoder(stream, info.width * info.height)
+            frame = next(container.decode(stream), None)
+            if frame is None:
+                return None
+            bgra = frame.to_ndarray(format="bgra")
+    except (av.error.FFmpegError, InputError):  # open_input's and video_stream's refusals
+        return None
+    left, top, width, height = header.first_picture or (0, 0, 0, 0)
+    if width and height:  # FFmpeg spreads a picture of no width or height over the canvas
+        shown = np.zeros(bgra.shape[:2], bool)
+        shown[top : top + height, left : left + width] = True
+        bgra[~shown, 3] = 0
+    return bgra
 
 
 def _oriented(image: np.ndarray, orientation: int) -> np.ndarray:

@@ -178,6 +178,9 @@ class ImageHeader:
     # a PNG with no alpha channel: the grey or RGB sample its tRNS chunk makes see-through, as a
     # decoder gives it (1-, 2- and 4-bit grey widened to 8 bits); empty where none
     transparent: tuple[int, ...] = ()
+    # a GIF's first picture on its canvas: (left, top, width, height); browsers show the canvas
+    # around it see-through
+    first_picture: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -489,11 +492,16 @@ def _gif(fh: BinaryIO, size: int) -> ImageHeader:
     data = _Window(fh, size)
     pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
     frames = 0
+    first: tuple[int, ...] = ()
     while pos < size:
         block = data[pos]
         if block == 0x3B:  # trailer
             break
         if block == 0x2C:  # image descriptor (+ local colour table) + LZW code size
+            left, top, w, h = struct.unpack("<4H", bytes(data[pos + k] for k in range(1, 9)))
+            if w > width or h > height:  # FFmpeg decodes it to the canvas' width: rows out of step
+                raise ImageHeaderError(f"a picture in the GIF ({w}x{h}) is larger than its canvas ({width}x{height})")
+            first = first or (left, top, w, h)
             local = data[pos + 9]
             pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1
             frames += 1
@@ -508,7 +516,7 @@ def _gif(fh: BinaryIO, size: int) -> ImageHeader:
                 break
     if frames == 0:
         raise ImageHeaderError("the GIF holds no image")
-    return ImageHeader("gif", width, height, frames)
+    return ImageHeader("gif", width, height, frames, first_picture=first)
 
 
 class _Window:

@@ -271,3 +271,59 @@ def test_a_closed_background_video_leaves_no_decoder_threads(tmp_path: Path) -> 
     assert decoder_threads()  # FFmpeg's frame threads are there while it decodes
     source.close()
     assert decoder_threads() == []
+
+
+def _gif(indices: np.ndarray, palette: list[tuple[int, int, int]], screen: tuple[int, int], background: int,
+         at: tuple[int, int] = (0, 0)) -> bytes:
+    """A still GIF written byte by byte: ``indices`` (a picture of palette indices placed at ``at``,
+    left and top, on the canvas), a global palette of ``palette`` (a power of two, at least 2), a
+    canvas of ``screen`` (width, height) and a background colour index ``background``, which may
+    lie past the palette.  Its LZW data sends a clear code before every pixel, so the code width
+    never grows."""
+    height, width = indices.shape
+    bits = max(2, (len(palette) - 1).bit_length())
+    clear, end, width_bits = 1 << bits, (1 << bits) + 1, bits + 1
+    codes = [c for i in indices.ravel().tolist() for c in (clear, i)] + [end]
+    stream = sum(c << (k * width_bits) for k, c in enumerate(codes))
+    data = stream.to_bytes((len(codes) * width_bits + 7) // 8, "little")
+    blocks = b"".join(bytes([len(data[i : i + 255])]) + data[i : i + 255] for i in range(0, len(data), 255))
+    table = b"".join(bytes(c) for c in palette)
+    size_field = (len(palette) - 1).bit_length() - 1
+    place = b"".join(v.to_bytes(2, "little") for v in (*at, width, height))
+    return (b"GIF89a" + screen[0].to_bytes(2, "little") + screen[1].to_bytes(2, "little")
+            + bytes([0x80 | size_field, background, 0]) + table
+            + b"," + place + b"\x00" + bytes([bits]) + blocks + b"\x00;")
+
+
+def test_gifs_that_opencv_refuses_are_read_as_browsers_show_them(tmp_path: Path) -> None:
+    """OpenCV asserts on a GIF whose background colour index lies past its palette (web beacons
+    are written so) and on one whose picture, placed off its canvas' corner, runs past its edge;
+    browsers and FFmpeg show both (the picture cut at the edge, the canvas around it see-through),
+    and they were refused ``corrupt_background``.  FFmpeg reads these in OpenCV's place."""
+    box = np.zeros((6, 8), np.int64)
+    box[2:4, 2:6] = 1
+    palette = [(255, 255, 255), (200, 30, 10)]
+    (tmp_path / "plain.gif").write_bytes(_gif(box, palette, (8, 6), background=0))
+    (tmp_path / "beacon.gif").write_bytes(_gif(box, palette, (8, 6), background=255))
+    (tmp_path / "past.gif").write_bytes(_gif(box, palette, (10, 8), background=0, at=(4, 3)))
+    assert cv2.imread(str(tmp_path / "plain.gif")) is not None  # the writer above is sound
+    for name in ("beacon.gif", "past.gif"):
+        assert cv2.imread(str(tmp_path / name)) is None  # what the reader falls back from
+    want = np.array(palette, np.uint8)[box]
+    assert np.array_equal(_plate(tmp_path / "plain.gif", 8, 6), want)
+    assert np.array_equal(_plate(tmp_path / "beacon.gif", 8, 6), want)
+    past = _plate(tmp_path / "past.gif", 10, 8)
+    assert np.array_equal(past[3:, 4:], want[:5, :6])  # cut at the canvas' edge
+    assert (past[:3] == 0).all() and (past[:, :4] == 0).all()  # around it see-through: on black
+
+
+def test_a_gif_picture_larger_than_its_canvas_is_refused(tmp_path: Path) -> None:
+    """A picture wider or taller than the GIF's canvas: FFmpeg decoded it at the canvas' width,
+    its rows out of step (a sheared picture, animated GIFs included, exit 0); it is refused at the
+    door now, as corrupt."""
+    box = np.zeros((6, 8), np.int64)
+    (tmp_path / "wide.gif").write_bytes(_gif(box, [(255, 255, 255), (0, 0, 0)], (6, 6), background=0))
+    with pytest.raises(BackdropError) as err:
+        open_background(str(tmp_path / "wide.gif"), 6, 6)
+    assert err.value.code == "corrupt_background"
+    assert "larger than its canvas" in str(err.value)
