@@ -48,6 +48,7 @@ from service.errors import (
     VideoTooLarge,
 )
 from service.media import bmp, heif
+from service.media.declared_size import cut_short
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -758,6 +759,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             ),
         )
         check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
+        cut = cut_short(path)  # Matroska's and AVI's sizes; an MP4's sample count is checked below
+        if cut:
+            raise CorruptVideo(cut)
         scan = scan_packets(container, stream, settings.max_frames)
         frames = scan.count - scan.discarded  # the frames a decoder gives
         measured = scan.rate(time_base)

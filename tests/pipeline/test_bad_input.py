@@ -265,3 +265,49 @@ def test_an_odd_size_result_says_the_size_of_its_file(tmp_path: Path, fmt: str) 
     result = replace_background(src, "#3366cc", out, ReplaceOptions(output_format=fmt))
     back = read_back(out)
     assert (result.width, result.height) == (back.width, back.height), fmt
+
+
+def _segment_size_unknown(data: bytes) -> bytes:
+    """The Matroska file with its Segment's size set to "unknown" (all ones), as a writer that
+    cannot seek back (a browser's MediaRecorder, a live capture) leaves it."""
+    at = data.index(bytes.fromhex("18538067")) + 4
+    assert data[at] == 0x01  # an 8-byte size, as FFmpeg and mkvmerge write it
+    return data[:at] + bytes.fromhex("01ffffffffffffff") + data[at + 8 :]
+
+
+@pytest.mark.parametrize("kind", ["mkv", "webm", "avi"])
+def test_a_matroska_or_avi_file_cut_short_is_corrupt(kind: str, tmp_path: Path) -> None:
+    """Matroska and AVI files record their size at the top; FFmpeg read one cut short as far as it
+    went and the job succeeded with part of the video (a WebM cut at 60 %: 26 frames of 60).  It is
+    ``corrupt_video`` now, as a cut MP4 is; a whole file, and a cut one whose size was never
+    written, are read as before."""
+    from service.media.inspect import inspect_video
+
+    if kind == "mkv":
+        whole = data_path("videos", "asl", "bird.mkv")
+    else:
+        whole = tmp_path / f"whole.{kind}"
+        codec = "libvpx" if kind == "webm" else "libx264"
+        with av.open(str(data_path("videos", "talking-head.mp4"))) as inp, av.open(str(whole), "w") as out:
+            s = out.add_stream(codec, rate=25)
+            s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+            for i, frame in zip(range(40), inp.decode(video=0), strict=False):
+                small = frame.reformat(width=320, height=180, format="yuv420p")
+                small.pts = i
+                out.mux(s.encode(small))
+            out.mux(s.encode(None))
+    data = whole.read_bytes()
+    frames = inspect_video(whole).frames
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(data[: len(data) * 6 // 10])
+    out = tmp_path / "out" / "result.mp4"
+    out.parent.mkdir()
+    with pytest.raises(BackdropError) as err:
+        replace_background(cut, "#000000", out)
+    assert err.value.code == "corrupt_video"
+    assert "cut short" in err.value.message and str(len(data)) in err.value.message
+    assert list(out.parent.iterdir()) == []
+    if kind != "avi":
+        unsized = tmp_path / f"unsized.{kind}"
+        unsized.write_bytes(_segment_size_unknown(data)[: len(data) * 6 // 10])
+        assert 0 < inspect_video(unsized).frames < frames
