@@ -8,8 +8,9 @@ each ``RIFF`` chunk's (one, then one ``AVIX`` chunk a gigabyte or so in OpenDML 
 ends before the size its header declares is cut short.
 
 Writers that cannot seek back (a browser's ``MediaRecorder``, a live capture, a recording that
-crashed before it was closed) leave the size unknown (Matroska's all-ones length, AVI's 0): such
-files are read as far as they go, as before, since nothing says where they should end.  MPEG-TS,
+crashed before it was closed) leave the size unknown (Matroska's all-ones length; in AVI 0 or a
+placeholder near 4 GiB): such files are read as far as they go, as before, since nothing says
+where they should end.  MPEG-TS,
 FLV and Ogg record no size at all.
 """
 
@@ -21,6 +22,10 @@ from typing import BinaryIO
 
 EBML_HEADER = 0x1A45DFA3
 SEGMENT = 0x18538067
+#: RIFF sizes from here up are placeholders a writer could not go back to fill in (FFmpeg's
+#: 0xFFFFFFFF, MEncoder's 0xFFFFFFF8), not sizes: AVI writers keep a RIFF chunk under 2 GiB (old
+#: readers took its size as signed), OpenDML ones under 1 GiB
+UNWRITTEN_RIFF = 0xFFFFFF00
 
 
 def cut_short(path: Path) -> str | None:
@@ -82,15 +87,18 @@ def _matroska_end(fh: BinaryIO) -> int | None:
 
 
 def _riff_end(fh: BinaryIO, size: int) -> int | None:
-    """Where the file's RIFF chunks end, one after another as their sizes say (None where a size is
-    0: a recording never closed)."""
-    pos = 0
+    """Where the file's RIFF chunks end, one after another as their sizes say (None where a size
+    was never written: 0, or FFmpeg's and MEncoder's placeholders, 0xFFFFFFFF and 0xFFFFFFF8, which
+    a file written to a pipe keeps).  The last chunk's pad byte after an odd size is not required:
+    some writers leave it off."""
+    pos = end = 0
     while pos + 8 <= size:
         fh.seek(pos)
         tag, n = struct.unpack("<4sI", fh.read(8))
         if tag != b"RIFF":  # junk or padding after the last chunk
             break
-        if n == 0:
+        if n == 0 or n >= UNWRITTEN_RIFF:
             return None
-        pos += 8 + n + (n & 1)
-    return pos
+        end = pos + 8 + n
+        pos = end + (n & 1)
+    return end

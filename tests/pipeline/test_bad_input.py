@@ -267,9 +267,12 @@ def test_an_odd_size_result_says_the_size_of_its_file(tmp_path: Path, fmt: str) 
     assert (result.width, result.height) == (back.width, back.height), fmt
 
 
-def _segment_size_unknown(data: bytes) -> bytes:
-    """The Matroska file with its Segment's size set to "unknown" (all ones), as a writer that
-    cannot seek back (a browser's MediaRecorder, a live capture) leaves it."""
+def _size_unwritten(data: bytes, kind: str) -> bytes:
+    """The file with its size as a writer that cannot seek back leaves it (a browser's
+    MediaRecorder, a capture to a pipe): a Matroska Segment's "unknown" (all ones), an AVI RIFF
+    chunk's FFmpeg placeholder (0xFFFFFFFF)."""
+    if kind == "avi":
+        return data[:4] + b"\xff\xff\xff\xff" + data[8:]
     at = data.index(bytes.fromhex("18538067")) + 4
     assert data[at] == 0x01  # an 8-byte size, as FFmpeg and mkvmerge write it
     return data[:at] + bytes.fromhex("01ffffffffffffff") + data[at + 8 :]
@@ -307,7 +310,6 @@ def test_a_matroska_or_avi_file_cut_short_is_corrupt(kind: str, tmp_path: Path) 
     assert err.value.code == "corrupt_video"
     assert "cut short" in err.value.message and str(len(data)) in err.value.message
     assert list(out.parent.iterdir()) == []
-    if kind != "avi":
-        unsized = tmp_path / f"unsized.{kind}"
-        unsized.write_bytes(_segment_size_unknown(data)[: len(data) * 6 // 10])
-        assert 0 < inspect_video(unsized).frames < frames
+    unsized = tmp_path / f"unsized.{kind}"
+    unsized.write_bytes(_size_unwritten(data, kind)[: len(data) * 6 // 10])
+    assert 0 < inspect_video(unsized).frames < frames
