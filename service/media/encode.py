@@ -18,6 +18,7 @@ the video as it is written (read from a second demuxer of the input), so nothing
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -441,6 +442,8 @@ class _Route:
     origin: Fraction
     #: where the next transcoded sample goes, in samples at ``encoder_rate`` (None before the first)
     next_pts: int | None = None
+    #: the decode time of the last packet copied, in the output's time base (None before the first)
+    last_dts: int | None = None
 
     @classmethod
     def transcoding(
@@ -468,8 +471,13 @@ class _Route:
                 shift = round(self.origin / Fraction(packet.time_base))
                 packet.pts = None if packet.pts is None else packet.pts - shift
                 packet.dts = None if packet.dts is None else packet.dts - shift
+            self._follow_on(packet)
+            dts, time_base = packet.dts, packet.time_base
             packet.stream = self.target
             out.mux(packet)
+            out_tb = self.target.time_base  # the muxer's from now on
+            if dts is not None and time_base is not None and out_tb is not None:
+                self.last_dts = _rescaled(dts, Fraction(time_base) / Fraction(out_tb))
             return
         try:
             frames = packet.decode()
@@ -481,6 +489,27 @@ class _Route:
             frames[0].pts, frames[0].time_base = packet.pts, packet.time_base
         for frame in frames:
             self._encode(self.resampler.resample(cast(av.AudioFrame, frame)), out)
+
+    def _follow_on(self, packet: av.Packet) -> None:
+        """A copied packet's decode time put one tick of the output's after the last one's where it
+        is not already past it (its presentation time with it, where that was earlier), as FFmpeg's
+        command line does: MP4 takes strictly increasing times only, and Chrome's MediaRecorder
+        wrote Opus packets into WebM with repeated times (200, 200, 300, 400, 400 ms): the muxer
+        refused the second and the job crashed.  Compared in the output's time base (the muxer's
+        from the first packet on), where two times a tick apart in the input's can be one."""
+        out_tb = self.target.time_base
+        if packet.dts is None or packet.time_base is None or self.last_dts is None or out_tb is None:
+            return
+        scale = Fraction(packet.time_base) / Fraction(out_tb)
+        if scale != 1:
+            packet.pts = None if packet.pts is None else _rescaled(packet.pts, scale)
+            packet.dts = _rescaled(packet.dts, scale)
+            packet.duration = _rescaled(packet.duration or 0, scale)
+            packet.time_base = Fraction(out_tb)
+        if packet.dts <= self.last_dts:
+            if packet.pts is not None and packet.pts >= packet.dts:
+                packet.pts = max(packet.pts, self.last_dts + 1)
+            packet.dts = self.last_dts + 1
 
     def flush(self, out: av.container.OutputContainer) -> None:
         if self.resampler is None:
@@ -506,6 +535,13 @@ class _Route:
             self.next_pts = pts + frame.samples
             for packet in cast(av.AudioStream, self.target).encode(frame):
                 out.mux(packet)
+
+
+def _rescaled(ticks: int, scale: Fraction) -> int:
+    """``ticks`` times ``scale``, rounded half away from zero as FFmpeg rescales a packet's times
+    (``av_rescale_q``) when it is muxed."""
+    value = ticks * scale
+    return int(math.floor(value + Fraction(1, 2))) if value >= 0 else -int(math.floor(-value + Fraction(1, 2)))
 
 
 #: The input's audio, copied or transcoded as the writer does it: the join of a chunked job

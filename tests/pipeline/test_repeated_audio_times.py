@@ -1,0 +1,72 @@
+"""Copied sound whose packets repeat a time: Chrome's MediaRecorder wrote Opus into WebM so (200,
+200, 300, 400, 400 ms), which Matroska takes and MP4 does not.  The muxer refused the second packet
+with "Invalid argument" and the job crashed (an uncaught FFmpeg error, exit 1 with a traceback);
+each such packet now follows on one tick of the output's after the last, as FFmpeg's command line
+does, and every packet of sound is there, in order, at its time."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from videoutil import read_back
+
+from service.pipeline import ReplaceOptions, replace_background
+
+pytestmark = pytest.mark.slow
+
+FRAMES, RATE = 20, 10
+
+
+def _recording(path: Path) -> list[int]:
+    """A WebM of 2 s of VP8 and Opus whose sound packets come in pairs at one time (ms), as a
+    MediaRecorder wrote them; returns the sound packets' times."""
+    with av.open(str(path), "w", format="webm") as out:
+        video = out.add_stream("libvpx", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("libopus", rate=48000)
+        audio.layout = "mono"
+        packets = []
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, RATE)
+            packets += video.encode(frame)
+        packets += video.encode()
+        sound = []
+        samples = np.sin(np.arange(48000 * FRAMES // RATE) * 0.05).astype(np.float32)
+        for at in range(0, len(samples), 960):
+            frame = av.AudioFrame.from_ndarray(samples[None, at : at + 960], format="flt", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, at, Fraction(1, 48000)
+            sound += audio.encode(frame)
+        sound += audio.encode()
+        for k, packet in enumerate(sound):  # 20 ms each, timed in pairs: 0, 0, 40, 40, 80 ms ...
+            packet.time_base = Fraction(1, 1000)
+            packet.pts = packet.dts = k // 2 * 40
+            packet.duration = 20
+        for packet in sorted(packets + sound, key=lambda p: float(p.dts * p.time_base)):
+            out.mux(packet)
+    with av.open(str(path)) as back:
+        times = [int(p.pts) for p in back.demux(audio=0) if p.size]
+    assert len(times) > len(set(times)) > 40  # the times repeat, as written
+    return times
+
+
+def test_copied_sound_whose_times_repeat_is_kept_whole_in_mp4(tmp_path: Path) -> None:
+    src = tmp_path / "recording.webm"
+    times = _recording(src)
+    out = tmp_path / "out.mp4"
+    assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
+    assert read_back(out).frames == FRAMES
+    with av.open(str(out)) as back:
+        stream = back.streams.audio[0]
+        assert stream.codec_context.name == "opus"  # copied, not transcoded
+        sound = [p for p in back.demux(stream) if p.size]
+    assert len(sound) == len(times)  # every packet
+    dts = [int(p.dts) for p in sound]
+    assert all(a < b for a, b in zip(dts, dts[1:], strict=False))  # in order, each after the last
+    seconds = [float(p.pts * p.time_base) for p in sound]
+    # each where it was, or a tick after the one before where its time repeated
+    assert all(abs(s - t / 1000) <= 0.001 for s, t in zip(seconds, times, strict=True))
