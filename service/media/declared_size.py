@@ -10,8 +10,7 @@ ends before the size its header declares is cut short.
 Writers that cannot seek back (a browser's ``MediaRecorder``, a live capture, a recording that
 crashed before it was closed) leave the size unknown (Matroska's all-ones length; in AVI 0 or a
 placeholder near 4 GiB): such files are read as far as they go, as before, since nothing says
-where they should end.  MPEG-TS,
-FLV and Ogg record no size at all.
+where they should end.  MPEG-TS, FLV and Ogg record no size at all.
 """
 
 from __future__ import annotations
