@@ -18,6 +18,7 @@ the video as it is written (read from a second demuxer of the input), so nothing
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -378,7 +379,25 @@ def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec) -> bool:
     either: the muxer refuses a stream header without them, so that stream is transcoded.
     """
     ctx = stream.codec_context
-    return ctx.codec.canonical_name in spec.audio_copy and bool(ctx.sample_rate) and bool(ctx.channels)
+    return (ctx.codec.canonical_name in spec.audio_copy and bool(ctx.sample_rate) and bool(ctx.channels)
+            and _muxer_takes(stream, spec.container))
+
+
+def _muxer_takes(stream: av.audio.stream.AudioStream, container: str) -> bool:
+    """Whether ``container``'s muxer writes a header for a copy of ``stream``, tried in memory (a
+    millisecond): muxers refuse some streams of codecs they take, and they say so only when the
+    output's header is written, which fails the whole job.  MP4 takes MP3, but not at 8 kHz ("not
+    standard"): an AVI with such sound crashed with "Invalid argument"; it is transcoded now."""
+    try:
+        probe = av.open(io.BytesIO(), "w", format=container)
+        try:
+            probe.add_stream_from_template(stream)
+            probe.start_encoding()
+        finally:
+            probe.close()
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
 
 
 def _decoded_format(path: Path, index: int, packets: int = 64) -> tuple[int, int]:

@@ -1,8 +1,11 @@
-"""Copied sound whose packets repeat a time: Chrome's MediaRecorder wrote Opus into WebM so (200,
-200, 300, 400, 400 ms), which Matroska takes and MP4 does not.  The muxer refused the second packet
-with "Invalid argument" and the job crashed (an uncaught FFmpeg error, exit 1 with a traceback);
-each such packet now follows on one tick of the output's after the last, as FFmpeg's command line
-does, and every packet of sound is there, in order, at its time."""
+"""Sound copied into the output as its packets are, where the output's muxer would refuse them.
+
+Chrome's MediaRecorder wrote Opus into WebM with repeated times (200, 200, 300, 400, 400 ms), which
+Matroska takes and MP4 does not: the muxer refused the second packet with "Invalid argument" and the
+job crashed (an uncaught FFmpeg error, exit 1 with a traceback); each such packet now follows on one
+tick of the output's after the last, as FFmpeg's command line does, and every packet of sound is
+there, in order, at its time.  MP4 takes MP3, but not at 8 kHz ("not standard"), which it says only
+as it writes its header: that crashed the job the same way, and such sound is transcoded now."""
 
 from __future__ import annotations
 
@@ -70,3 +73,30 @@ def test_copied_sound_whose_times_repeat_is_kept_whole_in_mp4(tmp_path: Path) ->
     seconds = [float(p.pts * p.time_base) for p in sound]
     # each where it was, or a tick after the one before where its time repeated
     assert all(abs(s - t / 1000) <= 0.001 for s, t in zip(seconds, times, strict=True))
+
+
+def test_sound_the_output_cannot_hold_as_it_is_is_transcoded(tmp_path: Path) -> None:
+    src = tmp_path / "phone.avi"
+    with av.open(str(src), "w", format="avi") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("libmp3lame", rate=8000)
+        audio.layout = "mono"
+        for i in range(FRAMES):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        samples = np.sin(np.arange(8000 * FRAMES // RATE) * 0.05).astype(np.float32)
+        for at in range(0, len(samples), 576):
+            frame = av.AudioFrame.from_ndarray(samples[None, at : at + 576], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 8000, at
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode())
+    out = tmp_path / "out.mp4"
+    assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
+    with av.open(str(out)) as back:
+        stream = back.streams.audio[0]
+        assert stream.codec_context.name == "aac"
+        length = float(stream.duration * stream.time_base)
+    assert abs(length - FRAMES / RATE) < 0.15
