@@ -1,4 +1,5 @@
-"""Reading videos back in tests: frame counts, timestamps, frames, alpha, audio packets."""
+"""Reading videos back in tests: frame counts, timestamps, frames, alpha, audio packets; and the
+small clip of rising grey and the tone that tests of timing write."""
 
 from __future__ import annotations
 
@@ -175,3 +176,28 @@ def assert_parts_join_to_one_part(clip: Path, one: Path, parts: Path) -> None:
     assert before.max() < 0.002, before
     ious = [((x > 0.5) & (y > 0.5)).sum() / max(1, ((x > 0.5) | (y > 0.5)).sum()) for x, y in zip(a1, a2, strict=True)]
     assert min(ious[seam:]) > 0.95, ious[seam:]
+
+
+def rising_grey(stream: av.video.stream.VideoStream, frames: int, rate: int) -> list[av.Packet]:
+    """``frames`` pictures of rising grey at ``rate`` a second, one a frame from time 0, encoded by
+    ``stream`` (its width and height set) and flushed: the packets, to mux as a test needs."""
+    packets = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(
+            np.full((stream.height, stream.width, 3), 20 + (9 * i) % 230, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, rate)
+        packets += stream.encode(frame)
+    return packets + stream.encode()
+
+
+def tone(stream: av.audio.stream.AudioStream, seconds: float, start_s: float = 0.0) -> list[av.Packet]:
+    """A mono tone of ``seconds`` from ``start_s`` on, encoded by ``stream`` (its rate and layout
+    set; PyAV cuts the samples into the encoder's frames) and flushed: the packets."""
+    rate = stream.rate
+    samples = np.sin(np.arange(int(rate * seconds)) * 0.05).astype(np.float32)
+    packets = []
+    for at in range(0, len(samples), 1024):
+        frame = av.AudioFrame.from_ndarray(samples[None, at : at + 1024], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = rate, at + int(rate * start_s), Fraction(1, rate)
+        packets += stream.encode(frame)
+    return packets + stream.encode()

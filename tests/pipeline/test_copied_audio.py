@@ -13,9 +13,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
-from videoutil import read_back
+from videoutil import read_back, rising_grey, tone
 
 from service.pipeline import ReplaceOptions, replace_background
 
@@ -32,19 +31,8 @@ def _recording(path: Path) -> list[int]:
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         audio = out.add_stream("libopus", rate=48000)
         audio.layout = "mono"
-        packets = []
-        for i in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, RATE)
-            packets += video.encode(frame)
-        packets += video.encode()
-        sound = []
-        samples = np.sin(np.arange(48000 * FRAMES // RATE) * 0.05).astype(np.float32)
-        for at in range(0, len(samples), 960):
-            frame = av.AudioFrame.from_ndarray(samples[None, at : at + 960], format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 48000, at, Fraction(1, 48000)
-            sound += audio.encode(frame)
-        sound += audio.encode()
+        packets = rising_grey(video, FRAMES, RATE)
+        sound = tone(audio, FRAMES / RATE)
         for k, packet in enumerate(sound):  # 20 ms each, timed in pairs: 0, 0, 40, 40, 80 ms ...
             packet.time_base = Fraction(1, 1000)
             packet.pts = packet.dts = k // 2 * 40
@@ -82,17 +70,8 @@ def test_sound_the_output_cannot_hold_as_it_is_is_transcoded(tmp_path: Path) -> 
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         audio = out.add_stream("libmp3lame", rate=8000)
         audio.layout = "mono"
-        for i in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode())
-        samples = np.sin(np.arange(8000 * FRAMES // RATE) * 0.05).astype(np.float32)
-        for at in range(0, len(samples), 576):
-            frame = av.AudioFrame.from_ndarray(samples[None, at : at + 576], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 8000, at
-            out.mux(audio.encode(frame))
-        out.mux(audio.encode())
+        out.mux(rising_grey(video, FRAMES, RATE))
+        out.mux(tone(audio, FRAMES / RATE))
     out = tmp_path / "out.mp4"
     assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
     with av.open(str(out)) as back:

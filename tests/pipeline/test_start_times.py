@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from videoutil import read_back
+from videoutil import read_back, rising_grey, tone
 
 from service.media.probe import probe_video
 from service.pipeline import ReplaceOptions, replace_background
@@ -31,18 +31,8 @@ def _ts(path: Path, start: int) -> Path:
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "mono"
-        packets = []
-        for i in range(FRAMES):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 9 * i, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = i, Fraction(1, RATE)
-            packets += video.encode(frame)
-        packets += video.encode()
-        samples = np.sin(np.arange(int(48000 * (FRAMES / RATE - SOUND_LATE))) * 0.05).astype(np.float32)
-        for at in range(0, len(samples), 1024):
-            frame = av.AudioFrame.from_ndarray(samples[None, at:at + 1024], format="fltp", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = 48000, at + int(48000 * SOUND_LATE), Fraction(1, 48000)
-            packets += audio.encode(frame)
-        packets += audio.encode()
+        packets = rising_grey(video, FRAMES, RATE)
+        packets += tone(audio, FRAMES / RATE - SOUND_LATE, SOUND_LATE)
         for packet in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
             shift = round(start * Fraction(1, 90000) / packet.time_base)
             packet.pts, packet.dts = packet.pts + shift, packet.dts + shift
