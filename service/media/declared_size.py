@@ -25,6 +25,9 @@ SEGMENT = 0x18538067
 #: 0xFFFFFFFF, MEncoder's 0xFFFFFFF8), not sizes: AVI writers keep a RIFF chunk under 2 GiB (old
 #: readers took its size as signed), OpenDML ones under 1 GiB
 UNWRITTEN_RIFF = 0xFFFFFF00
+#: RIFF chunks walked at most: an OpenDML AVI holds one a gigabyte or so, so 64 cover far more than
+#: any upload; a file of millions of tiny chunks (a 100 MB one took 8 s to walk) is not judged
+MAX_RIFF_CHUNKS = 64
 
 
 def cut_short(path: Path) -> str | None:
@@ -88,10 +91,12 @@ def _matroska_end(fh: BinaryIO) -> int | None:
 def _riff_end(fh: BinaryIO, size: int) -> int | None:
     """Where the file's RIFF chunks end, one after another as their sizes say (None where a size
     was never written: 0, or FFmpeg's and MEncoder's placeholders, 0xFFFFFFFF and 0xFFFFFFF8, which
-    a file written to a pipe keeps).  The last chunk's pad byte after an odd size is not required:
-    some writers leave it off."""
+    a file written to a pipe keeps, or more than ``MAX_RIFF_CHUNKS`` chunks).  The last chunk's pad
+    byte after an odd size is not required: some writers leave it off."""
     pos = end = 0
-    while pos + 8 <= size:
+    for _ in range(MAX_RIFF_CHUNKS):
+        if pos + 8 > size:
+            break
         fh.seek(pos)
         tag, n = struct.unpack("<4sI", fh.read(8))
         if tag != b"RIFF":  # junk or padding after the last chunk
@@ -100,4 +105,6 @@ def _riff_end(fh: BinaryIO, size: int) -> int | None:
             return None
         end = pos + 8 + n
         pos = end + (n & 1)
+    else:
+        return None if pos + 8 <= size else end  # chunks past the walk's bound: not judged
     return end

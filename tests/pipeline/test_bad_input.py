@@ -313,3 +313,23 @@ def test_a_matroska_or_avi_file_cut_short_is_corrupt(kind: str, tmp_path: Path) 
     unsized = tmp_path / f"unsized.{kind}"
     unsized.write_bytes(_size_unwritten(data, kind)[: len(data) * 6 // 10])
     assert 0 < inspect_video(unsized).frames < frames
+
+
+def test_an_avi_of_countless_chunks_is_not_walked_to_its_end(tmp_path: Path) -> None:
+    """The AVI check walks at most ``MAX_RIFF_CHUNKS`` RIFF chunks: an upload of millions of tiny
+    ones took seconds a hundred megabytes to walk at the door.  Within the bound a chunk that
+    runs past the end is found; past it the file is not judged (FFmpeg reads it as it can)."""
+    import struct
+
+    from service.media.declared_size import MAX_RIFF_CHUNKS, cut_short
+
+    def avi(chunks: int) -> Path:
+        tiny = b"RIFF" + struct.pack("<I", 2) + b"xx"
+        cut = b"RIFF" + struct.pack("<I", 100) + b"short"  # declares 100 bytes, holds 5
+        path = tmp_path / f"chunks{chunks}.avi"
+        path.write_bytes(b"RIFF" + struct.pack("<I", 4) + b"AVI " + tiny * (chunks - 2) + cut)
+        return path
+
+    assert cut_short(avi(3)) is not None
+    assert cut_short(avi(MAX_RIFF_CHUNKS)) is not None
+    assert cut_short(avi(MAX_RIFF_CHUNKS + 1)) is None
