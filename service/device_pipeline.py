@@ -294,7 +294,7 @@ def run_device(
 
     def decode(seek_dts: int | None) -> Iterator[PlaneFrame]:
         return iter_planes(info, nvdec=nvdec, on_device=on_device, device=device.index,
-                           threads=settings.decode_threads, seek_dts=seek_dts)
+                           threads=settings.decode_threads, seek_dts=seek_dts, settings=settings)
 
     def read() -> None:
         for frame in window_frames(decode, window):

@@ -294,14 +294,14 @@ def people_selection(
     coverage = None
     if largest and info is not None:
         detector = PersonDetector(settings)
-        coverage = clip_coverage(_sampled_frames(info, COVERAGE_SAMPLES_PER_S), detector, cancel)
+        coverage = clip_coverage(_sampled_frames(info, COVERAGE_SAMPLES_PER_S, settings), detector, cancel)
     return PeopleSelection(options.keep_points, largest, settings=settings, coverage=coverage)
 
 
-def _sampled_frames(info: VideoInfo, per_s: float) -> Iterator[np.ndarray]:
+def _sampled_frames(info: VideoInfo, per_s: float, settings: Settings) -> Iterator[np.ndarray]:
     """The clip's frames at about ``per_s`` a second, the first frame first."""
     stride = max(1, round(info.fps / per_s))
-    frames = iter_frames(info, 1)
+    frames = iter_frames(info, 1, settings=settings)
     try:
         for i, frame in enumerate(frames):
             if i % stride == 0:
@@ -321,7 +321,7 @@ def first_frame_people(
     settings = settings or get_settings()
     options = options or ReplaceOptions()
     info = probe_video(Path(input_path), settings)
-    frames = iter_frames(info, 1)
+    frames = iter_frames(info, 1, settings=settings)
     try:
         image = next(frames).image[None]
     finally:
@@ -424,7 +424,7 @@ def queue_depth(settings: Settings, batch_bytes: int) -> int:
 
 def _batches(
     info: VideoInfo, bg: BackgroundSource | None, size: int, threads: int, window: Window | None = None,
-    empty: Empty = np.empty,
+    empty: Empty = np.empty, settings: Settings | None = None,
 ) -> Iterator[Batch]:
     """The decoded frames in batches of ``size`` (``frames_per_batch``), each with its background;
     ``empty`` makes the batch's arrays: its frames, and its background where one is made for it."""
@@ -441,7 +441,7 @@ def _batches(
             back = np.ascontiguousarray(back)
         return Batch(images, list(pts), list(durations), back)
 
-    for frame in window_frames(lambda seek: iter_frames(info, threads, seek_dts=seek), window):
+    for frame in window_frames(lambda seek: iter_frames(info, threads, seek_dts=seek, settings=settings), window):
         buf.append(frame.image)
         pts.append(frame.pts)
         durations.append(frame.duration)
@@ -520,7 +520,7 @@ def _run(
                          spec=format_spec(options.output_format, settings.x264_preset))
 
     def read() -> None:
-        for batch in _batches(info, bg, batch_frames, decode_threads, window, pool.empty):
+        for batch in _batches(info, bg, batch_frames, decode_threads, window, pool.empty, settings):
             if not _put(decoded, batch, stop):
                 return
         _put(decoded, _END, stop)

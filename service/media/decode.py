@@ -4,9 +4,11 @@ Frames are never gathered in memory; the caller batches them.  A display-rotatio
 to the pixels here, so everything downstream sees the picture the way a player shows it and the
 encoder writes it upright (with no tag).
 
-Headers can lie, and a stream may change size midway: the decoder is told to refuse (before it
-allocates) any frame past the probed size, and such a frame fails the job with ``video_too_large``;
-a frame smaller than the probed size is scaled to it, so every frame downstream has one size.
+Headers can lie, and a stream may change size midway (a WebRTC recording grows with the
+bandwidth, a window capture with the window): every frame is scaled to the probed size, which is
+the first frame's or, where the packets write their sizes (VP8, VP9), the largest, so every frame
+downstream has one size.  The decoder is told to refuse (before it allocates) a frame past the
+limits, and such a frame fails the job with ``video_too_large``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from service.errors import CorruptVideo, VideoTooLarge
+from service.config import Settings, get_settings
+from service.errors import BackdropError, CorruptVideo, VideoTooLarge
+from service.media.inspect import check_frame_size
 from service.media.probe import (
     VideoInfo,
     limit_decoder,
@@ -40,50 +44,58 @@ class DecodedFrame:
     duration: int  # how long it stays on screen, same time base (the last frame's matters for length)
 
 
-def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None) -> Iterator[DecodedFrame]:
+def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None,
+                settings: Settings | None = None) -> Iterator[DecodedFrame]:
     """Decode ``info.path`` frame by frame (threaded decoding inside FFmpeg); with ``seek_dts``, from
-    the keyframe at or before that decode time (stream time base) instead of the first packet."""
+    the keyframe at or before that decode time (stream time base) instead of the first packet.
+    ``settings``' limits hold for every frame (``timed_frames``)."""
+    settings = settings or get_settings()
     container = open_input(info.path)
     try:
         stream = video_stream(container)
         if seek_dts is not None:
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         thread_decoder(stream, threads)
-        pixels = info.coded_width * info.coded_height
-        limit_decoder(stream, pixels)
+        limit_decoder(stream, settings.max_pixels)
         rgb = RgbConverter(info.coded_width, info.coded_height, info.rotation)
         last_pts: int | None = None
         try:
-            for frame, pts, duration in timed_frames(container, stream, info):
+            for frame, pts, duration in timed_frames(container, stream, info, settings):
                 last_pts = pts
                 image = rgb(frame)
                 yield DecodedFrame(image, pts, duration)
         except av.error.FFmpegError as exc:
-            if too_large_after_error(stream, pixels):
-                raise VideoTooLarge(
-                    f"a frame after time {last_pts} is larger than the probed "
-                    f"{info.coded_width}x{info.coded_height}"
-                ) from None
-            raise CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})") from None
+            raise decode_error(stream, settings, last_pts, exc) from None
     finally:
         container.close()
 
 
+def decode_error(stream: av.video.stream.VideoStream, settings: Settings, last_pts: int | None,
+                 exc: av.error.FFmpegError) -> BackdropError:
+    """What a decoder's failure midway means: a frame past the limits (``limit_decoder`` refused
+    it), else a video that cannot be decoded further."""
+    if too_large_after_error(stream, settings.max_pixels):
+        return VideoTooLarge(f"a frame after time {last_pts} exceeds the limit of {settings.max_pixels} pixels")
+    return CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})")
+
+
 def timed_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                 info: VideoInfo) -> Iterator[tuple[av.VideoFrame, int, int]]:
+                 info: VideoInfo, settings: Settings) -> Iterator[tuple[av.VideoFrame, int, int]]:
     """The stream's frames in display order as (frame, pts, duration) in its time base: the pts
     strictly increasing (``_TimestampGuess``, else one frame on from the last), interlaced frames
-    made whole (``Deinterlacer``); a frame larger than the probed (coded) size is refused
-    (``VideoTooLarge``).  This decoder's and the device path's (``hwdecode``)."""
+    made whole (``Deinterlacer``); a frame of another size than the probed one past ``settings``'
+    limits is refused (``VideoTooLarge``): the callers scale the others to the probed size.  This
+    decoder's and the device path's (``hwdecode``)."""
     step = _pts_step(info)
     guess = _TimestampGuess(trust_dts=info.container == "avi")
     deinterlace = Deinterlacer()
     timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
     last_pts: int | None = None
-    w, h = info.coded_width, info.coded_height
+    probed = (info.coded_width, info.coded_height)
     for frame in container.decode(stream):
-        if frame.width * frame.height > w * h:
-            raise VideoTooLarge(f"a frame is {frame.width}x{frame.height}, larger than the probed {w}x{h}")
+        if (frame.width, frame.height) != probed:
+            size = (frame.height, frame.width) if info.rotation in (90, 270) else (frame.width, frame.height)
+            check_frame_size(*size, settings)
         pts = guess(frame.pts, frame.dts)
         if pts is None:
             pts = 0 if last_pts is None else last_pts + step
@@ -151,7 +163,7 @@ class Deinterlacer:
 
 class RgbConverter:
     """Decoded frames as upright RGB arrays at ``width`` x ``height`` (the video's probed, coded
-    size; ``timed_frames`` has refused larger frames): a smaller one scaled up, and ``rotation``
+    size): a frame of another size scaled to it, and ``rotation``
     (the video's tag: degrees counter-clockwise) applied by ``transpose`` or both flips.  The
     video's decoder and a background video's (at each frame's own size) use it.
 

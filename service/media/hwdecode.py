@@ -21,17 +21,10 @@ from typing import Any
 import av
 import numpy as np
 
-from service.errors import CorruptVideo, VideoTooLarge
-from service.media.decode import timed_frames
+from service.config import Settings, get_settings
+from service.media.decode import decode_error, timed_frames
 from service.media.inspect import OPEN_OPTIONS
-from service.media.probe import (
-    VideoInfo,
-    limit_decoder,
-    open_input,
-    thread_decoder,
-    too_large_after_error,
-    video_stream,
-)
+from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +119,13 @@ def _host_planes(frame: av.VideoFrame) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 0,
-                threads: int = 0, seek_dts: int | None = None) -> Iterator[PlaneFrame]:
+                threads: int = 0, seek_dts: int | None = None,
+                settings: Settings | None = None) -> Iterator[PlaneFrame]:
     """The frames of ``info.path`` as 4:2:0 planes with their timestamps.  ``nvdec``: decode with
     NVDEC (the caller asked ``cuda_decode_available``); ``on_device``: keep its frames on the GPU.
     Frames of another size or pixel format are converted (on the host) to the probed size's yuv420p.
-    ``seek_dts``: from the keyframe at or before that decode time, as ``decode.iter_frames``."""
+    ``seek_dts``: from the keyframe at or before that decode time, and ``settings``' limits, as
+    ``decode.iter_frames``."""
     container = _open(info, nvdec=nvdec, on_device=on_device, device=device)
     try:
         stream = video_stream(container)
@@ -139,17 +134,15 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
         if not nvdec:  # NVDEC decodes asynchronously on its own; frame threads only add surfaces held
             thread_decoder(stream, threads)
         w, h = info.coded_width, info.coded_height
-        pixels = w * h
-        limit_decoder(stream, pixels)
+        settings = settings or get_settings()
+        limit_decoder(stream, settings.max_pixels)
         last_pts: int | None = None
         try:
-            for frame, pts, duration in timed_frames(container, stream, info):
+            for frame, pts, duration in timed_frames(container, stream, info, settings):
                 last_pts = pts
                 yield _planes(frame, w, h, pts, duration)
         except av.error.FFmpegError as exc:
-            if too_large_after_error(stream, pixels):
-                raise VideoTooLarge(f"a frame after time {last_pts} is larger than the probed {w}x{h}") from None
-            raise CorruptVideo(f"the video cannot be decoded past frame time {last_pts} ({exc})") from None
+            raise decode_error(stream, settings, last_pts, exc) from None
     finally:
         container.close()
 

@@ -49,6 +49,7 @@ from service.errors import (
 )
 from service.media import bmp, heif
 from service.media.declared_size import cut_short
+from service.media.picture_size import sizes_in
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -133,6 +134,10 @@ class VideoInfo:
     #: Width of a stored pixel over its height (DV, HDV and DVD video store 16:9 pictures in
     #: narrower frames): the output keeps it, and backgrounds are fitted to the picture as shown.
     sample_aspect: Fraction = Fraction(1)
+    #: The largest picture (coded width, height) the frames' own headers write, where the packet
+    #: scan reads them (VP8, VP9: ``picture_size``) and one is larger than the header's size: a
+    #: recording that grows midway is written at this size, and the limits hold for it too.
+    largest_picture: tuple[int, int] | None = None
 
     @property
     def width(self) -> int:
@@ -790,8 +795,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             frames = max(1, math.ceil(duration * fps - 1e-6))
         if duration <= 0:
             duration = float(frames / fps)
+        grown = scan.largest if scan.largest and scan.largest[0] * scan.largest[1] > coded_w * coded_h else None
         info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track, first_pts=scan.first_pts,
-                       origin=start_of(container, scan.first_pts, time_base))
+                       origin=start_of(container, scan.first_pts, time_base), largest_picture=grown)
     finally:
         container.close()
     check_limits(info, settings)
@@ -850,6 +856,7 @@ class PacketScan:
     last_duration: int = 0  # that packet's duration, 0 where it records none
     timed_end: int | None = None  # the latest pts + duration among the packets that record one
     steps: tuple[int, int] = (0, 0)  # (how many, ticks in all) of the ordinary steps between frame times
+    largest: tuple[int, int] | None = None  # the largest picture the packets write (``picture_size``)
 
     def rate(self, time_base: Fraction) -> Fraction | None:
         """Frames a second as the packets' times give it: the mean of the ordinary steps between
@@ -905,9 +912,13 @@ def scan_packets(
 ) -> PacketScan:
     """Count the video packets of a container just opened, and the times they span, by demuxing
     (no decoding: cheap), stopping at the first packet past ``max_frames``.  A cut-off file shows
-    up here as a demuxer error or as fewer packets than the header promised."""
+    up here as a demuxer error or as fewer packets than the header promised.  Where the codec's
+    packets write their pictures' sizes (``picture_size``), the largest is read too."""
     count, discarded, last, last_duration, timed_end = 0, 0, None, 0, None
     times = array("q")  # every timed packet's pts: its first frame's time and the steps between
+    ctx = stream.codec_context
+    sizes = sizes_in(ctx.codec.name) if ctx is not None and ctx.codec is not None else None
+    largest: tuple[int, int] | None = None
     try:
         for packet in container.demux(stream):
             if not packet.size:
@@ -915,6 +926,9 @@ def scan_packets(
             count += 1
             if count > max_frames:
                 raise VideoTooLarge(f"the video has more frames than the limit of {max_frames}")
+            for w, h in sizes(bytes(packet)) if sizes else ():
+                if largest is None or w * h > largest[0] * largest[1]:
+                    largest = (w, h)
             if packet.is_discard:  # decoded for the frames that refer to it, never shown
                 discarded += 1
                 continue
@@ -929,7 +943,7 @@ def scan_packets(
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
     return PacketScan(count, discarded, min(times) if times else None, last, last_duration, timed_end,
-                      ordinary_steps(times))
+                      ordinary_steps(times), largest)
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:
@@ -953,6 +967,9 @@ def start_of(container: av.container.InputContainer, first_pts: int | None, time
 
 def check_limits(info: VideoInfo, settings: Settings) -> None:
     check_frame_size(info.width, info.height, settings)
+    if info.largest_picture:
+        w, h = info.largest_picture
+        check_frame_size(*((h, w) if info.rotation in (90, 270) else (w, h)), settings)
     if info.duration_s > settings.max_duration_s:
         raise VideoTooLarge(f"duration {info.duration_s:.1f}s exceeds the limit of {settings.max_duration_s:.0f}s")
     if info.frames > settings.max_frames:

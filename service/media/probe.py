@@ -50,7 +50,12 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         # a pixel shape recorded only in the pictures (H.264's VUI in MPEG-TS, H.263): the decoder has
         # read it now; a PAL 16:9 broadcast came out 5:4
         aspect = info.sample_aspect if info.sample_aspect != 1 else sample_aspect(stream)
-        info = replace(info, coded_width=first.width, coded_height=first.height, rotation=rotation,
+        # the size written: the first frame's (the header's can lie), or the largest picture the
+        # packets write where a recording grows midway
+        size = (first.width, first.height)
+        if info.largest_picture and info.largest_picture[0] * info.largest_picture[1] > size[0] * size[1]:
+            size = info.largest_picture
+        info = replace(info, coded_width=size[0], coded_height=size[1], rotation=rotation,
                        sample_aspect=aspect,
                        color_primaries=_known(first.color_primaries, info.color_primaries),
                        color_trc=_known(first.color_trc, info.color_trc),

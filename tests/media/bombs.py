@@ -155,6 +155,35 @@ def mid_stream_growth(path: Path, small: int, large: int) -> Path:
     return path
 
 
+def growing_webm(path: Path, codec: str, sizes: list[tuple[int, int]], per_size: int = 4) -> Path:
+    """A WebM whose pictures change size midway, as a WebRTC recording's do: ``per_size`` flat grey
+    frames (levels 20, 35, 50, ...) at each of ``sizes`` (width, height) in turn, each run from an
+    encoder of its own (``libvpx`` for VP8, ``libvpx-vp9``), so each size starts at a key frame.
+    The header declares the first size."""
+    out = av.open(str(path), "w")
+    try:
+        stream = out.add_stream(codec, rate=10)
+        stream.width, stream.height = sizes[0]
+        stream.time_base = Fraction(1, 1000)
+        i = 0
+        for width, height in sizes:
+            ctx = av.CodecContext.create(codec, "w")
+            ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", Fraction(1, 1000)
+            ctx.options = {"deadline": "realtime", "cpu-used": "8"}
+            packets = []
+            for _ in range(per_size):
+                frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 + 15 * i, np.uint8), format="rgb24")
+                frame.pts = 100 * i
+                packets += ctx.encode(frame)
+                i += 1
+            for packet in [*packets, *ctx.encode(None)]:
+                packet.stream = stream
+                out.mux(packet)
+    finally:
+        out.close()
+    return path
+
+
 def jpeg_cut_after_header(src: Path, dst: Path) -> Path:
     """A JPEG cut right after its scan header (SOS): headers complete, no picture data."""
     data = src.read_bytes()

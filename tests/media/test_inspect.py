@@ -524,18 +524,54 @@ def test_worker_refuses_a_picture_larger_than_its_header(tmp_path: Path) -> None
     assert code_of(probe_video, lying, Settings(max_pixels=64 * 64)) == "video_too_large"
 
 
-def test_worker_refuses_mid_stream_growth(tmp_path: Path) -> None:
+def test_a_stream_that_grows_past_what_its_packets_tell_is_scaled_to_its_first_size(tmp_path: Path) -> None:
+    """H.264 announces a new size only in a new SPS, which the packet scan does not read: the larger
+    frames are scaled down to the first frame's size, as FFmpeg's own command line does."""
     from service.media.decode import iter_frames
     from service.media.probe import probe_video
 
     for small, large in ((64, 128), (64, 2048)):  # within the decoder's slack, and far past it
         path = bombs.mid_stream_growth(tmp_path / f"grow{large}.h264", small, large)
         info = probe_video(path)
-        assert (info.width, info.height) == (small, small)
+        assert (info.width, info.height, info.largest_picture) == (small, small, None)
+        assert [f.image.shape for f in iter_frames(info)] == [(small, small, 3)] * 10
+
+
+@pytest.mark.parametrize("codec", ["libvpx", "libvpx-vp9"])
+def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path, codec: str) -> None:
+    """A WebRTC recording starts small and grows with the bandwidth: its VP8/VP9 packets tell each
+    picture's size, so every frame comes out at the largest, in order, the small ones scaled up."""
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    path = bombs.growing_webm(tmp_path / "call.webm", codec, [(96, 64), (192, 128), (144, 96)])
+    assert inspect_video(path).largest_picture == (192, 128)
+    info = probe_video(path)
+    assert (info.width, info.height) == (192, 128)
+    frames = list(iter_frames(info))
+    assert [f.image.shape for f in frames] == [(128, 192, 3)] * 12
+    levels = [float(f.image.mean()) for f in frames]
+    assert levels == pytest.approx([20 + 15 * i for i in range(12)], abs=4)
+    small = bombs.growing_webm(tmp_path / "steady.webm", codec, [(96, 64)])
+    assert inspect_video(small).largest_picture is None  # no larger picture than the header's
+
+
+def test_frames_past_the_limits_are_refused_midway(tmp_path: Path) -> None:
+    """Larger frames are taken only within the limits: past them the job fails ``video_too_large``,
+    whether the decoder refuses the frame (far past) or the frame is decoded and then checked."""
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    limits = Settings(max_pixels=100 * 100)
+    for small, large in ((64, 128), (64, 2048)):
+        path = bombs.mid_stream_growth(tmp_path / f"grow{large}.h264", small, large)
+        info = probe_video(path, limits)
         with pytest.raises(BackdropError) as err:
-            for _ in iter_frames(info):
+            for _ in iter_frames(info, settings=limits):
                 pass
-        assert err.value.code == "video_too_large"
+        assert err.value.code == "video_too_large", err.value.message
+    webm = bombs.growing_webm(tmp_path / "call.webm", "libvpx", [(64, 64), (128, 128)])
+    assert code_of(inspect_video, webm, limits) == "video_too_large"  # its packets tell, at the door
 
 
 def test_worker_checks_a_still_header_before_decoding(tmp_path: Path) -> None:

@@ -217,19 +217,34 @@ def test_animated_background_is_played(tmp_path: Path) -> None:
     assert result.frames > 0 and out.exists()
 
 
+def test_a_recording_that_grows_midway_comes_out_at_its_largest_size(tmp_path: Path) -> None:
+    """A WebRTC call recording (VP8 in WebM) that starts at 96x64 and grows to 192x128: refused
+    ``video_too_large`` before, now written whole at 192x128."""
+    src = bombs.growing_webm(tmp_path / "call.webm", "libvpx", [(96, 64), (192, 128)])
+    out = tmp_path / "o.mp4"
+    result = replace_background(src, "#204060", out)
+    with av.open(str(out)) as written:
+        frames = [(f.width, f.height) for f in written.decode(video=0)]
+    assert result.frames == 8 and frames == [(192, 128)] * 8
+
+
 @pytest.mark.parametrize(
     ("make", "code"),
     [("grow", "video_too_large"), ("lying_mov", "video_too_large")],
 )
 def test_headers_that_lie_fail_with_a_code(tmp_path: Path, make: str, code: str) -> None:
+    """Frames past the limits midway, where the header declares a small size: a stream growing
+    past them (larger frames within them are scaled), a MOV whose second picture is 8000x8000."""
+    limits = Settings()
     if make == "grow":
         src = bombs.mid_stream_growth(tmp_path / "grow.h264", 64, 2048)
+        limits = Settings(max_pixels=512 * 512)
     else:
         src = bombs.png_in_mov(tmp_path / "lying.mov", [bombs.png_bytes(64, 64), bombs.png_bytes(8000, 8000)], 64, 64)
     out = tmp_path / "out" / "o.mp4"
     out.parent.mkdir()
     with pytest.raises(BackdropError) as err:
-        replace_background(src, "#000000", out)
+        replace_background(src, "#000000", out, settings=limits)
     assert err.value.code == code, err.value.message
     assert list(out.parent.iterdir()) == []
 
