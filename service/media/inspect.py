@@ -1036,10 +1036,29 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
     lead = head.lstrip().lower()
     if lead.startswith((b"<?xml", b"<svg", b"<!doctype svg")):
         raise UnsupportedBackground("SVG (vector) backgrounds are not supported: send PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC")
+    spec = _spec_sent_as_file(head)
+    if spec:
+        raise UnsupportedBackground(
+            f"the background file holds only the text {spec!r}: a colour or a blur is not sent as the background "
+            "file but in its own field (over HTTP: background_color=#RRGGBB, or background_blur=true)"
+        )
     raise UnsupportedBackground(
         "the background is not a supported type: PNG, JPEG, WebP, GIF, BMP, AVIF or HEIC images, or an MP4/MOV, "
         "Matroska/WebM, AVI, MPEG-PS, MPEG-TS, FLV or Ogg video"
     )
+
+
+#: What a careless ``curl -F background=#3a6ea5`` uploads as the background file (the field is a
+#: file's): a colour, with or without its ``#``, in 3 or 6 digits, or the word ``blur``.
+_SPEC_TEXT = re.compile(r"#?(?:[0-9a-f]{3}|[0-9a-f]{6})|blur(?::[0-9.]+)?", re.IGNORECASE)
+
+
+def _spec_sent_as_file(head: bytes) -> str | None:
+    """The colour or blur a background file's whole content names, if that is all it holds."""
+    if len(head) > 64:
+        return None
+    text = head.decode("ascii", "replace").strip()
+    return text if _SPEC_TEXT.fullmatch(text) else None
 
 
 def check_image_pixels(width: int, height: int, settings: Settings) -> None:

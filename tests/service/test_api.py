@@ -122,6 +122,16 @@ def test_bad_background_file(api: ApiServer, files: dict[str, Path]) -> None:
     assert_problem(r, 422, "empty_file")
 
 
+@pytest.mark.parametrize("text", [b"#3a6ea5", b"blur\n"])
+def test_a_colour_sent_as_the_background_file_is_told_its_field(api: ApiServer, text: bytes) -> None:
+    """``curl -F background=#3a6ea5`` sends the colour as the background *file*: the answer names
+    the field a colour or blur goes in."""
+    with api.client(API_KEY) as c, open(asl_clip(), "rb") as v:
+        r = c.post("/jobs", files={"video": ("v.mkv", v), "background": ("", text)})
+    assert_problem(r, 415, "unsupported_background")
+    assert "background_color=#RRGGBB" in r.json()["detail"] and text.strip().decode() in r.json()["detail"]
+
+
 def test_an_avif_background_is_taken_and_a_lying_one_refused(api: ApiServer) -> None:
     """An AVIF picture is a background like a PNG; one whose header hides a larger AV1 frame is
     refused at the door, before a worker decodes it."""
