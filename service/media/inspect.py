@@ -796,7 +796,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         if duration <= 0:
             duration = float(frames / fps)
         grown = scan.largest if scan.largest and scan.largest[0] * scan.largest[1] > coded_w * coded_h else None
-        info = replace(info, fps=fps, frames=frames, duration_s=duration, track_ticks=track, first_pts=scan.first_pts,
+        coded_w, coded_h = grown or (coded_w, coded_h)  # the size the output is written at
+        info = replace(info, coded_width=coded_w, coded_height=coded_h, fps=fps, frames=frames, duration_s=duration,
+                       track_ticks=track, first_pts=scan.first_pts,
                        origin=start_of(container, scan.first_pts, time_base), largest_picture=grown)
     finally:
         container.close()
