@@ -135,7 +135,7 @@ class VideoInfo:
     #: narrower frames): the output keeps it, and backgrounds are fitted to the picture as shown.
     sample_aspect: Fraction = Fraction(1)
     #: The largest picture (coded width, height) the frames' own headers write, where the packet
-    #: scan reads them (VP8, VP9: ``picture_size``) and one is larger than the header's size: a
+    #: scan reads them (VP8, VP9, H.264: ``picture_size``) and one is larger than the header's size: a
     #: recording that grows midway is written at this size, and the limits hold for it too.
     largest_picture: tuple[int, int] | None = None
 
@@ -919,7 +919,7 @@ def scan_packets(
     count, discarded, last, last_duration, timed_end = 0, 0, None, 0, None
     times = array("q")  # every timed packet's pts: its first frame's time and the steps between
     ctx = stream.codec_context
-    sizes = sizes_in(ctx.codec.name) if ctx is not None and ctx.codec is not None else None
+    sizes = sizes_in(ctx.codec.name, ctx.extradata) if ctx is not None and ctx.codec is not None else None
     largest: tuple[int, int] | None = None
     try:
         for packet in container.demux(stream):

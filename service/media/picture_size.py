@@ -1,4 +1,5 @@
-"""The picture size a VP8 or VP9 frame's own header writes, read from its packet without decoding.
+"""The picture size a VP8, VP9 or H.264 stream's own headers write, read from its packets without
+decoding.
 
 A video's pictures need not keep one size: WebRTC encoders start a call small and grow with the
 bandwidth (and shrink when it drops), and a browser's tab or window capture follows the window.
@@ -10,8 +11,11 @@ its first, and the limits are checked against that.
 VP8 writes a size in every key frame; VP9 in every key frame and intra-only frame, and in an inter
 frame that is not the size of one of its references (libvpx's real-time resizing changes size on
 inter frames).  A VP9 packet can be a superframe: several frames, listed in an index at its end.
-Other codecs change size too (H.264 with a new SPS); their larger pictures are scaled to the output
-size by the decoder (``decode.timed_frames``).
+H.264 changes size with a new sequence parameter set (SPS), sent in the stream before the key frame
+that uses it: its NAL units are read from key frames' packets, start-code delimited (Annex B: raw
+streams, MPEG-TS) or length-prefixed (MP4 and Matroska, whose header says how: ``avcC``).  Other
+codecs change size too (HEVC, AV1); their larger pictures are scaled to the output size by the
+decoder (``decode.timed_frames``).
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ _VP9_SYNC = 0x498342
 _VP9_RGB = 7
 
 
-def sizes_in(codec: str) -> Callable[[bytes], list[Size]] | None:
+def sizes_in(codec: str, extradata: bytes | None = None) -> Callable[[bytes], list[Size]] | None:
     """The reader of the sizes in ``codec``'s packets (a whole packet in, the sizes its frames write
-    out), or None where they are not read from packets.  ``codec`` is FFmpeg's decoder name."""
+    out), or None where they are not read from packets.  ``codec`` is FFmpeg's decoder name,
+    ``extradata`` the stream's codec header (an H.264 ``avcC`` says how long its NAL lengths are).
+    Only key frames' packets need reading for H.264 and VP8; VP9's inter frames can write one."""
+    if codec in ("h264", "libopenh264"):
+        if extradata and extradata[0] == 1 and len(extradata) > 4:  # avcC: length-prefixed NAL units
+            length = (extradata[4] & 3) + 1
+            return lambda packet: _h264_sizes([*_prefixed_nals(packet, length)])
+        return lambda packet: _h264_sizes([*_annex_b_nals(packet)])
     return READERS.get(codec)
 
 
@@ -80,6 +91,20 @@ class _Bits:
             value = (value << 1) | (self.data[self.at >> 3] >> (7 - (self.at & 7))) & 1
             self.at += 1
         return value
+
+    def ue(self) -> int:
+        """An unsigned Exp-Golomb number (H.264 7.2); past 31 leading zeros the data is no SPS."""
+        zeros = 0
+        while not self(1):
+            zeros += 1
+            if zeros > 31:
+                raise IndexError("not an Exp-Golomb number")
+        return (1 << zeros) - 1 + self(zeros)
+
+    def se(self) -> int:
+        """A signed Exp-Golomb number: 1, -1, 2, -2, ... for 1, 2, 3, 4, ..."""
+        k = self.ue()
+        return (k + 1) // 2 if k & 1 else -(k // 2)
 
 
 def _vp9_frame_size(frame: bytes) -> Size | None:
@@ -140,3 +165,118 @@ def _vp9_size(bits: _Bits) -> Size:
 READERS: dict[str, Callable[[bytes], list[Size]]] = {
     "vp8": vp8_sizes, "libvpx": vp8_sizes, "vp9": vp9_sizes, "libvpx-vp9": vp9_sizes,
 }
+
+
+#: Bytes of an SPS read: its size comes within a few dozen (a scaling matrix can make it ~100).
+_SPS_BYTES = 256
+#: H.264 profiles whose SPS carries the chroma format, bit depths and scaling matrices (7.3.2.1.1).
+_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+
+
+def _annex_b_nals(packet: bytes) -> list[bytes]:
+    """The heads of the SPS NAL units of a start-code delimited packet (``_before_the_picture``)."""
+    nals: list[bytes] = []
+    at = packet.find(b"\x00\x00\x01")
+    for _ in range(_NALS_READ):
+        if at < 0 or at + 3 >= len(packet) or not _before_the_picture(packet[at + 3 : at + 3 + _SPS_BYTES], nals):
+            break
+        at = packet.find(b"\x00\x00\x01", at + 3)
+    return nals
+
+
+def _prefixed_nals(packet: bytes, length: int) -> list[bytes]:
+    """The heads of the SPS NAL units of a packet whose NAL units each follow their ``length``-byte
+    size (``_before_the_picture``); where the sizes do not add up (a stream muxed Annex B into
+    Matroska), read as Annex B."""
+    nals: list[bytes] = []
+    at = 0
+    for _ in range(_NALS_READ):
+        if at + length >= len(packet):
+            break
+        size = int.from_bytes(packet[at : at + length], "big")
+        if size == 0 or at + length + size > len(packet):
+            return _annex_b_nals(packet)
+        if not _before_the_picture(packet[at + length : at + length + min(size, _SPS_BYTES)], nals):
+            break
+        at += length + size
+    return nals
+
+
+#: NAL units read at most from a packet: an access unit's parameter sets come before its first
+#: slice, after at most a delimiter and a few SEI; a hostile packet of millions of tiny NAL units
+#: would cost CPU at the door in proportion to its size.
+_NALS_READ = 32
+
+
+def _before_the_picture(nal: bytes, nals: list[bytes]) -> bool:
+    """Take the NAL unit ``nal`` (its head) into ``nals`` where it is an SPS; False at the first
+    slice (types 1-5), after which no SPS of this access unit comes."""
+    kind = nal[0] & 0x1F
+    if 1 <= kind <= 5:
+        return False
+    if kind == 7:
+        nals.append(nal)
+    return True
+
+
+def _h264_sizes(nals: list[bytes]) -> list[Size]:
+    sizes = []
+    for nal in nals:
+        size = _h264_sps_size(nal.replace(b"\x00\x00\x03", b"\x00\x00"))  # emulation prevention
+        if size:
+            sizes.append(size)
+    return sizes
+
+
+def _h264_sps_size(nal: bytes) -> Size | None:
+    """The cropped picture size an H.264 SPS (its NAL unit, header byte first) writes (7.3.2.1.1),
+    or None where it cannot be read."""
+    bits = _Bits(nal[1:])
+    try:
+        profile = bits(8)
+        bits(16)  # constraint flags, level
+        bits.ue()  # seq_parameter_set_id
+        chroma, separate = 1, 0
+        if profile in _HIGH_PROFILES:
+            chroma = bits.ue()
+            if chroma == 3:
+                separate = bits(1)
+            bits.ue(), bits.ue()  # bit depths
+            bits(1)  # qpprime_y_zero_transform_bypass
+            if bits(1):  # seq_scaling_matrix_present
+                for i in range(8 if chroma != 3 else 12):
+                    if bits(1):
+                        _skip_scaling_list(bits, 16 if i < 6 else 64)
+        bits.ue()  # log2_max_frame_num
+        poc_type = bits.ue()
+        if poc_type == 0:
+            bits.ue()
+        elif poc_type == 1:
+            bits(1)
+            bits.se(), bits.se()
+            for _ in range(min(bits.ue(), 255)):
+                bits.se()
+        bits.ue()  # max_num_ref_frames
+        bits(1)  # gaps_in_frame_num_allowed
+        width_mbs, height_units = bits.ue() + 1, bits.ue() + 1
+        frame_mbs_only = bits(1)
+        if not frame_mbs_only:
+            bits(1)  # mb_adaptive_frame_field
+        bits(1)  # direct_8x8_inference
+        crop = (bits.ue(), bits.ue(), bits.ue(), bits.ue()) if bits(1) else (0, 0, 0, 0)
+    except IndexError:
+        return None
+    array_type = 0 if separate else chroma
+    unit_x = 2 if array_type in (1, 2) else 1
+    unit_y = (2 - frame_mbs_only) * (2 if array_type == 1 else 1)
+    width = width_mbs * 16 - unit_x * (crop[0] + crop[1])
+    height = (2 - frame_mbs_only) * height_units * 16 - unit_y * (crop[2] + crop[3])
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _skip_scaling_list(bits: _Bits, size: int) -> None:
+    last = following = 8
+    for _ in range(size):
+        if following:
+            following = (last + bits.se() + 256) % 256
+        last = following or last

@@ -139,12 +139,12 @@ def zero_matrix_mp4(path: Path, images: list[np.ndarray]) -> Path:
     return path
 
 
-def mid_stream_growth(path: Path, small: int, large: int) -> Path:
-    """A raw H.264 stream whose pictures change from small² to large² after five frames (a new
-    SPS): its header (the first SPS) declares small²."""
+def mid_stream_growth(path: Path, small: int, large: int, codec: str = "libx264") -> Path:
+    """A raw stream (H.264, or ``codec``'s: ``mpeg4`` for an .m4v) whose pictures change from small²
+    to large² after five frames (a new SPS, a new VOL): its first header declares small²."""
     out = b""
     for side in (small, large):
-        ctx = av.CodecContext.create("libx264", "w")
+        ctx = av.CodecContext.create(codec, "w")
         ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = side, side, "yuv420p", Fraction(1, 10)
         for i in range(5):
             f = av.VideoFrame.from_ndarray(np.full((side, side, 3), 40 * i, np.uint8), format="rgb24")
@@ -155,11 +155,12 @@ def mid_stream_growth(path: Path, small: int, large: int) -> Path:
     return path
 
 
-def growing_webm(path: Path, codec: str, sizes: list[tuple[int, int]], per_size: int = 4) -> Path:
-    """A WebM whose pictures change size midway, as a WebRTC recording's do: ``per_size`` flat grey
-    frames (levels 20, 35, 50, ...) at each of ``sizes`` (width, height) in turn, each run from an
-    encoder of its own (``libvpx`` for VP8, ``libvpx-vp9``), so each size starts at a key frame.
-    The header declares the first size."""
+def growing_video(path: Path, codec: str, sizes: list[tuple[int, int]], per_size: int = 4) -> Path:
+    """A video (WebM, MKV, MP4, by ``path``'s suffix) whose pictures change size midway, as a WebRTC
+    recording's do: ``per_size`` flat grey frames (levels 20, 35, 50, ...) at each of ``sizes``
+    (width, height) in turn, each run from an encoder of its own (``libvpx`` for VP8, ``libvpx-vp9``,
+    ``libx264``: a new SPS in the stream), so each size starts at a key frame.  The header declares
+    the first size."""
     out = av.open(str(path), "w")
     try:
         stream = out.add_stream(codec, rate=10)
@@ -169,7 +170,7 @@ def growing_webm(path: Path, codec: str, sizes: list[tuple[int, int]], per_size:
         for width, height in sizes:
             ctx = av.CodecContext.create(codec, "w")
             ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", Fraction(1, 1000)
-            ctx.options = {"deadline": "realtime", "cpu-used": "8"}
+            ctx.options = {"deadline": "realtime", "cpu-used": "8"} if codec.startswith("libvpx") else {}
             packets = []
             for _ in range(per_size):
                 frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 + 15 * i, np.uint8), format="rgb24")

@@ -525,26 +525,28 @@ def test_worker_refuses_a_picture_larger_than_its_header(tmp_path: Path) -> None
 
 
 def test_a_stream_that_grows_past_what_its_packets_tell_is_scaled_to_its_first_size(tmp_path: Path) -> None:
-    """H.264 announces a new size only in a new SPS, which the packet scan does not read: the larger
-    frames are scaled down to the first frame's size, as FFmpeg's own command line does."""
+    """MPEG-4 Part 2 announces a new size in a new VOL header, which the packet scan does not read:
+    the larger frames are scaled down to the first frame's size, as FFmpeg's own command line does."""
     from service.media.decode import iter_frames
     from service.media.probe import probe_video
 
     for small, large in ((64, 128), (64, 2048)):  # within the decoder's slack, and far past it
-        path = bombs.mid_stream_growth(tmp_path / f"grow{large}.h264", small, large)
+        path = bombs.mid_stream_growth(tmp_path / f"grow{large}.m4v", small, large, "mpeg4")
         info = probe_video(path)
         assert (info.width, info.height, info.largest_picture) == (small, small, None)
         assert [f.image.shape for f in iter_frames(info)] == [(small, small, 3)] * 10
 
 
-@pytest.mark.parametrize("codec", ["libvpx", "libvpx-vp9"])
-def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path, codec: str) -> None:
-    """A WebRTC recording starts small and grows with the bandwidth: its VP8/VP9 packets tell each
-    picture's size, so every frame comes out at the largest, in order, the small ones scaled up."""
+@pytest.mark.parametrize(("codec", "suffix"), [("libvpx", "webm"), ("libvpx-vp9", "webm"), ("libx264", "mkv"),
+                                               ("libx264", "ts")])
+def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path, codec: str, suffix: str) -> None:
+    """A WebRTC recording starts small and grows with the bandwidth: its VP8/VP9 packets, or H.264's
+    SPS (length-prefixed in Matroska, start codes in MPEG-TS), tell each picture's size, so every
+    frame comes out at the largest, in order, the small ones scaled up."""
     from service.media.decode import iter_frames
     from service.media.probe import probe_video
 
-    path = bombs.growing_webm(tmp_path / "call.webm", codec, [(96, 64), (192, 128), (144, 96)])
+    path = bombs.growing_video(tmp_path / f"call.{suffix}", codec, [(96, 64), (192, 128), (144, 96)])
     at_door = inspect_video(path)
     assert (at_door.largest_picture, at_door.width, at_door.height) == ((192, 128), 192, 128)
     info = probe_video(path)
@@ -553,7 +555,7 @@ def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path
     assert [f.image.shape for f in frames] == [(128, 192, 3)] * 12
     levels = [float(f.image.mean()) for f in frames]
     assert levels == pytest.approx([20 + 15 * i for i in range(12)], abs=4)
-    small = bombs.growing_webm(tmp_path / "steady.webm", codec, [(96, 64)])
+    small = bombs.growing_video(tmp_path / f"steady.{suffix}", codec, [(96, 64)])
     assert inspect_video(small).largest_picture is None  # no larger picture than the header's
 
 
@@ -565,14 +567,15 @@ def test_frames_past_the_limits_are_refused_midway(tmp_path: Path) -> None:
 
     limits = Settings(max_pixels=100 * 100)
     for small, large in ((64, 128), (64, 2048)):
-        path = bombs.mid_stream_growth(tmp_path / f"grow{large}.h264", small, large)
+        path = bombs.mid_stream_growth(tmp_path / f"grow{large}.m4v", small, large, "mpeg4")
         info = probe_video(path, limits)
         with pytest.raises(BackdropError) as err:
             for _ in iter_frames(info, settings=limits):
                 pass
         assert err.value.code == "video_too_large", err.value.message
-    webm = bombs.growing_webm(tmp_path / "call.webm", "libvpx", [(64, 64), (128, 128)])
-    assert code_of(inspect_video, webm, limits) == "video_too_large"  # its packets tell, at the door
+    for codec, suffix in (("libvpx", "webm"), ("libx264", "mp4")):  # their packets tell, at the door
+        grows = bombs.growing_video(tmp_path / f"call.{suffix}", codec, [(64, 64), (128, 128)])
+        assert code_of(inspect_video, grows, limits) == "video_too_large"
 
 
 def test_worker_checks_a_still_header_before_decoding(tmp_path: Path) -> None:

@@ -220,7 +220,7 @@ def test_animated_background_is_played(tmp_path: Path) -> None:
 def test_a_recording_that_grows_midway_comes_out_at_its_largest_size(tmp_path: Path) -> None:
     """A WebRTC call recording (VP8 in WebM) that starts at 96x64 and grows to 192x128: refused
     ``video_too_large`` before, now written whole at 192x128."""
-    src = bombs.growing_webm(tmp_path / "call.webm", "libvpx", [(96, 64), (192, 128)])
+    src = bombs.growing_video(tmp_path / "call.webm", "libvpx", [(96, 64), (192, 128)])
     out = tmp_path / "o.mp4"
     result = replace_background(src, "#204060", out)
     with av.open(str(out)) as written:
