@@ -1,0 +1,105 @@
+"""The picture sizes read from packets (``service.media.picture_size``), against what FFmpeg's
+decoders make of the same bytes."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from service.media.picture_size import sizes_in
+
+
+def _encoded(codec: str, width: int, height: int, pix_fmt: str = "yuv420p", **options: str) -> bytes:
+    """One black frame as ``codec`` writes it (x264: Annex B, its SPS in the stream)."""
+    ctx = av.CodecContext.create(codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, pix_fmt, Fraction(1, 10)
+    ctx.options = options
+    frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24").reformat(format=pix_fmt)
+    frame.pts = 0
+    return b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode(None)])
+
+
+def _decoded_size(data: bytes, suffix: str, tmp_path: Path) -> tuple[int, int]:
+    path = tmp_path / f"one.{suffix}"
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    return frame.width, frame.height
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "pix_fmt", "options"),
+    [(1920, 1080, "yuv420p", {}),  # cropped from 1088
+     (720, 576, "yuv420p", {"x264-params": "interlaced=1"}),  # field pictures: map units are pairs of rows
+     (161, 97, "yuv444p", {}),  # High 4:4:4, odd sizes cropped by single pixels
+     (162, 98, "yuv422p", {}),
+     (320, 240, "yuv420p10le", {}),
+     (96, 64, "gray", {}),  # monochrome: chroma format 0
+     (96, 64, "yuv420p", {"x264-params": "cqm=jvt"}),  # scaling matrices in the SPS
+     (96, 64, "yuv420p", {"qp": "0"})],  # lossless: High 4:4:4 Predictive
+)
+def test_h264_sps_size_is_the_decoders(
+    tmp_path: Path, width: int, height: int, pix_fmt: str, options: dict[str, str]
+) -> None:
+    data = _encoded("libx264", width, height, pix_fmt, **options)
+    assert sizes_in("h264")(data) == [_decoded_size(data, "h264", tmp_path)] == [(width, height)]
+
+
+def test_h264_reads_only_the_nal_units_before_the_picture() -> None:
+    """An SPS comes before its access unit's first slice, after at most a few other NAL units: the
+    reader stops at the first slice and after 32 units, so a packet of millions of tiny NAL units
+    costs no more than one of a few."""
+    sps = _encoded("libx264", 64, 48)
+    sps = sps[sps.find(b"\x00\x00\x01\x67") :]
+    sps = sps[: sps.find(b"\x00\x00\x01", 3)]
+    sei, slice_ = b"\x00\x00\x01\x06\x05\x80", b"\x00\x00\x01\x65\x88\x80"
+    read = sizes_in("h264")
+    assert read(sei * 3 + sps + slice_) == [(64, 48)]
+    assert read(sei * 40 + sps + slice_) == []
+    assert read(slice_ + sps) == []
+    assert read(sei * 1_000_000) == []
+
+
+def test_h264_length_prefixed_packets_follow_the_avcc_length() -> None:
+    """MP4 and Matroska write each NAL unit after its length (the ``avcC`` header says how many
+    bytes); a stream muxed with start codes anyway is read as such."""
+    data = _encoded("libx264", 80, 64)
+    units = [u.rstrip(b"\x00") for u in data.split(b"\x00\x00\x01")]  # 4-byte start codes leave a 0
+    units = [u for u in units if u]
+    prefixed = b"".join(len(u).to_bytes(4, "big") + u for u in units)
+    avcc = bytes([1, 100, 0, 30, 0xFF, 0xE1])  # 4-byte lengths (0xFF & 3 = 3, plus one)
+    assert sizes_in("h264", avcc)(prefixed) == [(80, 64)]
+    assert sizes_in("h264", avcc)(data) == [(80, 64)]
+
+
+def test_vp8_key_frames_write_their_size_and_inter_frames_none() -> None:
+    ctx = av.CodecContext.create("libvpx", "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 120, 88, "yuv420p", Fraction(1, 10)
+    packets = []
+    for i in range(3):
+        frame = av.VideoFrame.from_ndarray(np.full((88, 120, 3), 30 * i, np.uint8), format="rgb24")
+        frame.pts = i
+        packets += [bytes(p) for p in ctx.encode(frame)]
+    packets += [bytes(p) for p in ctx.encode(None)]
+    read = sizes_in("vp8")
+    assert read(packets[0]) == [(120, 88)]
+    assert all(read(p) == [] for p in packets[1:])
+
+
+def test_vp9_superframes_list_each_frame(tmp_path: Path) -> None:
+    """A VP9 packet may hold several frames, their sizes listed in an index at its end."""
+    small, large = _encoded("libvpx-vp9", 160, 120), _encoded("libvpx-vp9", 320, 240)
+    read = sizes_in("vp9")
+    assert read(small) == [(160, 120)] and read(large) == [(320, 240)]
+    marker = 0xC0 | (3 << 3) | 1  # two frames, their sizes in 4 bytes each
+    index = bytes([marker]) + len(small).to_bytes(4, "little") + len(large).to_bytes(4, "little") + bytes([marker])
+    assert read(small + large + index) == [(160, 120), (320, 240)]
+    assert read(b"\x00" * 3) == read(b"") == []
+
+
+def test_other_codecs_are_not_read() -> None:
+    assert sizes_in("mpeg4") is None and sizes_in("hevc") is None
