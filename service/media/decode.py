@@ -27,6 +27,7 @@ from service.errors import BackdropError, CorruptVideo, VideoTooLarge
 from service.media.inspect import check_frame_size
 from service.media.probe import (
     VideoInfo,
+    decoded_frames,
     limit_decoder,
     open_input,
     thread_decoder,
@@ -83,7 +84,7 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
                  info: VideoInfo, settings: Settings) -> Iterator[tuple[av.VideoFrame, int, int]]:
     """The stream's frames in display order as (frame, pts, duration) in its time base: the pts
     strictly increasing (``_TimestampGuess``, else one frame on from the last), interlaced frames
-    made whole (``Deinterlacer``); a frame of another size than the probed one past ``settings``'
+    made whole (``Deinterlacer``), damaged packets skipped (``decoded_frames``); a frame of another size than the probed one past ``settings``'
     limits is refused (``VideoTooLarge``): the callers scale the others to the probed size.  This
     decoder's and the device path's (``hwdecode``)."""
     step = _pts_step(info)
@@ -92,7 +93,7 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
     timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
     last_pts: int | None = None
     probed = (info.coded_width, info.coded_height)
-    for frame in container.decode(stream):
+    for frame in decoded_frames(container, stream, info.frames, settings.max_pixels):
         if (frame.width, frame.height) != probed:
             size = (frame.height, frame.width) if info.rotation in (90, 270) else (frame.width, frame.height)
             check_frame_size(*size, settings)

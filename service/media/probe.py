@@ -10,6 +10,8 @@ boxes the headers read) it is the frame's own display matrix that sets the rotat
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,10 +31,12 @@ from service.media.inspect import (
 )
 
 __all__ = [
-    "AudioInfo", "VideoInfo", "check_limits", "decoder_pixel_cap", "frame_rotation", "limit_decoder",
-    "normalise_rotation", "open_input", "probe_video", "thread_decoder", "too_large_after_error",
+    "AudioInfo", "VideoInfo", "check_limits", "decoded_frames", "decoder_pixel_cap", "frame_rotation",
+    "limit_decoder", "normalise_rotation", "open_input", "probe_video", "thread_decoder", "too_large_after_error",
     "video_stream",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
@@ -131,11 +135,47 @@ def frame_rotation(frame: av.VideoFrame) -> int:
     return angle % 360
 
 
+#: At most one packet in this many may be damaged (and a few more in a short video) for the video
+#: to be read; past that it is ``corrupt_video``.
+DAMAGED_SHARE = 4
+DAMAGED_ANYWAY = 8
+
+
+def decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                   frames: int, pixels: int) -> Iterator[av.VideoFrame]:
+    """The stream's frames as ``container.decode`` gives them, except that a packet the decoder
+    refuses as invalid data is skipped, as players and FFmpeg's command line skip it: a frame lost
+    on the network in a WebRTC or RTSP recording, one that starts before its first key frame (VP8
+    refuses the frames before it; H.264 drops them silently), a damaged sector.  The frame that
+    packet held is missing (the one before it stays on screen for its time) and the frames that
+    refer to it may show its damage.  Past one packet in ``DAMAGED_SHARE`` of the ``frames`` the
+    video holds (``DAMAGED_ANYWAY`` more) it is ``corrupt_video``.  A refusal of a frame past
+    ``pixels`` (``limit_decoder``) is raised, for the caller's ``video_too_large``."""
+    allowed = DAMAGED_ANYWAY + frames // DAMAGED_SHARE
+    damaged = 0
+    for packet in container.demux(stream):
+        try:
+            decoded = packet.decode()
+        except av.error.InvalidDataError:
+            if too_large_after_error(stream, pixels):
+                raise
+            damaged += 1
+            if damaged > allowed:
+                raise CorruptVideo(
+                    f"more than {allowed} of the video's {frames} packets cannot be decoded "
+                    f"(the last at time {packet.pts})"
+                ) from None
+            continue
+        yield from decoded
+    if damaged:
+        log.warning("decode: %d damaged video packets of %d skipped in %s", damaged, frames, container.name)
+
+
 def _first_frame(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, info: VideoInfo, limit: int
 ) -> av.VideoFrame:
     try:
-        for frame in container.decode(stream):
+        for frame in decoded_frames(container, stream, info.frames, limit):
             return frame
     except av.error.DecoderNotFoundError:
         raise UnsupportedCodec(f"no decoder for codec {info.codec!r}") from None

@@ -185,6 +185,32 @@ def growing_video(path: Path, codec: str, sizes: list[tuple[int, int]], per_size
     return path
 
 
+def damaged_packets(src: Path, dst: Path, damage: set[int], drop: set[int] | None = None) -> Path:
+    """``src``'s video stream remuxed into ``dst`` with the packets numbered in ``damage`` (from 0,
+    in file order) made unreadable (their first four bytes set to 0xFF: an H.264 NAL unit longer
+    than its packet, a VP8 partition past its frame) and those in ``drop`` left out (a recording
+    that starts before its first key frame)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        number = -1
+        for packet in inp.demux(stream):
+            if not packet.size:
+                continue
+            number += 1
+            if number in (drop or set()):
+                continue
+            if number in damage:
+                data = b"\xff" * 4 + bytes(packet)[4:]
+                hurt = av.Packet(data)
+                hurt.pts, hurt.dts, hurt.time_base = packet.pts, packet.dts, packet.time_base
+                hurt.duration, hurt.is_keyframe = packet.duration, packet.is_keyframe
+                packet = hurt
+            packet.stream = copy
+            out.mux(packet)
+    return dst
+
+
 def jpeg_cut_after_header(src: Path, dst: Path) -> Path:
     """A JPEG cut right after its scan header (SOS): headers complete, no picture data."""
     data = src.read_bytes()

@@ -228,6 +228,51 @@ def test_a_recording_that_grows_midway_comes_out_at_its_largest_size(tmp_path: P
     assert result.frames == 8 and frames == [(192, 128)] * 8
 
 
+def _frame_times(path: Path) -> list[float]:
+    """The times of the frames FFmpeg decodes from ``path``, packet by packet, skipping those it
+    cannot (as its command line does)."""
+    times = []
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            try:
+                times += [float(f.time) for f in packet.decode()]
+            except av.error.InvalidDataError:
+                continue
+    return times
+
+
+def test_a_damaged_packet_is_skipped_not_the_whole_video(tmp_path: Path) -> None:
+    """One packet the decoder refuses (a frame lost on a network, a damaged sector) failed the whole
+    job ``corrupt_video`` after the frames before it: it is skipped, as players skip it, and every
+    other frame comes out at its time, the one before the gap shown for its length."""
+    src = data_path("videos", "asl", "bird.mkv")
+    hurt = bombs.damaged_packets(src, tmp_path / "hurt.mkv", damage={20})
+    whole, left = _frame_times(src), _frame_times(hurt)  # FFmpeg's own decode, packet by packet
+    out = tmp_path / "o.mp4"
+    result = replace_background(hurt, "#204060", out)
+    assert result.frames == len(left) < len(whole)
+    got = _frame_times(out)
+    assert got == pytest.approx([t - left[0] for t in left], abs=0.002)
+
+
+def test_a_recording_that_starts_before_its_first_key_frame_starts_there(tmp_path: Path) -> None:
+    """A recording that starts mid-way between key frames (a WebRTC recorder starts before the first
+    key frame arrives): VP8 refuses the frames before it, which failed the job; they are skipped."""
+    src = bombs.growing_video(tmp_path / "call.webm", "libvpx", [(96, 64)] * 2, per_size=6)  # key frames 0, 6
+    late = bombs.damaged_packets(src, tmp_path / "late.webm", damage=set(), drop={0})
+    out = tmp_path / "o.webm"
+    result = replace_background(late, "#204060", out, ReplaceOptions(output_format="webm"))
+    assert result.frames == 6 and len(_frame_times(out)) == 6
+
+
+def test_a_video_of_mostly_damaged_packets_is_corrupt(tmp_path: Path) -> None:
+    src = data_path("videos", "asl", "bird.mkv")
+    hurt = bombs.damaged_packets(src, tmp_path / "hurt.mkv", damage=set(range(1, 60)))
+    with pytest.raises(BackdropError) as err:
+        replace_background(hurt, "#204060", tmp_path / "o.mp4")
+    assert err.value.code == "corrupt_video" and "cannot be decoded" in err.value.message
+
+
 @pytest.mark.parametrize(
     ("make", "code"),
     [("grow", "video_too_large"), ("lying_mov", "video_too_large")],
