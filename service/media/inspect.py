@@ -135,8 +135,9 @@ class VideoInfo:
     #: narrower frames): the output keeps it, and backgrounds are fitted to the picture as shown.
     sample_aspect: Fraction = Fraction(1)
     #: The largest picture (coded width, height) the frames' own headers write, where the packet
-    #: scan reads them (VP8, VP9, H.264: ``picture_size``) and one is larger than the header's size: a
-    #: recording that grows midway is written at this size, and the limits hold for it too.
+    #: scan reads them (VP8, VP9, H.264: ``picture_size``): a recording that grows midway is written
+    #: at this size where it is larger than the first frame (``probe_video``), whatever the
+    #: container's header says, and the limits hold for it too.
     largest_picture: tuple[int, int] | None = None
 
     @property
@@ -732,7 +733,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 f"{ctx.codec.name} video in {name.split(',')[0].upper()} records its frame size only inside its "
                 "pictures; this service reads the size from the headers. Re-encode it to MP4 (H.264)"
             )
-        if coded_w <= 0 or coded_h <= 0:
+        sized_by_packets = sizes_in(ctx.codec.name, ctx.extradata) is not None
+        if (coded_w <= 0 or coded_h <= 0) and not sized_by_packets:  # VP8, VP9, H.264: the scan reads it
             raise CorruptVideo("the video's headers record no frame size")
         rotation = rotation_from_matrix(mp4.matrix) if mp4 and mp4.matrix else 0
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -795,11 +797,13 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             frames = max(1, math.ceil(duration * fps - 1e-6))
         if duration <= 0:
             duration = float(frames / fps)
-        grown = scan.largest if scan.largest and scan.largest[0] * scan.largest[1] > coded_w * coded_h else None
-        coded_w, coded_h = grown or (coded_w, coded_h)  # the size the output is written at
+        if scan.largest and scan.largest[0] * scan.largest[1] > max(0, coded_w) * max(0, coded_h):
+            coded_w, coded_h = scan.largest  # the size the output is written at (``probe_video``)
+        if coded_w <= 0 or coded_h <= 0:
+            raise CorruptVideo("the video's headers record no frame size, nor do its frames")
         info = replace(info, coded_width=coded_w, coded_height=coded_h, fps=fps, frames=frames, duration_s=duration,
                        track_ticks=track, first_pts=scan.first_pts,
-                       origin=start_of(container, scan.first_pts, time_base), largest_picture=grown)
+                       origin=start_of(container, scan.first_pts, time_base), largest_picture=scan.largest)
     finally:
         container.close()
     check_limits(info, settings)

@@ -155,16 +155,17 @@ def mid_stream_growth(path: Path, small: int, large: int, codec: str = "libx264"
     return path
 
 
-def growing_video(path: Path, codec: str, sizes: list[tuple[int, int]], per_size: int = 4) -> Path:
-    """A video (WebM, MKV, MP4, by ``path``'s suffix) whose pictures change size midway, as a WebRTC
-    recording's do: ``per_size`` flat grey frames (levels 20, 35, 50, ...) at each of ``sizes``
-    (width, height) in turn, each run from an encoder of its own (``libvpx`` for VP8, ``libvpx-vp9``,
-    ``libx264``: a new SPS in the stream), so each size starts at a key frame.  The header declares
-    the first size."""
+def growing_video(path: Path, codec: str, sizes: list[tuple[int, int]], per_size: int = 4,
+                  declared: tuple[int, int] | None = None) -> Path:
+    """A video (WebM, MKV, MP4, IVF, by ``path``'s suffix) whose pictures change size midway, as a
+    WebRTC recording's do: ``per_size`` flat grey frames (levels 20, 35, 50, ...) at each of
+    ``sizes`` (width, height) in turn, each run from an encoder of its own (``libvpx`` for VP8,
+    ``libvpx-vp9``, ``libx264``: a new SPS in the stream), so each size starts at a key frame.  The
+    header declares the first size, or ``declared``."""
     out = av.open(str(path), "w")
     try:
         stream = out.add_stream(codec, rate=10)
-        stream.width, stream.height = sizes[0]
+        stream.width, stream.height = declared or sizes[0]
         stream.time_base = Fraction(1, 1000)
         i = 0
         for width, height in sizes:
@@ -209,6 +210,33 @@ def damaged_packets(src: Path, dst: Path, damage: set[int], drop: set[int] | Non
             packet.stream = copy
             out.mux(packet)
     return dst
+
+
+def with_empty_packets(path: Path, frames: int = 6) -> Path:
+    """A NUT file of MPEG-4 Part 2 video (64x48, 10 fps) whose frames at 0, 0.2, 0.4 s ... are each
+    followed by an empty packet 0.1 s later: Theora in Ogg writes one for a frame shown again, AVI
+    writers a zero-size chunk for a dropped frame; NUT's muxer keeps them (Matroska's and AVI's drop
+    them)."""
+    ctx = av.CodecContext.create("mpeg4", "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 64, 48, "yuv420p", Fraction(1, 10)
+    packets = []
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
+        frame.pts = 2 * i
+        packets += ctx.encode(frame)
+    packets += ctx.encode(None)
+    with av.open(str(path), "w", format="nut") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt, stream.time_base = 64, 48, "yuv420p", Fraction(1, 10)
+        for packet in packets:
+            at = packet.pts
+            packet.stream = stream
+            out.mux(packet)
+            empty = av.Packet(b"")
+            empty.pts = empty.dts = at + 1
+            empty.time_base, empty.stream = Fraction(1, 10), stream
+            out.mux(empty)
+    return path
 
 
 def jpeg_cut_after_header(src: Path, dst: Path) -> Path:

@@ -555,8 +555,27 @@ def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path
     assert [f.image.shape for f in frames] == [(128, 192, 3)] * 12
     levels = [float(f.image.mean()) for f in frames]
     assert levels == pytest.approx([20 + 15 * i for i in range(12)], abs=4)
-    small = bombs.growing_video(tmp_path / f"steady.{suffix}", codec, [(96, 64)])
-    assert inspect_video(small).largest_picture is None  # no larger picture than the header's
+    steady = inspect_video(bombs.growing_video(tmp_path / f"steady.{suffix}", codec, [(96, 64)]))
+    assert (steady.largest_picture, steady.width, steady.height) == ((96, 64), 96, 64)
+
+
+def test_a_growing_recording_is_written_at_its_largest_picture_whatever_its_header_says(tmp_path: Path) -> None:
+    """The container's header may declare more than any picture (an IVF test vector says 352x288
+    for 176x144 growing to 282x231) or nothing at all (Chromium's VP9 resolution-change IVF says
+    0x0): the pictures' own sizes decide."""
+    from service.media.probe import probe_video
+
+    sizes = [(96, 64), (192, 128)]
+    bigger = bombs.growing_video(tmp_path / "bigger.webm", "libvpx", sizes, declared=(200, 150))
+    assert (probe_video(bigger).width, probe_video(bigger).height) == (192, 128)
+    unsized = bombs.growing_video(tmp_path / "unsized.ivf", "libvpx-vp9", sizes)
+    data = bytearray(unsized.read_bytes())
+    assert data[:4] == b"DKIF"
+    data[12:16] = bytes(4)  # the IVF header's width and height
+    unsized.write_bytes(bytes(data))
+    at_door = inspect_video(unsized)
+    info = probe_video(unsized)
+    assert (at_door.width, at_door.height, info.width, info.height, info.frames) == (192, 128, 192, 128, 8)
 
 
 def test_frames_past_the_limits_are_refused_midway(tmp_path: Path) -> None:
