@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from itertools import chain
 from pathlib import Path
 
 import av
@@ -153,9 +154,13 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
     ``pixels`` (``limit_decoder``) is raised, for the caller's ``video_too_large``."""
     allowed = DAMAGED_ANYWAY + frames // DAMAGED_SHARE
     damaged = 0
-    for packet in container.demux(stream):
+    for packet in chain(container.demux(stream), [None]):
+        if packet is not None and not packet.size:
+            # a packet with no data (Theora's for a frame repeated; the demuxer's flush packet)
+            # would tell the decoder the stream had ended: every packet after it was refused
+            continue
         try:
-            decoded = packet.decode()
+            decoded = stream.decode(packet)  # None at the end: the frames the decoder still holds
         except av.error.InvalidDataError:
             if too_large_after_error(stream, pixels):
                 raise
@@ -163,7 +168,7 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
             if damaged > allowed:
                 raise CorruptVideo(
                     f"more than {allowed} of the video's {frames} packets cannot be decoded "
-                    f"(the last at time {packet.pts})"
+                    f"(the last at time {packet.pts if packet else None})"
                 ) from None
             continue
         yield from decoded

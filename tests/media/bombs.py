@@ -214,9 +214,9 @@ def damaged_packets(src: Path, dst: Path, damage: set[int], drop: set[int] | Non
 
 def with_empty_packets(path: Path, frames: int = 6) -> Path:
     """A NUT file of MPEG-4 Part 2 video (64x48, 10 fps) whose frames at 0, 0.2, 0.4 s ... are each
-    followed by an empty packet 0.1 s later: Theora in Ogg writes one for a frame shown again, AVI
-    writers a zero-size chunk for a dropped frame; NUT's muxer keeps them (Matroska's and AVI's drop
-    them)."""
+    followed by an empty packet 0.1 s later, as Theora in Ogg has one for a frame shown again; NUT's
+    muxer keeps them (Matroska's drops them; AVI's writes zero-size chunks, which its demuxer
+    passes over)."""
     ctx = av.CodecContext.create("mpeg4", "w")
     ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 64, 48, "yuv420p", Fraction(1, 10)
     packets = []

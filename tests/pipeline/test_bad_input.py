@@ -265,6 +265,17 @@ def test_a_recording_that_starts_before_its_first_key_frame_starts_there(tmp_pat
     assert result.frames == 6 and len(_frame_times(out)) == 6
 
 
+def test_packets_with_no_data_are_frames_shown_again(tmp_path: Path) -> None:
+    """An empty packet (Theora's for a frame shown again) told the decoder
+    the stream had ended, and it refused every packet after it: such files failed ``corrupt_video``
+    (a Theora test file of the web-platform tests: 9 pictures among 97 packets)."""
+    src = bombs.with_empty_packets(tmp_path / "repeats.nut")
+    out = tmp_path / "o.mp4"
+    result = replace_background(src, "#204060", out)
+    assert result.frames == 6
+    assert _frame_times(out) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], abs=0.002)
+
+
 def test_a_video_of_mostly_damaged_packets_is_corrupt(tmp_path: Path) -> None:
     src = data_path("videos", "asl", "bird.mkv")
     hurt = bombs.damaged_packets(src, tmp_path / "hurt.mkv", damage=set(range(1, 60)))
