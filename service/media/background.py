@@ -20,7 +20,7 @@ import numpy as np
 
 from service.array_pool import ArrayPool, Empty, kept_array
 from service.config import Settings, get_settings
-from service.errors import BackgroundTooLarge, CorruptBackground, InputError
+from service.errors import BackgroundTooLarge, CorruptBackground, CorruptVideo, InputError
 from service.media import bmp, heif, icc
 from service.media.colour_space import HLG, PQ, SRGB, ColourSpace, converter, in_space
 from service.media.decode import RgbConverter
@@ -35,6 +35,7 @@ from service.media.inspect import (
     validate_background,
 )
 from service.media.probe import (
+    decoded_frames,
     decoder_pixel_cap,
     frame_rotation,
     limit_decoder,
@@ -151,6 +152,7 @@ class VideoBackground:
         self._current: tuple[float, np.ndarray] | None = None
         self._next: tuple[float, np.ndarray] | None = None
         self._rgb: RgbConverter | None = None
+        self._packets = 0  # the video's (``_measure``): how many may be damaged (``decoded_frames``)
         # the pictures at the output size: the current one, the next, and the one being made
         self._fitted = ArrayPool(max_bytes=3 * width * height * 3)
         self._profile = _profile(path)  # an animated PNG's or WebP's, like a still one's
@@ -169,6 +171,7 @@ class VideoBackground:
                     self._check_count(count)
             if count == 0:
                 raise CorruptBackground("the background video has no frames")
+            self._packets = count
             self.own_aspect = float(sample_aspect(stream))
             start = _start_s(stream)
             return max(end - start, 1e-3)
@@ -188,7 +191,7 @@ class VideoBackground:
         def gen() -> Generator[tuple[float, np.ndarray], None, None]:
             rot = None
             try:
-                frames = self._container.decode(stream)  # type: ignore[union-attr]
+                frames = decoded_frames(self._container, stream, self._packets, self.pixels)  # type: ignore[arg-type]
                 for count, frame in enumerate(frames, 1):
                     self._check_count(count)
                     if frame.width * frame.height > self.pixels:
@@ -204,6 +207,8 @@ class VideoBackground:
                 raise CorruptBackground(
                     f"the background video cannot be decoded ({exc.__class__.__name__})"
                 ) from None
+            except CorruptVideo as exc:  # too many damaged packets
+                raise CorruptBackground(f"the background video: {exc.message}") from None
 
         self._iter = gen()
         self._current = next(self._iter, None)

@@ -171,7 +171,10 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
                     f"(the last at time {packet.pts if packet else None})"
                 ) from None
             continue
-        yield from decoded
+        for frame in decoded:
+            if packet is None:  # the decoder's last frames carry no time base of their own
+                frame.time_base = stream.time_base
+            yield frame
     if damaged:
         log.warning("decode: %d damaged video packets of %d skipped in %s", damaged, frames, container.name)
 

@@ -327,3 +327,18 @@ def test_a_gif_picture_larger_than_its_canvas_is_refused(tmp_path: Path) -> None
         open_background(str(tmp_path / "wide.gif"), 6, 6)
     assert err.value.code == "corrupt_background"
     assert "larger than its canvas" in str(err.value)
+
+
+def test_a_background_video_with_a_damaged_packet_plays(tmp_path: Path) -> None:
+    """A background video is read as the video is (``probe.decoded_frames``): a damaged packet is
+    passed over, not the end of the background (it failed ``corrupt_background``)."""
+    import bombs
+
+    clean = bombs.growing_video(tmp_path / "clean.webm", "libvpx", [(64, 48)], per_size=6)  # grey 20, 35, ... at 0.1 s steps
+    hurt = bombs.damaged_packets(clean, tmp_path / "hurt.webm", damage={2})  # the picture at 0.2 s
+    for path, at_quarter in ((clean, 50), (hurt, 35)):  # at 0.25 s: the picture of 0.2 s, or the one before it
+        source = open_background(str(path), 64, 48)
+        levels = [float(source.frames(np.zeros((1, 48, 64, 3), np.uint8), [t])[0].mean()) for t in (0.0, 0.25, 0.45)]
+        source.close()
+        # past the damage the pictures that refer to the lost one may show it: they play on
+        assert levels[:2] == pytest.approx([20, at_quarter], abs=4) and abs(levels[2] - at_quarter) > 20, path.name
