@@ -7,8 +7,9 @@ encoder writes it upright (with no tag).
 Headers can lie, and a stream may change size midway (a WebRTC recording grows with the
 bandwidth, a window capture with the window): every frame is scaled to the probed size, which is
 the first frame's or, where the packets write their sizes (VP8, VP9, H.264), the largest, so every frame
-downstream has one size.  The decoder is told to refuse (before it allocates) a frame past the
-limits, and such a frame fails the job with ``video_too_large``.
+downstream has one size; a frame of another shape is letterboxed (``fitted_size``), not stretched.
+The decoder is told to refuse (before it allocates) a frame past the limits, and such a frame fails
+the job with ``video_too_large``.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ class Deinterlacer:
 
 class RgbConverter:
     """Decoded frames as upright RGB arrays at ``width`` x ``height`` (the video's probed, coded
-    size): a frame of another size scaled to it, and ``rotation``
+    size): a frame of another size scaled to it (letterboxed where its shape differs:
+    ``fitted_size``), and ``rotation``
     (the video's tag: degrees counter-clockwise) applied by ``transpose`` or both flips.  The
     video's decoder and a background video's (at each frame's own size) use it.
 
@@ -201,9 +203,35 @@ class RgbConverter:
 
     def _build(self, frame: av.VideoFrame) -> av.filter.Graph:
         layout = "rgba" if self.alpha and has_alpha(frame.format) else "rgb24"
-        steps = [("scale", f"w={self.width}:h={self.height}:flags=bilinear"), ("format", f"pix_fmts={layout}"),
-                 *ROTATIONS[self.rotation]]
+        fit = fitted_size(frame.width, frame.height, self.width, self.height)
+        if fit is None:
+            steps = [("scale", f"w={self.width}:h={self.height}:flags=bilinear")]
+        else:
+            w, h, x, y = fit
+            steps = [("scale", f"w={w}:h={h}:flags=bilinear"),
+                     ("pad", f"w={self.width}:h={self.height}:x={x}:y={y}:color=black")]
+        steps += [("format", f"pix_fmts={layout}"), *ROTATIONS[self.rotation]]
         return filter_chain(frame, steps, colorspace=str(int(frame.colorspace)), range=str(int(frame.color_range)))
+
+
+#: How far a picture's shape may be from the output's and still be scaled to the whole output (a
+#: pixel or two of rounding between sizes, 854x480 in 1280x720); past it, it is letterboxed.
+SHAPE_TOLERANCE = 0.01
+
+
+def fitted_size(width: int, height: int, out_w: int, out_h: int) -> tuple[int, int, int, int] | None:
+    """Where a ``width`` x ``height`` picture goes in an ``out_w`` x ``out_h`` frame whose shape is
+    not its own, as (w, h, x, y): as large as fits, centred, on black, sizes and offsets even (a
+    4:2:0 picture's chroma stays whole).  A recording whose pictures turn from 4:3 to 16:9 midway
+    (a WebRTC call, a resized window) was stretched, people and all; the black around the picture
+    is background to the model, so the new background fills it.  None where the shapes agree
+    within ``SHAPE_TOLERANCE``: the picture is scaled to the whole frame."""
+    if abs(width * out_h - height * out_w) <= SHAPE_TOLERANCE * width * out_h:
+        return None
+    scale = min(out_w / width, out_h / height)
+    w = min(out_w, max(2, round(width * scale / 2) * 2))
+    h = min(out_h, max(2, round(height * scale / 2) * 2))
+    return w, h, (out_w - w) // 4 * 2, (out_h - h) // 4 * 2
 
 
 def has_alpha(fmt: av.VideoFormat) -> bool:

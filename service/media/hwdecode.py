@@ -22,7 +22,7 @@ import av
 import numpy as np
 
 from service.config import Settings, get_settings
-from service.media.decode import decode_error, timed_frames
+from service.media.decode import decode_error, fitted_size, timed_frames
 from service.media.inspect import OPEN_OPTIONS
 from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, video_stream
 
@@ -173,12 +173,30 @@ def _planes(frame: av.VideoFrame, w: int, h: int, pts: int, duration: int) -> Pl
         if sw == "nv12":
             on_gpu = {"y": DevicePlane.from_dlpack(frame.planes[0]), "uv": DevicePlane.from_dlpack(frame.planes[1])}
             return PlaneFrame("nv12", dict(on_gpu), pts, duration, frame)
+    fit = fitted_size(frame.width, frame.height, w, h) if (frame.width, frame.height) != (w, h) else None
+    if fit is not None:
+        return _letterboxed(frame, fit, w, h, pts, duration)
     if frame.format.name not in ("yuv420p", "nv12") or (frame.width, frame.height) != (w, h) or full_range:
         # another size, bit depth, subsampling or range (or a hardware frame of one): to the host,
         # yuv420p in limited range
         frame = frame.reformat(format="yuv420p", width=w, height=h, dst_color_range="MPEG")
     layout, planes = _host_planes(frame)
     return PlaneFrame(layout, planes, pts, duration, frame)
+
+
+def _letterboxed(frame: av.VideoFrame, fit: tuple[int, int, int, int], w: int, h: int, pts: int,
+                 duration: int) -> PlaneFrame:
+    """A frame of another shape than the output's, scaled into its place (``decode.fitted_size``)
+    on limited-range black, as the CPU decoder letterboxes it: yuv420p planes of its own."""
+    fw, fh, x, y = fit
+    small = frame.reformat(format="yuv420p", width=fw, height=fh, dst_color_range="MPEG")
+    _, inner = _host_planes(small)
+    planes = {"y": np.full((h, w), 16, np.uint8)}
+    planes["y"][y : y + fh, x : x + fw] = inner["y"][:, :fw]
+    for name in ("u", "v"):
+        planes[name] = np.full(((h + 1) // 2, (w + 1) // 2), 128, np.uint8)
+        planes[name][y // 2 : (y + fh) // 2, x // 2 : (x + fw) // 2] = inner[name][:, : fw // 2]
+    return PlaneFrame("i420", dict(planes), pts, duration, frame)
 
 
 # --- CUDA's primary context, shared by FFmpeg and onnxruntime ----------------------------------

@@ -559,6 +559,30 @@ def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path
     assert (steady.largest_picture, steady.width, steady.height) == ((96, 64), 96, 64)
 
 
+def test_pictures_of_another_shape_are_letterboxed_not_stretched(tmp_path: Path) -> None:
+    """A WebRTC recording's pictures turn from 3:2 to 2:1 midway: the 3:2 ones are scaled into the
+    2:1 output's middle on black (which the model sees as background), on the CPU decoder and the
+    device path's alike; a shape a pixel off the output's (854x480 in 1280x720) fills it."""
+    from service.media.decode import fitted_size, iter_frames
+    from service.media.hwdecode import iter_planes
+    from service.media.probe import probe_video
+
+    assert fitted_size(854, 480, 1280, 720) is None and fitted_size(640, 360, 1280, 720) is None
+    assert fitted_size(640, 480, 1280, 720) == (960, 720, 160, 0)
+    assert fitted_size(1280, 720, 720, 1280) == (720, 404, 0, 438)  # landscape in portrait
+    path = bombs.growing_video(tmp_path / "turns.webm", "libvpx", [(96, 64), (192, 96)], per_size=2)
+    info = probe_video(path)
+    assert (info.width, info.height) == (192, 96)
+    frames = [f.image for f in iter_frames(info)]
+    first = frames[0].astype(int)  # grey 20 as 144x96 between two bars of 24 columns
+    assert first[:, :24].max() <= 1 and first[:, -24:].max() <= 1
+    assert abs(first[:, 26:-26].mean() - 20) <= 3 and abs(frames[2].mean() - 50) <= 3
+    planes = list(iter_planes(info, nvdec=False, on_device=False))
+    y = planes[0].planes["y"][:, :192].astype(int)
+    assert y[:, :24].max() <= 17 and y[:, -24:].max() <= 17 and abs(y[:, 26:-26].mean() - (16 + 20 * 219 / 255)) <= 3
+    assert [p.pts for p in planes] == [f.pts for f in iter_frames(info)]
+
+
 def test_a_growing_recording_is_written_at_its_largest_picture_whatever_its_header_says(tmp_path: Path) -> None:
     """The container's header may declare more than any picture (an IVF test vector says 352x288
     for 176x144 growing to 282x231) or nothing at all (Chromium's VP9 resolution-change IVF says
