@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from service.media.bits import Bits
+
 Format = Literal["avif", "heic"]
 #: Major brands that name a still picture of each kind (``avis``, ``hevc``: sequences, which open
 #: as videos instead).
@@ -374,30 +376,9 @@ def _leb128(data: bytes, pos: int) -> tuple[int, int]:
     raise HeifError("an AV1 size field is malformed")
 
 
-class _Bits:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            byte = self.data[self.pos >> 3]  # IndexError past the end: cut short
-            value = value << 1 | (byte >> (7 - (self.pos & 7)) & 1)
-            self.pos += 1
-        return value
-
-    def uvlc(self) -> int:
-        zeros = 0
-        while not self.read(1):
-            zeros += 1
-            if zeros >= 32:
-                return (1 << 32) - 1
-        return self.read(zeros) + (1 << zeros) - 1
-
-
 def _sequence_max_size(obu: bytes) -> tuple[int, int]:
     """max_frame_width and max_frame_height of an AV1 sequence header OBU's payload."""
-    bits = _Bits(obu)
+    bits = Bits(obu)
     bits.read(3)  # seq_profile
     bits.read(1)  # still_picture
     if bits.read(1):  # reduced_still_picture_header
@@ -409,7 +390,7 @@ def _sequence_max_size(obu: bytes) -> tuple[int, int]:
             bits.read(32)
             bits.read(32)
             if bits.read(1):  # equal_picture_interval
-                bits.uvlc()
+                bits.ue()
             decoder_model = bool(bits.read(1))
             if decoder_model:
                 buffer_delay_bits = bits.read(5) + 1

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from service.media.bits import Bits
+
 Size = tuple[int, int]
 _VP9_SYNC = 0x498342
 _VP9_RGB = 7
@@ -79,87 +81,59 @@ def _vp9_frames(packet: bytes) -> list[bytes]:
     return [packet]
 
 
-class _Bits:
-    """Big-endian bits of a header, MSB first; reading past the end raises ``IndexError``."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
-
-    def __call__(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            value = (value << 1) | (self.data[self.at >> 3] >> (7 - (self.at & 7))) & 1
-            self.at += 1
-        return value
-
-    def ue(self) -> int:
-        """An unsigned Exp-Golomb number (H.264 7.2); past 31 leading zeros the data is no SPS."""
-        zeros = 0
-        while not self(1):
-            zeros += 1
-            if zeros > 31:
-                raise IndexError("not an Exp-Golomb number")
-        return (1 << zeros) - 1 + self(zeros)
-
-    def se(self) -> int:
-        """A signed Exp-Golomb number: 1, -1, 2, -2, ... for 1, 2, 3, 4, ..."""
-        k = self.ue()
-        return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
 def _vp9_frame_size(frame: bytes) -> Size | None:
     """The size a VP9 frame's uncompressed header writes (VP9 bitstream specification 6.2), or None
     where it writes none (a frame shown again, an inter frame the size of a reference) or the header
     is not VP9's."""
-    bits = _Bits(frame)
+    bits = Bits(frame)
     try:
-        if bits(2) != 2:  # frame_marker
+        if bits.read(2) != 2:  # frame_marker
             return None
-        low, high = bits(1), bits(1)
+        low, high = bits.read(1), bits.read(1)
         profile = (high << 1) | low
         if profile == 3:
-            bits(1)
-        if bits(1):  # show_existing_frame
+            bits.read(1)
+        if bits.read(1):  # show_existing_frame
             return None
-        key, show, error_resilient = bits(1) == 0, bits(1), bits(1)
+        key, show, error_resilient = bits.read(1) == 0, bits.read(1), bits.read(1)
         if key:
-            if bits(24) != _VP9_SYNC:
+            if bits.read(24) != _VP9_SYNC:
                 return None
             _vp9_colour_config(bits, profile)
             return _vp9_size(bits)
-        intra_only = bits(1) if not show else 0
+        intra_only = bits.read(1) if not show else 0
         if not error_resilient:
-            bits(2)  # reset_frame_context
+            bits.read(2)  # reset_frame_context
         if intra_only:
-            if bits(24) != _VP9_SYNC:
+            if bits.read(24) != _VP9_SYNC:
                 return None
             if profile > 0:
                 _vp9_colour_config(bits, profile)
-            bits(8)  # refresh_frame_flags
+            bits.read(8)  # refresh_frame_flags
             return _vp9_size(bits)
-        bits(8)  # refresh_frame_flags
-        bits(3 * 4)  # ref_frame_idx and sign bias of the three references
+        bits.read(8)  # refresh_frame_flags
+        bits.read(3 * 4)  # ref_frame_idx and sign bias of the three references
         for _ in range(3):
-            if bits(1):  # found_ref: the size of that reference
+            if bits.read(1):  # found_ref: the size of that reference
                 return None
         return _vp9_size(bits)
     except IndexError:
         return None
 
 
-def _vp9_colour_config(bits: _Bits, profile: int) -> None:
+def _vp9_colour_config(bits: Bits, profile: int) -> None:
     if profile >= 2:
-        bits(1)  # ten_or_twelve_bit
-    if bits(3) != _VP9_RGB:
-        bits(1)  # color_range
+        bits.read(1)  # ten_or_twelve_bit
+    if bits.read(3) != _VP9_RGB:
+        bits.read(1)  # color_range
         if profile in (1, 3):
-            bits(3)  # subsampling_x, subsampling_y, reserved
+            bits.read(3)  # subsampling_x, subsampling_y, reserved
     elif profile in (1, 3):
-        bits(1)
+        bits.read(1)
 
 
-def _vp9_size(bits: _Bits) -> Size:
-    return bits(16) + 1, bits(16) + 1
+def _vp9_size(bits: Bits) -> Size:
+    return bits.read(16) + 1, bits.read(16) + 1
 
 
 READERS: dict[str, Callable[[bytes], list[Size]]] = {
@@ -169,6 +143,8 @@ READERS: dict[str, Callable[[bytes], list[Size]]] = {
 
 #: Bytes of an SPS read: its size comes within a few dozen (a scaling matrix can make it ~100).
 _SPS_BYTES = 256
+#: Macroblocks across or down an SPS may declare and be read: 16,384 pixels, past any level's limit.
+_MAX_MBS = 1024
 #: H.264 profiles whose SPS carries the chroma format, bit depths and scaling matrices (7.3.2.1.1).
 _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 
@@ -231,41 +207,43 @@ def _h264_sizes(nals: list[bytes]) -> list[Size]:
 def _h264_sps_size(nal: bytes) -> Size | None:
     """The cropped picture size an H.264 SPS (its NAL unit, header byte first) writes (7.3.2.1.1),
     or None where it cannot be read."""
-    bits = _Bits(nal[1:])
+    bits = Bits(nal[1:])
     try:
-        profile = bits(8)
-        bits(16)  # constraint flags, level
+        profile = bits.read(8)
+        bits.read(16)  # constraint flags, level
         bits.ue()  # seq_parameter_set_id
         chroma, separate = 1, 0
         if profile in _HIGH_PROFILES:
             chroma = bits.ue()
             if chroma == 3:
-                separate = bits(1)
+                separate = bits.read(1)
             bits.ue(), bits.ue()  # bit depths
-            bits(1)  # qpprime_y_zero_transform_bypass
-            if bits(1):  # seq_scaling_matrix_present
+            bits.read(1)  # qpprime_y_zero_transform_bypass
+            if bits.read(1):  # seq_scaling_matrix_present
                 for i in range(8 if chroma != 3 else 12):
-                    if bits(1):
+                    if bits.read(1):
                         _skip_scaling_list(bits, 16 if i < 6 else 64)
         bits.ue()  # log2_max_frame_num
         poc_type = bits.ue()
         if poc_type == 0:
             bits.ue()
         elif poc_type == 1:
-            bits(1)
+            bits.read(1)
             bits.se(), bits.se()
             for _ in range(min(bits.ue(), 255)):
                 bits.se()
         bits.ue()  # max_num_ref_frames
-        bits(1)  # gaps_in_frame_num_allowed
+        bits.read(1)  # gaps_in_frame_num_allowed
         width_mbs, height_units = bits.ue() + 1, bits.ue() + 1
-        frame_mbs_only = bits(1)
+        frame_mbs_only = bits.read(1)
         if not frame_mbs_only:
-            bits(1)  # mb_adaptive_frame_field
-        bits(1)  # direct_8x8_inference
-        crop = (bits.ue(), bits.ue(), bits.ue(), bits.ue()) if bits(1) else (0, 0, 0, 0)
+            bits.read(1)  # mb_adaptive_frame_field
+        bits.read(1)  # direct_8x8_inference
+        crop = (bits.ue(), bits.ue(), bits.ue(), bits.ue()) if bits.read(1) else (0, 0, 0, 0)
     except IndexError:
         return None
+    if chroma > 3 or width_mbs > _MAX_MBS or height_units > _MAX_MBS:
+        return None  # no SPS: a damaged one, or bytes that only looked like it
     array_type = 0 if separate else chroma
     unit_x = 2 if array_type in (1, 2) else 1
     unit_y = (2 - frame_mbs_only) * (2 if array_type == 1 else 1)
@@ -274,7 +252,7 @@ def _h264_sps_size(nal: bytes) -> Size | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
-def _skip_scaling_list(bits: _Bits, size: int) -> None:
+def _skip_scaling_list(bits: Bits, size: int) -> None:
     last = following = 8
     for _ in range(size):
         if following:
