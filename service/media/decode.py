@@ -6,8 +6,9 @@ encoder writes it upright (with no tag).
 
 Headers can lie, and a stream may change size midway (a WebRTC recording grows with the
 bandwidth, a window capture with the window): every frame is scaled to the probed size, which is
-the first frame's or, where the packets write their sizes (VP8, VP9, H.264), the largest, so every frame
-downstream has one size; a frame of another shape is letterboxed (``fitted_size``), not stretched.
+the first frame's or, where the packets write their sizes (VP8, VP9, H.264), the largest, so every
+frame downstream has one size; a frame of another shape is letterboxed (``fitted_size``), not
+stretched.
 The decoder is told to refuse (before it allocates) a frame past the limits, and such a frame fails
 the job with ``video_too_large``.
 """
@@ -85,9 +86,10 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
                  info: VideoInfo, settings: Settings) -> Iterator[tuple[av.VideoFrame, int, int]]:
     """The stream's frames in display order as (frame, pts, duration) in its time base: the pts
     strictly increasing (``_TimestampGuess``, else one frame on from the last), interlaced frames
-    made whole (``Deinterlacer``), damaged packets skipped (``decoded_frames``); a frame of another size than the probed one past ``settings``'
-    limits is refused (``VideoTooLarge``): the callers scale the others to the probed size.  This
-    decoder's and the device path's (``hwdecode``)."""
+    made whole (``Deinterlacer``), damaged packets skipped (``decoded_frames``); a frame of another
+    size than the probed one is refused past ``settings``' limits (``VideoTooLarge``), and the
+    callers scale the others to the probed size.  This decoder's and the device path's
+    (``hwdecode``)."""
     step = _pts_step(info)
     guess = _TimestampGuess(trust_dts=info.container == "avi")
     deinterlace = Deinterlacer()
