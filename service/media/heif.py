@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from service.media.bits import Bits
+from service.media.picture_size import av1_sizes
 
 Format = Literal["avif", "heic"]
 #: Major brands that name a still picture of each kind (``avis``, ``hevc``: sequences, which open
@@ -348,65 +348,13 @@ def _coded_size(data: bytes) -> tuple[int, int]:
     """The largest frame an AV1 bitstream's sequence headers allow (AV1 5.5: max_frame_width and
     max_frame_height), the most of any in ``data``.  A decoder allocates for that, whatever the
     file's ``ispe`` says: a 9 kB file declaring 8x6 held a 6000x4000 frame and took 360 MB."""
-    pos, found = 0, None
-    while pos < len(data):
-        header = data[pos]
-        kind, extension, has_size = header >> 3 & 15, header >> 2 & 1, header >> 1 & 1
-        pos += 1 + extension
-        if has_size:
-            length, pos = _leb128(data, pos)
-        else:
-            length = len(data) - pos
-        if kind == 1:  # OBU_SEQUENCE_HEADER
-            w, h = _sequence_max_size(data[pos:pos + length])
-            found = (max(w, found[0]), max(h, found[1])) if found else (w, h)
-        pos += length
-    if found is None:
+    try:
+        sizes = av1_sizes(data, obus=None)
+    except ValueError:
+        raise HeifError("an AV1 size field is malformed") from None
+    if not sizes:
         raise HeifError("an AVIF picture has no AV1 sequence header")
-    return found
-
-
-def _leb128(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for i in range(8):
-        byte = data[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, pos + i + 1
-    raise HeifError("an AV1 size field is malformed")
-
-
-def _sequence_max_size(obu: bytes) -> tuple[int, int]:
-    """max_frame_width and max_frame_height of an AV1 sequence header OBU's payload."""
-    bits = Bits(obu)
-    bits.read(3)  # seq_profile
-    bits.read(1)  # still_picture
-    if bits.read(1):  # reduced_still_picture_header
-        bits.read(5)  # seq_level_idx[0]
-    else:
-        decoder_model = False
-        buffer_delay_bits = 0
-        if bits.read(1):  # timing_info_present_flag
-            bits.read(32)
-            bits.read(32)
-            if bits.read(1):  # equal_picture_interval
-                bits.ue()
-            decoder_model = bool(bits.read(1))
-            if decoder_model:
-                buffer_delay_bits = bits.read(5) + 1
-                bits.read(32)
-                bits.read(10)  # buffer_removal_time_length_minus_1, frame_presentation_time_length_minus_1
-        initial_display_delay = bits.read(1)
-        for _ in range(bits.read(5) + 1):  # operating points
-            bits.read(12)  # operating_point_idc
-            if bits.read(5) > 7:  # seq_level_idx
-                bits.read(1)  # seq_tier
-            if decoder_model and bits.read(1):
-                bits.read(2 * buffer_delay_bits + 1)
-            if initial_display_delay and bits.read(1):
-                bits.read(4)
-    width_bits, height_bits = bits.read(4) + 1, bits.read(4) + 1
-    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
+    return max(w for w, _ in sizes), max(h for _, h in sizes)
 
 
 def _uint(data: bytes, pos: int, n: int) -> tuple[int, int]:

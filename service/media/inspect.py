@@ -135,7 +135,7 @@ class VideoInfo:
     #: narrower frames): the output keeps it, and backgrounds are fitted to the picture as shown.
     sample_aspect: Fraction = Fraction(1)
     #: The largest picture (coded width, height) the frames' own headers write, where the packet
-    #: scan reads them (VP8, VP9, H.264: ``picture_size``): a recording that grows midway is written
+    #: scan reads them (VP8, VP9, H.264, AV1: ``picture_size``): a recording that grows midway is written
     #: at this size where it is larger than the first frame (``probe_video``), whatever the
     #: container's header says, and the limits hold for it too.
     largest_picture: tuple[int, int] | None = None

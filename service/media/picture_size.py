@@ -1,5 +1,5 @@
-"""The picture size a VP8, VP9 or H.264 stream's own headers write, read from its packets without
-decoding.
+"""The picture size a VP8, VP9, H.264 or AV1 stream's own headers write, read from its packets
+without decoding.
 
 A video's pictures need not keep one size: WebRTC encoders start a call small and grow with the
 bandwidth (and shrink when it drops), and a browser's tab or window capture follows the window.
@@ -13,9 +13,10 @@ frame that is not the size of one of its references (libvpx's real-time resizing
 inter frames).  A VP9 packet can be a superframe: several frames, listed in an index at its end.
 H.264 changes size with a new sequence parameter set (SPS), sent in the stream before the key frame
 that uses it: its NAL units are read from key frames' packets, start-code delimited (Annex B: raw
-streams, MPEG-TS) or length-prefixed (MP4 and Matroska, whose header says how: ``avcC``).  Other
-codecs change size too (HEVC, AV1); their larger pictures are scaled to the output size by the
-decoder (``decode.timed_frames``).
+streams, MPEG-TS) or length-prefixed (MP4 and Matroska, whose header says how: ``avcC``).  AV1
+writes the largest frame it allows in a sequence header with each key frame (``av1_sizes``, which
+an AVIF picture's check uses too).  Other codecs change size too (HEVC, MPEG-4 Part 2); their
+larger pictures are scaled to the output size by the decoder (``decode.timed_frames``).
 """
 
 from __future__ import annotations
@@ -136,8 +137,81 @@ def _vp9_size(bits: Bits) -> Size:
     return bits.read(16) + 1, bits.read(16) + 1
 
 
+def av1_sizes(data: bytes, obus: int | None = None) -> list[Size]:
+    """The largest frame each AV1 sequence header in ``data`` (OBUs, AV1 5.3) allows:
+    max_frame_width and max_frame_height (5.5), which a decoder allocates for.  ``obus``: read at
+    most that many.  A malformed size field raises ``ValueError``, data cut short ``IndexError``."""
+    sizes: list[Size] = []
+    pos = n = 0
+    while pos < len(data) and (obus is None or n < obus):
+        n += 1
+        header = data[pos]
+        kind, extension, has_size = header >> 3 & 15, header >> 2 & 1, header >> 1 & 1
+        pos += 1 + extension
+        length, pos = _leb128(data, pos) if has_size else (len(data) - pos, pos)
+        if kind == 1:  # OBU_SEQUENCE_HEADER
+            sizes.append(_av1_sequence_size(data[pos : pos + length]))
+        pos += length
+    return sizes
+
+
+def _av1_packet_sizes(packet: bytes) -> list[Size]:
+    """The sizes an AV1 packet's sequence headers allow: encoders write one with each key frame,
+    and a new one, larger, where the pictures grow past it (libaom and SVT-AV1 size it to the
+    pictures).  At most ``_NALS_READ`` OBUs are read: the sequence header comes first, after the
+    temporal delimiter."""
+    try:
+        return av1_sizes(packet, _NALS_READ)
+    except (IndexError, ValueError):
+        return []
+
+
+def _leb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for i in range(8):
+        byte = data[pos + i]
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos + i + 1
+    raise ValueError("an AV1 size field is malformed")
+
+
+def _av1_sequence_size(obu: bytes) -> Size:
+    """max_frame_width and max_frame_height of an AV1 sequence header OBU's payload."""
+    bits = Bits(obu)
+    bits.read(3)  # seq_profile
+    bits.read(1)  # still_picture
+    if bits.read(1):  # reduced_still_picture_header
+        bits.read(5)  # seq_level_idx[0]
+    else:
+        decoder_model = False
+        buffer_delay_bits = 0
+        if bits.read(1):  # timing_info_present_flag
+            bits.read(32)
+            bits.read(32)
+            if bits.read(1):  # equal_picture_interval
+                bits.ue()
+            decoder_model = bool(bits.read(1))
+            if decoder_model:
+                buffer_delay_bits = bits.read(5) + 1
+                bits.read(32)
+                bits.read(10)  # buffer_removal_time_length_minus_1, frame_presentation_time_length_minus_1
+        initial_display_delay = bits.read(1)
+        for _ in range(bits.read(5) + 1):  # operating points
+            bits.read(12)  # operating_point_idc
+            if bits.read(5) > 7:  # seq_level_idx
+                bits.read(1)  # seq_tier
+            if decoder_model and bits.read(1):
+                bits.read(2 * buffer_delay_bits + 1)
+            if initial_display_delay and bits.read(1):
+                bits.read(4)
+    width_bits, height_bits = bits.read(4) + 1, bits.read(4) + 1
+    return bits.read(width_bits) + 1, bits.read(height_bits) + 1
+
+
 READERS: dict[str, Callable[[bytes], list[Size]]] = {
     "vp8": vp8_sizes, "libvpx": vp8_sizes, "vp9": vp9_sizes, "libvpx-vp9": vp9_sizes,
+    "av1": _av1_packet_sizes, "libdav1d": _av1_packet_sizes, "libaom-av1": _av1_packet_sizes,
 }
 
 

@@ -103,3 +103,27 @@ def test_vp9_superframes_list_each_frame(tmp_path: Path) -> None:
 
 def test_other_codecs_are_not_read() -> None:
     assert sizes_in("mpeg4") is None and sizes_in("hevc") is None
+
+
+def _av1_sequence_header(width: int, height: int) -> bytes:
+    """An AV1 sequence header OBU (5.5) allowing ``width`` x ``height``: one operating point at
+    level 5.0, no timing information, 16-bit size fields; the fields after the size left out."""
+    fields = [(0, 3), (0, 1), (0, 1), (0, 1), (0, 1), (0, 5), (0, 12), (12, 5), (0, 1),  # ... seq_tier
+              (15, 4), (15, 4), (width - 1, 16), (height - 1, 16)]
+    bits = "".join(format(value, f"0{n}b") for value, n in fields)
+    bits += "0" * (-len(bits) % 8)
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return bytes([1 << 3 | 1 << 1, len(payload)]) + payload  # OBU_SEQUENCE_HEADER, its size
+
+
+def test_av1_sequence_headers_tell_the_largest_frame() -> None:
+    """AV1 encoders write a sequence header with each key frame, sized for the pictures (libaom and
+    SVT-AV1 write a new one where they grow): its max_frame_width and max_frame_height are read,
+    after a temporal delimiter, and at most 32 OBUs into a packet."""
+    delimiter, frame = bytes([2 << 3 | 1 << 1, 0]), bytes([6 << 3 | 1 << 1, 3, 1, 2, 3])
+    read = sizes_in("libdav1d")
+    assert read is not None and sizes_in("av1") is read
+    assert read(delimiter + _av1_sequence_header(1280, 720) + frame) == [(1280, 720)]
+    assert read(delimiter + frame) == []
+    assert read(delimiter * 40 + _av1_sequence_header(64, 64)) == []
+    assert read(delimiter + bytes([1 << 3 | 1 << 1, 0x80])) == []  # a size field cut short
