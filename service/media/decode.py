@@ -95,12 +95,15 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
     deinterlace = Deinterlacer()
     timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
     last_pts: int | None = None
+    horizon = time_horizon(info)
     probed = (info.coded_width, info.coded_height)
     for frame in decoded_frames(container, stream, info.frames, settings.max_pixels):
         if (frame.width, frame.height) != probed:
             size = (frame.height, frame.width) if info.rotation in (90, 270) else (frame.width, frame.height)
             check_frame_size(*size, settings)
         pts = guess(frame.pts, frame.dts)
+        if pts is not None and horizon is not None and pts > horizon:
+            pts = None  # no time of this video's: a damaged timestamp, read as none
         if pts is None:
             pts = 0 if last_pts is None else last_pts + step
         if last_pts is not None and pts <= last_pts:
@@ -286,6 +289,21 @@ ROTATIONS: dict[int, list[tuple[str, str]]] = {
     180: [("hflip", ""), ("vflip", "")],
     270: [("transpose", "dir=clock")],
 }
+
+
+#: How far past its inspected length a video's frame times may run (its length is the shorter of
+#: what the container declares and what its packets span) before a time counts as damaged.
+HORIZON_S = 60
+
+
+def time_horizon(info: VideoInfo) -> int | None:
+    """The latest frame time (``time_base`` ticks) that can be this video's: its first frame's time
+    plus its length and ``HORIZON_S``; None where its packets are untimed.  A fuzzed Ogg file's
+    second packet said 2**58 ticks (FFmpeg takes a damaged granule position as it is): the frames
+    from there on carried it, and the output's muxer refused them, a traceback and exit 1."""
+    if info.first_pts is None:
+        return None
+    return info.first_pts + round((info.duration_s + HORIZON_S) / info.time_base)
 
 
 def _pts_step(info: VideoInfo) -> int:

@@ -239,6 +239,45 @@ def with_empty_packets(path: Path, frames: int = 6) -> Path:
     return path
 
 
+def _ogg_crc(data: bytes) -> int:
+    """An Ogg page's checksum (CRC-32, polynomial 0x04C11DB7, not reflected, from 0)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = (crc << 1 ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def ogg_with_a_wild_time(path: Path, frames: int = 8) -> Path:
+    """VP8 in Ogg (64x48, 10 fps, each frame on a page of its own) whose fourth frame's page says
+    2**30 frames in, as a damaged granule position does (FFmpeg takes it as it is); its checksum
+    is made right, so the page is read."""
+    with av.open(str(path), "w", format="ogg", options={"page_duration": "1"}) as out:
+        stream = out.add_stream("libvpx", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = bytearray(path.read_bytes())
+    at, page = 0, 0
+    while at < len(data):
+        segments = data[at + 27 : at + 27 + data[at + 26]]
+        size = 27 + len(segments) + sum(segments)
+        if page == 5:  # two header pages, then frames 0, 1, 2: this is frame 3's (VP8: frame << 32)
+            granule = struct.unpack_from("<q", data, at + 6)[0]
+            struct.pack_into("<q", data, at + 6, 2**30 << 32 | granule & 0xFFFFFFFF)
+            struct.pack_into("<I", data, at + 22, 0)
+            struct.pack_into("<I", data, at + 22, _ogg_crc(bytes(data[at : at + size])))
+        at, page = at + size, page + 1
+    path.write_bytes(bytes(data))
+    return path
+
+
 def jpeg_cut_after_header(src: Path, dst: Path) -> Path:
     """A JPEG cut right after its scan header (SOS): headers complete, no picture data."""
     data = src.read_bytes()

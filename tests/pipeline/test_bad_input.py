@@ -276,6 +276,22 @@ def test_packets_with_no_data_are_frames_shown_again(tmp_path: Path) -> None:
     assert _frame_times(out) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], abs=0.002)
 
 
+def test_a_frame_time_far_past_the_video_is_read_as_none(tmp_path: Path) -> None:
+    """A damaged Ogg granule position put a frame 2**30 frames in (a fuzzed Theora file's put one
+    2**58 ticks in, and the output's muxer refused it: a traceback, exit 1): the frame follows the
+    one before it, as an untimed frame does, and the rest keep their times."""
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    src = bombs.ogg_with_a_wild_time(tmp_path / "wild.ogg")
+    with av.open(str(src)) as container:
+        assert 2**30 in [p.pts for p in container.demux(video=0)]
+    assert [f.pts for f in iter_frames(probe_video(src))] == list(range(8))
+    out = tmp_path / "o.mp4"
+    replace_background(src, "#204060", out)
+    assert _frame_times(out) == pytest.approx([i / 10 for i in range(8)], abs=0.002)
+
+
 def test_a_video_of_mostly_damaged_packets_is_corrupt(tmp_path: Path) -> None:
     src = data_path("videos", "asl", "bird.mkv")
     hurt = bombs.damaged_packets(src, tmp_path / "hurt.mkv", damage=set(range(1, 60)))
