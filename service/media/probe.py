@@ -136,10 +136,13 @@ def frame_rotation(frame: av.VideoFrame) -> int:
     return angle % 360
 
 
-#: At most one packet in this many may be damaged (and a few more in a short video) for the video
-#: to be read; past that it is ``corrupt_video``.
+#: Of a video's packets, how many the decoder may refuse for it to be read (past either, it is
+#: ``corrupt_video``): before its first picture, up to one in ``LEADING_SHARE`` (a recording that
+#: starts before its first key frame loses the frames up to it); after it, up to one in
+#: ``DAMAGED_SHARE``, and ``DAMAGED_ANYWAY`` more in a short video.
+LEADING_SHARE = 2
 DAMAGED_SHARE = 4
-DAMAGED_ANYWAY = 8
+DAMAGED_ANYWAY = 2
 
 
 def decoded_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
@@ -149,11 +152,13 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
     on the network in a WebRTC or RTSP recording, one that starts before its first key frame (VP8
     refuses the frames before it; H.264 drops them silently), a damaged sector.  The frame that
     packet held is missing (the one before it stays on screen for its time) and the frames that
-    refer to it may show its damage.  Past one packet in ``DAMAGED_SHARE`` of the ``frames`` the
-    video holds (``DAMAGED_ANYWAY`` more) it is ``corrupt_video``.  A refusal of a frame past
-    ``pixels`` (``limit_decoder``) is raised, for the caller's ``video_too_large``."""
-    allowed = DAMAGED_ANYWAY + frames // DAMAGED_SHARE
-    damaged = 0
+    refer to it may show its damage.  Past the shares above of the ``frames`` the video holds it is
+    ``corrupt_video``.  A refusal of a frame past ``pixels`` (``limit_decoder``) is raised, for the
+    caller's ``video_too_large``; invalid data before any size is known is damage (garbage H.264
+    was called too large: "its headers declare 16x2")."""
+    allowed = {True: frames // LEADING_SHARE, False: DAMAGED_ANYWAY + frames // DAMAGED_SHARE}
+    refused = {True: 0, False: 0}  # before the first picture, after it
+    leading = True
     for packet in chain(container.demux(stream), [None]):
         if packet is not None and not packet.size:
             # a packet with no data (Theora's for a frame repeated; the demuxer's flush packet)
@@ -162,21 +167,25 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
         try:
             decoded = stream.decode(packet)  # None at the end: the frames the decoder still holds
         except av.error.InvalidDataError:
-            if too_large_after_error(stream, pixels):
+            ctx = stream.codec_context
+            if ctx.width * ctx.height > pixels:  # a size read and refused (``limit_decoder``)
                 raise
-            damaged += 1
-            if damaged > allowed:
+            refused[leading] += 1
+            if refused[leading] > allowed[leading]:
+                at = f" (the last at time {packet.pts})" if packet is not None and packet.pts is not None else ""
                 raise CorruptVideo(
-                    f"more than {allowed} of the video's {frames} packets cannot be decoded "
-                    f"(the last at time {packet.pts if packet else None})"
+                    f"more than {allowed[leading]} of the video's {frames} packets cannot be decoded"
+                    f"{' before its first picture' if leading else ''}{at}"
                 ) from None
             continue
         for frame in decoded:
+            leading = False
             if packet is None:  # the decoder's last frames carry no time base of their own
                 frame.time_base = stream.time_base
             yield frame
-    if damaged:
-        log.warning("decode: %d damaged video packets of %d skipped in %s", damaged, frames, container.name)
+    if refused[True] or refused[False]:
+        log.warning("decode: %d video packets before the first picture and %d after it of %d skipped as "
+                    "damaged in %s", refused[True], refused[False], frames, container.name)
 
 
 def _first_frame(

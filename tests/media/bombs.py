@@ -239,6 +239,27 @@ def with_empty_packets(path: Path, frames: int = 6) -> Path:
     return path
 
 
+def garbled_slices(path: Path, frames: int = 8) -> Path:
+    """A raw H.264 stream (64x64) whose parameter sets are whole and every picture's slice data
+    random bytes (seeded): headers that read, pictures that do not."""
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = 64, 64, "yuv420p", Fraction(1, 10)
+    data = b""
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * i, np.uint8), format="rgb24")
+        frame.pts = i
+        data += b"".join(bytes(p) for p in ctx.encode(frame))
+    data += b"".join(bytes(p) for p in ctx.encode(None))
+    noise = np.random.default_rng(1)
+    units = []
+    for unit in data.split(b"\x00\x00\x00\x01"):
+        if unit and unit[0] & 0x1F in (1, 5):  # a slice: its header byte kept, the rest noise
+            unit = unit[:1] + noise.integers(0, 256, len(unit) - 1, dtype=np.uint8).tobytes()
+        units.append(unit)
+    path.write_bytes(b"\x00\x00\x00\x01".join(units))
+    return path
+
+
 def _ogg_crc(data: bytes) -> int:
     """An Ogg page's checksum (CRC-32, polynomial 0x04C11DB7, not reflected, from 0)."""
     crc = 0
