@@ -204,6 +204,17 @@ def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
     with pytest.raises(BackdropError) as err:
         inspect_video(flash)
     assert err.value.code == "unsupported_codec" and "frame size" in err.value.message
+    # On2 VP6, Flash's other codec: its tags marked so (this build encodes no VP6), it was corrupt_video
+    data = bytearray(flash.read_bytes())
+    at = 13  # past the FLV header and the first tag size
+    while at + 11 <= len(data):
+        if data[at] == 9:  # a video tag: its first byte is the frame type and the codec (4: VP6)
+            data[at + 11] = data[at + 11] & 0xF0 | 4
+        at += 11 + int.from_bytes(data[at + 1 : at + 4], "big") + 4
+    flash.write_bytes(bytes(data))
+    with pytest.raises(BackdropError) as err:
+        inspect_video(flash)
+    assert (err.value.code, "vp6f" in err.value.message) == ("unsupported_codec", True), err.value.message
 
 
 def test_an_audio_file_with_cover_art_has_no_video_stream(tmp_path: Path) -> None:
