@@ -6,11 +6,10 @@ encoder writes it upright (with no tag).
 
 Headers can lie, and a stream may change size midway (a WebRTC recording grows with the
 bandwidth, a window capture with the window): every frame is scaled to the probed size, which is
-the first frame's or, where the packets write their sizes (VP8, VP9, H.264, AV1), the largest, so every
-frame downstream has one size; a frame of another shape is letterboxed (``fitted_size``), not
-stretched.
-The decoder is told to refuse (before it allocates) a frame past the limits, and such a frame fails
-the job with ``video_too_large``.
+the first frame's or, where the packets write their sizes (VP8, VP9, H.264, HEVC, AV1), the
+largest, so every frame downstream has one size; a frame of another shape is letterboxed
+(``fitted_size``), not stretched.  The decoder is told to refuse (before it allocates) a frame past
+the limits, and such a frame fails the job with ``video_too_large``.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class VideoInfo:
     #: narrower frames): the output keeps it, and backgrounds are fitted to the picture as shown.
     sample_aspect: Fraction = Fraction(1)
     #: The largest picture (coded width, height) the frames' own headers write, where the packet
-    #: scan reads them (VP8, VP9, H.264, AV1: ``picture_size``): a recording that grows midway is written
+    #: scan reads them (VP8, VP9, H.264, HEVC, AV1: ``picture_size``): a recording that grows midway is written
     #: at this size where it is larger than the first frame (``probe_video``), whatever the
     #: container's header says, and the limits hold for it too.
     largest_picture: tuple[int, int] | None = None
@@ -734,7 +734,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 "pictures; this service reads the size from the headers. Re-encode it to MP4 (H.264)"
             )
         sized_by_packets = sizes_in(ctx.codec.name, ctx.extradata) is not None
-        if (coded_w <= 0 or coded_h <= 0) and not sized_by_packets:  # VP8, VP9, H.264: the scan reads it
+        if (coded_w <= 0 or coded_h <= 0) and not sized_by_packets:  # the scan reads it (``picture_size``)
             raise CorruptVideo("the video's headers record no frame size")
         rotation = rotation_from_matrix(mp4.matrix) if mp4 and mp4.matrix else 0
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate

@@ -1,5 +1,5 @@
-"""The picture size a VP8, VP9, H.264 or AV1 stream's own headers write, read from its packets
-without decoding.
+"""The picture size a VP8, VP9, H.264, HEVC or AV1 stream's own headers write, read from its
+packets without decoding.
 
 A video's pictures need not keep one size: WebRTC encoders start a call small and grow with the
 bandwidth (and shrink when it drops), and a browser's tab or window capture follows the window.
@@ -11,17 +11,19 @@ its first, and the limits are checked against that.
 VP8 writes a size in every key frame; VP9 in every key frame and intra-only frame, and in an inter
 frame that is not the size of one of its references (libvpx's real-time resizing changes size on
 inter frames).  A VP9 packet can be a superframe: several frames, listed in an index at its end.
-H.264 changes size with a new sequence parameter set (SPS), sent in the stream before the key frame
-that uses it: its NAL units are read from key frames' packets, start-code delimited (Annex B: raw
-streams, MPEG-TS) or length-prefixed (MP4 and Matroska, whose header says how: ``avcC``).  AV1
+H.264 and HEVC change size with a new sequence parameter set (SPS), sent in the stream before the
+key frame that uses it: the NAL units before a packet's first slice are read, start-code delimited
+(Annex B: raw streams, MPEG-TS) or length-prefixed (MP4 and Matroska, whose header says how:
+``avcC``, ``hvcC``).  AV1
 writes the largest frame it allows in a sequence header with each key frame (``av1_sizes``, which
-an AVIF picture's check uses too).  Other codecs change size too (HEVC, MPEG-4 Part 2); their
+an AVIF picture's check uses too).  Other codecs change size too (MPEG-4 Part 2, H.263); their
 larger pictures are scaled to the output size by the decoder (``decode.timed_frames``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from service.media.bits import Bits
 
@@ -33,13 +35,16 @@ _VP9_RGB = 7
 def sizes_in(codec: str, extradata: bytes | None = None) -> Callable[[bytes], list[Size]] | None:
     """The reader of the sizes in ``codec``'s packets (a whole packet in, the sizes its frames write
     out), or None where they are not read from packets.  ``codec`` is FFmpeg's decoder name,
-    ``extradata`` the stream's codec header (an H.264 ``avcC`` says how long its NAL lengths are).
-    Only key frames' packets need reading for H.264 and VP8; VP9's inter frames can write one."""
-    if codec in ("h264", "libopenh264"):
-        if extradata and extradata[0] == 1 and len(extradata) > 4:  # avcC: length-prefixed NAL units
-            length = (extradata[4] & 3) + 1
-            return lambda packet: _h264_sizes([*_prefixed_nals(packet, length)])
-        return lambda packet: _h264_sizes([*_annex_b_nals(packet)])
+    ``extradata`` the stream's codec header (an ``avcC`` or ``hvcC`` says how long its NAL lengths
+    are)."""
+    syntax = _NAL_SYNTAX.get(codec)
+    if syntax is not None:
+        # avcC / hvcC: length-prefixed NAL units, the length's size in the header's 5th / 22nd byte
+        at = 4 if syntax is _H264 else 21
+        if extradata and extradata[0] == 1 and len(extradata) > at:
+            length = (extradata[at] & 3) + 1
+            return lambda packet: syntax.sizes(_prefixed_nals(packet, length, syntax))
+        return lambda packet: syntax.sizes(_annex_b_nals(packet, syntax))
     return READERS.get(codec)
 
 
@@ -223,18 +228,39 @@ _MAX_MBS = 1024
 _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 
 
-def _annex_b_nals(packet: bytes) -> list[bytes]:
+@dataclass(frozen=True)
+class _NalSyntax:
+    """How a codec's NAL units name their kind: H.264's in the header byte's low 5 bits, HEVC's in
+    bits 1-6 of its first of two; its SPS kind, its slices' kinds, and the SPS's size reader."""
+
+    kind: Callable[[int], int]
+    sps: int
+    slices: range
+    size: Callable[[bytes], Size | None]
+
+    def sizes(self, nals: list[bytes]) -> list[Size]:
+        found = []
+        for nal in nals:
+            size = self.size(nal.replace(b"\x00\x00\x03", b"\x00\x00"))  # emulation prevention
+            if size:
+                found.append(size)
+        return found
+
+
+def _annex_b_nals(packet: bytes, syntax: _NalSyntax) -> list[bytes]:
     """The heads of the SPS NAL units of a start-code delimited packet (``_before_the_picture``)."""
     nals: list[bytes] = []
     at = packet.find(b"\x00\x00\x01")
     for _ in range(_NALS_READ):
-        if at < 0 or at + 3 >= len(packet) or not _before_the_picture(packet[at + 3 : at + 3 + _SPS_BYTES], nals):
+        if at < 0 or at + 3 >= len(packet):
+            break
+        if not _before_the_picture(packet[at + 3 : at + 3 + _SPS_BYTES], nals, syntax):
             break
         at = packet.find(b"\x00\x00\x01", at + 3)
     return nals
 
 
-def _prefixed_nals(packet: bytes, length: int) -> list[bytes]:
+def _prefixed_nals(packet: bytes, length: int, syntax: _NalSyntax) -> list[bytes]:
     """The heads of the SPS NAL units of a packet whose NAL units each follow their ``length``-byte
     size (``_before_the_picture``); where the sizes do not add up (a stream muxed Annex B into
     Matroska), read as Annex B."""
@@ -245,8 +271,8 @@ def _prefixed_nals(packet: bytes, length: int) -> list[bytes]:
             break
         size = int.from_bytes(packet[at : at + length], "big")
         if size == 0 or at + length + size > len(packet):
-            return _annex_b_nals(packet)
-        if not _before_the_picture(packet[at + length : at + length + min(size, _SPS_BYTES)], nals):
+            return _annex_b_nals(packet, syntax)
+        if not _before_the_picture(packet[at + length : at + length + min(size, _SPS_BYTES)], nals, syntax):
             break
         at += length + size
     return nals
@@ -258,24 +284,15 @@ def _prefixed_nals(packet: bytes, length: int) -> list[bytes]:
 _NALS_READ = 32
 
 
-def _before_the_picture(nal: bytes, nals: list[bytes]) -> bool:
+def _before_the_picture(nal: bytes, nals: list[bytes], syntax: _NalSyntax) -> bool:
     """Take the NAL unit ``nal`` (its head) into ``nals`` where it is an SPS; False at the first
-    slice (types 1-5), after which no SPS of this access unit comes."""
-    kind = nal[0] & 0x1F
-    if 1 <= kind <= 5:
+    slice, after which no SPS of this access unit comes."""
+    kind = syntax.kind(nal[0])
+    if kind in syntax.slices:
         return False
-    if kind == 7:
+    if kind == syntax.sps:
         nals.append(nal)
     return True
-
-
-def _h264_sizes(nals: list[bytes]) -> list[Size]:
-    sizes = []
-    for nal in nals:
-        size = _h264_sps_size(nal.replace(b"\x00\x00\x03", b"\x00\x00"))  # emulation prevention
-        if size:
-            sizes.append(size)
-    return sizes
 
 
 def _h264_sps_size(nal: bytes) -> Size | None:
@@ -332,3 +349,44 @@ def _skip_scaling_list(bits: Bits, size: int) -> None:
         if following:
             following = (last + bits.se() + 256) % 256
         last = following or last
+
+
+def _hevc_sps_size(nal: bytes) -> Size | None:
+    """The picture size an HEVC SPS (its NAL unit, two header bytes first) writes, less its
+    conformance window (H.265 7.3.2.2), or None where it cannot be read or is not the base
+    layer's (an MV-HEVC stereo video's second view has an SPS of its own syntax; FFmpeg decodes
+    the base layer)."""
+    if len(nal) < 3 or (nal[0] & 1) << 5 | nal[1] >> 3:  # nuh_layer_id
+        return None
+    bits = Bits(nal[2:])
+    try:
+        bits.read(4)  # sps_video_parameter_set_id
+        sub_layers = bits.read(3)  # sps_max_sub_layers_minus1
+        bits.read(1)  # sps_temporal_id_nesting_flag
+        bits.read(96)  # the general profile, tier and level
+        present = [(bits.read(1), bits.read(1)) for _ in range(sub_layers)]
+        if sub_layers:
+            bits.read(2 * (8 - sub_layers))
+        for profile, level in present:
+            bits.read(88 * profile + 8 * level)
+        bits.ue()  # sps_seq_parameter_set_id
+        chroma = bits.ue()
+        separate = bits.read(1) if chroma == 3 else 0
+        width, height = bits.ue(), bits.ue()
+        window = (bits.ue(), bits.ue(), bits.ue(), bits.ue()) if bits.read(1) else (0, 0, 0, 0)
+    except IndexError:
+        return None
+    if chroma > 3 or not 0 < width <= 16 * _MAX_MBS or not 0 < height <= 16 * _MAX_MBS:
+        return None
+    array_type = 0 if separate else chroma
+    unit_x = 2 if array_type in (1, 2) else 1
+    unit_y = 2 if array_type == 1 else 1
+    width -= unit_x * (window[0] + window[1])
+    height -= unit_y * (window[2] + window[3])
+    return (width, height) if width > 0 and height > 0 else None
+
+
+_H264 = _NalSyntax(kind=lambda header: header & 0x1F, sps=7, slices=range(1, 6), size=_h264_sps_size)
+_HEVC = _NalSyntax(kind=lambda header: header >> 1 & 0x3F, sps=33, slices=range(0, 32), size=_hevc_sps_size)
+#: The codecs whose SPSs are read, by FFmpeg's decoder name.
+_NAL_SYNTAX = {"h264": _H264, "libopenh264": _H264, "hevc": _HEVC}

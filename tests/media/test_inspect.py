@@ -549,7 +549,7 @@ def test_a_stream_that_grows_past_what_its_packets_tell_is_scaled_to_its_first_s
 
 
 @pytest.mark.parametrize(("codec", "suffix"), [("libvpx", "webm"), ("libvpx-vp9", "webm"), ("libx264", "mkv"),
-                                               ("libx264", "ts")])
+                                               ("libx264", "ts"), ("libx265", "mkv")])
 def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path, codec: str, suffix: str) -> None:
     """A WebRTC recording starts small and grows with the bandwidth: its VP8/VP9 packets, or H.264's
     SPS (length-prefixed in Matroska, start codes in MPEG-TS), tell each picture's size, so every

@@ -101,8 +101,18 @@ def test_vp9_superframes_list_each_frame(tmp_path: Path) -> None:
     assert read(b"\x00" * 3) == read(b"") == []
 
 
+@pytest.mark.parametrize(
+    ("width", "height", "pix_fmt"),
+    [(1920, 1080, "yuv420p"),  # a conformance window of 8 rows
+     (162, 98, "yuv444p"), (642, 360, "yuv422p"), (720, 576, "yuv420p10le"), (96, 64, "gray")],
+)
+def test_hevc_sps_size_is_the_decoders(tmp_path: Path, width: int, height: int, pix_fmt: str) -> None:
+    data = _encoded("libx265", width, height, pix_fmt, **{"x265-params": "log-level=error"})
+    assert sizes_in("hevc")(data) == [_decoded_size(data, "hevc", tmp_path)] == [(width, height)]
+
+
 def test_other_codecs_are_not_read() -> None:
-    assert sizes_in("mpeg4") is None and sizes_in("hevc") is None
+    assert sizes_in("mpeg4") is None and sizes_in("h263") is None
 
 
 def _av1_sequence_header(width: int, height: int) -> bytes:
@@ -127,3 +137,13 @@ def test_av1_sequence_headers_tell_the_largest_frame() -> None:
     assert read(delimiter + frame) == []
     assert read(delimiter * 40 + _av1_sequence_header(64, 64)) == []
     assert read(delimiter + bytes([1 << 3 | 1 << 1, 0x80])) == []  # a size field cut short
+
+
+def test_hevc_reads_only_the_base_layers_sps() -> None:
+    """An MV-HEVC stereo video's second view has an SPS of its own syntax (nuh_layer_id 1): not
+    read, as FFmpeg decodes the base layer only."""
+    data = _encoded("libx265", 96, 64, **{"x265-params": "log-level=error"})
+    at = data.find(b"\x00\x00\x01\x42\x01") + 3  # the SPS's two header bytes: type 33, layer 0
+    assert sizes_in("hevc")(data) == [(96, 64)]
+    second_view = data[: at + 1] + bytes([1 << 3 | data[at + 1] & 7]) + data[at + 2 :]
+    assert sizes_in("hevc")(second_view) == []
