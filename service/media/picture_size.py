@@ -14,9 +14,8 @@ inter frames).  A VP9 packet can be a superframe: several frames, listed in an i
 H.264 and HEVC change size with a new sequence parameter set (SPS), sent in the stream before the
 key frame that uses it: the NAL units before a packet's first slice are read, start-code delimited
 (Annex B: raw streams, MPEG-TS) or length-prefixed (MP4 and Matroska, whose header says how:
-``avcC``, ``hvcC``).  AV1
-writes the largest frame it allows in a sequence header with each key frame (``av1_sizes``, which
-an AVIF picture's check uses too).  Other codecs change size too (MPEG-4 Part 2, H.263); their
+``avcC``, ``hvcC``).  AV1 writes the largest frame it allows in a sequence header with each key
+frame (``av1_sizes``, which an AVIF picture's check uses too).  Other codecs change size too (MPEG-4 Part 2, H.263); their
 larger pictures are scaled to the output size by the decoder (``decode.timed_frames``).
 """
 
