@@ -38,8 +38,8 @@ from service.media.probe import (
     decoded_frames,
     decoder_pixel_cap,
     frame_rotation,
-    limit_decoder,
     open_input,
+    prepare_decoder,
     thread_decoder,
     too_large_after_error,
     video_stream,
@@ -185,7 +185,7 @@ class VideoBackground:
         self._container = open_input(self.path)
         stream = video_stream(self._container)
         thread_decoder(stream, self.threads)
-        limit_decoder(stream, self.pixels)
+        prepare_decoder(stream, self.pixels)
         start = _start_s(stream)
 
         def gen() -> Generator[tuple[float, np.ndarray], None, None]:
@@ -344,7 +344,7 @@ def _gif_by_ffmpeg(path: Path, info: BackgroundInfo, header: ImageHeader) -> np.
     try:
         with open_input(path) as container:
             stream = video_stream(container)
-            limit_decoder(stream, info.width * info.height)
+            prepare_decoder(stream, info.width * info.height)
             frame = next(container.decode(stream), None)
             if frame is None:
                 return None

@@ -29,8 +29,8 @@ from service.media.inspect import check_frame_size
 from service.media.probe import (
     VideoInfo,
     decoded_frames,
-    limit_decoder,
     open_input,
+    prepare_decoder,
     thread_decoder,
     too_large_after_error,
     video_stream,
@@ -58,7 +58,7 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None,
         if seek_dts is not None:
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         thread_decoder(stream, threads)
-        limit_decoder(stream, settings.max_pixels)
+        prepare_decoder(stream, settings.max_pixels)
         rgb = RgbConverter(info.coded_width, info.coded_height, info.rotation)
         last_pts: int | None = None
         try:
@@ -74,7 +74,7 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None,
 
 def decode_error(stream: av.video.stream.VideoStream, settings: Settings, last_pts: int | None,
                  exc: av.error.FFmpegError) -> BackdropError:
-    """What a decoder's failure midway means: a frame past the limits (``limit_decoder`` refused
+    """What a decoder's failure midway means: a frame past the limits (``prepare_decoder`` refused
     it), else a video that cannot be decoded further."""
     if too_large_after_error(stream, settings.max_pixels):
         return VideoTooLarge(f"a frame after time {last_pts} exceeds the limit of {settings.max_pixels} pixels")

@@ -24,7 +24,7 @@ import numpy as np
 from service.config import Settings, get_settings
 from service.media.decode import decode_error, fitted_size, timed_frames
 from service.media.inspect import OPEN_OPTIONS
-from service.media.probe import VideoInfo, limit_decoder, open_input, thread_decoder, video_stream
+from service.media.probe import VideoInfo, open_input, prepare_decoder, thread_decoder, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def iter_planes(info: VideoInfo, *, nvdec: bool, on_device: bool, device: int = 
             thread_decoder(stream, threads)
         w, h = info.coded_width, info.coded_height
         settings = settings or get_settings()
-        limit_decoder(stream, settings.max_pixels)
+        prepare_decoder(stream, settings.max_pixels)
         last_pts: int | None = None
         try:
             for frame, pts, duration in timed_frames(container, stream, info, settings):

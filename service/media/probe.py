@@ -33,8 +33,8 @@ from service.media.inspect import (
 
 __all__ = [
     "AudioInfo", "VideoInfo", "check_limits", "decoded_frames", "decoder_pixel_cap", "frame_rotation",
-    "limit_decoder", "normalise_rotation", "open_input", "probe_video", "thread_decoder", "too_large_after_error",
-    "video_stream",
+    "h264_reorder_depth", "normalise_rotation", "open_input", "prepare_decoder", "probe_video", "thread_decoder",
+    "too_large_after_error", "video_stream",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
     container = open_input(path)
     try:
         stream = video_stream(container)
-        limit_decoder(stream, settings.max_pixels)
+        prepare_decoder(stream, settings.max_pixels)
         first = _first_frame(container, stream, info, settings.max_pixels)
         # an MP4's or MOV's rotation is read from its boxes (inspect_video); another container's
         # (Matroska's projection) or a codec's (an orientation SEI) only from the decoded frame
@@ -95,12 +95,48 @@ def decoder_pixel_cap(pixels: int, width: int = 0, height: int = 0) -> int:
     return square
 
 
-def limit_decoder(stream: av.video.stream.VideoStream, pixels: int) -> None:
-    """Make the stream's decoder refuse, before allocating, any frame much larger than ``pixels``
-    (or than the size its headers declare, when that is within ``pixels``)."""
+def prepare_decoder(stream: av.video.stream.VideoStream, pixels: int) -> None:
+    """Set up the stream's decoder as every reader of ours needs it: refusing, before allocating, any
+    frame much larger than ``pixels`` (or than the size its headers declare, when that is within
+    ``pixels``), and, for a raw H.264 stream, holding back enough frames to reorder
+    (``h264_reorder_depth``)."""
     ctx = stream.codec_context
     cap = decoder_pixel_cap(pixels, ctx.width or 0, ctx.height or 0)
-    ctx.options = {**(ctx.options or {}), "max_pixels": str(cap)}
+    options = {**(ctx.options or {}), "max_pixels": str(cap)}
+    depth = h264_reorder_depth(stream)
+    if depth:
+        options["has_b_frames"] = str(depth)
+    ctx.options = options
+
+
+#: H.264's MaxDpbMbs by ``level_idc`` (Table A-1; 9 is level 1b): the macroblocks of the frames a
+#: decoder's picture buffer holds.
+_H264_DPB_MBS = {9: 396, 10: 396, 11: 900, 12: 2376, 13: 2376, 20: 2376, 21: 4752, 22: 8100, 30: 8100,
+                 31: 18000, 32: 20480, 40: 32768, 41: 32768, 42: 34816, 50: 110400, 51: 184320, 52: 184320,
+                 60: 696320, 61: 696320, 62: 696320}
+#: Most frames an H.264 decoder holds back to reorder (its picture buffer's 16, less the current one).
+_H264_MAX_REORDER = 15
+
+
+def h264_reorder_depth(stream: av.video.stream.VideoStream) -> int:
+    """How many frames the decoder of a raw H.264 stream (an ``.264``/``.h264`` file) must hold back
+    to put its frames in display order, or 0 where the stream is not one.
+
+    An SPS may say how many (its VUI's ``max_num_reorder_frames``), and a container's timestamps
+    tell FFmpeg the depth before decoding; a raw stream has no timestamps, and without the VUI count
+    FFmpeg's decoder (opened with nothing decoded while probing: ``open_input``) learns the depth
+    from frames that arrive out of order and drops the ones it has already passed: the first 3 of
+    the 297 of a hierarchical-B stream (``IbBbBbBbP``).  So it is given the most its level allows,
+    the frames of its size that fit the level's picture buffer (A.3.1 h), as FFmpeg's decoder takes
+    with ``-strict strict``: no frame is lost, and the frames held are at most the level's buffer,
+    which a stream may fill with reference frames anyway (a level the table lacks counts as the
+    largest's: at 8K, 5 frames)."""
+    ctx = stream.codec_context
+    if ctx.name != "h264" or stream.container.format.name != "h264":
+        return 0
+    mbs = max(1, ((ctx.width or 0) + 15) // 16 * (((ctx.height or 0) + 15) // 16))
+    dpb = _H264_DPB_MBS.get(ctx.level or 0, _H264_DPB_MBS[62])  # a level not in the table: the largest's
+    return max(1, min(_H264_MAX_REORDER, dpb // mbs))
 
 
 def thread_decoder(stream: av.video.stream.VideoStream, threads: int) -> None:
@@ -113,7 +149,7 @@ def thread_decoder(stream: av.video.stream.VideoStream, threads: int) -> None:
 
 
 def too_large_after_error(stream: av.video.stream.VideoStream, pixels: int) -> bool:
-    """Whether a decoder error came from a frame past ``pixels`` (refused by ``limit_decoder``):
+    """Whether a decoder error came from a frame past ``pixels`` (refused by ``prepare_decoder``):
     FFmpeg leaves the refused size in the context, or zeroes it when it refuses the dimensions."""
     ctx = stream.codec_context
     return ctx.width == 0 or ctx.width * ctx.height > pixels
@@ -153,7 +189,7 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
     refuses the frames before it; H.264 drops them silently), a damaged sector.  The frame that
     packet held is missing (the one before it stays on screen for its time) and the frames that
     refer to it may show its damage.  Past the shares above of the ``frames`` the video holds it is
-    ``corrupt_video``.  A refusal of a frame past ``pixels`` (``limit_decoder``) is raised, for the
+    ``corrupt_video``.  A refusal of a frame past ``pixels`` (``prepare_decoder``) is raised, for the
     caller's ``video_too_large``; invalid data before any size is known is damage (garbage H.264
     was called too large: "its headers declare 16x2")."""
     allowed = {True: frames // LEADING_SHARE, False: DAMAGED_ANYWAY + frames // DAMAGED_SHARE}
@@ -168,7 +204,7 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
             decoded = stream.decode(packet)  # None at the end: the frames the decoder still holds
         except av.error.InvalidDataError:
             ctx = stream.codec_context
-            if ctx.width * ctx.height > pixels:  # a size read and refused (``limit_decoder``)
+            if ctx.width * ctx.height > pixels:  # a size read and refused (``prepare_decoder``)
                 raise
             refused[leading] += 1
             if refused[leading] > allowed[leading]:

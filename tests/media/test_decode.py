@@ -192,3 +192,74 @@ def test_reserved_primaries_or_transfer_convert_as_unspecified(tag: str) -> None
     expected = frame.to_ndarray(format="rgb24")
     setattr(frame, tag, 3)  # reserved
     assert np.array_equal(RgbConverter(info.coded_width, info.coded_height)(frame), expected)
+
+
+def _sps_without_vui(nal: bytes) -> bytes:
+    """A Main-profile H.264 SPS (its NAL unit, header byte first) with its VUI left out: no timing,
+    and no ``max_num_reorder_frames``, as many encoders and cameras write it (x264 always writes it)."""
+    from service.media.bits import Bits
+
+    rbsp = nal.replace(b"\x00\x00\x03", b"\x00\x00")
+    bits = Bits(rbsp[1:])
+    assert bits.read(8) == 77  # Main: no chroma format or scaling matrices in the SPS
+    bits.read(16), bits.ue(), bits.ue()  # constraint flags and level, id, log2_max_frame_num
+    assert bits.ue() == 0  # pic_order_cnt_type
+    bits.ue(), bits.ue(), bits.read(1)  # log2_max_poc_lsb, max_num_ref_frames, gaps_in_frame_num
+    bits.ue(), bits.ue()  # the size in macroblocks
+    if not bits.read(1):  # frame_mbs_only
+        bits.read(1)
+    bits.read(1)  # direct_8x8_inference
+    if bits.read(1):  # frame cropping
+        bits.ue(), bits.ue(), bits.ue(), bits.ue()
+    assert bits.read(1) == 1  # vui_parameters_present: x264 writes it
+    kept = "".join(f"{b:08b}" for b in rbsp[1:])[: bits.pos - 1] + "0" + "1"  # no VUI, the stop bit
+    kept += "0" * (-len(kept) % 8)
+    out = bytearray(rbsp[:1])
+    for byte in int(kept, 2).to_bytes(len(kept) // 8, "big"):
+        if len(out) >= 3 and out[-2:] == b"\x00\x00" and byte <= 3:
+            out.append(3)  # emulation prevention
+        out.append(byte)
+    return bytes(out)
+
+
+def _hierarchical_b_stream(path: Path, frames: int = 24) -> tuple[Path, list[np.ndarray]]:
+    """A raw H.264 stream (Annex B, no container, no timestamps) of hierarchical B-frames (three B
+    between references, the middle one a reference: two frames of reordering) whose SPS has no VUI;
+    and its pictures in display order, decoded from the stream as x264 wrote it."""
+    with av.open(str(data_path("videos", "walking-audio.mp4"))) as src:
+        picture = cv2.resize(next(src.decode(video=0)).to_ndarray(format="rgb24"), (320, 176))
+    written = path.with_suffix(".x264.h264")
+    with av.open(str(written), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 176, "yuv420p"
+        stream.options = {"profile": "main", "x264-params": "bframes=3:b-pyramid=normal:b-adapt=0:keyint=250"}
+        for t in range(frames):
+            image = np.roll(picture, 6 * t, axis=1)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    with av.open(str(written)) as c:
+        shown = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    data = written.read_bytes()
+    units = data.split(b"\x00\x00\x01")
+    units = [_sps_without_vui(u) if u and u[0] & 0x1F == 7 else u for u in units]
+    path.write_bytes(b"\x00\x00\x01".join(units))
+    return path, shown
+
+
+def test_a_raw_h264_stream_without_its_reorder_count_loses_no_frames(tmp_path: Path) -> None:
+    """A raw ``.264`` stream has no timestamps, and where its SPS does not say how many frames to
+    reorder, FFmpeg's decoder learns it from frames that come out of order, dropping those it has
+    passed (the first of a hierarchical-B stream; 3 of the 297 of ``foreman_cif_IbBbBbBbP.264``).
+    Every decoder of ours is given the depth its level allows, so every frame comes out, in order."""
+    from service.media.hwdecode import iter_planes
+
+    path, shown = _hierarchical_b_stream(tmp_path / "pyramid.264")
+    with av.open(str(path), options={"codec_whitelist": "none"}) as c:  # as open_input opens it
+        assert len(list(c.decode(video=0))) < len(shown) == 24  # the stream shows the loss
+    info = probe_video(path)
+    frames = list(iter_frames(info))
+    assert len(frames) == 24
+    assert all(np.array_equal(f.image, s) for f, s in zip(frames, shown, strict=True))
+    assert [f.pts for f in frames] == sorted(f.pts for f in frames)
+    planes = list(iter_planes(info, nvdec=False, on_device=False))
+    assert [(p.pts, p.duration) for p in planes] == [(f.pts, f.duration) for f in frames]
