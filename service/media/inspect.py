@@ -24,7 +24,7 @@ import re
 import stat
 import struct
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -49,7 +49,7 @@ from service.errors import (
 )
 from service.media import bmp, heif
 from service.media.declared_size import cut_short
-from service.media.picture_size import sizes_in
+from service.media.picture_size import larger, sizes_in
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -733,8 +733,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 f"{ctx.codec.name} video in {name.split(',')[0].upper()} records its frame size only inside its "
                 "pictures; this service reads the size from the headers. Re-encode it to MP4 (H.264)"
             )
-        sized_by_packets = sizes_in(ctx.codec.name, ctx.extradata) is not None
-        if (coded_w <= 0 or coded_h <= 0) and not sized_by_packets:  # the scan reads it (``picture_size``)
+        sizes = sizes_in(ctx.codec.name, ctx.extradata)
+        if (coded_w <= 0 or coded_h <= 0) and sizes is None:  # else the scan reads it (``picture_size``)
             raise CorruptVideo("the video's headers record no frame size")
         rotation = rotation_from_matrix(mp4.matrix) if mp4 and mp4.matrix else 0
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -769,7 +769,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         cut = cut_short(path)  # Matroska's and AVI's sizes; an MP4's sample count is checked below
         if cut:
             raise CorruptVideo(cut)
-        scan = scan_packets(container, stream, settings.max_frames)
+        scan = scan_packets(container, stream, settings.max_frames, sizes)
         frames = scan.count - scan.discarded  # the frames a decoder gives
         measured = scan.rate(time_base)
         if measured and (not stream.average_rate or (declares_rate(name) and not 2 / 3 <= fps / measured <= 1.5)):
@@ -797,8 +797,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             frames = max(1, math.ceil(duration * fps - 1e-6))
         if duration <= 0:
             duration = float(frames / fps)
-        if scan.largest and scan.largest[0] * scan.largest[1] > max(0, coded_w) * max(0, coded_h):
-            coded_w, coded_h = scan.largest  # the size the output is written at (``probe_video``)
+        # the size the output is written at (``probe_video``)
+        coded_w, coded_h = larger((coded_w, coded_h), scan.largest)
         if coded_w <= 0 or coded_h <= 0:
             raise CorruptVideo("the video's headers record no frame size, nor do its frames")
         info = replace(info, coded_width=coded_w, coded_height=coded_h, fps=fps, frames=frames, duration_s=duration,
@@ -914,16 +914,16 @@ def track_length(
 
 
 def scan_packets(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, max_frames: int
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, max_frames: int,
+    sizes: Callable[[bytes], list[tuple[int, int]]] | None = None,
 ) -> PacketScan:
     """Count the video packets of a container just opened, and the times they span, by demuxing
     (no decoding: cheap), stopping at the first packet past ``max_frames``.  A cut-off file shows
-    up here as a demuxer error or as fewer packets than the header promised.  Where the codec's
-    packets write their pictures' sizes (``picture_size``), the largest is read too."""
+    up here as a demuxer error or as fewer packets than the header promised.  With ``sizes``, the
+    reader of the sizes the codec's packets write (``picture_size.sizes_in``), the largest is read
+    too."""
     count, discarded, last, last_duration, timed_end = 0, 0, None, 0, None
     times = array("q")  # every timed packet's pts: its first frame's time and the steps between
-    ctx = stream.codec_context
-    sizes = sizes_in(ctx.codec.name, ctx.extradata) if ctx is not None and ctx.codec is not None else None
     largest: tuple[int, int] | None = None
     try:
         for packet in container.demux(stream):
@@ -932,9 +932,8 @@ def scan_packets(
             count += 1
             if count > max_frames:
                 raise VideoTooLarge(f"the video has more frames than the limit of {max_frames}")
-            for w, h in sizes(bytes(packet)) if sizes else ():
-                if largest is None or w * h > largest[0] * largest[1]:
-                    largest = (w, h)
+            for size in sizes(bytes(packet)) if sizes else ():
+                largest = larger(largest or (0, 0), size)
             if packet.is_discard:  # decoded for the frames that refer to it, never shown
                 discarded += 1
                 continue

@@ -47,6 +47,14 @@ def sizes_in(codec: str, extradata: bytes | None = None) -> Callable[[bytes], li
     return READERS.get(codec)
 
 
+def larger(size: Size, other: Size | None) -> Size:
+    """``other`` where it has more pixels than ``size``, else ``size`` (a side of 0 or less counts
+    as no pixels)."""
+    if other is not None and other[0] * other[1] > max(0, size[0]) * max(0, size[1]):
+        return other
+    return size
+
+
 def vp8_sizes(packet: bytes) -> list[Size]:
     """A VP8 key frame's size (its 3-byte frame tag, the start code, two 14-bit sizes); none for an
     inter frame."""

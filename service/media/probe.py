@@ -30,6 +30,7 @@ from service.media.inspect import (
     sample_aspect,
     video_stream,
 )
+from service.media.picture_size import larger
 
 __all__ = [
     "AudioInfo", "VideoInfo", "check_limits", "decoded_frames", "decoder_pixel_cap", "frame_rotation",
@@ -57,9 +58,7 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         aspect = info.sample_aspect if info.sample_aspect != 1 else sample_aspect(stream)
         # the size written: the first frame's (the header's can lie), or the largest picture the
         # packets write where a recording grows midway
-        size = (first.width, first.height)
-        if info.largest_picture and info.largest_picture[0] * info.largest_picture[1] > size[0] * size[1]:
-            size = info.largest_picture
+        size = larger((first.width, first.height), info.largest_picture)
         info = replace(info, coded_width=size[0], coded_height=size[1], rotation=rotation,
                        sample_aspect=aspect,
                        color_primaries=_known(first.color_primaries, info.color_primaries),
