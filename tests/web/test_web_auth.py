@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import pytest
 import stack
-from clips import first_frame_jpeg, short_clip
+from clips import first_frame_jpeg
 from playwright.sync_api import expect
 from stack import count_frames, data_path
+from videoutil import short_clip
 from webstack import WebStack, start_stack, stop_stack
 
 pytestmark = pytest.mark.slow

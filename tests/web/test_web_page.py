@@ -17,10 +17,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from clips import first_frame_jpeg, short_clip
+from clips import first_frame_jpeg
 from heicfile import heic
 from playwright.sync_api import expect
 from stack import count_frames, data_path
+from videoutil import short_clip
 from webstack import WebStack, start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
