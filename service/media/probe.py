@@ -34,7 +34,7 @@ from service.media.picture_size import larger
 
 __all__ = [
     "AudioInfo", "VideoInfo", "check_limits", "decoded_frames", "decoder_pixel_cap", "frame_rotation",
-    "h264_reorder_depth", "normalise_rotation", "open_input", "prepare_decoder", "probe_video", "thread_decoder",
+    "normalise_rotation", "open_input", "prepare_decoder", "probe_video", "thread_decoder",
     "too_large_after_error", "video_stream",
 ]
 
