@@ -463,6 +463,8 @@ class _Route:
     next_pts: int | None = None
     #: the decode time of the last packet copied, in the output's time base (None before the first)
     last_dts: int | None = None
+    #: (pts, time base) of the last packet transcoded where it was timed and gave no sound
+    silent: tuple[int, Fraction] | None = None
 
     @classmethod
     def transcoding(
@@ -502,12 +504,26 @@ class _Route:
             frames = packet.decode()
         except av.error.FFmpegError:
             return  # one damaged audio packet is dropped, not the job
-        if frames and frames[0].pts is None and packet.pts is not None:
-            # a decoder that times none of its frames (WMA) is timed by its packets: the sound began
-            # where the first untimed frames were counted from, 0 (0.39 s early in an ASF clip)
-            frames[0].pts, frames[0].time_base = packet.pts, packet.time_base
+        if frames and frames[0].pts is None:
+            self._time_untimed(cast(av.AudioFrame, frames[0]), packet)
+        self.silent = (packet.pts, Fraction(packet.time_base)) if not frames and packet.pts is not None else None
         for frame in frames:
             self._encode(self.resampler.resample(cast(av.AudioFrame, frame)), out)
+
+    def _time_untimed(self, frame: av.AudioFrame, packet: av.Packet) -> None:
+        """Time a decoded frame that came untimed by its packets.  A decoder that times none of its
+        frames (WMA) is timed by its packet: the sound began where the first untimed frames were
+        counted from, 0 (0.39 s early in an ASF clip).  An untimed packet right after a timed one
+        that gave no sound (faac's first ADTS frame holds only its name, a data element) starts one
+        frame after that one's time: in MPEG-TS only each PES packet's first audio frame is timed
+        when nothing is decoded while probing (FFmpeg times the rest from the sample rate, which it
+        then does not know), and counted from 0 such sound played a frame early (23 ms)."""
+        if packet.pts is not None:
+            frame.pts, frame.time_base = packet.pts, packet.time_base
+        elif self.silent is not None and frame.sample_rate:
+            pts, time_base = self.silent
+            frame.pts = pts + round(Fraction(frame.samples, frame.sample_rate) / time_base)
+            frame.time_base = time_base
 
     def _follow_on(self, packet: av.Packet) -> None:
         """A copied packet's decode time put one tick of the output's after the last one's where it

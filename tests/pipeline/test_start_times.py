@@ -125,3 +125,50 @@ def test_a_variable_rate_clip_ends_where_its_track_does(tmp_path: Path) -> None:
         assert max(p.pts for p in packets) != packets[-1].pts  # the output's last in decode order is not the last shown
         assert float(c.streams.video[0].duration * c.streams.video[0].time_base) == pytest.approx(6.0, abs=0.01)
         assert c.duration is not None and c.duration / 1e6 == pytest.approx(6.0, abs=0.01)
+
+
+def _data_element_only(text: bytes) -> bytes:
+    """An AAC frame (raw, as the muxer takes it) holding only a data stream element: faac writes its
+    name and version so in the first frame of each stream, and the decoder gives no sound for it."""
+    bits = "100" + "0000" + "0" + f"{len(text):08b}" + "".join(f"{b:08b}" for b in text) + "111"  # DSE, END
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
+
+
+def _onset_s(path: Path) -> float:
+    """When the tone starts, in seconds after the first picture: its first loud sample."""
+    with av.open(str(path)) as c:
+        picture = float(next(c.decode(video=0)).time or 0)
+    with av.open(str(path)) as c:
+        for frame in c.decode(audio=0):
+            loud = np.flatnonzero(np.abs(frame.to_ndarray()[0]) > 0.3)
+            if loud.size:
+                return float(frame.time or 0) + loud[0] / frame.sample_rate - picture
+    raise AssertionError("no sound")
+
+
+def test_sound_after_a_frame_that_gives_none_keeps_its_place(tmp_path: Path) -> None:
+    """In MPEG-TS a PES packet holds several AAC frames and only its first is timed; FFmpeg times the
+    others from the sample rate, which it does not know when nothing is decoded while probing.
+    Where that first frame gives no sound (faac's: only its name), the sound that follows was
+    counted from 0 and played a frame (21 ms at 48 kHz) early against the pictures."""
+    src = tmp_path / "faac.ts"
+    with av.open(str(src), "w", format="mpegts", container_options={"max_delay": "700000"}) as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        sound = tone(audio, FRAMES / RATE - SOUND_LATE, SOUND_LATE)
+        named = av.Packet(_data_element_only(b"libfaac 1.28"))
+        named.pts = named.dts = sound[0].pts - 1024
+        named.time_base, named.duration, named.stream = sound[0].time_base, 1024, audio
+        for packet in sorted(rising_grey(video, FRAMES, RATE) + [named, *sound],
+                             key=lambda p: float(p.dts * p.time_base)):
+            out.mux(packet)
+    with av.open(str(src), container_options={"codec_whitelist": "none"}) as c:  # as the service opens it
+        timed = [p.pts is not None for p in c.demux(c.streams.audio[0]) if p.size]
+        assert timed[:2] == [True, False]  # the PES packets hold several frames
+    out = tmp_path / "out.mp4"
+    replace_background(src, "#00b140", out, ReplaceOptions())
+    assert _onset_s(src) == pytest.approx(SOUND_LATE, abs=0.002)
+    assert _onset_s(out) == pytest.approx(_onset_s(src), abs=0.002)
