@@ -11,8 +11,9 @@ Output formats:
 | `greenscreen` | MP4       | H.264 yuv420p                  | the person on chroma-key green        |
 
 Audio: each input audio stream is copied packet for packet when the output container takes its
-codec, otherwise transcoded (AAC for MP4/MOV, Opus for WebM).  Audio packets are interleaved with
-the video as it is written (read from a second demuxer of the input), so nothing piles up in memory.
+codec, otherwise transcoded (AAC for MP4/MOV, Opus for WebM), named as it was (``_label_like``).
+Audio packets are interleaved with the video as it is written (read from a second demuxer of the
+input), so nothing piles up in memory.
 """
 
 from __future__ import annotations
@@ -335,6 +336,7 @@ class _AudioCarrier:
                 self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin)
             else:
                 self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path, self.origin)
+            _label_like(self.routes[stream.index].target, stream)
         self._packets: Iterator[av.Packet] = self.input.demux(*self.input.streams.audio)
         self._pending: av.Packet | None = None
         self._done = False
@@ -368,6 +370,21 @@ class _AudioCarrier:
         if packet.size == 0 and packet.pts is None:
             return  # the demuxer's end-of-stream marker
         route.carry(packet, self.out)
+
+
+#: The tags a player names an audio track by, kept on each output track.
+TRACK_TAGS = ("language", "title")
+
+
+def _label_like(target: av.stream.Stream, source: av.audio.stream.AudioStream) -> None:
+    """Name the output track as its input track: its language and title, and its disposition (the
+    default track, a commentary, one for the hearing impaired).  Without them every track came out
+    ``und``, and a film's English and French sound could no longer be told apart."""
+    for tag in TRACK_TAGS:
+        value = source.metadata.get(tag)
+        if value and value != "und":
+            target.metadata[tag] = value
+    target.disposition = source.disposition
 
 
 def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec) -> bool:

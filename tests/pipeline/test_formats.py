@@ -9,7 +9,16 @@ import av
 import numpy as np
 import pytest
 from conftest import data_path
-from videoutil import alpha_channel, audio_duration, audio_packets, read_back, remux, short_clip
+from videoutil import (
+    alpha_channel,
+    audio_duration,
+    audio_packets,
+    read_back,
+    remux,
+    rising_grey,
+    short_clip,
+    tone,
+)
 
 from service.config import get_settings
 from service.inference.models import get_model
@@ -350,3 +359,31 @@ def test_audio_that_starts_late_keeps_its_place(tmp_path: Path, codec: str, cont
     assert _onset_after_video(src) == pytest.approx(0.5, abs=0.01)
     out = _written(src, fmt, tmp_path / f"out.{fmt}")
     assert _onset_after_video(out) == pytest.approx(0.5, abs=0.03), fmt
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm"])  # AAC copied; transcoded to Opus
+def test_audio_tracks_keep_their_language_title_and_default(tmp_path: Path, fmt: str) -> None:
+    """Two sound tracks (English, the default, and French): a player names and picks them by their
+    language, title and default flag, which came out ``und``, untitled and unflagged."""
+    src = tmp_path / "two-languages.mkv"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        tracks = []
+        for language, title in (("eng", "English"), ("fra", "Français")):
+            audio = out.add_stream("aac", rate=48000)
+            audio.layout = "mono"
+            audio.metadata.update({"language": language, "title": title})
+            tracks.append(audio)
+        tracks[0].disposition = av.stream.Disposition.default
+        packets = rising_grey(video, 10, 10) + tone(tracks[0], 1.0) + tone(tracks[1], 1.0)
+        for packet in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
+            out.mux(packet)
+    out_path = tmp_path / f"out.{fmt}"
+    replace_background(src, "#00b140", out_path, ReplaceOptions(output_format=fmt))  # type: ignore[arg-type]
+    with av.open(str(out_path)) as back:
+        audio = back.streams.audio
+        assert [a.codec_context.name for a in audio] == ["aac", "aac"] if fmt == "mp4" else ["opus", "opus"]
+        assert [a.metadata.get("language") for a in audio] == ["eng", "fra"]
+        assert [a.metadata.get("title") or a.metadata.get("name") for a in audio] == ["English", "Français"]
+        assert [bool(a.disposition & av.stream.Disposition.default) for a in audio] == [True, False]
