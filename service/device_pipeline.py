@@ -9,7 +9,7 @@ Without NVENC (H100, H200) the CPU encoder is the limit, so a video runs in part
 with its own encoder (``device_parts``, with ``service.segments``' plan and join).
 
 It covers what a GPU worker is for: RVM composited on a colour, image or video background (mp4 and
-greenscreen output) or its matte alone (matte output), 4:2:0-even frames without a rotation tag, no edge refinement, harmonisation or
+greenscreen output) or its matte alone (matte output), 4:2:0-even frames not turned or mirrored by their tags, no edge refinement, harmonisation or
 people selection; anything else takes the ordinary pipeline (``covers`` says why).  ``auto`` uses it
 when a CUDA provider works; ``on`` also on the CPU provider, where the same graphs and bindings run
 (the tests compare it with the ordinary pipeline).
@@ -79,8 +79,8 @@ def covers(options: Options, model: MattingModel, info: VideoInfo, bg: Backgroun
         return "harmonisation, people selection or edge refinement"
     if options.output_format != "matte" and not isinstance(bg, ColorBackground | VideoBackground):
         return "a background computed from the frame"
-    if info.rotation or (info.width, info.height) != (info.coded_width, info.coded_height):
-        return "a rotated or cropped frame"
+    if info.rotation or info.mirror or (info.width, info.height) != (info.coded_width, info.coded_height):
+        return "a rotated, mirrored or cropped frame"
     if info.width % 2 or info.height % 2:
         return "an odd frame size"
     return None

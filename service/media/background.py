@@ -28,6 +28,7 @@ from service.media.inspect import (
     BackgroundInfo,
     ImageHeader,
     ImageHeaderError,
+    VideoInfo,
     inspect_background,
     parse_color,
     read_image_header,
@@ -37,8 +38,8 @@ from service.media.inspect import (
 from service.media.probe import (
     decoded_frames,
     decoder_pixel_cap,
-    frame_rotation,
     open_input,
+    orientation,
     prepare_decoder,
     thread_decoder,
     too_large_after_error,
@@ -139,9 +140,9 @@ class VideoBackground:
     decoded with three threads on 2 cores took 50 MB more than with one, and a 1080p job with
     every option on it peaked at 1.0-1.07 GB, 0.96-0.98 GB with one."""
 
-    def __init__(self, path: Path, width: int, height: int, pixels: int, max_frames: int,
+    def __init__(self, info: VideoInfo, width: int, height: int, pixels: int, max_frames: int,
                  pixel_aspect: float = 1.0, threads: int = 0, space: ColourSpace = SRGB):
-        self.path, self.width, self.height = path, width, height
+        self.info, self.path, self.width, self.height = info, info.path, width, height
         self.space = space  # the video's: each picture is brought from its own into it
         self.pixels, self.max_frames = pixels, max_frames
         self.threads = threads
@@ -155,7 +156,7 @@ class VideoBackground:
         self._packets = 0  # the video's (``_measure``): how many may be damaged (``decoded_frames``)
         # the pictures at the output size: the current one, the next, and the one being made
         self._fitted = ArrayPool(max_bytes=3 * width * height * 3)
-        self._profile = _profile(path)  # an animated PNG's or WebP's, like a still one's
+        self._profile = _profile(self.path)  # an animated PNG's or WebP's, like a still one's
         self.duration = self._measure()
 
     def _measure(self) -> float:
@@ -189,7 +190,7 @@ class VideoBackground:
         start = _start_s(stream)
 
         def gen() -> Generator[tuple[float, np.ndarray], None, None]:
-            rot = None
+            turn: tuple[int, bool] | None = None
             try:
                 frames = decoded_frames(self._container, stream, self._packets, self.pixels)  # type: ignore[arg-type]
                 for count, frame in enumerate(frames, 1):
@@ -198,9 +199,9 @@ class VideoBackground:
                         raise BackgroundTooLarge(
                             f"a background frame is {frame.width}x{frame.height}, larger than its headers declare"
                         )
-                    if rot is None:
-                        rot = frame_rotation(frame) // 90
-                    yield self._fit(frame, rot, start)
+                    if turn is None:
+                        turn = orientation(self.info, frame)
+                    yield self._fit(frame, turn, start)
             except av.error.FFmpegError as exc:
                 if too_large_after_error(stream, self.pixels):
                     raise BackgroundTooLarge("a background frame is larger than its headers declare") from None
@@ -220,19 +221,19 @@ class VideoBackground:
         if count > self.max_frames:
             raise BackgroundTooLarge(f"the background holds more than {self.max_frames} frames")
 
-    def _fit(self, frame: av.VideoFrame, rot: int, start: float) -> tuple[float, np.ndarray]:
+    def _fit(self, frame: av.VideoFrame, turn: tuple[int, bool], start: float) -> tuple[float, np.ndarray]:
         """(time, picture upright and covering the output) of one background frame, made RGB as the
         video's frames are (``decode.RgbConverter``: its matrix, a pooled buffer), in the video's
         colour space."""
         if self._rgb is None or (self._rgb.width, self._rgb.height) != (frame.width, frame.height):
-            self._rgb = RgbConverter(frame.width, frame.height, rot * 90, alpha=True)
+            self._rgb = RgbConverter(frame.width, frame.height, *turn, alpha=True)
         own_space = ColourSpace(int(frame.color_primaries), int(frame.color_trc))  # the converter unsets them
         img = self._rgb(frame)
         if img.shape[-1] == 4:  # an animated GIF or PNG, or a video, with transparency
             img = on_black(img[..., :3], img[..., 3].astype(np.float32) * np.float32(1 / 255))
         img = icc.to_srgb(img, self._profile)
         t = float(frame.time) - start if frame.time is not None else 0.0
-        own = 1 / self.own_aspect if rot % 2 else self.own_aspect  # turned a quarter: width and height swap
+        own = 1 / self.own_aspect if turn[0] in (90, 270) else self.own_aspect  # turned a quarter: width and height swap
         shape = (self.height, self.width, 3)
         convert = converter(own_space, self.space)
         if convert is None:
@@ -513,4 +514,5 @@ def open_background(spec: str, width: int, height: int, settings: Settings | Non
         max_frames = max(info.frames, settings.max_animated_background_pixels // pixels)
     else:
         max_frames = settings.max_frames
-    return VideoBackground(path, width, height, pixels, max_frames, pixel_aspect, threads, space)
+    assert info.video is not None  # a video's and an animation's headers come with them
+    return VideoBackground(info.video, width, height, pixels, max_frames, pixel_aspect, threads, space)

@@ -59,7 +59,7 @@ def iter_frames(info: VideoInfo, threads: int = 0, seek_dts: int | None = None,
             container.seek(seek_dts, stream=stream, backward=True, any_frame=False)
         thread_decoder(stream, threads)
         prepare_decoder(stream, settings.max_pixels)
-        rgb = RgbConverter(info.coded_width, info.coded_height, info.rotation)
+        rgb = RgbConverter(info.coded_width, info.coded_height, info.rotation, info.mirror)
         last_pts: int | None = None
         try:
             for frame, pts, duration in timed_frames(container, stream, info, settings):
@@ -170,9 +170,10 @@ class Deinterlacer:
 class RgbConverter:
     """Decoded frames as upright RGB arrays at ``width`` x ``height`` (the video's probed, coded
     size): a frame of another size scaled to it (letterboxed where its shape differs:
-    ``fitted_size``), and ``rotation``
-    (the video's tag: degrees counter-clockwise) applied by ``transpose`` or both flips.  The
-    video's decoder and a background video's (at each frame's own size) use it.
+    ``fitted_size``), and turned and mirrored as the video's display matrix asks (``rotation``,
+    degrees counter-clockwise, then ``mirror``: ``VideoInfo``) by a ``transpose`` or flips
+    (``ORIENTATIONS``).  The video's decoder and a background video's (at each frame's own size)
+    use it.
 
     An FFmpeg filter graph does it, not ``to_ndarray(format="rgb24")``: that made a fresh frame
     buffer for every picture, past glibc's mmap threshold as the pipeline sets it, so the kernel
@@ -189,8 +190,9 @@ class RgbConverter:
     matrix swscale has no conversion for is read as the nearest it has (``nearest_matrix``): either
     failed the whole job as a corrupt video."""
 
-    def __init__(self, width: int, height: int, rotation: int = 0, alpha: bool = False) -> None:
-        self.width, self.height, self.rotation = width, height, rotation
+    def __init__(self, width: int, height: int, rotation: int = 0, mirror: bool = False,
+                 alpha: bool = False) -> None:
+        self.width, self.height, self.rotation, self.mirror = width, height, rotation, mirror
         self.alpha = alpha  # RGBA for frames whose format carries opacity (a background's: shown on black)
         self._graph: av.filter.Graph | None = None
         self._key: tuple[object, ...] | None = None
@@ -214,7 +216,7 @@ class RgbConverter:
             w, h, x, y = fit
             steps = [("scale", f"w={w}:h={h}:flags=bilinear"),
                      ("pad", f"w={self.width}:h={self.height}:x={x}:y={y}:color=black")]
-        steps += [("format", f"pix_fmts={layout}"), *ROTATIONS[self.rotation]]
+        steps += [("format", f"pix_fmts={layout}"), *ORIENTATIONS[self.rotation, self.mirror]]
         return filter_chain(frame, steps, colorspace=str(int(frame.colorspace)), range=str(int(frame.color_range)))
 
 
@@ -280,13 +282,19 @@ def nearest_matrix(colorspace: int) -> int:
 _WARNED: set[int] = set()
 
 
-#: The filters that turn a picture upright, by the rotation its tag asks for (counter-clockwise, as
-#: ``np.rot90``'s turns): ``transpose``'s cclock and clock are a quarter turn either way.
-ROTATIONS: dict[int, list[tuple[str, str]]] = {
-    0: [],
-    90: [("transpose", "dir=cclock")],
-    180: [("hflip", ""), ("vflip", "")],
-    270: [("transpose", "dir=clock")],
+#: The filter that shows a picture as its display matrix asks, by (rotation, mirror): turned
+#: counter-clockwise as ``np.rot90``'s turns, then flipped left to right where ``mirror``.  A turn
+#: and a flip together are one ``transpose`` (``cclock_flip`` swaps x and y, ``clock_flip`` swaps
+#: them reversed) or the flip along the other axis.
+ORIENTATIONS: dict[tuple[int, bool], list[tuple[str, str]]] = {
+    (0, False): [],
+    (90, False): [("transpose", "dir=cclock")],
+    (180, False): [("hflip", ""), ("vflip", "")],
+    (270, False): [("transpose", "dir=clock")],
+    (0, True): [("hflip", "")],
+    (90, True): [("transpose", "dir=clock_flip")],
+    (180, True): [("vflip", "")],
+    (270, True): [("transpose", "dir=cclock_flip")],
 }
 
 

@@ -139,6 +139,9 @@ class VideoInfo:
     #: at this size where it is larger than the first frame (``probe_video``), whatever the
     #: container's header says, and the limits hold for it too.
     largest_picture: tuple[int, int] | None = None
+    #: Whether the picture, once turned by ``rotation``, is shown flipped left to right (a display
+    #: matrix that mirrors: ``orientation_from_matrix``); the pipeline flips it so.
+    mirror: bool = False
 
     @property
     def width(self) -> int:
@@ -196,6 +199,9 @@ class BackgroundInfo:
     width: int
     height: int
     frames: int
+    #: A video's or an animation's headers (``inspect_video``): how its pictures are turned.  Not
+    #: part of what a background is (equality, repr): the kind, size and length say that.
+    video: VideoInfo | None = field(default=None, compare=False, repr=False)
 
 
 class ImageHeaderError(ValueError):
@@ -211,21 +217,31 @@ def normalise_rotation(degrees: float) -> int:
     return int(round(degrees / 90.0)) % 4 * 90
 
 
-def rotation_from_matrix(matrix: tuple[int, ...] | list[int]) -> int:
-    """The rotation (0/90/180/270, counter-clockwise) a display matrix asks for, FFmpeg's way
-    (``av_display_rotation_get``), or 0 when the matrix is not a rotation by a multiple of 90°
-    (all zeros, a shear, a mirror, an odd angle): such metadata is ignored, not guessed at."""
+def orientation_from_matrix(matrix: tuple[int, ...] | list[int]) -> tuple[int, bool]:
+    """(rotation, mirror) a display matrix asks for: the quarter turns counter-clockwise that make
+    the picture upright (0/90/180/270, FFmpeg's angle: ``av_display_rotation_get``), and whether the
+    turned picture is then flipped left to right.  Those two give all eight ways a matrix can map a
+    picture onto its axes, as FFmpeg's command line (``autorotate``) and browsers show them (a mirror
+    alone, or with a turn, as some editors write it).  (0, False) for any other matrix (all zeros, a
+    shear, an odd angle): such metadata is ignored, not guessed at.
+
+    The matrix maps a stored pixel (x, y) to (a·x + c·y, b·x + d·y) shown: one that reverses the
+    picture (a negative determinant) is a flip of the shown picture after the turn ``(-a, b, -c,
+    d)`` writes."""
     a, b, c, d = (v / 65536.0 for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
     scale = math.hypot(a, c)
     if scale == 0 or math.hypot(b, d) == 0:
-        return 0
+        return 0, False
+    mirror = a * d - b * c < 0
+    if mirror:
+        a, c = -a, -c
     angle = -math.degrees(math.atan2(b / math.hypot(b, d), a / scale))
     k = normalise_rotation(angle)
     r = math.radians(k)  # the matrix av_display_rotation_set(-k) writes: (cos r, -sin r, sin r, cos r)
     want = (math.cos(r), -math.sin(r), math.sin(r), math.cos(r))
     if any(abs(v / scale - w) > 0.01 for v, w in zip((a, b, c, d), want, strict=True)):
-        return 0
-    return k
+        return 0, False
+    return k, mirror
 
 
 @dataclass(frozen=True)
@@ -736,7 +752,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         sizes = sizes_in(ctx.codec.name, ctx.extradata)
         if (coded_w <= 0 or coded_h <= 0) and sizes is None:  # else the scan reads it (``picture_size``)
             raise CorruptVideo("the video's headers record no frame size")
-        rotation = rotation_from_matrix(mp4.matrix) if mp4 and mp4.matrix else 0
+        rotation, mirror = orientation_from_matrix(mp4.matrix) if mp4 and mp4.matrix else (0, False)
         fps = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not fps or fps <= 0:
             raise CorruptVideo("the video stream has no usable frame rate")
@@ -753,7 +769,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         # gives is the file's earliest (the sound's, say), so the packets below tell the length.
         info = VideoInfo(
             path=path, container=name, codec=ctx.codec.name, coded_width=coded_w, coded_height=coded_h,
-            rotation=rotation, fps=fps, time_base=time_base, frames=0,
+            rotation=rotation, mirror=mirror, fps=fps, time_base=time_base, frames=0,
             duration_s=declared if mp4 and not mp4.fragmented else 0.0,
             color_primaries=int(ctx.color_primaries or 2), color_trc=int(ctx.color_trc or 2),
             colorspace=int(ctx.colorspace or 2),
@@ -1027,12 +1043,13 @@ def inspect_background(path: Path, settings: Settings | None = None) -> Backgrou
         if header.format == "webp":
             raise UnsupportedBackground("animated WebP backgrounds are not supported (this build cannot decode them)")
         check_animation(header.width, header.height, header.frames, settings)
-        frames = max(_background_video(path, settings).frames, header.frames)
+        animation = _background_video(path, settings)
+        frames = max(animation.frames, header.frames)
         check_animation(header.width, header.height, frames, settings)  # the frames it really holds
-        return BackgroundInfo("animated", header.width, header.height, frames)
+        return BackgroundInfo("animated", header.width, header.height, frames, animation)
     if looks_like_container(head):
         info = _background_video(path, settings)
-        return BackgroundInfo("video", info.width, info.height, info.frames)
+        return BackgroundInfo("video", info.width, info.height, info.frames, info)
     brand = still_picture_brand(head)
     if brand:  # a HEIF picture, not AVIF or HEIC (sniff_image took those)
         raise UnsupportedBackground(

@@ -34,7 +34,7 @@ from service.media.picture_size import larger
 
 __all__ = [
     "AudioInfo", "VideoInfo", "check_limits", "decoded_frames", "decoder_pixel_cap", "frame_rotation",
-    "normalise_rotation", "open_input", "prepare_decoder", "probe_video", "thread_decoder",
+    "normalise_rotation", "open_input", "orientation", "prepare_decoder", "probe_video", "thread_decoder",
     "too_large_after_error", "video_stream",
 ]
 
@@ -50,9 +50,7 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         stream = video_stream(container)
         prepare_decoder(stream, settings.max_pixels)
         first = _first_frame(container, stream, info, settings.max_pixels)
-        # an MP4's or MOV's rotation is read from its boxes (inspect_video); another container's
-        # (Matroska's projection) or a codec's (an orientation SEI) only from the decoded frame
-        rotation = info.rotation if info.container.startswith("mov") else frame_rotation(first)
+        rotation, mirror = orientation(info, first)
         # a pixel shape recorded only in the pictures (H.264's VUI in MPEG-TS, H.263): the decoder has
         # read it now; a PAL 16:9 broadcast came out 5:4
         aspect = info.sample_aspect if info.sample_aspect != 1 else sample_aspect(stream)
@@ -60,7 +58,7 @@ def probe_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         # packets write where a recording grows midway
         size = larger((first.width, first.height), info.largest_picture)
         info = replace(info, coded_width=size[0], coded_height=size[1], rotation=rotation,
-                       sample_aspect=aspect,
+                       mirror=mirror, sample_aspect=aspect,
                        color_primaries=_known(first.color_primaries, info.color_primaries),
                        color_trc=_known(first.color_trc, info.color_trc),
                        colorspace=_known(first.colorspace, info.colorspace))
@@ -154,11 +152,21 @@ def too_large_after_error(stream: av.video.stream.VideoStream, pixels: int) -> b
     return ctx.width == 0 or ctx.width * ctx.height > pixels
 
 
+def orientation(info: VideoInfo, frame: av.VideoFrame) -> tuple[int, bool]:
+    """(rotation, mirror) that show ``info``'s pictures as their display matrix asks
+    (``VideoInfo.rotation``, ``VideoInfo.mirror``): an MP4's or MOV's from its boxes
+    (``inspect.orientation_from_matrix``), another container's (Matroska's projection) or a
+    codec's (an orientation SEI) from ``frame``, its first decoded one (``frame_rotation``)."""
+    if info.container.startswith("mov"):
+        return info.rotation, info.mirror
+    return frame_rotation(frame), False
+
+
 def frame_rotation(frame: av.VideoFrame) -> int:
     """The rotation (0/90/180/270, counter-clockwise) a frame's display matrix asks for: 0 without
     one, or with one that is no such rotation (an odd angle; a degenerate matrix, whose NaN PyAV
-    gives as INT_MIN).  A mirror reads as 180 here: ``probe_video`` takes an MP4's or MOV's rotation
-    from its boxes (``inspect.rotation_from_matrix``), which tells a mirror from a turn.
+    gives as INT_MIN).  Only the angle can be read safely, so a mirror is not seen: a left-right
+    one reads as a half turn, a top-bottom one as none (an MP4's or MOV's are read from its boxes).
 
     Read through PyAV's ``frame.rotation``, never ``frame.side_data``: PyAV 18 wraps each side
     data's metadata in a Dictionary that frees it when collected, and the frame frees it again.

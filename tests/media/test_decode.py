@@ -1,5 +1,5 @@
 """The decoder's own steps: interlaced video made whole frames, progressive video left alone, RGB by
-each video's own matrix, rotation tags applied, frames drawn from one buffer pool."""
+each video's own matrix, rotation and mirror tags applied, frames drawn from one buffer pool."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import data_path
 
+from service.media.background import open_background
 from service.media.decode import RgbConverter, iter_frames
 from service.media.probe import probe_video
 
@@ -147,6 +148,57 @@ def test_a_rotation_tag_turns_the_picture_upright(rotation: int) -> None:
     for (f, s) in zip(frames, stored, strict=False):
         assert np.array_equal(f.image, np.rot90(s, rotation // 90))
     frames.close()
+
+
+def _shown(stored: np.ndarray, matrix: list[int]) -> np.ndarray:
+    """``stored`` as its display matrix maps it, worked out from the matrix itself: the pixel at
+    (x, y) is shown at (a·x + c·y, b·x + d·y), the picture moved back to the origin."""
+    a, b, c, d = (int(np.sign(v)) for v in (matrix[0], matrix[1], matrix[3], matrix[4]))
+    ys, xs = np.mgrid[0 : stored.shape[0], 0 : stored.shape[1]]
+    x, y = a * xs + c * ys, b * xs + d * ys
+    x, y = x - x.min(), y - y.min()
+    shown = np.zeros((y.max() + 1, x.max() + 1, 3), np.uint8)
+    shown[y, x] = stored
+    return shown
+
+
+_ONE = 1 << 16
+
+
+@pytest.mark.parametrize("abcd", [
+    (_ONE, 0, 0, _ONE), (0, -_ONE, _ONE, 0), (-_ONE, 0, 0, -_ONE), (0, _ONE, -_ONE, 0),  # turns
+    (-_ONE, 0, 0, _ONE), (_ONE, 0, 0, -_ONE), (0, _ONE, _ONE, 0), (0, -_ONE, -_ONE, 0),  # mirrors
+], ids=["none", "ccw", "half", "cw", "left-right", "top-bottom", "transpose", "anti-transpose"])
+def test_every_display_matrix_shows_the_picture_as_it_maps_it(tmp_path: Path, abcd: tuple[int, ...]) -> None:
+    """All eight ways a display matrix can lay a picture on its axes, as FFmpeg's command line and
+    browsers show them: a mirror was ignored, and a mirror with a turn came out a quarter turn off."""
+    a, b, c, d = abcd
+    matrix = [a, b, 0, c, d, 0, 0, 0, 1 << 30]
+    rng = np.random.default_rng(7)
+    pictures = [cv2.resize(rng.integers(0, 256, (6, 8, 3), np.uint8), (128, 96), interpolation=cv2.INTER_NEAREST)
+                for _ in range(3)]
+    path = tmp_path / "tagged.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.set_display_matrix(matrix)
+        for i, picture in enumerate(pictures):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as c:
+        stored = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    info = probe_video(path)
+    frames = [f.image for f in iter_frames(info)]
+    assert len(frames) == len(stored) == 3
+    assert (info.width, info.height) == frames[0].shape[1::-1]
+    assert all(np.array_equal(f, _shown(s, matrix)) for f, s in zip(frames, stored, strict=True))
+    # the same file as a background, shown at its own size
+    background = open_background(str(path), info.width, info.height)
+    plate = background.frames(np.zeros((1, info.height, info.width, 3), np.uint8), [0.0])[0]
+    background.close()
+    assert np.array_equal(plate, frames[0])
 
 
 def test_frames_reuse_the_graphs_buffers(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ from service.media.inspect import (
     inspect_video,
     mp4_video_track,
     ordinary_steps,
+    orientation_from_matrix,
     read_image_header,
-    rotation_from_matrix,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -370,22 +370,27 @@ def test_animated_webp_is_refused_precisely(tmp_path: Path) -> None:
 
 
 # --- rotation -------------------------------------------------------------------------------------
-def test_rotation_from_display_matrices() -> None:
+def test_orientation_from_display_matrices() -> None:
     one, w = 1 << 16, 1 << 30
-    assert rotation_from_matrix((one, 0, 0, 0, one, 0, 0, 0, w)) == 0
-    assert rotation_from_matrix((0, -one, 0, one, 0, 0, 0, 0, w)) == 90
-    assert rotation_from_matrix((-one, 0, 0, 0, -one, 0, 0, 0, w)) == 180
-    assert rotation_from_matrix((0, one, 0, -one, 0, 0, 0, 0, w)) == 270
-    assert rotation_from_matrix((0,) * 9) == 0  # FFmpeg: NaN (it came out turned 270°)
-    assert rotation_from_matrix((-one, 0, 0, 0, one, 0, 0, 0, w)) == 0  # a mirror
-    assert rotation_from_matrix((one, one, 0, 0, one, 0, 0, 0, w)) == 0  # a shear
+    assert orientation_from_matrix((one, 0, 0, 0, one, 0, 0, 0, w)) == (0, False)
+    assert orientation_from_matrix((0, -one, 0, one, 0, 0, 0, 0, w)) == (90, False)
+    assert orientation_from_matrix((-one, 0, 0, 0, -one, 0, 0, 0, w)) == (180, False)
+    assert orientation_from_matrix((0, one, 0, -one, 0, 0, 0, 0, w)) == (270, False)
+    assert orientation_from_matrix((-one, 0, 0, 0, one, 0, 0, 0, w)) == (0, True)  # left-right
+    assert orientation_from_matrix((one, 0, 0, 0, -one, 0, 0, 0, w)) == (180, True)  # top-bottom
+    assert orientation_from_matrix((0, one, 0, one, 0, 0, 0, 0, w)) == (270, True)  # x and y swapped
+    assert orientation_from_matrix((0, -one, 0, -one, 0, 0, 0, 0, w)) == (90, True)
+    assert orientation_from_matrix((2 * one, 0, 0, 0, -2 * one, 0, 0, 0, w)) == (180, True)  # scaled
+    assert orientation_from_matrix((0,) * 9) == (0, False)  # FFmpeg: NaN (it came out turned 270°)
+    assert orientation_from_matrix((one, one, 0, 0, one, 0, 0, 0, w)) == (0, False)  # a shear
+    assert orientation_from_matrix((46341, 46341, 0, 46341, -46341, 0, 0, 0, w)) == (0, False)  # 45° and a flip
 
 
 def test_rotation_tag_read_from_the_mp4_boxes() -> None:
     clip = data_path("videos", "rotated-tag-90.mp4")
     track = mp4_video_track(clip)
     assert track is not None and track.matrix is not None and not track.encrypted
-    assert rotation_from_matrix(track.matrix) == 90
+    assert orientation_from_matrix(track.matrix) == (90, False)
     info = inspect_video(clip)
     assert (info.width, info.height, info.rotation) == (540, 960, 90)
 
@@ -418,14 +423,15 @@ def test_a_matroska_rotation_is_read_from_the_frame(tmp_path: Path, matrix: list
     assert probe_video(path).rotation == rotation
 
 
-def test_a_mirror_in_an_mp4_is_no_rotation(tmp_path: Path) -> None:
-    """MP4's and MOV's rotation comes from their boxes, which tell a mirror from a half turn (the
+def test_a_mirror_in_an_mp4_is_read_from_its_boxes(tmp_path: Path) -> None:
+    """MP4's and MOV's orientation comes from their boxes, which tell a mirror from a half turn (the
     frame's rotation, all PyAV gives safely, cannot)."""
     from service.media.probe import probe_video
 
     mirror = [-1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30]
     path = bombs.encode(tmp_path / "mirror.mp4", small_frames(2), "libx264", "yuv420p", "mp4", matrix=mirror)
-    assert probe_video(path).rotation == 0
+    info = probe_video(path)
+    assert (info.rotation, info.mirror, info.width, info.height) == (0, True, 96, 72)
 
 
 def test_a_png_with_a_colour_profile_does_not_crash_the_process(tmp_path: Path) -> None:
