@@ -4,6 +4,7 @@ tone that tests of timing write."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -235,3 +236,69 @@ def tone(stream: av.audio.stream.AudioStream, seconds: float, start_s: float = 0
         frame.sample_rate, frame.pts, frame.time_base = rate, at + int(rate * start_s), Fraction(1, rate)
         packets += stream.encode(frame)
     return packets + stream.encode()
+
+
+def with_subtitles(src: Path, dst: Path, tracks: list[tuple[str, str, str]], video_from_s: float = 0.0,
+                   audio: bool = True) -> Path:
+    """``src``'s streams copied into ``dst`` (Matroska or MP4 by its extension) with a subtitle track
+    for each (format, language, text) of ``tracks``: the text of an ``srt`` or ``ass`` file, read
+    by FFmpeg's own demuxer; into MP4 it goes as ``mov_text`` (FFmpeg's encoder).  ``video_from_s``:
+    the pictures start that much later (the subtitles first; ``audio=False`` too, or the sound
+    would start the video)."""
+    sources = []
+    for i, (kind, _, text) in enumerate(tracks):
+        path = dst.with_name(f"{dst.stem}-{i}.{kind}")
+        path.write_text(text, encoding="utf-8")
+        sources.append(av.open(str(path)))
+    try:
+        with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+            kept = ("video", "audio") if audio else ("video",)
+            targets = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in kept}
+            packets = [p for p in inp.demux() if p.stream.index in targets and p.dts is not None]
+            for p in packets:
+                shift = round(video_from_s / p.time_base)
+                p.pts, p.dts = (None if p.pts is None else p.pts + shift), p.dts + shift
+                p.stream = targets[p.stream.index]
+            for source, (_, language, _) in zip(sources, tracks, strict=True):
+                stream = source.streams.subtitles[0]
+                if dst.suffix == ".mp4":
+                    ctx = stream.codec_context
+                    ctx.open()
+                    target = out.add_stream("mov_text")
+                    target.codec_context.time_base = stream.time_base
+                    target.codec_context.subtitle_header = ctx.subtitle_header
+                else:
+                    target = out.add_stream_from_template(stream)
+                target.metadata["language"] = language
+                for p in source.demux(stream):
+                    if p.pts is None:
+                        continue
+                    if dst.suffix == ".mp4":
+                        q = target.codec_context.encode_subtitle(ctx.decode2(p))
+                        q.pts, q.dts, q.duration, q.time_base = p.pts, p.pts, p.duration, p.time_base
+                        p = q
+                    p.stream = target
+                    packets.append(p)
+            for p in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
+                out.mux(p)
+    finally:
+        for source in sources:
+            source.close()
+    return dst
+
+
+def subtitle_cues(path: Path) -> list[list[tuple[float, float, str]]]:
+    """Each subtitle track of ``path`` as its cues: (start s, end s, the text without markup)."""
+    with av.open(str(path)) as c:
+        streams = list(c.streams.subtitles)
+        tracks: dict[int, list[tuple[float, float, str]]] = {s.index: [] for s in streams}
+        for p in c.demux(*streams):
+            if p.pts is None or not p.size:
+                continue
+            subs = p.stream.codec_context.decode2(p)
+            text = " ".join(s.dialogue.decode() for s in subs or [] if getattr(s, "dialogue", None))
+            text = re.sub(r"\{[^}]*\}", "", text)  # ASS's override codes: {\\i1}
+            if text:
+                start = float(p.pts * p.time_base)
+                tracks[p.stream.index].append((round(start, 3), round(start + float(p.duration * p.time_base), 3), text))
+    return list(tracks.values())

@@ -232,8 +232,9 @@ def _packet_times(path: Path) -> list[int]:
 
 def chunk_info(whole: VideoInfo, path: Path) -> VideoInfo:
     """The video facts a chunk is processed with: the whole video's (size, rotation, rate, time
-    base, so every chunk's encoder is set up alike), with the chunk's file and no audio."""
-    return replace(whole, path=path, audio=(), track_ticks=None)
+    base, so every chunk's encoder is set up alike), with the chunk's file and no audio or subtitles
+    (the join carries the whole input's)."""
+    return replace(whole, path=path, audio=(), subtitles=(), track_ticks=None)
 
 
 def info_to_json(info: VideoInfo) -> str:
@@ -253,6 +254,7 @@ def info_from_json(raw: str | bytes) -> VideoInfo:
     d["time_base"] = Fraction(d["time_base"])
     d["sample_aspect"] = Fraction(d.get("sample_aspect", "1"))  # a plan written before it was kept
     d["audio"] = tuple(AudioInfo(**a) for a in d["audio"])
+    d["subtitles"] = tuple(d.get("subtitles", ()))
     return VideoInfo(**d)
 
 
@@ -287,7 +289,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
             out.options["movie_timescale"] = str(tb.denominator)  # the edit list exact (VideoWriter)
         if spec.container == "webm" and spec.alpha:
             stream.metadata["alpha_mode"] = "1"
-        if audio_from is not None and whole.has_audio:
+        if audio_from is not None and whole.has_side_tracks:
             carrier = AudioCarrier(replace(whole, path=audio_from), out, spec)
         held: av.Packet | None = None
         frames, first_pts, end, reached = 0, None, 0, 0

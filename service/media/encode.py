@@ -12,14 +12,17 @@ Output formats:
 
 Audio: each input audio stream is copied packet for packet when the output container takes its
 codec, otherwise transcoded (AAC for MP4/MOV, Opus for WebM), named as it was (``_label_like``).
-Audio packets are interleaved with the video as it is written (read from a second demuxer of the
-input), so nothing piles up in memory.
+Subtitles likewise: copied where the container takes them, text ones otherwise re-encoded (MP4's
+and MOV's ``mov_text``, WebM's WebVTT), pictures ones it does not take (DVD, Blu-ray) left out
+(``SubtitleRoute``).  Their packets are interleaved with the video as it is written (read from a
+second demuxer of the input), so nothing piles up in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -34,6 +37,8 @@ import numpy as np
 from service.config import X264Preset
 from service.media.probe import VideoInfo, open_input
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class FormatSpec:
@@ -46,6 +51,8 @@ class FormatSpec:
     audio_copy: frozenset[str]  # audio codecs this container takes as they are
     audio_codec: str  # what anything else is transcoded to
     options: dict[str, str] = field(default_factory=dict)
+    #: what text subtitles the container does not take are re-encoded to (``SubtitleRoute``)
+    subtitle_codec: str = "mov_text"
 
     @property
     def even_height(self) -> bool:
@@ -73,6 +80,7 @@ FORMATS: dict[str, FormatSpec] = {
     "webm": FormatSpec(
         ".webm", "video/webm", "webm", "libvpx-vp9", "yuva420p", True, frozenset({"opus", "vorbis"}), "libopus",
         {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "30", "b": "0", "lag-in-frames": "0"},
+        "webvtt",
     ),
     # FFmpeg's other ProRes encoder, prores_ks, took 200 ms a 1080p frame on one thread, 4x this
     # one's, for a file 3 % larger and as close to the input (mean error 0.01 levels, alpha within 1)
@@ -178,7 +186,7 @@ class VideoWriter:
                 # 1000 a part beginning at 161792/15360 s (10.5333 s) read back at 161787
                 self.out.options["movie_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
-            self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_audio else None
+            self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_side_tracks else None
         except BaseException:
             self.out.close()
             raise
@@ -324,20 +332,27 @@ class VideoWriter:
 
 
 class _AudioCarrier:
-    """Copies (or transcodes) every audio stream of the input into the output, in step with video."""
+    """Copies (or transcodes) every audio and subtitle stream of the input into the output, in step
+    with video."""
 
     def __init__(self, info: VideoInfo, out: av.container.OutputContainer, spec: FormatSpec):
         self.input = open_input(info.path)
         self.out = out
         self.origin = info.origin * info.time_base  # where the input starts: the output's 0
-        self.routes: dict[int, _Route] = {}
+        self.routes: dict[int, _Route | SubtitleRoute] = {}
         for stream in self.input.streams.audio:
             if _copyable(stream, spec):
                 self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin)
             else:
                 self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path, self.origin)
             _label_like(self.routes[stream.index].target, stream)
-        self._packets: Iterator[av.Packet] = self.input.demux(*self.input.streams.audio)
+        for track in self.input.streams.subtitles:
+            route = SubtitleRoute.made(track, out, spec, self.origin, _pictures_end(info))
+            if route is not None:
+                self.routes[track.index] = route
+                _label_like(route.target, track)
+        carried = [self.input.streams[i] for i in self.routes]
+        self._packets: Iterator[av.Packet] = self.input.demux(*carried) if carried else iter(())
         self._pending: av.Packet | None = None
         self._done = False
 
@@ -376,7 +391,7 @@ class _AudioCarrier:
 TRACK_TAGS = ("language", "title")
 
 
-def _label_like(target: av.stream.Stream, source: av.audio.stream.AudioStream) -> None:
+def _label_like(target: av.stream.Stream, source: av.stream.Stream) -> None:
     """Name the output track as its input track: its language and title, and its disposition (the
     default track, a commentary, one for the hearing impaired).  Without them every track came out
     ``und``, and a film's English and French sound could no longer be told apart."""
@@ -400,7 +415,7 @@ def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec) -> bool:
             and _muxer_takes(stream, spec.container))
 
 
-def _muxer_takes(stream: av.audio.stream.AudioStream, container: str) -> bool:
+def _muxer_takes(stream: av.stream.Stream, container: str) -> bool:
     """Whether ``container``'s muxer writes a header for a copy of ``stream``, tried in memory (a
     millisecond): muxers refuse some streams of codecs they take, and they say so only when the
     output's header is written, which fails the whole job.  MP4 takes MP3, but not at 8 kHz ("not
@@ -587,6 +602,91 @@ class _Route:
             self.next_pts = pts + frame.samples
             for packet in cast(av.AudioStream, self.target).encode(frame):
                 out.mux(packet)
+
+
+class SubtitleRoute:
+    """One subtitle track into the output: its packets copied where the container takes its codec
+    (``_muxer_takes``: MP4 and MOV take ``mov_text``, WebM WebVTT), else, for text subtitles, each
+    cue decoded (to ASS, FFmpeg's common form, styles kept where the target has them: italics and
+    bold in ``mov_text``) and encoded in the container's own (``FormatSpec.subtitle_codec``), as
+    FFmpeg's command line does.  Picture subtitles the container does not take (Blu-ray's PGS,
+    DVB's) cannot be turned into text: such a track is left out, with a warning.
+
+    Cue times move back by the input's start (``VideoInfo.origin``) as the sound's do.  The cues
+    are kept within the pictures (``until``, output seconds): one before them is cut to where the
+    output starts, or dropped where it ends before; one past their end is cut there, or dropped.
+    A cue's length is only a number, and a subtitle file longer than the clip (or a damaged cue
+    hours long) made the output as long as the cue: a player's timeline of black after the video.
+    A cue's decode time follows on from the last (``_Route._follow_on``): MP4 takes no two at one
+    time, and ASS events may start together."""
+
+    def __init__(self, source: av.subtitles.stream.SubtitleStream, target: av.stream.Stream, transcode: bool,
+                 origin: Fraction, until: Fraction):
+        self.source, self.target, self.transcode, self.until = source, target, transcode, until
+        self._copy = _Route(cast(Any, source), target, None, None, origin)  # the shift and follow-on of copies
+
+    @classmethod
+    def made(cls, source: av.subtitles.stream.SubtitleStream, out: av.container.OutputContainer, spec: FormatSpec,
+             origin: Fraction, until: Fraction) -> SubtitleRoute | None:
+        """The route for ``source``, or None where it cannot be carried (logged)."""
+        ctx = source.codec_context
+        if ctx is None or ctx.codec is None:
+            log.warning("subtitle track %d: its codec is unknown; left out", source.index)
+            return None
+        if _muxer_takes(source, spec.container):
+            return cls(source, out.add_stream_from_template(source), False, origin, until)
+        if not ctx.codec.text_sub:
+            log.warning("subtitle track %d (%s): %s takes no such pictures; left out",
+                         source.index, ctx.codec.name, spec.container)
+            return None
+        try:
+            ctx.open()
+        except av.error.FFmpegError:
+            log.warning("subtitle track %d (%s) cannot be decoded; left out", source.index, ctx.codec.name)
+            return None
+        header = ctx.subtitle_header
+        if not header:  # every text decoder gives one (its styles): an encoder cannot start without
+            return None
+        target = cast("av.subtitles.stream.SubtitleStream", out.add_stream(spec.subtitle_codec))
+        target.codec_context.time_base = source.time_base or Fraction(1, 1000)
+        target.codec_context.subtitle_header = header
+        return cls(source, target, True, origin, until)
+
+    def carry(self, packet: av.Packet, out: av.container.OutputContainer) -> None:
+        if packet.pts is None or packet.time_base is None:
+            return  # a cue with no time cannot be placed
+        tb = Fraction(packet.time_base)
+        start, length = packet.pts, packet.duration or 0
+        if self.transcode:
+            try:
+                cues = self.source.codec_context.decode2(packet)
+                if cues is None:
+                    return
+                if not length and cues.end_display_time:
+                    length = round(Fraction(cues.end_display_time, 1000) / tb)
+                packet = cast("av.subtitles.stream.SubtitleStream", self.target).codec_context.encode_subtitle(cues)
+            except av.error.FFmpegError:
+                return  # one damaged cue is dropped, not the job
+            packet.time_base = tb
+        begins = round(self._copy.origin / tb)  # the output's 0, in the cue's ticks
+        ends = round((self._copy.origin + self.until) / tb)  # the pictures' end
+        if (start + length <= begins if length else start < begins) or start >= ends:
+            return  # outside the pictures (a cue of no length, shown until the next, from its start)
+        if start < begins:
+            start, length = begins, length - (begins - start)
+        length = min(length, ends - start)
+        packet.pts = packet.dts = start
+        packet.duration = length
+        self._copy.carry(packet, out)
+
+    def flush(self, out: av.container.OutputContainer) -> None:
+        pass
+
+
+def _pictures_end(info: VideoInfo) -> Fraction:
+    """Where the input's pictures end, in the output's seconds (from ``VideoInfo.origin``)."""
+    first = info.first_pts if info.first_pts is not None else info.origin
+    return (first - info.origin) * info.time_base + Fraction(info.duration_s)
 
 
 def _rescaled(ticks: int, scale: Fraction) -> int:

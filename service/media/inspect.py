@@ -142,6 +142,9 @@ class VideoInfo:
     #: Whether the picture, once turned by ``rotation``, is shown flipped left to right (a display
     #: matrix that mirrors: ``orientation_from_matrix``); the pipeline flips it so.
     mirror: bool = False
+    #: The input's subtitle tracks (stream indices): carried into the output beside its sound
+    #: (``encode.SubtitleRoute``).
+    subtitles: tuple[int, ...] = ()
 
     @property
     def width(self) -> int:
@@ -155,6 +158,11 @@ class VideoInfo:
     @property
     def has_audio(self) -> bool:
         return bool(self.audio)
+
+    @property
+    def has_side_tracks(self) -> bool:
+        """Whether the output carries tracks of the input beside its pictures: sound or subtitles."""
+        return bool(self.audio or self.subtitles)
 
     @property
     def pixel_aspect(self) -> Fraction:
@@ -780,6 +788,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 for a in container.streams.audio
                 if a.codec_context is not None
             ),
+            subtitles=tuple(t.index for t in container.streams.subtitles),
         )
         check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
         cut = cut_short(path)  # Matroska's and AVI's sizes; an MP4's sample count is checked below

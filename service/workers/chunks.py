@@ -106,7 +106,7 @@ def start_chunked(job: Job, attempt: int, src: Path, background: str | None, wor
     # the chunks are joined by packet copy, so all of them take this worker's encoder preset
     fields = {"plan": plan.to_json(), "info": info_to_json(info), "suffix": src.suffix or ".mp4",
               "x264_preset": settings.x264_preset}
-    if info.has_audio:  # the join muxes the original's audio: the stored input, or a copy of a fetched one
+    if info.has_side_tracks:  # the join muxes the original's sound and subtitles: the stored input, or a copy of a fetched one
         if job.input_key:
             fields["source_key"] = job.input_key
         else:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import data_path
-from videoutil import alpha_channel, audio_packets, frames_rgb
+from videoutil import alpha_channel, audio_packets, frames_rgb, subtitle_cues, with_subtitles
 
 from service.media.chunks import NotChunkable, chunk_info, chunk_pts, join_chunks, plan_chunks, split_video
 from service.media.probe import probe_video
@@ -82,3 +82,15 @@ def test_an_input_whose_container_cannot_keep_its_timestamps_is_not_cut(tmp_path
     src = sorted(data_path("videos", "asl").glob("*.mkv"))[0]  # Matroska: its muxer picks its own time base
     with pytest.raises(NotChunkable):
         plan_chunks(probe_video(src), 0.5, 8)
+
+
+def test_the_join_carries_the_subtitles(tmp_path: Path, clips: tuple[Path, Path]) -> None:
+    """The join muxes the input's subtitles once, as the sequential writer does (a cue across a
+    seam whole), where the input has no sound too."""
+    srt = "1\n00:00:00,200 --> 00:00:00,900\nHello\n\n2\n00:00:01,000 --> 00:00:01,800\nAcross a seam\n"
+    src = with_subtitles(clips[0], tmp_path / "subtitled.mp4", [("srt", "eng", srt)], audio=False)
+    options = ReplaceOptions(output_format="greenscreen")
+    seq, joined = tmp_path / "seq.mp4", tmp_path / "joined.mp4"
+    replace_background(src, None, seq, options)
+    assert _chunked(src, None, joined, options) == 4
+    assert subtitle_cues(joined) == subtitle_cues(seq) == [[(0.2, 0.9, "Hello"), (1.0, 1.8, "Across a seam")]]

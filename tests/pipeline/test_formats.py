@@ -17,7 +17,9 @@ from videoutil import (
     remux,
     rising_grey,
     short_clip,
+    subtitle_cues,
     tone,
+    with_subtitles,
 )
 
 from service.config import get_settings
@@ -387,3 +389,87 @@ def test_audio_tracks_keep_their_language_title_and_default(tmp_path: Path, fmt:
         assert [a.metadata.get("language") for a in audio] == ["eng", "fra"]
         assert [a.metadata.get("title") or a.metadata.get("name") for a in audio] == ["English", "Français"]
         assert [bool(a.disposition & av.stream.Disposition.default) for a in audio] == [True, False]
+
+
+SRT = """1
+00:00:00,200 --> 00:00:00,900
+Hello <i>there</i>
+
+2
+00:00:01,000 --> 00:00:01,800
+Second line
+"""
+
+ASS = """[Script Info]
+ScriptType: v4.00+
+
+[V4+ Styles]
+Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, \
+Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, \
+MarginV, Encoding
+Style: Default,Arial,16,&Hffffff,&Hffffff,&H0,&H0,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0
+
+[Events]
+Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text
+Dialogue: 0,0:00:00.50,0:00:01.20,Default,,0,0,0,,Bonjour {\\b1}tout{\\b0} le monde
+Dialogue: 0,0:00:01.50,0:00:01.90,Default,,0,0,0,,Au revoir
+""".replace("\\\n", "")
+
+#: the cues of ``SRT`` and ``ASS`` as a player shows them: (start s, end s, text)
+CUES = [[(0.2, 0.9, "Hello there"), (1.0, 1.8, "Second line")],
+        [(0.5, 1.2, "Bonjour tout le monde"), (1.5, 1.9, "Au revoir")]]
+
+
+@pytest.mark.parametrize(("given", "fmt", "codec"), [
+    (".mkv", "mp4", "mov_text"),  # SubRip and ASS re-encoded
+    (".mkv", "webm", "webvtt"),
+    (".mp4", "mp4", "mov_text"),  # copied
+    (".mp4", "mov", "mov_text"),
+    (".mp4", "webm", "webvtt"),
+])
+def test_subtitles_are_carried_with_their_times_text_and_language(
+    tmp_path: Path, given: str, fmt: str, codec: str
+) -> None:
+    """A film's subtitle tracks were left out of the output: each is carried, copied where the
+    container takes it, else re-encoded in the container's own (markup the target has no form for
+    dropped: the text stays)."""
+    clip = short_clip(data_path("videos", "talking-head.mp4"), tmp_path / "clip.mp4", 60, scale=8)  # 2 s
+    src = with_subtitles(clip, tmp_path / f"subtitled{given}", [("srt", "eng", SRT), ("ass", "fra", ASS)])
+    assert subtitle_cues(src) == CUES
+    out = _written(src, fmt, tmp_path / f"out.{fmt}")
+    with av.open(str(out)) as back:
+        tracks = back.streams.subtitles
+        assert [t.codec_context.name for t in tracks] == [codec, codec]
+        assert [t.metadata.get("language") for t in tracks] == ["eng", "fra"]
+        assert len(back.streams.audio) == 1
+    assert subtitle_cues(out) == CUES
+
+
+def test_subtitle_cues_at_one_time_follow_on(tmp_path: Path) -> None:
+    """Cues that start together (ASS allows it; MP4 takes no two samples at one time) follow on
+    instead of failing the job."""
+    clip = short_clip(data_path("videos", "talking-head.mp4"), tmp_path / "clip.mp4", 60, scale=8)  # 2 s
+    together = ASS.replace("0:00:01.50,0:00:01.90", "0:00:00.50,0:00:00.90")
+    src = with_subtitles(clip, tmp_path / "subtitled.mkv", [("ass", "fra", together)])
+    out = _written(src, "mp4", tmp_path / "out.mp4")
+    [cues] = subtitle_cues(out)
+    assert [c[2] for c in cues] == ["Bonjour tout le monde", "Au revoir"] and cues[0][0] == 0.5
+
+
+def test_subtitles_are_kept_within_the_pictures(tmp_path: Path) -> None:
+    """The output starts at the input's first picture (``VideoInfo.origin``) and ends with its last:
+    a cue across either edge is cut there, one outside them left out, the rest move with the
+    pictures (a subtitle file longer than the clip made the output as long as its last cue)."""
+    clip = short_clip(data_path("videos", "talking-head.mp4"), tmp_path / "clip.mp4", 30, scale=8)  # 1 s
+    cues = [("00:00:00,000", "00:00:00,400", "Before"), ("00:00:00,000", "00:00:01,000", "Across the start"),
+            ("00:00:01,000", "00:00:01,200", "Within"), ("00:00:01,300", "02:00:00,000", "Across the end"),
+            ("00:00:03,000", "00:00:04,000", "After")]
+    srt = "".join(f"{i}\n{a} --> {b}\n{text}\n\n" for i, (a, b, text) in enumerate(cues, 1))
+    src = with_subtitles(clip, tmp_path / "late.mkv", [("srt", "eng", srt)], video_from_s=0.5, audio=False)
+    info = probe_video(src)
+    assert info.origin * info.time_base == Fraction(1, 2) and info.duration_s == pytest.approx(1.0, abs=0.01)
+    out = _written(src, "mp4", tmp_path / "out.mp4")
+    end = round(info.duration_s, 3)  # 30 frames at 30000/1001 a second
+    assert subtitle_cues(out) == [[(0.0, 0.5, "Across the start"), (0.5, 0.7, "Within"), (0.8, end, "Across the end")]]
+    with av.open(str(out)) as back:
+        assert float(back.duration or 0) / 1e6 == pytest.approx(end, abs=0.05)
