@@ -24,7 +24,7 @@ from typing import Any
 
 import av
 
-from service.media.encode import FORMATS, AudioCarrier, last_frame_duration, shown_until
+from service.media.encode import FORMATS, AudioCarrier, carry_timecode, last_frame_duration, shown_until
 from service.media.inspect import AudioInfo, VideoInfo, open_input, video_stream
 
 #: Containers whose chunks keep the input's timestamps exactly (see module doc).
@@ -277,6 +277,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
         try:
             template = first.streams.video[0]
             stream = out.add_stream_from_template(template)
+            carry_timecode(stream, whole)
             stream.time_base = template.time_base
             extradata = template.codec_context.extradata
         finally:

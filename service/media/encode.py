@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from service.config import X264Preset
+from service.media import timecode
 from service.media.probe import VideoInfo, open_input
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class VideoWriter:
                 # 1000 a part beginning at 161792/15360 s (10.5333 s) read back at 161787
                 self.out.options["movie_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
+            carry_timecode(self.stream, info)
             self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_side_tracks else None
         except BaseException:
             self.out.close()
@@ -329,6 +331,17 @@ class VideoWriter:
         if dh or dw:
             image = np.pad(image, ((0, dh), (0, dw), (0, 0)), mode="edge")
         return image
+
+
+def carry_timecode(stream: av.video.stream.VideoStream, info: VideoInfo) -> None:
+    """Give the output's video track the input's timecode (``VideoInfo.timecode``) where its rate
+    can carry one (``timecode.at_rate``): MOV's and MP4's muxers write it as a timecode track,
+    Matroska's as a tag.  Set before the header is written, with the rate it counts in (a stream
+    copied from a template has none, and the muxer took its time base's: 15360 frames a second)."""
+    stamp = timecode.at_rate(info.timecode, info.fps)
+    if stamp:
+        stream.codec_context.framerate = info.fps
+        stream.metadata["timecode"] = stamp
 
 
 class _AudioCarrier:

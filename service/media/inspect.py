@@ -47,7 +47,7 @@ from service.errors import (
     UnsupportedCodec,
     VideoTooLarge,
 )
-from service.media import bmp, heif
+from service.media import bmp, heif, timecode
 from service.media.declared_size import cut_short
 from service.media.picture_size import larger, sizes_in
 
@@ -145,6 +145,9 @@ class VideoInfo:
     #: The input's subtitle tracks (stream indices): carried into the output beside its sound
     #: (``encode.SubtitleRoute``).
     subtitles: tuple[int, ...] = ()
+    #: The SMPTE timecode of the video's start, where the file gives one (``timecode``): the output
+    #: carries it (editors line footage up by it).
+    timecode: str | None = None
 
     @property
     def width(self) -> int:
@@ -789,6 +792,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 if a.codec_context is not None
             ),
             subtitles=tuple(t.index for t in container.streams.subtitles),
+            timecode=timecode.tagged(container, stream),
         )
         check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
         cut = cut_short(path)  # Matroska's and AVI's sizes; an MP4's sample count is checked below

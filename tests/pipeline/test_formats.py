@@ -473,3 +473,55 @@ def test_subtitles_are_kept_within_the_pictures(tmp_path: Path) -> None:
     assert subtitle_cues(out) == [[(0.0, 0.5, "Across the start"), (0.5, 0.7, "Within"), (0.8, end, "Across the end")]]
     with av.open(str(out)) as back:
         assert float(back.duration or 0) / 1e6 == pytest.approx(end, abs=0.05)
+
+
+@pytest.mark.parametrize(("given", "fmt"), [(".mov", "mov"), (".mov", "mp4"), (".mov", "webm"), (".mxf", "mov")])
+def test_the_timecode_is_carried(tmp_path: Path, given: str, fmt: str) -> None:
+    """An MOV's timecode track, or MXF's timecode, goes into the output (a timecode track in MOV and
+    MP4, a tag in WebM): editors line a cut-out up with its source by it, and it was left out."""
+    src = tmp_path / f"camera{given}"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("mpeg2video" if given == ".mxf" else "libx264", rate=Fraction(30000, 1001))
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.metadata["timecode"] = "14:03:59;28"  # drop-frame, at 29.97 frames a second
+        for packet in rising_grey(video, 10, 30):
+            out.mux(packet)
+    info = probe_video(src)
+    assert info.timecode == "14:03:59;28"
+    out_path = _written(src, fmt, tmp_path / f"out.{fmt}")
+    with av.open(str(out_path)) as back:
+        assert back.streams.video[0].metadata.get("timecode" if fmt != "webm" else "TIMECODE") == "14:03:59;28"
+        assert [s.metadata.get("timecode") for s in back.streams.data] == ([] if fmt == "webm" else ["14:03:59;28"])
+
+
+def test_only_a_timecode_is_carried_as_one(tmp_path: Path) -> None:
+    """The tag is the uploader's text: anything but a timecode is left behind, and so is one the
+    video's rate cannot carry (MP4's muxer refused a whole file at 1000 frames a second)."""
+    from service.media.timecode import at_rate, parse
+
+    assert [parse(t) for t in ("01:00:00:00", "23:59:59;29", " 00:00:10.12 ", "24:00:00:00", "01:60:00:00",
+                               "1:2:3:4", "01:00:00:00 rm -rf", "", None)] == \
+        ["01:00:00:00", "23:59:59;29", "00:00:10.12", None, None, None, None, None, None]
+    ntsc = Fraction(30000, 1001)
+    assert [at_rate(t, r) for t, r in (("01:00:00;00", ntsc), ("01:00:00;00", Fraction(25)), ("01:00:00:00", ntsc),
+                                       ("01:00:00:00", Fraction(1000)), ("01:00:00:00", Fraction(1, 5)))] == \
+        ["01:00:00;00", None, "01:00:00:00", None, None]
+    for rate in (1000, 10):  # a muxer that took the tag at 1000 fps failed the job
+        fast = tmp_path / f"fast{rate}.mkv"
+        with av.open(str(fast), "w") as out:
+            video = out.add_stream("libx264", rate=rate)
+            video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+            video.metadata["timecode"] = "01:00:00:00"
+            for packet in rising_grey(video, 5, rate):
+                out.mux(packet)
+        assert probe_video(fast).timecode == "01:00:00:00"
+        with av.open(str(_written(fast, "mp4", tmp_path / f"fast{rate}.mp4"))) as back:
+            assert back.streams.video[0].metadata.get("timecode") == (None if rate == 1000 else "01:00:00:0")
+    src = tmp_path / "junk.mov"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.metadata["timecode"] = "not a timecode"
+        for packet in rising_grey(video, 5, 10):
+            out.mux(packet)
+    assert probe_video(src).timecode is None
