@@ -239,12 +239,13 @@ def tone(stream: av.audio.stream.AudioStream, seconds: float, start_s: float = 0
 
 
 def with_subtitles(src: Path, dst: Path, tracks: list[tuple[str, str, str]], video_from_s: float = 0.0,
-                   audio: bool = True, timecode: str | None = None) -> Path:
+                   audio: bool = True, timecode: str | None = None, chapters: list[str] | None = None) -> Path:
     """``src``'s streams copied into ``dst`` (Matroska or MP4 by its extension) with a subtitle track
     for each (format, language, text) of ``tracks``: the text of an ``srt`` or ``ass`` file, read
     by FFmpeg's own demuxer; into MP4 it goes as ``mov_text`` (FFmpeg's encoder).  ``video_from_s``:
     the pictures start that much later (the subtitles first; ``audio=False`` too, or the sound
-    would start the video).  ``timecode``: the pictures' (MP4: a timecode track)."""
+    would start the video).  ``timecode``: the pictures' (MP4: a timecode track); ``chapters``:
+    titles of chapters a second long each, from 0."""
     sources = []
     for i, (kind, _, text) in enumerate(tracks):
         path = dst.with_name(f"{dst.stem}-{i}.{kind}")
@@ -254,6 +255,9 @@ def with_subtitles(src: Path, dst: Path, tracks: list[tuple[str, str, str]], vid
         with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
             kept = ("video", "audio") if audio else ("video",)
             targets = {s.index: out.add_stream_from_template(s) for s in inp.streams if s.type in kept}
+            ms = Fraction(1, 1000)
+            out.set_chapters([{"id": i, "start": 1000 * i, "end": 1000 * (i + 1), "time_base": ms,
+                               "metadata": {"title": t}} for i, t in enumerate(chapters or [])])
             if timecode:  # counted at the video's rate (a stream from a template has none: its time base's)
                 video = targets[inp.streams.video[0].index]
                 video.codec_context.framerate = inp.streams.video[0].average_rate

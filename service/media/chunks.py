@@ -24,7 +24,14 @@ from typing import Any
 
 import av
 
-from service.media.encode import FORMATS, AudioCarrier, carry_timecode, last_frame_duration, shown_until
+from service.media.encode import (
+    FORMATS,
+    AudioCarrier,
+    carry_chapters,
+    carry_timecode,
+    last_frame_duration,
+    shown_until,
+)
 from service.media.inspect import AudioInfo, VideoInfo, open_input, video_stream
 
 #: Containers whose chunks keep the input's timestamps exactly (see module doc).
@@ -232,9 +239,9 @@ def _packet_times(path: Path) -> list[int]:
 
 def chunk_info(whole: VideoInfo, path: Path) -> VideoInfo:
     """The video facts a chunk is processed with: the whole video's (size, rotation, rate, time
-    base, so every chunk's encoder is set up alike), with the chunk's file and no audio or subtitles
-    (the join carries the whole input's)."""
-    return replace(whole, path=path, audio=(), subtitles=(), track_ticks=None)
+    base, so every chunk's encoder is set up alike), with the chunk's file and no audio, subtitles or
+    chapters (the join carries the whole input's)."""
+    return replace(whole, path=path, audio=(), subtitles=(), chapters=0, track_ticks=None)
 
 
 def info_to_json(info: VideoInfo) -> str:
@@ -290,6 +297,8 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
             out.options["movie_timescale"] = str(tb.denominator)  # the edit list exact (VideoWriter)
         if spec.container == "webm" and spec.alpha:
             stream.metadata["alpha_mode"] = "1"
+        if audio_from is not None and whole.chapters:
+            carry_chapters(out, replace(whole, path=audio_from))
         if audio_from is not None and whole.has_side_tracks:
             carrier = AudioCarrier(replace(whole, path=audio_from), out, spec)
         held: av.Packet | None = None

@@ -150,14 +150,17 @@ def output_size(info: VideoInfo, spec: FormatSpec) -> tuple[int, int]:
 
 
 class VideoWriter:
-    """Writes frames with given timestamps (input time base) and the input's audio to ``path``."""
+    """Writes frames with given timestamps (input time base) and the input's audio, subtitles and
+    chapters to ``path``."""
 
     def __init__(
         self, path: Path, fmt: str, info: VideoInfo, *, audio: bool = True, threads: int = 0,
         spec: FormatSpec | None = None,
     ):
-        """``threads``: encoder threads (0 = FFmpeg's choice); ``spec``: ``fmt`` encoded otherwise
-        (another libx264 preset, ``format_spec``; the device path's NVENC, ``service.media.hwencode``)."""
+        """``audio``: carry the input's sound, subtitles and chapters (not into a chunk's part: the
+        join carries them); ``threads``: encoder threads (0 = FFmpeg's choice); ``spec``: ``fmt``
+        encoded otherwise (another libx264 preset, ``format_spec``; the device path's NVENC,
+        ``service.media.hwencode``)."""
         self.spec = spec or FORMATS[fmt]
         self.info = info
         self.width, self.height = output_size(info, self.spec)
@@ -188,6 +191,8 @@ class VideoWriter:
                 self.out.options["movie_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
             carry_timecode(self.stream, info)
+            if audio and info.chapters:  # a chunk's part has none: the join carries them
+                carry_chapters(self.out, info)
             self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_side_tracks else None
         except BaseException:
             self.out.close()
@@ -342,6 +347,36 @@ def carry_timecode(stream: av.video.stream.VideoStream, info: VideoInfo) -> None
     if stamp:
         stream.codec_context.framerate = info.fps
         stream.metadata["timecode"] = stamp
+
+
+#: The most chapters an output is given (a film has tens; a hostile file may mark millions)
+MAX_CHAPTERS = 1000
+
+
+def carry_chapters(out: av.container.OutputContainer, info: VideoInfo) -> None:
+    """Give the output the input's chapters, with their titles, before its header is written:
+    their times moved back by the input's start (``VideoInfo.origin``) and kept within the
+    pictures, as subtitle cues are (``SubtitleRoute``); at most ``MAX_CHAPTERS``."""
+    with open_input(info.path) as source:
+        marked = source.chapters()
+    begins, ends = Fraction(0), _pictures_end(info)
+    origin = info.origin * info.time_base
+    kept: list[Any] = []
+    for chapter in marked:
+        tb = chapter["time_base"]
+        if not tb or len(kept) >= MAX_CHAPTERS:
+            continue
+        start = max(begins, chapter["start"] * tb - origin)
+        end = min(ends, chapter["end"] * tb - origin)
+        if end <= start:
+            continue
+        title = chapter["metadata"].get("title")
+        kept.append({"id": len(kept) + 1, "start": round(start * 1000), "end": round(end * 1000),
+                     "time_base": Fraction(1, 1000), "metadata": {"title": title} if title else {}})
+    if len(marked) > MAX_CHAPTERS:
+        log.warning("the input marks %d chapters; the output keeps the first %d", len(marked), MAX_CHAPTERS)
+    if kept:
+        out.set_chapters(kept)
 
 
 class _AudioCarrier:

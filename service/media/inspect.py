@@ -148,6 +148,8 @@ class VideoInfo:
     #: The SMPTE timecode of the video's start, where the file gives one (``timecode``): the output
     #: carries it (editors line footage up by it).
     timecode: str | None = None
+    #: How many chapters the file marks (``encode.carry_chapters`` carries them).
+    chapters: int = 0
 
     @property
     def width(self) -> int:
@@ -164,8 +166,9 @@ class VideoInfo:
 
     @property
     def has_side_tracks(self) -> bool:
-        """Whether the output carries tracks of the input beside its pictures: sound or subtitles."""
-        return bool(self.audio or self.subtitles)
+        """Whether the output carries more of the input than its pictures: sound, subtitles or
+        chapters (a track of their own in MP4), all read from the input when it is written."""
+        return bool(self.audio or self.subtitles or self.chapters)
 
     @property
     def pixel_aspect(self) -> Fraction:
@@ -793,6 +796,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             ),
             subtitles=tuple(t.index for t in container.streams.subtitles),
             timecode=timecode.tagged(container, stream),
+            chapters=len(container.chapters()),
         )
         check_limits(info, settings)  # the frame size and an MP4/MOV track's declared length, before demuxing
         cut = cut_short(path)  # Matroska's and AVI's sizes; an MP4's sample count is checked below

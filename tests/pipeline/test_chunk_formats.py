@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from conftest import data_path
@@ -86,13 +87,15 @@ def test_an_input_whose_container_cannot_keep_its_timestamps_is_not_cut(tmp_path
 
 def test_the_join_carries_the_subtitles(tmp_path: Path, clips: tuple[Path, Path]) -> None:
     """The join muxes the input's subtitles once, as the sequential writer does (a cue across a
-    seam whole), where the input has no sound too; and its timecode."""
+    seam whole), where the input has no sound too; and its timecode and chapters."""
     srt = "1\n00:00:00,200 --> 00:00:00,900\nHello\n\n2\n00:00:01,000 --> 00:00:01,800\nAcross a seam\n"
     src = with_subtitles(clips[0], tmp_path / "subtitled.mp4", [("srt", "eng", srt)], audio=False,
-                         timecode="10:00:00:00")
+                         timecode="10:00:00:00", chapters=["One", "Two"])
     options = ReplaceOptions(output_format="greenscreen")
     seq, joined = tmp_path / "seq.mp4", tmp_path / "joined.mp4"
     replace_background(src, None, seq, options)
     assert _chunked(src, None, joined, options) == 4
     assert subtitle_cues(joined) == subtitle_cues(seq) == [[(0.2, 0.9, "Hello"), (1.0, 1.8, "Across a seam")]]
     assert probe_video(joined).timecode == probe_video(seq).timecode == "10:00:00:0"  # FFmpeg's form at 10 fps
+    with av.open(str(joined)) as j, av.open(str(seq)) as s:
+        assert j.chapters() == s.chapters() and [c["metadata"]["title"] for c in s.chapters()] == ["One", "Two"]

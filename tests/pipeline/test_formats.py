@@ -525,3 +525,26 @@ def test_only_a_timecode_is_carried_as_one(tmp_path: Path) -> None:
         for packet in rising_grey(video, 5, 10):
             out.mux(packet)
     assert probe_video(src).timecode is None
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "webm", "mov"])
+def test_chapters_are_carried_within_the_pictures(tmp_path: Path, fmt: str) -> None:
+    """The input's chapters, with their titles, moved with the pictures (the output starts at the
+    first, 0.5 s in) and kept within them: they were left out."""
+    src = tmp_path / "chaptered.mkv"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        ms = Fraction(1, 1000)
+        out.set_chapters([{"id": i, "start": a, "end": b, "time_base": ms, "metadata": {"title": t}} for i, (a, b, t) in
+                          enumerate([(0, 300, "Before"), (300, 1000, "Opening"), (1000, 1300, "Middle"),
+                                     (1300, 9000, "Closing"), (9000, 9500, "After")], 1)])
+        for packet in rising_grey(video, 10, 10):  # 0.5 to 1.5 s
+            packet.pts, packet.dts = packet.pts + 5, packet.dts + 5
+            out.mux(packet)
+    assert probe_video(src).chapters == 5
+    out_path = _written(src, fmt, tmp_path / f"out.{fmt}")
+    with av.open(str(out_path)) as back:
+        chapters = [(float(c["start"] * c["time_base"]), float(c["end"] * c["time_base"]), c["metadata"].get("title"))
+                    for c in back.chapters()]
+    assert chapters == [(0.0, 0.5, "Opening"), (0.5, 0.8, "Middle"), (0.8, 1.0, "Closing")]
