@@ -548,3 +548,20 @@ def test_chapters_are_carried_within_the_pictures(tmp_path: Path, fmt: str) -> N
         chapters = [(float(c["start"] * c["time_base"]), float(c["end"] * c["time_base"]), c["metadata"].get("title"))
                     for c in back.chapters()]
     assert chapters == [(0.0, 0.5, "Opening"), (0.5, 0.8, "Middle"), (0.8, 1.0, "Closing")]
+
+
+def test_the_files_own_tags_such_as_its_location_stay_behind(tmp_path: Path) -> None:
+    """A phone's video says where it was made (an iPhone's ``location``): people replace their
+    background to keep that private, so the container's tags are not carried."""
+    src = tmp_path / "phone.mov"
+    with av.open(str(src), "w") as out:
+        out.metadata.update({"location": "+37.3349-122.0090/", "title": "My room", "creation_time": "2026-01-01T10:00:00Z"})
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for packet in rising_grey(video, 5, 10):
+            out.mux(packet)
+    with av.open(str(src)) as c:
+        assert c.metadata["location"] == "+37.3349-122.0090/"
+    for fmt in ("mp4", "mov"):
+        with av.open(str(_written(src, fmt, tmp_path / f"out.{fmt}"))) as back:
+            assert not {"location", "title", "creation_time"} & set(back.metadata), back.metadata
