@@ -1,4 +1,4 @@
-"""The picture size a VP8, VP9, H.264, HEVC or AV1 stream's own headers write, read from its
+"""The picture size a VP8, VP9, H.264, HEVC, AV1 or MPEG-1/2 stream's own headers write, read from its
 packets without decoding.
 
 A video's pictures need not keep one size: WebRTC encoders start a call small and grow with the
@@ -221,9 +221,36 @@ def _av1_sequence_size(obu: bytes) -> Size:
     return bits.read(width_bits) + 1, bits.read(height_bits) + 1
 
 
+#: MPEG-1/2 video's sequence header, and the extension that follows it in MPEG-2
+_SEQUENCE_HEADER, _EXTENSION = b"\x00\x00\x01\xb3", b"\x00\x00\x01\xb5"
+#: where a packet's sequence header may start: a picture's packet begins with it (FFmpeg's parser
+#: cuts the stream there), after a few bytes of stuffing at most; the rest of a packet, 100 kB of
+#: picture at broadcast rates, is not searched
+_HEAD_BYTES = 64
+
+
+def mpeg12_sizes(packet: bytes) -> list[Size]:
+    """The size an MPEG-1 or MPEG-2 video packet's sequence header writes: 12 bits across and 12
+    down after the start code, two more bits each from MPEG-2's sequence extension where one
+    follows (past its quantiser matrices, if any).  A DVD's still frame (a menu, a VOB of one
+    picture) left FFmpeg no size when nothing is decoded while probing, and a broadcast switches
+    between SD and HD with a new sequence header."""
+    at = packet.find(_SEQUENCE_HEADER, 0, _HEAD_BYTES)
+    if at < 0 or at + 7 > len(packet):
+        return []
+    head = packet[at + 4 : at + 7]
+    width, height = head[0] << 4 | head[1] >> 4, (head[1] & 0x0F) << 8 | head[2]
+    ext = packet.find(_EXTENSION, at + 12, at + 12 + 128 + 7)
+    if ext >= 0 and ext + 7 <= len(packet) and packet[ext + 4] >> 4 == 1:  # a sequence extension
+        width |= (packet[ext + 5] & 0x01) << 13 | (packet[ext + 6] >> 7) << 12
+        height |= (packet[ext + 6] >> 5 & 0x03) << 12
+    return [(width, height)] if width and height else []
+
+
 READERS: dict[str, Callable[[bytes], list[Size]]] = {
     "vp8": vp8_sizes, "libvpx": vp8_sizes, "vp9": vp9_sizes, "libvpx-vp9": vp9_sizes,
     "av1": _av1_packet_sizes, "libdav1d": _av1_packet_sizes, "libaom-av1": _av1_packet_sizes,
+    "mpeg2video": mpeg12_sizes, "mpeg1video": mpeg12_sizes,
 }
 
 

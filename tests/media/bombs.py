@@ -160,8 +160,8 @@ def growing_video(path: Path, codec: str, sizes: list[tuple[int, int]], per_size
     """A video (WebM, MKV, MP4, IVF, by ``path``'s suffix) whose pictures change size midway, as a
     WebRTC recording's do: ``per_size`` flat grey frames (levels 20, 35, 50, ...) at each of
     ``sizes`` (width, height) in turn, each run from an encoder of its own (``libvpx`` for VP8,
-    ``libvpx-vp9``, ``libx264`` or ``libx265``: a new SPS in the stream), so each size starts at a
-    key frame.  The header declares the first size, or ``declared``."""
+    ``libvpx-vp9``, ``libx264`` or ``libx265``: a new SPS in the stream; ``mpeg2video``: a new
+    sequence header), so each size starts at a key frame.  The header declares the first size, or ``declared``."""
     out = av.open(str(path), "w")
     try:
         stream = out.add_stream(codec, rate=10)
@@ -170,13 +170,15 @@ def growing_video(path: Path, codec: str, sizes: list[tuple[int, int]], per_size
         i = 0
         for width, height in sizes:
             ctx = av.CodecContext.create(codec, "w")
-            ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", Fraction(1, 1000)
+            # MPEG-2 has a few frame rates only: 25 a second, its frames 40 ms apart
+            tick = Fraction(1, 25) if codec == "mpeg2video" else Fraction(1, 1000)
+            ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, "yuv420p", tick
             ctx.options = ({"deadline": "realtime", "cpu-used": "8"} if codec.startswith("libvpx")
                            else {"x265-params": "log-level=error"} if codec == "libx265" else {})
             packets = []
             for _ in range(per_size):
                 frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 20 + 15 * i, np.uint8), format="rgb24")
-                frame.pts = 100 * i
+                frame.pts = i if codec == "mpeg2video" else 100 * i
                 packets += ctx.encode(frame)
                 i += 1
             for packet in [*packets, *ctx.encode(None)]:

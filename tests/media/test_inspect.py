@@ -12,6 +12,7 @@ import zlib
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import bombs
 import numpy as np
 import pytest
@@ -574,6 +575,22 @@ def test_a_recording_that_grows_is_written_at_its_largest_picture(tmp_path: Path
     assert levels == pytest.approx([20 + 15 * i for i in range(12)], abs=4)
     steady = inspect_video(bombs.growing_video(tmp_path / f"steady.{suffix}", codec, [(96, 64)]))
     assert (steady.largest_picture, steady.width, steady.height) == ((96, 64), 96, 64)
+
+
+def test_an_mpeg2_broadcast_that_changes_size_is_written_at_its_largest(tmp_path: Path) -> None:
+    """A broadcast switches between sizes with a new MPEG-2 sequence header, which the packet scan
+    reads: every frame comes out at the largest, as the frames FFmpeg's decoder gives (it drops the
+    one it holds at each switch)."""
+    from service.media.decode import iter_frames
+    from service.media.probe import probe_video
+
+    path = bombs.growing_video(tmp_path / "broadcast.ts", "mpeg2video", [(96, 64), (192, 128), (144, 96)])
+    assert inspect_video(path).largest_picture == (192, 128)
+    with av.open(str(path)) as c:
+        plain = [float(f.to_ndarray(format="rgb24").mean()) for f in c.decode(video=0)]
+    frames = [f.image for f in iter_frames(probe_video(path))]
+    assert {f.shape for f in frames} == {(128, 192, 3)}
+    assert [float(f.mean()) for f in frames] == pytest.approx(plain, abs=3) and len(plain) >= 10
 
 
 def test_pictures_of_another_shape_are_letterboxed_not_stretched(tmp_path: Path) -> None:

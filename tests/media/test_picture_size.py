@@ -13,10 +13,10 @@ import pytest
 from service.media.picture_size import sizes_in
 
 
-def _encoded(codec: str, width: int, height: int, pix_fmt: str = "yuv420p", **options: str) -> bytes:
-    """One black frame as ``codec`` writes it (x264: Annex B, its SPS in the stream)."""
+def _encoded(codec: str, width: int, height: int, pix_fmt: str = "yuv420p", rate: int = 10, **options: str) -> bytes:
+    """One black frame as ``codec`` writes it (x264: Annex B, its SPS in the stream) at ``rate``."""
     ctx = av.CodecContext.create(codec, "w")
-    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, pix_fmt, Fraction(1, 10)
+    ctx.width, ctx.height, ctx.pix_fmt, ctx.time_base = width, height, pix_fmt, Fraction(1, rate)
     ctx.options = options
     frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24").reformat(format=pix_fmt)
     frame.pts = 0
@@ -109,6 +109,42 @@ def test_vp9_superframes_list_each_frame(tmp_path: Path) -> None:
 def test_hevc_sps_size_is_the_decoders(tmp_path: Path, width: int, height: int, pix_fmt: str) -> None:
     data = _encoded("libx265", width, height, pix_fmt, **{"x265-params": "log-level=error"})
     assert sizes_in("hevc")(data) == [_decoded_size(data, "hevc", tmp_path)] == [(width, height)]
+
+
+@pytest.mark.parametrize(("codec", "width", "height"), [("mpeg2video", 720, 576), ("mpeg1video", 352, 288),
+                                                       ("mpeg2video", 1920, 1080)])
+def test_mpeg12_sequence_header_size_is_the_decoders(tmp_path: Path, codec: str, width: int, height: int) -> None:
+    data = _encoded(codec, width, height, rate=25)  # a rate MPEG-1 has
+    assert sizes_in(codec)(data) == [_decoded_size(data, "m2v", tmp_path)] == [(width, height)]
+
+
+def test_mpeg2_sequence_extension_adds_the_high_bits() -> None:
+    """Past 4095 pixels MPEG-2 writes the two high bits of each side in its sequence extension."""
+    header = b"\x00\x00\x01\xb3" + bytes([0x0A, 0x00, 0x78, 0x13, 0xFF, 0xFF, 0xE0, 0x18])  # 160 x 120
+    extension = b"\x00\x00\x01\xb5" + bytes([0x14, 0x8B, 0xC0, 0x01, 0x00, 0x00])  # +1 << 13 | 1 << 12, +2 << 12
+    picture = b"\x00\x00\x01\x00" + bytes(8)
+    read = sizes_in("mpeg2video")
+    assert read(header + extension + picture) == [(160 + 3 * 4096, 120 + 2 * 4096)]
+    assert read(header + picture) == [(160, 120)]  # MPEG-1: no extension
+    assert read(picture) == [] and read(header[:6]) == []  # a packet with none, one cut short
+
+
+def test_a_still_mpeg_program_stream_has_its_size_read(tmp_path: Path) -> None:
+    """A DVD still (one MPEG-2 picture in a program stream: a menu, a VOB of a photo) gave FFmpeg no
+    size when nothing is decoded while probing: it was refused as corrupt."""
+    from service.media.inspect import inspect_video
+    from service.media.probe import probe_video
+
+    path = tmp_path / "still.vob"
+    with av.open(str(path), "w", format="dvd") as out:
+        stream = out.add_stream("mpeg2video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 720, 576, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.full((576, 720, 3), 90, np.uint8), format="rgb24")
+        frame.pts = 0
+        out.mux([*stream.encode(frame), *stream.encode(None)])
+    assert (inspect_video(path).coded_width, inspect_video(path).coded_height) == (720, 576)
+    info = probe_video(path)
+    assert (info.width, info.height, info.frames) == (720, 576, 1)
 
 
 def test_other_codecs_are_not_read() -> None:
