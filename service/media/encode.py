@@ -33,9 +33,10 @@ from typing import Any, cast, get_args
 import av
 import cv2
 import numpy as np
+from av.subtitles.subtitle import SubtitleSet
 
 from service.config import X264Preset
-from service.media import timecode
+from service.media import cues, timecode
 from service.media.probe import VideoInfo, open_input
 
 log = logging.getLogger(__name__)
@@ -658,7 +659,9 @@ class SubtitleRoute:
     cue decoded (to ASS, FFmpeg's common form, styles kept where the target has them: italics and
     bold in ``mov_text``) and encoded in the container's own (``FormatSpec.subtitle_codec``), as
     FFmpeg's command line does.  Picture subtitles the container does not take (Blu-ray's PGS,
-    DVB's) cannot be turned into text: such a track is left out, with a warning.
+    DVB's) cannot be turned into text: such a track is left out, with a warning.  A re-encoded cue
+    is made ready for its encoder first (``service.media.cues``: hard spaces, styles the script
+    lacks, overlapping cues cut into stretches for ``mov_text``).
 
     Cue times move back by the input's start (``VideoInfo.origin``) as the sound's do.  The cues
     are kept within the pictures (``until``, output seconds): one before them is cut to where the
@@ -672,6 +675,10 @@ class SubtitleRoute:
                  origin: Fraction, until: Fraction):
         self.source, self.target, self.transcode, self.until = source, target, transcode, until
         self._copy = _Route(cast(Any, source), target, None, None, origin)  # the shift and follow-on of copies
+        self._styles = cues.styles_of(source.codec_context.subtitle_header) if transcode else []
+        # ``mov_text`` shows one cue at a time: overlapping ones are cut into stretches
+        self._timeline = cues.Timeline() if transcode and target.codec_context.name == "mov_text" else None
+        self._tb: Fraction | None = None  # the cues' time base, from the first
 
     @classmethod
     def made(cls, source: av.subtitles.stream.SubtitleStream, out: av.container.OutputContainer, spec: FormatSpec,
@@ -703,19 +710,50 @@ class SubtitleRoute:
     def carry(self, packet: av.Packet, out: av.container.OutputContainer) -> None:
         if packet.pts is None or packet.time_base is None:
             return  # a cue with no time cannot be placed
-        tb = Fraction(packet.time_base)
+        tb = self._tb = Fraction(packet.time_base)
         start, length = packet.pts, packet.duration or 0
-        if self.transcode:
-            try:
-                cues = self.source.codec_context.decode2(packet)
-                if cues is None:
-                    return
-                if not length and cues.end_display_time:
-                    length = round(Fraction(cues.end_display_time, 1000) / tb)
-                packet = cast("av.subtitles.stream.SubtitleStream", self.target).codec_context.encode_subtitle(cues)
-            except av.error.FFmpegError:
-                return  # one damaged cue is dropped, not the job
-            packet.time_base = tb
+        if not self.transcode:
+            self._place(packet, start, length, out)
+            return
+        try:
+            decoded = self.source.codec_context.decode2(packet)
+        except av.error.FFmpegError:
+            return  # one damaged cue is dropped, not the job
+        if decoded is None:
+            return
+        if not length and decoded.end_display_time:
+            length = round(Fraction(decoded.end_display_time, 1000) / tb)
+        texts = (getattr(rect, "ass", b"") for rect in decoded)  # a picture rect has none
+        lines = [cues.fixed_line(text.decode("utf-8", "replace"), self._styles) for text in texts if text]
+        if not lines:
+            return
+        if self._timeline is None:
+            self._write(cues.joined(lines), start, length, tb, out)
+            return
+        for begin, end, text in self._timeline.add(start, start + length if length else None, lines):
+            self._write(text, begin, end - begin, tb, out)
+
+    def flush(self, out: av.container.OutputContainer) -> None:
+        if self._timeline is None or self._tb is None:
+            return
+        last = round((self._copy.origin + self.until) / self._tb)  # the pictures' end, in the cues' ticks
+        for begin, end, text in self._timeline.close(last):
+            self._write(text, begin, end - begin, self._tb, out)
+
+    def _write(self, line: str, start: int, length: int, tb: Fraction, out: av.container.OutputContainer) -> None:
+        """Encode one cue (a decoded ASS dialogue line) and place it."""
+        cue = SubtitleSet.create(line.encode(), 0, max(0, round(length * tb * 1000)))
+        try:
+            packet = cast("av.subtitles.stream.SubtitleStream", self.target).codec_context.encode_subtitle(cue)
+        except av.error.FFmpegError:
+            return
+        packet.time_base = tb
+        self._place(packet, start, length, out)
+
+    def _place(self, packet: av.Packet, start: int, length: int, out: av.container.OutputContainer) -> None:
+        """Mux a cue at ``start`` for ``length`` (its ticks), kept within the pictures."""
+        assert packet.time_base is not None
+        tb = Fraction(packet.time_base)
         begins = round(self._copy.origin / tb)  # the output's 0, in the cue's ticks
         ends = round((self._copy.origin + self.until) / tb)  # the pictures' end
         if (start + length <= begins if length else start < begins) or start >= ends:
@@ -726,9 +764,6 @@ class SubtitleRoute:
         packet.pts = packet.dts = start
         packet.duration = length
         self._copy.carry(packet, out)
-
-    def flush(self, out: av.container.OutputContainer) -> None:
-        pass
 
 
 def _pictures_end(info: VideoInfo) -> Fraction:

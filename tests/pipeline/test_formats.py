@@ -445,15 +445,44 @@ def test_subtitles_are_carried_with_their_times_text_and_language(
     assert subtitle_cues(out) == CUES
 
 
-def test_subtitle_cues_at_one_time_follow_on(tmp_path: Path) -> None:
-    """Cues that start together (ASS allows it; MP4 takes no two samples at one time) follow on
-    instead of failing the job."""
+def test_overlapping_cues_are_shown_together_in_mp4(tmp_path: Path) -> None:
+    """MP4's ``mov_text`` shows one cue at a time, and cues that overlap (ASS allows it: two
+    speakers at once) came out late: FFmpeg's muxer pushed each past the last's end.  They are cut
+    into stretches, each showing every cue under way; WebM's WebVTT shows overlapping cues as they are."""
     clip = short_clip(data_path("videos", "talking-head.mp4"), tmp_path / "clip.mp4", 60, scale=8)  # 2 s
-    together = ASS.replace("0:00:01.50,0:00:01.90", "0:00:00.50,0:00:00.90")
+    together = ASS.replace("0:00:01.50,0:00:01.90", "0:00:00.50,0:00:00.90").replace(
+        "0:00:00.50,0:00:01.20", "0:00:00.30,0:00:01.20")
     src = with_subtitles(clip, tmp_path / "subtitled.mkv", [("ass", "fra", together)])
+    assert subtitle_cues(src) == [[(0.3, 1.2, "Bonjour tout le monde"), (0.5, 0.9, "Au revoir")]]
+    assert subtitle_cues(_written(src, "mp4", tmp_path / "out.mp4")) == [[
+        (0.3, 0.5, "Bonjour tout le monde"), (0.5, 0.9, "Bonjour tout le monde\nAu revoir"),
+        (0.9, 1.2, "Bonjour tout le monde")]]
+    assert subtitle_cues(_written(src, "webm", tmp_path / "out.webm")) == subtitle_cues(src)
+
+
+def test_cues_are_made_ready_for_their_encoder(tmp_path: Path) -> None:
+    """A hard space (``\\h``, before each line FFmpeg's caption decoder writes) came out as the two
+    characters, and a cue whose style the script does not define (``Default `` with a trailing
+    space) as invisible text in MP4 (size 0, transparent)."""
+    from service.media.cues import fixed_line, styles_of
+
+    header = ASS.encode()
+    assert styles_of(header) == ["Default"]
+    assert fixed_line("0,0,Default ,Olly,0,0,0,,\\hHi, there", ["Default"]) == "0,0,Default,Olly,0,0,0,,\u00a0Hi, there"
+    assert fixed_line("0,0,Sign,,0,0,0,,Exit", ["Main", "Default"]) == "0,0,Default,,0,0,0,,Exit"
+    assert fixed_line("0,0,Sign,,0,0,0,,Exit", ["Main"]) == "0,0,Main,,0,0,0,,Exit"
+    assert fixed_line("no fields", ["Main"]) == "no fields"
+    clip = short_clip(data_path("videos", "talking-head.mp4"), tmp_path / "clip.mp4", 60, scale=8)
+    odd = ASS.replace("0:00:00.50,0:00:01.20,Default,", "0:00:00.50,0:00:01.20,Default ,").replace(
+        "Bonjour {\\b1}tout{\\b0} le monde", "\\hBonjour")
+    src = with_subtitles(clip, tmp_path / "odd.mkv", [("ass", "fra", odd)])
     out = _written(src, "mp4", tmp_path / "out.mp4")
-    [cues] = subtitle_cues(out)
-    assert [c[2] for c in cues] == ["Bonjour tout le monde", "Au revoir"] and cues[0][0] == 0.5
+    assert subtitle_cues(out) == [[(0.5, 1.2, "\u00a0Bonjour"), (1.5, 1.9, "Au revoir")]]
+    with av.open(str(out)) as back:  # mov_text: 2 bytes of length, the text, then a style box where
+        first = next(bytes(p) for p in back.demux(back.streams.subtitles[0]) if p.size > 2)  # not the default
+    if b"styl" in first:  # entries (2 bytes), then each: characters (2 + 2), font (2), face (1), size (1), RGBA
+        style = first[first.index(b"styl") + 4:]
+        assert style[9] > 0 and style[13] > 0, first  # a font size, a colour that shows
 
 
 def test_subtitles_are_kept_within_the_pictures(tmp_path: Path) -> None:
