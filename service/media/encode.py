@@ -389,19 +389,24 @@ class _AudioCarrier:
         self.out = out
         self.origin = info.origin * info.time_base  # where the input starts: the output's 0
         self.routes: dict[int, _Route | SubtitleRoute] = {}
+        carried = {a.index for a in info.audio}  # the video's programme's (``inspect.same_program``)
         for stream in self.input.streams.audio:
+            if stream.index not in carried:
+                continue
             if _copyable(stream, spec):
                 self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin)
             else:
                 self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path, self.origin)
             _label_like(self.routes[stream.index].target, stream)
         for track in self.input.streams.subtitles:
+            if track.index not in info.subtitles:
+                continue
             route = SubtitleRoute.made(track, out, spec, self.origin, _pictures_end(info))
             if route is not None:
                 self.routes[track.index] = route
                 _label_like(route.target, track)
-        carried = [self.input.streams[i] for i in self.routes]
-        self._packets: Iterator[av.Packet] = self.input.demux(*carried) if carried else iter(())
+        routed = [self.input.streams[i] for i in self.routes]
+        self._packets: Iterator[av.Packet] = self.input.demux(*routed) if routed else iter(())
         self._pending: av.Packet | None = None
         self._done = False
 

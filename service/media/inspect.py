@@ -792,9 +792,9 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
                 AudioInfo(a.index, a.codec_context.codec.canonical_name, a.codec_context.sample_rate or 0,
                           a.codec_context.channels or 0)
                 for a in container.streams.audio
-                if a.codec_context is not None
+                if a.codec_context is not None and same_program(name, stream, a)
             ),
-            subtitles=tuple(t.index for t in container.streams.subtitles),
+            subtitles=tuple(t.index for t in container.streams.subtitles if same_program(name, stream, t)),
             timecode=timecode.tagged(container, stream),
             chapters=len(container.chapters()),
         )
@@ -836,7 +836,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
             raise CorruptVideo("the video's headers record no frame size, nor do its frames")
         info = replace(info, coded_width=coded_w, coded_height=coded_h, fps=fps, frames=frames, duration_s=duration,
                        track_ticks=track, first_pts=scan.first_pts,
-                       origin=start_of(container, scan.first_pts, time_base), largest_picture=scan.largest)
+                       origin=start_of(container, scan.first_pts, time_base, {a.index for a in info.audio}),
+                       largest_picture=scan.largest)
     finally:
         container.close()
     check_limits(info, settings)
@@ -993,14 +994,37 @@ def check_frame_size(width: int, height: int, settings: Settings, error: type[Ba
         )
 
 
-def start_of(container: av.container.InputContainer, first_pts: int | None, time_base: Fraction) -> int:
+def start_of(container: av.container.InputContainer, first_pts: int | None, time_base: Fraction,
+             audio: set[int]) -> int:
     """Where the input starts in ``time_base`` ticks (``VideoInfo.origin``): its first frame shown,
-    or its earliest audio stream's start where that is earlier (as the demuxer has it: not decoded)."""
+    or the earliest start of its ``audio`` streams (indices: those the output carries) where that
+    is earlier (as the demuxer has it: not decoded)."""
     if first_pts is None:
         return 0
-    audio = [math.floor(a.start_time * Fraction(a.time_base) / time_base)
-             for a in container.streams.audio if a.start_time is not None and a.time_base]
-    return min([first_pts, *audio])
+    starts = [math.floor(a.start_time * Fraction(a.time_base) / time_base)
+              for a in container.streams.audio if a.index in audio and a.start_time is not None and a.time_base]
+    return min([first_pts, *starts])
+
+
+#: How far from its video's start a stream of an MPEG-TS may start and still be of its programme:
+#: one programme's streams start within a second or two of each other, and each programme of a
+#: broadcast multiplex keeps a clock of its own, hours from the others'
+PROGRAM_WINDOW_S = 60
+
+
+def same_program(container: str, video: av.video.stream.VideoStream, other: av.stream.Stream) -> bool:
+    """Whether ``other`` (a sound or subtitle track) plays beside ``video``.  An MPEG-TS can carry
+    a broadcast's every channel, each on its own clock: only the streams that start within
+    ``PROGRAM_WINDOW_S`` of the video are its programme's.  A DVB multiplex's capture (five
+    channels, twelve sound tracks) came out 21 hours long, holding 1.6 s of pictures, every
+    channel's sound at its own time.  Any stream of another container (or one whose start is not
+    known) is the video's."""
+    if container != "mpegts" or video.start_time is None or other.start_time is None:
+        return True
+    if not video.time_base or not other.time_base:
+        return True
+    gap = other.start_time * Fraction(other.time_base) - video.start_time * Fraction(video.time_base)
+    return abs(gap) <= PROGRAM_WINDOW_S
 
 
 def check_limits(info: VideoInfo, settings: Settings) -> None:

@@ -594,3 +594,25 @@ def test_the_files_own_tags_such_as_its_location_stay_behind(tmp_path: Path) -> 
     for fmt in ("mp4", "mov"):
         with av.open(str(_written(src, fmt, tmp_path / f"out.{fmt}"))) as back:
             assert not {"location", "title", "creation_time"} & set(back.metadata), back.metadata
+
+
+def test_an_mpeg_ts_carries_only_its_videos_programme(tmp_path: Path) -> None:
+    """A broadcast multiplex holds several channels, each on its own clock: the sound of another
+    (here three hours away) was carried at its own time, and a capture of 1.6 s of pictures came
+    out 21 hours long.  Only the streams that start near the video are its programme's."""
+    src = tmp_path / "multiplex.ts"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        ours, theirs = (out.add_stream("aac", rate=48000) for _ in range(2))
+        for audio in (ours, theirs):
+            audio.layout = "mono"
+        packets = rising_grey(video, 20, 10) + tone(ours, 2.0) + tone(theirs, 2.0, start_s=3 * 3600)
+        for packet in sorted(packets, key=lambda p: float(p.dts * p.time_base)):
+            out.mux(packet)
+    info = probe_video(src)
+    assert [a.index for a in info.audio] == [ours.index]
+    out_path = _written(src, "mp4", tmp_path / "out.mp4")
+    with av.open(str(out_path)) as back:
+        assert len(back.streams.audio) == 1 and float(back.duration or 0) / 1e6 < 2.5
+    assert audio_duration(out_path) == pytest.approx(2.0, abs=0.1)
