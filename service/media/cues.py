@@ -17,7 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Timeline", "fixed_line", "styles_of"]
+__all__ = ["MAX_TOGETHER", "Timeline", "fixed_line", "joined", "styles_of"]
+
+#: The most cues shown at once (a screen holds a few lines): past it, the earliest begun gives
+#: way.  Without a bound, a script of thousands of cues hours long each, all under way together,
+#: made each stretch thousands of lines: work and memory growing with the square of the cues.
+MAX_TOGETHER = 8
 
 #: the fields of a decoded ASS dialogue line before its text: ReadOrder, Layer, Style, Name,
 #: MarginL, MarginR, MarginV, Effect
@@ -60,7 +65,8 @@ def joined(lines: list[str]) -> str:
 class Timeline:
     """Overlapping cues as consecutive stretches, each showing the cues under way then (times in
     any one tick).  Cues come in order of their start; ``add`` and ``close`` give the stretches
-    that are complete, as (start, end, text).  A cue of no length is shown until the next starts."""
+    that are complete, as (start, end, text).  A cue of no length is shown until the next starts;
+    at most ``MAX_TOGETHER`` are shown at once."""
 
     _cursor: int | None = None
     _under_way: list[tuple[int | None, str]] = field(default_factory=list)  # (end, line)
@@ -69,6 +75,7 @@ class Timeline:
         done = self._until(start) if self._cursor is not None else []
         self._cursor = max(start, self._cursor or start)
         self._under_way += [(end, line) for line in lines]
+        del self._under_way[:-MAX_TOGETHER]
         return done
 
     def close(self, last: int) -> list[tuple[int, int, str]]:
