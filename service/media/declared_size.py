@@ -50,7 +50,7 @@ def cut_short(path: Path) -> str | None:
     return f"the video file is cut short: its {kind} {end} bytes, the file holds {size}"
 
 
-def _vint(fh: BinaryIO, *, keep_marker: bool) -> tuple[int, bool] | None:
+def vint(fh: BinaryIO, *, keep_marker: bool) -> tuple[int, bool] | None:
     """One EBML variable-length integer at the file's position: (value, all value bits set), or
     None where it is malformed.  Element IDs keep their length marker (``keep_marker``); sizes do
     not, and a size whose bits are all set is "unknown"."""
@@ -74,8 +74,8 @@ def _matroska_end(fh: BinaryIO) -> int | None:
     belongs, after the EBML header and any Void elements)."""
     fh.seek(0)
     for _ in range(16):  # the EBML header, then Void elements a writer may leave before the Segment
-        element = _vint(fh, keep_marker=True)
-        length = _vint(fh, keep_marker=False)
+        element = vint(fh, keep_marker=True)
+        length = vint(fh, keep_marker=False)
         if element is None or length is None:
             return None
         (ident, _), (n, unknown) = element, length

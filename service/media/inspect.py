@@ -49,6 +49,7 @@ from service.errors import (
 )
 from service.media import bmp, heif, timecode
 from service.media.declared_size import cut_short
+from service.media.metadata_bombs import metadata_bomb
 from service.media.picture_size import larger, sizes_in
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
@@ -717,6 +718,9 @@ def open_input(path: Path) -> av.container.InputContainer:
     """Open a media file for demuxing (``OPEN_OPTIONS``), mapping FFmpeg's failures to our codes."""
     path = Path(path)
     _check_file(path)
+    bomb = metadata_bomb(path)  # before FFmpeg spends minutes reading it
+    if bomb:
+        raise VideoTooLarge(bomb)
     try:
         return av.open(str(path), **OPEN_OPTIONS)
     except (av.error.FFmpegError, ValueError, OSError) as exc:

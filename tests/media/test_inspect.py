@@ -754,3 +754,56 @@ def test_extreme_aspect_background_is_cropped_before_it_is_scaled(tmp_path: Path
     shape, peak_mb = proc.stdout.rsplit(" ", 1)
     assert shape == "(2, 3000, 4000, 3)"
     assert int(peak_mb) < 400, f"peaked at {peak_mb} MB"
+
+
+@pytest.mark.parametrize(("tags", "chapters", "code"), [(5000, 0, "video_too_large"), (0, 12_000, "video_too_large"),
+                                                         (200, 300, None)])
+def test_a_matroska_file_with_thousands_of_tags_is_refused_before_ffmpeg_reads_them(
+    tmp_path: Path, tags: int, chapters: int, code: str | None
+) -> None:
+    """FFmpeg's tag list is searched whole for each tag added: 100,000 tags in a 1.6 MB WebM took 74 s
+    to open, each time the file was opened.  Past 4096 tags (or 10,000 chapters) the file is refused
+    before FFmpeg opens it."""
+    from fractions import Fraction
+
+    from service.media.metadata_bombs import metadata_bomb
+
+    path = tmp_path / "tagged.mkv"
+    with av.open(str(path), "w") as out:
+        out.metadata.update({f"key{i}": "v" for i in range(tags)})
+        ms = Fraction(1, 1000)
+        out.set_chapters([{"id": i + 1, "start": i, "end": i + 1, "time_base": ms, "metadata": {}} for i in range(chapters)])
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        for image in small_frames(3, (64, 48)):
+            out.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(video.encode(None))
+    assert (metadata_bomb(path) is None) == (code is None)
+    if code:
+        assert code_of(inspect_video, path) == code
+    else:
+        assert inspect_video(path).chapters == chapters
+
+
+def test_tags_after_a_live_recordings_clusters_are_found_by_the_seekhead(tmp_path: Path) -> None:
+    """A live recording's clusters have no size, so the walk cannot step over them: the Tags
+    element behind them is found where the SeekHead points, as FFmpeg finds it."""
+    from service.media.metadata_bombs import MAX_TAGS, metadata_bomb
+
+    def element(ident: bytes, payload: bytes) -> bytes:
+        return ident + b"\x01" + len(payload).to_bytes(7, "big") + payload
+
+    unknown = b"\x01" + b"\xff" * 7
+    simple_tags = element(b"\x73\x73", element(b"\x67\xc8", b"") * (MAX_TAGS + 1))
+    cluster = b"\x1f\x43\xb6\x75" + unknown + element(b"\xe7", b"\x00")  # a timestamp, then the file goes on
+    for tags in (simple_tags, element(b"\x73\x73", element(b"\x67\xc8", b"") * 10)):
+        seek_head_size = len(element(b"\x11\x4d\x9b\x74", element(b"\x4d\xbb", element(b"\x53\xab", bytes(4))
+                                                                        + element(b"\x53\xac", bytes(4)))))
+        position = (seek_head_size + len(cluster)).to_bytes(4, "big")
+        seek_head = element(b"\x11\x4d\x9b\x74", element(b"\x4d\xbb", element(b"\x53\xab", b"\x12\x54\xc3\x67")
+                                                         + element(b"\x53\xac", position)))
+        data = b"\x1a\x45\xdf\xa3\x80" + b"\x18\x53\x80\x67" + unknown + seek_head + cluster
+        data += element(b"\x12\x54\xc3\x67", tags)
+        path = tmp_path / "live.webm"
+        path.write_bytes(data)
+        assert (metadata_bomb(path) is not None) == (tags is simple_tags)
