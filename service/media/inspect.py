@@ -50,6 +50,8 @@ from service.errors import (
 from service.media import bmp, heif, timecode
 from service.media.declared_size import cut_short
 from service.media.metadata_bombs import metadata_bomb
+from service.media.mp4_boxes import boxes as _boxes
+from service.media.mp4_boxes import find_box as _find_box
 from service.media.picture_size import larger, sizes_in
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
@@ -322,30 +324,6 @@ def _sample_entry(fh: BinaryIO, start: int, end: int) -> tuple[bytes | None, tup
     entry = raw[4:8]
     width, height = struct.unpack(">HH", raw[32:36]) if len(raw) == 36 else (0, 0)
     return entry, ((width, height) if width and height else None)
-
-
-def _boxes(fh: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, int]]:
-    """(type, payload start, payload end) of the ISO-BMFF boxes between ``start`` and ``end``."""
-    out: list[tuple[bytes, int, int]] = []
-    pos = start
-    while pos + 8 <= end and len(out) < MAX_HEADER_ITEMS:
-        fh.seek(pos)
-        head = fh.read(16)
-        size, kind = struct.unpack(">I4s", head[:8])
-        body = pos + 8
-        if size == 1 and len(head) == 16:
-            size, body = struct.unpack(">Q", head[8:16])[0], pos + 16
-        elif size == 0:
-            size = end - pos
-        if size < body - pos or pos + size > end:
-            break
-        out.append((kind, body, pos + size))
-        pos += size
-    return out
-
-
-def _find_box(fh: BinaryIO, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
-    return next(((s, e) for k, s, e in _boxes(fh, start, end) if k == kind), None)
 
 
 def _is_video_track(fh: BinaryIO, start: int, end: int) -> bool:
