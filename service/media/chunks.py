@@ -27,7 +27,6 @@ import av
 from service.media.encode import (
     FORMATS,
     AudioCarrier,
-    carry_chapters,
     carry_timecode,
     last_frame_duration,
     shown_until,
@@ -297,8 +296,6 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
             out.options["movie_timescale"] = str(tb.denominator)  # the edit list exact (VideoWriter)
         if spec.container == "webm" and spec.alpha:
             stream.metadata["alpha_mode"] = "1"
-        if audio_from is not None and whole.chapters:
-            carry_chapters(out, replace(whole, path=audio_from))
         if audio_from is not None and whole.has_side_tracks:
             carrier = AudioCarrier(replace(whole, path=audio_from), out, spec)
         held: av.Packet | None = None

@@ -70,8 +70,14 @@ def vint(fh: BinaryIO, *, keep_marker: bool) -> tuple[int, bool] | None:
 
 
 def _matroska_end(fh: BinaryIO) -> int | None:
-    """Where the first Segment ends, as its size says (None: unknown size, or no Segment where it
-    belongs, after the EBML header and any Void elements)."""
+    """Where the first Segment ends, as its size says (None: unknown size, or no Segment)."""
+    found = segment(fh)
+    return None if found is None else found[1]
+
+
+def segment(fh: BinaryIO) -> tuple[int, int | None] | None:
+    """Where the first Segment's data starts and where it ends (None: an unknown size), or None
+    where there is no Segment where it belongs, after the EBML header and any Void elements."""
     fh.seek(0)
     for _ in range(16):  # the EBML header, then Void elements a writer may leave before the Segment
         element = vint(fh, keep_marker=True)
@@ -81,7 +87,7 @@ def _matroska_end(fh: BinaryIO) -> int | None:
         (ident, _), (n, unknown) = element, length
         start = fh.tell()
         if ident == SEGMENT:
-            return None if unknown else start + n
+            return start, None if unknown else start + n
         if unknown:
             return None
         fh.seek(start + n)

@@ -192,8 +192,6 @@ class VideoWriter:
                 self.out.options["movie_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
             carry_timecode(self.stream, info)
-            if audio and info.chapters:  # a chunk's part has none: the join carries them
-                carry_chapters(self.out, info)
             self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_side_tracks else None
         except BaseException:
             self.out.close()
@@ -354,12 +352,10 @@ def carry_timecode(stream: av.video.stream.VideoStream, info: VideoInfo) -> None
 MAX_CHAPTERS = 1000
 
 
-def carry_chapters(out: av.container.OutputContainer, info: VideoInfo) -> None:
-    """Give the output the input's chapters, with their titles, before its header is written:
-    their times moved back by the input's start (``VideoInfo.origin``) and kept within the
-    pictures, as subtitle cues are (``SubtitleRoute``); at most ``MAX_CHAPTERS``."""
-    with open_input(info.path) as source:
-        marked = source.chapters()
+def _carry_chapters(out: av.container.OutputContainer, marked: list[Any], info: VideoInfo) -> None:
+    """Give the output the input's chapters (``marked``: PyAV's), with their titles, before its
+    header is written: their times moved back by the input's start (``VideoInfo.origin``) and kept
+    within the pictures, as subtitle cues are (``SubtitleRoute``); at most ``MAX_CHAPTERS``."""
     begins, ends = Fraction(0), _pictures_end(info)
     origin = info.origin * info.time_base
     kept: list[Any] = []
@@ -382,7 +378,8 @@ def carry_chapters(out: av.container.OutputContainer, info: VideoInfo) -> None:
 
 class _AudioCarrier:
     """Copies (or transcodes) every audio and subtitle stream of the input into the output, in step
-    with video."""
+    with video, and gives it the input's chapters: all it carries besides the pictures, read by
+    one demuxer of the input (``VideoInfo.has_side_tracks``)."""
 
     def __init__(self, info: VideoInfo, out: av.container.OutputContainer, spec: FormatSpec):
         self.input = open_input(info.path)
@@ -405,6 +402,8 @@ class _AudioCarrier:
             if route is not None:
                 self.routes[track.index] = route
                 _label_like(route.target, track)
+        if info.chapters:
+            _carry_chapters(out, self.input.chapters(), info)
         routed = [self.input.streams[i] for i in self.routes]
         self._packets: Iterator[av.Packet] = self.input.demux(*routed) if routed else iter(())
         self._pending: av.Packet | None = None

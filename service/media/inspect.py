@@ -50,6 +50,7 @@ from service.errors import (
 from service.media import bmp, heif, timecode
 from service.media.declared_size import cut_short
 from service.media.metadata_bombs import metadata_bomb
+from service.media.mp4_boxes import LEADING_BOXES
 from service.media.mp4_boxes import boxes as _boxes
 from service.media.mp4_boxes import find_box as _find_box
 from service.media.picture_size import larger, sizes_in
@@ -66,7 +67,7 @@ PICTURE_SIZED_CODECS = frozenset({"flv", "vp6f", "vp6a", "vp6", "dvvideo", "h263
 #: corrupt (typically truncated), not "not a video".  Old QuickTime files may start with an atom
 #: other than ``ftyp``.
 CONTAINER_MAGIC = (
-    *((4, atom) for atom in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")),  # MP4 / MOV / 3GP
+    *((4, atom) for atom in LEADING_BOXES),  # MP4 / MOV / 3GP
     (0, b"\x1a\x45\xdf\xa3"),  # Matroska / WebM
     (8, b"AVI "),  # AVI (RIFF)
     (0, b"\x00\x00\x01\xba"),  # MPEG-PS
@@ -151,7 +152,7 @@ class VideoInfo:
     #: The SMPTE timecode of the video's start, where the file gives one (``timecode``): the output
     #: carries it (editors line footage up by it).
     timecode: str | None = None
-    #: How many chapters the file marks (``encode.carry_chapters`` carries them).
+    #: How many chapters the file marks (``encode._AudioCarrier`` carries them).
     chapters: int = 0
 
     @property

@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from service.media.declared_size import EBML_HEADER, SEGMENT, vint
-from service.media.mp4_boxes import boxes, find_box
+from service.media.declared_size import EBML_HEADER, segment, vint
+from service.media.mp4_boxes import LEADING_BOXES, boxes, find_box
 
 __all__ = ["MAX_CHAPTERS", "MAX_TAGS", "metadata_bomb"]
 
@@ -51,16 +51,16 @@ def metadata_bomb(path: Path) -> str | None:
         head = fh.read(12)
         if head[:3] == b"FLV":
             return _TOO_MANY_TAGS if _flv_tags(fh) > MAX_TAGS else None
-        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip"):
+        if head[4:8] in LEADING_BOXES:
             moov = find_box(fh, 0, fh.seek(0, 2), b"moov")
             return _TOO_MANY_TAGS if moov and _mp4_tags(fh, *moov) > MAX_TAGS else None
         if head[:4] != EBML_HEADER.to_bytes(4, "big"):
             return None
-        segment = _segment_start(fh)
-        if segment is None:
+        found = segment(fh)
+        if found is None:
             return None
         counts = {_TAGS: 0, _CHAPTERS: 0}
-        for ident, start, end in _metadata_elements(fh, segment):
+        for ident, start, end in _metadata_elements(fh, found[0]):
             limit = MAX_TAGS if ident == _TAGS else MAX_CHAPTERS
             counts[ident] += _count(fh, start, end, *_COUNTED[ident], limit - counts[ident])
             if counts[_TAGS] > MAX_TAGS:
@@ -80,29 +80,13 @@ def _element(fh: BinaryIO) -> tuple[int, int, int | None] | None:
     return ident[0], start, None if size[1] else start + size[0]
 
 
-def _segment_start(fh: BinaryIO) -> int | None:
-    """Where the first Segment's data starts (after the EBML header and any Void elements)."""
-    fh.seek(0)
-    for _ in range(16):
-        element = _element(fh)
-        if element is None:
-            return None
-        ident, start, end = element
-        if ident == SEGMENT:
-            return start
-        if end is None:
-            return None
-        fh.seek(end)
-    return None
-
-
-def _metadata_elements(fh: BinaryIO, segment: int) -> list[tuple[int, int, int]]:
+def _metadata_elements(fh: BinaryIO, segment_data: int) -> list[tuple[int, int, int]]:
     """The Tags and Chapters elements FFmpeg reads, as (ID, data start, end): those at the top
     level up to the first element of unknown size (a live recording's clusters), and those the
     SeekHead points to."""
     found: dict[int, tuple[int, int, int]] = {}
     pointed: set[int] = set()
-    fh.seek(segment)
+    fh.seek(segment_data)
     for _ in range(MAX_TOP_LEVEL):
         at = fh.tell()
         element = _element(fh)
@@ -114,7 +98,7 @@ def _metadata_elements(fh: BinaryIO, segment: int) -> list[tuple[int, int, int]]
         if ident in _COUNTED:
             found[at] = (ident, start, end)
         elif ident == _SEEK_HEAD:
-            pointed |= _seek_positions(fh, start, end, segment)
+            pointed |= _seek_positions(fh, start, end, segment_data)
         fh.seek(end)
     for at in sorted(pointed - found.keys()):
         fh.seek(at)
@@ -124,7 +108,7 @@ def _metadata_elements(fh: BinaryIO, segment: int) -> list[tuple[int, int, int]]
     return list(found.values())
 
 
-def _seek_positions(fh: BinaryIO, start: int, end: int, segment: int) -> set[int]:
+def _seek_positions(fh: BinaryIO, start: int, end: int, segment_data: int) -> set[int]:
     """Where a SeekHead's entries for Tags and Chapters point (file offsets)."""
     positions = set()
     for seek_start, seek_end in _children(fh, start, end, _SEEK):
@@ -142,7 +126,7 @@ def _seek_positions(fh: BinaryIO, start: int, end: int, segment: int) -> set[int
                 position = value
             fh.seek(data_end)
         if target in _COUNTED and position is not None:
-            positions.add(segment + position)
+            positions.add(segment_data + position)
     return positions
 
 

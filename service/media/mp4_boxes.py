@@ -7,7 +7,11 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
-__all__ = ["MAX_BOXES", "boxes", "find_box"]
+__all__ = ["LEADING_BOXES", "MAX_BOXES", "boxes", "find_box"]
+
+#: The box types an MP4, MOV or 3GP file starts with (old QuickTime files may start with one
+#: other than ``ftyp``)
+LEADING_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
 #: Boxes listed at most in one parent: a header longer than this is not walked further
 MAX_BOXES = 10_000

@@ -54,6 +54,7 @@ def tagged(container: av.container.InputContainer, stream: av.video.stream.Video
     timecode track's (an MOV's ``tmcd``, a data stream to FFmpeg), or the file's (MXF)."""
     for tags in (stream.metadata, *(s.metadata for s in container.streams.data), container.metadata):
         for key, value in tags.items():
-            if key.lower() == "timecode" and parse(value):
-                return parse(value)
+            stamp = parse(value) if key.lower() == "timecode" else None
+            if stamp:
+                return stamp
     return None
