@@ -44,6 +44,15 @@ class Settings(BaseSettings):
         description="Most pixels in all frames of an animated background (GIF, APNG) together: frames × width × height "
         "(each frame also within max_width, max_height and max_pixels).",
     )
+    inspect_cpu_seconds: int = Field(
+        20,
+        description="Most CPU seconds the first reading of an upload's or a fetched file's headers may take (a child "
+        "process ends there): beyond it the file is refused as too large.",
+        ge=1,
+    )
+    inspect_memory_bytes: int = Field(
+        1024**3, description="Most memory that first reading may add, in bytes; beyond it the file is refused.", ge=2**24
+    )
 
     # --- inference ---------------------------------------------------------------------------
     model: str = Field("rvm", description="Default model name (rvm or deeplabv3plus).")

@@ -702,6 +702,8 @@ def open_input(path: Path) -> av.container.InputContainer:
         raise VideoTooLarge(bomb)
     try:
         return av.open(str(path), **OPEN_OPTIONS)
+    except av.error.MemoryError:  # its headers ask more than the process may hold (``confined``)
+        raise VideoTooLarge("the file's headers need more memory than a video is allowed") from None
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         if looks_like_container(_video_head(path)):
             track = mp4_video_track(path)

@@ -130,9 +130,9 @@ def _input_video(job: Job, workdir: Path, store: JobStore, attempt: int, setting
         src = workdir / f"input{Path(job.input_key).suffix or '.mp4'}"
         object_store().get_file(job.input_key, src)
     if job.video is None:
-        from service.media.inspect import inspect_video
+        from service.media.confined import inspect_video_confined
 
-        info = inspect_video(src, settings)
+        info = inspect_video_confined(src, settings)
         meta = VideoMeta(
             width=int(info.width), height=int(info.height), fps=float(info.fps), frames=int(info.frames),
             duration_s=float(info.duration_s), has_audio=bool(info.has_audio),
@@ -150,18 +150,21 @@ def background_spec(job: Job, workdir: Path, settings: Settings | None = None) -
     if job.options.output_format not in SCENE_FORMATS:
         return None
     bg = job.background
-    if bg.kind == "file" and bg.url:
-        from service.fetch import fetch_to_file, url_suffix
-        from service.media.inspect import inspect_background
+    if bg.kind == "file" and (bg.url or bg.key):
+        from service.media.confined import inspect_background_confined
 
-        path = workdir / f"background{url_suffix(bg.url)}"
-        fetch_to_file(bg.url, path, settings or get_settings())
-        inspect_background(path, settings)  # the API's checks on an upload, before any work
-        return str(path)
-    if bg.kind == "file" and bg.key:
-        suffix = Path(bg.key).suffix
-        path = workdir / f"background{suffix}"
-        object_store().get_file(bg.key, path)
+        settings = settings or get_settings()
+        if bg.url:
+            from service.fetch import fetch_to_file, url_suffix
+
+            path = workdir / f"background{url_suffix(bg.url)}"
+            fetch_to_file(bg.url, path, settings)
+        else:
+            path = workdir / f"background{Path(str(bg.key)).suffix}"
+            object_store().get_file(str(bg.key), path)
+        # the API's checks on an upload, before any work: a URL's or a direct upload's file was not
+        # read whole by the API (an upload on S3 had its leading bytes checked)
+        inspect_background_confined(path, settings)
         return str(path)
     if bg.kind == "color" and bg.value:
         return bg.value

@@ -312,3 +312,11 @@ def jpeg_cut_after_header(src: Path, dst: Path) -> Path:
 
 
 SVG = b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="30000" height="30000"></svg>\n'
+
+
+def nut_tag_bomb(path: Path, tags: int = 30_000) -> Path:
+    """A NUT file of three small frames whose header holds ``tags`` tags.  FFmpeg's tag dictionary is
+    searched whole for each tag added, so it costs seconds of CPU to open (30,000 tags, 340 kB: about
+    4 s on a 2-core EPYC), and no count of ours looks at NUT's tags."""
+    images = [np.full((48, 64, 3), 100 + 40 * i, np.uint8) for i in range(3)]
+    return encode(path, images, "mpeg4", "yuv420p", "nut", metadata={f"key{i}": "v" for i in range(tags)})

@@ -169,3 +169,23 @@ def test_bombs_refused_within_memory_bounds(redis_url: str, tmp_path: Path) -> N
                   f"(bound {WORKER_BOUND_MB}, {len(tree)} processes)")
     finally:
         worker.stop()
+
+
+def test_an_upload_too_costly_to_open_is_refused_and_the_api_goes_on(redis_url: str, tmp_path: Path) -> None:
+    """30,000 tags in a 340 kB NUT file cost FFmpeg seconds of CPU to open, and no count of ours
+    looks at them: the API reads an upload first in a child process it can end, limited here to a
+    second of CPU, and answers at once for the next upload."""
+    bomb = bombs.nut_tag_bomb(tmp_path / "tags.nut")
+    clip = stack.data_path("videos", "asl", "bird.mkv")
+    env = stack.base_env(redis_url, tmp_path, **stack.auth_env(), BACKDROP_INSPECT_CPU_SECONDS="1")
+    with ApiProcess(env, tmp_path / "api.log") as api, httpx.Client(
+        base_url=api.url, headers={"Authorization": f"Bearer {stack.API_KEY}"}, timeout=60, trust_env=False
+    ) as c:
+        r = post(c, bomb, background_color="#102030")
+        assert r.status_code == 413 and r.json()["code"] == "video_too_large", r.text
+        assert "CPU" in r.json()["detail"]
+        accepted = post(c, clip, background_color="#102030")
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["video"]["frames"] > 0
+        maps = mapped_libraries(api.proc.pid)
+        assert "_multiarray_umath" not in maps, "the API loaded numpy: the file was read in its own process"

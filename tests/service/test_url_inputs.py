@@ -4,6 +4,7 @@ loopback; private addresses are allowed by the test's settings where a fetch mus
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,10 +16,13 @@ import pytest
 from stack import API_KEY, ApiServer, auth_env, base_env, data_path, settings_from, wait_for
 from test_end_to_end import asl_clip
 
-from service import webhooks
-from service.config import Settings
-from service.errors import FetchFailed, FetchRefused, FetchTimeout, FetchTooLarge
-from service.fetch import MAX_REDIRECTS, check_fetch_url, fetch_to_file
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "media"))
+import bombs  # noqa: E402
+
+from service import webhooks  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.errors import FetchFailed, FetchRefused, FetchTimeout, FetchTooLarge  # noqa: E402
+from service.fetch import MAX_REDIRECTS, check_fetch_url, fetch_to_file  # noqa: E402
 
 
 class Upstream:
@@ -189,7 +193,10 @@ def test_a_private_url_is_refused_at_post_under_the_default_settings(
 def test_url_inputs_run_end_to_end_and_fetch_errors_fail_the_job(
     redis_url: str, tmp_path: Path, worker_factory: Any, upstream: Upstream
 ) -> None:
-    env = base_env(redis_url, tmp_path, **auth_env(), BACKDROP_FETCH_ALLOW_PRIVATE="true")
+    # a file fetched is read first in a child process limited to a second of CPU here
+    env = base_env(redis_url, tmp_path, **auth_env(), BACKDROP_FETCH_ALLOW_PRIVATE="true",
+                   BACKDROP_INSPECT_CPU_SECONDS="1")
+    upstream.files["/tags.nut"] = bombs.nut_tag_bomb(tmp_path / "tags.nut").read_bytes()
     worker = worker_factory(env)
     with ApiServer(settings_from(env)) as api, api.client(API_KEY, timeout=60) as c:
         body = {"video_url": f"{upstream.url}/clip.mkv", "background_url": f"{upstream.url}/bg.jpg",
@@ -208,6 +215,8 @@ def test_url_inputs_run_end_to_end_and_fetch_errors_fail_the_job(
         alpha = c.post("/jobs", json={"video_url": f"{upstream.url}/clip.mkv", "background_url": f"{upstream.url}/unused.jpg",
                                       "output_format": "webm"})
         assert alpha.status_code == 202, alpha.text
+        bomb = c.post("/jobs", json={"video_url": f"{upstream.url}/tags.nut", "background_color": "#00ff00"})
+        assert bomb.status_code == 202, bomb.text
         assert upstream.hits == []  # the API never fetches
         worker.wait_ready()
 
@@ -223,6 +232,9 @@ def test_url_inputs_run_end_to_end_and_fetch_errors_fail_the_job(
         failed = wait_for(lambda: final(missing.json()["id"]), 120, 0.3, "the 404 job")
         assert failed["status"] == "failed" and failed["error"]["code"] == "fetch_failed", failed
         assert "404" in failed["error"]["message"]
+        # headers too costly to read (30,000 NUT tags, seconds of CPU): refused, as an upload is
+        refused = wait_for(lambda: final(bomb.json()["id"]), 120, 0.3, "the tag bomb's job")
+        assert refused["status"] == "failed" and refused["error"]["code"] == "video_too_large", refused
         shown = wait_for(lambda: final(alpha.json()["id"]), 300, 0.3, "the webm job")
         assert shown["status"] == "succeeded", shown
         assert "/unused.jpg" not in upstream.hits

@@ -104,9 +104,9 @@ def _public(job: Job, request: Request) -> dict[str, Any]:
 
 
 def _probe(path: Path, settings: Any) -> VideoMeta:
-    from service.media.inspect import inspect_video  # headers and packets only: nothing is decoded
+    from service.media.confined import inspect_video_confined  # headers and packets only: nothing is decoded
 
-    info = inspect_video(path, settings)
+    info = inspect_video_confined(path, settings)
     return VideoMeta(
         width=int(info.width),
         height=int(info.height),
@@ -117,10 +117,10 @@ def _probe(path: Path, settings: Any) -> VideoMeta:
     )
 
 
-def _validate_background(spec: str, settings: Any) -> None:
-    from service.media.inspect import validate_background  # headers only: nothing is decoded
+def _validate_background(path: Path, settings: Any) -> None:
+    from service.media.confined import inspect_background_confined  # headers only: nothing is decoded
 
-    validate_background(spec, settings)
+    inspect_background_confined(path, settings)
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ async def _stored_upload(
     if uploads.objects.kind == "local":
         path = uploads.objects.path(rec.key)
         if background:
-            await run_in_threadpool(_validate_background, str(path), settings)
+            await run_in_threadpool(_validate_background, path, settings)
             return rec, None
         return rec, await run_in_threadpool(_probe, path, settings)
     from service.media.inspect import HEAD_BYTES, looks_like_container, sniff_image
@@ -430,7 +430,7 @@ async def _checked_job(
         if bg is not None:
             if bg.size == 0:
                 raise EmptyFile("the uploaded background is empty")
-            await run_in_threadpool(_validate_background, str(bg.path), settings)
+            await run_in_threadpool(_validate_background, bg.path, settings)
             job.background = Background(
                 kind="file", key=f"{job_prefix(job.id)}background{bg.path.suffix}", filename=bg.filename[:200] or None
             )
@@ -443,7 +443,9 @@ async def _checked_job(
             job.background = Background(kind="file", key=key, filename=rec.filename)
             moves.append((rec, key))
     elif opts.background == "color":
-        await run_in_threadpool(_validate_background, str(params.background_color), settings)
+        from service.media.inspect import parse_color
+
+        parse_color(str(params.background_color))
         job.background = Background(kind="color", value=params.background_color)
     elif opts.background == "blur" and params.background_blur_strength is not None:
         job.background = Background(kind="blur", value=str(params.background_blur_strength))

@@ -173,12 +173,8 @@ def _parse(content_type: str, body: bytes, workdir: Path) -> tuple[dict[str, str
 def _check_pictures(files: dict[str, Path], settings: Any) -> tuple[int, int]:
     """Headers only, nothing decoded: the frame is one PNG or JPEG within the video limits, the
     background a still image within the background limits.  Returns the frame's size."""
-    from service.media.inspect import (
-        ImageHeaderError,
-        check_frame_size,
-        inspect_background,
-        read_image_header,
-    )
+    from service.media.confined import inspect_background_confined
+    from service.media.inspect import ImageHeaderError, check_frame_size, read_image_header
 
     frame = files["frame"]
     if frame.stat().st_size == 0:
@@ -193,7 +189,7 @@ def _check_pictures(files: dict[str, Path], settings: Any) -> tuple[int, int]:
         raise InvalidFrame(f"the frame: {header.unsupported}")
     check_frame_size(header.width, header.height, settings, InvalidFrame)
     if "background" in files:
-        info = inspect_background(files["background"], settings)
+        info = inspect_background_confined(files["background"], settings)
         if info.kind != "image":
             raise UnsupportedBackground(
                 "a preview's background is a still picture: for a background video send its first frame"
