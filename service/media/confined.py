@@ -24,6 +24,7 @@ import os
 import resource
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import AuthenticationString  # type: ignore[attr-defined]
@@ -106,8 +107,8 @@ def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], cpu_
         outcome = ("error", exc)
     except MemoryError:
         outcome = ("memory", None)
-    except Exception as exc:  # noqa: BLE001 - a fault of ours: the parent logs and raises it
-        outcome = ("fault", f"{exc.__class__.__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a fault of ours: the parent logs its traceback and raises it
+        outcome = ("fault", (f"{exc.__class__.__name__}: {exc}", traceback.format_exc()))
     try:
         conn.send(outcome)
     except MemoryError:
@@ -154,7 +155,9 @@ def confined(
     if kind == "error":
         raise value
     if kind == "fault":
-        raise RuntimeError(f"reading the {what} failed in its child process: {value}")
+        message, trace = value
+        log.error("reading a %s failed in its child process:\n%s", what, trace)
+        raise RuntimeError(f"reading the {what} failed in its child process: {message}")
     if kind == "died" and child.exitcode not in (-signal.SIGXCPU, -signal.SIGKILL):  # CPU: soft limit, hard limit
         log.warning("reading a %s: its child process ended with %s", what, child.exitcode)
         raise unreadable(f"the {what} could not be read: its reader crashed on it")

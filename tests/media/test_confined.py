@@ -78,12 +78,15 @@ def test_memory_past_the_limit_is_refused() -> None:
     assert code_of(confined, allocate, 256 * 2**20, settings=settings, **kinds) == "video_too_large"
 
 
-def test_a_reader_that_crashes_makes_the_file_unreadable_and_a_fault_of_ours_is_raised() -> None:
+def test_a_reader_that_crashes_makes_the_file_unreadable_and_a_fault_of_ours_is_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = Settings()
     kinds = {"too_costly": VideoTooLarge, "unreadable": CorruptVideo}
     assert code_of(confined, crash, settings=settings, **kinds) == "corrupt_video"
     with pytest.raises(RuntimeError, match="a fault of ours"):
         confined(fail, settings=settings, **kinds)
+    assert 'raise ValueError("a fault of ours")' in caplog.text  # the child's traceback, logged here
 
 
 def test_a_child_that_stalls_is_ended(monkeypatch: pytest.MonkeyPatch) -> None:
