@@ -95,3 +95,16 @@ def test_a_child_that_stalls_is_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(inspect_cpu_seconds=1)
     kinds = {"too_costly": VideoTooLarge, "unreadable": CorruptVideo}
     assert code_of(confined, stall, 60, settings=settings, **kinds) == "video_too_large"
+
+
+def test_many_threads_read_at_once() -> None:
+    """The API reads uploads from its thread pool: children started side by side each answer their
+    own caller."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings()
+    clips = [data_path("videos", "talking-head.mp4"), data_path("videos", "asl", "bird.mkv")] * 4
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda clip: inspect_video_confined(clip, settings).frames, clips))
+    assert got == [inspect_video(clip, settings).frames for clip in clips]
+    assert got[0] != got[1]
