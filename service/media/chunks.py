@@ -26,7 +26,7 @@ import av
 
 from service.media.encode import (
     FORMATS,
-    AudioCarrier,
+    SideTrackCarrier,
     carry_timecode,
     last_frame_duration,
     shown_until,
@@ -297,7 +297,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
         if spec.container == "webm" and spec.alpha:
             stream.metadata["alpha_mode"] = "1"
         if audio_from is not None and whole.has_side_tracks:
-            carrier = AudioCarrier(replace(whole, path=audio_from), out, spec)
+            carrier = SideTrackCarrier(replace(whole, path=audio_from), out, spec)
         held: av.Packet | None = None
         frames, first_pts, end, reached = 0, None, 0, 0
         first_dts: int | None = None

@@ -192,7 +192,7 @@ class VideoWriter:
                 self.out.options["movie_timescale"] = str(self.time_base.denominator)
             ctx.options = opts
             carry_timecode(self.stream, info)
-            self.audio = _AudioCarrier(info, self.out, self.spec) if audio and info.has_side_tracks else None
+            self.side_tracks = SideTrackCarrier(info, self.out, self.spec) if audio and info.has_side_tracks else None
         except BaseException:
             self.out.close()
             raise
@@ -220,8 +220,8 @@ class VideoWriter:
             frame.pts = t - self.info.origin  # the output starts at 0 (``VideoInfo.origin``)
             frame.time_base = self.time_base
             self._span = (t, t + d) if self._span is None else (min(self._span[0], t), max(self._span[1], t + d))
-            if self.audio is not None:
-                self.audio.mux_until(float(frame.pts * self.time_base))
+            if self.side_tracks is not None:
+                self.side_tracks.mux_until(float(frame.pts * self.time_base))
             self._mux(self.stream.encode(frame))
 
     def _tag(self, target: Any) -> None:
@@ -308,8 +308,8 @@ class VideoWriter:
             if last is not None:
                 self.out.mux(last)
                 self._held = None
-            if self.audio is not None:
-                self.audio.finish()
+            if self.side_tracks is not None:
+                self.side_tracks.finish()
         except BaseException:
             self.abort()
             raise
@@ -322,9 +322,9 @@ class VideoWriter:
 
     def _release(self, ignoring: tuple[type[BaseException], ...]) -> None:
         """Close the audio's input and the output file, once, ignoring the errors of ``ignoring``."""
-        if self.audio is not None:
-            self.audio.close()
-            self.audio = None
+        if self.side_tracks is not None:
+            self.side_tracks.close()
+            self.side_tracks = None
         if self.out is not None:
             out, self.out = self.out, None  # type: ignore[assignment]
             with contextlib.suppress(*ignoring):
@@ -376,10 +376,11 @@ def _carry_chapters(out: av.container.OutputContainer, marked: list[Any], info: 
         out.set_chapters(kept)
 
 
-class _AudioCarrier:
+class SideTrackCarrier:
     """Copies (or transcodes) every audio and subtitle stream of the input into the output, in step
     with video, and gives it the input's chapters: all it carries besides the pictures, read by
-    one demuxer of the input (``VideoInfo.has_side_tracks``)."""
+    one demuxer of the input (``VideoInfo.has_side_tracks``).  The writer uses it, and the join of
+    a chunked job (``service.media.chunks``) muxes it once beside the chunks' video packets."""
 
     def __init__(self, info: VideoInfo, out: av.container.OutputContainer, spec: FormatSpec):
         self.input = open_input(info.path)
@@ -781,8 +782,3 @@ def _rescaled(ticks: int, scale: Fraction) -> int:
     (``av_rescale_q``) when it is muxed."""
     value = ticks * scale
     return int(math.floor(value + Fraction(1, 2))) if value >= 0 else -int(math.floor(-value + Fraction(1, 2)))
-
-
-#: The input's audio, copied or transcoded as the writer does it: the join of a chunked job
-#: (``service.media.chunks``) muxes it once beside the chunks' video packets.
-AudioCarrier = _AudioCarrier

@@ -152,7 +152,7 @@ class VideoInfo:
     #: The SMPTE timecode of the video's start, where the file gives one (``timecode``): the output
     #: carries it (editors line footage up by it).
     timecode: str | None = None
-    #: How many chapters the file marks (``encode._AudioCarrier`` carries them).
+    #: How many chapters the file marks (``encode.SideTrackCarrier`` carries them).
     chapters: int = 0
 
     @property
