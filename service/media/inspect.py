@@ -48,6 +48,7 @@ from service.errors import (
     VideoTooLarge,
 )
 from service.media import bmp, heif, timecode
+from service.media.asf_header import asf_encrypted
 from service.media.declared_size import cut_short
 from service.media.metadata_bombs import metadata_bomb
 from service.media.mp4_boxes import LEADING_BOXES
@@ -736,8 +737,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         stream = video_stream(container)
         ctx = stream.codec_context
         mp4 = mp4_video_track(path) if name.startswith("mov") else None
-        if stream.metadata.get("enc_key_id") or (mp4 and mp4.encrypted):
-            raise UnsupportedCodec(ENCRYPTED)  # Matroska/WebM's ContentEncryption, MP4's encv
+        if stream.metadata.get("enc_key_id") or (mp4 and mp4.encrypted) or (name.startswith("asf") and asf_encrypted(path)):
+            raise UnsupportedCodec(ENCRYPTED)  # Matroska/WebM's ContentEncryption, MP4's encv, ASF's DRM
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")
         coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)

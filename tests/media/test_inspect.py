@@ -149,6 +149,32 @@ def test_an_encrypted_mp4_is_refused_as_encrypted(tmp_path: Path) -> None:
     assert inspect_video(tmp_path / "clip.mp4").frames == 5
 
 
+def test_an_encrypted_wmv_is_refused_as_encrypted(tmp_path: Path) -> None:
+    """Windows Media DRM: FFmpeg opens the file as if plain and its decoder refuses the first packet,
+    so the upload was accepted and the job failed as ``corrupt_video``.  The header says so: a
+    Content Encryption object, or (PlayReady) a stream marked encrypted."""
+    from service.media.asf_header import CONTENT_ENCRYPTION, STREAM_PROPERTIES
+
+    plain = bombs.encode(tmp_path / "clip.wmv", small_frames(5), "wmv2", "yuv420p", "asf")
+    data = plain.read_bytes()
+    size, count = struct.unpack_from("<QI", data, 16)
+    # a Content Encryption object (empty secret, protection type, key id and licence URL) at the
+    # header's end: the header grows by its size and counts one more object
+    body = struct.pack("<I", 0) + struct.pack("<I", 4) + b"DRM\0" + struct.pack("<I", 1) + b"\0" + struct.pack("<I", 1) + b"\0"
+    obj = CONTENT_ENCRYPTION + struct.pack("<Q", 24 + len(body)) + body
+    drm = data[:16] + struct.pack("<QI", size + len(obj), count + 1) + data[28:size] + obj + data[size:]
+    (tmp_path / "drm.wmv").write_bytes(drm)
+    at = data.index(STREAM_PROPERTIES)
+    flagged = bytearray(data)
+    flagged[at + 73] |= 0x80  # the Encrypted Content flag, bit 15 of the stream's Flags
+    (tmp_path / "playready.wmv").write_bytes(bytes(flagged))
+    for name in ("drm.wmv", "playready.wmv"):  # (ASF is no background type at all)
+        with pytest.raises(BackdropError, match="encrypted") as err:
+            inspect_video(tmp_path / name)
+        assert err.value.code == "unsupported_codec"
+    assert inspect_video(plain).frames == 5
+
+
 def test_metadata_that_is_not_utf8_is_read(tmp_path: Path) -> None:
     """A title or comment in Latin-1 (an old camera, Photoshop's "®" as 0xA8): PyAV raised
     UnicodeDecodeError while opening the file, and the video was refused as corrupt."""
