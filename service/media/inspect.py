@@ -54,7 +54,7 @@ from service.media.metadata_bombs import metadata_bomb
 from service.media.mp4_boxes import LEADING_BOXES
 from service.media.mp4_boxes import boxes as _boxes
 from service.media.mp4_boxes import find_box as _find_box
-from service.media.picture_size import larger, sizes_in
+from service.media.picture_size import larger, sizes_in, theora_picture_size
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
 IMAGE_FORMATS = ("image2", "_pipe")
@@ -742,6 +742,8 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         if ctx is None or ctx.codec is None:
             raise UnsupportedCodec("the video codec is not supported")
         coded_w, coded_h = (animated.width, animated.height) if animated else (ctx.width, ctx.height)
+        if ctx.codec.name == "theora":  # the coded frame, not the picture, without the decoder
+            coded_w, coded_h = theora_picture_size(ctx.extradata) or (coded_w, coded_h)
         if (coded_w <= 0 or coded_h <= 0) and mp4:
             coded_w, coded_h = mp4.size or (0, 0)
         if (coded_w <= 0 or coded_h <= 0) and ctx.codec.name in PICTURE_SIZED_CODECS:

@@ -47,6 +47,25 @@ def sizes_in(codec: str, extradata: bytes | None = None) -> Callable[[bytes], li
     return READERS.get(codec)
 
 
+def theora_picture_size(extradata: bytes | None) -> Size | None:
+    """The picture a Theora stream shows, from its identification header (in the codec header FFmpeg
+    keeps): without its decoder FFmpeg reports the coded frame, whole macroblocks around the picture
+    (fate's ``offset_test``: a 512×512 picture in a 768×784 frame), and the decoder gives the picture.
+    None where the header is missing or not Theora 3.2 or later (which wrote no picture size)."""
+    if not extradata:
+        return None
+    at = extradata.find(b"\x80theora")
+    header = extradata[at + 7:at + 7 + 15] if at >= 0 else b""
+    if len(header) < 15 or header[0] != 3 or header[1] < 2:
+        return None
+    frame_w, frame_h = int.from_bytes(header[3:5], "big") * 16, int.from_bytes(header[5:7], "big") * 16
+    width, height = int.from_bytes(header[7:10], "big"), int.from_bytes(header[10:13], "big")
+    x, y = header[13], header[14]
+    if not (0 < width and 0 < height and x + width <= frame_w and y + height <= frame_h):
+        return None
+    return width, height
+
+
 def larger(size: Size, other: Size | None) -> Size:
     """``other`` where it has more pixels than ``size``, else ``size`` (a side of 0 or less counts
     as no pixels)."""

@@ -183,3 +183,23 @@ def test_hevc_reads_only_the_base_layers_sps() -> None:
     assert sizes_in("hevc")(data) == [(96, 64)]
     second_view = data[: at + 1] + bytes([1 << 3 | data[at + 1] & 7]) + data[at + 2 :]
     assert sizes_in("hevc")(second_view) == []
+
+
+def test_a_theora_picture_is_read_from_its_identification_header() -> None:
+    """FFmpeg's Ogg reader reports a Theora stream's coded frame (whole macroblocks) where no decoder
+    may run; the picture inside it is what the decoder gives and what the limits are about.  The
+    header here is laid out as fate's ``offset_test.ogv`` writes it: 512×512 at (128, 144) in 48×49
+    macroblocks."""
+    from service.media.picture_size import theora_picture_size
+
+    def header(version: bytes, mbs: tuple[int, int], picture: tuple[int, int], at: tuple[int, int]) -> bytes:
+        return (b"\x80theora" + version + mbs[0].to_bytes(2, "big") + mbs[1].to_bytes(2, "big")
+                + picture[0].to_bytes(3, "big") + picture[1].to_bytes(3, "big") + bytes(at) + bytes(20))
+
+    xiph_laced = b"\x00\x2a" + header(b"\x03\x02\x01", (48, 49), (512, 512), (128, 144))
+    assert theora_picture_size(xiph_laced) == (512, 512)
+    assert theora_picture_size(header(b"\x03\x02\x00", (40, 23), (640, 360), (0, 8))) == (640, 360)
+    assert theora_picture_size(header(b"\x03\x01\x00", (48, 49), (512, 512), (0, 0))) is None  # 3.1: no picture
+    assert theora_picture_size(header(b"\x03\x02\x01", (4, 4), (512, 512), (0, 0))) is None  # past the frame
+    assert theora_picture_size(b"\x01vorbis" + bytes(30)) is None
+    assert theora_picture_size(None) is None
