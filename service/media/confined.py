@@ -130,6 +130,7 @@ def confined(
     crashes (FFmpeg's reader faulted on the file) with ``unreadable``, naming ``what`` was read.
     ``fn`` and its arguments must be picklable: a function of a module."""
     cpu_s = max(1, math.ceil(settings.inspect_cpu_seconds))
+    wall_s = 2 * cpu_s + _WALL_SLACK_S
     ctx = _fork_server()
     recv, send = ctx.Pipe(duplex=False)
     with _children_allowed():  # the child's settings are copied from this process's when it is made
@@ -137,7 +138,7 @@ def confined(
         child.start()
     send.close()
     try:
-        ready = wait([recv, child.sentinel], timeout=2 * cpu_s + _WALL_SLACK_S)
+        ready = wait([recv, child.sentinel], timeout=wall_s)
         outcome: tuple[str, Any] = ("time", None)
         if recv in ready or child.sentinel in ready:
             try:
@@ -163,7 +164,7 @@ def confined(
         raise unreadable(f"the {what} could not be read: its reader crashed on it")
     reason = {
         "memory": f"more than {settings.inspect_memory_bytes // 2**20} MB of memory",
-        "time": f"more than {2 * cpu_s + _WALL_SLACK_S:g} s",
+        "time": f"more than {wall_s:g} s",
     }.get(kind, f"more than {cpu_s} s of CPU")
     raise too_costly(f"reading this {what}'s headers took {reason}: it is refused as too costly to open")
 
