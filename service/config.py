@@ -267,8 +267,9 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(
         60.0, description="How long a worker retries a lost Redis connection before it gives up on a write."
     )
-    fault_injection: Literal["", "crash", "hang"] = Field(
-        "", description="Testing only: make every job kill its worker process (crash) or ignore its soft time limit (hang)."
+    fault_injection: Literal["", "crash", "hang", "slow"] = Field(
+        "", description="Testing only: make every job kill its worker process (crash), ignore its soft time limit "
+        "(hang), or take at least 0.1 s a frame (slow: tests act on a running job on a machine of any speed)."
     )
     cancel_poll_interval_s: float = Field(0.5, description="Least time between cancel-flag checks in a worker.")
     broker_restore_interval_s: int = Field(10, description="Seconds between sweeps for unacknowledged jobs to redeliver.")

@@ -204,8 +204,13 @@ def send_job(job: Job, countdown: float | None = None) -> None:
     )
 
 
+#: Least time a frame takes under ``fault_injection="slow"``.
+SLOW_FRAME_S = 0.1
+
+
 def _inject_fault(settings: Settings) -> None:
-    """Testing only (``fault_injection``): die like a decoder crash, or hang past the soft limit."""
+    """Testing only (``fault_injection``): die like a decoder crash, or hang past the soft limit
+    (``slow`` acts in each job's progress: ``_slow_down``)."""
     if settings.fault_injection == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     if settings.fault_injection == "hang":
@@ -214,6 +219,13 @@ def _inject_fault(settings: Settings) -> None:
                 time.sleep(3600)
             except SoftTimeLimitExceeded:
                 continue
+
+
+def _slow_down(frames: int) -> None:
+    """Testing only (``fault_injection="slow"``): wait ``SLOW_FRAME_S`` for each frame just
+    reported, after its progress is written, so a job is still running for a while after its first
+    progress on a machine of any speed (tests that kill its worker or delete it then)."""
+    time.sleep(SLOW_FRAME_S * max(0, frames))
 
 
 @app.task(name=PROCESS_TASK, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=False)
@@ -315,7 +327,7 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: Heartbeat
         ext, content_type = OUTPUT_FORMATS[job.options.output_format]
         out = workdir / f"output{ext}"
 
-        last = {"t": 0.0, "c": 0.0, "canceled": False}
+        last = {"t": 0.0, "c": 0.0, "canceled": False, "done": 0}
 
         # Progress and the cancel flag are best effort: a Redis outage longer than the store's
         # retries must not fail a job that is otherwise fine (its final state is written with retries).
@@ -327,6 +339,9 @@ def _run(job: Job, attempt: int, workdir: Path, store: JobStore, beat: Heartbeat
                     store.update_progress(job_id, done, total, attempt)
                 except redis.RedisError:
                     log.warning("progress of %s not written (Redis unavailable)", job_id)
+            if settings.fault_injection == "slow":
+                _slow_down(done - int(last["done"]))
+            last["done"] = done
 
         def cancel() -> bool:
             if beat.lost:

@@ -108,7 +108,7 @@ class FaultyProxy:
 def test_client_end_to_end_retry_errors_and_cli(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
     (tmp_path / "spool").mkdir()
     env = base_env(redis_url, tmp_path, **auth_env())
-    worker = worker_factory(env)
+    worker = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"))  # polls see it running on any machine
     clip = asl_clip()
     with ApiServer(settings_from(env)) as api:
         proxy = FaultyProxy(api.port, b"POST /jobs ")

@@ -61,7 +61,7 @@ def test_end_to_end_local_store(redis_url: str, tmp_path: Path, worker_factory: 
     video = data_path("videos", "talking-head.mp4")
     background = data_path("backgrounds", "bg_1.jpg")
     env = base_env(redis_url, tmp_path, **auth_env())
-    worker = worker_factory(env)
+    worker = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"))  # polls see it mid-way on any machine
     with ApiServer(settings_from(env)) as api, api.client(API_KEY, timeout=120) as c:
         worker.wait_ready()
         assert wait_for(lambda: c.get("/readyz").status_code == 200, 20, 0.5, "readyz")
@@ -166,7 +166,7 @@ def test_worker_killed_mid_job_is_finished_by_another(redis_url: str, tmp_path: 
     env = base_env(
         redis_url, tmp_path, BACKDROP_JOB_LEASE_S="2",
     )
-    first = worker_factory(env, "first")
+    first = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"), "first")  # still running when killed
     with ApiServer(settings_from(env)) as api, api.client() as c:
         first.wait_ready()
         job = submit(c, asl_clip(), background_blur="true")
@@ -192,7 +192,7 @@ def test_worker_killed_mid_job_is_finished_by_another(redis_url: str, tmp_path: 
 
 def test_delete_mid_job_stops_the_worker(redis_url: str, tmp_path: Path, worker_factory: Any) -> None:
     env = base_env(redis_url, tmp_path, BACKDROP_WEBHOOK_ALLOW_PRIVATE="true")
-    worker = worker_factory(env)
+    worker = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"))  # still running when deleted
     receiver = Receiver()
     try:
         with ApiServer(settings_from(env)) as api, api.client() as c:
@@ -227,11 +227,11 @@ def test_deleting_a_running_job_twice_still_stops_it(redis_url: str, tmp_path: P
     """The first DELETE marks the running job canceled; a second one at once deletes that finished
     record.  The worker must still stop within seconds (the cancel flag outlives the record), leave
     no object behind, and not fail on the record that is gone."""
-    env = base_env(redis_url, tmp_path, BACKDROP_CHUNK_SECONDS="0")
-    worker = worker_factory(env)
+    env = base_env(redis_url, tmp_path)
+    worker = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"))  # 63 frames: at least 6.3 s
     with ApiServer(settings_from(env)) as api, api.client() as c:
         worker.wait_ready()
-        job = submit(c, data_path("videos", "desk.mp4"), background_color="#000000")  # 760 frames: ~30 s of work
+        job = submit(c, asl_clip(), background_color="#000000")
         wait_for(lambda: c.get(f"/jobs/{job['id']}").json()["progress"]["frames_done"] > 0, 120, 0.2, "progress")
         t0 = time.monotonic()
         assert [c.delete(f"/jobs/{job['id']}").status_code for _ in range(2)] == [204, 204]
@@ -262,7 +262,7 @@ def test_worker_cold_shutdown_requeues_the_job_at_once(redis_url: str, tmp_path:
     import signal
 
     env = base_env(redis_url, tmp_path, BACKDROP_WORKER_SOFT_SHUTDOWN_S="0.5", BACKDROP_JOB_LEASE_S="2")
-    first = worker_factory(env, "first")
+    first = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"), "first")  # still running at the signal
     with ApiServer(settings_from(env)) as api, api.client() as c:
         first.wait_ready()
         job = submit(c, asl_clip(), background_color="#808080")

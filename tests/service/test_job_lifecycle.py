@@ -106,7 +106,7 @@ def test_redis_restarted_under_a_running_job(tmp_path: Path, worker_factory: Any
     url = f"redis://127.0.0.1:{server.port}/0"
     env = base_env(url, tmp_path, BACKDROP_JOB_LEASE_S="3")
     try:
-        worker = worker_factory(env)
+        worker = worker_factory(dict(env, BACKDROP_FAULT_INJECTION="slow"))  # still running as Redis stops
         with ApiServer(settings_from(env)) as api, api.client() as c:
             worker.wait_ready()
             job = submit(c, asl_clip(), background_blur="true")

@@ -140,7 +140,8 @@ def test_run_restarts_a_killed_worker_and_its_job_finishes(tmp_path: Path) -> No
 
     redis_port, api_port = free_port(), free_port()
     env = make_env(base_env(f"redis://127.0.0.1:{redis_port}/0", tmp_path, BACKDROP_PORT=str(api_port),
-                            BACKDROP_JOB_LEASE_S="3", BACKDROP_HOUSEKEEPING_INTERVAL_S="2"))
+                            BACKDROP_JOB_LEASE_S="3", BACKDROP_HOUSEKEEPING_INTERVAL_S="2",
+                            BACKDROP_FAULT_INJECTION="slow"))  # the job still runs when its worker is killed
     del env["BACKDROP_OPEN_MODE"]  # `backdrop run` sets it itself when no keys are given
     proc = _start_stack(env, tmp_path / "stack.log")
     url = f"http://127.0.0.1:{api_port}"
