@@ -35,6 +35,7 @@ from service.media.inspect import (
     sample_aspect,
     validate_background,
 )
+from service.media.packets import read_packets
 from service.media.probe import (
     decoded_frames,
     decoder_pixel_cap,
@@ -165,7 +166,7 @@ class VideoBackground:
             stream = video_stream(container)
             end = 0.0
             count = 0
-            for packet in container.demux(stream):
+            for packet in read_packets(container, stream):
                 if packet.pts is not None and packet.time_base is not None:
                     end = max(end, float((packet.pts + (packet.duration or 0)) * Fraction(packet.time_base)))
                     count += 1

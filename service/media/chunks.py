@@ -32,6 +32,7 @@ from service.media.encode import (
     shown_until,
 )
 from service.media.inspect import AudioInfo, VideoInfo, open_input, video_stream
+from service.media.packets import read_packets
 
 #: Containers whose chunks keep the input's timestamps exactly (see module doc).
 _CHUNK_MUXER = {"mov": "mov", "mp4": "mov", "m4a": "mov", "3gp": "mov", "3g2": "mov", "mj2": "mov"}
@@ -89,7 +90,7 @@ def video_packets(path: Path) -> list[PacketInfo]:
     try:
         stream = video_stream(container)
         out: list[PacketInfo] = []
-        for p in container.demux(stream):
+        for p in read_packets(container, stream):
             if p.size == 0 and p.pts is None:
                 continue  # end-of-stream marker
             if p.pts is None:
@@ -196,7 +197,7 @@ def split_video(info: VideoInfo, plan: ChunkPlan, folder: Path) -> list[Path]:
     try:
         stream = video_stream(container)
         i = -1
-        for packet in container.demux(stream):
+        for packet in read_packets(container, stream):
             if packet.size == 0 and packet.pts is None:
                 continue
             i += 1
@@ -230,7 +231,7 @@ def split_video(info: VideoInfo, plan: ChunkPlan, folder: Path) -> list[Path]:
 def _packet_times(path: Path) -> list[int]:
     container = open_input(path)
     try:
-        return [-1 if p.pts is None else int(p.pts) for p in container.demux(container.streams.video[0])
+        return [-1 if p.pts is None else int(p.pts) for p in read_packets(container, container.streams.video[0])
                 if not (p.size == 0 and p.pts is None)]
     finally:
         container.close()
@@ -307,7 +308,7 @@ def join_chunks(parts: Sequence[Path], whole: VideoInfo, fmt: str, out_path: Pat
                 vs = src.streams.video[0]
                 if Fraction(vs.time_base or 0) != tb or vs.codec_context.extradata != extradata:
                     raise ValueError(f"chunk {part.name} was encoded differently from the first")
-                for packet in src.demux(vs):
+                for packet in read_packets(src, vs):
                     if packet.size == 0 and packet.pts is None:
                         continue
                     frames += 1
@@ -352,6 +353,6 @@ def chunk_pts(path: Path) -> list[int]:
     container = open_input(path)
     try:
         s = container.streams.video[0]
-        return sorted(int(p.pts) for p in container.demux(s) if p.pts is not None)
+        return sorted(int(p.pts) for p in read_packets(container, s) if p.pts is not None)
     finally:
         container.close()

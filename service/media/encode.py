@@ -37,6 +37,7 @@ from av.subtitles.subtitle import SubtitleSet
 
 from service.config import X264Preset
 from service.media import cues, timecode
+from service.media.packets import read_packets
 from service.media.probe import VideoInfo, open_input
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ class SideTrackCarrier:
         if info.chapters:
             _carry_chapters(out, self.input.chapters(), info)
         routed = [self.input.streams[i] for i in self.routes]
-        self._packets: Iterator[av.Packet] = self.input.demux(*routed) if routed else iter(())
+        self._packets: Iterator[av.Packet] = read_packets(self.input, *routed) if routed else iter(())
         self._pending: av.Packet | None = None
         self._done = False
 
@@ -490,7 +491,7 @@ def _decoded_format(path: Path, index: int, packets: int = 64) -> tuple[int, int
     """Sample rate and channel count of an audio stream whose headers do not give them, from its
     first decodable packets (a few, never the whole stream); (0, 0) when none decodes."""
     with open_input(path) as container:
-        for n, packet in enumerate(container.demux(container.streams[index])):
+        for n, packet in enumerate(read_packets(container, container.streams[index])):
             if n >= packets:
                 break
             try:

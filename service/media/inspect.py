@@ -54,6 +54,7 @@ from service.media.metadata_bombs import metadata_bomb
 from service.media.mp4_boxes import LEADING_BOXES
 from service.media.mp4_boxes import boxes as _boxes
 from service.media.mp4_boxes import find_box as _find_box
+from service.media.packets import read_packets
 from service.media.picture_size import larger, sizes_in, theora_picture_size
 
 #: Demuxers that read single pictures: a PNG or JPEG opens as a one-frame "video" in FFmpeg.
@@ -948,7 +949,7 @@ def scan_packets(
     times = array("q")  # every timed packet's pts: its first frame's time and the steps between
     largest: tuple[int, int] | None = None
     try:
-        for packet in container.demux(stream):
+        for packet in read_packets(container, stream):
             if not packet.size:
                 continue
             count += 1

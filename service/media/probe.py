@@ -30,6 +30,7 @@ from service.media.inspect import (
     sample_aspect,
     video_stream,
 )
+from service.media.packets import read_packets
 from service.media.picture_size import larger
 
 __all__ = [
@@ -202,7 +203,7 @@ def decoded_frames(container: av.container.InputContainer, stream: av.video.stre
     allowed = {True: frames // LEADING_SHARE, False: DAMAGED_ANYWAY + frames // DAMAGED_SHARE}
     refused = {True: 0, False: 0}  # before the first picture, after it
     leading = True
-    for packet in chain(container.demux(stream), [None]):
+    for packet in chain(read_packets(container, stream), [None]):
         if packet is not None and not packet.size:
             # a packet with no data (Theora's for a frame repeated; the demuxer's flush packet)
             # would tell the decoder the stream had ended: every packet after it was refused
