@@ -100,7 +100,7 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
         if (frame.width, frame.height) != probed:
             size = (frame.height, frame.width) if info.rotation in (90, 270) else (frame.width, frame.height)
             check_frame_size(*size, settings)
-        pts = guess(frame.pts, frame.dts)
+        pts = guess(frame.pts, frame.dts, stream.codec_context.reorder_depth * step)
         if pts is not None and horizon is not None and pts > horizon:
             pts = None  # no time of this video's: a damaged timestamp, read as none
         if pts is None:
@@ -326,20 +326,31 @@ class _TimestampGuess:
     (AVI with B-frames) label them with the packets' times in file order: 1, 2, 3, 5, 4, ...
     Their dts then run in order, and following the pts would swap frames in the output. AVI
     stores decode times only, so there the dts is trusted from the first frame (the first swap
-    comes before any evidence of it)."""
+    comes before any evidence of it).
+
+    A frame's dts is that of the packet whose decoding gave it out, which a decoder that reorders
+    frames (B-frames: ``reorder_ticks``, its reorder depth in ticks) reads that many frames after
+    the frame's own: in an AVI, whose packets' times are their places in the file, the first
+    picture (its first packet) is shown at that packet's time, not the depth later.  Taken as it
+    was, every frame of an AVI with B-frames came out one frame (MPEG-4 Part 2) or two (x264's
+    default) behind its sound.  The frames the decoder gives out at the end carry no dts there
+    (no packet gave them out): they get none, and follow the frame before them."""
 
     def __init__(self, trust_dts: bool = False) -> None:
+        self.trust_dts = trust_dts
         self.faulty_pts, self.faulty_dts = int(trust_dts), 0
         self.last_pts: int | None = None
         self.last_dts: int | None = None
 
-    def __call__(self, pts: int | None, dts: int | None) -> int | None:
+    def __call__(self, pts: int | None, dts: int | None, reorder_ticks: int = 0) -> int | None:
         if dts is not None:
             self.faulty_dts += self.last_dts is not None and dts <= self.last_dts
             self.last_dts = dts
         if pts is not None:
             self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
             self.last_pts = pts
+        if self.trust_dts and self.faulty_pts > self.faulty_dts:
+            return None if dts is None else dts - reorder_ticks
         if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
             return pts
         return dts

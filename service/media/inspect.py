@@ -947,6 +947,10 @@ def scan_packets(
     too."""
     count, discarded, last, last_duration, timed_end = 0, 0, None, 0, None
     times = array("q")  # every timed packet's pts: its first frame's time and the steps between
+    # AVI records decode times only (a packet's place in the file), and FFmpeg makes presentation
+    # times up from them for B-frames, a frame or two on; the decoder's frames are timed by their
+    # places too (``decode._TimestampGuess``), so the first picture's time is its packet's dts
+    by_dts = container.format.name == "avi"
     largest: tuple[int, int] | None = None
     try:
         for packet in read_packets(container, stream):
@@ -960,9 +964,10 @@ def scan_packets(
             if packet.is_discard:  # decoded for the frames that refer to it, never shown
                 discarded += 1
                 continue
-            if packet.pts is None:
+            when = packet.dts if by_dts else packet.pts
+            if when is None:
                 continue
-            pts, duration = int(packet.pts), int(packet.duration or 0)
+            pts, duration = int(when), int(packet.duration or 0)
             times.append(pts)
             if last is None or pts > last:
                 last, last_duration = pts, duration

@@ -258,10 +258,44 @@ def test_settings_data_dir_is_the_one_setting() -> None:
 
 def test_avi_b_frames_keep_their_display_order() -> None:
     """AVI labels B-frames with file-order times (1, 2, 3, 5, 4, ...); the decoder's frames, which
-    come in display order, get times that run in order with no frame skipped or doubled."""
+    come in display order, get times that run in order with no frame skipped or doubled, from the
+    first packet's time (MPEG-4 Part 2 with B-frames: the decoder gives each frame out one packet
+    late, and every frame came out a frame behind the sound)."""
     info = probe_video(data_path("videos", "odd", "mpeg4-ac3.avi"))
     pts = [f.pts for f in iter_frames(info)]
-    assert pts == list(range(pts[0], pts[0] + len(pts)))  # one tick (= one frame) apart
+    assert pts == list(range(len(pts)))  # one tick (= one frame) apart, from 0
+    assert info.first_pts == info.origin == 0
+
+
+@pytest.mark.parametrize("bframes", [0, 2])
+def test_avi_frames_are_shown_at_their_own_times(tmp_path: Path, bframes: int) -> None:
+    """x264 in AVI (as FFmpeg's command line writes ``-c:v libx264 out.avi``): with its default two
+    B-frames the decoder gives each frame out two packets late, so each came out two frames
+    (80 ms at 25 fps) behind its sound, and without any sound the first was lost before the start.
+    Each picture carries its own number as its grey level."""
+    src = tmp_path / "numbered.avi"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"bframes": str(bframes), "g": "50"})
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        sound = out.add_stream("aac", rate=48000)
+        packets = [*tone(sound, 1.2)]
+        for k in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 8 * k + 4, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, 25)
+            packets += video.encode(frame)
+        packets += video.encode(None)
+        for packet in packets:
+            out.mux(packet)
+    info = probe_video(src)
+    assert info.origin == info.first_pts == 0
+    numbered = [(f.pts, int(f.image[32, 32].mean()) // 8) for f in iter_frames(info)]
+    assert numbered == [(k, k) for k in range(30)]
+    result = tmp_path / "out.mp4"
+    replace_background(src, "#00ff00", result, ReplaceOptions(output_format="greenscreen"))
+    back = read_back(result)
+    assert back.frames == 30 and np.allclose(back.pts_s, [k / 25 for k in range(30)])
+    with av.open(str(result)) as c:
+        assert c.streams.audio[0].start_time * c.streams.audio[0].time_base == 0
 
 
 @pytest.mark.parametrize("name", ["dv.mp4", "dv.ts"])
