@@ -103,7 +103,7 @@ def test_a_clip_cut_before_a_keyframe_ends_where_its_frames_end(tmp_path: Path) 
     track's length counted from the first packet held it that much longer)."""
     whole = tmp_path / "whole.mkv"  # real frames, a keyframe every 30, no B-frames: decode order is display order
     with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(whole), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(30000, 1001), options={"bframes": "0", "g": "30"})
+        stream = out.add_stream("libx264", rate=Fraction(30000, 1001), options={"bf": "0", "g": "30"})
         stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
         for i, frame in enumerate(inp.decode(video=0)):
             if i == 75:
