@@ -39,6 +39,7 @@ from service.config import X264Preset
 from service.media import cues, timecode
 from service.media.packets import read_packets
 from service.media.probe import VideoInfo, open_input
+from service.media.webm_display import write_display_size
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class VideoWriter:
         ``service.media.hwencode``)."""
         self.spec = spec or FORMATS[fmt]
         self.info = info
+        self.path = path
         self.width, self.height = output_size(info, self.spec)
         self.time_base = info.time_base
         self._frame_ticks = max(1, round(1 / (info.fps * info.time_base)))
@@ -315,6 +317,9 @@ class VideoWriter:
             self.abort()
             raise
         self._release(ignoring=())  # writes the trailer (MP4's index): a failure here is the file's, and raises
+        if self.spec.container == "webm" and self.info.pixel_aspect != 1:
+            # anamorphic: FFmpeg's Matroska muxer writes no display size from the codec's aspect
+            write_display_size(self.path, self.width, self.height, self.info.pixel_aspect)
 
     def abort(self) -> None:
         """Give the file up (the caller deletes it).  Closing it may fail again, as a full disk fails

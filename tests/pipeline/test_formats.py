@@ -313,14 +313,7 @@ def test_anamorphic_video_keeps_its_shape(tmp_path: Path, name: str) -> None:
 
     from service.media.background import cover
 
-    src = tmp_path / name
-    with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(src), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = 720, 480, "yuv420p"
-        stream.codec_context.sample_aspect_ratio = Fraction(32, 27)
-        for _, frame in zip(range(6), inp.decode(video=0), strict=False):
-            out.mux(stream.encode(frame.reformat(width=720, height=480, format="yuv420p")))
-        out.mux(stream.encode(None))
+    src = _anamorphic(tmp_path / name)
     info = probe_video(src)
     assert info.sample_aspect == Fraction(32, 27)
     bg_path = data_path("backgrounds", "Bridge_by_Sander_Klootwijk.jpg")  # 1920x1080
@@ -337,6 +330,63 @@ def test_anamorphic_video_keeps_its_shape(tmp_path: Path, name: str) -> None:
         return float(np.abs(first[:, sides] - plate[:, sides]).mean())
 
     assert off(squeezed) < 4 and off(squeezed) < 0.5 * off(cropped), (off(squeezed), off(cropped))
+
+
+def _anamorphic(path: Path, sound: bool = False) -> Path:
+    """Six frames of desk.mp4 in 720x480 pixels of 32:27 (shown 16:9), with a tone where asked."""
+    with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 720, 480, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(32, 27)
+        packets = tone(out.add_stream("aac", rate=48000), 0.2) if sound else []
+        for _, frame in zip(range(6), inp.decode(video=0), strict=False):
+            packets += stream.encode(frame.reformat(width=720, height=480, format="yuv420p"))
+        for packet in packets + stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def test_an_anamorphic_video_keeps_its_shape_in_webm(tmp_path: Path) -> None:
+    """WebM records the pixels' shape as a display size, which FFmpeg's Matroska muxer writes from
+    the stream's own aspect only (PyAV sets the codec's): the person came out square-pixelled, a
+    16:9 picture shown 3:2.  ``webm_display`` writes 853x480 for 720x480 at 32:27, as FFmpeg's
+    command line does, into the Void the muxer leaves; the file still plays and seeks."""
+    result = tmp_path / "out.webm"
+    replace_background(_anamorphic(tmp_path / "dv.mp4", sound=True), None, result, ReplaceOptions(output_format="webm"))
+    with av.open(str(result)) as back:
+        video = back.streams.video[0]
+        assert video.sample_aspect_ratio == Fraction(853, 720)  # shown 853x480: 16:9 to a pixel
+        assert [s.type for s in back.streams] == ["video", "audio"]
+        assert len(list(back.decode(video=0))) == 6
+        back.seek(int(0.1 / video.time_base), stream=video)
+        assert next(back.decode(video=0)) is not None
+    assert probe_video(result).sample_aspect == Fraction(853, 720)
+
+
+def test_a_webm_without_room_before_its_tracks_is_left_as_it_is(tmp_path: Path) -> None:
+    """Where the muxer left too little room before the Tracks, the file is not touched (a warning
+    says its pixels stay square) rather than broken."""
+    from service.media import webm_display
+
+    plain = tmp_path / "plain.webm"  # as FFmpeg's muxer writes it: no display size
+    with av.open(str(plain), "w") as out:
+        stream = out.add_stream("libvpx-vp9", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 720, 480, "yuv420p"
+        for k in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((480, 720, 3), 40 * k, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = bytearray(plain.read_bytes())
+    void = data.index(bytes([webm_display.VOID]), 40)  # the Void after the SeekHead: shrunk to 3 bytes
+    size, size_bytes = webm_display._vint(data, void + 1, keep_marker=False)
+    data[void : void + 1 + size_bytes + size] = bytes([webm_display.VOID, 0x81, 0])
+    cramped = tmp_path / "cramped.webm"
+    cramped.write_bytes(bytes(data))
+    assert not webm_display.write_display_size(cramped, 720, 480, Fraction(32, 27))
+    assert cramped.read_bytes() == bytes(data)
+    assert webm_display.write_display_size(plain, 720, 480, Fraction(32, 27))  # with its room, it is written
+    with av.open(str(plain)) as back:
+        assert back.streams.video[0].sample_aspect_ratio == Fraction(853, 720)
 
 
 def _late_audio(path: Path, codec: str, video_start_s: float, audio_start_s: float) -> Path:

@@ -1,0 +1,207 @@
+"""A WebM's display size (its pixels' shape), written into its header once FFmpeg has finished it.
+
+FFmpeg's Matroska muxer writes a video track's DisplayWidth and DisplayHeight (how wide a player
+shows the picture) only from the stream's own aspect (``AVStream.sample_aspect_ratio``), which PyAV
+gives no way to set; the codec's, which MP4 and MOV carry, it leaves alone.  So an anamorphic video
+(DV, DVD, HDV: a 16:9 picture in 720x480 pixels) came out of a WebM at the shape of its pixels,
+squeezed, while its background had been fitted to the picture as it is shown.
+
+The muxer, writing a file it can seek in, leaves a Void element after its SeekHead (room for the
+index of the file's top-level elements).  ``write_display_size`` adds the two elements to the video
+track's Video element and takes as many bytes from that Void as the Tracks element grows by, so
+nothing after the Tracks moves: only what lies between the Void and the Tracks (the Info) and the
+Tracks' start shift towards the front, and the SeekHead's positions of those are rewritten.  Where
+the file is not laid out so (no Void before the Tracks, too little room in it) it is left as it is,
+with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EBML_HEADER, SEGMENT, SEEK_HEAD, SEEK, SEEK_ID, SEEK_POSITION = 0x1A45DFA3, 0x18538067, 0x114D9B74, 0x4DBB, 0x53AB, 0x53AC
+VOID, TRACKS, TRACK_ENTRY, TRACK_TYPE, VIDEO, CLUSTER = 0xEC, 0x1654AE6B, 0xAE, 0x83, 0xE0, 0x1F43B675
+DISPLAY_WIDTH, DISPLAY_HEIGHT = 0x54B0, 0x54BA
+#: How much of the file's start is read: the header up to the Tracks (FFmpeg writes a few hundred bytes).
+HEAD_BYTES = 1 << 16
+
+
+class _Layout(Exception):
+    """The file is not laid out as this module expects."""
+
+
+def write_display_size(path: Path, width: int, height: int, pixel_aspect: Fraction) -> bool:
+    """Give the WebM at ``path`` (video ``width`` x ``height``, pixels ``pixel_aspect`` wide) the
+    display size FFmpeg writes for a WebM whose stream has that aspect (``width x aspect`` by
+    ``height``).  True where the file says so now (or needed nothing), False where it was left as
+    it was (logged)."""
+    display_width = round(width * pixel_aspect)
+    if display_width == width or display_width <= 0:
+        return True
+    try:
+        with open(path, "r+b") as fh:
+            head = fh.read(HEAD_BYTES)
+            new = _with_display_size(head, display_width, height)
+            if new is not None:
+                fh.seek(0)
+                fh.write(new)
+        return True
+    except _Layout as e:
+        log.warning("the WebM %s keeps square pixels (its %s:%s pixel shape is not written): %s",
+                    path.name, pixel_aspect.numerator, pixel_aspect.denominator, e)
+        return False
+
+
+def _with_display_size(head: bytes, display_width: int, display_height: int) -> bytes | None:
+    """The file's start up to the end of its Tracks, rewritten; None where its video track already
+    has a display size."""
+    eid, _, end = _element(head, 0)
+    if eid != EBML_HEADER:
+        raise _Layout("no EBML header")
+    eid, segment_data, _ = _element(head, end, open_ended=True)
+    if eid != SEGMENT:
+        raise _Layout("no Segment after the EBML header")
+    children: list[tuple[int, int, int, int]] = []  # (id, start, data start, end) of the Segment's first elements
+    at = segment_data
+    while True:
+        eid, data, end = _element(head, at)
+        if eid == CLUSTER:
+            raise _Layout("no Tracks before the first Cluster")
+        children.append((eid, at, data, end))
+        if eid == TRACKS:
+            break
+        at = end
+    voids = [k for k, (eid, *_) in enumerate(children) if eid == VOID]
+    seek_heads = [k for k, (eid, *_) in enumerate(children) if eid == SEEK_HEAD]
+    if not voids or any(k > voids[-1] for k in seek_heads):
+        raise _Layout("no Void element after the SeekHead before the Tracks")
+    void = voids[-1]
+    _, tracks_start, tracks_data, tracks_end = children[-1]
+    tracks = _tracks_with_display_size(head[tracks_data:tracks_end], display_width, display_height)
+    if tracks is None:
+        return None
+    tracks = _encoded(TRACKS, tracks)
+    _, void_start, _, void_end = children[void]
+    room = void_end - void_start - (len(tracks) - (tracks_end - tracks_start))
+    if room < 2:
+        raise _Layout(f"the Void before the Tracks has {void_end - void_start} bytes, too few")
+    moved = head[void_end:tracks_start]
+    shift = (void_start + room) - void_end  # how far the elements between the Void and the Tracks move
+    out = bytearray(head[:void_start] + _void(room) + moved + tracks)
+    old_places = {start - segment_data: start + shift - segment_data for _, start, _, _ in children[void + 1:]}
+    for k in seek_heads:
+        _, _, data, end = children[k]
+        _move_seek_positions(out, data, end, old_places)
+    return bytes(out)
+
+
+def _tracks_with_display_size(tracks: bytes, display_width: int, display_height: int) -> bytes | None:
+    """The Tracks element's data with DisplayWidth and DisplayHeight added to its video track's
+    Video element (the only video track Backdrop writes); None where that has them already."""
+    out, at, done = bytearray(), 0, False
+    while at < len(tracks):
+        eid, data, end = _element(tracks, at)
+        entry = tracks[data:end]
+        if eid == TRACK_ENTRY and not done and _uint_child(entry, TRACK_TYPE) == 1:
+            entry_out, k = bytearray(), 0
+            while k < len(entry):
+                cid, cdata, cend = _element(entry, k)
+                if cid == VIDEO:
+                    video = entry[cdata:cend]
+                    if _uint_child(video, DISPLAY_WIDTH) is not None:
+                        return None
+                    video += _encoded(DISPLAY_WIDTH, _uint(display_width))
+                    video += _encoded(DISPLAY_HEIGHT, _uint(display_height))
+                    entry_out += _encoded(VIDEO, video)
+                    done = True
+                else:
+                    entry_out += entry[k:cend]
+                k = cend
+            out += _encoded(TRACK_ENTRY, bytes(entry_out))
+        else:
+            out += tracks[at:end]
+        at = end
+    if not done:
+        raise _Layout("no video track with a Video element")
+    return bytes(out)
+
+
+def _move_seek_positions(out: bytearray, start: int, end: int, places: dict[int, int]) -> None:
+    """Rewrite, in place in ``out``, each SeekPosition between ``start`` and ``end`` (a SeekHead's
+    data) that ``places`` moves, in the bytes it had (it only gets smaller)."""
+    at = start
+    while at < end:
+        eid, data, stop = _element(out, at)
+        if eid == SEEK:
+            k = data
+            while k < stop:
+                cid, cdata, cend = _element(out, k)
+                if cid == SEEK_POSITION:
+                    old = int.from_bytes(out[cdata:cend], "big")
+                    if old in places:
+                        out[cdata:cend] = places[old].to_bytes(cend - cdata, "big")
+                k = cend
+        at = stop
+
+
+def _uint_child(data: bytes, wanted: int) -> int | None:
+    """The unsigned value of the first child element ``wanted`` in an element's ``data``."""
+    at = 0
+    while at < len(data):
+        eid, cdata, end = _element(data, at)
+        if eid == wanted:
+            return int.from_bytes(data[cdata:end], "big")
+        at = end
+    return None
+
+
+def _element(data: bytes | bytearray, at: int, open_ended: bool = False) -> tuple[int, int, int]:
+    """(id, where its data starts, where it ends) of the EBML element at ``at``.  With
+    ``open_ended`` (the Segment, which holds the whole file) it may run past the data, or have an
+    unknown size (a file written to a pipe): it ends at the data's end."""
+    eid, n = _vint(data, at, keep_marker=True)
+    size, m = _vint(data, at + n, keep_marker=False)
+    start = at + n + m
+    if open_ended:
+        return eid, start, len(data)
+    if size == (1 << (7 * m)) - 1:  # all value bits set: unknown
+        raise _Layout(f"element {eid:#x} of unknown size")
+    if start + size > len(data):
+        raise _Layout(f"element {eid:#x} runs past the file's first {len(data)} bytes")
+    return eid, start, start + size
+
+
+def _vint(data: bytes | bytearray, at: int, keep_marker: bool) -> tuple[int, int]:
+    """An EBML variable-length integer: (value, its length in bytes)."""
+    if at >= len(data) or data[at] == 0:
+        raise _Layout(f"no element at byte {at}")
+    first = data[at]
+    length = 8 - first.bit_length() + 1
+    value = first if keep_marker else first & ((1 << (8 - length)) - 1)
+    for byte in data[at + 1 : at + length]:
+        value = value << 8 | byte
+    return value, length
+
+
+def _encoded(eid: int, data: bytes) -> bytes:
+    """An element: its id, its size (the fewest bytes that hold it), its data."""
+    length = 1
+    while len(data) >= (1 << (7 * length)) - 1:
+        length += 1
+    size = (1 << (7 * length)) | len(data)
+    return eid.to_bytes((eid.bit_length() + 7) // 8, "big") + size.to_bytes(length, "big") + data
+
+
+def _uint(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def _void(length: int) -> bytes:
+    """A Void element ``length`` bytes long in all (at least 2)."""
+    if length - 2 <= 126:
+        return bytes([VOID, 0x80 | (length - 2)]) + bytes(length - 2)
+    return bytes([VOID, 0x01]) + (length - 9).to_bytes(7, "big") + bytes(length - 9)
