@@ -96,6 +96,8 @@ def _with_display_size(head: bytes, display_width: int, display_height: int) -> 
     for k in seek_heads:
         _, _, data, end = children[k]
         _move_seek_positions(out, data, end, old_places)
+    if len(out) != tracks_end:  # never: the Void gave up what the Tracks took
+        raise _Layout("the rewritten header would not end where the Tracks did")
     return bytes(out)
 
 
