@@ -62,9 +62,10 @@ IMAGE_FORMATS = ("image2", "_pipe")
 #: Demuxers that turn any text into "video" (ANSI art): a text file is not a video.
 TEXT_FORMATS = ("tty",)
 #: Codecs whose frame size some containers keep only inside the pictures, which the API never
-#: decodes (Sorenson H.263 and On2 VP6 in FLV, raw DV; MPEG-4 Part 2 and H.263 outside
-#: MP4/MOV/3GP): such a video is a codec this service cannot inspect, not a corrupt file.
-PICTURE_SIZED_CODECS = frozenset({"flv", "vp6f", "vp6a", "vp6", "dvvideo", "h263", "h263p", "mpeg4"})
+#: decodes (Sorenson H.263 and On2 VP6 in FLV; MPEG-4 Part 2 and H.263 outside MP4/MOV/3GP): such
+#: a video is a codec this service cannot inspect, not a corrupt file.  (Raw DV's size is read from
+#: its frames' headers: ``picture_size.dv_sizes``.)
+PICTURE_SIZED_CODECS = frozenset({"flv", "vp6f", "vp6a", "vp6", "h263", "h263p", "mpeg4"})
 #: Leading bytes of the video containers we know: a file that starts like one but will not open is
 #: corrupt (typically truncated), not "not a video".  Old QuickTime files may start with an atom
 #: other than ``ftyp``.

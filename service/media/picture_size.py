@@ -266,10 +266,32 @@ def mpeg12_sizes(packet: bytes) -> list[Size]:
     return [(width, height)] if width and height else []
 
 
+#: DV's picture sizes by (DSF: 0 = 525 lines at 60 fields, 1 = 625 at 50; the video stype), as
+#: SMPTE 314M and 370M define them (DV25, DVCPRO50, DVCPRO HD 1080i and 720p) and FFmpeg's
+#: ``dv_profiles`` lists them.
+_DV_SIZES: dict[tuple[int, int], Size] = {
+    (0, 0x00): (720, 480), (1, 0x00): (720, 576), (1, 0x01): (720, 576),
+    (0, 0x04): (720, 480), (1, 0x04): (720, 576),
+    (0, 0x14): (1280, 1080), (1, 0x14): (1440, 1080),
+    (0, 0x18): (960, 720), (1, 0x18): (960, 720),
+}
+
+
+def dv_sizes(packet: bytes) -> list[Size]:
+    """The size of a DV frame (one packet): the DSF bit of its header block, and the video stype of
+    its first VAUX block (byte 3 of the source pack at 80 * 5 + 48), as FFmpeg's decoder picks its
+    profile.  A raw DV file (a camcorder's capture, as dvgrab writes it) records its size nowhere
+    else, and FFmpeg gave none without its decoder: it was refused as ``unsupported_codec``."""
+    if len(packet) < 80 * 5 + 48 + 4:
+        return []
+    size = _DV_SIZES.get((packet[3] >> 7, packet[80 * 5 + 48 + 3] & 0x1F))
+    return [size] if size else []
+
+
 READERS: dict[str, Callable[[bytes], list[Size]]] = {
     "vp8": vp8_sizes, "libvpx": vp8_sizes, "vp9": vp9_sizes, "libvpx-vp9": vp9_sizes,
     "av1": _av1_packet_sizes, "libdav1d": _av1_packet_sizes, "libaom-av1": _av1_packet_sizes,
-    "mpeg2video": mpeg12_sizes, "mpeg1video": mpeg12_sizes,
+    "mpeg2video": mpeg12_sizes, "mpeg1video": mpeg12_sizes, "dvvideo": dv_sizes,
 }
 
 

@@ -30,6 +30,7 @@ from service.media.inspect import (
     orientation_from_matrix,
     read_image_header,
 )
+from service.pipeline import ReplaceOptions, replace_background
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,6 +243,28 @@ def test_sizes_only_the_sample_description_records(tmp_path: Path) -> None:
     with pytest.raises(BackdropError) as err:
         inspect_video(flash)
     assert (err.value.code, "vp6f" in err.value.message) == ("unsupported_codec", True), err.value.message
+
+
+@pytest.mark.parametrize(("size", "rate", "pix_fmt", "aspect"), [
+    ((720, 576), 25, "yuv420p", Fraction(16, 15)),  # PAL DV25, 4:3
+    ((720, 480), Fraction(30000, 1001), "yuv411p", Fraction(8, 9)),  # NTSC DV25, 4:3
+])
+def test_a_raw_dv_file_is_read_from_its_frames_headers(
+    tmp_path: Path, size: tuple[int, int], rate: Fraction, pix_fmt: str, aspect: Fraction,
+) -> None:
+    """A camcorder's capture as dvgrab writes it (raw DV, no container around the frames) keeps its
+    size only in each frame's header, which FFmpeg reads only by decoding: it was refused as
+    ``unsupported_codec``.  Its size comes from the first frame now, and it comes out whole, its
+    pixels' shape kept."""
+    dv = bombs.encode(tmp_path / "cam.dv", small_frames(5, size), "dvvideo", pix_fmt, "dv", rate=rate)
+    info = inspect_video(dv)
+    assert (info.width, info.height, info.frames, info.fps, info.sample_aspect) == (*size, 5, rate, aspect)
+    out = tmp_path / "out.mp4"
+    replace_background(dv, "#00ff00", out, ReplaceOptions(output_format="greenscreen"))
+    with av.open(str(out)) as back:
+        video = back.streams.video[0]
+        assert (video.width, video.height, video.sample_aspect_ratio) == (*size, aspect)
+        assert len(list(back.decode(video))) == 5
 
 
 def test_an_audio_file_with_cover_art_has_no_video_stream(tmp_path: Path) -> None:
