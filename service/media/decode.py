@@ -90,7 +90,8 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
     callers scale the others to the probed size.  This decoder's and the device path's
     (``hwdecode``)."""
     step = _pts_step(info)
-    guess = _TimestampGuess(trust_dts=info.container == "avi")
+    guess = _TimestampGuess(trust_dts=info.container == "avi" or info.decode_order_times,
+                            pts_alone=info.container != "avi")
     deinterlace = Deinterlacer()
     timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
     last_pts: int | None = None
@@ -326,7 +327,10 @@ class _TimestampGuess:
     (AVI with B-frames) label them with the packets' times in file order: 1, 2, 3, 5, 4, ...
     Their dts then run in order, and following the pts would swap frames in the output. AVI
     stores decode times only, so there the dts is trusted from the first frame (the first swap
-    comes before any evidence of it).
+    comes before any evidence of it), and so it is where a muxer wrote each packet's decode time as
+    its presentation time too (``VideoInfo.decode_order_times``: an FLV or MP4 without composition
+    offsets; H.264 with B-frames came out with a frame's time left out near the start, every frame
+    after it a frame late and the last two a tick apart).
 
     A frame's dts is that of the packet whose decoding gave it out, which a decoder that reorders
     frames (B-frames: ``reorder_ticks``, its reorder depth in ticks) reads that many frames after
@@ -334,10 +338,12 @@ class _TimestampGuess:
     picture (its first packet) is shown at that packet's time, not the depth later.  Taken as it
     was, every frame of an AVI with B-frames came out one frame (MPEG-4 Part 2) or two (x264's
     default) behind its sound.  The frames the decoder gives out at the end carry no dts there
-    (no packet gave them out): they get none, and follow the frame before them."""
+    (no packet gave them out): they get none, and follow the frame before them, unless the decoder
+    reorders nothing and the container's pts are its own (``pts_alone``: not AVI's, whose FFmpeg
+    makes them up)."""
 
-    def __init__(self, trust_dts: bool = False) -> None:
-        self.trust_dts = trust_dts
+    def __init__(self, trust_dts: bool = False, pts_alone: bool = True) -> None:
+        self.trust_dts, self.pts_alone = trust_dts, pts_alone
         self.faulty_pts, self.faulty_dts = int(trust_dts), 0
         self.last_pts: int | None = None
         self.last_dts: int | None = None
@@ -350,7 +356,9 @@ class _TimestampGuess:
             self.faulty_pts += self.last_pts is not None and pts <= self.last_pts
             self.last_pts = pts
         if self.trust_dts and self.faulty_pts > self.faulty_dts:
-            return None if dts is None else dts - reorder_ticks
+            if dts is not None:
+                return dts - reorder_ticks
+            return pts if self.pts_alone and not reorder_ticks else None
         if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
             return pts
         return dts

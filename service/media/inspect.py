@@ -157,6 +157,11 @@ class VideoInfo:
     timecode: str | None = None
     #: How many chapters the file marks (``encode.SideTrackCarrier`` carries them).
     chapters: int = 0
+    #: Whether the packets' times are their decode times only: an MP4/MOV or FLV (which store decode
+    #: times) whose every packet's pts equals its dts, rising in file order (a muxer that wrote no
+    #: composition offsets, B-frames or not).  The frames are then timed as an AVI's are
+    #: (``decode._TimestampGuess``).
+    decode_order_times: bool = False
 
     @property
     def width(self) -> int:
@@ -827,7 +832,7 @@ def inspect_video(path: Path, settings: Settings | None = None) -> VideoInfo:
         info = replace(info, coded_width=coded_w, coded_height=coded_h, fps=fps, frames=frames, duration_s=duration,
                        track_ticks=track, first_pts=scan.first_pts,
                        origin=start_of(container, scan.first_pts, time_base, {a.index for a in info.audio}),
-                       largest_picture=scan.largest)
+                       largest_picture=scan.largest, decode_order_times=scan.decode_order)
     finally:
         container.close()
     check_limits(info, settings)
@@ -887,6 +892,7 @@ class PacketScan:
     timed_end: int | None = None  # the latest pts + duration among the packets that record one
     steps: tuple[int, int] = (0, 0)  # (how many, ticks in all) of the ordinary steps between frame times
     largest: tuple[int, int] | None = None  # the largest picture the packets write (``picture_size``)
+    decode_order: bool = False  # every timed packet's pts is its dts, rising in file order (``VideoInfo``)
 
     def rate(self, time_base: Fraction) -> Fraction | None:
         """Frames a second as the packets' times give it: the mean of the ordinary steps between
@@ -952,6 +958,11 @@ def scan_packets(
     # times up from them for B-frames, a frame or two on; the decoder's frames are timed by their
     # places too (``decode._TimestampGuess``), so the first picture's time is its packet's dts
     by_dts = container.format.name == "avi"
+    # only where the container stores decode times (MP4/MOV's sample table, FLV's tags) can its
+    # presentation times be those (a muxer that wrote no composition offsets); Matroska, Ogg and
+    # the rest store presentation times, and FFmpeg makes their dts up (here, with no decoder to
+    # say how far frames are reordered, as the pts)
+    decode_order, timed, last_dts = container.format.name.startswith(("mov", "flv")), 0, None
     largest: tuple[int, int] | None = None
     try:
         for packet in read_packets(container, stream):
@@ -968,6 +979,11 @@ def scan_packets(
             when = packet.dts if by_dts else packet.pts
             if when is None:
                 continue
+            timed += 1
+            dts = packet.dts
+            if dts is None or dts != packet.pts or last_dts is not None and dts <= last_dts:
+                decode_order = False
+            last_dts = dts
             pts, duration = int(when), int(packet.duration or 0)
             times.append(pts)
             if last is None or pts > last:
@@ -977,7 +993,7 @@ def scan_packets(
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
     return PacketScan(count, discarded, min(times) if times else None, last, last_duration, timed_end,
-                      ordinary_steps(times), largest)
+                      ordinary_steps(times), largest, decode_order and timed > 1)
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:

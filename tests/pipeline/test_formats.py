@@ -332,6 +332,45 @@ def test_anamorphic_video_keeps_its_shape(tmp_path: Path, name: str) -> None:
     assert off(squeezed) < 4 and off(squeezed) < 0.5 * off(cropped), (off(squeezed), off(cropped))
 
 
+@pytest.mark.parametrize("fmt", ["flv", "mp4"])
+def test_pictures_labelled_with_their_decode_times_are_shown_at_their_own(tmp_path: Path, fmt: str) -> None:
+    """A muxer that wrote each packet's decode time as its presentation time too (no composition
+    offsets: old FLV writers, some MP4 ones) leaves B-frames' true times unwritten; the decoder
+    gives the pictures out in display order, labelled with times out of order.  FFmpeg's guess
+    (and ours, before) took the labels until they went backwards, then the dts: a time near the
+    start was left out, every picture after it came a frame late and the last two a tick apart.
+    They are timed as an AVI's now (``VideoInfo.decode_order_times``).  Each picture carries its
+    number as its grey."""
+    src = tmp_path / f"numbered.{fmt}"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"bf": "2", "g": "50"})
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        packets = []
+        for k in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 8 * k + 4, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, 25)
+            packets += video.encode(frame)
+        packets += video.encode(None)
+        first = packets[0].dts
+        for packet in packets:  # decode order, each labelled with its decode time only
+            packet.dts = packet.pts = packet.dts - first
+            out.mux(packet)
+    info = probe_video(src)
+    assert info.decode_order_times and info.first_pts == 0
+    with av.open(str(src)) as c:
+        labels = [f.pts for f in c.decode(video=0)]
+    assert labels != sorted(labels)  # the decoder's frames come labelled out of order
+    step = round(1 / (info.fps * info.time_base))
+    numbered = [(f.pts, int(f.image[32, 32].mean()) // 8) for f in iter_frames(info)]
+    assert numbered == [(k * step, k) for k in range(30)]
+
+
+def test_pictures_timed_in_order_are_not_taken_for_decode_times() -> None:
+    """Real presentation times (B-frames with composition offsets, or none at all) are not flagged."""
+    for clip in (data_path("videos", "talking-head.mp4"), data_path("videos", "asl", "bird.mkv")):
+        assert not probe_video(clip).decode_order_times
+
+
 def _anamorphic(path: Path, sound: bool = False) -> Path:
     """Six frames of desk.mp4 in 720x480 pixels of 32:27 (shown 16:9), with a tone where asked."""
     with av.open(str(data_path("videos", "desk.mp4"))) as inp, av.open(str(path), "w") as out:
