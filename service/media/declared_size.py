@@ -69,6 +69,16 @@ def vint(fh: BinaryIO, *, keep_marker: bool) -> tuple[int, bool] | None:
     return value, value == (1 << bits) - 1
 
 
+def ebml_element(fh: BinaryIO) -> tuple[int, int, int | None] | None:
+    """(ID, where its data starts, where it ends: None for an unknown size) of the EBML element at
+    the file's position, or None where it is malformed."""
+    ident, size = vint(fh, keep_marker=True), vint(fh, keep_marker=False)
+    if ident is None or size is None:
+        return None
+    start = fh.tell()
+    return ident[0], start, None if size[1] else start + size[0]
+
+
 def _matroska_end(fh: BinaryIO) -> int | None:
     """Where the first Segment ends, as its size says (None: unknown size, or no Segment)."""
     found = segment(fh)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from service.media.declared_size import EBML_HEADER, segment, vint
+from service.media.declared_size import EBML_HEADER, ebml_element, segment
 from service.media.mp4_boxes import LEADING_BOXES, boxes, find_box
 
 __all__ = ["MAX_CHAPTERS", "MAX_TAGS", "metadata_bomb"]
@@ -72,16 +72,6 @@ def metadata_bomb(path: Path) -> str | None:
     return None
 
 
-def _element(fh: BinaryIO) -> tuple[int, int, int | None] | None:
-    """(ID, where its data starts, where it ends: None for an unknown size) of the element at the
-    file's position, or None where it is malformed."""
-    ident, size = vint(fh, keep_marker=True), vint(fh, keep_marker=False)
-    if ident is None or size is None:
-        return None
-    start = fh.tell()
-    return ident[0], start, None if size[1] else start + size[0]
-
-
 def _metadata_elements(fh: BinaryIO, segment_data: int) -> list[tuple[int, int, int]]:
     """The Tags and Chapters elements FFmpeg reads, as (ID, data start, end): those at the top
     level up to the first element of unknown size (a live recording's clusters), and those the
@@ -91,7 +81,7 @@ def _metadata_elements(fh: BinaryIO, segment_data: int) -> list[tuple[int, int, 
     fh.seek(segment_data)
     for _ in range(MAX_TOP_LEVEL):
         at = fh.tell()
-        element = _element(fh)
+        element = ebml_element(fh)
         if element is None:
             break
         ident, start, end = element
@@ -104,7 +94,7 @@ def _metadata_elements(fh: BinaryIO, segment_data: int) -> list[tuple[int, int, 
         fh.seek(end)
     for at in sorted(pointed - found.keys()):
         fh.seek(at)
-        element = _element(fh)
+        element = ebml_element(fh)
         if element is not None and element[0] in _COUNTED and element[2] is not None:
             found[at] = (element[0], element[1], element[2])
     return list(found.values())
@@ -117,7 +107,7 @@ def _seek_positions(fh: BinaryIO, start: int, end: int, segment_data: int) -> se
         target, position = None, None
         fh.seek(seek_start)
         while fh.tell() < seek_end:
-            element = _element(fh)
+            element = ebml_element(fh)
             if element is None or element[2] is None:
                 break
             ident, data, data_end = element[0], element[1], element[2]
@@ -137,7 +127,7 @@ def _children(fh: BinaryIO, start: int, end: int, wanted: int) -> list[tuple[int
     out: list[tuple[int, int]] = []
     fh.seek(start)
     while fh.tell() < end and len(out) < MAX_TOP_LEVEL:
-        element = _element(fh)
+        element = ebml_element(fh)
         if element is None or element[2] is None:
             break
         ident, data, data_end = element[0], element[1], element[2]
@@ -157,7 +147,7 @@ def _count(fh: BinaryIO, start: int, end: int, counted: int, inside: frozenset[i
         begin, finish = stack.pop()
         fh.seek(begin)
         while fh.tell() < finish and count <= budget:
-            element = _element(fh)
+            element = ebml_element(fh)
             if element is None or element[2] is None:
                 break
             visits += 1

@@ -17,13 +17,18 @@ with a warning.
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
+
+from service.media.declared_size import ebml_element, segment
 
 log = logging.getLogger(__name__)
 
-EBML_HEADER, SEGMENT, SEEK_HEAD, SEEK, SEEK_ID, SEEK_POSITION = 0x1A45DFA3, 0x18538067, 0x114D9B74, 0x4DBB, 0x53AB, 0x53AC
+SEEK_HEAD, SEEK, SEEK_POSITION = 0x114D9B74, 0x4DBB, 0x53AC
 VOID, TRACKS, TRACK_ENTRY, TRACK_TYPE, VIDEO, CLUSTER = 0xEC, 0x1654AE6B, 0xAE, 0x83, 0xE0, 0x1F43B675
 DISPLAY_WIDTH, DISPLAY_HEIGHT = 0x54B0, 0x54BA
 #: How much of the file's start is read: the header up to the Tracks (FFmpeg writes a few hundred bytes).
@@ -59,29 +64,27 @@ def write_display_size(path: Path, width: int, height: int, pixel_aspect: Fracti
 def _with_display_size(head: bytes, display_width: int, display_height: int) -> bytes | None:
     """The file's start up to the end of its Tracks, rewritten; None where its video track already
     has a display size."""
-    eid, _, end = _element(head, 0)
-    if eid != EBML_HEADER:
-        raise _Layout("no EBML header")
-    eid, segment_data, _ = _element(head, end, open_ended=True)
-    if eid != SEGMENT:
+    fh = io.BytesIO(head)
+    found = segment(fh)
+    if found is None:
         raise _Layout("no Segment after the EBML header")
+    segment_data = found[0]
     children: list[tuple[int, int, int, int]] = []  # (id, start, data start, end) of the Segment's first elements
-    at = segment_data
-    while True:
-        eid, data, end = _element(head, at)
-        if eid == CLUSTER:
+    for child in _elements(fh, segment_data, len(head)):
+        if child[0] == CLUSTER:
             raise _Layout("no Tracks before the first Cluster")
-        children.append((eid, at, data, end))
-        if eid == TRACKS:
+        children.append(child)
+        if child[0] == TRACKS:
             break
-        at = end
+    else:
+        raise _Layout(f"no Tracks in the file's first {len(head)} bytes")
     voids = [k for k, (eid, *_) in enumerate(children) if eid == VOID]
     seek_heads = [k for k, (eid, *_) in enumerate(children) if eid == SEEK_HEAD]
     if not voids or any(k > voids[-1] for k in seek_heads):
         raise _Layout("no Void element after the SeekHead before the Tracks")
     void = voids[-1]
     _, tracks_start, tracks_data, tracks_end = children[-1]
-    tracks = _tracks_with_display_size(head[tracks_data:tracks_end], display_width, display_height)
+    tracks = _tracks_with_display_size(fh, head, tracks_data, tracks_end, display_width, display_height)
     if tracks is None:
         return None
     tracks = _encoded(TRACKS, tracks)
@@ -93,100 +96,81 @@ def _with_display_size(head: bytes, display_width: int, display_height: int) -> 
     shift = (void_start + room) - void_end  # how far the elements between the Void and the Tracks move
     out = bytearray(head[:void_start] + _void(room) + moved + tracks)
     old_places = {start - segment_data: start + shift - segment_data for _, start, _, _ in children[void + 1:]}
-    for k in seek_heads:
+    for k in seek_heads:  # before the Void: at the same place in ``out``
         _, _, data, end = children[k]
-        _move_seek_positions(out, data, end, old_places)
+        _move_seek_positions(fh, out, data, end, old_places)
     if len(out) != tracks_end:  # never: the Void gave up what the Tracks took
         raise _Layout("the rewritten header would not end where the Tracks did")
     return bytes(out)
 
 
-def _tracks_with_display_size(tracks: bytes, display_width: int, display_height: int) -> bytes | None:
-    """The Tracks element's data with DisplayWidth and DisplayHeight added to its video track's
-    Video element (the only video track Backdrop writes); None where that has them already."""
-    out, at, done = bytearray(), 0, False
-    while at < len(tracks):
-        eid, data, end = _element(tracks, at)
-        entry = tracks[data:end]
-        if eid == TRACK_ENTRY and not done and _uint_child(entry, TRACK_TYPE) == 1:
-            entry_out, k = bytearray(), 0
-            while k < len(entry):
-                cid, cdata, cend = _element(entry, k)
-                if cid == VIDEO:
-                    video = entry[cdata:cend]
-                    if _uint_child(video, DISPLAY_WIDTH) is not None:
-                        return None
-                    video += _encoded(DISPLAY_WIDTH, _uint(display_width))
-                    video += _encoded(DISPLAY_HEIGHT, _uint(display_height))
-                    entry_out += _encoded(VIDEO, video)
-                    done = True
-                else:
-                    entry_out += entry[k:cend]
-                k = cend
-            out += _encoded(TRACK_ENTRY, bytes(entry_out))
-        else:
-            out += tracks[at:end]
-        at = end
+def _tracks_with_display_size(
+    fh: BinaryIO, head: bytes, start: int, end: int, display_width: int, display_height: int,
+) -> bytes | None:
+    """The Tracks element's data (``start``..``end`` of ``head``) with DisplayWidth and DisplayHeight
+    added to its video track's Video element (the only video track Backdrop writes); None where that
+    has them already."""
+    out, done = bytearray(), False
+    for eid, at, data, stop in _elements(fh, start, end):
+        if eid != TRACK_ENTRY or done or _uint_child(fh, data, stop, TRACK_TYPE) != 1:
+            out += head[at:stop]
+            continue
+        entry = bytearray()
+        for cid, cat, cdata, cstop in _elements(fh, data, stop):
+            if cid != VIDEO:
+                entry += head[cat:cstop]
+                continue
+            if _uint_child(fh, cdata, cstop, DISPLAY_WIDTH) is not None:
+                return None
+            video = head[cdata:cstop] + _encoded(DISPLAY_WIDTH, _uint(display_width))
+            entry += _encoded(VIDEO, video + _encoded(DISPLAY_HEIGHT, _uint(display_height)))
+            done = True
+        out += _encoded(TRACK_ENTRY, bytes(entry))
     if not done:
         raise _Layout("no video track with a Video element")
     return bytes(out)
 
 
-def _move_seek_positions(out: bytearray, start: int, end: int, places: dict[int, int]) -> None:
-    """Rewrite, in place in ``out``, each SeekPosition between ``start`` and ``end`` (a SeekHead's
-    data) that ``places`` moves, in the bytes it had (it only gets smaller)."""
+def _move_seek_positions(fh: BinaryIO, out: bytearray, start: int, end: int, places: dict[int, int]) -> None:
+    """Rewrite in ``out`` each SeekPosition of the SeekHead whose data is ``start``..``end`` that
+    ``places`` moves, in the bytes it had (it only gets smaller)."""
+    for eid, _, data, stop in _elements(fh, start, end):
+        if eid != SEEK:
+            continue
+        for cid, _, cdata, cstop in _elements(fh, data, stop):
+            if cid == SEEK_POSITION:
+                old = _uint_at(fh, cdata, cstop)
+                if old in places:
+                    out[cdata:cstop] = places[old].to_bytes(cstop - cdata, "big")
+
+
+def _elements(fh: BinaryIO, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(id, start, data start, end) of each element from ``start`` to ``end``, in order; each read
+    from its own place, so walks inside one another share ``fh``."""
     at = start
     while at < end:
-        eid, data, stop = _element(out, at)
-        if eid == SEEK:
-            k = data
-            while k < stop:
-                cid, cdata, cend = _element(out, k)
-                if cid == SEEK_POSITION:
-                    old = int.from_bytes(out[cdata:cend], "big")
-                    if old in places:
-                        out[cdata:cend] = places[old].to_bytes(cend - cdata, "big")
-                k = cend
+        fh.seek(at)
+        found = ebml_element(fh)
+        if found is None or found[2] is None:
+            raise _Layout(f"no element of known size at byte {at}")
+        eid, data, stop = found[0], found[1], found[2]
+        if stop > end:
+            raise _Layout(f"element {eid:#x} runs past byte {end}")
+        yield eid, at, data, stop
         at = stop
 
 
-def _uint_child(data: bytes, wanted: int) -> int | None:
-    """The unsigned value of the first child element ``wanted`` in an element's ``data``."""
-    at = 0
-    while at < len(data):
-        eid, cdata, end = _element(data, at)
+def _uint_child(fh: BinaryIO, start: int, end: int, wanted: int) -> int | None:
+    """The unsigned value of the first ``wanted`` element from ``start`` to ``end``."""
+    for eid, _, data, stop in _elements(fh, start, end):
         if eid == wanted:
-            return int.from_bytes(data[cdata:end], "big")
-        at = end
+            return _uint_at(fh, data, stop)
     return None
 
 
-def _element(data: bytes | bytearray, at: int, open_ended: bool = False) -> tuple[int, int, int]:
-    """(id, where its data starts, where it ends) of the EBML element at ``at``.  With
-    ``open_ended`` (the Segment, which holds the whole file) it may run past the data, or have an
-    unknown size (a file written to a pipe): it ends at the data's end."""
-    eid, n = _vint(data, at, keep_marker=True)
-    size, m = _vint(data, at + n, keep_marker=False)
-    start = at + n + m
-    if open_ended:
-        return eid, start, len(data)
-    if size == (1 << (7 * m)) - 1:  # all value bits set: unknown
-        raise _Layout(f"element {eid:#x} of unknown size")
-    if start + size > len(data):
-        raise _Layout(f"element {eid:#x} runs past the file's first {len(data)} bytes")
-    return eid, start, start + size
-
-
-def _vint(data: bytes | bytearray, at: int, keep_marker: bool) -> tuple[int, int]:
-    """An EBML variable-length integer: (value, its length in bytes)."""
-    if at >= len(data) or data[at] == 0:
-        raise _Layout(f"no element at byte {at}")
-    first = data[at]
-    length = 8 - first.bit_length() + 1
-    value = first if keep_marker else first & ((1 << (8 - length)) - 1)
-    for byte in data[at + 1 : at + length]:
-        value = value << 8 | byte
-    return value, length
+def _uint_at(fh: BinaryIO, start: int, end: int) -> int:
+    fh.seek(start)
+    return int.from_bytes(fh.read(end - start), "big")
 
 
 def _encoded(eid: int, data: bytes) -> bytes:

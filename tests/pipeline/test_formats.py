@@ -405,7 +405,10 @@ def test_an_anamorphic_video_keeps_its_shape_in_webm(tmp_path: Path) -> None:
 def test_a_webm_without_room_before_its_tracks_is_left_as_it_is(tmp_path: Path) -> None:
     """Where the muxer left too little room before the Tracks, the file is not touched (a warning
     says its pixels stay square) rather than broken."""
+    import io
+
     from service.media import webm_display
+    from service.media.declared_size import ebml_element
 
     plain = tmp_path / "plain.webm"  # as FFmpeg's muxer writes it: no display size
     with av.open(str(plain), "w") as out:
@@ -416,9 +419,11 @@ def test_a_webm_without_room_before_its_tracks_is_left_as_it_is(tmp_path: Path) 
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     data = bytearray(plain.read_bytes())
-    void = data.index(bytes([webm_display.VOID]), 40)  # the Void after the SeekHead: shrunk to 3 bytes
-    size, size_bytes = webm_display._vint(data, void + 1, keep_marker=False)
-    data[void : void + 1 + size_bytes + size] = bytes([webm_display.VOID, 0x81, 0])
+    fh = io.BytesIO(bytes(data))
+    fh.seek(data.index(bytes([webm_display.VOID]), 40))  # the Void after the SeekHead: shrunk to 3 bytes
+    void = fh.tell()
+    _, _, end = ebml_element(fh)  # type: ignore[misc]
+    data[void:end] = bytes([webm_display.VOID, 0x81, 0])
     cramped = tmp_path / "cramped.webm"
     cramped.write_bytes(bytes(data))
     assert not webm_display.write_display_size(cramped, 720, 480, Fraction(32, 27))
