@@ -90,8 +90,7 @@ def timed_frames(container: av.container.InputContainer, stream: av.video.stream
     callers scale the others to the probed size.  This decoder's and the device path's
     (``hwdecode``)."""
     step = _pts_step(info)
-    guess = _TimestampGuess(trust_dts=info.container == "avi" or info.decode_order_times,
-                            pts_alone=info.container != "avi")
+    guess = _TimestampGuess(trust_dts=info.decode_order_times, pts_alone=info.container != "avi")
     deinterlace = Deinterlacer()
     timing: deque[tuple[int, int]] = deque()  # (pts, duration) of the frames inside the deinterlacer
     last_pts: int | None = None

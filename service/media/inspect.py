@@ -157,10 +157,10 @@ class VideoInfo:
     timecode: str | None = None
     #: How many chapters the file marks (``encode.SideTrackCarrier`` carries them).
     chapters: int = 0
-    #: Whether the packets' times are their decode times only: an MP4/MOV or FLV (which store decode
-    #: times) whose every packet's pts equals its dts, rising in file order (a muxer that wrote no
-    #: composition offsets, B-frames or not).  The frames are then timed as an AVI's are
-    #: (``decode._TimestampGuess``).
+    #: Whether the packets' times are their decode times only: every AVI (which stores nothing else),
+    #: and an MP4/MOV or FLV (which store decode times) whose every packet's pts equals its dts,
+    #: rising in file order (a muxer that wrote no composition offsets, B-frames or not).  The
+    #: frames are then timed by their dts (``decode._TimestampGuess``).
     decode_order_times: bool = False
 
     @property
@@ -892,7 +892,7 @@ class PacketScan:
     timed_end: int | None = None  # the latest pts + duration among the packets that record one
     steps: tuple[int, int] = (0, 0)  # (how many, ticks in all) of the ordinary steps between frame times
     largest: tuple[int, int] | None = None  # the largest picture the packets write (``picture_size``)
-    decode_order: bool = False  # every timed packet's pts is its dts, rising in file order (``VideoInfo``)
+    decode_order: bool = False  # the packets are timed by their decode times only (``VideoInfo``)
 
     def rate(self, time_base: Fraction) -> Fraction | None:
         """Frames a second as the packets' times give it: the mean of the ordinary steps between
@@ -962,7 +962,7 @@ def scan_packets(
     # presentation times be those (a muxer that wrote no composition offsets); Matroska, Ogg and
     # the rest store presentation times, and FFmpeg makes their dts up (here, with no decoder to
     # say how far frames are reordered, as the pts)
-    decode_order, timed, last_dts = container.format.name.startswith(("mov", "flv")), 0, None
+    decode_order, last_dts = container.format.name.startswith(("mov", "flv")), None
     largest: tuple[int, int] | None = None
     try:
         for packet in read_packets(container, stream):
@@ -979,7 +979,6 @@ def scan_packets(
             when = packet.dts if by_dts else packet.pts
             if when is None:
                 continue
-            timed += 1
             dts = packet.dts
             if dts is None or dts != packet.pts or last_dts is not None and dts <= last_dts:
                 decode_order = False
@@ -993,7 +992,7 @@ def scan_packets(
     except av.error.FFmpegError as exc:
         raise CorruptVideo(f"the video file is corrupt or truncated ({exc.__class__.__name__})") from None
     return PacketScan(count, discarded, min(times) if times else None, last, last_duration, timed_end,
-                      ordinary_steps(times), largest, decode_order and timed > 1)
+                      ordinary_steps(times), largest, by_dts or decode_order and len(times) > 1)
 
 
 def check_frame_size(width: int, height: int, settings: Settings, error: type[BackdropError] = VideoTooLarge) -> None:
