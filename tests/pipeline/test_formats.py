@@ -267,6 +267,23 @@ def test_avi_b_frames_keep_their_display_order() -> None:
     assert info.first_pts == info.origin == 0
 
 
+def _numbered(out: av.container.OutputContainer, bframes: int) -> list[av.Packet]:
+    """30 pictures of 64x64 at 25 fps in libx264 with ``bframes`` B-frames, each grey at its own
+    number (``_number`` reads it back), encoded into a new stream of ``out``: the packets."""
+    video = out.add_stream("libx264", rate=25, options={"bf": str(bframes), "g": "50"})
+    video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+    packets = []
+    for k in range(30):
+        frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 8 * k + 4, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = k, Fraction(1, 25)
+        packets += video.encode(frame)
+    return packets + video.encode(None)
+
+
+def _number(image: np.ndarray) -> int:
+    return int(image[32, 32].mean()) // 8
+
+
 @pytest.mark.parametrize("bframes", [0, 2])
 def test_avi_frames_are_shown_at_their_own_times(tmp_path: Path, bframes: int) -> None:
     """x264 in AVI (as FFmpeg's command line writes ``-c:v libx264 out.avi``): with its default two
@@ -275,15 +292,9 @@ def test_avi_frames_are_shown_at_their_own_times(tmp_path: Path, bframes: int) -
     without B-frames they were right, and stay so.  Each picture carries its number as its grey."""
     src = tmp_path / "numbered.avi"
     with av.open(str(src), "w") as out:
-        video = out.add_stream("libx264", rate=25, options={"bf": str(bframes), "g": "50"})
-        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        pictures = _numbered(out, bframes)
         sound = out.add_stream("pcm_s16le", rate=48000)  # from 0 (AAC's priming makes the muxer shift the video)
-        packets = [*tone(sound, 1.2)]
-        for k in range(30):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 8 * k + 4, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = k, Fraction(1, 25)
-            packets += video.encode(frame)
-        packets += video.encode(None)
+        packets = [*tone(sound, 1.2), *pictures]
         for packet in packets:
             out.mux(packet)
     info = probe_video(src)
@@ -291,7 +302,7 @@ def test_avi_frames_are_shown_at_their_own_times(tmp_path: Path, bframes: int) -
     with av.open(str(src)) as c:  # the decoder holds back as many frames as the B-frames ask
         next(c.decode(video=0))
         assert c.streams.video[0].codec_context.reorder_depth == bframes
-    numbered = [(f.pts, int(f.image[32, 32].mean()) // 8) for f in iter_frames(info)]
+    numbered = [(f.pts, _number(f.image)) for f in iter_frames(info)]
     assert numbered == [(k, k) for k in range(30)]
     result = tmp_path / "out.mp4"
     replace_background(src, "#00ff00", result, ReplaceOptions(output_format="greenscreen"))
@@ -343,14 +354,7 @@ def test_pictures_labelled_with_their_decode_times_are_shown_at_their_own(tmp_pa
     number as its grey."""
     src = tmp_path / f"numbered.{fmt}"
     with av.open(str(src), "w") as out:
-        video = out.add_stream("libx264", rate=25, options={"bf": "2", "g": "50"})
-        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
-        packets = []
-        for k in range(30):
-            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 8 * k + 4, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = k, Fraction(1, 25)
-            packets += video.encode(frame)
-        packets += video.encode(None)
+        packets = _numbered(out, 2)
         first = packets[0].dts
         for packet in packets:  # decode order, each labelled with its decode time only
             packet.dts = packet.pts = packet.dts - first
@@ -361,7 +365,7 @@ def test_pictures_labelled_with_their_decode_times_are_shown_at_their_own(tmp_pa
         labels = [f.pts for f in c.decode(video=0)]
     assert labels != sorted(labels)  # the decoder's frames come labelled out of order
     step = round(1 / (info.fps * info.time_base))
-    numbered = [(f.pts, int(f.image[32, 32].mean()) // 8) for f in iter_frames(info)]
+    numbered = [(f.pts, _number(f.image)) for f in iter_frames(info)]
     assert numbered == [(k * step, k) for k in range(30)]
 
 
