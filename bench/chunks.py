@@ -75,7 +75,7 @@ def run_stack(clip: Path, work: Path, chunk_s: float, concurrency: int, warmup: 
     if os.environ.get("BACKDROP_DATA_DIR"):
         env["BACKDROP_DATA_DIR"] = os.environ["BACKDROP_DATA_DIR"]
     log = open(work / "stack.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "run"], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "service.startup", "run"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -55,7 +55,7 @@ _PEAK = (
     "import sys, runpy; out = sys.argv.pop(1); kind = sys.argv.pop(1)\n"
     "try:\n"
     "    if kind == 'ours':\n"
-    "        from service.cli import main; code = main(sys.argv[1:])\n"
+    "        from service.startup import main; code = main(sys.argv[1:])\n"
     "    else:\n"
     "        sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__'); code = 0\n"
     "finally:\n"

@@ -14,6 +14,7 @@ from service.cli_service import add_commands
 from service.cli_stdio import info_stream, piped
 from service.errors import BackdropError, InvalidParameter, disk_full
 from service.options import COMPOSITORS, MODEL_NAMES, OUTPUT_FORMATS, SCENE_FORMATS, Options, background_kind
+from service.startup import started
 
 #: Output suffixes that name a container: ``-o`` with one picks the format when ``--format`` is not
 #: given (``-o person.webm`` is a WebM with alpha), and must agree with ``--format`` when it is.
@@ -73,6 +74,7 @@ def _replace_files(args: argparse.Namespace, src: Path, out: Path, options: Opti
 
     from service.pipeline import replace_background
 
+    started()  # the pipeline's modules are in (service.startup)
     if args.background is not None and options.output_format not in SCENE_FORMATS:
         print(f"backdrop: note: {options.output_format} output shows no background, so -b is not used (an .mp4 "
               "output puts the person on it)", file=sys.stderr)
@@ -138,6 +140,8 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "replace":  # replace says so once it has imported the pipeline
+        started()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if argv is None and args.command != "run":  # run stops its children itself
@@ -170,7 +174,3 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

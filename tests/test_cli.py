@@ -14,7 +14,7 @@ import pytest
 from conftest import data_path
 from videoutil import alpha_channel, frames_rgb, read_back
 
-BACKDROP = [sys.executable, "-m", "service.cli"]
+BACKDROP = [sys.executable, "-m", "service.startup"]
 
 
 def test_replace_writes_the_video(tmp_path: Path) -> None:

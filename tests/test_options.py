@@ -86,7 +86,7 @@ def test_the_pipeline_refuses_with_the_same_model(tmp_path: Path) -> None:
 
 def test_the_cli_refuses_with_the_same_model(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "replace", str(data_path("videos", "asl", "bird.mkv")), "-o",
+        [sys.executable, "-m", "service.startup", "replace", str(data_path("videos", "asl", "bird.mkv")), "-o",
          str(tmp_path / "o.webm"), "--format", "webm", "--harmonize", "0.5"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )

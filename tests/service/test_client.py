@@ -170,14 +170,14 @@ def test_client_end_to_end_retry_errors_and_cli(redis_url: str, tmp_path: Path, 
             # `backdrop submit` goes through the client
             out = tmp_path / "cli.mp4"
             cli = subprocess.run(
-                [sys.executable, "-m", "service.cli", "submit", str(clip), "-b", "#ff0000", "-o", str(out),
+                [sys.executable, "-m", "service.startup", "submit", str(clip), "-b", "#ff0000", "-o", str(out),
                  "--api", api.url, "--key", API_KEY, "--poll", "0.2", "-q"],
                 cwd=ROOT, env=make_env(env), capture_output=True, text=True, timeout=600,
             )
             assert cli.returncode == 0, cli.stderr
             assert count_frames(out)[0] > 0
             bad = subprocess.run(
-                [sys.executable, "-m", "service.cli", "submit", str(clip), "--model", "nope",
+                [sys.executable, "-m", "service.startup", "submit", str(clip), "--model", "nope",
                  "--api", api.url, "--key", API_KEY],
                 cwd=ROOT, env=make_env(env), capture_output=True, text=True, timeout=120,
             )
@@ -495,7 +495,7 @@ def test_a_server_that_is_not_backdrop_is_one_line(tmp_path: Path, mode: str) ->
     TypeError, KeyError, TooManyRedirects)."""
     server = _NotBackdrop(mode)
     try:
-        proc = subprocess.run([sys.executable, "-m", "service.cli", "submit", str(asl_clip()), "-b", "#00ff00",
+        proc = subprocess.run([sys.executable, "-m", "service.startup", "submit", str(asl_clip()), "-b", "#00ff00",
                                "-o", str(tmp_path / "out.mp4"), "--api", server.url, "--poll", "0.1"],
                               capture_output=True, text=True, timeout=120, cwd=ROOT)
     finally:

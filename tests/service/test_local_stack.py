@@ -85,14 +85,14 @@ def test_run_submit_and_stop(tmp_path: Path) -> None:
         assert count_frames(out)[0] == count_frames(clip)[0]
         # through pipes: the video from standard input, the result to standard output, the lines to stderr
         with open(clip, "rb") as stdin:
-            piped = subprocess.run([sys.executable, "-m", "service.cli", "submit", "-", "-b", "#224466", "-o", "-",
+            piped = subprocess.run([sys.executable, "-m", "service.startup", "submit", "-", "-b", "#224466", "-o", "-",
                                     "--api", url, "--poll", "0.3", "-q"], stdin=stdin, capture_output=True,
                                    cwd=tmp_path, env=env, timeout=180)
         assert piped.returncode == 0 and b"queued" in piped.stderr, piped.stderr
         (tmp_path / "piped.mp4").write_bytes(piped.stdout)
         assert count_frames(tmp_path / "piped.mp4")[0] == count_frames(clip)[0]
         assert not (tmp_path / "-").exists()
-        refused = subprocess.run([sys.executable, "-m", "service.cli", "submit", "-", "-o", "-", "--api", url, "-q"],
+        refused = subprocess.run([sys.executable, "-m", "service.startup", "submit", "-", "-o", "-", "--api", url, "-q"],
                                  input=b"not a video", capture_output=True, cwd=tmp_path, env=env, timeout=60)
         assert refused.returncode == 2 and refused.stdout == b"", refused
         assert b"not_a_video" in refused.stderr and b"Traceback" not in refused.stderr, refused.stderr
