@@ -585,6 +585,7 @@ class _Route:
                 packet.pts = None if packet.pts is None else packet.pts - shift
                 packet.dts = None if packet.dts is None else packet.dts - shift
             self._follow_on(packet)
+            self._lasting(packet)
             dts, time_base = packet.dts, packet.time_base
             packet.stream = self.target
             out.mux(packet)
@@ -616,6 +617,17 @@ class _Route:
             pts, time_base = self.silent
             frame.pts = pts + round(Fraction(frame.samples, frame.sample_rate) / time_base)
             frame.time_base = time_base
+
+    def _lasting(self, packet: av.Packet) -> None:
+        """A copied packet that says nothing of how long it lasts is given the step from the last
+        one, as long as a frame of sound before it lasted.  AAC in Matroska, ASF or NUT carries no
+        durations, and the intake's demuxer, which decodes nothing, cannot count them; MP4 times
+        each sample by the next one's start, so only the last was left at 0, and the file's edit
+        list ended where that frame began: players dropped it (21 ms of 48 kHz AAC, 128 ms at
+        8 kHz).  Called after ``_follow_on``, so both times are in the output's time base."""
+        if not packet.duration and packet.dts is not None and self.last_dts is not None \
+                and packet.dts > self.last_dts:
+            packet.duration = packet.dts - self.last_dts
 
     def _follow_on(self, packet: av.Packet) -> None:
         """A copied packet's decode time put one tick of the output's after the last one's where it

@@ -5,7 +5,9 @@ Matroska takes and MP4 does not: the muxer refused the second packet with "Inval
 job crashed (an uncaught FFmpeg error, exit 1 with a traceback); each such packet now follows on one
 tick of the output's after the last, as FFmpeg's command line does, and every packet of sound is
 there, in order, at its time.  MP4 takes MP3, but not at 8 kHz ("not standard"), which it says only
-as it writes its header: that crashed the job the same way, and such sound is transcoded now."""
+as it writes its header: that crashed the job the same way, and such sound is transcoded now.
+AAC in Matroska carries no packet durations, and copied into MP4 its last frame lasted nothing:
+the file's edit list ended where it began, and players dropped it."""
 
 from __future__ import annotations
 
@@ -79,3 +81,31 @@ def test_sound_the_output_cannot_hold_as_it_is_is_transcoded(tmp_path: Path) -> 
         assert stream.codec_context.name == "aac"
         length = float(stream.duration * stream.time_base)
     assert abs(length - FRAMES / RATE) < 0.15
+
+
+def _decoded(path: Path) -> tuple[int, int]:
+    """(sound packets, decoded samples) of a file's first audio track."""
+    with av.open(str(path)) as back:
+        packets = sum(1 for p in back.demux(audio=0) if p.size)
+    with av.open(str(path)) as back:
+        samples = sum(f.samples for f in back.decode(audio=0))
+    return packets, samples
+
+
+def test_copied_aac_from_matroska_keeps_its_last_frame_in_mp4(tmp_path: Path) -> None:
+    src = tmp_path / "clip.mkv"
+    with av.open(str(src), "w", format="matroska") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("aac", rate=8000)  # a frame is 128 ms
+        audio.layout = "mono"
+        for packet in sorted(rising_grey(video, FRAMES, RATE) + tone(audio, FRAMES / RATE),
+                             key=lambda p: float(p.dts * p.time_base)):
+            out.mux(packet)
+    out = tmp_path / "out.mp4"
+    assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
+    with av.open(str(out)) as back:
+        assert back.streams.audio[0].codec_context.name == "aac"  # copied, not transcoded
+    packets, samples = _decoded(src)
+    assert _decoded(out) == (packets, samples)  # every frame of sound, the last too
+
