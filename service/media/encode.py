@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 from typing import Any, cast, get_args
 
@@ -397,7 +398,7 @@ class SideTrackCarrier:
         for stream in self.input.streams.audio:
             if stream.index not in carried:
                 continue
-            if _copyable(stream, spec):
+            if _copyable(stream, spec, info.path):
                 self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin)
             else:
                 self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path, self.origin)
@@ -405,7 +406,7 @@ class SideTrackCarrier:
         for track in self.input.streams.subtitles:
             if track.index not in info.subtitles:
                 continue
-            route = SubtitleRoute.made(track, out, spec, self.origin, _pictures_end(info))
+            route = SubtitleRoute.made(track, out, spec, self.origin, _pictures_end(info), info.path)
             if route is not None:
                 self.routes[track.index] = route
                 _label_like(route.target, track)
@@ -462,7 +463,7 @@ def _label_like(target: av.stream.Stream, source: av.stream.Stream) -> None:
     target.disposition = source.disposition
 
 
-def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec) -> bool:
+def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec, path: Path) -> bool:
     """Whether the output container can take this stream's packets as they are.
 
     The codec is named by its canonical name, so MP3 read by FFmpeg's ``mp3float`` decoder still
@@ -472,21 +473,37 @@ def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec) -> bool:
     """
     ctx = stream.codec_context
     return (ctx.codec.canonical_name in spec.audio_copy and bool(ctx.sample_rate) and bool(ctx.channels)
-            and _muxer_takes(stream, spec.container))
+            and _muxer_takes(stream, spec.container, path))
 
 
-def _muxer_takes(stream: av.stream.Stream, container: str) -> bool:
-    """Whether ``container``'s muxer writes a header for a copy of ``stream``, tried in memory (a
-    millisecond): muxers refuse some streams of codecs they take, and they say so only when the
-    output's header is written, which fails the whole job.  MP4 takes MP3, but not at 8 kHz ("not
-    standard"): an AVI with such sound crashed with "Invalid argument"; it is transcoded now."""
+#: how many of a file's packets ``_muxer_takes`` reads for a stream's first (a minute of a video
+#: with sound, at most a few megabytes of demuxing)
+FIRST_PACKET_WITHIN = 4000
+
+
+def _muxer_takes(stream: av.stream.Stream, container: str, path: Path) -> bool:
+    """Whether ``container``'s muxer writes a copy of ``stream`` (of the file at ``path``): its
+    header, its first packet and the trailer, tried in memory (a few milliseconds).  Muxers refuse
+    some streams of codecs they take, and they say so only as they write, which failed the whole
+    job with "Invalid argument": MP4 takes MP3, but not at 8 kHz ("not standard"), which it says
+    at the header (an AVI with such sound); it takes AC-3, but builds the track's ``dac3`` box from
+    the first packet as it writes the trailer, and E-AC-3 labelled AC-3 (NUT names it so) failed
+    there, after the whole video was made.  Such streams are transcoded.  The first packet is
+    looked for among the file's first ``FIRST_PACKET_WITHIN`` packets only (a subtitle track's
+    first cue may come an hour in); past them the header alone is tried."""
     try:
-        probe = av.open(io.BytesIO(), "w", format=container)
-        try:
-            probe.add_stream_from_template(stream)
-            probe.start_encoding()
-        finally:
-            probe.close()
+        with open_input(path) as source:
+            first = next((p for p in islice(read_packets(source), FIRST_PACKET_WITHIN)
+                          if p.stream.index == stream.index and p.size), None)
+            probe = av.open(io.BytesIO(), "w", format=container)
+            try:
+                target = probe.add_stream_from_template(stream)
+                probe.start_encoding()
+                if first is not None:
+                    first.stream = target
+                    probe.mux(first)
+            finally:
+                probe.close()
     except (av.error.FFmpegError, ValueError):
         return False
     return True
@@ -705,13 +722,14 @@ class SubtitleRoute:
 
     @classmethod
     def made(cls, source: av.subtitles.stream.SubtitleStream, out: av.container.OutputContainer, spec: FormatSpec,
-             origin: Fraction, until: Fraction) -> SubtitleRoute | None:
-        """The route for ``source``, or None where it cannot be carried (logged)."""
+             origin: Fraction, until: Fraction, path: Path) -> SubtitleRoute | None:
+        """The route for ``source`` (a track of the file at ``path``), or None where it cannot be
+        carried (logged)."""
         ctx = source.codec_context
         if ctx is None or ctx.codec is None:
             log.warning("subtitle track %d: its codec is unknown; left out", source.index)
             return None
-        if _muxer_takes(source, spec.container):
+        if _muxer_takes(source, spec.container, path):
             return cls(source, out.add_stream_from_template(source), False, origin, until)
         if not ctx.codec.text_sub:
             log.warning("subtitle track %d (%s): %s takes no such pictures; left out",

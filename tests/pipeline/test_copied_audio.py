@@ -6,7 +6,9 @@ job crashed (an uncaught FFmpeg error, exit 1 with a traceback); each such packe
 tick of the output's after the last, as FFmpeg's command line does, and every packet of sound is
 there, in order, at its time.  MP4 takes MP3, but not at 8 kHz ("not standard"), which it says only
 as it writes its header: that crashed the job the same way, and such sound is transcoded now.
-AAC in Matroska carries no packet durations, and copied into MP4 its last frame lasted nothing:
+MP4 also builds an AC-3 track's box from its first packet as it writes the trailer: E-AC-3 that a
+NUT file labels AC-3 failed there, after the whole video was made.  AAC in Matroska carries no
+packet durations, and copied into MP4 its last frame lasted nothing:
 the file's edit list ended where it began, and players dropped it."""
 
 from __future__ import annotations
@@ -109,3 +111,21 @@ def test_copied_aac_from_matroska_keeps_its_last_frame_in_mp4(tmp_path: Path) ->
     packets, samples = _decoded(src)
     assert _decoded(out) == (packets, samples)  # every frame of sound, the last too
 
+
+def test_e_ac3_labelled_ac3_is_transcoded_not_copied_into_a_failing_mp4(tmp_path: Path) -> None:
+    src = tmp_path / "clip.nut"
+    with av.open(str(src), "w", format="nut") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("eac3", rate=48000)
+        audio.layout = "stereo"
+        out.mux(rising_grey(video, FRAMES, RATE))
+        out.mux(tone(audio, FRAMES / RATE))
+    with av.open(str(src)) as back:
+        assert back.streams.audio[0].codec_context.name == "ac3"  # NUT's name for it
+    out = tmp_path / "out.mp4"
+    assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
+    with av.open(str(out)) as back:
+        assert back.streams.audio[0].codec_context.name == "aac"
+    _, samples = _decoded(src)
+    assert abs(_decoded(out)[1] - samples) <= 1024 + 1536  # AAC's priming and last frame at most
