@@ -541,12 +541,15 @@ USUAL_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1"
 
 def kept_layout(codec: str, layout: str, channels: int) -> str:
     """The layout ``codec`` encodes a source of ``layout`` and ``channels`` in: its own where
-    ``KEPT_LAYOUTS`` has it, or where it names no order ("6 channels": Matroska's PCM) the usual
-    one for that many channels (5.1), else stereo (mono for one channel)."""
+    ``KEPT_LAYOUTS`` has it, else the usual one for that many channels where the encoder takes that
+    (the resampler moves each speaker to its nearest: AC-3's 5.1, which FFmpeg names ``5.1(side)``,
+    becomes Opus's 5.1 with its side speakers behind; it was mixed down to stereo; a source that
+    names no order, "6 channels" as Matroska's PCM, is read in that usual order), else stereo (mono
+    for one channel)."""
     kept = KEPT_LAYOUTS.get(codec, frozenset())
     if layout in kept:
         return layout
-    if channels and (not layout or layout.endswith("channels")) and USUAL_LAYOUTS.get(channels) in kept:
+    if channels and USUAL_LAYOUTS.get(channels) in kept:
         return USUAL_LAYOUTS[channels]
     return "stereo" if (channels or 2) >= 2 else "mono"
 

@@ -174,16 +174,20 @@ def test_every_audio_codec_an_output_copies_is_one_its_container_takes(tmp_path:
 @pytest.mark.parametrize("fmt", ["mp4", "mov", "webm"])
 def test_transcoded_audio_keeps_its_channels_and_a_rate_the_encoder_takes(tmp_path: Path, fmt: str) -> None:
     """PCM (which MP4 and WebM do not take) in 5.1 stays 5.1 (Matroska keeps only its channel
-    count), and at 192 kHz, which AAC does not take, becomes 96 kHz (the job failed as the
+    count), AC-3's 5.1 stays 5.1 in WebM (its side speakers behind, Opus's 5.1), and at 192 kHz, which AAC does not take, becomes 96 kHz (the job failed as the
     encoder opened); Opus is 48 kHz whatever comes in."""
     from service.media.encode import FORMATS
 
     spec = FORMATS[fmt]
     real = data_path("videos", "walking-audio.mp4")
     aac = spec.audio_codec == "aac"
-    for name, layout, rate, want in (("surround", "5.1", 48000, ("5.1", 48000)),
-                                     ("hi-res", "stereo", 192000, ("stereo", 96000 if aac else 48000))):
-        src = remux(real, tmp_path / f"{name}.mkv", seconds=0.5, audio_codec="pcm_s32le", audio_rate=rate,
+    for name, codec, layout, rate, want in (
+        ("surround", "pcm_s32le", "5.1", 48000, ("5.1", 48000)),
+        # AC-3's 5.1 (FFmpeg: side speakers), which Opus has only with back ones: was mixed to stereo
+        ("side-surround", "ac3", "5.1(side)", 48000, ("5.1(side)" if aac else "5.1", 48000)),
+        ("hi-res", "pcm_s32le", "stereo", 192000, ("stereo", 96000 if aac else 48000)),
+    ):
+        src = remux(real, tmp_path / f"{name}.mkv", seconds=0.5, audio_codec=codec, audio_rate=rate,
                     audio_layout=layout)
         out = _written(src, fmt, tmp_path / f"{name}{spec.extension}")
         with av.open(str(out)) as back:
