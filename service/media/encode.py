@@ -399,7 +399,8 @@ class SideTrackCarrier:
             if stream.index not in carried:
                 continue
             if _copyable(stream, spec, info.path):
-                self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin)
+                self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin,
+                                                   before_start=spec.container not in EDIT_LISTS)
             else:
                 self.routes[stream.index] = _Route.transcoding(stream, out, spec.audio_codec, info.path, self.origin)
             _label_like(self.routes[stream.index].target, stream)
@@ -563,6 +564,21 @@ def encoder_rate(codec: str, rate: int) -> int:
     return min((r for r in rates if r >= rate), default=max(rates))
 
 
+#: The output containers whose edit lists hide what a track holds before the file's start
+EDIT_LISTS = frozenset({"mp4", "mov"})
+
+
+def _before_start(packet: av.Packet) -> bool:
+    """Whether a copied packet ends before the output's start (its time already moved by the
+    input's origin).  An MP4's edit list can hide sound before its start, and FFmpeg reads that
+    sound with negative times: copied into MP4 the output's edit list hides it again, but WebM has
+    none, so its muxer moved every track later and the hidden sound played before the pictures
+    (0.3 s of Opus from an MP4 cut with its sound hidden).  A packet that reaches past the start
+    is kept: a decoder needs the one before for its first samples."""
+    return packet.pts is not None and packet.duration is not None and packet.duration > 0 \
+        and packet.pts + packet.duration <= 0
+
+
 @dataclass
 class _Route:
     source: av.audio.stream.AudioStream
@@ -577,6 +593,8 @@ class _Route:
     last_dts: int | None = None
     #: (pts, time base) of the last packet transcoded where it was timed and gave no sound
     silent: tuple[int, Fraction] | None = None
+    #: whether copied packets that end before the output's start are left out (``_before_start``)
+    before_start: bool = False
 
     @classmethod
     def transcoding(
@@ -604,6 +622,8 @@ class _Route:
                 shift = round(self.origin / Fraction(packet.time_base))
                 packet.pts = None if packet.pts is None else packet.pts - shift
                 packet.dts = None if packet.dts is None else packet.dts - shift
+            if self.before_start and _before_start(packet):
+                return
             self._follow_on(packet)
             self._lasting(packet)
             dts, time_base = packet.dts, packet.time_base

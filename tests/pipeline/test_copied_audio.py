@@ -129,3 +129,32 @@ def test_e_ac3_labelled_ac3_is_transcoded_not_copied_into_a_failing_mp4(tmp_path
         assert back.streams.audio[0].codec_context.name == "aac"
     _, samples = _decoded(src)
     assert abs(_decoded(out)[1] - samples) <= 1024 + 1536  # AAC's priming and last frame at most
+
+
+def _sound_start_and_samples(path: Path) -> tuple[float, int]:
+    """(the first sound's time less the first picture's, decoded samples) of a file."""
+    with av.open(str(path)) as back:
+        picture = next(back.decode(video=0)).time
+    with av.open(str(path)) as back:
+        frames = list(back.decode(audio=0))
+    return frames[0].time - picture, sum(f.samples for f in frames)
+
+
+def test_sound_an_mp4_hides_before_its_start_stays_hidden_in_webm(tmp_path: Path) -> None:
+    src = tmp_path / "cut.mp4"
+    with av.open(str(src), "w") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream("libopus", rate=48000)
+        audio.layout = "mono"
+        out.mux(rising_grey(video, FRAMES, RATE))
+        out.mux(tone(audio, FRAMES / RATE, start_s=-0.3))  # its first 0.3 s before the pictures: hidden
+    start, samples = _sound_start_and_samples(src)
+    assert abs(start) < 0.001 and samples < 48000 * (FRAMES / RATE)  # as the edit list says
+    out = tmp_path / "out.webm"
+    assert replace_background(src, None, out, ReplaceOptions(output_format="webm")).frames == FRAMES
+    with av.open(str(out)) as back:
+        assert back.streams.audio[0].codec_context.name == "opus"  # copied
+    got_start, got_samples = _sound_start_and_samples(out)
+    assert abs(got_start) < 0.025  # with the pictures, not 0.3 s before them
+    assert abs(got_samples - samples) <= 960  # the hidden sound left out, a frame at most left of it
