@@ -407,7 +407,7 @@ class SideTrackCarrier:
         for track in self.input.streams.subtitles:
             if track.index not in info.subtitles:
                 continue
-            route = SubtitleRoute.made(track, out, spec, self.origin, _pictures_end(info), info.path)
+            route = SubtitleRoute.made(track, out, spec, self.origin, _pictures_end(info))
             if route is not None:
                 self.routes[track.index] = route
                 _label_like(route.target, track)
@@ -477,37 +477,43 @@ def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec, path: Path)
             and _muxer_takes(stream, spec.container, path))
 
 
-#: how many of a file's packets ``_muxer_takes`` reads for a stream's first (a minute of a video
-#: with sound, at most a few megabytes of demuxing)
-FIRST_PACKET_WITHIN = 4000
+#: how many of a file's packets ``_muxer_takes`` reads for a stream's first (sound comes within
+#: the first few; a stream that starts later is tried by its header alone)
+FIRST_PACKET_WITHIN = 500
 
 
-def _muxer_takes(stream: av.stream.Stream, container: str, path: Path) -> bool:
-    """Whether ``container``'s muxer writes a copy of ``stream`` (of the file at ``path``): its
-    header, its first packet and the trailer, tried in memory (a few milliseconds).  Muxers refuse
+def _muxer_takes(stream: av.stream.Stream, container: str, path: Path | None = None) -> bool:
+    """Whether ``container``'s muxer writes a copy of ``stream``: its header, and with the file
+    at ``path`` its first packet and the trailer, tried in memory (a millisecond or two).  Muxers refuse
     some streams of codecs they take, and they say so only as they write, which failed the whole
     job with "Invalid argument": MP4 takes MP3, but not at 8 kHz ("not standard"), which it says
     at the header (an AVI with such sound); it takes AC-3, but builds the track's ``dac3`` box from
     the first packet as it writes the trailer, and E-AC-3 labelled AC-3 (NUT names it so) failed
     there, after the whole video was made.  Such streams are transcoded.  The first packet is
-    looked for among the file's first ``FIRST_PACKET_WITHIN`` packets only (a subtitle track's
-    first cue may come an hour in); past them the header alone is tried."""
+    looked for among the file's first ``FIRST_PACKET_WITHIN`` packets only.  Subtitle tracks are
+    tried by their header: a first cue may come an hour in."""
     try:
-        with open_input(path) as source:
-            first = next((p for p in islice(read_packets(source), FIRST_PACKET_WITHIN)
-                          if p.stream.index == stream.index and p.size), None)
-            probe = av.open(io.BytesIO(), "w", format=container)
-            try:
-                target = probe.add_stream_from_template(stream)
-                probe.start_encoding()
-                if first is not None:
-                    first.stream = target
-                    probe.mux(first)
-            finally:
-                probe.close()
+        first = _first_packet(path, stream.index) if path is not None else None
+        probe = av.open(io.BytesIO(), "w", format=container)
+        try:
+            target = probe.add_stream_from_template(stream)
+            probe.start_encoding()
+            if first is not None:
+                first.stream = target
+                probe.mux(first)
+        finally:
+            probe.close()
     except (av.error.FFmpegError, ValueError):
         return False
     return True
+
+
+def _first_packet(path: Path, index: int) -> av.Packet | None:
+    """The first packet holding data of stream ``index`` among the file's first
+    ``FIRST_PACKET_WITHIN``, else None.  A packet keeps its data once its file is closed."""
+    with open_input(path) as source:
+        return next((p for p in islice(read_packets(source), FIRST_PACKET_WITHIN)
+                     if p.stream.index == index and p.size), None)
 
 
 def _decoded_format(path: Path, index: int, packets: int = 64) -> tuple[int, int]:
@@ -745,14 +751,13 @@ class SubtitleRoute:
 
     @classmethod
     def made(cls, source: av.subtitles.stream.SubtitleStream, out: av.container.OutputContainer, spec: FormatSpec,
-             origin: Fraction, until: Fraction, path: Path) -> SubtitleRoute | None:
-        """The route for ``source`` (a track of the file at ``path``), or None where it cannot be
-        carried (logged)."""
+             origin: Fraction, until: Fraction) -> SubtitleRoute | None:
+        """The route for ``source``, or None where it cannot be carried (logged)."""
         ctx = source.codec_context
         if ctx is None or ctx.codec is None:
             log.warning("subtitle track %d: its codec is unknown; left out", source.index)
             return None
-        if _muxer_takes(source, spec.container, path):
+        if _muxer_takes(source, spec.container):
             return cls(source, out.add_stream_from_template(source), False, origin, until)
         if not ctx.codec.text_sub:
             log.warning("subtitle track %d (%s): %s takes no such pictures; left out",
