@@ -49,6 +49,19 @@ def _recording(path: Path) -> list[int]:
     return times
 
 
+def _clip(path: Path, codec: str, rate: int, layout: str = "mono", start_s: float = 0.0) -> Path:
+    """``path``: FRAMES pictures of rising grey in H.264 and a tone in ``codec`` at ``rate`` from
+    ``start_s`` on, in the container its suffix names."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=RATE)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = out.add_stream(codec, rate=rate)
+        audio.layout = layout
+        out.mux(rising_grey(video, FRAMES, RATE))
+        out.mux(tone(audio, FRAMES / RATE, start_s))
+    return path
+
+
 def test_copied_sound_whose_times_repeat_is_kept_whole_in_mp4(tmp_path: Path) -> None:
     src = tmp_path / "recording.webm"
     times = _recording(src)
@@ -68,14 +81,7 @@ def test_copied_sound_whose_times_repeat_is_kept_whole_in_mp4(tmp_path: Path) ->
 
 
 def test_sound_the_output_cannot_hold_as_it_is_is_transcoded(tmp_path: Path) -> None:
-    src = tmp_path / "phone.avi"
-    with av.open(str(src), "w", format="avi") as out:
-        video = out.add_stream("libx264", rate=RATE)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = out.add_stream("libmp3lame", rate=8000)
-        audio.layout = "mono"
-        out.mux(rising_grey(video, FRAMES, RATE))
-        out.mux(tone(audio, FRAMES / RATE))
+    src = _clip(tmp_path / "phone.avi", "libmp3lame", 8000)
     out = tmp_path / "out.mp4"
     assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
     with av.open(str(out)) as back:
@@ -95,15 +101,7 @@ def _decoded(path: Path) -> tuple[int, int]:
 
 
 def test_copied_aac_from_matroska_keeps_its_last_frame_in_mp4(tmp_path: Path) -> None:
-    src = tmp_path / "clip.mkv"
-    with av.open(str(src), "w", format="matroska") as out:
-        video = out.add_stream("libx264", rate=RATE)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = out.add_stream("aac", rate=8000)  # a frame is 128 ms
-        audio.layout = "mono"
-        for packet in sorted(rising_grey(video, FRAMES, RATE) + tone(audio, FRAMES / RATE),
-                             key=lambda p: float(p.dts * p.time_base)):
-            out.mux(packet)
+    src = _clip(tmp_path / "clip.mkv", "aac", 8000)  # a frame of sound is 128 ms
     out = tmp_path / "out.mp4"
     assert replace_background(src, "#00b140", out, ReplaceOptions()).frames == FRAMES
     with av.open(str(out)) as back:
@@ -113,14 +111,7 @@ def test_copied_aac_from_matroska_keeps_its_last_frame_in_mp4(tmp_path: Path) ->
 
 
 def test_e_ac3_labelled_ac3_is_transcoded_not_copied_into_a_failing_mp4(tmp_path: Path) -> None:
-    src = tmp_path / "clip.nut"
-    with av.open(str(src), "w", format="nut") as out:
-        video = out.add_stream("libx264", rate=RATE)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = out.add_stream("eac3", rate=48000)
-        audio.layout = "stereo"
-        out.mux(rising_grey(video, FRAMES, RATE))
-        out.mux(tone(audio, FRAMES / RATE))
+    src = _clip(tmp_path / "clip.nut", "eac3", 48000, "stereo")
     with av.open(str(src)) as back:
         assert back.streams.audio[0].codec_context.name == "ac3"  # NUT's name for it
     out = tmp_path / "out.mp4"
@@ -141,14 +132,7 @@ def _sound_start_and_samples(path: Path) -> tuple[float, int]:
 
 
 def test_sound_an_mp4_hides_before_its_start_stays_hidden_in_webm(tmp_path: Path) -> None:
-    src = tmp_path / "cut.mp4"
-    with av.open(str(src), "w") as out:
-        video = out.add_stream("libx264", rate=RATE)
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = out.add_stream("libopus", rate=48000)
-        audio.layout = "mono"
-        out.mux(rising_grey(video, FRAMES, RATE))
-        out.mux(tone(audio, FRAMES / RATE, start_s=-0.3))  # its first 0.3 s before the pictures: hidden
+    src = _clip(tmp_path / "cut.mp4", "libopus", 48000, start_s=-0.3)  # its first 0.3 s hidden by the edit list
     start, samples = _sound_start_and_samples(src)
     assert abs(start) < 0.001 and samples < 48000 * (FRAMES / RATE)  # as the edit list says
     out = tmp_path / "out.webm"
