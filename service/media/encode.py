@@ -395,10 +395,11 @@ class SideTrackCarrier:
         self.origin = info.origin * info.time_base  # where the input starts: the output's 0
         self.routes: dict[int, _Route | SubtitleRoute] = {}
         carried = {a.index for a in info.audio}  # the video's programme's (``inspect.same_program``)
+        firsts = _first_packets(info.path, carried) if carried else {}
         for stream in self.input.streams.audio:
             if stream.index not in carried:
                 continue
-            if _copyable(stream, spec, info.path):
+            if _copyable(stream, spec, firsts.get(stream.index)):
                 self.routes[stream.index] = _Route(stream, out.add_stream_from_template(stream), None, None, self.origin,
                                                    before_start=spec.container not in EDIT_LISTS)
             else:
@@ -464,7 +465,7 @@ def _label_like(target: av.stream.Stream, source: av.stream.Stream) -> None:
     target.disposition = source.disposition
 
 
-def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec, path: Path) -> bool:
+def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec, first: av.Packet | None) -> bool:
     """Whether the output container can take this stream's packets as they are.
 
     The codec is named by its canonical name, so MP3 read by FFmpeg's ``mp3float`` decoder still
@@ -474,26 +475,25 @@ def _copyable(stream: av.audio.stream.AudioStream, spec: FormatSpec, path: Path)
     """
     ctx = stream.codec_context
     return (ctx.codec.canonical_name in spec.audio_copy and bool(ctx.sample_rate) and bool(ctx.channels)
-            and _muxer_takes(stream, spec.container, path))
+            and _muxer_takes(stream, spec.container, first))
 
 
-#: how many of a file's packets ``_muxer_takes`` reads for a stream's first (sound comes within
+#: how many of a file's packets ``_first_packets`` reads for its streams' first (sound comes within
 #: the first few; a stream that starts later is tried by its header alone)
 FIRST_PACKET_WITHIN = 500
 
 
-def _muxer_takes(stream: av.stream.Stream, container: str, path: Path | None = None) -> bool:
-    """Whether ``container``'s muxer writes a copy of ``stream``: its header, and with the file
-    at ``path`` its first packet and the trailer, tried in memory (a millisecond or two).  Muxers refuse
+def _muxer_takes(stream: av.stream.Stream, container: str, first: av.Packet | None = None) -> bool:
+    """Whether ``container``'s muxer writes a copy of ``stream``: its header, and with ``first``
+    (its first packet, ``_first_packets``) that packet and the trailer, tried in memory (a
+    millisecond).  Muxers refuse
     some streams of codecs they take, and they say so only as they write, which failed the whole
     job with "Invalid argument": MP4 takes MP3, but not at 8 kHz ("not standard"), which it says
     at the header (an AVI with such sound); it takes AC-3, but builds the track's ``dac3`` box from
     the first packet as it writes the trailer, and E-AC-3 labelled AC-3 (NUT names it so) failed
-    there, after the whole video was made.  Such streams are transcoded.  The first packet is
-    looked for among the file's first ``FIRST_PACKET_WITHIN`` packets only.  Subtitle tracks are
+    there, after the whole video was made.  Such streams are transcoded.  Subtitle tracks are
     tried by their header: a first cue may come an hour in."""
     try:
-        first = _first_packet(path, stream.index) if path is not None else None
         probe = av.open(io.BytesIO(), "w", format=container)
         try:
             target = probe.add_stream_from_template(stream)
@@ -508,12 +508,19 @@ def _muxer_takes(stream: av.stream.Stream, container: str, path: Path | None = N
     return True
 
 
-def _first_packet(path: Path, index: int) -> av.Packet | None:
-    """The first packet holding data of stream ``index`` among the file's first
-    ``FIRST_PACKET_WITHIN``, else None.  A packet keeps its data once its file is closed."""
+def _first_packets(path: Path, indices: set[int]) -> dict[int, av.Packet]:
+    """The first packet holding data of each stream of ``indices``, found among the file's first
+    ``FIRST_PACKET_WITHIN`` packets in one reading (a stream with none there is left out).  A
+    packet keeps its data once its file is closed."""
+    found: dict[int, av.Packet] = {}
     with open_input(path) as source:
-        return next((p for p in islice(read_packets(source), FIRST_PACKET_WITHIN)
-                     if p.stream.index == index and p.size), None)
+        for packet in islice(read_packets(source), FIRST_PACKET_WITHIN):
+            index = packet.stream.index
+            if index in indices and packet.size and index not in found:
+                found[index] = packet
+                if len(found) == len(indices):
+                    break
+    return found
 
 
 def _decoded_format(path: Path, index: int, packets: int = 64) -> tuple[int, int]:
